@@ -1,0 +1,3 @@
+"""Sluice: network flow analytics server with threshold alerting."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,35 @@
+"""Event counters of the collector, exported at /metrics in Prometheus format.
+
+A plain dict keyed by (name, labels) is cheap enough to bump per datagram or per set and
+needs no locking for the single collector thread; the metrics endpoint reads a snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+LabelKey = tuple[tuple[str, str], ...]
+
+
+class Counters:
+    def __init__(self) -> None:
+        self._values: defaultdict[tuple[str, LabelKey], float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def inc(self, name: str, amount: float = 1, **labels: object) -> None:
+        key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
+        self._values[key] += amount
+
+    def set(self, name: str, value: float, **labels: object) -> None:
+        key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
+        self._values[key] = value
+
+    def get(self, name: str, **labels: object) -> float:
+        """Sum of ``name`` over every label set that includes the given labels."""
+        want = {(k, str(v)) for k, v in labels.items()}
+        return sum(v for (n, lk), v in list(self._values.items()) if n == name and want <= set(lk))
+
+    def snapshot(self) -> dict[tuple[str, LabelKey], float]:
+        with self._lock:
+            return dict(self._values)

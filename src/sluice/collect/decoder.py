@@ -1,0 +1,350 @@
+"""The collector's decoder: a batch of datagrams in, a batch of canonical flows out.
+
+Per datagram and per set, plain Python does the bookkeeping (headers, template sets,
+sequence numbers, counters); records are decoded per template for the whole batch at once
+by numpy (``templates.decode_sets``, ``netflow5.decode``, ``sflow.decode``). Every datagram
+that cannot be decoded, in whole or in part, is counted in ``decode_errors_total`` by reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..flows.schema import IPFIX, NETFLOW5, NETFLOW9, SFLOW5, FlowBatch, addr_text
+from . import ipfix, netflow5, netflow9, sflow
+from .counters import Counters
+from .normalize import ExporterState, to_flows
+from .templates import (
+    PendingData,
+    RawRecords,
+    SetCollector,
+    SetMeta,
+    Template,
+    TemplateCache,
+    decode_sets,
+)
+
+PROTO_NAMES = {5: "netflow5", 9: "netflow9", 10: "ipfix", "sflow": "sflow5"}
+
+
+@dataclass
+class Datagram:
+    payload: bytes
+    address: str  # exporter IP address (text)
+    port: int
+    received: float = field(default_factory=time.time)  # Unix seconds
+
+
+@dataclass
+class DecodeResult:
+    flows: FlowBatch
+    records: list[RawRecords]  # the records as carried on the wire, per template group
+    sflow_samples: "sflow.SflowSamples | None" = None
+
+    def wire_records(self) -> list[tuple[int, RawRecords, int]]:
+        """(wire order key, group, row) for every record, sorted as on the wire."""
+        keyed = [(int(g.meta["seq"][i]), g, i) for g in self.records for i in range(len(g))]
+        keyed.sort(key=lambda t: t[0])
+        return keyed
+
+
+@dataclass
+class DecoderConfig:
+    #: sampling rate assumed for an exporter (by address text) that reports none
+    sampling_defaults: dict[str, int] = field(default_factory=dict)
+    default_sampling_rate: int = 1
+    pending_max_age_s: float = 60.0
+    pending_max_bytes: int = 8 << 20
+    max_templates: int = 65536
+
+
+class Decoder:
+    """Stateful decoder for all export protocols; one per collector (templates are shared)."""
+
+    def __init__(self, config: DecoderConfig | None = None, counters: Counters | None = None):
+        self.config = config or DecoderConfig()
+        self.counters = counters or Counters()
+        self.templates = TemplateCache(self.counters, self.config.max_templates)
+        self.pending = PendingData(self.counters, self.config.pending_max_bytes, self.config.pending_max_age_s)
+        self.exporters: dict[tuple[bytes, int], ExporterState] = {}  # (address, domain) -> state
+        self._sequences: dict[tuple[bytes, int, int, str], int] = {}
+        self._addr_cache: dict[str, bytes] = {}
+
+    # -- public -----------------------------------------------------------------------------
+
+    def decode(self, datagrams: list[Datagram]) -> DecodeResult:
+        now = time.time()
+        v5: list[tuple[bytes, netflow5.V5Header, bytes, int]] = []
+        sflow_in: list[tuple[bytes, bytes, int]] = []
+        collector = SetCollector()
+        options_first: list[RawRecords] = []
+        per_exporter: dict[tuple[str, str], int] = {}
+        ipfix_counts: list[tuple[tuple[bytes, int, int, str], int, int]] = []  # for sequence checks
+
+        for index, dg in enumerate(datagrams):
+            data = dg.payload
+            addr = self._addr16(dg.address)
+            if len(data) < 4:
+                self._error("unknown", "truncated_header")
+                continue
+            version = (data[0] << 8) | data[1]
+            if version == 5:
+                proto = "netflow5"
+                header, reason, trailing = netflow5.check(data)
+                if header is None:
+                    self._error(proto, reason or "malformed")
+                else:
+                    v5.append((data, header, addr, index))
+                    self._sequence(addr, header.engine_type << 8 | header.engine_id, proto,
+                                   header.sequence, header.count)
+                    if trailing:
+                        self.counters.inc("trailing_bytes_total", trailing, proto=proto)
+            elif version == 9:
+                proto = "netflow9"
+                self._walk_v9(data, addr, dg.port, index, collector, now)
+            elif version == 10:
+                proto = "ipfix"
+                seq_key = self._walk_ipfix(data, addr, dg.port, index, collector, now)
+                if seq_key is not None:
+                    ipfix_counts.append(seq_key)
+            elif version == 0 and len(data) >= 4 and data[2] == 0 and data[3] == 5:
+                proto = "sflow5"
+                sflow_in.append((data, addr, index))
+            else:
+                self._error("unknown", "unknown_version")
+                continue
+            key = (dg.address, proto)
+            per_exporter[key] = per_exporter.get(key, 0) + 1
+
+        for (exporter, proto), n in per_exporter.items():
+            self.counters.inc("datagrams_total", n, exporter=exporter, proto=proto)
+
+        groups: list[RawRecords] = []
+        if v5:
+            groups.append(netflow5.decode(v5))
+        template_groups = [
+            decode_sets(tpl, payloads, metas) for tpl, payloads, metas in collector.groups.values()
+        ]
+        # options data (sampling rates, system init time) first: the flows of the same batch use it
+        for group in template_groups:
+            if group.kind == "options":
+                self._learn_options(group)
+                options_first.append(group)
+        groups.extend(template_groups)
+
+        self._check_ipfix_sequences(ipfix_counts, template_groups)
+        self.pending.expire(now)
+        self.counters.set("pending_sets", len(self.pending))
+        self.counters.set("templates_active", len(self.templates))
+
+        flow_groups = [g for g in groups if g.kind == "flow"]
+        batches = [to_flows(g, self._state_for, self.config) for g in flow_groups]
+        samples = None
+        if sflow_in:
+            samples = sflow.decode(sflow_in, self.counters,
+                                   [int(datagrams[i].received * 1000) for _, _, i in sflow_in])
+            batches.append(samples.to_flows())
+        flows = FlowBatch.concat(batches)
+        self._count_flows(flows)
+        return DecodeResult(flows, groups, samples)
+
+    # -- NetFlow v9 -------------------------------------------------------------------------
+
+    def _walk_v9(self, data: bytes, addr: bytes, port: int, index: int,
+                 collector: SetCollector, now: float) -> None:
+        proto = "netflow9"
+        if len(data) < netflow9.HEADER_LEN:
+            self._error(proto, "truncated_header")
+            return
+        _, _, uptime, secs, sequence, source_id = netflow9.HEADER.unpack_from(data)
+        self._sequence(addr, source_id, proto, sequence, 1)
+        exporter = (addr, port)
+        pos, ordinal = netflow9.HEADER_LEN, 0
+        while len(data) - pos >= 4:
+            set_id, length = netflow9.SET_HEADER.unpack_from(data, pos)
+            if length < 4:
+                self.counters.inc("trailing_bytes_total", len(data) - pos, proto=proto)
+                break  # zero fill after the last flowset
+            if pos + length > len(data):
+                self._error(proto, "set_length")
+                break
+            body = data[pos + 4 : pos + length]
+            pos += length
+            ordinal += 1
+            if set_id == netflow9.TEMPLATE_SET or set_id == netflow9.OPTIONS_SET:
+                try:
+                    parsed = (netflow9.parse_templates(body) if set_id == netflow9.TEMPLATE_SET
+                              else netflow9.parse_options_templates(body))
+                except netflow9.MalformedTemplate as exc:
+                    self._error(proto, str(exc))
+                    continue
+                kind = "flow" if set_id == netflow9.TEMPLATE_SET else "options"
+                for template_id, fields in parsed:
+                    if not netflow9.fixed_length_ok(fields):
+                        self._error(proto, "template_zero_length")
+                        continue
+                    self._learn(exporter, source_id, Template(9, template_id, kind, fields), proto,
+                                collector)
+            elif set_id >= netflow9.MIN_DATA_SET:
+                meta = SetMeta(index, ordinal, 9, source_id, secs * 1000, uptime, exporter)
+                self._data_set(exporter, source_id, set_id, body, meta, proto, collector, now)
+            else:
+                self._error(proto, "reserved_set_id")
+
+    # -- IPFIX ------------------------------------------------------------------------------
+
+    def _walk_ipfix(self, data: bytes, addr: bytes, port: int, index: int,
+                    collector: SetCollector, now: float) -> tuple | None:
+        proto = "ipfix"
+        if len(data) < ipfix.HEADER_LEN:
+            self._error(proto, "truncated_header")
+            return None
+        _, length, export_s, sequence, domain = ipfix.HEADER.unpack_from(data)
+        if length < ipfix.HEADER_LEN or length > len(data):
+            self._error(proto, "message_length")
+            return None
+        if length < len(data):
+            self.counters.inc("trailing_bytes_total", len(data) - length, proto=proto)
+        exporter = (addr, port)
+        pos, ordinal = ipfix.HEADER_LEN, 0
+        while length - pos >= 4:
+            set_id, set_len = struct.unpack_from("!HH", data, pos)
+            if set_len < 4 or pos + set_len > length:
+                self._error(proto, "set_length")
+                break
+            body = data[pos + 4 : pos + set_len]
+            pos += set_len
+            ordinal += 1
+            if set_id in (ipfix.TEMPLATE_SET, ipfix.OPTIONS_SET):
+                options = set_id == ipfix.OPTIONS_SET
+                try:
+                    parsed = ipfix.parse_templates(body, options)
+                except ipfix.MalformedTemplate as exc:
+                    self._error(proto, str(exc))
+                    continue
+                for template_id, fields in parsed:
+                    if isinstance(fields, ipfix.Withdrawal):
+                        if template_id in (ipfix.TEMPLATE_SET, ipfix.OPTIONS_SET):
+                            self.templates.withdraw(exporter, domain, None, proto)
+                        elif template_id >= ipfix.MIN_DATA_SET:
+                            self.templates.withdraw(exporter, domain, template_id, proto)
+                        continue
+                    if not netflow9.fixed_length_ok(fields):
+                        self._error(proto, "template_zero_length")
+                        continue
+                    kind = "options" if options else "flow"
+                    self._learn(exporter, domain, Template(10, template_id, kind, fields), proto, collector)
+            elif set_id >= ipfix.MIN_DATA_SET:
+                meta = SetMeta(index, ordinal, 10, domain, export_s * 1000, 0, exporter)
+                self._data_set(exporter, domain, set_id, body, meta, proto, collector, now)
+            else:
+                self._error(proto, "reserved_set_id")
+        return ((addr, domain, 0, proto), sequence, index)
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def _learn(self, exporter: tuple[bytes, int], domain: int, template: Template, proto: str,
+               collector: SetCollector) -> None:
+        key = (*exporter, domain, template.template_id)
+        self.templates.put(key, template, proto)
+        for payload, meta in self.pending.take(key):
+            collector.add(key, self.templates.get(key), payload, meta)  # type: ignore[arg-type]
+
+    def _data_set(self, exporter: tuple[bytes, int], domain: int, set_id: int, body: bytes,
+                  meta: SetMeta, proto: str, collector: SetCollector, now: float) -> None:
+        key = (*exporter, domain, set_id)
+        template = self.templates.get(key)
+        if template is None:
+            self.pending.add(key, body, meta, proto, now)
+            return
+        if len(body) < template.min_length:
+            if any(body):
+                self._error(proto, "short_data_set")
+            return
+        collector.add(key, template, body, meta)
+
+    def _learn_options(self, group: RawRecords) -> None:
+        """Keep sampling rates and system init times that options records announce."""
+        rate = _sampling_rate(group.columns)
+        init = group.columns.get("system_init_ms")
+        sampler = group.columns.get("sampler_id", group.columns.get("selector_id"))
+        exporters = group.meta["exporter"]
+        domains = group.meta["source_id"]
+        for i in range(len(group)):  # options records are few: a handful per template refresh
+            state = self._state_for(bytes(exporters[i]), int(domains[i]))
+            if rate is not None and rate[i] > 0:
+                sid = int(sampler[i]) if sampler is not None else None
+                state.sampling[sid] = int(rate[i])
+            if init is not None:
+                state.system_init_ms = int(init[i])
+
+    def _state_for(self, addr: bytes, domain: int) -> ExporterState:
+        state = self.exporters.get((addr, domain))
+        if state is None:
+            text = addr_text(addr)
+            default = self.config.sampling_defaults.get(text, self.config.default_sampling_rate)
+            state = self.exporters[(addr, domain)] = ExporterState(default_sampling=default)
+        return state
+
+    def _sequence(self, addr: bytes, domain: int, proto: str, sequence: int, advance: int) -> None:
+        key = (addr, domain, 0, proto)
+        expected = self._sequences.get(key)
+        if expected is not None and sequence != expected:
+            gap = (sequence - expected) & 0xFFFFFFFF
+            if gap < 1 << 31:  # ahead: lost in between; behind: reordered or restarted
+                self.counters.inc("sequence_gaps_total", gap, exporter=addr_text(addr), proto=proto)
+            else:
+                self.counters.inc("sequence_resets_total", exporter=addr_text(addr), proto=proto)
+        self._sequences[key] = (sequence + advance) & 0xFFFFFFFF
+
+    def _check_ipfix_sequences(self, keys: list, groups: list[RawRecords]) -> None:
+        if not keys:
+            return
+        # IPFIX sequence numbers count data records: tally the records of each message
+        records_per_datagram: dict[int, int] = {}
+        for g in groups:
+            if g.version == 10:
+                idx, n = np.unique(g.meta["seq"] >> 36, return_counts=True)
+                for i, c in zip(idx.tolist(), n.tolist()):
+                    records_per_datagram[i] = records_per_datagram.get(i, 0) + c
+        for (addr, domain, _, proto), sequence, index in keys:
+            self._sequence(addr, domain, proto, sequence, records_per_datagram.get(index, 0))
+
+    def _count_flows(self, flows: FlowBatch) -> None:
+        if not len(flows):
+            return
+        # per (exporter, protocol): few distinct values per batch
+        key = np.concatenate([flows["exporter_addr"], flows["export_proto"][:, None]], axis=1)
+        uniq, counts = np.unique(key, axis=0, return_counts=True)
+        for row, n in zip(uniq, counts.tolist()):
+            name = {NETFLOW5: "netflow5", NETFLOW9: "netflow9", IPFIX: "ipfix", SFLOW5: "sflow5"}[int(row[16])]
+            self.counters.inc("flows_total", n, exporter=addr_text(bytes(row[:16])), proto=name)
+
+    def _error(self, proto: str, reason: str) -> None:
+        self.counters.inc("decode_errors_total", proto=proto, reason=reason)
+
+    def _addr16(self, text: str) -> bytes:
+        cached = self._addr_cache.get(text)
+        if cached is None:
+            ip = ipaddress.ip_address(text)
+            cached = (b"\x00" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip.packed
+            if len(self._addr_cache) < 100_000:
+                self._addr_cache[text] = cached
+        return cached
+
+
+def _sampling_rate(columns: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Sampling rate ("1 in N") per options record, from whichever elements it carries."""
+    for key in ("sampling_interval", "sampler_random_interval"):
+        if key in columns:
+            return columns[key].astype(np.int64)
+    if "sampling_packet_interval" in columns and "sampling_packet_space" in columns:
+        interval = columns["sampling_packet_interval"].astype(np.int64)
+        space = columns["sampling_packet_space"].astype(np.int64)
+        return np.where(interval > 0, (interval + space) // np.maximum(interval, 1), 0)
+    return None

@@ -1,0 +1,178 @@
+"""Records as carried on the wire -> canonical flows (DESIGN.md §3), vectorised.
+
+- Addresses become 16-byte; ports, protocol, flags, interfaces and AS numbers are copied.
+- Counters: ``bytes`` (IE 1) else ``bytes_total`` (IE 85) else ``initiator_bytes`` (IE 231)
+  else ``out_bytes`` (IE 23); likewise for packets.
+- Biflow records (RFC 5103 reverse elements, or NSEL responder counters) become two flows,
+  the second with addresses and ports swapped, so the session stage sees both directions.
+- Times become absolute Unix milliseconds: NetFlow uptime-relative times against the header
+  (32-bit wrap-around safe), IPFIX uptime-relative times against systemInitTimeMilliseconds
+  from options data, absolute IPFIX times as they are; no time at all -> the export time.
+- Counts are multiplied by the sampling rate: the record's own samplingInterval, else the
+  rate its sampler id announced in options data, else the exporter's announced rate, else the
+  v5 header's, else the configured per-exporter default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..flows.schema import IPFIX, NETFLOW5, NETFLOW9, FlowBatch
+from .templates import RawRecords
+
+if TYPE_CHECKING:
+    from .decoder import DecoderConfig
+
+_PROTO = {5: NETFLOW5, 9: NETFLOW9, 10: IPFIX}
+_BYTES_KEYS = ("bytes", "bytes_total", "initiator_bytes", "out_bytes")
+_PACKETS_KEYS = ("packets", "packets_total", "initiator_packets", "out_packets")
+
+
+@dataclass
+class ExporterState:
+    """What an exporter (address + source id / domain) told us in options data."""
+
+    default_sampling: int = 1
+    sampling: dict[int | None, int] = field(default_factory=dict)  # sampler id (None: all) -> rate
+    system_init_ms: int | None = None
+
+
+def _first(columns: dict[str, np.ndarray], keys: tuple[str, ...], n: int) -> np.ndarray:
+    for key in keys:
+        if key in columns:
+            return columns[key]
+    return np.zeros(n, np.uint64)
+
+
+def _signed32(x: np.ndarray) -> np.ndarray:
+    return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def _times(group: RawRecords, state: Callable[[bytes, int], ExporterState]) -> tuple[np.ndarray, np.ndarray]:
+    c, meta = group.columns, group.meta
+    export_ms = meta["export_ms"]
+    n = len(group)
+    start = end = None
+    if "flow_start_ms" in c:
+        start = c["flow_start_ms"].astype(np.int64)
+    if "flow_end_ms" in c:
+        end = c["flow_end_ms"].astype(np.int64)
+    if start is None or end is None:
+        if group.version in (5, 9):
+            if start is None and "first_switched_ms" in c:
+                start = export_ms + _signed32(c["first_switched_ms"].astype(np.int64) - meta["sys_uptime_ms"])
+            if end is None and "last_switched_ms" in c:
+                end = export_ms + _signed32(c["last_switched_ms"].astype(np.int64) - meta["sys_uptime_ms"])
+        elif "first_switched_ms" in c or "last_switched_ms" in c:
+            init = _system_init(group, state)
+            known = init >= 0
+            if start is None and "first_switched_ms" in c:
+                start = np.where(known, init + c["first_switched_ms"].astype(np.int64), export_ms)
+            if end is None and "last_switched_ms" in c:
+                end = np.where(known, init + c["last_switched_ms"].astype(np.int64), export_ms)
+    if start is None and end is None:
+        start = end = export_ms.copy()
+    elif start is None:
+        start = end
+    elif end is None:
+        end = start
+    assert start is not None and end is not None and len(start) == n
+    return start, end
+
+
+def _system_init(group: RawRecords, state: Callable[[bytes, int], ExporterState]) -> np.ndarray:
+    out = np.full(len(group), -1, np.int64)
+    idx = group.meta["exporter_index"]
+    for i in np.unique(idx).tolist():  # one lookup per exporter message, not per record
+        rows = idx == i
+        row = int(np.argmax(rows))
+        init = state(bytes(group.meta["exporter"][row]), int(group.meta["source_id"][row])).system_init_ms
+        if init is not None:
+            out[rows] = init
+    return out
+
+
+def _sampling(group: RawRecords, state: Callable[[bytes, int], ExporterState], config: "DecoderConfig") -> np.ndarray:
+    c, meta = group.columns, group.meta
+    n = len(group)
+    rate = np.zeros(n, np.int64)
+    if "sampling_interval" in c:
+        rate = c["sampling_interval"].astype(np.int64)
+    if "v5_sampling" in meta:
+        rate = np.where(rate > 0, rate, meta["v5_sampling"])
+    need = rate <= 0
+    if need.any():
+        sampler = c.get("sampler_id", c.get("selector_id"))
+        key = np.stack([meta["exporter_index"], meta["source_id"],
+                        sampler.astype(np.int64) if sampler is not None else np.full(n, -1)], axis=1)
+        uniq, inverse = np.unique(key[need], axis=0, return_inverse=True)
+        looked = np.empty(len(uniq), np.int64)
+        for j, (piece, domain, sid) in enumerate(uniq.tolist()):
+            row = int(np.argmax(meta["exporter_index"] == piece))
+            st = state(bytes(meta["exporter"][row]), int(domain))
+            looked[j] = st.sampling.get(sid if sid >= 0 else None, st.sampling.get(None, st.default_sampling))
+        rate[need] = looked[inverse.reshape(-1)]
+    return np.maximum(rate, 1)
+
+
+def to_flows(group: RawRecords, state: Callable[[bytes, int], ExporterState], config: "DecoderConfig") -> FlowBatch:
+    """Canonical flows of one group of flow records (v5, or one v9/IPFIX template)."""
+    c = group.columns
+    n = len(group)
+    start, end = _times(group, state)
+    rate = _sampling(group, state, config)
+    src = c.get("src_addr", np.zeros((n, 16), np.uint8))
+    dst = c.get("dst_addr", np.zeros((n, 16), np.uint8))
+    common = dict(
+        time_start_ms=start,
+        time_end_ms=end,
+        export_proto=_PROTO[group.version],
+        exporter_addr=group.meta["exporter"],
+        source_id=group.meta["source_id"],
+        protocol=c.get("protocol", 0),
+        tcp_flags=c.get("tcp_flags", 0),
+        sampling_rate=rate,
+    )
+    bytes_ = _first(c, _BYTES_KEYS, n).astype(np.uint64)
+    packets = _first(c, _PACKETS_KEYS, n).astype(np.uint64)
+    urate = rate.astype(np.uint64)
+    forward = FlowBatch.build(
+        n,
+        src_addr=src, dst_addr=dst,
+        src_port=c.get("src_port", 0), dst_port=c.get("dst_port", 0),
+        input_if=c.get("input_snmp", 0), output_if=c.get("output_snmp", 0),
+        src_as=c.get("src_as", 0), dst_as=c.get("dst_as", 0),
+        bytes=bytes_ * urate, packets=packets * urate,
+        **common,  # type: ignore[arg-type]
+    )
+    rev_bytes = rev_packets = None
+    if group.reverse:
+        rev_bytes = _first(group.reverse, _BYTES_KEYS, n)
+        rev_packets = _first(group.reverse, _PACKETS_KEYS, n)
+    elif "responder_bytes" in c or "responder_packets" in c:
+        rev_bytes = c.get("responder_bytes", np.zeros(n, np.uint64))
+        rev_packets = c.get("responder_packets", np.zeros(n, np.uint64))
+    if rev_bytes is None:
+        return forward
+    has = (rev_bytes > 0) | (rev_packets > 0)
+    if not has.any():
+        return forward
+    sel = np.flatnonzero(has)
+    mirrored = FlowBatch.build(
+        len(sel),
+        src_addr=dst[sel], dst_addr=src[sel],
+        src_port=np.asarray(c.get("dst_port", np.zeros(n, np.uint64)))[sel],
+        dst_port=np.asarray(c.get("src_port", np.zeros(n, np.uint64)))[sel],
+        input_if=np.asarray(c.get("output_snmp", np.zeros(n, np.uint64)))[sel],
+        output_if=np.asarray(c.get("input_snmp", np.zeros(n, np.uint64)))[sel],
+        src_as=np.asarray(c.get("dst_as", np.zeros(n, np.uint64)))[sel],
+        dst_as=np.asarray(c.get("src_as", np.zeros(n, np.uint64)))[sel],
+        bytes=rev_bytes[sel].astype(np.uint64) * urate[sel],
+        packets=rev_packets[sel].astype(np.uint64) * urate[sel],
+        **{k: (v[sel] if isinstance(v, np.ndarray) else v) for k, v in common.items()},  # type: ignore[arg-type]
+    )
+    # tcp flags of the reverse direction are not carried separately; keep the union
+    return FlowBatch.concat([forward, mirrored])

@@ -1,0 +1,1 @@
+"""Canonical flow/session schema and the stages that shape flows (sessions, enrichment)."""

@@ -1,0 +1,155 @@
+"""The canonical flow record (DESIGN.md §3) as a batch of numpy columns.
+
+One row is one direction of traffic as an exporter reported it. Addresses of both families
+share one 16-byte representation (IPv4 as ``::ffff:a.b.c.d``). Byte and packet counts are
+already scaled by ``sampling_rate``, which is kept.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+#: export protocol codes stored in the ``export_proto`` column
+NETFLOW5, NETFLOW9, IPFIX, SFLOW5 = 1, 2, 3, 4
+EXPORT_PROTO_NAMES = {NETFLOW5: "netflow5", NETFLOW9: "netflow9", IPFIX: "ipfix", SFLOW5: "sflow5"}
+
+ADDR = "addr16"  # marker for (n, 16) uint8 address columns
+
+#: column name -> numpy dtype (or ADDR)
+FLOW_COLUMNS: dict[str, object] = {
+    "time_start_ms": np.int64,
+    "time_end_ms": np.int64,
+    "export_proto": np.uint8,
+    "exporter_addr": ADDR,
+    "source_id": np.uint32,
+    "input_if": np.uint32,
+    "output_if": np.uint32,
+    "src_addr": ADDR,
+    "dst_addr": ADDR,
+    "src_port": np.uint16,
+    "dst_port": np.uint16,
+    "protocol": np.uint8,
+    "tcp_flags": np.uint16,
+    "bytes": np.uint64,
+    "packets": np.uint64,
+    "src_as": np.uint32,
+    "dst_as": np.uint32,
+    "sampling_rate": np.uint32,
+}
+
+_ARROW_TYPES = {
+    np.int64: pa.int64(),
+    np.uint8: pa.uint8(),
+    np.uint16: pa.uint16(),
+    np.uint32: pa.uint32(),
+    np.uint64: pa.uint64(),
+    ADDR: pa.binary(16),
+}
+
+FLOW_SCHEMA = pa.schema([(name, _ARROW_TYPES[dt]) for name, dt in FLOW_COLUMNS.items()])
+
+
+def _empty_column(dtype: object, n: int) -> np.ndarray:
+    if dtype is ADDR:
+        return np.zeros((n, 16), np.uint8)
+    return np.zeros(n, dtype)  # type: ignore[call-overload]
+
+
+@dataclass
+class FlowBatch:
+    """Columns of canonical flows; every array has the same length."""
+
+    columns: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        n = {len(v) for v in self.columns.values()}
+        if len(n) > 1:
+            raise ValueError(f"FlowBatch columns differ in length: {n}")
+        missing = FLOW_COLUMNS.keys() - self.columns.keys()
+        if missing:
+            raise ValueError(f"FlowBatch lacks columns: {sorted(missing)}")
+
+    def __len__(self) -> int:
+        return len(self.columns["bytes"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    @classmethod
+    def empty(cls, n: int = 0) -> "FlowBatch":
+        return cls({name: _empty_column(dt, n) for name, dt in FLOW_COLUMNS.items()})
+
+    @classmethod
+    def build(cls, n: int, **columns: np.ndarray | int) -> "FlowBatch":
+        """A batch of ``n`` rows from the given columns (scalars broadcast); others zero."""
+        out: dict[str, np.ndarray] = {}
+        for name, dt in FLOW_COLUMNS.items():
+            value = columns.pop(name, None)
+            if value is None:
+                out[name] = _empty_column(dt, n)
+            elif dt is ADDR:
+                out[name] = np.broadcast_to(np.asarray(value, np.uint8), (n, 16)).copy()
+            else:
+                out[name] = np.broadcast_to(np.asarray(value).astype(dt), (n,)).copy()  # type: ignore[call-overload]
+        if columns:
+            raise ValueError(f"unknown flow columns: {sorted(columns)}")
+        return cls(out)
+
+    @classmethod
+    def concat(cls, batches: Iterable["FlowBatch"]) -> "FlowBatch":
+        batches = [b for b in batches if len(b)]
+        if not batches:
+            return cls.empty()
+        if len(batches) == 1:
+            return batches[0]
+        return cls({name: np.concatenate([b.columns[name] for b in batches]) for name in FLOW_COLUMNS})
+
+    def take(self, index: np.ndarray) -> "FlowBatch":
+        return FlowBatch({name: col[index] for name, col in self.columns.items()})
+
+    def to_arrow(self) -> pa.RecordBatch:
+        arrays = []
+        n = len(self)
+        for name, dt in FLOW_COLUMNS.items():
+            col = self.columns[name]
+            if dt is ADDR:
+                buf = pa.py_buffer(np.ascontiguousarray(col).tobytes())
+                arrays.append(pa.Array.from_buffers(pa.binary(16), n, [None, buf]))
+            else:
+                arrays.append(pa.array(col, type=_ARROW_TYPES[dt]))
+        return pa.RecordBatch.from_arrays(arrays, schema=FLOW_SCHEMA)
+
+    def to_records(self) -> list[dict[str, object]]:
+        """Rows as dicts with addresses as text: for display and tests, not the hot path."""
+        n = len(self)
+        rows: list[dict[str, object]] = [{} for _ in range(n)]
+        for name, dt in FLOW_COLUMNS.items():
+            col = self.columns[name]
+            if dt is ADDR:
+                values: list[object] = [addr_text(bytes(a)) for a in col]
+            elif name == "export_proto":
+                values = [EXPORT_PROTO_NAMES.get(int(v), str(int(v))) for v in col]
+            else:
+                values = col.tolist()
+            for row, v in zip(rows, values):
+                row[name] = v
+        return rows
+
+
+def addr_text(addr16: bytes) -> str:
+    """Text of a 16-byte address: dotted quad for IPv4-mapped, RFC 5952 for IPv6."""
+    ip = ipaddress.IPv6Address(addr16)
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+
+
+def addr_bytes(text: str) -> bytes:
+    """16-byte representation of an IPv4 or IPv6 address given as text."""
+    ip = ipaddress.ip_address(text)
+    if ip.version == 4:
+        return b"\x00" * 10 + b"\xff\xff" + ip.packed
+    return ip.packed
