@@ -23,8 +23,22 @@ def _value(key: str, column: np.ndarray, row: int) -> object:
 
 def wire_records(result: DecodeResult) -> list[dict[str, object]]:
     """Every NetFlow/IPFIX record of a decode result, in wire order."""
+    return [rec for _, rec in _keyed_wire_records(result)]
+
+
+def all_records(result: DecodeResult) -> list[dict[str, object]]:
+    """NetFlow/IPFIX records and sFlow flow samples, in the order of their datagrams."""
+    keyed = [(seq >> 36, 0, rec) for seq, rec in _keyed_wire_records(result)]
+    if result.sflow_samples is not None:
+        datagram = result.sflow_samples.columns["datagram"].tolist()
+        keyed += [(d, 1, rec) for d, rec in zip(datagram, sflow_records(result.sflow_samples))]
+    keyed.sort(key=lambda t: (t[0], t[1]))
+    return [rec for _, _, rec in keyed]
+
+
+def _keyed_wire_records(result: DecodeResult) -> list[tuple[int, dict[str, object]]]:
     out = []
-    for _, group, i in result.wire_records():
+    for seq, group, i in result.wire_records():
         rec: dict[str, object] = {"kind": group.kind, "version": group.version}
         if group.version != 5:
             rec["source_id"] = int(group.meta["source_id"][i])
@@ -34,7 +48,7 @@ def wire_records(result: DecodeResult) -> list[dict[str, object]]:
                 rec[key] = _value(key, col, i)
         if group.reverse:
             rec["reverse"] = {k: _value(k, c, i) for k, c in group.reverse.items() if k not in HIDDEN_KEYS}
-        out.append(rec)
+        out.append((seq, rec))
     return out
 
 

@@ -1,0 +1,54 @@
+"""The HTTP application on port 9640: /metrics and health today; the API and web page later."""
+
+from __future__ import annotations
+
+import html
+
+from fastapi import FastAPI, Response
+from fastapi.responses import HTMLResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from .. import __version__
+from ..collect.counters import Counters
+from ..flows.recent import RecentFlows
+from ..flows.schema import addr_text
+from .metrics import CountersCollector
+
+
+def create_app(counters: Counters, listeners: list[tuple[str, int]] | None = None,
+               recent: RecentFlows | None = None) -> FastAPI:
+    app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(CountersCollector(counters))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", tags=["status"])
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", "version": __version__,
+                "listeners": [{"protocol": n, "port": p} for n, p in (listeners or [])],
+                "flows_received": recent.total if recent else None}
+
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        ports = "".join(f"<li>{html.escape(name)}: UDP {port}</li>" for name, port in (listeners or []))
+        talkers = ""
+        if recent is not None:
+            rows = "".join(
+                f"<tr><td>{html.escape(addr_text(a))}</td><td>{b:,}</td><td>{f:,}</td></tr>"
+                for a, b, f in recent.top_talkers(10)
+            )
+            talkers = (f"<h2>Top senders among the last {recent.capacity:,} flows</h2>"
+                       f"<p>{recent.total:,} flows received since start.</p>"
+                       f"<table><tr><th>address</th><th>bytes sent</th><th>flows</th></tr>{rows}</table>")
+        return HTMLResponse(
+            f"<!doctype html><html lang=en><meta charset=utf-8><meta http-equiv=refresh content=5>"
+            f"<title>Sluice</title><h1>Sluice {__version__}</h1>"
+            f"<p>Flow collector running, listening on:</p><ul>{ports}</ul>{talkers}"
+            f"<p><a href='/metrics'>/metrics</a> · <a href='/api/docs'>API docs</a></p></html>"
+        )
+
+    return app

@@ -1,0 +1,55 @@
+"""Prometheus exposition of the collector's counters (``/metrics``)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector as PromCollector
+
+from ..collect.counters import Counters
+
+HELP = {
+    "datagrams_total": "Datagrams received, per exporter and export protocol",
+    "flows_total": "Flows decoded, per exporter and export protocol",
+    "decode_errors_total": "Datagrams, sets or samples that could not be decoded, by reason",
+    "template_misses_total": "Data sets that arrived before their template",
+    "sequence_gaps_total": "Exporter-side loss seen as sequence number gaps (v5/IPFIX: flows, v9: datagrams)",
+    "sequence_resets_total": "Sequence numbers that went backwards (exporter restart or reordering)",
+    "templates_learned_total": "Templates learned or changed",
+    "templates_redefined_total": "Templates re-defined with a different layout",
+    "templates_withdrawn_total": "IPFIX template withdrawals",
+    "templates_evicted_total": "Templates forgotten because the cache was full",
+    "sets_dropped_total": "Data sets dropped unread, by reason",
+    "trailing_bytes_total": "Bytes after the end of a PDU (zero fill, concatenated PDUs)",
+    "sflow_counter_samples_total": "sFlow counter samples (counted, not stored)",
+    "sflow_non_ip_samples_total": "sFlow flow samples of non-IP frames (counted, not stored)",
+    "sflow_unknown_samples_total": "sFlow samples of an unknown format",
+    "receive_errors_total": "Errors reading the UDP sockets",
+    "batches_total": "Batches of datagrams decoded",
+    "sink_errors_total": "Failures handing flow batches to storage/alerting",
+    "socket_drops": "Datagrams the kernel dropped on a listening socket (receive buffer full)",
+    "pending_sets": "Data sets waiting for their template",
+    "templates_active": "Templates currently known",
+}
+
+
+class CountersCollector(PromCollector):
+    def __init__(self, counters: Counters, prefix: str = "sluice_"):
+        self.counters = counters
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for (name, labels), value in sorted(self.counters.snapshot().items()):
+            family = families.get(name)
+            if family is None:
+                label_names = [k for k, _ in labels]
+                doc = HELP.get(name, name.replace("_", " "))
+                if name.endswith("_total"):
+                    family = CounterMetricFamily(self.prefix + name[: -len("_total")], doc, labels=label_names)
+                else:
+                    family = GaugeMetricFamily(self.prefix + name, doc, labels=label_names)
+                families[name] = family
+            family.add_metric([v for _, v in labels], value)  # type: ignore[attr-defined]
+        yield from families.values()

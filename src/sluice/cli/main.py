@@ -1,0 +1,237 @@
+"""The ``sluice`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import __version__
+from .. import config as config_mod
+from ..logs import configure as configure_logging
+
+app = typer.Typer(
+    name="sluice",
+    help="Sluice: network flow analytics server with threshold alerting.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", envvar="SLUICE_CONFIG", help="TOML configuration file.", show_default=False),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sluice {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Sluice: collect NetFlow v5/v9, IPFIX and sFlow; query sessions; alert on thresholds."""
+
+
+def _load(config: Optional[Path], **overrides: object) -> config_mod.Settings:
+    try:
+        return config_mod.load(config, **overrides)
+    except config_mod.ConfigError as exc:
+        typer.echo(f"sluice: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    listen: Annotated[Optional[str], typer.Option(help="Address the flow listeners bind to. (default: 0.0.0.0)",
+                                                  show_default=False)] = None,
+    netflow_port: Annotated[Optional[int], typer.Option(
+        help="UDP port for NetFlow v5/v9 and IPFIX (told apart by version); 0 = off. (default: 2055)",
+        show_default=False)] = None,
+    ipfix_port: Annotated[Optional[int], typer.Option(help="UDP port for IPFIX; 0 = off. (default: 4739)",
+                                                      show_default=False)] = None,
+    sflow_port: Annotated[Optional[int], typer.Option(help="UDP port for sFlow v5; 0 = off. (default: 6343)",
+                                                      show_default=False)] = None,
+    http_listen: Annotated[Optional[str], typer.Option(
+        help="Address of the HTTP API, web page and /metrics. (default: 0.0.0.0)", show_default=False)] = None,
+    http_port: Annotated[Optional[int], typer.Option(help="HTTP port. (default: 9640)", show_default=False)] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where Sluice keeps its databases. (default: var)",
+                                                     show_default=False)] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error. (default: warning)",
+                                                     show_default=False)] = None,
+    log_format: Annotated[Optional[str], typer.Option(help="console or json. (default: console)",
+                                                      show_default=False)] = None,
+    simulate: Annotated[bool, typer.Option(
+        "--simulate/--no-simulate", help="Also run the built-in traffic generator against this server.")] = False,
+    simulate_rate: Annotated[float, typer.Option(help="Conversations per second the generator makes.")] = 200.0,
+) -> None:
+    """Run the server: flow listeners (UDP) and the HTTP API / web page / metrics (TCP 9640).
+
+    Settings come from, lowest first: built-in defaults, the TOML file (--config or
+    SLUICE_CONFIG), SLUICE_* environment variables (SLUICE_COLLECT__NETFLOW_PORT=9995,
+    SLUICE_HTTP__PORT=9641, SLUICE_LOG_LEVEL=info …), then these flags.
+    See docs/configuration.md.
+    """
+    from ..server import run
+
+    settings = _load(
+        config,
+        **{
+            "collect.listen": listen, "collect.netflow_port": netflow_port, "collect.ipfix_port": ipfix_port,
+            "collect.sflow_port": sflow_port, "http.listen": http_listen, "http.port": http_port,
+            "data_dir": data_dir, "log_level": log_level, "log_format": log_format,
+        },
+    )
+    configure_logging(settings.log_level, settings.log_format)
+    raise typer.Exit(run(settings, simulate=simulate, simulate_rate=simulate_rate))
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None) -> None:
+    """Validate the configuration (file + environment) and print the effective settings."""
+    settings = _load(config)
+    typer.echo(settings.model_dump_json(indent=2))
+
+
+def _time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+@app.command()
+def decode(
+    captures: Annotated[list[Path], typer.Argument(help="pcap/pcapng files of exporter traffic, read as one stream.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one flow per line, canonical names.")] = False,
+    raw: Annotated[bool, typer.Option(
+        "--raw", help="Records as carried on the wire (no sampling scaling, no time conversion), "
+                      "with the conformance corpus's key names; always JSON lines.")] = False,
+    sampling: Annotated[int, typer.Option(help="Sampling rate to assume for exporters that announce none.")] = 1,
+) -> None:
+    """Print the flows decoded from captures of exporter traffic (NetFlow v5/v9, IPFIX, sFlow).
+
+    Any UDP port is decoded; templates learnt in one file apply to the next. Problems
+    (undecodable datagrams, data without a template, skipped packets) go to stderr with
+    counts, never to stdout.
+    """
+    from ..collect.decoder import Decoder, DecoderConfig
+    from ..collect.pcap import CaptureError, read_datagrams
+    from ..collect.records import all_records
+
+    configure_logging("error")
+    decoder = Decoder(DecoderConfig(default_sampling_rate=max(sampling, 1)))
+    skipped: Counter[str] = Counter()
+    out = sys.stdout
+    flows_total = 0
+    if not raw and not as_json:
+        out.write(f"{'start (UTC)':23}  {'end (UTC)':23}  {'proto':8}  {'exporter':15}  "
+                  f"{'source':>41}  {'destination':>41}  {'ip':>3}  {'flags':>5}  {'bytes':>12}  "
+                  f"{'packets':>9}  {'rate':>5}\n")
+    try:
+        batch: list = []
+        stream = read_datagrams(captures, skipped)
+        while True:
+            batch.clear()
+            for dg in stream:
+                batch.append(dg)
+                if len(batch) >= 2048:
+                    break
+            if not batch:
+                break
+            result = decoder.decode(list(batch))
+            if raw:
+                records = all_records(result)
+                for rec in records:
+                    out.write(json.dumps(rec) + "\n")
+                flows_total += len(records)
+                continue
+            flows_total += len(result.flows)
+            for rec in result.flows.to_records():
+                if as_json:
+                    out.write(json.dumps(rec) + "\n")
+                else:
+                    src = f"{rec['src_addr']}:{rec['src_port']}"
+                    dst = f"{rec['dst_addr']}:{rec['dst_port']}"
+                    out.write(f"{_time(rec['time_start_ms'])}  {_time(rec['time_end_ms'])}  "
+                              f"{rec['export_proto']:8}  {rec['exporter_addr']:15}  {src:>41}  {dst:>41}  "
+                              f"{rec['protocol']:>3}  {rec['tcp_flags']:>5}  {rec['bytes']:>12}  "
+                              f"{rec['packets']:>9}  {rec['sampling_rate']:>5}\n")
+    except CaptureError as exc:
+        typer.echo(f"sluice decode: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except BrokenPipeError:
+        sys.stderr.close()
+        raise typer.Exit(0) from None
+    _report_problems(decoder, skipped, flows_total, raw)
+
+
+def _report_problems(decoder: object, skipped: Counter[str], count: int, raw: bool) -> None:
+    counters = decoder.counters  # type: ignore[attr-defined]
+    problems: Counter[str] = Counter()
+    for (name, labels), value in counters.snapshot().items():
+        if name == "decode_errors_total":
+            d = dict(labels)
+            problems[f"{d.get('proto')}: {d.get('reason')}"] += int(value)
+    waiting = len(decoder.pending)  # type: ignore[attr-defined]
+    if waiting:
+        problems["data sets whose template never arrived"] += waiting
+    for reason, n in skipped.items():
+        problems[f"skipped packet: {reason}"] += n
+    total = sum(problems.values())
+    what = "records" if raw else "flows"
+    typer.echo(f"{count} {what} decoded; {total} problem(s)" + (":" if total else ""), err=True)
+    for reason, n in problems.most_common():
+        typer.echo(f"  {n:>8}  {reason}", err=True)
+
+
+@app.command()
+def simulate(
+    to: Annotated[str, typer.Option(help="Collector address.")] = "127.0.0.1",
+    netflow_port: Annotated[int, typer.Option(help="Collector's NetFlow port (v5 and v9 go here).")] = 2055,
+    ipfix_port: Annotated[int, typer.Option(help="Collector's IPFIX port.")] = 4739,
+    sflow_port: Annotated[int, typer.Option(help="Collector's sFlow port.")] = 6343,
+    rate: Annotated[float, typer.Option(help="Conversations per second (each is two flows).")] = 200.0,
+    duration: Annotated[Optional[float], typer.Option(help="Seconds to run; default until Ctrl-C.",
+                                                      show_default=False)] = None,
+    protocol: Annotated[Optional[list[str]], typer.Option(
+        help="Exporter protocols to simulate (repeatable): netflow5, netflow9, ipfix, sflow. (default: all)",
+        show_default=False)] = None,
+    sampling_rate: Annotated[int, typer.Option(help="1-in-N sampling the NetFlow/IPFIX exporters announce.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same traffic).")] = 1,
+) -> None:
+    """Send realistic synthetic exports to a collector: heavy and light hosts, web/DNS/SSH/NTP/SMTP,
+    IPv4 and IPv6, with a port scan and an exfiltration burst now and then."""
+    from ..simulate.sender import PROTOCOLS, Simulator
+
+    configure_logging("warning")
+    try:
+        sim = Simulator(host=to, netflow_port=netflow_port, ipfix_port=ipfix_port, sflow_port=sflow_port,
+                        conversations_per_s=rate, protocols=tuple(protocol or PROTOCOLS), seed=seed,
+                        sampling_rate=sampling_rate)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"sluice simulate: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"sending to {to} (NetFlow {netflow_port}, IPFIX {ipfix_port}, sFlow {sflow_port}); Ctrl-C stops",
+               err=True)
+    try:
+        stats = sim.run(duration)
+    except KeyboardInterrupt:
+        stats = sim.stats
+    typer.echo(f"sent {stats.flows} flows in {stats.datagrams} datagrams "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(stats.by_protocol.items()))})", err=True)
+    for event in sim.model.events:
+        typer.echo(f"  {_time(event.time_ms)}  {event.kind}: {event.src} -> {event.dst}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,191 @@
+"""UDP flow listeners: receive datagrams in batches and hand decoded flow batches on.
+
+One thread serves every listening socket. It blocks until some socket is readable, then
+drains readable sockets until the batch is full (``batch_max_datagrams``) or the oldest
+datagram has waited ``batch_max_wait_ms``; the whole batch is decoded at once. The kernel
+receive buffer (``receive_buffer_bytes``) absorbs bursts while a batch is decoded; what it
+cannot hold the kernel drops and ``/proc/net/udp`` counts (``socket_drops``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import structlog
+
+from ..config import CollectSettings
+from ..flows.schema import FlowBatch
+from .decoder import Datagram, Decoder
+
+log = structlog.get_logger(__name__)
+
+FlowSink = Callable[[FlowBatch], None]
+
+
+@dataclass
+class Listener:
+    name: str  # "netflow", "ipfix", "sflow"
+    port: int
+    sock: socket.socket
+
+
+class Collector:
+    """Binds the configured UDP ports and decodes what arrives, until ``stop()``."""
+
+    def __init__(self, settings: CollectSettings, decoder: Decoder, sinks: list[FlowSink]):
+        self.settings = settings
+        self.decoder = decoder
+        self.counters = decoder.counters
+        self.sinks = sinks
+        self.listeners: list[Listener] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned_buffer = False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def bind(self) -> list[Listener]:
+        wanted = [("netflow", self.settings.netflow_port), ("ipfix", self.settings.ipfix_port),
+                  ("sflow", self.settings.sflow_port)]
+        for name, port in wanted:
+            if port == 0:
+                continue
+            self.listeners.append(Listener(name, port, self._open(port, name)))
+        return self.listeners
+
+    def _open(self, port: int, name: str) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.settings.listen else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 exporters too
+        try:  # as root, beyond net.core.rmem_max; else as much as the kernel allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, self.settings.receive_buffer_bytes)
+        except (OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.settings.receive_buffer_bytes)
+        try:
+            sock.bind((self.settings.listen, port))
+        except OSError as exc:
+            sock.close()
+            hint = "another collector already listens there" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise OSError(exc.errno, f"cannot listen for {name} on UDP {self.settings.listen}:{port}: {hint}; "
+                          f"choose another port with --{name}-port") from None
+        sock.setblocking(False)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports double
+        if granted < self.settings.receive_buffer_bytes and not self._warned_buffer:
+            self._warned_buffer = True
+            log.warning("receive buffer smaller than asked", port=port, asked=self.settings.receive_buffer_bytes,
+                        granted=granted, fix="run as root or raise net.core.rmem_max")
+        return sock
+
+    def start(self) -> None:
+        if not self.listeners:
+            self.bind()
+        self._thread = threading.Thread(target=self.run, name="sluice-collector", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for listener in self.listeners:
+            listener.sock.close()
+
+    # -- receive loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        selector = selectors.DefaultSelector()
+        for listener in self.listeners:
+            selector.register(listener.sock, selectors.EVENT_READ, listener)
+        max_batch = self.settings.batch_max_datagrams
+        max_wait = self.settings.batch_max_wait_ms / 1000
+        last_maintenance = time.monotonic()
+        while not self._stop.is_set():
+            ready = selector.select(timeout=0.25)
+            now = time.monotonic()
+            if now - last_maintenance > 1.0:
+                self._update_socket_drops()
+                self.decoder.pending.expire(time.time())
+                last_maintenance = now
+            if not ready:
+                continue
+            batch: list[Datagram] = []
+            received = time.time()
+            deadline = now + max_wait
+            while True:
+                drained = self._drain(batch, max_batch, received)
+                if len(batch) >= max_batch or time.monotonic() >= deadline:
+                    break
+                if drained == 0:  # nothing waiting: linger briefly for more rather than spin
+                    if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                        break
+            self._process(batch)
+        selector.close()
+
+    def _drain(self, batch: list[Datagram], max_batch: int, received: float) -> int:
+        got = 0
+        for listener in self.listeners:
+            recv = listener.sock.recvfrom
+            while len(batch) < max_batch:
+                try:
+                    data, addr = recv(65535)
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # e.g. ICMP errors surfacing on the socket
+                    self.counters.inc("receive_errors_total", reason=exc.errno or "unknown")
+                    break
+                host = addr[0]
+                if host.startswith("::ffff:"):
+                    host = host[7:]
+                batch.append(Datagram(data, host, addr[1], received))
+                got += 1
+        return got
+
+    def _process(self, batch: list[Datagram]) -> None:
+        if not batch:
+            return
+        try:
+            result = self.decoder.decode(batch)
+        except Exception:  # a decoder bug must not stop collection: count it and go on
+            log.exception("decoder failed on a batch", datagrams=len(batch))
+            self.counters.inc("decode_errors_total", len(batch), proto="unknown", reason="internal_error")
+            return
+        self.counters.inc("batches_total")
+        for sink in self.sinks:
+            try:
+                sink(result.flows)
+            except Exception:
+                log.exception("flow sink failed", sink=getattr(sink, "__name__", repr(sink)))
+                self.counters.inc("sink_errors_total")
+
+    def _update_socket_drops(self) -> None:
+        drops = socket_drops({l.sock.fileno(): l.port for l in self.listeners})
+        for port, value in drops.items():
+            self.counters.set("socket_drops", value, port=port)
+
+
+def socket_drops(fd_ports: dict[int, int]) -> dict[int, int]:
+    """Kernel drop counts of our sockets, from /proc/net/udp{,6} (empty where unreadable)."""
+    inodes: dict[int, int] = {}
+    for fd, port in fd_ports.items():
+        try:
+            inodes[os.fstat(fd).st_ino] = port
+        except OSError:
+            continue
+    out: dict[int, int] = {}
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = open(path).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 13 and int(parts[9]) in inodes:
+                out[inodes[int(parts[9])]] = int(parts[-1])
+    return out

@@ -1,0 +1,129 @@
+"""Server configuration: defaults < TOML file < environment (``SLUICE_…``) < command-line flags.
+
+Environment variables use ``__`` between section and key, e.g. ``SLUICE_COLLECT__NETFLOW_PORT=9995``
+or ``SLUICE_HTTP__PORT=9641``. See docs/configuration.md for every setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class CollectSettings(BaseModel):
+    listen: str = Field("0.0.0.0", description="address the flow listeners bind to ('::' for IPv6 too)")
+    netflow_port: int = Field(2055, ge=0, le=65535, description="NetFlow v5/v9 and IPFIX (0 = off)")
+    ipfix_port: int = Field(4739, ge=0, le=65535, description="IPFIX (0 = off)")
+    sflow_port: int = Field(6343, ge=0, le=65535, description="sFlow v5 (0 = off)")
+    receive_buffer_bytes: int = Field(32 << 20, ge=65536, description="SO_RCVBUF asked of the kernel per socket")
+    batch_max_datagrams: int = Field(4096, ge=1, le=65536, description="datagrams decoded together at most")
+    batch_max_wait_ms: int = Field(20, ge=0, le=10_000, description="longest a datagram waits for its batch")
+    template_pending_max_age_s: float = Field(60.0, ge=0, description="how long data waits for its template")
+    template_pending_max_bytes: int = Field(8 << 20, ge=0, description="memory for data waiting for templates")
+    default_sampling_rate: int = Field(1, ge=1, description="rate for exporters that announce none")
+    sampling: dict[str, int] = Field(
+        default_factory=dict, description="per-exporter default sampling rate, keyed by exporter address"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"collect.listen must be an IP address, got {v!r}") from None
+        return v
+
+    @field_validator("sampling")
+    @classmethod
+    def _sampling(cls, v: dict[str, int]) -> dict[str, int]:
+        for addr, rate in v.items():
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ValueError(f"collect.sampling: {addr!r} is not an exporter IP address") from None
+            if rate < 1:
+                raise ValueError(f"collect.sampling: rate for {addr} must be >= 1, got {rate}")
+        return v
+
+
+class HttpSettings(BaseModel):
+    listen: str = Field("0.0.0.0", description="address of the HTTP API, web page and /metrics")
+    port: int = Field(9640, ge=1, le=65535, description="HTTP port")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(Path("var"), description="where Sluice keeps its databases")
+    log_level: LogLevel = Field("warning", description="debug, info, warning or error")
+    log_format: Literal["console", "json"] = Field("console", description="console key=value or JSON lines")
+    collect: CollectSettings = Field(default_factory=CollectSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that says what to fix."""
+
+
+def load(path: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from a TOML file (optional), the environment and explicit overrides (flags).
+
+    ``overrides`` use dotted names for nested keys, e.g. ``{"collect.netflow_port": 9995}``;
+    ``None`` values are ignored so unset flags do not mask the file or the environment.
+    """
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            file_values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found: check --config / SLUICE_CONFIG") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    flag_values: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = flag_values
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+
+    try:
+        loaded = _FromFile(**flag_values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        source = f" (file {path}, SLUICE_* environment, flags)" if path else " (SLUICE_* environment, flags)"
+        raise ConfigError(f"invalid configuration{source}: {problems}") from None
+    return Settings.model_construct(**dict(loaded))

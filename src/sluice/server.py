@@ -1,0 +1,116 @@
+"""``sluice serve``: wire the collector, the HTTP app and (optionally) the simulator together."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import structlog
+import uvicorn
+
+from .api.app import create_app
+from .collect.counters import Counters
+from .collect.decoder import Decoder, DecoderConfig
+from .collect.listener import Collector
+from .config import Settings
+from .flows.recent import RecentFlows
+
+log = structlog.get_logger(__name__)
+
+
+class Server:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.counters = Counters()
+        c = settings.collect
+        self.decoder = Decoder(
+            DecoderConfig(
+                sampling_defaults=dict(c.sampling),
+                default_sampling_rate=c.default_sampling_rate,
+                pending_max_age_s=c.template_pending_max_age_s,
+                pending_max_bytes=c.template_pending_max_bytes,
+            ),
+            self.counters,
+        )
+        self.recent = RecentFlows()
+        self.collector = Collector(c, self.decoder, [self.recent])
+        self.app = None
+        self.simulator = None
+
+    def start_collector(self) -> None:
+        self.collector.bind()
+        self.collector.start()
+        listeners = [(l.name, l.port) for l in self.collector.listeners]
+        self.app = create_app(self.counters, listeners, self.recent)
+
+    def start_simulator(self, conversations_per_s: float) -> None:
+        from .simulate.sender import Simulator
+
+        c = self.settings.collect
+        host = "127.0.0.1" if c.listen in ("0.0.0.0", "127.0.0.1") else ("::1" if c.listen == "::" else c.listen)
+        self.simulator = Simulator(host=host, netflow_port=c.netflow_port, ipfix_port=c.ipfix_port,
+                                   sflow_port=c.sflow_port, conversations_per_s=conversations_per_s,
+                                   protocols=tuple(p for p, port in (("netflow5", c.netflow_port),
+                                                                     ("netflow9", c.netflow_port),
+                                                                     ("ipfix", c.ipfix_port),
+                                                                     ("sflow", c.sflow_port)) if port))
+        self.simulator.start_background()
+
+    def bind_http(self) -> socket.socket:
+        """Bind the HTTP port now, so a busy port is reported before anything else starts."""
+        h = self.settings.http
+        family = socket.AF_INET6 if ":" in h.listen else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((h.listen, h.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot serve HTTP on {h.listen}:{h.port}: {exc.strerror}; "
+                          "choose another port with --http-port") from None
+        sock.listen(128)
+        return sock
+
+    def serve_http(self, sock: socket.socket) -> None:
+        config = uvicorn.Config(self.app, log_level=self.settings.log_level,
+                                access_log=self.settings.log_level == "debug", lifespan="off")
+        uvicorn.Server(config).run(sockets=[sock])
+
+    def stop(self) -> None:
+        if self.simulator is not None:
+            self.simulator.stop()
+        self.collector.stop()
+
+
+def banner(settings: Settings, simulating: bool) -> str:
+    h = settings.http
+    host = "localhost" if h.listen in ("0.0.0.0", "::", "127.0.0.1") else h.listen
+    c = settings.collect
+    lines = [
+        f"Sluice is running: http://{host}:{h.port}/  (metrics: http://{host}:{h.port}/metrics)",
+        f"  flows in: NetFlow/IPFIX UDP {c.netflow_port or 'off'}, IPFIX UDP {c.ipfix_port or 'off'}, "
+        f"sFlow UDP {c.sflow_port or 'off'} on {c.listen}",
+        "  login: none yet (accounts arrive with the HTTP API)",
+    ]
+    if simulating:
+        lines.append("  built-in traffic generator: on (sluice serve --no-simulate to turn it off)")
+    lines.append("  stop with Ctrl-C")
+    return "\n".join(lines)
+
+
+def run(settings: Settings, simulate: bool = False, simulate_rate: float = 200.0) -> int:
+    server = Server(settings)
+    try:
+        http_socket = server.bind_http()
+        server.start_collector()
+    except OSError as exc:
+        print(f"sluice: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if simulate:
+        server.start_simulator(simulate_rate)
+    print(banner(settings, simulate), file=sys.stderr, flush=True)
+    try:
+        server.serve_http(http_socket)
+    finally:
+        server.stop()
+    return 0

@@ -1,0 +1,1 @@
+"""Synthetic traffic and exporters: ``sluice simulate`` and the built-in demo traffic of ``make run``."""
