@@ -46,6 +46,7 @@ ELEMENTS: dict[int, tuple[str, Kind]] = {
     24: ("out_packets", Kind.UINT),
     27: ("src_addr", Kind.IPV6),
     28: ("dst_addr", Kind.IPV6),
+    32: ("icmp_type_code", Kind.UINT),  # icmpTypeCodeIPv4: type * 256 + code
     34: ("sampling_interval", Kind.UINT),
     35: ("sampling_algorithm", Kind.UINT),
     48: ("sampler_id", Kind.UINT),
@@ -55,6 +56,7 @@ ELEMENTS: dict[int, tuple[str, Kind]] = {
     61: ("direction", Kind.UINT),
     85: ("bytes_total", Kind.UINT),
     86: ("packets_total", Kind.UINT),
+    139: ("icmp_type_code", Kind.UINT),  # icmpTypeCodeIPv6
     150: ("flow_start_ms", Kind.TIME_S),
     151: ("flow_end_ms", Kind.TIME_S),
     152: ("flow_start_ms", Kind.TIME_MS),
@@ -66,6 +68,10 @@ ELEMENTS: dict[int, tuple[str, Kind]] = {
     158: ("flow_start_ms", Kind.DELTA_US),
     159: ("flow_end_ms", Kind.DELTA_US),
     160: ("system_init_ms", Kind.UINT),
+    176: ("icmp_type", Kind.UINT),
+    177: ("icmp_code", Kind.UINT),
+    178: ("icmp_type", Kind.UINT),  # IPv6
+    179: ("icmp_code", Kind.UINT),
     231: ("initiator_bytes", Kind.UINT),
     232: ("responder_bytes", Kind.UINT),
     239: ("biflow_direction", Kind.UINT),

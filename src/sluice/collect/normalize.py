@@ -5,6 +5,8 @@
   else ``out_bytes`` (IE 23); likewise for packets.
 - Biflow records (RFC 5103 reverse elements, or NSEL responder counters) become two flows,
   the second with addresses and ports swapped, so the session stage sees both directions.
+- ICMP type and code go into the destination port (type * 256 + code), the NetFlow v5
+  convention, when a record carries them in their own elements (IE 32/139, 176-179).
 - Times become absolute Unix milliseconds: NetFlow uptime-relative times against the header
   (32-bit wrap-around safe), IPFIX uptime-relative times against systemInitTimeMilliseconds
   from options data, absolute IPFIX times as they are; no time at all -> the export time.
@@ -118,6 +120,18 @@ def _sampling(group: RawRecords, state: Callable[[bytes, int], ExporterState], c
     return np.maximum(rate, 1)
 
 
+def _icmp_in_port(c: dict[str, np.ndarray], n: int) -> np.ndarray:
+    port = c.get("dst_port", np.zeros(n, np.uint64)).astype(np.uint64)
+    if "icmp_type_code" in c:
+        code = c["icmp_type_code"]
+    elif "icmp_type" in c:
+        code = (c["icmp_type"] << np.uint64(8)) | c.get("icmp_code", np.zeros(n, np.uint64))
+    else:
+        return port
+    icmp = np.isin(c.get("protocol", np.zeros(n, np.uint64)), (1, 58)) & (port == 0)
+    return np.where(icmp, code, port).astype(np.uint64)
+
+
 def to_flows(group: RawRecords, state: Callable[[bytes, int], ExporterState], config: "DecoderConfig") -> FlowBatch:
     """Canonical flows of one group of flow records (v5, or one v9/IPFIX template)."""
     c = group.columns
@@ -136,13 +150,14 @@ def to_flows(group: RawRecords, state: Callable[[bytes, int], ExporterState], co
         tcp_flags=c.get("tcp_flags", 0),
         sampling_rate=rate,
     )
+    dst_port = _icmp_in_port(c, n)
     bytes_ = _first(c, _BYTES_KEYS, n).astype(np.uint64)
     packets = _first(c, _PACKETS_KEYS, n).astype(np.uint64)
     urate = rate.astype(np.uint64)
     forward = FlowBatch.build(
         n,
         src_addr=src, dst_addr=dst,
-        src_port=c.get("src_port", 0), dst_port=c.get("dst_port", 0),
+        src_port=c.get("src_port", 0), dst_port=dst_port,
         input_if=c.get("input_snmp", 0), output_if=c.get("output_snmp", 0),
         src_as=c.get("src_as", 0), dst_as=c.get("dst_as", 0),
         bytes=bytes_ * urate, packets=packets * urate,
@@ -164,7 +179,7 @@ def to_flows(group: RawRecords, state: Callable[[bytes, int], ExporterState], co
     mirrored = FlowBatch.build(
         len(sel),
         src_addr=dst[sel], dst_addr=src[sel],
-        src_port=np.asarray(c.get("dst_port", np.zeros(n, np.uint64)))[sel],
+        src_port=dst_port[sel],
         dst_port=np.asarray(c.get("src_port", np.zeros(n, np.uint64)))[sel],
         input_if=np.asarray(c.get("output_snmp", np.zeros(n, np.uint64)))[sel],
         output_if=np.asarray(c.get("input_snmp", np.zeros(n, np.uint64)))[sel],
