@@ -29,6 +29,7 @@ from .templates import (
     decode_sets,
 )
 
+MAX_PLAUSIBLE_MS = 253_402_300_800_000  # year 10000: beyond it a time field is garbage
 PROTO_NAMES = {5: "netflow5", 9: "netflow9", 10: "ipfix", "sflow": "sflow5"}
 
 
@@ -280,7 +281,7 @@ class Decoder:
             if rate is not None and rate[i] > 0:
                 sid = int(sampler[i]) if sampler is not None else None
                 state.sampling[sid] = int(rate[i])
-            if init is not None:
+            if init is not None and 0 <= int(init[i]) < MAX_PLAUSIBLE_MS:
                 state.system_init_ms = int(init[i])
 
     def _state_for(self, addr: bytes, domain: int) -> ExporterState:

@@ -70,7 +70,7 @@ def read_datagrams(paths: list[Path], skipped: Counter[str]) -> Iterator[Datagra
                     if ip is None:
                         skipped["not IP"] += 1
                         continue
-                    if isinstance(ip, dpkt.ip.IP) and (ip.off & (dpkt.ip.IP_MF | dpkt.ip.IP_OFFMASK)):
+                    if isinstance(ip, dpkt.ip.IP) and (ip.mf or ip.offset):
                         skipped["IP fragment (not reassembled)"] += 1
                         continue
                     udp = ip.data
