@@ -148,3 +148,18 @@ def expected_flows(packets: list[Packet]) -> dict[tuple, list[int]]:
         entry[0] += 1
         entry[1] += p.ip_length()
     return out
+
+
+def write_udp_pcap(path: Path, datagrams: list[bytes], src: str = "192.0.2.1", sport: int = 40000,
+                   dst: str = "127.0.0.1", dport: int = 2055, start: float = 1_700_000_000.0) -> None:
+    """Exporter datagrams as an Ethernet/IPv4/UDP capture, one second apart."""
+    with open(path, "wb") as fh:
+        writer = dpkt.pcap.Writer(fh, linktype=dpkt.pcap.DLT_EN10MB)
+        for i, payload in enumerate(datagrams):
+            udp = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
+            udp.ulen = 8 + len(payload)
+            ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=17, ttl=64, data=udp)
+            ip.len = 20 + len(udp)
+            eth = dpkt.ethernet.Ethernet(src=b"\x02\0\0\0\0\x01", dst=b"\x02\0\0\0\0\x02",
+                                         type=dpkt.ethernet.ETH_TYPE_IP, data=ip)
+            writer.writepkt(bytes(eth), ts=start + i)

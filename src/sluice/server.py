@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
+from types import FrameType
 
 import structlog
 import uvicorn
@@ -74,12 +76,22 @@ class Server:
     def serve_http(self, sock: socket.socket) -> None:
         config = uvicorn.Config(self.app, log_level=self.settings.log_level,
                                 access_log=self.settings.log_level == "debug", lifespan="off")
-        uvicorn.Server(config).run(sockets=[sock])
+        _QuietExitServer(config).run(sockets=[sock])
 
     def stop(self) -> None:
         if self.simulator is not None:
             self.simulator.stop()
         self.collector.stop()
+
+
+class _QuietExitServer(uvicorn.Server):
+    """Ctrl-C / SIGTERM stop the server gracefully and ``sluice serve`` exits 0 (uvicorn
+    itself would re-raise the signal after shutting down, ending with status 130/143)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: do not wait for open connections
+        self.should_exit = True
 
 
 def banner(settings: Settings, simulating: bool) -> str:

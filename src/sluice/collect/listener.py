@@ -58,6 +58,7 @@ class Collector:
             if port == 0:
                 continue
             self.listeners.append(Listener(name, port, self._open(port, name)))
+            log.info("listening", protocol=name, address=self.settings.listen, port=port)
         return self.listeners
 
     def _open(self, port: int, name: str) -> socket.socket:
@@ -157,6 +158,7 @@ class Collector:
             self.counters.inc("decode_errors_total", len(batch), proto="unknown", reason="internal_error")
             return
         self.counters.inc("batches_total")
+        log.debug("batch decoded", datagrams=len(batch), flows=len(result.flows))
         for sink in self.sinks:
             try:
                 sink(result.flows)

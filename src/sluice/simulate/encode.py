@@ -270,7 +270,7 @@ def _packet_headers(flows: FlowBatch) -> tuple[np.ndarray, np.ndarray, np.ndarra
     n = len(flows)
     v4 = is_ipv4(flows["src_addr"])
     proto = flows["protocol"].astype(np.int64)
-    l4len = np.where(proto == 6, 20, np.where(proto == 17, 8, 8))
+    l4len = np.where(proto == 6, 20, np.where(proto == 132, 12, 8))  # TCP, SCTP common header, UDP/ICMP
     avg = (flows["bytes"] // np.maximum(flows["packets"], 1)).astype(np.int64)
     ip_len = np.maximum(avg, np.where(v4, 20, 40) + l4len)
     mat = np.zeros((n, 128), np.uint8)
@@ -299,7 +299,7 @@ def _packet_headers(flows: FlowBatch) -> tuple[np.ndarray, np.ndarray, np.ndarra
     mat[v6, 38:54] = flows["dst_addr"][v6]
     l4 = np.where(v4, 34, 54)
     rows = np.arange(n)
-    ports = np.isin(proto, (6, 17))
+    ports = np.isin(proto, (6, 17, 132))
     sp = flows["src_port"].astype(np.int64)
     dp = flows["dst_port"].astype(np.int64)
     for k, v in ((0, sp >> 8), (1, sp & 0xFF), (2, dp >> 8), (3, dp & 0xFF)):

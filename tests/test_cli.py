@@ -1,0 +1,236 @@
+"""The installed ``sluice`` command, run as a subprocess: decode, serve, simulate, config."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import CONFORMANCE
+from .interop import free_tcp_port, free_udp_port
+from .pcapgen import write_udp_pcap
+from .test_conformance import IGNORED_KEYS
+
+SLUICE = str(Path(sys.executable).parent / "sluice")
+
+
+def sluice(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([SLUICE, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def golden_case(name: str) -> tuple[list[bytes], list[dict]]:
+    case = next(c for c in json.loads((CONFORMANCE / "cases.json").read_text())["cases"] if c["name"] == name)
+    golden = json.loads((CONFORMANCE / case["golden"]).read_text())
+    datagrams = [(CONFORMANCE / f).read_bytes() for f in case["files"]]
+    records = [r for d in golden["datagrams"] for r in d["records"]]
+    return datagrams, records
+
+
+def test_decode_raw_json_matches_the_corpus_across_files(tmp_path):
+    datagrams, want = golden_case("ipfix_yaf")
+    # templates in the first file, data in the second: they are read as one stream
+    write_udp_pcap(tmp_path / "a.pcap", datagrams[:2], dport=4739)
+    write_udp_pcap(tmp_path / "b.pcap", datagrams[2:], dport=9999, start=1_700_000_100.0)
+    out = sluice("decode", "--raw", "--json", str(tmp_path / "a.pcap"), str(tmp_path / "b.pcap"))
+    assert out.returncode == 0, out.stderr
+    got = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for key, value in w.items():
+            if key not in IGNORED_KEYS:
+                assert g[key] == value, key
+    assert "3 records decoded; 0 problem(s)" in out.stderr
+
+
+def test_decode_json_and_table_use_canonical_flows(tmp_path):
+    datagrams, want = golden_case("nf5_juniper_mx80")
+    write_udp_pcap(tmp_path / "v5.pcap", datagrams)
+    out = sluice("decode", "--json", str(tmp_path / "v5.pcap"))
+    flows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(flows) == 29
+    first = flows[0]
+    # v5 header says 1-in-1000 sampling: counts are scaled, the rate kept
+    assert (first["src_addr"], first["dst_addr"], first["bytes"], first["packets"], first["sampling_rate"]) == (
+        "10.0.0.1", "192.168.0.2", 1_500_000, 1_000, 1000)
+    assert first["export_proto"] == "netflow5" and first["exporter_addr"] == "192.0.2.1"
+    table = sluice("decode", str(tmp_path / "v5.pcap"))
+    lines = table.stdout.splitlines()
+    assert len(lines) == 30 and "10.0.0.1:443" in lines[1] and "1500000" in lines[1]
+
+
+def test_decode_reports_problems_on_stderr_only(tmp_path):
+    datagrams, _ = golden_case("ipfix_netscaler_missing_template")
+    junk = [b"\x00\x09garbage", b"\x01\x02\x03\x04"]
+    write_udp_pcap(tmp_path / "bad.pcap", datagrams + junk)
+    out = sluice("decode", "--json", str(tmp_path / "bad.pcap"))
+    assert out.returncode == 0
+    assert out.stdout == ""
+    assert "data sets whose template never arrived" in out.stderr
+    assert re.search(r"1\s+netflow9: truncated_header", out.stderr)
+    assert re.search(r"1\s+unknown: unknown_version", out.stderr)
+
+
+def test_decode_unreadable_capture_is_a_usage_error(tmp_path):
+    out = sluice("decode", str(tmp_path / "missing.pcap"))
+    assert out.returncode == 2 and "cannot read" in out.stderr and out.stdout.strip().startswith("start")
+    (tmp_path / "text.pcap").write_text("not a capture")
+    out = sluice("decode", str(tmp_path / "text.pcap"))
+    assert out.returncode == 2 and "is not a pcap or pcapng capture" in out.stderr
+
+
+def _metrics(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+@pytest.fixture
+def server(tmp_path):
+    ports = {"netflow": free_udp_port(), "ipfix": free_udp_port(), "sflow": free_udp_port(), "http": free_tcp_port()}
+    proc = subprocess.Popen(
+        [SLUICE, "serve", "--listen", "127.0.0.1", "--http-listen", "127.0.0.1", "--http-port", str(ports["http"]),
+         "--netflow-port", str(ports["netflow"]), "--ipfix-port", str(ports["ipfix"]),
+         "--sflow-port", str(ports["sflow"]), "--data-dir", str(tmp_path / "var"), "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{ports['http']}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+    yield ports, proc
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_serve_collects_simulated_traffic_of_every_protocol(server):
+    ports, proc = server
+    sim = sluice("simulate", "--to", "127.0.0.1", "--netflow-port", str(ports["netflow"]), "--ipfix-port",
+                 str(ports["ipfix"]), "--sflow-port", str(ports["sflow"]), "--duration", "2", "--rate", "300")
+    assert sim.returncode == 0, sim.stderr
+    sent = int(re.search(r"sent (\d+) flows", sim.stderr).group(1))
+    time.sleep(0.5)
+    m = _metrics(ports["http"])
+    for proto, exporter in (("netflow5", "127.0.0.11"), ("netflow9", "127.0.0.12"), ("ipfix", "127.0.0.13"),
+                            ("sflow5", "127.0.0.14")):
+        assert m[f'sluice_datagrams_total{{exporter="{exporter}",proto="{proto}"}}'] > 0
+    flows = sum(v for k, v in m.items() if k.startswith("sluice_flows_total"))
+    # the v5 exporter cannot carry IPv6 conversations; everything else arrives
+    v5_share = sum(v for k, v in m.items() if k.startswith("sluice_flows_total") and "netflow5" in k)
+    assert v5_share > 0 and 0.8 * sent <= flows <= sent
+    assert not any(k.startswith("sluice_decode_errors_total") for k in m)
+    health = httpx.get(f"http://127.0.0.1:{ports['http']}/healthz").json()
+    assert {l["protocol"] for l in health["listeners"]} == {"netflow", "ipfix", "sflow"}
+    page = httpx.get(f"http://127.0.0.1:{ports['http']}/").text
+    assert "Top senders" in page
+
+
+def test_serve_prints_where_it_listens_and_stops_cleanly(server):
+    ports, proc = server
+    proc.send_signal(signal.SIGINT)
+    proc.wait(10)
+    err = proc.stderr.read()
+    assert f"http://localhost:{ports['http']}/" in err
+    assert f"UDP {ports['netflow']}" in err
+    assert proc.returncode == 0
+
+
+def test_serve_rejects_bad_configuration(tmp_path):
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text("[collect]\nnetflow_port = 99999\nsampling = { '10.0.0.1' = 0 }\n")
+    out = sluice("serve", "--config", str(cfg))
+    assert out.returncode == 2
+    assert "collect.netflow_port" in out.stderr and "65535" in out.stderr
+    assert "rate for 10.0.0.1 must be >= 1" in out.stderr
+    cfg.write_text("[collect\n")
+    out = sluice("serve", "--config", str(cfg))
+    assert out.returncode == 2 and "not valid TOML" in out.stderr
+    out = sluice("serve", "--config", str(tmp_path / "nope.toml"))
+    assert out.returncode == 2 and "not found" in out.stderr
+    env = dict(os.environ, SLUICE_HTTP__PORT="0")
+    out = sluice("serve", env=env)
+    assert out.returncode == 2 and "http.port" in out.stderr
+
+
+def test_serve_reports_a_busy_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        out = sluice("serve", "--listen", "127.0.0.1", "--netflow-port", str(port), "--ipfix-port", "0",
+                     "--sflow-port", "0", "--http-port", str(free_tcp_port()), "--http-listen", "127.0.0.1")
+    assert out.returncode == 1
+    assert f"cannot listen for netflow on UDP 127.0.0.1:{port}" in out.stderr
+    assert "--netflow-port" in out.stderr
+
+
+def test_config_check_layers_file_environment_and_defaults(tmp_path):
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text("log_level = 'info'\n[collect]\nnetflow_port = 9995\nipfix_port = 9996\n")
+    env = dict(os.environ, SLUICE_COLLECT__IPFIX_PORT="7777")
+    out = sluice("config", "check", "--config", str(cfg), env=env)
+    assert out.returncode == 0, out.stderr
+    settings = json.loads(out.stdout)
+    assert settings["collect"]["netflow_port"] == 9995  # file
+    assert settings["collect"]["ipfix_port"] == 7777  # environment beats file
+    assert settings["collect"]["sflow_port"] == 6343  # default
+    assert settings["log_level"] == "info"
+
+
+def test_help_documents_every_serve_option():
+    out = sluice("serve", "--help", env=dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb"))
+    for option in ("--config", "--listen", "--netflow-port", "--ipfix-port", "--sflow-port", "--http-port",
+                   "--log-level", "--simulate"):
+        assert option in out.stdout
+    assert "SLUICE_COLLECT__NETFLOW_PORT" in out.stdout
+
+
+@pytest.mark.parametrize("level, fmt", [(None, None), ("info", None), ("debug", "json")])
+def test_log_level_and_format(tmp_path, level, fmt):
+    http = free_tcp_port()
+    netflow = free_udp_port()
+    args = [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
+            "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http)]
+    args += ["--log-level", level] if level else []
+    args += ["--log-format", fmt] if fmt else []
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        sim = sluice("simulate", "--netflow-port", str(netflow), "--duration", "0.6", "--protocol", "netflow9")
+        assert sim.returncode == 0
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    err = proc.stderr.read()
+    log_lines = [l for l in err.splitlines() if "listening" in l or "batch decoded" in l]
+    if level is None:  # quiet by default: the banner only
+        assert log_lines == []
+        assert "Sluice is running" in err
+    elif level == "info":
+        assert any("listening" in l and f"port={netflow}" in l for l in log_lines)
+        assert not any("batch decoded" in l for l in log_lines)
+    else:
+        events = [json.loads(l) for l in err.splitlines() if l.startswith("{")]
+        assert {"listening", "batch decoded"} <= {e["event"] for e in events}
+        assert all("timestamp" in e and "level" in e for e in events)
