@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..flows.schema import IPFIX, NETFLOW5, NETFLOW9, SFLOW5, FlowBatch, addr_text
+from ..flows.schema import FlowBatch, addr_text
 from . import ipfix, netflow5, netflow9, sflow
 from .counters import Counters
 from .normalize import ExporterState, to_flows
@@ -29,11 +29,12 @@ from .templates import (
     decode_sets,
 )
 
+_SET_HEADER = struct.Struct("!HH")
 MAX_PLAUSIBLE_MS = 253_402_300_800_000  # year 10000: beyond it a time field is garbage
 PROTO_NAMES = {5: "netflow5", 9: "netflow9", 10: "ipfix", "sflow": "sflow5"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Datagram:
     payload: bytes
     address: str  # exporter IP address (text)
@@ -75,6 +76,7 @@ class Decoder:
         self.exporters: dict[tuple[bytes, int], ExporterState] = {}  # (address, domain) -> state
         self._sequences: dict[tuple[bytes, int, int, str], int] = {}
         self._addr_cache: dict[str, bytes] = {}
+        self._parsed_sets: dict[tuple[int, int, bytes], list[tuple[str, object]]] = {}
 
     # -- public -----------------------------------------------------------------------------
 
@@ -84,7 +86,8 @@ class Decoder:
         sflow_in: list[tuple[bytes, bytes, int]] = []
         collector = SetCollector()
         options_first: list[RawRecords] = []
-        per_exporter: dict[tuple[str, str], int] = {}
+        labels: dict[tuple[str, str], int] = {}  # (exporter, protocol) -> label id
+        label_of = np.full(len(datagrams), -1, np.int64)  # label id of each datagram
         ipfix_counts: list[tuple[tuple[bytes, int, int, str], int, int]] = []  # for sequence checks
 
         for index, dg in enumerate(datagrams):
@@ -119,11 +122,7 @@ class Decoder:
             else:
                 self._error("unknown", "unknown_version")
                 continue
-            key = (dg.address, proto)
-            per_exporter[key] = per_exporter.get(key, 0) + 1
-
-        for (exporter, proto), n in per_exporter.items():
-            self.counters.inc("datagrams_total", n, exporter=exporter, proto=proto)
+            label_of[index] = labels.setdefault((dg.address, proto), len(labels))
 
         groups: list[RawRecords] = []
         if v5:
@@ -143,15 +142,15 @@ class Decoder:
         self.counters.set("pending_sets", len(self.pending))
         self.counters.set("templates_active", len(self.templates))
 
-        flow_groups = [g for g in groups if g.kind == "flow"]
-        batches = [to_flows(g, self._state_for, self.config) for g in flow_groups]
+        converted = [to_flows(g, self._state_for, self.config) for g in groups if g.kind == "flow"]
         samples = None
         if sflow_in:
             samples = sflow.decode(sflow_in, self.counters,
                                    [int(datagrams[i].received * 1000) for _, _, i in sflow_in])
-            batches.append(samples.to_flows())
-        flows = FlowBatch.concat(batches)
-        self._count_flows(flows)
+            converted.append((samples.to_flows(), samples.columns["datagram"]))
+        flows = FlowBatch.concat([f for f, _ in converted])
+        origin = np.concatenate([d for _, d in converted]) if converted else np.zeros(0, np.int64)
+        self._count(labels, label_of, origin)
         return DecodeResult(flows, groups, samples)
 
     # -- NetFlow v9 -------------------------------------------------------------------------
@@ -165,9 +164,12 @@ class Decoder:
         _, _, uptime, secs, sequence, source_id = netflow9.HEADER.unpack_from(data)
         self._sequence(addr, source_id, proto, sequence, 1)
         exporter = (addr, port)
+        templates_get = self.templates.get
+        collector_add = collector.add
+        set_header = netflow9.SET_HEADER.unpack_from
         pos, ordinal = netflow9.HEADER_LEN, 0
         while len(data) - pos >= 4:
-            set_id, length = netflow9.SET_HEADER.unpack_from(data, pos)
+            set_id, length = set_header(data, pos)
             if length < 4:
                 self.counters.inc("trailing_bytes_total", len(data) - pos, proto=proto)
                 break  # zero fill after the last flowset
@@ -178,22 +180,15 @@ class Decoder:
             pos += length
             ordinal += 1
             if set_id == netflow9.TEMPLATE_SET or set_id == netflow9.OPTIONS_SET:
-                try:
-                    parsed = (netflow9.parse_templates(body) if set_id == netflow9.TEMPLATE_SET
-                              else netflow9.parse_options_templates(body))
-                except netflow9.MalformedTemplate as exc:
-                    self._error(proto, str(exc))
-                    continue
-                kind = "flow" if set_id == netflow9.TEMPLATE_SET else "options"
-                for template_id, fields in parsed:
-                    if not netflow9.fixed_length_ok(fields):
-                        self._error(proto, "template_zero_length")
-                        continue
-                    self._learn(exporter, source_id, Template(9, template_id, kind, fields), proto,
-                                collector)
+                self._template_set(9, set_id, body, exporter, source_id, proto, collector)
             elif set_id >= netflow9.MIN_DATA_SET:
                 meta = SetMeta(index, ordinal, 9, source_id, secs * 1000, uptime, exporter)
-                self._data_set(exporter, source_id, set_id, body, meta, proto, collector, now)
+                key = (addr, port, source_id, set_id)
+                template = templates_get(key)
+                if template is not None and len(body) >= template.min_length:
+                    collector_add(key, template, body, meta)
+                else:
+                    self._data_set(exporter, source_id, set_id, body, meta, proto, collector, now)
             else:
                 self._error(proto, "reserved_set_id")
 
@@ -212,9 +207,12 @@ class Decoder:
         if length < len(data):
             self.counters.inc("trailing_bytes_total", len(data) - length, proto=proto)
         exporter = (addr, port)
+        templates_get = self.templates.get
+        collector_add = collector.add
+        set_header = _SET_HEADER.unpack_from
         pos, ordinal = ipfix.HEADER_LEN, 0
         while length - pos >= 4:
-            set_id, set_len = struct.unpack_from("!HH", data, pos)
+            set_id, set_len = set_header(data, pos)
             if set_len < 4 or pos + set_len > length:
                 self._error(proto, "set_length")
                 break
@@ -222,39 +220,49 @@ class Decoder:
             pos += set_len
             ordinal += 1
             if set_id in (ipfix.TEMPLATE_SET, ipfix.OPTIONS_SET):
-                options = set_id == ipfix.OPTIONS_SET
-                try:
-                    parsed = ipfix.parse_templates(body, options)
-                except ipfix.MalformedTemplate as exc:
-                    self._error(proto, str(exc))
-                    continue
-                for template_id, fields in parsed:
-                    if isinstance(fields, ipfix.Withdrawal):
-                        if template_id in (ipfix.TEMPLATE_SET, ipfix.OPTIONS_SET):
-                            self.templates.withdraw(exporter, domain, None, proto)
-                        elif template_id >= ipfix.MIN_DATA_SET:
-                            self.templates.withdraw(exporter, domain, template_id, proto)
-                        continue
-                    if not netflow9.fixed_length_ok(fields):
-                        self._error(proto, "template_zero_length")
-                        continue
-                    kind = "options" if options else "flow"
-                    self._learn(exporter, domain, Template(10, template_id, kind, fields), proto, collector)
+                self._template_set(10, set_id, body, exporter, domain, proto, collector)
             elif set_id >= ipfix.MIN_DATA_SET:
                 meta = SetMeta(index, ordinal, 10, domain, export_s * 1000, 0, exporter)
-                self._data_set(exporter, domain, set_id, body, meta, proto, collector, now)
+                key = (addr, port, domain, set_id)
+                template = templates_get(key)
+                if template is not None and len(body) >= template.min_length:
+                    collector_add(key, template, body, meta)
+                else:
+                    self._data_set(exporter, domain, set_id, body, meta, proto, collector, now)
             else:
                 self._error(proto, "reserved_set_id")
         return ((addr, domain, 0, proto), sequence, index)
 
     # -- shared -----------------------------------------------------------------------------
 
+    def _template_set(self, version: int, set_id: int, body: bytes, exporter: tuple[bytes, int], domain: int,
+                      proto: str, collector: SetCollector) -> None:
+        """Apply one template / options template set. Exporters repeat the same sets every few
+        datagrams, so parsing results are cached by the set's bytes."""
+        cache_key = (version, set_id, body)
+        actions = self._parsed_sets.get(cache_key)
+        if actions is None:
+            actions = _parse_template_set(version, set_id, body)
+            if len(self._parsed_sets) >= 4096:
+                self._parsed_sets.pop(next(iter(self._parsed_sets)))
+            self._parsed_sets[cache_key] = actions
+        for action, value in actions:
+            if action == "error":
+                self._error(proto, value)  # type: ignore[arg-type]
+            elif action == "withdraw_all":
+                self.templates.withdraw(exporter, domain, None, proto)
+            elif action == "withdraw":
+                self.templates.withdraw(exporter, domain, value, proto)  # type: ignore[arg-type]
+            else:
+                self._learn(exporter, domain, value, proto, collector)  # type: ignore[arg-type]
+
     def _learn(self, exporter: tuple[bytes, int], domain: int, template: Template, proto: str,
                collector: SetCollector) -> None:
         key = (*exporter, domain, template.template_id)
         self.templates.put(key, template, proto)
-        for payload, meta in self.pending.take(key):
-            collector.add(key, self.templates.get(key), payload, meta)  # type: ignore[arg-type]
+        if self.pending.waiting(key):
+            for payload, meta in self.pending.take(key):
+                collector.add(key, template, payload, meta)
 
     def _data_set(self, exporter: tuple[bytes, int], domain: int, set_id: int, body: bytes,
                   meta: SetMeta, proto: str, collector: SetCollector, now: float) -> None:
@@ -274,10 +282,9 @@ class Decoder:
         rate = _sampling_rate(group.columns)
         init = group.columns.get("system_init_ms")
         sampler = group.columns.get("sampler_id", group.columns.get("selector_id"))
-        exporters = group.meta["exporter"]
-        domains = group.meta["source_id"]
+        pieces = group.meta["piece"].tolist()
         for i in range(len(group)):  # options records are few: a handful per template refresh
-            state = self._state_for(bytes(exporters[i]), int(domains[i]))
+            state = self._state_for(*group.piece_keys[pieces[i]])
             if rate is not None and rate[i] > 0:
                 sid = int(sampler[i]) if sampler is not None else None
                 state.sampling[sid] = int(rate[i])
@@ -316,15 +323,18 @@ class Decoder:
         for (addr, domain, _, proto), sequence, index in keys:
             self._sequence(addr, domain, proto, sequence, records_per_datagram.get(index, 0))
 
-    def _count_flows(self, flows: FlowBatch) -> None:
-        if not len(flows):
+    def _count(self, labels: dict[tuple[str, str], int], label_of: np.ndarray, origin: np.ndarray) -> None:
+        """Datagrams and flows per (exporter, protocol), the exporter being the datagram's sender."""
+        if not labels:
             return
-        # per (exporter, protocol): few distinct values per batch
-        key = np.concatenate([flows["exporter_addr"], flows["export_proto"][:, None]], axis=1)
-        uniq, counts = np.unique(key, axis=0, return_counts=True)
-        for row, n in zip(uniq, counts.tolist()):
-            name = {NETFLOW5: "netflow5", NETFLOW9: "netflow9", IPFIX: "ipfix", SFLOW5: "sflow5"}[int(row[16])]
-            self.counters.inc("flows_total", n, exporter=addr_text(bytes(row[:16])), proto=name)
+        known = label_of >= 0
+        datagrams = np.bincount(label_of[known], minlength=len(labels))
+        flows_per_datagram = np.bincount(origin, minlength=len(label_of))
+        flows = np.bincount(label_of[known], weights=flows_per_datagram[known], minlength=len(labels))
+        for (exporter, proto), i in labels.items():
+            self.counters.inc("datagrams_total", int(datagrams[i]), exporter=exporter, proto=proto)
+            if flows[i]:
+                self.counters.inc("flows_total", int(flows[i]), exporter=exporter, proto=proto)
 
     def _error(self, proto: str, reason: str) -> None:
         self.counters.inc("decode_errors_total", proto=proto, reason=reason)
@@ -337,6 +347,36 @@ class Decoder:
             if len(self._addr_cache) < 100_000:
                 self._addr_cache[text] = cached
         return cached
+
+
+def _parse_template_set(version: int, set_id: int, body: bytes) -> list[tuple[str, object]]:
+    """What a template set says: ("template", Template), ("withdraw", id), ("withdraw_all", None)
+    or ("error", reason), in order."""
+    out: list[tuple[str, object]] = []
+    if version == 9:
+        options = set_id == netflow9.OPTIONS_SET
+        try:
+            parsed: list = netflow9.parse_options_templates(body) if options else netflow9.parse_templates(body)
+        except netflow9.MalformedTemplate as exc:
+            return [("error", str(exc))]
+    else:
+        options = set_id == ipfix.OPTIONS_SET
+        try:
+            parsed = ipfix.parse_templates(body, options)
+        except ipfix.MalformedTemplate as exc:
+            return [("error", str(exc))]
+    for template_id, fields in parsed:
+        if isinstance(fields, ipfix.Withdrawal):
+            if template_id in (ipfix.TEMPLATE_SET, ipfix.OPTIONS_SET):
+                out.append(("withdraw_all", None))
+            elif template_id >= ipfix.MIN_DATA_SET:
+                out.append(("withdraw", template_id))
+            continue
+        if not netflow9.fixed_length_ok(fields):
+            out.append(("error", "template_zero_length"))
+            continue
+        out.append(("template", Template(version, template_id, "options" if options else "flow", fields)))
+    return out
 
 
 def _sampling_rate(columns: dict[str, np.ndarray]) -> np.ndarray | None:

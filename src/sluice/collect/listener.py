@@ -151,6 +151,7 @@ class Collector:
     def _process(self, batch: list[Datagram]) -> None:
         if not batch:
             return
+        started = time.perf_counter()
         try:
             result = self.decoder.decode(batch)
         except Exception:  # a decoder bug must not stop collection: count it and go on
@@ -158,7 +159,8 @@ class Collector:
             self.counters.inc("decode_errors_total", len(batch), proto="unknown", reason="internal_error")
             return
         self.counters.inc("batches_total")
-        log.debug("batch decoded", datagrams=len(batch), flows=len(result.flows))
+        log.debug("batch decoded", datagrams=len(batch), flows=len(result.flows),
+                  ms=round((time.perf_counter() - started) * 1000, 2))
         for sink in self.sinks:
             try:
                 sink(result.flows)

@@ -79,8 +79,8 @@ def decode(datagrams: list[tuple[bytes, V5Header, bytes, int]]) -> RawRecords:
         # v5 carries sampling in the header: low 14 bits interval, top 2 bits mode
         "v5_sampling": np.array([h.sampling & 0x3FFF for h in headers], np.int64)[piece],
         "exporter": np.frombuffer(b"".join(e for _, _, e, _ in datagrams), np.uint8).reshape(-1, 16)[piece],
-        "exporter_index": piece,
+        "piece": piece,
         "seq": (np.array([i for _, _, _, i in datagrams], np.int64)[piece] << 36)
         | (np.arange(len(rec)) - first[piece]),
     }
-    return RawRecords(5, "flow", None, columns, {}, meta)
+    return RawRecords(5, "flow", None, columns, {}, meta, [(e, 0) for _, _, e, _ in datagrams])

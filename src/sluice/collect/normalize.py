@@ -42,6 +42,9 @@ class ExporterState:
     system_init_ms: int | None = None
 
 
+StateLookup = Callable[[bytes, int], ExporterState]
+
+
 def _first(columns: dict[str, np.ndarray], keys: tuple[str, ...], n: int) -> np.ndarray:
     for key in keys:
         if key in columns:
@@ -53,7 +56,7 @@ def _signed32(x: np.ndarray) -> np.ndarray:
     return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
-def _times(group: RawRecords, state: Callable[[bytes, int], ExporterState]) -> tuple[np.ndarray, np.ndarray]:
+def _times(group: RawRecords, state: StateLookup) -> tuple[np.ndarray, np.ndarray]:
     c, meta = group.columns, group.meta
     export_ms = meta["export_ms"]
     n = len(group)
@@ -85,19 +88,28 @@ def _times(group: RawRecords, state: Callable[[bytes, int], ExporterState]) -> t
     return start, end
 
 
-def _system_init(group: RawRecords, state: Callable[[bytes, int], ExporterState]) -> np.ndarray:
-    out = np.full(len(group), -1, np.int64)
-    idx = group.meta["exporter_index"]
-    for i in np.unique(idx).tolist():  # one lookup per exporter message, not per record
-        rows = idx == i
-        row = int(np.argmax(rows))
-        init = state(bytes(group.meta["exporter"][row]), int(group.meta["source_id"][row])).system_init_ms
-        if init is not None:
-            out[rows] = init
-    return out
+def _piece_states(group: RawRecords, state: StateLookup) -> tuple[list[ExporterState], np.ndarray]:
+    """The exporter state of every piece: distinct states, and each piece's index into them."""
+    index: dict[tuple[bytes, int], int] = {}
+    states: list[ExporterState] = []
+    which = np.empty(len(group.piece_keys), np.int64)
+    for i, key in enumerate(group.piece_keys):  # per set / datagram, not per record
+        j = index.get(key)
+        if j is None:
+            j = index[key] = len(states)
+            states.append(state(*key))
+        which[i] = j
+    return states, which
 
 
-def _sampling(group: RawRecords, state: Callable[[bytes, int], ExporterState], config: "DecoderConfig") -> np.ndarray:
+def _system_init(group: RawRecords, state: StateLookup) -> np.ndarray:
+    """systemInitTimeMilliseconds of each record's exporter, -1 where unknown."""
+    states, which = _piece_states(group, state)
+    init = np.array([-1 if s.system_init_ms is None else s.system_init_ms for s in states], np.int64)
+    return init[which][group.meta["piece"]]
+
+
+def _sampling(group: RawRecords, state: StateLookup, config: "DecoderConfig") -> np.ndarray:
     c, meta = group.columns, group.meta
     n = len(group)
     rate = np.zeros(n, np.int64)
@@ -106,18 +118,23 @@ def _sampling(group: RawRecords, state: Callable[[bytes, int], ExporterState], c
     if "v5_sampling" in meta:
         rate = np.where(rate > 0, rate, meta["v5_sampling"])
     need = rate <= 0
-    if need.any():
-        sampler = c.get("sampler_id", c.get("selector_id"))
-        key = np.stack([meta["exporter_index"], meta["source_id"],
-                        sampler.astype(np.int64) if sampler is not None else np.full(n, -1)], axis=1)
-        uniq, inverse = np.unique(key[need], axis=0, return_inverse=True)
+    if not need.any():
+        return rate
+    states, which = _piece_states(group, state)
+    record_state = which[meta["piece"]]
+    sampler = c.get("sampler_id", c.get("selector_id"))
+    if sampler is None:  # one rate per exporter (domain)
+        per_state = np.array([s.sampling.get(None, s.default_sampling) for s in states], np.int64)
+        rate[need] = per_state[record_state[need]]
+    else:  # one rate per (exporter, sampler id): few distinct pairs
+        key = (record_state[need] << 32) | (sampler[need].astype(np.int64) & 0xFFFFFFFF)
+        uniq, inverse = np.unique(key, return_inverse=True)
         looked = np.empty(len(uniq), np.int64)
-        for j, (piece, domain, sid) in enumerate(uniq.tolist()):
-            row = int(np.argmax(meta["exporter_index"] == piece))
-            st = state(bytes(meta["exporter"][row]), int(domain))
-            looked[j] = st.sampling.get(sid if sid >= 0 else None, st.sampling.get(None, st.default_sampling))
+        for j, k in enumerate(uniq.tolist()):
+            s = states[k >> 32]
+            looked[j] = s.sampling.get(k & 0xFFFFFFFF, s.sampling.get(None, s.default_sampling))
         rate[need] = looked[inverse.reshape(-1)]
-    return np.maximum(rate, 1)
+    return np.clip(rate, 1, 0xFFFFFFFF)
 
 
 def _icmp_in_port(c: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -132,8 +149,9 @@ def _icmp_in_port(c: dict[str, np.ndarray], n: int) -> np.ndarray:
     return np.where(icmp, code, port).astype(np.uint64)
 
 
-def to_flows(group: RawRecords, state: Callable[[bytes, int], ExporterState], config: "DecoderConfig") -> FlowBatch:
-    """Canonical flows of one group of flow records (v5, or one v9/IPFIX template)."""
+def to_flows(group: RawRecords, state: StateLookup, config: "DecoderConfig") -> tuple[FlowBatch, np.ndarray]:
+    """Canonical flows of one group of flow records (v5, or one v9/IPFIX template), and the
+    index of the datagram each flow came from."""
     c = group.columns
     n = len(group)
     start, end = _times(group, state)
@@ -170,11 +188,12 @@ def to_flows(group: RawRecords, state: Callable[[bytes, int], ExporterState], co
     elif "responder_bytes" in c or "responder_packets" in c:
         rev_bytes = c.get("responder_bytes", np.zeros(n, np.uint64))
         rev_packets = c.get("responder_packets", np.zeros(n, np.uint64))
+    datagram = group.datagram
     if rev_bytes is None:
-        return forward
+        return forward, datagram
     has = (rev_bytes > 0) | (rev_packets > 0)
     if not has.any():
-        return forward
+        return forward, datagram
     sel = np.flatnonzero(has)
     mirrored = FlowBatch.build(
         len(sel),
@@ -190,4 +209,4 @@ def to_flows(group: RawRecords, state: Callable[[bytes, int], ExporterState], co
         **{k: (v[sel] if isinstance(v, np.ndarray) else v) for k, v in common.items()},  # type: ignore[arg-type]
     )
     # tcp flags of the reverse direction are not carried separately; keep the union
-    return FlowBatch.concat([forward, mirrored])
+    return FlowBatch.concat([forward, mirrored]), np.concatenate([datagram, datagram[sel]])

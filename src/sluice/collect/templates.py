@@ -63,6 +63,20 @@ class Template:
             self.offsets.append(pos)
             pos += 0 if f.length == VARLEN else f.length
         self.plan = self._compile()
+        self.record_dtype = self._record_dtype()
+
+    def _record_dtype(self) -> np.dtype | None:
+        """A structured dtype over one fixed-length record exposing the planned fields of
+        standard widths as big-endian integers, so a field is read in one numpy pass."""
+        if self.record_length is None or self.record_length == 0:
+            return None
+        names, formats, offsets = [], [], []
+        for fp in self.plan:
+            if fp.length in (1, 2, 4, 8) and fp.kind is not Kind.TIME_NTP:
+                names.append(f"f{fp.index}")
+                formats.append(f">u{fp.length}")
+                offsets.append(self.offsets[fp.index])
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": self.record_length})
 
     def _compile(self) -> list[FieldPlan]:
         plan: list[FieldPlan] = []
@@ -96,7 +110,7 @@ def _length_fits(kind: Kind, length: int) -> bool:
     return 1 <= length <= 8
 
 
-@dataclass
+@dataclass(slots=True)
 class SetMeta:
     """Header values that every record of one set shares."""
 
@@ -118,10 +132,19 @@ class RawRecords:
     template_id: int | None
     columns: dict[str, np.ndarray]
     reverse: dict[str, np.ndarray]
-    meta: dict[str, np.ndarray]  # source_id, export_ms, sys_uptime_ms, exporter, seq
+    #: per record: source_id, export_ms, sys_uptime_ms, exporter (16 bytes), piece, seq
+    meta: dict[str, np.ndarray]
+    #: per piece (a set, or a v5 datagram): (exporter address, source id / domain); ``meta["piece"]``
+    #: indexes it, so per-exporter lookups run once per piece instead of once per record
+    piece_keys: list[tuple[bytes, int]]
 
     def __len__(self) -> int:
         return len(self.meta["seq"])
+
+    @property
+    def datagram(self) -> np.ndarray:
+        """Index of each record's datagram within its batch."""
+        return self.meta["seq"] >> 36
 
 
 class TemplateCache:
@@ -137,6 +160,9 @@ class TemplateCache:
 
     def get(self, key: TemplateKey) -> Template | None:
         return self._templates.get(key)
+
+    def __contains__(self, key: TemplateKey) -> bool:
+        return key in self._templates
 
     def put(self, key: TemplateKey, template: Template, proto: str) -> bool:
         """Learn a template; returns True when it is new or changed its layout."""
@@ -172,6 +198,7 @@ class PendingData:
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self._sets: OrderedDict[tuple[TemplateKey, int], tuple[float, bytes, SetMeta, str]] = OrderedDict()
+        self._by_key: dict[TemplateKey, list[int]] = {}  # template key -> serials waiting for it
         self._bytes = 0
         self._serial = 0
 
@@ -182,16 +209,19 @@ class PendingData:
         self.counters.inc("template_misses_total", proto=proto)
         self._serial += 1
         self._sets[(key, self._serial)] = (now, payload, meta, proto)
+        self._by_key.setdefault(key, []).append(self._serial)
         self._bytes += len(payload)
         while self._bytes > self.max_bytes and self._sets:
             self._drop_oldest("pending_overflow")
 
+    def waiting(self, key: TemplateKey) -> bool:
+        return key in self._by_key
+
     def take(self, key: TemplateKey) -> list[tuple[bytes, SetMeta]]:
         """Remove and return the sets waiting for ``key``, oldest first."""
-        found = [k for k in self._sets if k[0] == key]
         out = []
-        for k in found:
-            _, payload, meta, _ = self._sets.pop(k)
+        for serial in self._by_key.pop(key, []):
+            _, payload, meta, _ = self._sets.pop((key, serial))
             self._bytes -= len(payload)
             out.append((payload, meta))
         return out
@@ -204,7 +234,11 @@ class PendingData:
             self._drop_oldest("template_missing")
 
     def _drop_oldest(self, reason: str) -> None:
-        _, (_, payload, _, proto) = self._sets.popitem(last=False)
+        (key, serial), (_, payload, _, proto) = self._sets.popitem(last=False)
+        serials = self._by_key[key]
+        serials.remove(serial)
+        if not serials:
+            del self._by_key[key]
         self._bytes -= len(payload)
         self.counters.inc("decode_errors_total", proto=proto, reason=reason)
         self.counters.inc("sets_dropped_total", proto=proto, reason=reason)
@@ -245,15 +279,20 @@ def decode_sets(template: Template, payloads: list[bytes], metas: list[SetMeta])
     reverse: dict[str, np.ndarray] = {}
     export_ms = np.array([m.export_ms for m in metas], np.int64)[piece]
     matrix = buf.reshape(n, template.record_length) if field_offsets is None and n else None
+    records = buf.view(template.record_dtype) if matrix is not None and template.record_dtype is not None else None
     for fp in template.plan:
-        if field_offsets is not None:
-            cols = gather(buf, field_offsets[:, fp.index], fp.length)
-        elif matrix is not None:
-            o = template.offsets[fp.index]
-            cols = matrix[:, o : o + fp.length]
+        name = f"f{fp.index}"
+        if records is not None and name in records.dtype.fields:
+            value = _interpret_int(fp.kind, records[name], export_ms)
         else:
-            cols = np.zeros((0, fp.length), np.uint8)
-        value = _interpret(fp.kind, cols, export_ms)
+            if field_offsets is not None:
+                cols = gather(buf, field_offsets[:, fp.index], fp.length)
+            elif matrix is not None:
+                o = template.offsets[fp.index]
+                cols = matrix[:, o : o + fp.length]
+            else:
+                cols = np.zeros((0, fp.length), np.uint8)
+            value = _interpret(fp.kind, cols, export_ms)
         target = reverse if fp.reverse else columns
         if fp.key not in target:
             target[fp.key] = value
@@ -265,11 +304,12 @@ def decode_sets(template: Template, payloads: list[bytes], metas: list[SetMeta])
         "export_ms": export_ms,
         "sys_uptime_ms": np.array([m.sys_uptime_ms for m in metas], np.int64)[piece],
         "exporter": np.frombuffer(b"".join(m.exporter[0] for m in metas), np.uint8).reshape(-1, 16)[piece],
-        "exporter_index": piece,
+        "piece": piece,
         # wire order across the batch: datagram, then set, then record within the set
         "seq": _wire_order(metas, piece, counts),
     }
-    return RawRecords(template.version, template.kind, template.template_id, columns, reverse, meta)
+    piece_keys = [(m.exporter[0], m.source_id) for m in metas]
+    return RawRecords(template.version, template.kind, template.template_id, columns, reverse, meta, piece_keys)
 
 
 def _wire_order(metas: list[SetMeta], piece: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -277,6 +317,21 @@ def _wire_order(metas: list[SetMeta], piece: np.ndarray, counts: np.ndarray) -> 
     first = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else np.zeros(0, np.int64)
     within = np.arange(len(piece), dtype=np.int64) - first[piece] if len(piece) else np.zeros(0, np.int64)
     return (set_key[piece] << 20) | within
+
+
+def _interpret_int(kind: Kind, values: np.ndarray, export_ms: np.ndarray) -> np.ndarray:
+    """Like ``_interpret`` for a field already read as big-endian integers (1/2/4/8 bytes)."""
+    if kind is Kind.UINT:
+        return values.astype(np.uint64)
+    if kind is Kind.IPV4:
+        return ipv4_to_mapped(values)
+    if kind is Kind.TIME_S:
+        return values.astype(np.int64) * 1000
+    if kind is Kind.TIME_MS:
+        return values.astype(np.int64)
+    if kind is Kind.DELTA_US:
+        return (export_ms * 1000 - values.astype(np.int64)) // 1000
+    raise AssertionError(kind)
 
 
 def _interpret(kind: Kind, cols: np.ndarray, export_ms: np.ndarray) -> np.ndarray:

@@ -56,5 +56,5 @@ def ipv4_to_mapped(v4: np.ndarray) -> np.ndarray:
     out = np.zeros((len(v4), 16), np.uint8)
     out[:, 10] = 0xFF
     out[:, 11] = 0xFF
-    out[:, 12:] = v4.astype(">u4").view(np.uint8).reshape(-1, 4)
+    out[:, 12:] = np.ascontiguousarray(v4, dtype=">u4").view(np.uint8).reshape(-1, 4)
     return out

@@ -92,6 +92,9 @@ class FlowBatch:
             value = columns.pop(name, None)
             if value is None:
                 out[name] = _empty_column(dt, n)
+            elif isinstance(value, np.ndarray) and value.shape == ((n, 16) if dt is ADDR else (n,)):
+                # a full column: convert (or share, if the type already fits) - batches are not mutated
+                out[name] = np.asarray(value, np.uint8 if dt is ADDR else dt)  # type: ignore[call-overload]
             elif dt is ADDR:
                 out[name] = np.broadcast_to(np.asarray(value, np.uint8), (n, 16)).copy()
             else:
