@@ -165,3 +165,25 @@ def run(cmd: list[str], timeout: float = 60, **kw: object) -> subprocess.Complet
 
 def env_without_proxy() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+def export_to_both(tmp_path: Path, run_exporter, reference: str = "nfcapd") -> tuple[SluiceCollector, list[dict]]:
+    """Run ``run_exporter(port)`` against a UDP tee feeding a fresh Sluice collector and the
+    reference collector (``nfcapd``, or ``sfcapd`` for sFlow) the same datagrams. Returns
+    Sluice (stopped) and the reference's records; asserts Sluice saw every datagram cleanly."""
+    sluice = SluiceCollector()
+    try:
+        with nfcapd(tmp_path, reference) as (reference_port, records):
+            target = sluice.sflow_port if reference == "sfcapd" else sluice.port
+            tee = UdpTee([("127.0.0.1", reference_port), ("127.0.0.1", target)])
+            try:
+                run_exporter(tee.port)
+                sluice.wait_for(tee.datagrams or 1)
+            finally:
+                tee.close()
+    finally:
+        sluice.close()
+    assert tee.datagrams > 0, "the exporter sent nothing"
+    assert sluice.decoder.counters.get("datagrams_total") == tee.datagrams
+    assert sluice.decoder.counters.get("decode_errors_total") == 0
+    return sluice, records

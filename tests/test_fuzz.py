@@ -91,3 +91,17 @@ def test_template_flood_stays_within_the_cache_limit():
         templates = [(256 + i * 100 + k, [(8, 4), (1, 4)]) for k in range(50)]
         check(decoder, [ipfix_message([ipfix_template_set(templates), data_set(9999, [b"\0" * 8])], domain=i)])
     assert decoder.counters.get("templates_evicted_total") > 0
+
+
+def test_spoofed_source_flood_keeps_state_and_metrics_bounded():
+    from sluice.collect.decoder import DecoderConfig as Config
+    from .wirebuild import ipfix_message
+
+    decoder = Decoder(Config(max_exporters=50))
+    datagrams = [Datagram(ipfix_message([], sequence=i, domain=i), f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                          2055, 0.0) for i in range(500)]
+    decoder.decode(datagrams)
+    assert len(decoder._sequences) <= 50
+    labels = {dict(k)["exporter"] for (name, k) in decoder.counters.snapshot() if name == "datagrams_total"}
+    assert len(labels) == 51 and "other" in labels
+    assert decoder.counters.get("datagrams_total") == 500  # still every datagram counted

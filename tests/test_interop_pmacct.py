@@ -5,7 +5,7 @@ and to nfcapd / sfcapd; per 5-tuple totals must agree with them and with the pca
 import pytest
 
 from .conftest import require_tool
-from .interop import SluiceCollector, UdpTee, icmp_portless, nfcapd, nfdump_totals, run, sluice_totals
+from .interop import export_to_both, icmp_portless, nfdump_totals, run, sluice_totals
 from .pcapgen import Conversation, expected_flows, standard_conversations, write_pcap
 
 pytestmark = pytest.mark.interop
@@ -39,57 +39,37 @@ def run_pmacctd(tmp_path, plugin_lines: str):
     assert "ERROR" not in output, output
 
 
+NFPROBE_TIMEOUTS = "tcp=1:tcp.rst=1:tcp.fin=1:udp=1:icmp=1:general=1:maxlife=1:expint=1"
+
+
 @pytest.mark.parametrize("version", ["5", "9", "10"])
 def test_pmacctd_nfprobe_matches_nfcapd_and_pcap(tmp_path, version):
     truth = capture(tmp_path)
     if version == "5":
         truth = {k: v for k, v in truth.items() if ":" not in k[0]}
-    sluice = SluiceCollector()
-    try:
-        with nfcapd(tmp_path) as (nf_port, nf_records):
-            tee = UdpTee([("127.0.0.1", nf_port), ("127.0.0.1", sluice.port)])
-            try:
-                run_pmacctd(tmp_path, f"plugins: nfprobe\nnfprobe_receiver: 127.0.0.1:{tee.port}\n"
-                                      f"nfprobe_version: {version}\n"
-                                      "nfprobe_timeouts: tcp=1:tcp.rst=1:tcp.fin=1:udp=1:icmp=1:general=1:"
-                                      "maxlife=1:expint=1\n")
-                sluice.wait_for(tee.datagrams or 1)
-            finally:
-                tee.close()
-    finally:
-        sluice.close()
-    assert tee.datagrams > 0
-    assert sluice.decoder.counters.get("decode_errors_total") == 0
+    sluice, reference = export_to_both(tmp_path, lambda port: run_pmacctd(
+        tmp_path, f"plugins: nfprobe\nnfprobe_receiver: 127.0.0.1:{port}\nnfprobe_version: {version}\n"
+                  f"nfprobe_timeouts: {NFPROBE_TIMEOUTS}\n"))
     got = without_ticks(sluice_totals(sluice.flows()))
-    assert icmp_portless(got) == icmp_portless(without_ticks(nfdump_totals(nf_records))), "Sluice and nfdump disagree on the same export"
+    assert icmp_portless(got) == icmp_portless(without_ticks(nfdump_totals(reference))), \
+        "Sluice and nfdump disagree on the same export"
     assert got == truth, "Sluice's totals differ from the pcap's conversations"
 
 
 def test_pmacctd_sfprobe_matches_sfcapd_and_pcap(tmp_path):
     truth = capture(tmp_path)
-    sluice = SluiceCollector()
-    try:
-        with nfcapd(tmp_path, "sfcapd") as (sf_port, sf_records):
-            tee = UdpTee([("127.0.0.1", sf_port), ("127.0.0.1", sluice.sflow_port)])
-            try:
-                # sampling 1: every packet is a sample, so scaled totals must be exact
-                run_pmacctd(tmp_path, f"plugins: sfprobe\nsfprobe_receiver: 127.0.0.1:{tee.port}\n"
-                                      "sampling_rate: 1\nsfprobe_agentip: 192.0.2.77\n")
-                sluice.wait_for(tee.datagrams or 1)
-            finally:
-                tee.close()
-    finally:
-        sluice.close()
-    assert tee.datagrams > 0
-    assert sluice.decoder.counters.get("decode_errors_total") == 0
+    # sampling 1: every packet is a sample, so scaled totals must be exact
+    sluice, reference = export_to_both(tmp_path, lambda port: run_pmacctd(
+        tmp_path, f"plugins: sfprobe\nsfprobe_receiver: 127.0.0.1:{port}\nsampling_rate: 1\n"
+                  "sfprobe_agentip: 192.0.2.77\n"), reference="sfcapd")
     flows = sluice.flows()
     assert {r["exporter_addr"] for r in flows.to_records()} == {"192.0.2.77"}  # the sFlow agent
     got = without_ticks(sluice_totals(flows))
     assert got == truth, "Sluice's sFlow totals differ from the pcap's packets"
     # sfcapd counts the sampled frame (14-byte Ethernet header + 4-byte FCS on top of the IP
     # packet); Sluice counts IP bytes, as NetFlow exporters do. Same packets, same frames.
-    reference = icmp_portless(without_ticks(nfdump_totals(sf_records)))
     # sfcapd 1.7.1 stores none of the IPv6 samples of this export (Sluice's IPv6 totals equal
     # the pcap's, asserted above), so the cross-check covers IPv4.
     as_frames = {k: [p, b + 18 * p] for k, (p, b) in icmp_portless(got).items() if ":" not in k[0]}
-    assert as_frames == reference, "Sluice and sfcapd disagree on the same export"
+    assert as_frames == icmp_portless(without_ticks(nfdump_totals(reference))), \
+        "Sluice and sfcapd disagree on the same export"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,7 +78,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
+        # flags (init) beat the environment, which beats the TOML file given to load()
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, _file_values.get()))
+
+
+#: the TOML file's values while load() builds Settings (a context variable: no shared state)
+_file_values: ContextVar[dict[str, Any]] = ContextVar("sluice_config_file_values", default={})
 
 
 class ConfigError(ValueError):
@@ -108,22 +114,12 @@ def load(path: Path | None = None, **overrides: Any) -> Settings:
             node = node.setdefault(p, {})
         node[leaf] = value
 
-    class _FromFile(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
-
+    token = _file_values.set(file_values)
     try:
-        loaded = _FromFile(**flag_values)
+        return Settings(**flag_values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         source = f" (file {path}, SLUICE_* environment, flags)" if path else " (SLUICE_* environment, flags)"
         raise ConfigError(f"invalid configuration{source}: {problems}") from None
-    return Settings.model_construct(**dict(loaded))
+    finally:
+        _file_values.reset(token)

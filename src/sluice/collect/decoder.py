@@ -63,6 +63,9 @@ class DecoderConfig:
     pending_max_age_s: float = 60.0
     pending_max_bytes: int = 8 << 20
     max_templates: int = 65536
+    #: exporters (address + domain) whose state and sequence numbers are tracked; and distinct
+    #: exporter labels in metrics, beyond which they are counted as exporter="other"
+    max_exporters: int = 16384
 
 
 class Decoder:
@@ -77,6 +80,7 @@ class Decoder:
         self._sequences: dict[tuple[bytes, int, int, str], int] = {}
         self._addr_cache: dict[str, bytes] = {}
         self._parsed_sets: dict[tuple[int, int, bytes], list[tuple[str, object]]] = {}
+        self._labels_seen: set[str] = set()
 
     # -- public -----------------------------------------------------------------------------
 
@@ -88,7 +92,6 @@ class Decoder:
         options_first: list[RawRecords] = []
         labels: dict[tuple[str, str], int] = {}  # (exporter, protocol) -> label id
         label_of = np.full(len(datagrams), -1, np.int64)  # label id of each datagram
-        ipfix_counts: list[tuple[tuple[bytes, int, int, str], int, int]] = []  # for sequence checks
 
         for index, dg in enumerate(datagrams):
             data = dg.payload
@@ -113,9 +116,7 @@ class Decoder:
                 self._walk_v9(data, addr, dg.port, index, collector, now)
             elif version == 10:
                 proto = "ipfix"
-                seq_key = self._walk_ipfix(data, addr, dg.port, index, collector, now)
-                if seq_key is not None:
-                    ipfix_counts.append(seq_key)
+                self._walk_ipfix(data, addr, dg.port, index, collector, now)
             elif version == 0 and len(data) >= 4 and data[2] == 0 and data[3] == 5:
                 proto = "sflow5"
                 sflow_in.append((data, addr, index))
@@ -137,7 +138,6 @@ class Decoder:
                 options_first.append(group)
         groups.extend(template_groups)
 
-        self._check_ipfix_sequences(ipfix_counts, template_groups)
         self.pending.expire(now)
         self.counters.set("pending_sets", len(self.pending))
         self.counters.set("templates_active", len(self.templates))
@@ -195,15 +195,15 @@ class Decoder:
     # -- IPFIX ------------------------------------------------------------------------------
 
     def _walk_ipfix(self, data: bytes, addr: bytes, port: int, index: int,
-                    collector: SetCollector, now: float) -> tuple | None:
+                    collector: SetCollector, now: float) -> None:
         proto = "ipfix"
         if len(data) < ipfix.HEADER_LEN:
             self._error(proto, "truncated_header")
-            return None
+            return
         _, length, export_s, sequence, domain = ipfix.HEADER.unpack_from(data)
         if length < ipfix.HEADER_LEN or length > len(data):
             self._error(proto, "message_length")
-            return None
+            return
         if length < len(data):
             self.counters.inc("trailing_bytes_total", len(data) - length, proto=proto)
         exporter = (addr, port)
@@ -211,6 +211,9 @@ class Decoder:
         collector_add = collector.add
         set_header = _SET_HEADER.unpack_from
         pos, ordinal = ipfix.HEADER_LEN, 0
+        # sequence numbers count data records; a set whose record count is not known until it
+        # is decoded (variable length, no template yet) makes the next check a resync instead
+        records: int | None = 0
         while length - pos >= 4:
             set_id, set_len = set_header(data, pos)
             if set_len < 4 or pos + set_len > length:
@@ -219,19 +222,22 @@ class Decoder:
             body = data[pos + 4 : pos + set_len]
             pos += set_len
             ordinal += 1
-            if set_id in (ipfix.TEMPLATE_SET, ipfix.OPTIONS_SET):
-                self._template_set(10, set_id, body, exporter, domain, proto, collector)
-            elif set_id >= ipfix.MIN_DATA_SET:
+            if set_id >= 256:
                 meta = SetMeta(index, ordinal, 10, domain, export_s * 1000, 0, exporter)
                 key = (addr, port, domain, set_id)
                 template = templates_get(key)
                 if template is not None and len(body) >= template.min_length:
                     collector_add(key, template, body, meta)
+                    if records is not None:
+                        records = None if template.record_length is None else records + len(body) // template.record_length
                 else:
                     self._data_set(exporter, domain, set_id, body, meta, proto, collector, now)
+                    records = None
+            elif set_id == 2 or set_id == 3:
+                self._template_set(10, set_id, body, exporter, domain, proto, collector)
             else:
                 self._error(proto, "reserved_set_id")
-        return ((addr, domain, 0, proto), sequence, index)
+        self._sequence(addr, domain, proto, sequence, records)
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -294,34 +300,29 @@ class Decoder:
     def _state_for(self, addr: bytes, domain: int) -> ExporterState:
         state = self.exporters.get((addr, domain))
         if state is None:
+            _make_room(self.exporters, self.config.max_exporters)
             text = addr_text(addr)
             default = self.config.sampling_defaults.get(text, self.config.default_sampling_rate)
             state = self.exporters[(addr, domain)] = ExporterState(default_sampling=default)
         return state
 
-    def _sequence(self, addr: bytes, domain: int, proto: str, sequence: int, advance: int) -> None:
+    def _sequence(self, addr: bytes, domain: int, proto: str, sequence: int, advance: int | None) -> None:
+        """Count exporter-side loss from sequence numbers; ``advance`` None: unknown, resync."""
         key = (addr, domain, 0, proto)
         expected = self._sequences.get(key)
         if expected is not None and sequence != expected:
             gap = (sequence - expected) & 0xFFFFFFFF
+            label = self._exporter_label(addr_text(addr))
             if gap < 1 << 31:  # ahead: lost in between; behind: reordered or restarted
-                self.counters.inc("sequence_gaps_total", gap, exporter=addr_text(addr), proto=proto)
+                self.counters.inc("sequence_gaps_total", gap, exporter=label, proto=proto)
             else:
-                self.counters.inc("sequence_resets_total", exporter=addr_text(addr), proto=proto)
-        self._sequences[key] = (sequence + advance) & 0xFFFFFFFF
-
-    def _check_ipfix_sequences(self, keys: list, groups: list[RawRecords]) -> None:
-        if not keys:
-            return
-        # IPFIX sequence numbers count data records: tally the records of each message
-        records_per_datagram: dict[int, int] = {}
-        for g in groups:
-            if g.version == 10:
-                idx, n = np.unique(g.meta["seq"] >> 36, return_counts=True)
-                for i, c in zip(idx.tolist(), n.tolist()):
-                    records_per_datagram[i] = records_per_datagram.get(i, 0) + c
-        for (addr, domain, _, proto), sequence, index in keys:
-            self._sequence(addr, domain, proto, sequence, records_per_datagram.get(index, 0))
+                self.counters.inc("sequence_resets_total", exporter=label, proto=proto)
+        if advance is None:
+            self._sequences.pop(key, None)
+        else:
+            if expected is None:
+                _make_room(self._sequences, self.config.max_exporters)
+            self._sequences[key] = (sequence + advance) & 0xFFFFFFFF
 
     def _count(self, labels: dict[tuple[str, str], int], label_of: np.ndarray, origin: np.ndarray) -> None:
         """Datagrams and flows per (exporter, protocol), the exporter being the datagram's sender."""
@@ -332,9 +333,20 @@ class Decoder:
         flows_per_datagram = np.bincount(origin, minlength=len(label_of))
         flows = np.bincount(label_of[known], weights=flows_per_datagram[known], minlength=len(labels))
         for (exporter, proto), i in labels.items():
-            self.counters.inc("datagrams_total", int(datagrams[i]), exporter=exporter, proto=proto)
+            label = self._exporter_label(exporter)
+            self.counters.inc("datagrams_total", int(datagrams[i]), exporter=label, proto=proto)
             if flows[i]:
-                self.counters.inc("flows_total", int(flows[i]), exporter=exporter, proto=proto)
+                self.counters.inc("flows_total", int(flows[i]), exporter=label, proto=proto)
+
+    def _exporter_label(self, exporter: str) -> str:
+        """The exporter as a metrics label; past ``max_exporters`` distinct ones (a spoofed
+        source flood, say), "other", so that the metrics stay bounded."""
+        if exporter in self._labels_seen:
+            return exporter
+        if len(self._labels_seen) >= self.config.max_exporters:
+            return "other"
+        self._labels_seen.add(exporter)
+        return exporter
 
     def _error(self, proto: str, reason: str) -> None:
         self.counters.inc("decode_errors_total", proto=proto, reason=reason)
@@ -347,6 +359,12 @@ class Decoder:
             if len(self._addr_cache) < 100_000:
                 self._addr_cache[text] = cached
         return cached
+
+
+def _make_room(table: dict, limit: int) -> None:
+    """Forget the oldest entries (dicts keep insertion order) so one more fits under ``limit``."""
+    while len(table) >= limit:
+        table.pop(next(iter(table)))
 
 
 def _parse_template_set(version: int, set_id: int, body: bytes) -> list[tuple[str, object]]:
