@@ -81,8 +81,10 @@ class Collector:
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports double
         if granted < self.settings.receive_buffer_bytes and not self._warned_buffer:
             self._warned_buffer = True
-            log.warning("receive buffer smaller than asked", port=port, asked=self.settings.receive_buffer_bytes,
-                        granted=granted, fix="run as root or raise net.core.rmem_max")
+            log.warning("receive buffer smaller than asked: bursts may be dropped (sluice_socket_drops)",
+                        port=port, asked=self.settings.receive_buffer_bytes, granted=granted,
+                        fix=f"sysctl -w net.core.rmem_max={self.settings.receive_buffer_bytes} "
+                            "(or run with CAP_NET_ADMIN)")
         return sock
 
     def start(self) -> None:
