@@ -1,15 +1,16 @@
-"""The canonical flow record (DESIGN.md §3) as a batch of numpy columns.
+"""The canonical flow and session records (DESIGN.md §3) as batches of numpy columns.
 
-One row is one direction of traffic as an exporter reported it. Addresses of both families
-share one 16-byte representation (IPv4 as ``::ffff:a.b.c.d``). Byte and packet counts are
-already scaled by ``sampling_rate``, which is kept.
+A flow is one direction of traffic as an exporter reported it; a session is one
+conversation seen from both ends (client and server). Addresses of both families share one
+16-byte representation (IPv4 as ``::ffff:a.b.c.d``). Byte and packet counts are already
+scaled by ``sampling_rate``, which is kept. Countries are ISO 3166 alpha-2 codes (2 bytes).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Iterable
+from typing import ClassVar, Iterable, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,7 @@ NETFLOW5, NETFLOW9, IPFIX, SFLOW5 = 1, 2, 3, 4
 EXPORT_PROTO_NAMES = {NETFLOW5: "netflow5", NETFLOW9: "netflow9", IPFIX: "ipfix", SFLOW5: "sflow5"}
 
 ADDR = "addr16"  # marker for (n, 16) uint8 address columns
+COUNTRY = "country2"  # marker for 2-byte country code columns (numpy "S2", Arrow string)
 
 #: column name -> numpy dtype (or ADDR)
 FLOW_COLUMNS: dict[str, object] = {
@@ -42,6 +44,31 @@ FLOW_COLUMNS: dict[str, object] = {
     "sampling_rate": np.uint32,
 }
 
+#: column name -> numpy dtype (or ADDR / COUNTRY)
+SESSION_COLUMNS: dict[str, object] = {
+    "session_id": np.uint64,
+    "start_ms": np.int64,
+    "end_ms": np.int64,
+    "exporter_addr": ADDR,
+    "protocol": np.uint8,
+    "cln_addr": ADDR,
+    "srv_addr": ADDR,
+    "cln_port": np.uint16,
+    "srv_port": np.uint16,
+    "cln_bytes": np.uint64,
+    "srv_bytes": np.uint64,
+    "cln_pkts": np.uint64,
+    "srv_pkts": np.uint64,
+    "tcp_flags": np.uint16,
+    "cln_country": COUNTRY,
+    "srv_country": COUNTRY,
+    "cln_asn": np.uint32,
+    "srv_asn": np.uint32,
+    "input_if": np.uint32,
+    "output_if": np.uint32,
+    "sampling_rate": np.uint32,
+}
+
 _ARROW_TYPES = {
     np.int64: pa.int64(),
     np.uint8: pa.uint8(),
@@ -49,92 +76,113 @@ _ARROW_TYPES = {
     np.uint32: pa.uint32(),
     np.uint64: pa.uint64(),
     ADDR: pa.binary(16),
+    COUNTRY: pa.string(),
 }
 
-FLOW_SCHEMA = pa.schema([(name, _ARROW_TYPES[dt]) for name, dt in FLOW_COLUMNS.items()])
+
+def arrow_schema(columns: dict[str, object]) -> pa.Schema:
+    return pa.schema([(name, _ARROW_TYPES[dt]) for name, dt in columns.items()])
+
+
+FLOW_SCHEMA = arrow_schema(FLOW_COLUMNS)
+SESSION_SCHEMA = arrow_schema(SESSION_COLUMNS)
+
+
+def _numpy_dtype(dtype: object) -> object:
+    return np.uint8 if dtype is ADDR else "S2" if dtype is COUNTRY else dtype
 
 
 def _empty_column(dtype: object, n: int) -> np.ndarray:
     if dtype is ADDR:
         return np.zeros((n, 16), np.uint8)
-    return np.zeros(n, dtype)  # type: ignore[call-overload]
+    return np.zeros(n, _numpy_dtype(dtype))  # type: ignore[call-overload]
+
+
+B = TypeVar("B", bound="ColumnBatch")
 
 
 @dataclass
-class FlowBatch:
-    """Columns of canonical flows; every array has the same length."""
+class ColumnBatch:
+    """Named numpy columns of one length, with a fixed set of names and types (``COLUMNS``)."""
 
     columns: dict[str, np.ndarray]
+    COLUMNS: ClassVar[dict[str, object]] = {}
 
     def __post_init__(self) -> None:
         n = {len(v) for v in self.columns.values()}
         if len(n) > 1:
-            raise ValueError(f"FlowBatch columns differ in length: {n}")
-        missing = FLOW_COLUMNS.keys() - self.columns.keys()
+            raise ValueError(f"{type(self).__name__} columns differ in length: {n}")
+        missing = self.COLUMNS.keys() - self.columns.keys()
         if missing:
-            raise ValueError(f"FlowBatch lacks columns: {sorted(missing)}")
+            raise ValueError(f"{type(self).__name__} lacks columns: {sorted(missing)}")
 
     def __len__(self) -> int:
-        return len(self.columns["bytes"])
+        return len(next(iter(self.columns.values())))
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
 
     @classmethod
-    def empty(cls, n: int = 0) -> "FlowBatch":
-        return cls({name: _empty_column(dt, n) for name, dt in FLOW_COLUMNS.items()})
+    def empty(cls: type[B], n: int = 0) -> B:
+        return cls({name: _empty_column(dt, n) for name, dt in cls.COLUMNS.items()})
 
     @classmethod
-    def build(cls, n: int, **columns: np.ndarray | int) -> "FlowBatch":
+    def build(cls: type[B], n: int, **columns: np.ndarray | int | bytes) -> B:
         """A batch of ``n`` rows from the given columns (scalars broadcast); others zero."""
         out: dict[str, np.ndarray] = {}
-        for name, dt in FLOW_COLUMNS.items():
+        for name, dt in cls.COLUMNS.items():
             value = columns.pop(name, None)
             if value is None:
                 out[name] = _empty_column(dt, n)
             elif isinstance(value, np.ndarray) and value.shape == ((n, 16) if dt is ADDR else (n,)):
                 # a full column: convert (or share, if the type already fits) - batches are not mutated
-                out[name] = np.asarray(value, np.uint8 if dt is ADDR else dt)  # type: ignore[call-overload]
+                out[name] = np.asarray(value, _numpy_dtype(dt))  # type: ignore[call-overload]
             elif dt is ADDR:
                 out[name] = np.broadcast_to(np.asarray(value, np.uint8), (n, 16)).copy()
             else:
-                out[name] = np.broadcast_to(np.asarray(value).astype(dt), (n,)).copy()  # type: ignore[call-overload]
+                out[name] = np.broadcast_to(np.asarray(value).astype(_numpy_dtype(dt)), (n,)).copy()  # type: ignore[call-overload]
         if columns:
             raise ValueError(f"unknown flow columns: {sorted(columns)}")
         return cls(out)
 
     @classmethod
-    def concat(cls, batches: Iterable["FlowBatch"]) -> "FlowBatch":
+    def concat(cls: type[B], batches: Iterable[B]) -> B:
         batches = [b for b in batches if len(b)]
         if not batches:
             return cls.empty()
         if len(batches) == 1:
             return batches[0]
-        return cls({name: np.concatenate([b.columns[name] for b in batches]) for name in FLOW_COLUMNS})
+        return cls({name: np.concatenate([b.columns[name] for b in batches]) for name in cls.COLUMNS})
 
-    def take(self, index: np.ndarray) -> "FlowBatch":
-        return FlowBatch({name: col[index] for name, col in self.columns.items()})
+    def take(self: B, index: np.ndarray) -> B:
+        return type(self)({name: col[index] for name, col in self.columns.items()})
 
     def to_arrow(self) -> pa.RecordBatch:
         arrays = []
         n = len(self)
-        for name, dt in FLOW_COLUMNS.items():
+        for name, dt in self.COLUMNS.items():
             col = self.columns[name]
             if dt is ADDR:
                 buf = pa.py_buffer(np.ascontiguousarray(col).tobytes())
                 arrays.append(pa.Array.from_buffers(pa.binary(16), n, [None, buf]))
+            elif dt is COUNTRY:
+                buf = pa.py_buffer(np.ascontiguousarray(col, "S2").tobytes())
+                codes = pa.Array.from_buffers(pa.binary(2), n, [None, buf])
+                arrays.append(codes.cast(pa.binary()).cast(pa.string()))
             else:
                 arrays.append(pa.array(col, type=_ARROW_TYPES[dt]))
-        return pa.RecordBatch.from_arrays(arrays, schema=FLOW_SCHEMA)
+        return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(self.COLUMNS))
 
     def to_records(self) -> list[dict[str, object]]:
         """Rows as dicts with addresses as text: for display and tests, not the hot path."""
         n = len(self)
         rows: list[dict[str, object]] = [{} for _ in range(n)]
-        for name, dt in FLOW_COLUMNS.items():
+        for name, dt in self.COLUMNS.items():
             col = self.columns[name]
             if dt is ADDR:
                 values: list[object] = [addr_text(bytes(a)) for a in col]
+            elif dt is COUNTRY:
+                values = [c.decode("ascii", "replace") for c in col.tolist()]
             elif name == "export_proto":
                 values = [EXPORT_PROTO_NAMES.get(int(v), str(int(v))) for v in col]
             else:
@@ -142,6 +190,18 @@ class FlowBatch:
             for row, v in zip(rows, values):
                 row[name] = v
         return rows
+
+
+class FlowBatch(ColumnBatch):
+    """Columns of canonical flows (one direction each)."""
+
+    COLUMNS = FLOW_COLUMNS
+
+
+class SessionBatch(ColumnBatch):
+    """Columns of sessions: one conversation, client and server sides."""
+
+    COLUMNS = SESSION_COLUMNS
 
 
 def addr_text(addr16: bytes) -> str:

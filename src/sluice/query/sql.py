@@ -1,0 +1,57 @@
+"""Filter AST -> a parameterised SQL condition over the sessions table.
+
+Only column names, operators and ``?`` placeholders are written into the SQL text; every
+value the user typed travels as a parameter, so no filter can change the statement.
+"""
+
+from __future__ import annotations
+
+from .filter import AddressRange, And, Comparison, Kind, Node, Not, Or, Side, Xor
+
+_SQL_OP = {"==": "=", "!=": "<>", ">=": ">=", "<=": "<=", ">": ">", "<": "<"}
+
+
+def compile_filter(node: Node) -> tuple[str, list[object]]:
+    """SQL boolean expression and its parameters, in order."""
+    params: list[object] = []
+    return _compile(node, params), params
+
+
+def _compile(node: Node, params: list[object]) -> str:
+    if isinstance(node, Comparison):
+        return _comparison(node, params)
+    if isinstance(node, Not):
+        return f"(NOT {_compile(node.operand, params)})"
+    left = _compile(node.left, params)
+    right = _compile(node.right, params)
+    if isinstance(node, And):
+        return f"({left} AND {right})"
+    if isinstance(node, Or):
+        return f"({left} OR {right})"
+    assert isinstance(node, Xor)
+    return f"({left} <> {right})"  # columns are NOT NULL: booleans compare as xor
+
+
+def _comparison(c: Comparison, params: list[object]) -> str:
+    field, op, value = c.field, c.op, c.value
+    negate = op == "!="
+    if field.side is Side.TOTAL:
+        a, b = field.columns
+        params.append(value)
+        # HUGEINT: two 64-bit counters cannot overflow their sum
+        return f"((CAST({a} AS HUGEINT) + {b}) {_SQL_OP[op]} ?)"
+    if isinstance(value, AddressRange):
+        parts = []
+        for column in field.columns:
+            params.extend([value.low, value.high])
+            parts.append(f"({column} BETWEEN ? AND ?)")
+    else:
+        sql_op = "=" if negate else _SQL_OP[op]
+        parts = []
+        for column in field.columns:
+            params.append(value)
+            parts.append(f"({column} {sql_op} ?)")
+    either = parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+    if negate:  # != : neither side is the value (for one column: simply not equal)
+        return f"(NOT {either})"
+    return either
