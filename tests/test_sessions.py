@@ -1,0 +1,224 @@
+"""Session assembly: orientation rules, folding, timeouts, de-duplication, bounds, and the
+ground truth of a pcap exported by softflowd."""
+
+import numpy as np
+import pytest
+
+from sluice.collect.decoder import Datagram, Decoder
+from sluice.flows.schema import FlowBatch, SessionBatch, addr_bytes, addr_text
+from sluice.flows.sessions import SessionTracker
+
+from .conftest import require_tool
+from .interop import SluiceCollector, run
+from .pcapgen import ACK, FIN, PSH, SYN, Conversation, write_pcap
+
+T0 = 1_700_000_000_000
+
+
+def flows(*rows) -> FlowBatch:
+    """rows: (src, sport, dst, dport, proto, flags, bytes, packets[, start_ms[, exporter]])"""
+    n = len(rows)
+    col = lambda i, dt: np.array([r[i] for r in rows], dt)  # noqa: E731
+    start = np.array([r[8] if len(r) > 8 else T0 for r in rows], np.int64)
+    exporter = [r[9] if len(r) > 9 else "192.0.2.1" for r in rows]
+    return FlowBatch.build(
+        n, src_addr=np.array([list(addr_bytes(r[0])) for r in rows], np.uint8),
+        dst_addr=np.array([list(addr_bytes(r[2])) for r in rows], np.uint8),
+        exporter_addr=np.array([list(addr_bytes(e)) for e in exporter], np.uint8),
+        src_port=col(1, np.uint16), dst_port=col(3, np.uint16), protocol=col(4, np.uint8), tcp_flags=col(5, np.uint16),
+        bytes=col(6, np.uint64), packets=col(7, np.uint64), time_start_ms=start, time_end_ms=start + 10, sampling_rate=1)
+
+
+def totals(batches: list[SessionBatch]) -> dict:
+    """session id -> (client, cport, server, sport, proto, cbytes, sbytes, cpkts, spkts)"""
+    out: dict = {}
+    for r in SessionBatch.concat(batches).to_records():
+        k = r["session_id"]
+        prev = out.get(k)
+        base = (r["cln_addr"], r["cln_port"], r["srv_addr"], r["srv_port"], r["protocol"])
+        if prev is not None:
+            assert prev[:5] == base, "a session's orientation never changes"
+            out[k] = base + tuple(a + b for a, b in zip(prev[5:], (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"])))
+        else:
+            out[k] = base + (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"])
+    return out
+
+
+@pytest.mark.parametrize("rows, client, server", [
+    # no SYN-only evidence: the well-known port is the server, whichever flow comes first
+    ([("10.0.0.2", 443, "10.0.0.1", 40000, 6, SYN | ACK, 5000, 5), ("10.0.0.1", 40000, "10.0.0.2", 443, 6, SYN | ACK, 300, 4)],
+     ("10.0.0.1", 40000), ("10.0.0.2", 443)),
+    # a SYN without ACK decides, even against the port rule (client on a low port)
+    ([("10.0.0.9", 80, "10.0.0.8", 5000, 6, SYN, 60, 1)], ("10.0.0.9", 80), ("10.0.0.8", 5000)),
+    # both ephemeral: the lower port is the server
+    ([("10.0.0.1", 30000, "10.0.0.2", 50000, 17, 0, 100, 1)], ("10.0.0.2", 50000), ("10.0.0.1", 30000)),
+    # both well-known: the lower port is the server
+    ([("10.0.0.1", 53, "10.0.0.2", 123, 17, 0, 100, 1)], ("10.0.0.2", 123), ("10.0.0.1", 53)),
+    # equal ports: the sender of the earliest flow is the client
+    ([("10.0.0.5", 123, "10.0.0.4", 123, 17, 0, 80, 1, T0 + 5), ("10.0.0.4", 123, "10.0.0.5", 123, 17, 0, 80, 1, T0)],
+     ("10.0.0.4", 123), ("10.0.0.5", 123)),
+    # no ports at all (GRE): first seen
+    ([("10.0.0.7", 0, "10.0.0.6", 0, 47, 0, 1000, 2)], ("10.0.0.7", 0), ("10.0.0.6", 0)),
+    # ICMP echo: the request's sender is the client, the request's type/code the server port
+    ([("10.0.0.3", 0, "10.0.0.1", 0x0000, 1, 0, 84, 1, T0 + 1), ("10.0.0.1", 0, "10.0.0.3", 0x0800, 1, 0, 84, 1, T0 + 2)],
+     ("10.0.0.1", 0), ("10.0.0.3", 0x0800)),
+    # IPv6
+    ([("2001:db8::2", 22, "2001:db8::1", 50022, 6, ACK | PSH, 900, 3)], ("2001:db8::1", 50022), ("2001:db8::2", 22)),
+])
+def test_orientation(rows, client, server):
+    out = SessionTracker().update(flows(*rows), T0)
+    (session,) = totals([out]).values()
+    assert (session[0], session[1]) == client
+    assert (session[2], session[3]) == server
+
+
+def test_both_directions_fold_into_one_session_with_per_side_counts():
+    t = SessionTracker()
+    out = t.update(flows(("10.0.0.1", 40000, "10.0.0.2", 443, 6, SYN | ACK | PSH, 300, 4),
+                         ("10.0.0.2", 443, "10.0.0.1", 40000, 6, SYN | ACK | PSH, 5000, 5)), T0)
+    assert len(out) == 1
+    r = out.to_records()[0]
+    assert (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"]) == (300, 5000, 4, 5)
+    assert r["tcp_flags"] == SYN | ACK | PSH
+
+
+def test_exporter_updates_of_a_long_session_fold_across_batches():
+    t = SessionTracker(idle_timeout_s=120)
+    batches = [t.update(flows(("10.0.0.1", 40000, "10.0.0.2", 443, 6, ACK, 1000 * i, i, T0 + 60_000 * i)), T0 + 60_000 * i)
+               for i in range(1, 5)]
+    sessions = totals(batches)
+    assert len(sessions) == 1
+    assert list(sessions.values())[0][5] == 1000 * (1 + 2 + 3 + 4)
+    assert t.stats.sessions_started == 1
+
+
+def test_idle_and_active_timeouts_end_sessions():
+    t = SessionTracker(idle_timeout_s=60, active_timeout_s=600)
+    f = flows(("10.0.0.1", 40000, "10.0.0.2", 443, 6, ACK, 100, 1))
+    a = t.update(f, T0)["session_id"][0]
+    b = t.update(f, T0 + 59_000)["session_id"][0]
+    c = t.update(f, T0 + 59_000 + 61_000)["session_id"][0]  # idle for 61 s: a new session
+    assert a == b != c
+    assert t.stats.sessions_ended_idle == 1
+    ids = {t.update(f, T0 + 120_000 + 50_000 * i)["session_id"][0] for i in range(14)}  # busy for 650 s
+    assert len(ids) == 2 and t.stats.sessions_ended_active == 1
+
+
+def test_the_same_conversation_from_two_exporters_counts_once():
+    row_a = ("10.0.0.1", 40000, "10.0.0.2", 443, 6, ACK, 700, 7, T0, "192.0.2.1")
+    row_b = ("10.0.0.1", 40000, "10.0.0.2", 443, 6, ACK, 700, 7, T0, "192.0.2.2")
+    t = SessionTracker(dedupe_exporters=True)
+    out = totals([t.update(flows(row_a, row_b), T0), t.update(flows(row_b), T0 + 1000)])
+    assert len(out) == 1 and list(out.values())[0][5] == 700
+    assert t.stats.flows_deduplicated == 2
+    t = SessionTracker(dedupe_exporters=False)
+    out = totals([t.update(flows(row_a, row_b), T0)])
+    assert len(out) == 2
+
+
+def test_memory_is_bounded():
+    t = SessionTracker(max_sessions=100)
+    for i in range(10):
+        t.update(flows(*[(f"10.0.{i}.{j}", 40000, "10.9.9.9", 80, 6, ACK, 100, 1) for j in range(50)]), T0 + i)
+    assert len(t) == 100
+    assert t.stats.sessions_evicted == 400
+    assert t.memory_bytes() < 1_000_000
+
+
+def test_many_sessions_in_one_batch_are_exact():
+    rng = np.random.default_rng(5)
+    n = 20_000
+    clients = [f"10.{i >> 8 & 255}.{i & 255}.1" for i in range(n)]
+    rows = []
+    for i, c in enumerate(clients):
+        rows.append((c, 30000 + i % 20000, "10.200.0.1", 443, 6, ACK, int(rng.integers(1, 10**6)), 3))
+        rows.append(("10.200.0.1", 443, c, 30000 + i % 20000, 6, ACK, int(rng.integers(1, 10**6)), 4))
+    batch = flows(*rows)
+    out = SessionTracker().update(batch, T0)
+    assert len(out) == n
+    assert int(out["cln_bytes"].sum() + out["srv_bytes"].sum()) == int(batch["bytes"].sum())
+    assert set(addr_text(bytes(a)) for a in out["srv_addr"]) == {"10.200.0.1"}
+
+
+# -- ground truth: a pcap through softflowd ------------------------------------------------
+
+def ground_truth_conversations():
+    convs = []
+    t = 1_700_000_000.0
+    for i in range(12):
+        convs.append(Conversation(f"10.1.0.{i + 1}", "10.2.0.1", 40000 + i, 443, 6, t + i * 0.1, exchanges=3,
+                                  request=200 + i, response=1200 - i))
+        convs.append(Conversation(f"10.1.1.{i + 1}", "10.2.0.53", 50000 + i, 53, 17, t + i * 0.1, exchanges=2,
+                                  request=60, response=300))
+        convs.append(Conversation(f"2001:db8:1::{i + 1:x}", "2001:db8:2::1", 41000 + i, 22, 6, t + i * 0.1,
+                                  exchanges=2, request=100, response=150))
+    # long-lived: 40 s of traffic, longer than softflowd's maximum flow life (-t maxlife=10):
+    # it exports several records per direction, which must fold back into one session each
+    for i in range(3):
+        convs.append(Conversation(f"10.1.2.{i + 1}", "10.2.0.80", 45000 + i, 80, 6, t + i, exchanges=20,
+                                  request=500, response=1400, gap=2.0))
+        convs.append(Conversation(f"2001:db8:1::a{i}", "2001:db8:2::80", 46000 + i, 8080, 6, t + i, exchanges=20,
+                                  request=300, response=900, gap=2.0))
+    return [c.build() for c in convs]
+
+
+def expected_sessions(convs) -> dict:
+    out = {}
+    for c in convs:
+        cb = sum(p.ip_length() for p in c.packets if p.src == c.client)
+        sb = sum(p.ip_length() for p in c.packets if p.src == c.server)
+        cp = sum(1 for p in c.packets if p.src == c.client)
+        sp = sum(1 for p in c.packets if p.src == c.server)
+        out[(addr_text(addr_bytes(c.client)), c.cport, addr_text(addr_bytes(c.server)), c.sport, c.proto)] = (cb, sb, cp, sp)
+    return out
+
+
+TICK = ("10.255.255.1", "10.255.255.2")
+
+
+def export(tmp_path, exporter: str, version: str, port: int) -> None:
+    if exporter == "softflowd":
+        softflowd = require_tool("softflowd")
+        # -a: flow times from the capture, not the clock
+        result = run([softflowd, "-r", "t.pcap", "-n", f"127.0.0.1:{port}", "-v", version, "-d", "-6",
+                      "-T", "full", "-a", "-p", "pid", "-c", "ctl"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    else:
+        # pmacctd expires flows on capture time: a maximum flow life of 10 s splits the 40 s
+        # conversations into several records per direction
+        from .test_interop_pmacct import run_pmacctd
+
+        run_pmacctd(tmp_path, f"plugins: nfprobe\nnfprobe_receiver: 127.0.0.1:{port}\nnfprobe_version: {version}\n"
+                              "nfprobe_timeouts: tcp=60:tcp.rst=60:tcp.fin=60:udp=60:icmp=60:general=60:maxlife=10:expint=1\n")
+
+
+@pytest.mark.parametrize("exporter, version", [("softflowd", "9"), ("softflowd", "10"), ("pmacctd", "9"),
+                                               ("pmacctd", "10")])
+def test_sessions_from_a_real_exporter_match_the_pcap(tmp_path, exporter, version):
+    convs = ground_truth_conversations()
+    last = max(p.time for c in convs for p in c.packets)
+    # late packets move pmacctd's capture clock on, so that every real flow is exported
+    ticks = [Conversation(*TICK, 9, 9, 17, last + 100 + 5 * i, exchanges=1).build() for i in range(4)]
+    write_pcap(tmp_path / "t.pcap", convs + ticks)
+    sluice = SluiceCollector()
+    try:
+        export(tmp_path, exporter, version, sluice.port)
+        sluice.wait_for(1)
+    finally:
+        sluice.close()
+    records = sluice.flows().to_records()
+    long_flows = [r for r in records if {r["src_port"], r["dst_port"]} & {80, 8080}]
+    if exporter == "pmacctd":
+        # 6 long conversations x 2 directions: at least two records each
+        assert len(long_flows) >= 2 * 12, "the long conversations should arrive as several records each"
+    tracker = SessionTracker(idle_timeout_s=300)
+    # feed the flows in the pieces the collector decoded them in
+    batches = [tracker.update(b, T0) for b in sluice.batches]
+    got = {}
+    for cln, cport, srv, sport, proto, cb, sb, cp, sp in totals(batches).values():
+        key = (cln, cport, srv, sport, proto)
+        if cln in TICK or srv in TICK:
+            continue
+        assert key not in got, f"{key} split into several sessions"
+        got[key] = (cb, sb, cp, sp)
+    assert got == expected_sessions(convs)
