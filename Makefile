@@ -3,17 +3,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Embedded default country data: ip-location-db (CC0), from the npm registry by package name
+GEO_PACKAGE := @ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719
+GEO_DIR     := $(VENV)/share/sluice
+GEO_MMDB    := $(GEO_DIR)/geo-whois-asn-country.mmdb
 
-.PHONY: run test bench debian-deps venv clean
+.PHONY: run test bench debian-deps venv geodata clean
 
-run: $(STAMP)
+run: $(STAMP) $(GEO_MMDB)
 	$(VENV)/bin/sluice serve --simulate
 
-test: $(STAMP) debian-deps
+test: $(STAMP) $(GEO_MMDB) debian-deps
 	$(PY) -m pytest -q
 
-bench: $(STAMP) debian-deps
+bench: $(STAMP) $(GEO_MMDB) debian-deps
 	$(PY) bench/ingest.py
+	$(PY) bench/store_query.py
+
+geodata: $(GEO_MMDB)
+
+$(GEO_MMDB): | $(STAMP)
+	./scripts/fetch-geodata.sh "$(GEO_PACKAGE)" "$(GEO_DIR)"
+	$(PY) -m sluice.flows.enrich $(GEO_MMDB)
 
 venv: $(STAMP)
 

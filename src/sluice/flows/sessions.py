@@ -84,7 +84,7 @@ _STATE_COLUMNS = {
     "key": np.uint64, "session_id": np.uint64, "started_ms": np.int64, "updated_ms": np.int64,
     "exporter": (np.uint8, 16), "cln_addr": (np.uint8, 16), "srv_addr": (np.uint8, 16),
     "cln_port": np.uint16, "srv_port": np.uint16, "protocol": np.uint8,
-    "input_if": np.uint32, "output_if": np.uint32,
+    "input_if": np.uint32, "output_if": np.uint32, "cln_asn": np.uint32, "srv_asn": np.uint32,
 }
 
 
@@ -261,6 +261,9 @@ class SessionTracker:
         c["protocol"][rows] = flows["protocol"][sel]
         c["input_if"][rows] = flows["input_if"][sel]
         c["output_if"][rows] = flows["output_if"][sel]
+        # AS numbers as the exporter reported them (an ASN database may refine them later)
+        c["cln_asn"][rows] = np.where(rep_src_is_client, flows["src_as"][sel], flows["dst_as"][sel])
+        c["srv_asn"][rows] = np.where(rep_src_is_client, flows["dst_as"][sel], flows["src_as"][sel])
         self.stats.sessions_started += k
         # keep the key index sorted
         order_new = np.argsort(new_keys)
@@ -304,6 +307,7 @@ class SessionTracker:
             srv_pkts=per_session(np.where(cl, zero, p), np.add),
             tcp_flags=per_session(flows["tcp_flags"].astype(np.uint16), np.bitwise_or),
             input_if=c["input_if"][touched], output_if=c["output_if"][touched],
+            cln_asn=c["cln_asn"][touched], srv_asn=c["srv_asn"][touched],
             sampling_rate=per_session(flows["sampling_rate"].astype(np.uint32), np.maximum),
             cln_country=b"ZZ", srv_country=b"ZZ",
         )
