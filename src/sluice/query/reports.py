@@ -1,0 +1,182 @@
+"""Ranked reports and time series: specifications, and the SQL that computes them.
+
+The SQL reads from a *source* the store provides (its partitions, already limited in time)
+and uses only portable constructs, so a ClickHouse backend can reuse it. Filters arrive as
+parameterised conditions from ``sql.compile_filter``.
+
+Entities and what "sender" / "receiver" mean for them:
+
+- **host**, **country**, **asn** (endpoints): every session has two; an endpoint's sent
+  bytes/packets are what its side sent, received what the other side sent. Sessions,
+  unique hosts (distinct peers) and unique ports (distinct server ports) as sender count
+  sessions the endpoint initiated (was the client), as receiver those it answered (server).
+- **host_pair** (client, server), **port** (protocol, server port), **exporter**: sender is
+  the client-to-server direction, receiver the server-to-client one.
+- "either" adds both directions (bytes, packets) or takes both roles (counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .filter import Node
+from .sql import compile_filter
+
+
+class Entity(str, Enum):
+    HOST = "host"
+    HOST_PAIR = "host_pair"
+    PORT = "port"
+    COUNTRY = "country"
+    ASN = "asn"
+    EXPORTER = "exporter"
+
+
+class Metric(str, Enum):
+    BYTES = "bytes"
+    PACKETS = "packets"
+    SESSIONS = "sessions"
+    UNIQUE_HOSTS = "unique_hosts"
+    UNIQUE_PORTS = "unique_ports"
+
+
+class Direction(str, Enum):
+    SENDER = "sender"
+    RECEIVER = "receiver"
+    EITHER = "either"
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    entity: Entity
+    metric: Metric
+    direction: Direction
+    start_ms: int
+    end_ms: int
+    where: Node | None = None
+    top: int = 10
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top <= 100_000:
+            raise ValueError(f"top must be between 1 and 100000, got {self.top}")
+        if self.end_ms <= self.start_ms:
+            raise ValueError("the time frame is empty: its end must come after its start")
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    metric: Metric
+    start_ms: int
+    end_ms: int
+    where: Node | None = None
+    bucket_ms: int | None = None  # None: chosen automatically
+    points: int = 120  # about how many buckets an automatic size aims for
+
+    def bucket(self) -> int:
+        return self.bucket_ms if self.bucket_ms else auto_bucket_ms(self.end_ms - self.start_ms, self.points)
+
+
+NICE_BUCKETS_MS = [1_000, 5_000, 10_000, 30_000, 60_000, 300_000, 600_000, 1_800_000, 3_600_000,
+                   10_800_000, 21_600_000, 43_200_000, 86_400_000, 604_800_000]
+
+
+def auto_bucket_ms(span_ms: int, points: int = 120) -> int:
+    """The smallest round bucket size that shows the span in at most ``points`` buckets."""
+    for size in NICE_BUCKETS_MS:
+        if span_ms / size <= points:
+            return size
+    return NICE_BUCKETS_MS[-1]
+
+
+# column expressions of each side, per endpoint entity
+_ENDPOINT = {
+    Entity.HOST: (("cln_addr",), ("srv_addr",)),
+    Entity.COUNTRY: (("cln_country",), ("srv_country",)),
+    Entity.ASN: (("cln_asn",), ("srv_asn",)),
+}
+_FIXED = {
+    Entity.HOST_PAIR: ("cln_addr", "srv_addr"),
+    Entity.PORT: ("protocol", "srv_port"),
+    Entity.EXPORTER: ("exporter_addr",),
+}
+ENTITY_COLUMNS = {
+    Entity.HOST: ("address",), Entity.COUNTRY: ("country",), Entity.ASN: ("asn",),
+    Entity.HOST_PAIR: ("client", "server"), Entity.PORT: ("protocol", "port"), Entity.EXPORTER: ("exporter",),
+}
+
+
+def _where(spec_where: Node | None, start_ms: int, end_ms: int) -> tuple[str, list[object]]:
+    cond, params = "end_ms >= ? AND start_ms < ?", [start_ms, end_ms]
+    if spec_where is not None:
+        sql, more = compile_filter(spec_where)
+        cond, params = f"{cond} AND {sql}", params + more
+    return cond, params
+
+
+def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
+    """SQL for a ranked report over ``source`` (a table expression of session rows)."""
+    cond, params = _where(spec.where, spec.start_ms, spec.end_ms)
+    names = ENTITY_COLUMNS[spec.entity]
+    m, d = spec.metric, spec.direction
+    if spec.entity in _ENDPOINT:
+        cln, srv = _ENDPOINT[spec.entity]
+        # one row per (session row, side): the entity, what it sent and received, its role
+        side = ("SELECT {e} AS e0, session_id, {sb} AS sent_bytes, {rb} AS recv_bytes, {sp} AS sent_pkts, "
+                "{rp} AS recv_pkts, {peer} AS peer, srv_port AS port, {client} AS is_client FROM {src} WHERE {cond}")
+        parts, part_params = [], []
+        roles = {Direction.SENDER: [1], Direction.RECEIVER: [0], Direction.EITHER: [1, 0]}[d]
+        if m in (Metric.BYTES, Metric.PACKETS):
+            roles = [1, 0]  # an endpoint sends (and receives) in both roles
+        for client in roles:
+            own, other = ("cln", "srv") if client else ("srv", "cln")
+            parts.append(side.format(e=(cln if client else srv)[0], sb=f"{own}_bytes", rb=f"{other}_bytes",
+                                     sp=f"{own}_pkts", rp=f"{other}_pkts", peer=f"{other}_addr", client=client,
+                                     src=source, cond=cond))
+            part_params += params
+        value = {
+            Metric.BYTES: {Direction.SENDER: "sum(sent_bytes)", Direction.RECEIVER: "sum(recv_bytes)",
+                           Direction.EITHER: "sum(sent_bytes) + sum(recv_bytes)"}[d],
+            Metric.PACKETS: {Direction.SENDER: "sum(sent_pkts)", Direction.RECEIVER: "sum(recv_pkts)",
+                             Direction.EITHER: "sum(sent_pkts) + sum(recv_pkts)"}[d],
+            Metric.SESSIONS: "count(DISTINCT session_id)",
+            Metric.UNIQUE_HOSTS: "count(DISTINCT peer)",
+            Metric.UNIQUE_PORTS: "count(DISTINCT port)",
+        }[m]
+        sql = (f"SELECT e0 AS {names[0]}, {value} AS value FROM ({' UNION ALL '.join(parts)}) AS sides "
+               f"GROUP BY e0 ORDER BY value DESC, e0 LIMIT {int(spec.top)}")
+        return sql, part_params
+    cols = _FIXED[spec.entity]
+    if m is Metric.UNIQUE_HOSTS and spec.entity is Entity.HOST_PAIR:
+        raise ValueError("unique hosts of a host pair is always 2: choose another metric")
+    value = {
+        Metric.BYTES: {Direction.SENDER: "sum(cln_bytes)", Direction.RECEIVER: "sum(srv_bytes)",
+                       Direction.EITHER: "sum(cln_bytes) + sum(srv_bytes)"}[d],
+        Metric.PACKETS: {Direction.SENDER: "sum(cln_pkts)", Direction.RECEIVER: "sum(srv_pkts)",
+                         Direction.EITHER: "sum(cln_pkts) + sum(srv_pkts)"}[d],
+        Metric.SESSIONS: "count(DISTINCT session_id)",
+        Metric.UNIQUE_HOSTS: {Direction.SENDER: "count(DISTINCT cln_addr)", Direction.RECEIVER: "count(DISTINCT srv_addr)",
+                              Direction.EITHER: "count(DISTINCT cln_addr) + count(DISTINCT srv_addr)"}[d],
+        Metric.UNIQUE_PORTS: "count(DISTINCT srv_port)",
+    }[m]
+    select = ", ".join(f"{c} AS {n}" for c, n in zip(cols, names))
+    group = ", ".join(cols)
+    sql = (f"SELECT {select}, {value} AS value FROM {source} WHERE {cond} GROUP BY {group} "
+           f"ORDER BY value DESC, {group} LIMIT {int(spec.top)}")
+    return sql, params
+
+
+def series_sql(spec: SeriesSpec, source: str) -> tuple[str, list[object]]:
+    cond, params = _where(spec.where, spec.start_ms, spec.end_ms)
+    bucket = int(spec.bucket())
+    value = {
+        Metric.BYTES: "sum(cln_bytes) + sum(srv_bytes)",
+        Metric.PACKETS: "sum(cln_pkts) + sum(srv_pkts)",
+        Metric.SESSIONS: "count(DISTINCT session_id)",
+        Metric.UNIQUE_HOSTS: "count(DISTINCT cln_addr) + count(DISTINCT srv_addr)",
+        Metric.UNIQUE_PORTS: "count(DISTINCT srv_port)",
+    }[spec.metric]
+    # rows are bucketed by their end time, clamped into the frame
+    sql = (f"SELECT (greatest(end_ms, ?) // {bucket}) * {bucket} AS bucket_ms, {value} AS value "
+           f"FROM {source} WHERE {cond} GROUP BY bucket_ms ORDER BY bucket_ms")
+    return sql, [spec.start_ms] + params

@@ -1,0 +1,79 @@
+"""The FlowStore interface: what the rest of Sluice may ask of session storage.
+
+Backends (DuckDB embedded, ClickHouse scale-out) implement it; nothing outside ``store/``
+sees a database connection or writes SQL against it. Results are Arrow tables.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ..flows.schema import SessionBatch
+from ..query.filter import Node
+from ..query.reports import ReportSpec, SeriesSpec
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """Half-open [start_ms, end_ms): a session row belongs when its span overlaps it."""
+
+    start_ms: int
+    end_ms: int
+
+    def __post_init__(self) -> None:
+        if self.end_ms <= self.start_ms:
+            raise ValueError(f"empty time range: end {self.end_ms} is not after start {self.start_ms}")
+
+
+@dataclass
+class StoreStats:
+    rows: int
+    bytes_on_disk: int
+    oldest_ms: int | None
+    newest_ms: int | None
+    partitions: int
+
+
+@dataclass
+class RetentionResult:
+    rows_deleted: int
+    partitions_dropped: int
+
+
+class FlowStore(ABC):
+    """Append-only session storage with time-bounded queries, reports and retention."""
+
+    @abstractmethod
+    def append(self, sessions: SessionBatch) -> None:
+        """Queue sessions for storage (made durable by the next ``flush``)."""
+
+    @abstractmethod
+    def flush(self) -> int:
+        """Write what is queued, atomically per call; returns the rows written."""
+
+    @abstractmethod
+    def sessions(self, time_range: TimeRange, where: Node | None = None, limit: int = 1000) -> pa.Table:
+        """Session rows overlapping the range, newest first."""
+
+    @abstractmethod
+    def report(self, spec: ReportSpec) -> pa.Table:
+        """A ranked report: the top entities by a metric (columns: entity fields, ``value``)."""
+
+    @abstractmethod
+    def timeseries(self, spec: SeriesSpec) -> pa.Table:
+        """A metric per time bucket (columns: ``bucket_ms``, ``value``)."""
+
+    @abstractmethod
+    def retain(self, now_ms: int, max_age_s: float | None = None, max_bytes: int | None = None) -> RetentionResult:
+        """Delete what is older than ``max_age_s``, then the oldest data until under ``max_bytes``."""
+
+    @abstractmethod
+    def stats(self) -> StoreStats:
+        """Rows, bytes on disk, oldest and newest time."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush and release the storage."""

@@ -1,0 +1,203 @@
+"""The embedded session store: one DuckDB file, one table per UTC day.
+
+- **Appends** are Arrow batches inserted without per-row Python; ``append`` queues them and
+  ``flush`` writes everything queued in one transaction (the server flushes every second), so a
+  crash loses at most the unflushed second and never leaves a half-written batch.
+- **Time partitioning**: a row goes to the table of its end time's day
+  (``sessions_YYYYMMDD``); a query opens only the days its time frame overlaps, and within a
+  day DuckDB's per-row-group min/max skip what lies outside the frame (rows arrive in time order).
+- **Retention** drops whole days, oldest first, and trims the oldest remaining day to the
+  cutoff; by size, it drops the oldest days until the data fits. DuckDB reuses the freed space
+  (the file does not shrink, it stops growing).
+- **Durability**: DuckDB's write-ahead log makes every flush atomic; a database killed mid-write
+  opens again with whole flushes only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import structlog
+
+from ..flows.schema import SESSION_SCHEMA, SessionBatch
+from ..query.filter import Node
+from ..query.reports import ReportSpec, SeriesSpec, report_sql, series_sql
+from ..query.sql import compile_filter
+from .base import FlowStore, RetentionResult, StoreStats, TimeRange
+
+log = structlog.get_logger(__name__)
+
+DAY_MS = 86_400_000
+_PARTITION = re.compile(r"^sessions_(\d{8})$")
+
+_DUCK_TYPES = {
+    pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER", pa.uint64(): "UBIGINT",
+    pa.int64(): "BIGINT", pa.binary(16): "BLOB", pa.string(): "VARCHAR",
+}
+_COLUMNS_SQL = ", ".join(f"{f.name} {_DUCK_TYPES[f.type]} NOT NULL" for f in SESSION_SCHEMA)
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y%m%d")
+
+
+def _day_start_ms(day: str) -> int:
+    return int(datetime.strptime(day, "%Y%m%d").replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+class DuckDBStore(FlowStore):
+    def __init__(self, path: Path | str, flush_rows: int = 200_000, threads: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(self.path))
+        if threads:
+            self._con.execute(f"SET threads = {int(threads)}")
+        self._lock = threading.Lock()
+        self._queue: list[pa.RecordBatch] = []
+        self._queued_rows = 0
+        self.flush_rows = flush_rows
+        self.write_errors = 0
+        self._days: set[str] = set(self._list_days())
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, sessions: SessionBatch) -> None:
+        if not len(sessions):
+            return
+        with self._lock:
+            self._queue.append(sessions.to_arrow())
+            self._queued_rows += len(sessions)
+            full = self._queued_rows >= self.flush_rows
+        if full:
+            self.flush()
+
+    def flush(self) -> int:
+        with self._lock:
+            batches, self._queue, self._queued_rows = self._queue, [], 0
+        if not batches:
+            return 0
+        table = pa.Table.from_batches(batches, schema=SESSION_SCHEMA)
+        day_of_row = (table.column("end_ms").to_numpy() // DAY_MS).astype(np.int64)
+        days = np.unique(day_of_row)
+        con = self._con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            for d in days.tolist():
+                day = _day(d * DAY_MS)
+                self._ensure_day(day)
+                part = table if len(days) == 1 else table.filter(pa.array(day_of_row == d))
+                con.register("incoming", part)
+                con.execute(f"INSERT INTO sessions_{day} SELECT * FROM incoming")
+                con.unregister("incoming")
+            con.execute("COMMIT")
+        except duckdb.Error as exc:  # e.g. disk full: the transaction is rolled back, nothing half-written
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            self.write_errors += 1
+            log.error("could not store sessions; batch dropped", rows=table.num_rows, error=str(exc))
+            self._days = set(self._list_days())
+            return 0
+        return table.num_rows
+
+    def _ensure_day(self, day: str) -> None:
+        if day not in self._days:
+            self._con.execute(f"CREATE TABLE IF NOT EXISTS sessions_{day} ({_COLUMNS_SQL})")
+            self._days.add(day)
+
+    def _list_days(self) -> list[str]:
+        rows = self._con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()
+        return sorted(m.group(1) for (name,) in rows if (m := _PARTITION.match(name)))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _source(self, start_ms: int, end_ms: int) -> str:
+        """The partitions a time frame can touch, as one table expression."""
+        first, last = _day(max(start_ms, 0)), _day(end_ms + DAY_MS)  # rows end up to a day after they start
+        days = [d for d in sorted(self._days) if first <= d <= last]
+        if not days:
+            return self._empty_source()
+        union = " UNION ALL ".join(f"SELECT * FROM sessions_{d}" for d in days)
+        return f"({union}) AS sessions"
+
+    def _empty_source(self) -> str:
+        cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {f.name}" for f in SESSION_SCHEMA)
+        return f"(SELECT {cols} WHERE false) AS sessions"
+
+    def _query(self, sql: str, params: list[object]) -> pa.Table:
+        cursor = self._con.cursor()  # its own connection: safe beside the writer's thread
+        try:
+            return cursor.sql(sql, params=params).to_arrow_table()
+        finally:
+            cursor.close()
+
+    def sessions(self, time_range: TimeRange, where: Node | None = None, limit: int = 1000) -> pa.Table:
+        cond, params = "end_ms >= ? AND start_ms < ?", [time_range.start_ms, time_range.end_ms]
+        if where is not None:
+            sql, more = compile_filter(where)
+            cond, params = f"{cond} AND {sql}", params + more
+        source = self._source(time_range.start_ms, time_range.end_ms)
+        return self._query(f"SELECT * FROM {source} WHERE {cond} ORDER BY end_ms DESC LIMIT {int(limit)}", params)
+
+    def report(self, spec: ReportSpec) -> pa.Table:
+        sql, params = report_sql(spec, self._source(spec.start_ms, spec.end_ms))
+        return self._query(sql, params)
+
+    def timeseries(self, spec: SeriesSpec) -> pa.Table:
+        sql, params = series_sql(spec, self._source(spec.start_ms, spec.end_ms))
+        return self._query(sql, params)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def retain(self, now_ms: int, max_age_s: float | None = None, max_bytes: int | None = None) -> RetentionResult:
+        deleted = dropped = 0
+        if max_age_s is not None:
+            cutoff = now_ms - int(max_age_s * 1000)
+            for day in sorted(self._days):
+                if _day_start_ms(day) + DAY_MS <= cutoff:  # the whole day is older
+                    deleted += self._drop(day)
+                    dropped += 1
+                elif _day_start_ms(day) < cutoff:
+                    n = self._con.execute(f"DELETE FROM sessions_{day} WHERE end_ms < ?", [cutoff]).fetchone()
+                    deleted += int(n[0]) if n else 0
+        if max_bytes is not None:
+            while len(self._days) > 1 and self._used_bytes() > max_bytes:
+                deleted += self._drop(min(self._days))
+                dropped += 1
+        if deleted:
+            self._con.execute("CHECKPOINT")
+        return RetentionResult(deleted, dropped)
+
+    def _drop(self, day: str) -> int:
+        n = self._con.execute(f"SELECT count(*) FROM sessions_{day}").fetchone()[0]
+        self._con.execute(f"DROP TABLE sessions_{day}")
+        self._days.discard(day)
+        return int(n)
+
+    def _used_bytes(self) -> int:
+        row = self._con.execute("SELECT used_blocks * block_size FROM pragma_database_size()").fetchone()
+        return int(row[0]) if row else 0
+
+    def stats(self) -> StoreStats:
+        days = sorted(self._days)
+        rows = sum(int(self._con.execute(f"SELECT count(*) FROM sessions_{d}").fetchone()[0]) for d in days)
+        oldest = newest = None
+        if days:
+            oldest = self._con.execute(f"SELECT min(start_ms) FROM sessions_{days[0]}").fetchone()[0]
+            newest = self._con.execute(f"SELECT max(end_ms) FROM sessions_{days[-1]}").fetchone()[0]
+        size = sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}.wal")) if p.exists())
+        return StoreStats(rows, size, oldest, newest, len(days))
+
+    def close(self) -> None:
+        self.flush()
+        self._con.execute("CHECKPOINT")
+        self._con.close()
