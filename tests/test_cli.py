@@ -135,8 +135,11 @@ def test_serve_collects_simulated_traffic_of_every_protocol(server):
     v5_share = sum(v for k, v in m.items() if k.startswith("sluice_flows_total") and "netflow5" in k)
     assert v5_share > 0 and 0.8 * sent <= flows <= sent
     assert not any(k.startswith("sluice_decode_errors_total") for k in m)
+    time.sleep(1.5)  # the store is flushed every second
     health = httpx.get(f"http://127.0.0.1:{ports['http']}/healthz").json()
     assert {l["protocol"] for l in health["listeners"]} == {"netflow", "ipfix", "sflow"}
+    # the flows became sessions (fewer rows than flows: both directions fold) and were stored
+    assert 0.3 * flows <= health["sessions_stored"] < flows
     page = httpx.get(f"http://127.0.0.1:{ports['http']}/").text
     assert "Top senders" in page
 

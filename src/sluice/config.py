@@ -10,7 +10,7 @@ import ipaddress
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -55,6 +55,25 @@ class CollectSettings(BaseModel):
         return v
 
 
+class SessionSettings(BaseModel):
+    idle_timeout_s: float = Field(120.0, gt=0, description="a session ends after this long without a flow; "
+                                  "set it above your exporters' active timeout")
+    active_timeout_s: float = Field(3600.0, gt=0, description="a session older than this ends (the next flow starts a new one)")
+    max_sessions: int = Field(1_000_000, ge=1000, description="live sessions tracked at most (least recently seen go first)")
+    dedupe_exporters: bool = Field(True, description="count a conversation reported by several exporters once")
+
+
+class EnrichSettings(BaseModel):
+    country_mmdb: Optional[Path] = Field(None, description="MMDB file with countries (default: the embedded data)")
+    asn_mmdb: Optional[Path] = Field(None, description="MMDB file with AS numbers (default: what exporters report)")
+
+
+class StoreSettings(BaseModel):
+    retention_days: float = Field(30.0, gt=0, description="sessions older than this are deleted")
+    max_size_gb: Optional[float] = Field(None, gt=0, description="oldest days are deleted beyond this size")
+    flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often queued sessions are written")
+
+
 class HttpSettings(BaseModel):
     listen: str = Field("0.0.0.0", description="address of the HTTP API, web page and /metrics")
     port: int = Field(9640, ge=1, le=65535, description="HTTP port")
@@ -67,6 +86,9 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field("warning", description="debug, info, warning or error")
     log_format: Literal["console", "json"] = Field("console", description="console key=value or JSON lines")
     collect: CollectSettings = Field(default_factory=CollectSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    enrich: EnrichSettings = Field(default_factory=EnrichSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
 
     @classmethod

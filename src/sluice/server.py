@@ -16,7 +16,7 @@ from .collect.counters import Counters
 from .collect.decoder import Decoder, DecoderConfig
 from .collect.listener import Collector
 from .config import Settings
-from .flows.recent import RecentFlows
+from .ingest import Ingest
 
 log = structlog.get_logger(__name__)
 
@@ -35,16 +35,17 @@ class Server:
             ),
             self.counters,
         )
-        self.recent = RecentFlows()
-        self.collector = Collector(c, self.decoder, [self.recent])
+        self.ingest = Ingest(settings, self.counters)
+        self.collector = Collector(c, self.decoder, [self.ingest])
         self.app = None
         self.simulator = None
 
     def start_collector(self) -> None:
         self.collector.bind()
         self.collector.start()
+        self.ingest.start()
         listeners = [(l.name, l.port) for l in self.collector.listeners]
-        self.app = create_app(self.counters, listeners, self.recent)
+        self.app = create_app(self.counters, listeners, self.ingest.store)
 
     def start_simulator(self, conversations_per_s: float) -> None:
         from .simulate.sender import Simulator
@@ -83,6 +84,7 @@ class Server:
         if self.simulator is not None:
             self.simulator.stop()
         self.collector.stop()
+        self.ingest.stop()
 
 
 class _QuietExitServer(uvicorn.Server):

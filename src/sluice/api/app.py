@@ -11,13 +11,16 @@ from prometheus_client.registry import CollectorRegistry
 
 from .. import __version__
 from ..collect.counters import Counters
-from ..flows.recent import RecentFlows
+import time
+
 from ..flows.schema import addr_text
+from ..query.reports import Direction, Entity, Metric, ReportSpec
+from ..store.base import FlowStore
 from .metrics import CountersCollector
 
 
 def create_app(counters: Counters, listeners: list[tuple[str, int]] | None = None,
-               recent: RecentFlows | None = None) -> FastAPI:
+               store: FlowStore | None = None) -> FastAPI:
     app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
     registry = CollectorRegistry(auto_describe=True)
     registry.register(CountersCollector(counters))
@@ -30,20 +33,21 @@ def create_app(counters: Counters, listeners: list[tuple[str, int]] | None = Non
     def healthz() -> dict[str, object]:
         return {"status": "ok", "version": __version__,
                 "listeners": [{"protocol": n, "port": p} for n, p in (listeners or [])],
-                "flows_received": recent.total if recent else None}
+                "sessions_stored": store.stats().rows if store else None}
 
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
         ports = "".join(f"<li>{html.escape(name)}: UDP {port}</li>" for name, port in (listeners or []))
         talkers = ""
-        if recent is not None:
+        if store is not None:
+            now = int(time.time() * 1000)
+            spec = ReportSpec(Entity.HOST, Metric.BYTES, Direction.SENDER, now - 15 * 60_000, now + 60_000, top=10)
             rows = "".join(
-                f"<tr><td>{html.escape(addr_text(a))}</td><td>{b:,}</td><td>{f:,}</td></tr>"
-                for a, b, f in recent.top_talkers(10)
+                f"<tr><td>{html.escape(addr_text(r['address']))}</td><td>{int(r['value']):,}</td></tr>"
+                for r in store.report(spec).to_pylist()
             )
-            talkers = (f"<h2>Top senders among the last {recent.capacity:,} flows</h2>"
-                       f"<p>{recent.total:,} flows received since start.</p>"
-                       f"<table><tr><th>address</th><th>bytes sent</th><th>flows</th></tr>{rows}</table>")
+            talkers = (f"<h2>Top senders, last 15 minutes</h2><p>{store.stats().rows:,} session rows stored.</p>"
+                       f"<table><tr><th>address</th><th>bytes sent</th></tr>{rows}</table>")
         return HTMLResponse(
             f"<!doctype html><html lang=en><meta charset=utf-8><meta http-equiv=refresh content=5>"
             f"<title>Sluice</title><h1>Sluice {__version__}</h1>"

@@ -41,6 +41,20 @@ def _addresses(base: str, count: int) -> np.ndarray:
     return out
 
 
+# public blocks (several countries in the registries' data) for the simulated outside world;
+# nothing is ever sent to them: the simulator only writes flow records about them
+EXTERNAL_V4 = ["8.8.0.0/16", "1.0.16.0/20", "2.16.0.0/16", "5.1.0.0/16", "31.13.64.0/18", "41.0.0.0/16",
+               "45.60.0.0/16", "77.88.0.0/18", "101.32.0.0/16", "133.0.0.0/16", "151.101.0.0/16", "185.60.216.0/22",
+               "193.0.0.0/16", "200.160.0.0/16", "202.12.27.0/24"]
+EXTERNAL_V6 = ["2001:4860::/32", "2a00:1450::/32", "2a03:2880::/32", "2400:cb00::/32", "2001:67c::/32"]
+
+
+def _spread(blocks: list[str], count: int) -> np.ndarray:
+    """``count`` addresses spread over the blocks (the first hosts of each)."""
+    per = -(-count // len(blocks))
+    return np.concatenate([_addresses(b, per) for b in blocks])[:count]
+
+
 def _zipf_weights(n: int, s: float = 1.1) -> np.ndarray:
     w = 1.0 / np.arange(1, n + 1) ** s
     return w / w.sum()
@@ -59,9 +73,9 @@ class TrafficModel:
                  ipv6_share: float = 0.15, scan_every_s: float = 120.0, exfil_every_s: float = 300.0):
         self.rng = np.random.default_rng(seed)
         self.internal4 = _addresses("10.1.0.0/16", internal_hosts)
-        self.internal6 = _addresses("2001:db8:1::/64", max(internal_hosts // 4, 1))
-        self.external4 = _addresses("198.18.0.0/15", external_hosts)
-        self.external6 = _addresses("2001:db8:ff::/64", max(external_hosts // 4, 1))
+        self.internal6 = _addresses("fd00:1::/64", max(internal_hosts // 4, 1))
+        self.external4 = _spread(EXTERNAL_V4, external_hosts)
+        self.external6 = _spread(EXTERNAL_V6, max(external_hosts // 4, 1))
         self.ipv6_share = ipv6_share
         self.scan_every_s = scan_every_s
         self.exfil_every_s = exfil_every_s

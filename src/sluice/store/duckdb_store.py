@@ -59,7 +59,8 @@ class DuckDBStore(FlowStore):
         self._con = duckdb.connect(str(self.path))
         if threads:
             self._con.execute(f"SET threads = {int(threads)}")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the queue
+        self._write = threading.Lock()  # the writer connection: flush, retention, close
         self._queue: list[pa.RecordBatch] = []
         self._queued_rows = 0
         self.flush_rows = flush_rows
@@ -79,6 +80,10 @@ class DuckDBStore(FlowStore):
             self.flush()
 
     def flush(self) -> int:
+        with self._write:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._lock:
             batches, self._queue, self._queued_rows = self._queue, [], 0
         if not batches:
@@ -159,6 +164,10 @@ class DuckDBStore(FlowStore):
     # -- housekeeping ----------------------------------------------------------------------
 
     def retain(self, now_ms: int, max_age_s: float | None = None, max_bytes: int | None = None) -> RetentionResult:
+        with self._write:
+            return self._retain(now_ms, max_age_s, max_bytes)
+
+    def _retain(self, now_ms: int, max_age_s: float | None, max_bytes: int | None) -> RetentionResult:
         deleted = dropped = 0
         if max_age_s is not None:
             cutoff = now_ms - int(max_age_s * 1000)
@@ -189,15 +198,20 @@ class DuckDBStore(FlowStore):
 
     def stats(self) -> StoreStats:
         days = sorted(self._days)
-        rows = sum(int(self._con.execute(f"SELECT count(*) FROM sessions_{d}").fetchone()[0]) for d in days)
-        oldest = newest = None
-        if days:
-            oldest = self._con.execute(f"SELECT min(start_ms) FROM sessions_{days[0]}").fetchone()[0]
-            newest = self._con.execute(f"SELECT max(end_ms) FROM sessions_{days[-1]}").fetchone()[0]
+        cursor = self._con.cursor()
+        try:
+            rows = sum(int(cursor.execute(f"SELECT count(*) FROM sessions_{d}").fetchone()[0]) for d in days)
+            oldest = newest = None
+            if days:
+                oldest = cursor.execute(f"SELECT min(start_ms) FROM sessions_{days[0]}").fetchone()[0]
+                newest = cursor.execute(f"SELECT max(end_ms) FROM sessions_{days[-1]}").fetchone()[0]
+        finally:
+            cursor.close()
         size = sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}.wal")) if p.exists())
         return StoreStats(rows, size, oldest, newest, len(days))
 
     def close(self) -> None:
-        self.flush()
-        self._con.execute("CHECKPOINT")
-        self._con.close()
+        with self._write:
+            self._flush()
+            self._con.execute("CHECKPOINT")
+            self._con.close()

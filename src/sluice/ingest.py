@@ -1,0 +1,95 @@
+"""The ingest pipeline behind the collector: flows -> sessions -> enrichment -> store.
+
+Called once per decoded batch, on the collector's thread; every stage works on whole
+batches. A maintenance thread flushes the store every ``flush_interval_s``, ends idle
+sessions and applies retention.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from .collect.counters import Counters
+from .config import Settings
+from .flows.enrich import Enricher
+from .flows.schema import FlowBatch, SessionBatch
+from .flows.sessions import SessionTracker
+from .store.base import FlowStore
+from .store.duckdb_store import DuckDBStore
+
+log = structlog.get_logger(__name__)
+
+
+class Ingest:
+    def __init__(self, settings: Settings, counters: Counters, store: FlowStore | None = None):
+        s = settings.sessions
+        self.counters = counters
+        self.tracker = SessionTracker(s.idle_timeout_s, s.active_timeout_s, s.max_sessions, s.dedupe_exporters)
+        self.enricher = Enricher(settings.enrich.country_mmdb, settings.enrich.asn_mmdb,
+                                 cache_dir=Path(settings.data_dir) / "cache")
+        self.store = store if store is not None else DuckDBStore(Path(settings.data_dir) / "sessions.duckdb")
+        self.settings = settings
+        self._lock = threading.Lock()  # the tracker is used by the collector and by maintenance
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listeners: list = []  # later stages (alerts) receive each session batch
+
+    def __call__(self, flows: FlowBatch) -> None:
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            sessions = self.tracker.update(flows, now_ms)
+        if not len(sessions):
+            return
+        sessions = self.enricher(sessions)
+        self.store.append(sessions)
+        self.counters.inc("session_rows_total", len(sessions))
+        for listener in self.listeners:
+            listener(sessions)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._maintain, name="sluice-maintenance", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.store.close()
+
+    def _maintain(self) -> None:
+        st = self.settings.store
+        last_retention = 0.0
+        while not self._stop.wait(st.flush_interval_s):
+            try:
+                self.store.flush()
+                with self._lock:
+                    self.tracker.expire(int(time.time() * 1000))
+                if time.monotonic() - last_retention > 600:
+                    last_retention = time.monotonic()
+                    max_bytes = int(st.max_size_gb * 2**30) if st.max_size_gb else None
+                    result = self.store.retain(int(time.time() * 1000), st.retention_days * 86400, max_bytes)
+                    if result.rows_deleted:
+                        log.info("retention", rows=result.rows_deleted, days_dropped=result.partitions_dropped)
+                self._export_gauges()
+            except Exception:  # maintenance must go on; the next round retries
+                log.exception("maintenance failed")
+                self.counters.inc("maintenance_errors_total")
+
+    def _export_gauges(self) -> None:
+        t = self.tracker.stats
+        c = self.counters
+        c.set("sessions_live", len(self.tracker))
+        c.set("sessions_tracker_bytes", self.tracker.memory_bytes())
+        c.set("sessions_started_total", t.sessions_started)
+        c.set("sessions_evicted_total", t.sessions_evicted)
+        c.set("flows_deduplicated_total", t.flows_deduplicated)
+        stats = self.store.stats()
+        c.set("store_rows", stats.rows)
+        c.set("store_bytes", stats.bytes_on_disk)
+        c.set("store_write_errors_total", getattr(self.store, "write_errors", 0))
+        if stats.oldest_ms is not None:
+            c.set("store_oldest_seconds", stats.oldest_ms / 1000)
