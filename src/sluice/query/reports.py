@@ -106,6 +106,12 @@ ENTITY_COLUMNS = {
 }
 
 
+def _directional(sent: str, received: str, direction: Direction) -> str:
+    """A traffic sum for a direction: what was sent, received, or both."""
+    return {Direction.SENDER: f"sum({sent})", Direction.RECEIVER: f"sum({received})",
+            Direction.EITHER: f"sum({sent}) + sum({received})"}[direction]
+
+
 def _where(spec_where: Node | None, start_ms: int, end_ms: int) -> tuple[str, list[object]]:
     cond, params = "end_ms >= ? AND start_ms < ?", [start_ms, end_ms]
     if spec_where is not None:
@@ -121,24 +127,24 @@ def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
     m, d = spec.metric, spec.direction
     if spec.entity in _ENDPOINT:
         cln, srv = _ENDPOINT[spec.entity]
-        # one row per (session row, side): the entity, what it sent and received, its role
-        side = ("SELECT {e} AS e0, session_id, {sb} AS sent_bytes, {rb} AS recv_bytes, {sp} AS sent_pkts, "
-                "{rp} AS recv_pkts, {peer} AS peer, srv_port AS port, {client} AS is_client FROM {src} WHERE {cond}")
-        parts, part_params = [], []
-        roles = {Direction.SENDER: [1], Direction.RECEIVER: [0], Direction.EITHER: [1, 0]}[d]
         if m in (Metric.BYTES, Metric.PACKETS):
-            roles = [1, 0]  # an endpoint sends (and receives) in both roles
-        for client in roles:
-            own, other = ("cln", "srv") if client else ("srv", "cln")
-            parts.append(side.format(e=(cln if client else srv)[0], sb=f"{own}_bytes", rb=f"{other}_bytes",
-                                     sp=f"{own}_pkts", rp=f"{other}_pkts", peer=f"{other}_addr", client=client,
+            # sums: aggregate each side on its own, then merge the (much smaller) results
+            unit = "bytes" if m is Metric.BYTES else "pkts"
+            per_side = []
+            for own, other, col in (("cln", "srv", cln[0]), ("srv", "cln", srv[0])):
+                per_side.append(f"SELECT {col} AS e0, {_directional(f'{own}_{unit}', f'{other}_{unit}', d)} AS v "
+                                f"FROM {source} WHERE {cond} GROUP BY {col}")
+            sql = (f"SELECT e0 AS {names[0]}, sum(v) AS value FROM ({' UNION ALL '.join(per_side)}) AS sides "
+                   f"GROUP BY e0 ORDER BY value DESC, e0 LIMIT {int(spec.top)}")
+            return sql, params + params
+        # counts of distinct things: one row per (session row, side) in the entity's role(s)
+        side = ("SELECT {e} AS e0, session_id, {peer} AS peer, srv_port AS port FROM {src} WHERE {cond}")
+        parts, part_params = [], []
+        for client in {Direction.SENDER: [1], Direction.RECEIVER: [0], Direction.EITHER: [1, 0]}[d]:
+            parts.append(side.format(e=(cln if client else srv)[0], peer="srv_addr" if client else "cln_addr",
                                      src=source, cond=cond))
             part_params += params
         value = {
-            Metric.BYTES: {Direction.SENDER: "sum(sent_bytes)", Direction.RECEIVER: "sum(recv_bytes)",
-                           Direction.EITHER: "sum(sent_bytes) + sum(recv_bytes)"}[d],
-            Metric.PACKETS: {Direction.SENDER: "sum(sent_pkts)", Direction.RECEIVER: "sum(recv_pkts)",
-                             Direction.EITHER: "sum(sent_pkts) + sum(recv_pkts)"}[d],
             Metric.SESSIONS: "count(DISTINCT session_id)",
             Metric.UNIQUE_HOSTS: "count(DISTINCT peer)",
             Metric.UNIQUE_PORTS: "count(DISTINCT port)",
@@ -150,10 +156,8 @@ def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
     if m is Metric.UNIQUE_HOSTS and spec.entity is Entity.HOST_PAIR:
         raise ValueError("unique hosts of a host pair is always 2: choose another metric")
     value = {
-        Metric.BYTES: {Direction.SENDER: "sum(cln_bytes)", Direction.RECEIVER: "sum(srv_bytes)",
-                       Direction.EITHER: "sum(cln_bytes) + sum(srv_bytes)"}[d],
-        Metric.PACKETS: {Direction.SENDER: "sum(cln_pkts)", Direction.RECEIVER: "sum(srv_pkts)",
-                         Direction.EITHER: "sum(cln_pkts) + sum(srv_pkts)"}[d],
+        Metric.BYTES: _directional("cln_bytes", "srv_bytes", d),
+        Metric.PACKETS: _directional("cln_pkts", "srv_pkts", d),
         Metric.SESSIONS: "count(DISTINCT session_id)",
         Metric.UNIQUE_HOSTS: {Direction.SENDER: "count(DISTINCT cln_addr)", Direction.RECEIVER: "count(DISTINCT srv_addr)",
                               Direction.EITHER: "count(DISTINCT cln_addr) + count(DISTINCT srv_addr)"}[d],
