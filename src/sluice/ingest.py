@@ -71,9 +71,13 @@ class Ingest:
                 if time.monotonic() - last_retention > 600:
                     last_retention = time.monotonic()
                     max_bytes = int(st.max_size_gb * 2**30) if st.max_size_gb else None
-                    result = self.store.retain(int(time.time() * 1000), st.retention_days * 86400, max_bytes)
+                    now_ms = int(time.time() * 1000)
+                    result = self.store.retain(now_ms, st.retention_days * 86400, max_bytes)
                     if result.rows_deleted:
                         log.info("retention", rows=result.rows_deleted, days_dropped=result.partitions_dropped)
+                    build = getattr(self.store, "build_rollups", None)
+                    if build is not None:
+                        build(now_ms)
                 self._export_gauges()
             except Exception:  # maintenance must go on; the next round retries
                 log.exception("maintenance failed")

@@ -129,14 +129,8 @@ def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
         cln, srv = _ENDPOINT[spec.entity]
         if m in (Metric.BYTES, Metric.PACKETS):
             # sums: aggregate each side on its own, then merge the (much smaller) results
-            unit = "bytes" if m is Metric.BYTES else "pkts"
-            per_side = []
-            for own, other, col in (("cln", "srv", cln[0]), ("srv", "cln", srv[0])):
-                per_side.append(f"SELECT {col} AS e0, {_directional(f'{own}_{unit}', f'{other}_{unit}', d)} AS v "
-                                f"FROM {source} WHERE {cond} GROUP BY {col}")
-            sql = (f"SELECT e0 AS {names[0]}, sum(v) AS value FROM ({' UNION ALL '.join(per_side)}) AS sides "
-                   f"GROUP BY e0 ORDER BY value DESC, e0 LIMIT {int(spec.top)}")
-            return sql, params + params
+            parts, part_params = endpoint_sum_parts(spec, source)
+            return merge_sums(parts, names[0], spec.top), part_params
         # counts of distinct things: one row per (session row, side) in the entity's role(s)
         side = ("SELECT {e} AS e0, session_id, {peer} AS peer, srv_port AS port FROM {src} WHERE {cond}")
         parts, part_params = [], []
@@ -168,6 +162,25 @@ def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
     sql = (f"SELECT {select}, {value} AS value FROM {source} WHERE {cond} GROUP BY {group} "
            f"ORDER BY value DESC, {group} LIMIT {int(spec.top)}")
     return sql, params
+
+
+def endpoint_sum_parts(spec: ReportSpec, source: str) -> tuple[list[str], list[object]]:
+    """Per-side partial sums (columns ``e0``, ``v``) of an endpoint traffic report, one query
+    per side; merged by :func:`merge_sums` (stores may add partial sums of their own)."""
+    cond, params = _where(spec.where, spec.start_ms, spec.end_ms)
+    cln, srv = _ENDPOINT[spec.entity]
+    unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
+    parts = []
+    for own, other, col in (("cln", "srv", cln[0]), ("srv", "cln", srv[0])):
+        parts.append(f"SELECT {col} AS e0, {_directional(f'{own}_{unit}', f'{other}_{unit}', spec.direction)} AS v "
+                     f"FROM {source} WHERE {cond} GROUP BY {col}")
+    return parts, params + params
+
+
+def merge_sums(parts: list[str], name: str, top: int) -> str:
+    """The top entities of partial sums (``e0``, ``v``) added up."""
+    return (f"SELECT e0 AS {name}, sum(v) AS value FROM ({' UNION ALL '.join(parts)}) AS sides "
+            f"GROUP BY e0 ORDER BY value DESC, e0 LIMIT {int(top)}")
 
 
 def series_sql(spec: SeriesSpec, source: str) -> tuple[str, list[object]]:

@@ -11,6 +11,10 @@
   (the file does not shrink, it stops growing).
 - **Durability**: DuckDB's write-ahead log makes every flush atomic; a database killed mid-write
   opens again with whole flushes only.
+- **Rollups**: once a UTC day is over, ``build_rollups`` sums it per host (bytes and packets
+  sent and received) into ``hosts_YYYYMMDD``; an unfiltered host traffic report then reads
+  those sums for the whole days in its frame and raw rows only for the partial days at its
+  edges. Nothing is added to the insert path. A day that receives late rows is rebuilt.
 """
 
 from __future__ import annotations
@@ -28,7 +32,16 @@ import structlog
 
 from ..flows.schema import SESSION_SCHEMA, SessionBatch
 from ..query.filter import Node
-from ..query.reports import ReportSpec, SeriesSpec, report_sql, series_sql
+from ..query.reports import (
+    Entity,
+    Metric,
+    ReportSpec,
+    SeriesSpec,
+    endpoint_sum_parts,
+    merge_sums,
+    report_sql,
+    series_sql,
+)
 from ..query.sql import compile_filter
 from .base import FlowStore, RetentionResult, StoreStats, TimeRange
 
@@ -36,6 +49,7 @@ log = structlog.get_logger(__name__)
 
 DAY_MS = 86_400_000
 _PARTITION = re.compile(r"^sessions_(\d{8})$")
+_ROLLUP_COLUMNS = "host BLOB NOT NULL, sent_bytes HUGEINT, recv_bytes HUGEINT, sent_pkts HUGEINT, recv_pkts HUGEINT"
 
 _DUCK_TYPES = {
     pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER", pa.uint64(): "UBIGINT",
@@ -66,6 +80,9 @@ class DuckDBStore(FlowStore):
         self.flush_rows = flush_rows
         self.write_errors = 0
         self._days: set[str] = set(self._list_days())
+        self._con.execute("CREATE TABLE IF NOT EXISTS rollup_days (day VARCHAR PRIMARY KEY, source_rows BIGINT)")
+        #: day -> raw rows the day's host rollup was built from
+        self._rollups: dict[str, int] = dict(self._con.execute("SELECT day, source_rows FROM rollup_days").fetchall())
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -97,6 +114,7 @@ class DuckDBStore(FlowStore):
             for d in days.tolist():
                 day = _day(d * DAY_MS)
                 self._ensure_day(day)
+                self._forget_rollup(day)  # late rows: the day's sums must be rebuilt
                 part = table if len(days) == 1 else table.filter(pa.array(day_of_row == d))
                 con.register("incoming", part)
                 con.execute(f"INSERT INTO sessions_{day} SELECT * FROM incoming")
@@ -125,10 +143,10 @@ class DuckDBStore(FlowStore):
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _source(self, start_ms: int, end_ms: int) -> str:
-        """The partitions a time frame can touch, as one table expression."""
+    def _source(self, start_ms: int, end_ms: int, exclude: frozenset[str] = frozenset()) -> str:
+        """The partitions a time frame can touch (less ``exclude``), as one table expression."""
         first, last = _day(max(start_ms, 0)), _day(end_ms + DAY_MS)  # rows end up to a day after they start
-        days = [d for d in sorted(self._days) if first <= d <= last]
+        days = [d for d in sorted(self._days) if first <= d <= last and d not in exclude]
         if not days:
             return self._empty_source()
         union = " UNION ALL ".join(f"SELECT * FROM sessions_{d}" for d in days)
@@ -153,9 +171,62 @@ class DuckDBStore(FlowStore):
         source = self._source(time_range.start_ms, time_range.end_ms)
         return self._query(f"SELECT * FROM {source} WHERE {cond} ORDER BY end_ms DESC LIMIT {int(limit)}", params)
 
-    def report(self, spec: ReportSpec) -> pa.Table:
+    def report(self, spec: ReportSpec, use_rollups: bool = True) -> pa.Table:
+        if use_rollups and spec.where is None and spec.entity is Entity.HOST and spec.metric in (Metric.BYTES, Metric.PACKETS):
+            rolled = self._rolled_days(spec.start_ms, spec.end_ms)
+            if rolled:
+                return self._query(*self._rollup_report_sql(spec, rolled))
         sql, params = report_sql(spec, self._source(spec.start_ms, spec.end_ms))
         return self._query(sql, params)
+
+    def _rolled_days(self, start_ms: int, end_ms: int) -> list[str]:
+        """Days with a current rollup that lie wholly inside [start_ms, end_ms) - rows included
+        by the frame's overlap rule: they end inside the day, and start before its end."""
+        rolled = []
+        for day in sorted(self._days):
+            lo = _day_start_ms(day)
+            # rows of this day end in [lo, lo + DAY_MS) and start no later than they end
+            if self._rollups.get(day) is not None and start_ms <= lo and lo + DAY_MS <= end_ms:
+                rolled.append(day)
+        return rolled
+
+    def _rollup_report_sql(self, spec: ReportSpec, rolled: list[str]) -> tuple[str, list[object]]:
+        """Host traffic from the rollups of whole days, plus raw rows for the other days."""
+        unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
+        value = {"sender": f"sum(sent_{unit})", "receiver": f"sum(recv_{unit})",
+                 "either": f"sum(sent_{unit}) + sum(recv_{unit})"}[spec.direction.value]
+        parts = [f"SELECT host AS e0, {value} AS v FROM hosts_{d} GROUP BY host" for d in rolled]
+        edge_parts, params = endpoint_sum_parts(spec, self._source(spec.start_ms, spec.end_ms, frozenset(rolled)))
+        return merge_sums(parts + edge_parts, "address", spec.top), params
+
+    def build_rollups(self, now_ms: int) -> int:
+        """Sum every finished day (before ``now_ms``'s) per host, where not yet done or stale.
+        Returns the days built."""
+        today = _day(now_ms)
+        built = 0
+        with self._write:
+            for day in sorted(self._days):
+                if day >= today:
+                    continue
+                rows = int(self._con.execute(f"SELECT count(*) FROM sessions_{day}").fetchone()[0])
+                if self._rollups.get(day) == rows:
+                    continue
+                con = self._con
+                con.execute("BEGIN TRANSACTION")
+                con.execute(f"DROP TABLE IF EXISTS hosts_{day}")
+                con.execute(f"CREATE TABLE hosts_{day} ({_ROLLUP_COLUMNS})")
+                con.execute(f"""INSERT INTO hosts_{day}
+                    SELECT host, sum(sb), sum(rb), sum(sp), sum(rp) FROM (
+                        SELECT cln_addr AS host, sum(cln_bytes) AS sb, sum(srv_bytes) AS rb, sum(cln_pkts) AS sp,
+                               sum(srv_pkts) AS rp FROM sessions_{day} GROUP BY cln_addr
+                        UNION ALL
+                        SELECT srv_addr, sum(srv_bytes), sum(cln_bytes), sum(srv_pkts), sum(cln_pkts)
+                        FROM sessions_{day} GROUP BY srv_addr) GROUP BY host""")
+                con.execute("INSERT OR REPLACE INTO rollup_days VALUES (?, ?)", [day, rows])
+                con.execute("COMMIT")
+                self._rollups[day] = rows
+                built += 1
+        return built
 
     def timeseries(self, spec: SeriesSpec) -> pa.Table:
         sql, params = series_sql(spec, self._source(spec.start_ms, spec.end_ms))
@@ -178,6 +249,7 @@ class DuckDBStore(FlowStore):
                 elif _day_start_ms(day) < cutoff:
                     n = self._con.execute(f"DELETE FROM sessions_{day} WHERE end_ms < ?", [cutoff]).fetchone()
                     deleted += int(n[0]) if n else 0
+                    self._forget_rollup(day)
         if max_bytes is not None:
             while len(self._days) > 1 and self._used_bytes() > max_bytes:
                 deleted += self._drop(min(self._days))
@@ -189,8 +261,15 @@ class DuckDBStore(FlowStore):
     def _drop(self, day: str) -> int:
         n = self._con.execute(f"SELECT count(*) FROM sessions_{day}").fetchone()[0]
         self._con.execute(f"DROP TABLE sessions_{day}")
+        self._forget_rollup(day)
         self._days.discard(day)
         return int(n)
+
+    def _forget_rollup(self, day: str) -> None:
+        if day in self._rollups:
+            self._con.execute(f"DROP TABLE IF EXISTS hosts_{day}")
+            self._con.execute("DELETE FROM rollup_days WHERE day = ?", [day])
+            del self._rollups[day]
 
     def _used_bytes(self) -> int:
         row = self._con.execute("SELECT used_blocks * block_size FROM pragma_database_size()").fetchone()
