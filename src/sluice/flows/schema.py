@@ -157,10 +157,12 @@ class ColumnBatch:
     def take(self: B, index: np.ndarray) -> B:
         return type(self)({name: col[index] for name, col in self.columns.items()})
 
-    def to_arrow(self) -> pa.RecordBatch:
+    def to_arrow(self, skip: frozenset[str] = frozenset()) -> pa.RecordBatch:
+        """The batch as Arrow; ``skip`` names columns to leave out (a caller converting them itself)."""
         arrays = []
         n = len(self)
-        for name, dt in self.COLUMNS.items():
+        fields = [(name, dt) for name, dt in self.COLUMNS.items() if name not in skip]
+        for name, dt in fields:
             col = self.columns[name]
             if dt is ADDR:
                 buf = pa.py_buffer(np.ascontiguousarray(col).tobytes())
@@ -171,7 +173,7 @@ class ColumnBatch:
                 arrays.append(codes.cast(pa.binary()).cast(pa.string()))
             else:
                 arrays.append(pa.array(col, type=_ARROW_TYPES[dt]))
-        return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(self.COLUMNS))
+        return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(dict(fields)))
 
     def to_records(self) -> list[dict[str, object]]:
         """Rows as dicts with addresses as text: for display and tests, not the hot path."""

@@ -1,5 +1,8 @@
 """The embedded session store: one DuckDB file, one table per UTC day.
 
+- **Addresses** are stored as 128-bit integers (UHUGEINT): fixed-size keys insert, compress
+  and group faster than 16-byte blobs. They go in as two 64-bit halves and come out as the
+  16-byte binary of the session schema; filters pass address bounds as integers.
 - **Appends** are Arrow batches inserted without per-row Python; ``append`` queues them and
   ``flush`` writes everything queued in one transaction (the server flushes every second), so a
   crash loses at most the unflushed second and never leaves a half-written batch.
@@ -33,6 +36,7 @@ import structlog
 from ..flows.schema import SESSION_SCHEMA, SessionBatch
 from ..query.filter import Node
 from ..query.reports import (
+    ENTITY_COLUMNS,
     Entity,
     Metric,
     ReportSpec,
@@ -49,13 +53,69 @@ log = structlog.get_logger(__name__)
 
 DAY_MS = 86_400_000
 _PARTITION = re.compile(r"^sessions_(\d{8})$")
-_ROLLUP_COLUMNS = "host BLOB NOT NULL, sent_bytes HUGEINT, recv_bytes HUGEINT, sent_pkts HUGEINT, recv_pkts HUGEINT"
+_ROLLUP_COLUMNS = "host UHUGEINT NOT NULL, sent_bytes HUGEINT, recv_bytes HUGEINT, sent_pkts HUGEINT, recv_pkts HUGEINT"
 
 _DUCK_TYPES = {
     pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER", pa.uint64(): "UBIGINT",
-    pa.int64(): "BIGINT", pa.binary(16): "BLOB", pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT", pa.binary(16): "UHUGEINT", pa.string(): "VARCHAR",
 }
 _COLUMNS_SQL = ", ".join(f"{f.name} {_DUCK_TYPES[f.type]} NOT NULL" for f in SESSION_SCHEMA)
+ADDRESS_COLUMNS = [f.name for f in SESSION_SCHEMA if f.type == pa.binary(16)]
+_LOW64 = "18446744073709551615::UHUGEINT"
+# incoming rows carry each address as two 64-bit halves
+_INSERT_SELECT = ", ".join(f"(({n}__hi::UHUGEINT) << 64) | {n}__lo" if n in ADDRESS_COLUMNS else n
+                           for n in SESSION_SCHEMA.names)
+
+
+def _split_addresses(batch: SessionBatch) -> pa.Table:
+    """A session batch as the Arrow table the store inserts: addresses as (hi, lo) halves."""
+    arrow = batch.to_arrow(skip=frozenset(ADDRESS_COLUMNS))
+    columns, names = [], []
+    for name in SESSION_SCHEMA.names:
+        if name in ADDRESS_COLUMNS:
+            words = np.ascontiguousarray(batch[name]).view(">u8").reshape(-1, 2)
+            columns += [pa.array(words[:, 0].astype(np.uint64)), pa.array(words[:, 1].astype(np.uint64))]
+            names += [f"{name}__hi", f"{name}__lo"]
+        else:
+            columns.append(arrow.column(name))
+            names.append(name)
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def _address_out(column: str, alias: str | None = None) -> str:
+    alias = alias or column
+    return f"({column} >> 64)::UBIGINT AS {alias}__hi, ({column} & {_LOW64})::UBIGINT AS {alias}__lo"
+
+
+def _join_addresses(table: pa.Table) -> pa.Table:
+    """Turn every ``x__hi`` / ``x__lo`` pair of a result back into a 16-byte binary ``x``."""
+    names = table.column_names
+    out_names, out_cols = [], []
+    for name in names:
+        if name.endswith("__lo"):
+            continue
+        if name.endswith("__hi"):
+            base = name[:-4]
+            hi = table.column(name).to_numpy(zero_copy_only=False)
+            words = np.empty((len(hi), 2), ">u8")  # big-endian: the address's bytes in order
+            words[:, 0] = hi
+            words[:, 1] = table.column(f"{base}__lo").to_numpy(zero_copy_only=False)
+            raw = words.view(np.uint8).tobytes()
+            out_cols.append(pa.Array.from_buffers(pa.binary(16), len(hi), [None, pa.py_buffer(raw)]))
+            out_names.append(base)
+        else:
+            out_cols.append(table.column(name))
+            out_names.append(name)
+    return pa.Table.from_arrays(out_cols, names=out_names)
+
+
+def _int_params(params: list[object]) -> list[object]:
+    """Address bounds (16 bytes) as the 128-bit integers the address columns hold."""
+    return [int.from_bytes(p, "big") if isinstance(p, bytes) and len(p) == 16 else p for p in params]
+
+
+#: report result columns that hold addresses, per entity
+_ADDRESS_RESULTS = {Entity.HOST: ("address",), Entity.HOST_PAIR: ("client", "server"), Entity.EXPORTER: ("exporter",)}
 
 
 def _day(ms: int) -> str:
@@ -75,7 +135,7 @@ class DuckDBStore(FlowStore):
             self._con.execute(f"SET threads = {int(threads)}")
         self._lock = threading.Lock()  # the queue
         self._write = threading.Lock()  # the writer connection: flush, retention, close
-        self._queue: list[pa.RecordBatch] = []
+        self._queue: list[SessionBatch] = []
         self._queued_rows = 0
         self.flush_rows = flush_rows
         self.write_errors = 0
@@ -90,7 +150,7 @@ class DuckDBStore(FlowStore):
         if not len(sessions):
             return
         with self._lock:
-            self._queue.append(sessions.to_arrow())
+            self._queue.append(sessions)
             self._queued_rows += len(sessions)
             full = self._queued_rows >= self.flush_rows
         if full:
@@ -105,9 +165,9 @@ class DuckDBStore(FlowStore):
             batches, self._queue, self._queued_rows = self._queue, [], 0
         if not batches:
             return 0
-        table = pa.Table.from_batches(batches, schema=SESSION_SCHEMA)
+        table = _split_addresses(SessionBatch.concat(batches))
         day_of_row = (table.column("end_ms").to_numpy() // DAY_MS).astype(np.int64)
-        days = np.unique(day_of_row)
+        days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
         con = self._con
         try:
             con.execute("BEGIN TRANSACTION")
@@ -117,7 +177,7 @@ class DuckDBStore(FlowStore):
                 self._forget_rollup(day)  # late rows: the day's sums must be rebuilt
                 part = table if len(days) == 1 else table.filter(pa.array(day_of_row == d))
                 con.register("incoming", part)
-                con.execute(f"INSERT INTO sessions_{day} SELECT * FROM incoming")
+                con.execute(f"INSERT INTO sessions_{day} SELECT {_INSERT_SELECT} FROM incoming")
                 con.unregister("incoming")
             con.execute("COMMIT")
         except duckdb.Error as exc:  # e.g. disk full: the transaction is rolled back, nothing half-written
@@ -156,12 +216,17 @@ class DuckDBStore(FlowStore):
         cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {f.name}" for f in SESSION_SCHEMA)
         return f"(SELECT {cols} WHERE false) AS sessions"
 
-    def _query(self, sql: str, params: list[object]) -> pa.Table:
+    def _query(self, sql: str, params: list[object], addresses: tuple[str, ...] = ()) -> pa.Table:
+        """Run a query; ``addresses`` names result columns that hold addresses."""
+        if addresses:
+            inner_cols = ", ".join(_address_out(c) for c in addresses)
+            sql = f"SELECT * EXCLUDE ({', '.join(addresses)}), {inner_cols} FROM ({sql}) AS q"
         cursor = self._con.cursor()  # its own connection: safe beside the writer's thread
         try:
-            return cursor.sql(sql, params=params).to_arrow_table()
+            table = cursor.sql(sql, params=_int_params(params)).to_arrow_table()
         finally:
             cursor.close()
+        return _join_addresses(table) if addresses else table
 
     def sessions(self, time_range: TimeRange, where: Node | None = None, limit: int = 1000) -> pa.Table:
         cond, params = "end_ms >= ? AND start_ms < ?", [time_range.start_ms, time_range.end_ms]
@@ -169,15 +234,23 @@ class DuckDBStore(FlowStore):
             sql, more = compile_filter(where)
             cond, params = f"{cond} AND {sql}", params + more
         source = self._source(time_range.start_ms, time_range.end_ms)
-        return self._query(f"SELECT * FROM {source} WHERE {cond} ORDER BY end_ms DESC LIMIT {int(limit)}", params)
+        table = self._query(f"SELECT * FROM {source} WHERE {cond} ORDER BY end_ms DESC LIMIT {int(limit)}", params,
+                            tuple(ADDRESS_COLUMNS))
+        return table.select(SESSION_SCHEMA.names).cast(SESSION_SCHEMA)
 
     def report(self, spec: ReportSpec, use_rollups: bool = True) -> pa.Table:
         if use_rollups and spec.where is None and spec.entity is Entity.HOST and spec.metric in (Metric.BYTES, Metric.PACKETS):
             rolled = self._rolled_days(spec.start_ms, spec.end_ms)
             if rolled:
-                return self._query(*self._rollup_report_sql(spec, rolled))
+                sql, params = self._rollup_report_sql(spec, rolled)
+                return self._ordered(self._query(sql, params, ("address",)), spec)
         sql, params = report_sql(spec, self._source(spec.start_ms, spec.end_ms))
-        return self._query(sql, params)
+        return self._ordered(self._query(sql, params, _ADDRESS_RESULTS.get(spec.entity, ())), spec)
+
+    @staticmethod
+    def _ordered(table: pa.Table, spec: ReportSpec) -> pa.Table:
+        """Entity columns first, then ``value`` (address conversion moved them around)."""
+        return table.select([*ENTITY_COLUMNS[spec.entity], "value"])
 
     def _rolled_days(self, start_ms: int, end_ms: int) -> list[str]:
         """Days with a current rollup that lie wholly inside [start_ms, end_ms) - rows included
