@@ -75,9 +75,7 @@ class Ingest:
                     result = self.store.retain(now_ms, st.retention_days * 86400, max_bytes)
                     if result.rows_deleted:
                         log.info("retention", rows=result.rows_deleted, days_dropped=result.partitions_dropped)
-                    build = getattr(self.store, "build_rollups", None)
-                    if build is not None:
-                        build(now_ms)
+                    self.store.maintain(now_ms)
                 self._export_gauges()
             except Exception:  # maintenance must go on; the next round retries
                 log.exception("maintenance failed")

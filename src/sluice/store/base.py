@@ -70,6 +70,9 @@ class FlowStore(ABC):
     def retain(self, now_ms: int, max_age_s: float | None = None, max_bytes: int | None = None) -> RetentionResult:
         """Delete what is older than ``max_age_s``, then the oldest data until under ``max_bytes``."""
 
+    def maintain(self, now_ms: int) -> None:
+        """Periodic housekeeping beyond retention (e.g. building rollups); by default none."""
+
     @abstractmethod
     def stats(self) -> StoreStats:
         """Rows, bytes on disk, oldest and newest time."""

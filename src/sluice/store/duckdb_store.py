@@ -272,6 +272,9 @@ class DuckDBStore(FlowStore):
         edge_parts, params = endpoint_sum_parts(spec, self._source(spec.start_ms, spec.end_ms, frozenset(rolled)))
         return merge_sums(parts + edge_parts, "address", spec.top), params
 
+    def maintain(self, now_ms: int) -> None:
+        self.build_rollups(now_ms)
+
     def build_rollups(self, now_ms: int) -> int:
         """Sum every finished day (before ``now_ms``'s) per host, where not yet done or stale.
         Returns the days built."""
