@@ -18,6 +18,7 @@ test: $(STAMP) $(GEO_MMDB) debian-deps
 
 bench: $(STAMP) $(GEO_MMDB) debian-deps
 	$(PY) bench/ingest.py
+	$(PY) bench/enrich.py
 	$(PY) bench/store_query.py
 
 geodata: $(GEO_MMDB)

@@ -237,3 +237,47 @@ def test_log_level_and_format(tmp_path, level, fmt):
         events = [json.loads(l) for l in err.splitlines() if l.startswith("{")]
         assert {"listening", "batch decoded"} <= {e["event"] for e in events}
         assert all("timestamp" in e and "level" in e for e in events)
+
+
+def _start_server(tmp_path, http: int, netflow: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
+         "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
+         "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(200):
+        try:
+            httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+def test_the_store_survives_kill_9_of_the_server_mid_write(tmp_path):
+    http, netflow = free_tcp_port(), free_udp_port()
+    server = _start_server(tmp_path, http, netflow)
+    sim = subprocess.Popen([SLUICE, "simulate", "--netflow-port", str(netflow), "--protocol", "netflow9",
+                            "--rate", "3000", "--duration", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        stored = 0
+        for _ in range(100):  # wait for several flushes while traffic keeps coming
+            time.sleep(0.2)
+            stored = httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=5).json()["sessions_stored"]
+            if stored > 5000:
+                break
+        assert stored > 5000
+        server.send_signal(signal.SIGKILL)  # in the middle of receiving and writing
+        server.wait(10)
+    finally:
+        sim.kill()
+        sim.wait()
+    again = _start_server(tmp_path, http, netflow)
+    try:
+        after = httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=5).json()["sessions_stored"]
+        assert after >= stored, "what was stored before the kill is still there"
+        page = httpx.get(f"http://127.0.0.1:{http}/", timeout=5).text
+        assert "Top senders" in page
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(10) == 0

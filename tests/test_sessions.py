@@ -6,7 +6,10 @@ import pytest
 
 from sluice.collect.decoder import Datagram, Decoder
 from sluice.flows.schema import FlowBatch, SessionBatch, addr_bytes, addr_text
+from sluice.flows.enrich import Enricher
 from sluice.flows.sessions import SessionTracker
+from sluice.store.base import TimeRange
+from sluice.store.duckdb_store import DuckDBStore
 
 from .conftest import require_tool
 from .interop import SluiceCollector, run
@@ -212,10 +215,19 @@ def test_sessions_from_a_real_exporter_match_the_pcap(tmp_path, exporter, versio
         # 6 long conversations x 2 directions: at least two records each
         assert len(long_flows) >= 2 * 12, "the long conversations should arrive as several records each"
     tracker = SessionTracker(idle_timeout_s=300)
-    # feed the flows in the pieces the collector decoded them in
-    batches = [tracker.update(b, T0) for b in sluice.batches]
+    # feed the flows in the pieces the collector decoded them in; enrich, store and read back
+    store = DuckDBStore(tmp_path / "sessions.duckdb")
+    enricher = Enricher()
+    for b in sluice.batches:
+        store.append(enricher(tracker.update(b, T0)))
+    store.flush()
+    stored = store.sessions(TimeRange(0, 2**62), limit=10**6)
+    store.close()
+    columns = {name: stored.column(name).to_numpy(zero_copy_only=False) for name in stored.column_names}
+    columns = {k: (np.array([list(x) for x in v], np.uint8).reshape(-1, 16) if k.endswith("addr") else
+                   v.astype("S2") if k.endswith("country") else v) for k, v in columns.items()}
     got = {}
-    for cln, cport, srv, sport, proto, cb, sb, cp, sp in totals(batches).values():
+    for cln, cport, srv, sport, proto, cb, sb, cp, sp in totals([SessionBatch(columns)]).values():
         key = (cln, cport, srv, sport, proto)
         if cln in TICK or srv in TICK:
             continue

@@ -231,3 +231,13 @@ def test_host_rollups_give_the_same_reports_as_raw_rows(tmp_path):
     assert set(again._rollups) == {d for d in again._days if d in again._rollups} and len(again._rollups) >= 1
     assert again.report(spec).to_pylist() == again.report(spec, use_rollups=False).to_pylist()
     again.close()
+
+
+def test_any_time_frame_is_answered(store):
+    # found by the sessions ground-truth test: a frame ending in year 146 million crashed
+    store.append(random_sessions(100, 10))
+    store.flush()
+    assert store.sessions(TimeRange(-(2**62), 2**62), limit=1000).num_rows == 100
+    report = store.report(ReportSpec(Entity.HOST, Metric.BYTES, Direction.EITHER, -(2**62), 2**62))
+    assert report.num_rows > 0
+    assert store.sessions(TimeRange(2**62 - 10, 2**62), limit=10).num_rows == 0

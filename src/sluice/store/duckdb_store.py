@@ -118,7 +118,12 @@ def _int_params(params: list[object]) -> list[object]:
 _ADDRESS_RESULTS = {Entity.HOST: ("address",), Entity.HOST_PAIR: ("client", "server"), Entity.EXPORTER: ("exporter",)}
 
 
+_MAX_MS = 253_402_300_799_000  # 9999-12-31: the last day a partition can be named
+
+
 def _day(ms: int) -> str:
+    """The partition day of a time; times beyond what a calendar can name are clamped."""
+    ms = min(max(ms, 0), _MAX_MS)
     return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y%m%d")
 
 
@@ -205,7 +210,7 @@ class DuckDBStore(FlowStore):
 
     def _source(self, start_ms: int, end_ms: int, exclude: frozenset[str] = frozenset()) -> str:
         """The partitions a time frame can touch (less ``exclude``), as one table expression."""
-        first, last = _day(max(start_ms, 0)), _day(end_ms + DAY_MS)  # rows end up to a day after they start
+        first, last = _day(start_ms), _day(min(end_ms, _MAX_MS) + DAY_MS)  # rows end up to a day after they start
         days = [d for d in sorted(self._days) if first <= d <= last and d not in exclude]
         if not days:
             return self._empty_source()
