@@ -31,7 +31,6 @@ from .templates import (
 
 _SET_HEADER = struct.Struct("!HH")
 MAX_PLAUSIBLE_MS = 253_402_300_800_000  # year 10000: beyond it a time field is garbage
-PROTO_NAMES = {5: "netflow5", 9: "netflow9", 10: "ipfix", "sflow": "sflow5"}
 
 
 @dataclass(slots=True)
@@ -89,7 +88,6 @@ class Decoder:
         v5: list[tuple[bytes, netflow5.V5Header, bytes, int]] = []
         sflow_in: list[tuple[bytes, bytes, int]] = []
         collector = SetCollector()
-        options_first: list[RawRecords] = []
         labels: dict[tuple[str, str], int] = {}  # (exporter, protocol) -> label id
         label_of = np.full(len(datagrams), -1, np.int64)  # label id of each datagram
 
@@ -135,7 +133,6 @@ class Decoder:
         for group in template_groups:
             if group.kind == "options":
                 self._learn_options(group)
-                options_first.append(group)
         groups.extend(template_groups)
 
         self.pending.expire(now)

@@ -161,8 +161,6 @@ class TemplateCache:
     def get(self, key: TemplateKey) -> Template | None:
         return self._templates.get(key)
 
-    def __contains__(self, key: TemplateKey) -> bool:
-        return key in self._templates
 
     def put(self, key: TemplateKey, template: Template, proto: str) -> bool:
         """Learn a template; returns True when it is new or changed its layout."""

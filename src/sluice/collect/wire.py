@@ -41,16 +41,6 @@ def gather(buf: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def read_u32(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Big-endian uint32 at each offset (zeros past the end), as int64 for safe arithmetic."""
-    return be_uint(gather(buf, offsets, 4)).astype(np.int64)
-
-
-def read_u16(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Big-endian uint16 at each offset (zeros past the end), as int64."""
-    return be_uint(gather(buf, offsets, 2)).astype(np.int64)
-
-
 def ipv4_to_mapped(v4: np.ndarray) -> np.ndarray:
     """uint32 IPv4 addresses -> ``(n, 16)`` IPv4-mapped IPv6 (``::ffff:a.b.c.d``)."""
     out = np.zeros((len(v4), 16), np.uint8)
