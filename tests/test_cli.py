@@ -19,6 +19,13 @@ from .pcapgen import write_udp_pcap
 from .test_conformance import IGNORED_KEYS
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
+ADMIN = ("admin", "test-admin-password")
+ADMIN_ENV = dict(os.environ, SLUICE_ADMIN_PASSWORD=ADMIN[1])
+
+
+def stored_sessions(http: int) -> int:
+    status = httpx.get(f"http://127.0.0.1:{http}/api/v1/status", auth=ADMIN, timeout=5).json()
+    return status["storage"]["rows"]
 
 
 def sluice(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -102,7 +109,7 @@ def server(tmp_path):
         [SLUICE, "serve", "--listen", "127.0.0.1", "--http-listen", "127.0.0.1", "--http-port", str(ports["http"]),
          "--netflow-port", str(ports["netflow"]), "--ipfix-port", str(ports["ipfix"]),
          "--sflow-port", str(ports["sflow"]), "--data-dir", str(tmp_path / "var"), "--log-level", "info"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ADMIN_ENV)
     deadline = time.time() + 20
     while time.time() < deadline:
         try:
@@ -139,9 +146,10 @@ def test_serve_collects_simulated_traffic_of_every_protocol(server):
     health = httpx.get(f"http://127.0.0.1:{ports['http']}/healthz").json()
     assert {l["protocol"] for l in health["listeners"]} == {"netflow", "ipfix", "sflow"}
     # the flows became sessions (fewer rows than flows: both directions fold) and were stored
-    assert 0.3 * flows <= health["sessions_stored"] < flows
-    page = httpx.get(f"http://127.0.0.1:{ports['http']}/").text
-    assert "Top senders" in page
+    assert 0.3 * flows <= stored_sessions(ports["http"]) < flows
+    assert httpx.get(f"http://127.0.0.1:{ports['http']}/").status_code == 401  # traffic needs a login
+    page = httpx.get(f"http://127.0.0.1:{ports['http']}/", auth=ADMIN).text
+    assert "Top senders" in page and "Logged in as admin" in page
 
 
 def test_serve_prints_where_it_listens_and_stops_cleanly(server):
@@ -243,7 +251,8 @@ def _start_server(tmp_path, http: int, netflow: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
          "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
-         "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=ADMIN_ENV)
     for _ in range(200):
         try:
             httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1)
@@ -263,7 +272,7 @@ def test_the_store_survives_kill_9_of_the_server_mid_write(tmp_path):
         stored = 0
         for _ in range(100):  # wait for several flushes while traffic keeps coming
             time.sleep(0.2)
-            stored = httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=5).json()["sessions_stored"]
+            stored = stored_sessions(http)
             if stored > 5000:
                 break
         assert stored > 5000
@@ -274,9 +283,9 @@ def test_the_store_survives_kill_9_of_the_server_mid_write(tmp_path):
         sim.wait()
     again = _start_server(tmp_path, http, netflow)
     try:
-        after = httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=5).json()["sessions_stored"]
+        after = stored_sessions(http)
         assert after >= stored, "what was stored before the kill is still there"
-        page = httpx.get(f"http://127.0.0.1:{http}/", timeout=5).text
+        page = httpx.get(f"http://127.0.0.1:{http}/", auth=ADMIN, timeout=5).text
         assert "Top senders" in page
     finally:
         again.send_signal(signal.SIGTERM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import socket
 import sys
@@ -17,6 +18,8 @@ from .collect.decoder import Decoder, DecoderConfig
 from .collect.listener import Collector
 from .config import Settings
 from .ingest import Ingest
+from .state.db import open_state
+from .state.users import Users
 
 log = structlog.get_logger(__name__)
 
@@ -39,13 +42,15 @@ class Server:
         self.collector = Collector(c, self.decoder, [self.ingest])
         self.app = None
         self.simulator = None
+        self.users = Users(open_state(settings.data_dir))
+        self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
 
     def start_collector(self) -> None:
         self.collector.bind()
         self.collector.start()
         self.ingest.start()
         listeners = [(l.name, l.port) for l in self.collector.listeners]
-        self.app = create_app(self.counters, listeners, self.ingest.store)
+        self.app = create_app(self.counters, self.users, listeners, self.ingest.store)
 
     def start_simulator(self, conversations_per_s: float) -> None:
         from .simulate.sender import Simulator
@@ -97,7 +102,7 @@ class _QuietExitServer(uvicorn.Server):
         self.should_exit = True
 
 
-def banner(settings: Settings, simulating: bool) -> str:
+def banner(settings: Settings, simulating: bool, generated_password: str | None = None) -> str:
     h = settings.http
     host = "localhost" if h.listen in ("0.0.0.0", "::", "127.0.0.1") else h.listen
     c = settings.collect
@@ -105,7 +110,9 @@ def banner(settings: Settings, simulating: bool) -> str:
         f"Sluice is running: http://{host}:{h.port}/  (metrics: http://{host}:{h.port}/metrics)",
         f"  flows in: NetFlow/IPFIX UDP {c.netflow_port or 'off'}, IPFIX UDP {c.ipfix_port or 'off'}, "
         f"sFlow UDP {c.sflow_port or 'off'} on {c.listen}",
-        "  login: none yet (accounts arrive with the HTTP API)",
+        (f"  login: admin / {generated_password}   (generated now and shown only once: set SLUICE_ADMIN_PASSWORD "
+         "before the first start to choose it)" if generated_password else
+         "  login: your Sluice account (the first start created 'admin'; see docs/api.md)"),
     ]
     if simulating:
         lines.append("  built-in traffic generator: on (sluice serve --no-simulate to turn it off)")
@@ -128,7 +135,7 @@ def run(settings: Settings, simulate: bool = False, simulate_rate: float = 200.0
     # overflow a socket buffer at high flow rates)
     gc.collect()
     gc.freeze()
-    print(banner(settings, simulate), file=sys.stderr, flush=True)
+    print(banner(settings, simulate, server.generated_password), file=sys.stderr, flush=True)
     try:
         server.serve_http(http_socket)
     finally:

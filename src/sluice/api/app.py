@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -15,13 +15,18 @@ import time
 
 from ..flows.schema import addr_text
 from ..query.reports import Direction, Entity, Metric, ReportSpec
+from ..state.users import LoginThrottle, Users
 from ..store.base import FlowStore
+from .auth import Authenticator, Principal
 from .metrics import CountersCollector
+from .v1 import build_router
 
 
-def create_app(counters: Counters, listeners: list[tuple[str, int]] | None = None,
-               store: FlowStore | None = None) -> FastAPI:
+def create_app(counters: Counters, users: Users, listeners: list[tuple[str, int]] | None = None,
+               store: FlowStore | None = None, secure_cookies: bool = False) -> FastAPI:
     app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    auth = Authenticator(users, LoginThrottle())
+    app.include_router(build_router(users, auth, store, counters, secure_cookies))
     registry = CollectorRegistry(auto_describe=True)
     registry.register(CountersCollector(counters))
 
@@ -31,12 +36,12 @@ def create_app(counters: Counters, listeners: list[tuple[str, int]] | None = Non
 
     @app.get("/healthz", tags=["status"])
     def healthz() -> dict[str, object]:
+        """Liveness for load balancers and monitoring: no data, no login."""
         return {"status": "ok", "version": __version__,
-                "listeners": [{"protocol": n, "port": p} for n, p in (listeners or [])],
-                "sessions_stored": store.stats().rows if store else None}
+                "listeners": [{"protocol": n, "port": p} for n, p in (listeners or [])]}
 
     @app.get("/", include_in_schema=False)
-    def index() -> HTMLResponse:
+    def index(principal: Principal = Depends(auth)) -> HTMLResponse:
         ports = "".join(f"<li>{html.escape(name)}: UDP {port}</li>" for name, port in (listeners or []))
         talkers = ""
         if store is not None:
@@ -50,7 +55,8 @@ def create_app(counters: Counters, listeners: list[tuple[str, int]] | None = Non
                        f"<table><tr><th>address</th><th>bytes sent</th></tr>{rows}</table>")
         return HTMLResponse(
             f"<!doctype html><html lang=en><meta charset=utf-8><meta http-equiv=refresh content=5>"
-            f"<title>Sluice</title><h1>Sluice {__version__}</h1>"
+            f"<title>Sluice</title><h1>Sluice {__version__}</h1><p>Logged in as {html.escape(principal.username)}"
+            f"{' (administrator)' if principal.is_admin else ''}.</p>"
             f"<p>Flow collector running, listening on:</p><ul>{ports}</ul>{talkers}"
             f"<p><a href='/metrics'>/metrics</a> · <a href='/api/docs'>API docs</a></p></html>"
         )

@@ -1,1 +1,1 @@
-"""state"""
+"""Server state (users, login sessions, preferences, settings) in SQLAlchemy; SQLite by default."""

@@ -1,0 +1,182 @@
+"""The HTTP API: authentication, access control for every route and role, login throttling,
+CSRF, clear errors, and schemathesis against the live OpenAPI schema."""
+
+import time
+
+import numpy as np
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+
+from sluice.api.app import create_app
+from sluice.collect.counters import Counters
+from sluice.flows.schema import SessionBatch, addr_bytes
+from sluice.state.db import open_state
+from sluice.state.users import Users
+from sluice.store.duckdb_store import DuckDBStore
+
+ADMIN = ("admin", "admin-password-1")
+ALICE = ("alice", "alice-password-1")
+BOB = ("bob", "bob-password-12")
+
+
+def make_app(tmp_path):
+    users = Users(open_state(tmp_path / "state"))
+    assert users.ensure_admin(ADMIN[1]) is None  # password given: nothing generated
+    users.create(*ALICE)
+    users.create(*BOB)
+    store = DuckDBStore(tmp_path / "sessions.duckdb")
+    now = int(time.time() * 1000)
+    n = 20
+    addrs = lambda base: np.array([list(addr_bytes(f"10.0.{base}.{i}")) for i in range(n)], np.uint8)  # noqa: E731
+    store.append(SessionBatch.build(n, session_id=np.arange(n), start_ms=now - 60_000, end_ms=now - 1000,
+                                    cln_addr=addrs(1), srv_addr=addrs(2), srv_port=443, protocol=6,
+                                    cln_bytes=np.arange(n) * 100, srv_bytes=1000, cln_country=b"XP",
+                                    srv_country=b"XP"))
+    store.flush()
+    return create_app(Counters(), users, [("netflow", 2055)], store), users, store
+
+
+@pytest.fixture
+def api(tmp_path):
+    app, users, store = make_app(tmp_path)
+    with TestClient(app) as client:
+        yield client, users
+    store.close()
+
+
+# route -> (method, path, json body, who may: "any" user or "admin")
+ROUTES = [
+    ("GET", "/api/v1/me", None, "any"),
+    ("GET", "/api/v1/status", None, "any"),
+    ("GET", "/api/v1/sessions", None, "any"),
+    ("GET", "/api/v1/reports?entity=host&metric=bytes", None, "any"),
+    ("GET", "/api/v1/timeseries?metric=bytes", None, "any"),
+    ("POST", "/api/v1/tokens", {"name": "t"}, "any"),
+    ("GET", "/api/v1/users", None, "admin"),
+    ("POST", "/api/v1/users", {"username": "carol", "password": "carol-password-1"}, "admin"),
+    ("PATCH", "/api/v1/users/bob", {"password": "bob-password-99"}, "admin"),  # another user's password
+    ("DELETE", "/api/v1/users/bob", None, "admin"),
+    ("GET", "/", None, "any"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, who", ROUTES)
+@pytest.mark.parametrize("role", ["anonymous", "user", "admin"])
+def test_access_control_matrix(tmp_path, method, path, body, who, role):
+    app, users, store = make_app(tmp_path)
+    with TestClient(app) as client:
+        auth = {"anonymous": None, "user": ALICE, "admin": ADMIN}[role]
+        r = client.request(method, path, json=body, auth=auth)
+        if role == "anonymous":
+            assert r.status_code == 401
+            assert "authentication required" in r.json()["detail"]
+            assert r.headers["www-authenticate"].startswith("Basic")
+        elif who == "admin" and role == "user":
+            assert r.status_code == 403, r.text
+            detail = r.json()["detail"]
+            assert "administrator" in detail or "only your own password" in detail
+        else:
+            assert r.status_code in (200, 201, 204), r.text
+    store.close()
+
+
+def test_users_change_only_their_own_password(api):
+    client, users = api
+    assert client.patch("/api/v1/users/alice", json={"password": "alice-new-pass"}, auth=ALICE).status_code == 200
+    assert client.get("/api/v1/me", auth=("alice", "alice-new-pass")).status_code == 200
+    r = client.patch("/api/v1/users/alice", json={"is_admin": True}, auth=("alice", "alice-new-pass"))
+    assert r.status_code == 403 and "only your own password" in r.json()["detail"]
+    assert client.patch("/api/v1/users/bob", json={"password": "x" * 10}, auth=("alice", "alice-new-pass")).status_code == 403
+
+
+def test_the_last_administrator_cannot_go(api):
+    client, _ = api
+    r = client.patch("/api/v1/users/admin", json={"is_admin": False}, auth=ADMIN)
+    assert r.status_code == 409 and "last administrator" in r.json()["detail"]
+    r = client.delete("/api/v1/users/admin", auth=ADMIN)
+    assert r.status_code == 409 and "last administrator" in r.json()["detail"]
+    assert client.patch("/api/v1/users/alice", json={"is_admin": True}, auth=ADMIN).status_code == 200
+    assert client.patch("/api/v1/users/admin", json={"is_admin": False}, auth=ADMIN).status_code == 200
+    # alice is the administrator now
+    assert client.delete("/api/v1/users/nobody", auth=ALICE).status_code == 404
+    assert client.patch("/api/v1/users/nobody", json={}, auth=ALICE).status_code == 404
+
+
+def test_cookie_login_needs_csrf_for_changes(api):
+    client, _ = api
+    r = client.post("/api/v1/login", json={"username": "alice", "password": ALICE[1]})
+    assert r.status_code == 200 and r.json()["username"] == "alice"
+    csrf = r.json()["csrf_token"]
+    assert "httponly" in r.headers["set-cookie"].lower() and "samesite=strict" in r.headers["set-cookie"].lower()
+    assert client.get("/api/v1/me").json() == {"username": "alice", "is_admin": False}
+    r = client.post("/api/v1/tokens", json={"name": "x"})
+    assert r.status_code == 403 and "X-CSRF-Token" in r.json()["detail"]
+    assert client.post("/api/v1/tokens", json={"name": "x"}, headers={"X-CSRF-Token": "wrong"}).status_code == 403
+    token = client.post("/api/v1/tokens", json={"name": "x"}, headers={"X-CSRF-Token": csrf}).json()["token"]
+    assert client.post("/api/v1/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+    client.cookies.clear()
+    assert client.get("/api/v1/me").status_code == 401
+    # the bearer token made during the login outlives it
+    assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).json()["username"] == "alice"
+    assert client.get("/api/v1/me", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_login_throttling(api):
+    client, _ = api
+    for _ in range(5):
+        assert client.post("/api/v1/login", json={"username": "bob", "password": "wrong-guess"}).status_code == 401
+    r = client.post("/api/v1/login", json={"username": "bob", "password": BOB[1]})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    assert "too many failed logins" in r.json()["detail"]
+    assert client.get("/api/v1/me", auth=("bob", BOB[1])).status_code == 429  # Basic is throttled too
+    assert client.get("/api/v1/me", auth=ALICE).status_code == 200  # others are not
+
+
+def test_clear_errors_for_bad_input(api):
+    client, _ = api
+    r = client.get("/api/v1/sessions", params={"filter": "SRVPORT 80"}, auth=ALICE)
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["query", "filter"] and err["position"] == 9 and "comparison operator" in err["msg"]
+    r = client.get("/api/v1/reports", params={"entity": "planet"}, auth=ALICE)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "entity"]
+    r = client.post("/api/v1/users", json={"username": "x y", "password": "short"}, auth=ADMIN)
+    assert r.status_code == 422
+    assert {tuple(e["loc"]) for e in r.json()["detail"]} == {("body", "username"), ("body", "password")}
+    r = client.get("/api/v1/sessions", params={"start_ms": 10, "end_ms": 5}, auth=ALICE)
+    assert r.status_code == 422 and "time frame is empty" in r.json()["detail"][0]["msg"]
+    r = client.get("/api/v1/me", headers={"Authorization": "Basic !!!"})
+    assert r.status_code == 401 and "malformed" in r.json()["detail"]
+
+
+def test_data_routes_answer_with_sessions(api):
+    client, _ = api
+    rows = client.get("/api/v1/sessions", params={"filter": "SRVPORT == 443 && CLNBYTS >= 1000"}, auth=ALICE).json()
+    assert len(rows) == 10 and all(r["cln_bytes"] >= 1000 for r in rows)
+    assert rows[0]["cln_addr"].startswith("10.0.1.")
+    top = client.get("/api/v1/reports", params={"entity": "host", "metric": "bytes", "direction": "sender", "top": 3},
+                     auth=ALICE).json()
+    assert [t["address"] for t in top] == ["10.0.2.0", "10.0.2.1", "10.0.2.10"] or top[0]["value"] >= top[1]["value"]
+    series = client.get("/api/v1/timeseries", params={"metric": "sessions"}, auth=ALICE).json()
+    assert sum(p["value"] for p in series["points"]) == 20 and series["bucket_ms"] == 10_000
+
+
+def test_schemathesis_finds_no_server_error(tmp_path):
+    app, users, store = make_app(tmp_path)
+    schema = schemathesis.openapi.from_asgi("/api/openapi.json", app)
+    failures = []
+    for operation in schema.get_all_operations():
+        op = operation.ok()
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def check(case):
+            response = case.call(auth=ADMIN)
+            if response.status_code >= 500:
+                failures.append((op.label, response.status_code, response.text[:200]))
+
+        check()
+    store.close()
+    assert failures == []
