@@ -180,3 +180,80 @@ def test_schemathesis_finds_no_server_error(tmp_path):
         check()
     store.close()
     assert failures == []
+
+
+PREF_ROUTES = [
+    ("GET", "/api/v1/preferences", None, "any"),
+    ("PUT", "/api/v1/preferences", {"email_to": "me@example.org"}, "any"),
+    ("GET", "/api/v1/settings", None, "admin"),
+    ("PUT", "/api/v1/settings", {"smtp_host": "mail.example.org", "smtp_from": "sluice@example.org"}, "admin"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, who", PREF_ROUTES)
+@pytest.mark.parametrize("role", ["anonymous", "user", "admin"])
+def test_preference_routes_access(tmp_path, method, path, body, who, role):
+    test_access_control_matrix(tmp_path, method, path, body, who, role)
+
+
+def test_preferences_are_per_user_and_validated(api):
+    client, _ = api
+    body = {"email_to": "Alice@Example.org", "syslog_host": "siem.example.org", "syslog_port": 6514,
+            "syslog_facility": "local3", "syslog_format": "cef", "syslog_transport": "tcp"}
+    got = client.put("/api/v1/preferences", json=body, auth=ALICE).json()
+    assert got["email_to"] == "Alice@example.org" and got["syslog_facility"] == "local3"
+    assert client.get("/api/v1/preferences", auth=ALICE).json() == got
+    assert client.get("/api/v1/preferences", auth=BOB).json()["email_to"] == ""  # not alice's
+    bad = {"email_to": "not an address", "syslog_host": "bad host!", "syslog_port": 70000,
+           "syslog_facility": "local9", "syslog_format": "xml"}
+    r = client.put("/api/v1/preferences", json=bad, auth=ALICE)
+    assert r.status_code == 422
+    fields = {e["loc"][-1]: e["msg"] for e in r.json()["detail"]}
+    assert set(fields) == {"email_to", "syslog_host", "syslog_port", "syslog_facility", "syslog_format"}
+    assert "is not an e-mail address" in fields["email_to"]
+    assert "neither an IP address nor a host name" in fields["syslog_host"]
+
+
+def test_no_header_injection_through_any_string(api):
+    client, _ = api
+    for field, value in [("email_to", "a@example.org\r\nBcc: victim@example.org"), ("syslog_host", "x\nlocal")]:
+        r = client.put("/api/v1/preferences", json={field: value}, auth=ALICE)
+        assert r.status_code == 422 and "control characters" in r.text
+    for field, value in [("smtp_from", "s@example.org\r\nSubject: hi"), ("smtp_username", "u\r\nx"),
+                         ("smtp_password", "p\nq"), ("smtp_host", "mail\r\n")]:
+        r = client.put("/api/v1/settings", json={field: value}, auth=ADMIN)
+        assert r.status_code == 422 and "control characters" in r.text, (field, r.text)
+
+
+def test_system_settings_keep_the_password_private(api):
+    client, _ = api
+    r = client.put("/api/v1/settings", json={"smtp_host": "10.0.0.25", "smtp_port": 587, "smtp_security": "starttls",
+                                             "smtp_username": "relay", "smtp_password": "s3cret", "smtp_from":
+                                             "sluice@example.org", "retention_days": 7}, auth=ADMIN)
+    assert r.status_code == 200 and r.json()["smtp_password_set"] is True and "s3cret" not in r.text
+    r = client.put("/api/v1/settings", json={"smtp_host": "10.0.0.26", "smtp_from": "sluice@example.org"}, auth=ADMIN)
+    assert r.json()["smtp_password_set"] is True  # omitted: kept
+    assert client.get("/api/v1/settings", auth=ALICE).status_code == 403
+    r = client.put("/api/v1/settings", json={"smtp_security": "ssl3", "smtp_port": 0}, auth=ADMIN)
+    assert r.status_code == 422 and {e["loc"][-1] for e in r.json()["detail"]} == {"smtp_security", "smtp_port"}
+
+
+def test_retention_set_by_an_administrator_applies(tmp_path):
+    from sluice.collect.counters import Counters as C
+    from sluice.config import load
+    from sluice.ingest import Ingest
+    from sluice.state.preferences import Preferences, SystemSettingsIn
+
+    settings = load(None, data_dir=str(tmp_path / "var"))
+    ingest = Ingest(settings, C())
+    prefs = Preferences(open_state(tmp_path / "state"))
+    ingest.retention_days = lambda: prefs.system().retention_days
+    now = int(time.time() * 1000)
+    old = SessionBatch.build(10, session_id=np.arange(10), start_ms=now - 5 * 86_400_000, end_ms=now - 5 * 86_400_000)
+    ingest.store.append(old)
+    ingest.maintenance_round()
+    assert ingest.store.stats().rows == 10  # the configuration keeps 30 days
+    prefs.set_system(SystemSettingsIn(retention_days=2))
+    ingest.maintenance_round()
+    assert ingest.store.stats().rows == 0
+    ingest.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
@@ -37,6 +38,8 @@ class Ingest:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.listeners: list = []  # later stages (alerts) receive each session batch
+        #: retention in days set at run time (system settings), None: the configuration's
+        self.retention_days: Callable[[], float | None] = lambda: None
 
     def __call__(self, flows: FlowBatch) -> None:
         now_ms = int(time.time() * 1000)
@@ -61,25 +64,32 @@ class Ingest:
         self.store.close()
 
     def _maintain(self) -> None:
-        st = self.settings.store
         last_retention = 0.0
-        while not self._stop.wait(st.flush_interval_s):
+        while not self._stop.wait(self.settings.store.flush_interval_s):
             try:
-                self.store.flush()
-                with self._lock:
-                    self.tracker.expire(int(time.time() * 1000))
-                if time.monotonic() - last_retention > 600:
+                due = time.monotonic() - last_retention > 600
+                self.maintenance_round(retention=due)
+                if due:
                     last_retention = time.monotonic()
-                    max_bytes = int(st.max_size_gb * 2**30) if st.max_size_gb else None
-                    now_ms = int(time.time() * 1000)
-                    result = self.store.retain(now_ms, st.retention_days * 86400, max_bytes)
-                    if result.rows_deleted:
-                        log.info("retention", rows=result.rows_deleted, days_dropped=result.partitions_dropped)
-                    self.store.maintain(now_ms)
-                self._export_gauges()
             except Exception:  # maintenance must go on; the next round retries
                 log.exception("maintenance failed")
                 self.counters.inc("maintenance_errors_total")
+
+    def maintenance_round(self, retention: bool = True) -> None:
+        """Flush, end idle sessions; with ``retention``, also apply retention and build rollups."""
+        st = self.settings.store
+        self.store.flush()
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            self.tracker.expire(now_ms)
+        if retention:
+            max_bytes = int(st.max_size_gb * 2**30) if st.max_size_gb else None
+            days = self.retention_days() or st.retention_days
+            result = self.store.retain(now_ms, days * 86400, max_bytes)
+            if result.rows_deleted:
+                log.info("retention", rows=result.rows_deleted, days_dropped=result.partitions_dropped)
+            self.store.maintain(now_ms)
+        self._export_gauges()
 
     def _export_gauges(self) -> None:
         t = self.tracker.stats

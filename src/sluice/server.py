@@ -19,6 +19,7 @@ from .collect.listener import Collector
 from .config import Settings
 from .ingest import Ingest
 from .state.db import open_state
+from .state.preferences import Preferences
 from .state.users import Users
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,8 @@ class Server:
         self.simulator = None
         self.users = Users(open_state(settings.data_dir))
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
+        prefs = Preferences(self.users.db)
+        self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live
 
     def start_collector(self) -> None:
         self.collector.bind()

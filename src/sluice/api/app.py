@@ -15,6 +15,7 @@ import time
 
 from ..flows.schema import addr_text
 from ..query.reports import Direction, Entity, Metric, ReportSpec
+from ..state.preferences import Preferences
 from ..state.users import LoginThrottle, Users
 from ..store.base import FlowStore
 from .auth import Authenticator, Principal
@@ -26,7 +27,7 @@ def create_app(counters: Counters, users: Users, listeners: list[tuple[str, int]
                store: FlowStore | None = None, secure_cookies: bool = False) -> FastAPI:
     app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
     auth = Authenticator(users, LoginThrottle())
-    app.include_router(build_router(users, auth, store, counters, secure_cookies))
+    app.include_router(build_router(users, auth, store, counters, Preferences(users.db), secure_cookies))
     registry = CollectorRegistry(auto_describe=True)
     registry.register(CountersCollector(counters))
 

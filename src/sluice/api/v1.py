@@ -15,6 +15,7 @@ from ..collect.counters import Counters
 from ..flows.schema import addr_text
 from ..query.filter import FilterError, Node, parse
 from ..query.reports import Direction, Entity, Metric, ReportSpec, SeriesSpec
+from ..state.preferences import Preferences, PreferencesIn, PreferencesOut, SystemSettingsIn, SystemSettingsOut
 from ..state.users import UserError, Users
 from ..store.base import FlowStore, TimeRange
 from .auth import COOKIE, Authenticator, Principal, client_of, require_admin
@@ -89,7 +90,7 @@ def _rows(table) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
 
 
 def build_router(users: Users, auth: Authenticator, store: FlowStore | None, counters: Counters,
-                 secure_cookies: bool = False) -> APIRouter:
+                 prefs: Preferences, secure_cookies: bool = False) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
     User = Annotated[Principal, Depends(auth)]
 
@@ -173,6 +174,26 @@ def build_router(users: Users, auth: Authenticator, store: FlowStore | None, cou
         start, end = _frame(start_ms, end_ms)
         spec = SeriesSpec(metric, start, end, _filter(filter), bucket_ms)
         return {"bucket_ms": spec.bucket(), "points": _rows(need_store().timeseries(spec))}
+
+    # -- preferences and system settings ---------------------------------------------------
+
+    @router.get("/preferences", response_model=PreferencesOut, tags=["preferences"])
+    def get_preferences(principal: User) -> PreferencesOut:
+        return prefs.user(principal.user_id)
+
+    @router.put("/preferences", response_model=PreferencesOut, tags=["preferences"])
+    def put_preferences(body: PreferencesIn, principal: User) -> PreferencesOut:
+        """Your own e-mail To: and syslog collector (every user may set these)."""
+        return prefs.set_user(principal.user_id, body)
+
+    @router.get("/settings", response_model=SystemSettingsOut, tags=["preferences"])
+    def get_settings(principal: Admin) -> SystemSettingsOut:
+        return prefs.system_out(prefs.system())
+
+    @router.put("/settings", response_model=SystemSettingsOut, tags=["preferences"])
+    def put_settings(body: SystemSettingsIn, principal: Admin) -> SystemSettingsOut:
+        """SMTP server, security, credentials, From: and data retention (administrators)."""
+        return prefs.system_out(prefs.set_system(body))
 
     # -- users -----------------------------------------------------------------------------
 

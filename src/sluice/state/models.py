@@ -47,3 +47,30 @@ class LoginSession(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SystemSettings(Base):
+    """One row (id 1): what administrators set for the whole system."""
+
+    __tablename__ = "system_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    smtp_host: Mapped[str] = mapped_column(String(255), default="")  # blank: e-mail off for everyone
+    smtp_port: Mapped[int] = mapped_column(Integer, default=25)
+    smtp_security: Mapped[str] = mapped_column(String(16), default="none")  # none, starttls, tls
+    smtp_username: Mapped[str] = mapped_column(String(255), default="")
+    smtp_password: Mapped[str] = mapped_column(String(255), default="")
+    smtp_from: Mapped[str] = mapped_column(String(255), default="")
+    retention_days: Mapped[float | None] = mapped_column(nullable=True)  # None: the configuration's
+
+
+class UserPreferences(Base):
+    __tablename__ = "user_preferences"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    email_to: Mapped[str] = mapped_column(String(255), default="")  # blank: no e-mail for this user
+    syslog_host: Mapped[str] = mapped_column(String(255), default="")  # blank: syslog off
+    syslog_port: Mapped[int] = mapped_column(Integer, default=514)
+    syslog_facility: Mapped[str] = mapped_column(String(16), default="local0")
+    syslog_format: Mapped[str] = mapped_column(String(16), default="rfc5424")  # rfc5424, rfc3164, cef
+    syslog_transport: Mapped[str] = mapped_column(String(8), default="udp")  # udp, tcp
