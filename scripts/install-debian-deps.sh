@@ -3,7 +3,7 @@
 # exporters (softflowd, pmacct), the reference collector (nfdump) and rsyslog.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
-packages=(softflowd nfdump nfdump-sflow pmacct rsyslog)
+packages=(softflowd nfdump nfdump-sflow pmacct rsyslog openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import CONFORMANCE
+from .conftest import CONFORMANCE, require_tool
 from .interop import free_tcp_port, free_udp_port
 from .pcapgen import write_udp_pcap
 from .test_conformance import IGNORED_KEYS
@@ -290,3 +291,60 @@ def test_the_store_survives_kill_9_of_the_server_mid_write(tmp_path):
     finally:
         again.send_signal(signal.SIGTERM)
         assert again.wait(10) == 0
+
+
+def test_users_command_manages_accounts(tmp_path):
+    env = dict(os.environ, SLUICE_DATA_DIR=str(tmp_path / "var"))
+    run = lambda *a, **kw: sluice("users", *a, env={**env, **kw.get("extra", {})})  # noqa: E731
+    assert run("create", "ops", "--admin", "--password", "ops-password-1").returncode == 0
+    assert run("create", "viewer", extra={"SLUICE_NEW_PASSWORD": "viewer-password"}).returncode == 0
+    listed = run("list").stdout
+    assert "ops\tadmin" in listed and "viewer\tuser" in listed
+    dup = run("create", "viewer", "--password", "another-password")
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    weak = run("create", "shorty", "--password", "short")
+    assert weak.returncode == 1 and "at least 8 characters" in weak.stderr
+    last = run("revoke", "ops")
+    assert last.returncode == 1 and "last administrator" in last.stderr
+    assert run("grant", "viewer").returncode == 0 and run("revoke", "ops").returncode == 0
+    assert run("passwd", "ops", "--password", "ops-password-2").returncode == 0
+    assert run("delete", "ops").returncode == 0
+    assert "ops" not in run("list").stdout
+    # the server sees the same accounts
+    from sluice.state.db import open_state
+    from sluice.state.users import Users
+
+    users = Users(open_state(tmp_path / "var"))
+    assert users.authenticate("viewer", "viewer-password").is_admin
+
+
+def test_serves_https_with_a_certificate(tmp_path):
+    openssl = require_tool("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    http, netflow = free_tcp_port(), free_udp_port()
+    proc = subprocess.Popen(
+        [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
+         "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http), "--data-dir",
+         str(tmp_path / "var"), "--tls-cert", str(cert), "--tls-key", str(key)],
+        stderr=subprocess.PIPE, text=True, env=ADMIN_ENV)
+    try:
+        for _ in range(100):
+            try:
+                r = httpx.post(f"https://127.0.0.1:{http}/api/v1/login", json={"username": ADMIN[0], "password": ADMIN[1]},
+                               verify=ssl.create_default_context(cafile=str(cert)), timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert r.status_code == 200
+        assert "secure" in r.headers["set-cookie"].lower()  # cookies only over TLS
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=2)  # no plain HTTP on that port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert f"https://localhost:{http}/" in proc.stderr.read()
+    out = sluice("serve", "--tls-cert", str(cert))
+    assert out.returncode == 2 and "tls_cert and http.tls_key go together" in out.stderr

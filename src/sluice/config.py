@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -77,6 +77,21 @@ class StoreSettings(BaseModel):
 class HttpSettings(BaseModel):
     listen: str = Field("0.0.0.0", description="address of the HTTP API, web page and /metrics")
     port: int = Field(9640, ge=1, le=65535, description="HTTP port")
+    tls_cert: Optional[Path] = Field(None, description="PEM certificate (chain): serve HTTPS when set with tls_key")
+    tls_key: Optional[Path] = Field(None, description="PEM private key of tls_cert")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "HttpSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("http.tls_cert and http.tls_key go together: set both for HTTPS, or neither")
+        for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"http.{name}: {path} is not a readable file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 class Settings(BaseSettings):

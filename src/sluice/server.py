@@ -53,7 +53,8 @@ class Server:
         self.collector.start()
         self.ingest.start()
         listeners = [(l.name, l.port) for l in self.collector.listeners]
-        self.app = create_app(self.counters, self.users, listeners, self.ingest.store)
+        self.app = create_app(self.counters, self.users, listeners, self.ingest.store,
+                              secure_cookies=self.settings.http.tls)
 
     def start_simulator(self, conversations_per_s: float) -> None:
         from .simulate.sender import Simulator
@@ -84,8 +85,10 @@ class Server:
         return sock
 
     def serve_http(self, sock: socket.socket) -> None:
+        h = self.settings.http
+        tls = {"ssl_certfile": str(h.tls_cert), "ssl_keyfile": str(h.tls_key)} if h.tls else {}
         config = uvicorn.Config(self.app, log_level=self.settings.log_level,
-                                access_log=self.settings.log_level == "debug", lifespan="off")
+                                access_log=self.settings.log_level == "debug", lifespan="off", **tls)
         _QuietExitServer(config).run(sockets=[sock])
 
     def stop(self) -> None:
@@ -109,8 +112,9 @@ def banner(settings: Settings, simulating: bool, generated_password: str | None 
     h = settings.http
     host = "localhost" if h.listen in ("0.0.0.0", "::", "127.0.0.1") else h.listen
     c = settings.collect
+    scheme = "https" if h.tls else "http"
     lines = [
-        f"Sluice is running: http://{host}:{h.port}/  (metrics: http://{host}:{h.port}/metrics)",
+        f"Sluice is running: {scheme}://{host}:{h.port}/  (metrics: {scheme}://{host}:{h.port}/metrics)",
         f"  flows in: NetFlow/IPFIX UDP {c.netflow_port or 'off'}, IPFIX UDP {c.ipfix_port or 'off'}, "
         f"sFlow UDP {c.sflow_port or 'off'} on {c.listen}",
         (f"  login: admin / {generated_password}   (generated now and shown only once: set SLUICE_ADMIN_PASSWORD "

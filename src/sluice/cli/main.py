@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+users_app = typer.Typer(help="Manage accounts (on this server's state database).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 ConfigOpt = Annotated[
     Optional[Path],
@@ -67,6 +69,9 @@ def serve(
     http_listen: Annotated[Optional[str], typer.Option(
         help="Address of the HTTP API, web page and /metrics. (default: 0.0.0.0)", show_default=False)] = None,
     http_port: Annotated[Optional[int], typer.Option(help="HTTP port. (default: 9640)", show_default=False)] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="PEM certificate: serve HTTPS (with --tls-key).",
+                                                     show_default=False)] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="PEM private key of --tls-cert.", show_default=False)] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where Sluice keeps its databases. (default: var)",
                                                      show_default=False)] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error. (default: warning)",
@@ -91,6 +96,7 @@ def serve(
         **{
             "collect.listen": listen, "collect.netflow_port": netflow_port, "collect.ipfix_port": ipfix_port,
             "collect.sflow_port": sflow_port, "http.listen": http_listen, "http.port": http_port,
+            "http.tls_cert": tls_cert, "http.tls_key": tls_key,
             "data_dir": data_dir, "log_level": log_level, "log_format": log_format,
         },
     )
@@ -103,6 +109,88 @@ def config_check(config: ConfigOpt = None) -> None:
     """Validate the configuration (file + environment) and print the effective settings."""
     settings = _load(config)
     typer.echo(settings.model_dump_json(indent=2))
+
+
+def _users(config: Optional[Path]) -> "Users":  # noqa: F821
+    from ..state.db import open_state
+    from ..state.users import Users
+
+    settings = _load(config)
+    return Users(open_state(settings.data_dir))
+
+
+def _password(given: Optional[str]) -> str:
+    if given:
+        return given
+    import getpass
+
+    first = getpass.getpass("password: ")
+    if first != getpass.getpass("again: "):
+        typer.echo("sluice users: the passwords differ", err=True)
+        raise typer.Exit(2)
+    return first
+
+
+def _user_op(fn) -> None:  # type: ignore[no-untyped-def]
+    from ..state.users import UserError
+
+    try:
+        fn()
+    except UserError as exc:
+        typer.echo(f"sluice users: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+PasswordOpt = Annotated[Optional[str], typer.Option(
+    "--password", envvar="SLUICE_NEW_PASSWORD", help="The password (asked for when not given).", show_default=False)]
+
+
+@users_app.command("list")
+def users_list(config: ConfigOpt = None) -> None:
+    """List accounts."""
+    for u in _users(config).all():
+        typer.echo(f"{u.username}\t{'admin' if u.is_admin else 'user'}\t{u.created_at:%Y-%m-%d}")
+
+
+@users_app.command("create")
+def users_create(username: str, admin: Annotated[bool, typer.Option("--admin", help="Make an administrator.")] = False,
+                 password: PasswordOpt = None, config: ConfigOpt = None) -> None:
+    """Create an account."""
+    users = _users(config)
+    _user_op(lambda: users.create(username, _password(password), is_admin=admin))
+    typer.echo(f"created {username}" + (" (administrator)" if admin else ""))
+
+
+@users_app.command("delete")
+def users_delete(username: str, config: ConfigOpt = None) -> None:
+    """Delete an account (never the last administrator)."""
+    users = _users(config)
+    _user_op(lambda: users.delete(username))
+    typer.echo(f"deleted {username}")
+
+
+@users_app.command("passwd")
+def users_passwd(username: str, password: PasswordOpt = None, config: ConfigOpt = None) -> None:
+    """Set an account's password (ends its web logins)."""
+    users = _users(config)
+    _user_op(lambda: users.set_password(username, _password(password)))
+    typer.echo(f"password of {username} changed")
+
+
+@users_app.command("grant")
+def users_grant(username: str, config: ConfigOpt = None) -> None:
+    """Make an account an administrator."""
+    users = _users(config)
+    _user_op(lambda: users.set_admin(username, True))
+    typer.echo(f"{username} is an administrator")
+
+
+@users_app.command("revoke")
+def users_revoke(username: str, config: ConfigOpt = None) -> None:
+    """Take administrator rights away (never from the last administrator)."""
+    users = _users(config)
+    _user_op(lambda: users.set_admin(username, False))
+    typer.echo(f"{username} is no longer an administrator")
 
 
 def _time(ms: int) -> str:
