@@ -348,3 +348,72 @@ def test_serves_https_with_a_certificate(tmp_path):
     assert f"https://localhost:{http}/" in proc.stderr.read()
     out = sluice("serve", "--tls-cert", str(cert))
     assert out.returncode == 2 and "tls_cert and http.tls_key go together" in out.stderr
+
+
+def ns2(tool: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / tool), *args], capture_output=True, text=True,
+                          timeout=60, env=env or dict(os.environ))
+
+
+def test_ns2_tools_against_a_live_server(server):
+    ports, proc = server
+    sim = sluice("simulate", "--netflow-port", str(ports["netflow"]), "--ipfix-port", str(ports["ipfix"]),
+                 "--sflow-port", str(ports["sflow"]), "--duration", "2", "--rate", "400")
+    assert sim.returncode == 0
+    time.sleep(1.5)
+    srv = f"127.0.0.1:{ports['http']}"
+    login = ["-s", srv, "-un", ADMIN[0], "-up", ADMIN[1]]
+    table = ns2("ns2hostsb", *login, "-t", "-15m", "-n", "5")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("+--") and "| rank" in lines[1] and "address" in lines[1] and "bytes" in lines[1]
+    assert len([l for l in lines if l.startswith("| ") and "rank" not in l]) == 5
+    # the same numbers as the API gives
+    api_top = httpx.get(f"http://{srv}/api/v1/reports", params={"entity": "host", "metric": "bytes", "top": 5},
+                        auth=ADMIN).json()
+    assert isinstance(api_top[0]["value"], int)  # a JSON number, not text
+    csv_out = ns2("ns2hostsb", *login, "-n", "5", "-c")
+    first = csv_out.stdout.splitlines()[0].split(",")
+    assert first[1] == api_top[0]["address"] and int(first[2]) == api_top[0]["value"]
+    with_header = ns2("ns2hostsb", *login, "-n", "3", "-c+").stdout.splitlines()
+    assert with_header[0] == "rank,address,bytes" and len(with_header) == 4
+    sent = ns2("ns2hostsb", *login, "-snd", "-c", "-n", "1").stdout
+    received = ns2("ns2hostsb", *login, "-rcv", "-c", "-n", "1").stdout
+    assert sent and received
+    ports_out = ns2("ns2portss", *login, "-t", "1h", "-q", "PROTO == tcp", "-c+").stdout.splitlines()
+    assert ports_out[0] == "rank,protocol,port,sessions" and all(l.split(",")[1] == "6" for l in ports_out[1:])
+    countries = ns2("ns2countrysb", *login, "-c").stdout
+    assert "US" in countries or "XP" in countries
+    pairs = ns2("ns2pairsuh", *login)
+    assert pairs.returncode == 2 and "unique hosts of a host pair" in pairs.stderr
+    sq = ns2("ns2sq", "-s", srv, "-un", ADMIN[0], "-n", "3", "-c+", env=dict(os.environ, SLUICE_PASSWORD=ADMIN[1]))
+    assert sq.returncode == 0 and sq.stdout.splitlines()[0].startswith("start,end,proto,client")
+    assert len(sq.stdout.splitlines()) == 4
+    # failures: one line on stderr and the documented exit status
+    bad_filter = ns2("ns2hostsb", *login, "-q", "SRVPORT 80")
+    assert bad_filter.returncode == 2 and "comparison operator" in bad_filter.stderr and "position 9" in bad_filter.stderr
+    bad_time = ns2("ns2hostsb", *login, "-t", "-15x")
+    assert bad_time.returncode == 2 and "bad time frame" in bad_time.stderr
+    wrong = ns2("ns2hostsb", "-s", srv, "-un", ADMIN[0], "-up", "wrong-password")
+    assert wrong.returncode == 3 and "authentication failed" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
+    alerts = ns2("ns2hostsb", *login, "-al", "-au", "admin", "-at", "-3m")
+    assert alerts.returncode == 2 and "not available yet" in alerts.stderr
+    down = ns2("ns2hostsb", "-s", f"127.0.0.1:{free_tcp_port()}", "-un", "x", "-up", "y")
+    assert down.returncode == 4 and "cannot reach the server" in down.stderr
+
+
+def test_ns2um_manages_accounts_over_the_api(server):
+    ports, _ = server
+    login = ["-s", f"127.0.0.1:{ports['http']}", "-un", ADMIN[0], "-up", ADMIN[1]]
+    assert ns2("ns2um", *login, "add", "dave", "dave-password-1").returncode == 0
+    assert "dave\tuser" in ns2("ns2um", *login, "list").stdout
+    assert ns2("ns2um", *login, "grant", "dave").returncode == 0
+    assert "dave\tadmin" in ns2("ns2um", *login, "list").stdout
+    weak = ns2("ns2um", *login, "passwd", "dave", "short")
+    assert weak.returncode == 2 and "password" in weak.stderr
+    as_dave = ["-s", f"127.0.0.1:{ports['http']}", "-un", "dave", "-up", "dave-password-1"]
+    assert ns2("ns2um", *as_dave, "revoke", "admin").returncode == 0
+    last = ns2("ns2um", *as_dave, "revoke", "dave")
+    assert last.returncode == 1 and "last administrator" in last.stderr
+    assert ns2("ns2um", *as_dave, "del", "admin").returncode == 0
+    assert ns2("ns2um", *login, "list").returncode == 3  # admin is gone

@@ -6,6 +6,7 @@ defined inside ``build_router`` as real objects, not as strings to resolve globa
 
 
 import time
+from decimal import Decimal
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -84,8 +85,8 @@ def _rows(table) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
         for k, v in row.items():
             if isinstance(v, bytes) and len(v) == 16:
                 row[k] = addr_text(v)
-            elif hasattr(v, "is_integer") and not isinstance(v, float):  # Decimal sums
-                row[k] = int(v)
+            elif isinstance(v, Decimal):  # 128-bit sums arrive as decimals: JSON numbers, not text
+                row[k] = int(v) if v == v.to_integral_value() else float(v)
     return rows
 
 
