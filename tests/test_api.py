@@ -50,6 +50,7 @@ def api(tmp_path):
 ROUTES = [
     ("GET", "/api/v1/me", None, "any"),
     ("GET", "/api/v1/status", None, "any"),
+    ("GET", "/api/v1/exporters", None, "any"),
     ("GET", "/api/v1/sessions", None, "any"),
     ("GET", "/api/v1/reports?entity=host&metric=bytes", None, "any"),
     ("GET", "/api/v1/timeseries?metric=bytes", None, "any"),

@@ -149,6 +149,12 @@ def test_serve_collects_simulated_traffic_of_every_protocol(server):
     # the flows became sessions (fewer rows than flows: both directions fold) and were stored
     assert 0.3 * flows <= stored_sessions(ports["http"]) < flows
     assert httpx.get(f"http://127.0.0.1:{ports['http']}/").status_code == 401  # traffic needs a login
+    exporters = httpx.get(f"http://127.0.0.1:{ports['http']}/api/v1/exporters", auth=ADMIN).json()
+    by = {(e["exporter"], e["protocol"]): e for e in exporters}
+    assert set(by) == {("127.0.0.11", "netflow5"), ("127.0.0.12", "netflow9"), ("127.0.0.13", "ipfix"),
+                       ("127.0.0.14", "sflow5")}
+    assert all(e["datagrams"] > 0 and e["flows"] > 0 and e["sequence_gaps"] == 0 for e in exporters)
+    assert all(abs(e["last_datagram_ms"] - time.time() * 1000) < 60_000 for e in exporters)
     page = httpx.get(f"http://127.0.0.1:{ports['http']}/", auth=ADMIN).text
     assert "Top senders" in page and "Logged in as admin" in page
 
@@ -417,3 +423,23 @@ def test_ns2um_manages_accounts_over_the_api(server):
     assert last.returncode == 1 and "last administrator" in last.stderr
     assert ns2("ns2um", *as_dave, "del", "admin").returncode == 0
     assert ns2("ns2um", *login, "list").returncode == 3  # admin is gone
+
+
+def test_sluice_report_and_query_over_the_api(server):
+    ports, _ = server
+    sim = sluice("simulate", "--netflow-port", str(ports["netflow"]), "--duration", "1.5", "--rate", "300",
+                 "--protocol", "ipfix", "--ipfix-port", str(ports["netflow"]))
+    assert sim.returncode == 0
+    time.sleep(1.5)
+    env = dict(os.environ, SLUICE_SERVER=f"127.0.0.1:{ports['http']}", SLUICE_USER=ADMIN[0], SLUICE_PASSWORD=ADMIN[1])
+    out = sluice("report", "--entity", "country", "--metric", "sessions", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(l) for l in out.stdout.splitlines()]
+    assert rows and set(rows[0]) == {"country", "value"}
+    q = sluice("query", "-n", "5", "-q", "PROTO == udp", "--json", env=env)
+    sessions = [json.loads(l) for l in q.stdout.splitlines()]
+    assert 0 < len(sessions) <= 5 and all(s["protocol"] == 17 for s in sessions)
+    table = sluice("report", "-n", "3", env=env)
+    assert table.stdout.startswith("+--") and "| address" in table.stdout
+    bad = sluice("query", "-q", "PROTO ==", env=env)
+    assert bad.returncode == 2 and "expected a value for PROTO" in bad.stderr

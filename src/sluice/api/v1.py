@@ -149,6 +149,25 @@ def build_router(users: Users, auth: Authenticator, store: FlowStore | None, cou
                                                     "oldest_ms": stats.oldest_ms, "newest_ms": stats.newest_ms},
         }
 
+    @router.get("/exporters", tags=["status"])
+    def exporters(principal: User) -> list[dict[str, object]]:
+        """Every exporter heard from: protocols, datagrams, flows, last datagram, loss."""
+        found: dict[tuple[str, str], dict[str, object]] = {}
+        for (name, labels), value in counters.snapshot().items():
+            lab = dict(labels)
+            if "exporter" not in lab or "proto" not in lab:
+                continue
+            entry = found.setdefault((lab["exporter"], lab["proto"]), {
+                "exporter": lab["exporter"], "protocol": lab["proto"], "datagrams": 0, "flows": 0,
+                "last_datagram_ms": None, "sequence_gaps": 0, "sequence_resets": 0})
+            key = {"datagrams_total": "datagrams", "flows_total": "flows", "sequence_gaps_total": "sequence_gaps",
+                   "sequence_resets_total": "sequence_resets"}.get(name)
+            if key:
+                entry[key] = int(value)
+            elif name == "exporter_last_datagram_seconds":
+                entry["last_datagram_ms"] = int(value * 1000)
+        return sorted(found.values(), key=lambda e: (str(e["exporter"]), str(e["protocol"])))
+
     @router.get("/sessions", tags=["data"])
     def sessions(principal: User, start_ms: Optional[int] = None, end_ms: Optional[int] = None,
                  filter: Annotated[Optional[str], Query(max_length=10_000)] = None,

@@ -193,6 +193,70 @@ def users_revoke(username: str, config: ConfigOpt = None) -> None:
     typer.echo(f"{username} is no longer an administrator")
 
 
+ServerOpt = Annotated[str, typer.Option("--server", "-s", envvar="SLUICE_SERVER", help="server[:port] or URL.")]
+UserOpt = Annotated[Optional[str], typer.Option("--user", "-u", envvar="SLUICE_USER", help="user name.",
+                                                show_default=False)]
+PassOpt = Annotated[Optional[str], typer.Option("--password", envvar="SLUICE_PASSWORD", help="password.",
+                                                show_default=False)]
+FrameOpt = Annotated[str, typer.Option("--time", "-t", help="time frame back from now: -15m, 1h, 2d (Y M w d h m s).")]
+FilterOpt = Annotated[Optional[str], typer.Option("--filter", "-q", help="filter (docs/filters.md).",
+                                                  show_default=False)]
+
+
+def _api_rows(path: str, server: str, user: Optional[str], password: Optional[str], frame: str,
+              params: dict[str, object]) -> list[dict[str, object]]:
+    import argparse
+
+    from .ns2 import Failure, _client, _frame, _get
+
+    args = argparse.Namespace(server=server, user=user, password=password, timeframe=frame)
+    try:
+        with _client(args) as client:
+            return _get(client, path, {**params, **_frame(args)})  # type: ignore[return-value]
+    except Failure as exc:
+        typer.echo(f"sluice: {exc}", err=True)
+        raise typer.Exit(exc.code) from None
+
+
+def _show(rows: list[dict[str, object]], as_json: bool) -> None:
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(r))
+        return
+    import argparse
+
+    from .ns2 import _print
+
+    header = list(rows[0]) if rows else []
+    _print([[r[h] for h in header] for r in rows], header, argparse.Namespace(csv=False, csv_header=False))
+
+
+@app.command()
+def report(
+    entity: Annotated[str, typer.Option(help="host, host_pair, port, country, asn or exporter.")] = "host",
+    metric: Annotated[str, typer.Option(help="bytes, packets, sessions, unique_hosts or unique_ports.")] = "bytes",
+    direction: Annotated[str, typer.Option(help="sender, receiver or either.")] = "either",
+    top: Annotated[int, typer.Option("--top", "-n", help="how many.")] = 10,
+    time_frame: FrameOpt = "-15m", where: FilterOpt = None, server: ServerOpt = "localhost:9640",
+    user: UserOpt = None, password: PassOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """A ranked report from a server (the engine of the dashboard and the ns2* tools)."""
+    _show(_api_rows("/api/v1/reports", server, user, password, time_frame,
+                    {"entity": entity, "metric": metric, "direction": direction, "top": top, "filter": where}), as_json)
+
+
+@app.command()
+def query(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="how many sessions.")] = 20,
+    time_frame: FrameOpt = "-15m", where: FilterOpt = None, server: ServerOpt = "localhost:9640",
+    user: UserOpt = None, password: PassOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """Sessions from a server, newest first."""
+    _show(_api_rows("/api/v1/sessions", server, user, password, time_frame, {"limit": limit, "filter": where}), as_json)
+
+
 def _time(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 

@@ -329,9 +329,11 @@ class Decoder:
         datagrams = np.bincount(label_of[known], minlength=len(labels))
         flows_per_datagram = np.bincount(origin, minlength=len(label_of))
         flows = np.bincount(label_of[known], weights=flows_per_datagram[known], minlength=len(labels))
+        now = time.time()
         for (exporter, proto), i in labels.items():
             label = self._exporter_label(exporter)
             self.counters.inc("datagrams_total", int(datagrams[i]), exporter=label, proto=proto)
+            self.counters.set("exporter_last_datagram_seconds", now, exporter=label, proto=proto)
             if flows[i]:
                 self.counters.inc("flows_total", int(flows[i]), exporter=label, proto=proto)
 
