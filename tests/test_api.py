@@ -46,7 +46,7 @@ def api(tmp_path):
     store.close()
 
 
-# route -> (method, path, json body, who may: "any" user or "admin")
+# route -> (method, path, json body, who may: "any" user, the "owner" (bob) of the resource, or "admin")
 ROUTES = [
     ("GET", "/api/v1/me", None, "any"),
     ("GET", "/api/v1/status", None, "any"),
@@ -57,24 +57,28 @@ ROUTES = [
     ("POST", "/api/v1/tokens", {"name": "t"}, "any"),
     ("GET", "/api/v1/users", None, "admin"),
     ("POST", "/api/v1/users", {"username": "carol", "password": "carol-password-1"}, "admin"),
-    ("PATCH", "/api/v1/users/bob", {"password": "bob-password-99"}, "admin"),  # another user's password
+    ("PATCH", "/api/v1/users/bob", {"password": "bob-password-99"}, "owner"),  # bob's own password
     ("DELETE", "/api/v1/users/bob", None, "admin"),
     ("GET", "/", None, "any"),
 ]
 
 
+ROLES = ["anonymous", "owner", "other_user", "admin"]
+
+
 @pytest.mark.parametrize("method, path, body, who", ROUTES)
-@pytest.mark.parametrize("role", ["anonymous", "user", "admin"])
+@pytest.mark.parametrize("role", ROLES)
 def test_access_control_matrix(tmp_path, method, path, body, who, role):
     app, users, store = make_app(tmp_path)
     with TestClient(app) as client:
-        auth = {"anonymous": None, "user": ALICE, "admin": ADMIN}[role]
+        auth = {"anonymous": None, "owner": BOB, "other_user": ALICE, "admin": ADMIN}[role]
         r = client.request(method, path, json=body, auth=auth)
+        denied = (who == "admin" and role in ("owner", "other_user")) or (who == "owner" and role == "other_user")
         if role == "anonymous":
             assert r.status_code == 401
             assert "authentication required" in r.json()["detail"]
             assert r.headers["www-authenticate"].startswith("Basic")
-        elif who == "admin" and role == "user":
+        elif denied:
             assert r.status_code == 403, r.text
             detail = r.json()["detail"]
             assert "administrator" in detail or "only your own password" in detail
@@ -192,7 +196,7 @@ PREF_ROUTES = [
 
 
 @pytest.mark.parametrize("method, path, body, who", PREF_ROUTES)
-@pytest.mark.parametrize("role", ["anonymous", "user", "admin"])
+@pytest.mark.parametrize("role", ROLES)
 def test_preference_routes_access(tmp_path, method, path, body, who, role):
     test_access_control_matrix(tmp_path, method, path, body, who, role)
 
@@ -257,4 +261,20 @@ def test_retention_set_by_an_administrator_applies(tmp_path):
     prefs.set_system(SystemSettingsIn(retention_days=2))
     ingest.maintenance_round()
     assert ingest.store.stats().rows == 0
+    ingest.stop()
+
+
+def test_flow_rate_is_measured_between_rounds(tmp_path):
+    from sluice.config import load
+    from sluice.ingest import Ingest
+
+    counters = Counters()
+    ingest = Ingest(load(None, data_dir=str(tmp_path / "var")), counters)
+    counters.inc("flows_total", 1000, exporter="192.0.2.1", proto="ipfix")
+    ingest.maintenance_round(retention=False)
+    counters.inc("flows_total", 500, exporter="192.0.2.1", proto="ipfix")
+    time.sleep(0.2)
+    ingest.maintenance_round(retention=False)
+    rate = counters.get("flows_per_second")
+    assert 500 / 0.4 < rate < 500 / 0.19  # 500 flows in a little over 0.2 s
     ingest.stop()

@@ -148,6 +148,8 @@ def test_serve_collects_simulated_traffic_of_every_protocol(server):
     assert {l["protocol"] for l in health["listeners"]} == {"netflow", "ipfix", "sflow"}
     # the flows became sessions (fewer rows than flows: both directions fold) and were stored
     assert 0.3 * flows <= stored_sessions(ports["http"]) < flows
+    status = httpx.get(f"http://127.0.0.1:{ports['http']}/api/v1/status", auth=ADMIN).json()
+    assert status["flows"] == flows and status["decode_errors"] == 0 and "flows_per_second" in status
     assert httpx.get(f"http://127.0.0.1:{ports['http']}/").status_code == 401  # traffic needs a login
     exporters = httpx.get(f"http://127.0.0.1:{ports['http']}/api/v1/exporters", auth=ADMIN).json()
     by = {(e["exporter"], e["protocol"]): e for e in exporters}

@@ -40,6 +40,7 @@ class Ingest:
         self.listeners: list = []  # later stages (alerts) receive each session batch
         #: retention in days set at run time (system settings), None: the configuration's
         self.retention_days: Callable[[], float | None] = lambda: None
+        self._last_rate_sample: tuple[float, float] | None = None
 
     def __call__(self, flows: FlowBatch) -> None:
         now_ms = int(time.time() * 1000)
@@ -94,6 +95,11 @@ class Ingest:
     def _export_gauges(self) -> None:
         t = self.tracker.stats
         c = self.counters
+        # flow rate over the last round (about a second)
+        now, flows = time.monotonic(), c.get("flows_total")
+        if self._last_rate_sample is not None and now > self._last_rate_sample[0]:
+            c.set("flows_per_second", (flows - self._last_rate_sample[1]) / (now - self._last_rate_sample[0]))
+        self._last_rate_sample = (now, flows)
         c.set("sessions_live", len(self.tracker))
         c.set("sessions_tracker_bytes", self.tracker.memory_bytes())
         c.set("sessions_started_total", t.sessions_started)

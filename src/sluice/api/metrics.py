@@ -30,6 +30,7 @@ HELP = {
     "sink_errors_total": "Failures handing flow batches to storage/alerting",
     "socket_drops": "Datagrams the kernel dropped on a listening socket (receive buffer full)",
     "pending_sets": "Data sets waiting for their template",
+    "flows_per_second": "Flows decoded per second over the last second",
     "exporter_last_datagram_seconds": "Unix time of the last datagram from an exporter, per protocol",
     "templates_active": "Templates currently known",
 }

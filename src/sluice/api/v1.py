@@ -143,6 +143,7 @@ def build_router(users: Users, auth: Authenticator, store: FlowStore | None, cou
         stats = store.stats() if store else None
         return {
             "datagrams": total("datagrams_total"), "flows": total("flows_total"),
+            "flows_per_second": round(total("flows_per_second"), 1),
             "decode_errors": total("decode_errors_total"), "socket_drops": total("socket_drops"),
             "sessions_live": total("sessions_live"),
             "storage": None if stats is None else {"rows": stats.rows, "bytes_on_disk": stats.bytes_on_disk,
