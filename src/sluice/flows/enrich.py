@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from .schema import SessionBatch
+from .schema import SessionBatch, address_words
 
 log = structlog.get_logger(__name__)
 
@@ -104,12 +104,10 @@ class AddressKeys:
 
     @classmethod
     def of(cls, addr16: np.ndarray) -> "AddressKeys":
-        a = np.ascontiguousarray(addr16)
-        words = a.view(">u8").reshape(-1, 2)  # rows of (upper, lower) big-endian 64-bit words
-        hi, lo = words[:, 0], words[:, 1]
-        is_v4 = (hi == 0) & ((lo >> 32) == 0xFFFF)
+        hi, lo = address_words(addr16)
+        is_v4 = (hi == 0) & ((lo >> np.uint64(32)) == 0xFFFF)
         v4_rows, v6_rows = np.flatnonzero(is_v4), np.flatnonzero(~is_v4)
-        return cls(len(a), v4_rows, (lo[v4_rows] & 0xFFFFFFFF).astype(np.uint64), v6_rows, hi[v6_rows].astype(np.uint64))
+        return cls(len(hi), v4_rows, lo[v4_rows] & np.uint64(0xFFFFFFFF), v6_rows, hi[v6_rows])
 
 
 def _flatten(entries: list[tuple[int, int, object]], dtype: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -206,6 +206,13 @@ class SessionBatch(ColumnBatch):
     COLUMNS = SESSION_COLUMNS
 
 
+def address_words(addr16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 16) addresses as their upper and lower 64 bits (native uint64): integers that
+    compare, sort and hash like the addresses themselves."""
+    words = np.ascontiguousarray(addr16, np.uint8).view(">u8").reshape(-1, 2)
+    return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
+
+
 def addr_text(addr16: bytes) -> str:
     """Text of a 16-byte address: dotted quad for IPv4-mapped, RFC 5952 for IPv6."""
     ip = ipaddress.IPv6Address(addr16)

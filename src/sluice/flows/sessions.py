@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .schema import FlowBatch, SessionBatch
+from .schema import FlowBatch, SessionBatch, address_words
 
 SYN, ACK = 0x02, 0x10
 ICMP_PROTOCOLS = (1, 58)
@@ -62,11 +62,6 @@ def _mix(x: np.ndarray) -> np.ndarray:
     x = x ^ (x >> np.uint64(27))
     x = x * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
-
-
-def _words(addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a = np.ascontiguousarray(addr)
-    return a[:, :8].copy().view(">u8").reshape(-1).astype(np.uint64), a[:, 8:].copy().view(">u8").reshape(-1).astype(np.uint64)
 
 
 @dataclass
@@ -156,8 +151,8 @@ class SessionTracker:
         icmp = np.isin(flows["protocol"], ICMP_PROTOCOLS)
         sport = np.where(icmp, 0, flows["src_port"]).astype(np.uint64)
         dport = np.where(icmp, 0, flows["dst_port"]).astype(np.uint64)
-        s_hi, s_lo = _words(flows["src_addr"])
-        d_hi, d_lo = _words(flows["dst_addr"])
+        s_hi, s_lo = address_words(flows["src_addr"])
+        d_hi, d_lo = address_words(flows["dst_addr"])
         # canonical endpoint order: A = the lower (address, port)
         a_is_src = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sport <= dport))))
         a_hi, a_lo, a_port = np.where(a_is_src, s_hi, d_hi), np.where(a_is_src, s_lo, d_lo), np.where(a_is_src, sport, dport)
@@ -166,7 +161,7 @@ class SessionTracker:
         for word in (a_lo, b_hi, b_lo, (a_port << np.uint64(24)) | (b_port << np.uint64(8)) | proto):
             h = _mix(h ^ word)
         if not self.dedupe:
-            e_hi, e_lo = _words(flows["exporter_addr"])
+            e_hi, e_lo = address_words(flows["exporter_addr"])
             h = _mix(_mix(h ^ e_hi) ^ e_lo)
         h[h == 0] = 1  # 0 never names a session
         return h, a_is_src, icmp

@@ -10,7 +10,7 @@ import operator
 
 import numpy as np
 
-from ..flows.schema import SessionBatch
+from ..flows.schema import SessionBatch, address_words
 from .filter import AddressRange, And, Comparison, Node, Not, Or, Side, Xor
 
 _OPS = {"==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt,
@@ -36,9 +36,7 @@ def evaluate(node: Node, sessions: SessionBatch) -> np.ndarray:
 
 def _in_range(column: np.ndarray, r: AddressRange) -> np.ndarray:
     """Rows whose 16-byte address lies in [low, high], compared as big-endian 128-bit numbers."""
-    col = np.ascontiguousarray(column)
-    hi = col[:, :8].copy().view(">u8").reshape(-1)
-    lo = col[:, 8:].copy().view(">u8").reshape(-1)
+    hi, lo = address_words(column)
     l_hi, l_lo = int.from_bytes(r.low[:8], "big"), int.from_bytes(r.low[8:], "big")
     h_hi, h_lo = int.from_bytes(r.high[:8], "big"), int.from_bytes(r.high[8:], "big")
     above_low = (hi > l_hi) | ((hi == l_hi) & (lo >= l_lo))

@@ -146,6 +146,13 @@ class _TemplateEncoder:
                 self.datagrams += 1
         return out
 
+    def _template_records(self) -> bytes:
+        """The data template records (IPv4 and IPv6), as both v9 and IPFIX lay them out."""
+        return b"".join(
+            struct.pack("!HH", tid, len(f)) + b"".join(struct.pack("!HH", ie, ln) for ie, ln in f)
+            for tid, f in self.fields.items()
+        )
+
     def _template_sets(self) -> list[bytes]:
         raise NotImplementedError
 
@@ -162,10 +169,7 @@ class NetflowV9Encoder(_TemplateEncoder):
     time_fields = [(22, 4), (21, 4)]
 
     def _template_sets(self) -> list[bytes]:
-        body = b"".join(
-            struct.pack("!HH", tid, len(f)) + b"".join(struct.pack("!HH", ie, ln) for ie, ln in f)
-            for tid, f in self.fields.items()
-        )
+        body = self._template_records()
         sets = [self._set(0, body)]
         if self.sampling_rate > 1:  # options template 258: scope system; SAMPLING_INTERVAL, ALGORITHM
             opt = struct.pack("!HHH", 258, 4, 8) + struct.pack("!HHHHHH", 1, 4, 34, 4, 35, 1)
@@ -174,7 +178,7 @@ class NetflowV9Encoder(_TemplateEncoder):
         return sets
 
     def _message(self, sets: list[bytes], export_ms: int, records: int) -> bytes:
-        count = records + sum(1 for _ in sets[:-1])
+        count = records + len(sets) - 1  # v9 counts template and options records too
         header = struct.pack("!HHIIII", 9, count, (export_ms - self.boot_ms) & 0xFFFFFFFF,  # type: ignore[operator]
                              export_ms // 1000, self.sequence, self.source_id)
         self.sequence = (self.sequence + 1) & 0xFFFFFFFF
@@ -186,10 +190,7 @@ class IpfixEncoder(_TemplateEncoder):
     time_fields = [(152, 8), (153, 8)]
 
     def _template_sets(self) -> list[bytes]:
-        body = b"".join(
-            struct.pack("!HH", tid, len(f)) + b"".join(struct.pack("!HH", ie, ln) for ie, ln in f)
-            for tid, f in self.fields.items()
-        )
+        body = self._template_records()
         sets = [self._set(2, body)]
         if self.sampling_rate > 1:  # options template 258: scope observationDomainId; samplingInterval
             opt = struct.pack("!HHH", 258, 2, 1) + struct.pack("!HHHH", 149, 4, 34, 4)

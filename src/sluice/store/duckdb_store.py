@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from ..flows.schema import SESSION_SCHEMA, SessionBatch
+from ..flows.schema import SESSION_SCHEMA, SessionBatch, address_words
 from ..query.filter import Node
 from ..query.reports import (
     ENTITY_COLUMNS,
@@ -73,8 +73,8 @@ def _split_addresses(batch: SessionBatch) -> pa.Table:
     columns, names = [], []
     for name in SESSION_SCHEMA.names:
         if name in ADDRESS_COLUMNS:
-            words = np.ascontiguousarray(batch[name]).view(">u8").reshape(-1, 2)
-            columns += [pa.array(words[:, 0].astype(np.uint64)), pa.array(words[:, 1].astype(np.uint64))]
+            hi, lo = address_words(batch[name])
+            columns += [pa.array(hi), pa.array(lo)]
             names += [f"{name}__hi", f"{name}__lo"]
         else:
             columns.append(arrow.column(name))
