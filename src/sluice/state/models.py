@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -74,3 +74,47 @@ class UserPreferences(Base):
     syslog_facility: Mapped[str] = mapped_column(String(16), default="local0")
     syslog_format: Mapped[str] = mapped_column(String(16), default="rfc5424")  # rfc5424, rfc3164, cef
     syslog_transport: Mapped[str] = mapped_column(String(8), default="udp")  # udp, tcp
+
+
+class AlertDefinitionRow(Base):
+    """A user's alert definition (see ``sluice.alerts.definition``); its id is the ALERTDEF."""
+
+    __tablename__ = "alert_definitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    prefilter: Mapped[str] = mapped_column(Text, default="")
+    metric: Mapped[str] = mapped_column(String(32))
+    entity: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[int] = mapped_column(BigInteger)
+    interval: Mapped[str] = mapped_column(String(8))
+    severity: Mapped[str] = mapped_column(String(10))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    exceptions: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AlertRecordRow(Base):
+    """One alert record per (definition, entity); times in microseconds since the epoch."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("definition_id", "entity"), Index("ix_alerts_user_last", "user_id", "last_trigger_us"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    definition_id: Mapped[int] = mapped_column(ForeignKey("alert_definitions.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    entity_type: Mapped[str] = mapped_column(String(16))
+    entity: Mapped[str] = mapped_column(String(200))
+    severity: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str] = mapped_column(String(400))
+    state: Mapped[str] = mapped_column(String(20), default="NOT-ACKNOWLEDGED")
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    threshold: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_trigger_us: Mapped[int] = mapped_column(BigInteger)
+    last_trigger_us: Mapped[int] = mapped_column(BigInteger)
+    acknowledged_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,0 +1,239 @@
+"""Alert definitions (DESIGN.md §4): what a user asks to be told about, validated.
+
+*Trigger an alert when the number of [metric] for any one [entity] exceeds [threshold] over
+[interval]*, with a severity, a prefilter in the filter language, and per-entity exceptions:
+addresses/CIDRs, server ports and countries never alert, and CIDRs may carry their own
+threshold.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import Enum
+from typing import Optional
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from ..query.filter import FilterError, Node, parse
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
+class Severity(str, Enum):
+    INFO = "INFO"
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    CRITICAL = "CRITICAL"
+
+    @property
+    def rank(self) -> int:
+        return list(Severity).index(self)
+
+
+class EntityType(str, Enum):
+    HOST = "host"
+    HOST_PAIR = "host_pair"
+    PORT = "port"
+    COUNTRY = "country"
+    ASN = "asn"
+
+    @property
+    def is_endpoint(self) -> bool:
+        """Host, country and ASN: every session has two of them (client side, server side)."""
+        return self in (EntityType.HOST, EntityType.COUNTRY, EntityType.ASN)
+
+
+class AlertMetric(str, Enum):
+    BITS_SENT = "bits_sent"
+    BITS_RECEIVED = "bits_received"
+    BITS_TOTAL = "bits_total"
+    BYTES_SENT = "bytes_sent"
+    BYTES_RECEIVED = "bytes_received"
+    BYTES_TOTAL = "bytes_total"
+    PACKETS_SENT = "packets_sent"
+    PACKETS_RECEIVED = "packets_received"
+    PACKETS_TOTAL = "packets_total"
+    SESSIONS_INITIATED = "sessions_initiated"
+    SESSIONS_RECEIVED = "sessions_received"
+    UNIQUE_HOSTS = "unique_hosts"
+    UNIQUE_PORTS = "unique_ports"
+
+    @property
+    def is_distinct(self) -> bool:
+        return self in (AlertMetric.UNIQUE_HOSTS, AlertMetric.UNIQUE_PORTS)
+
+
+#: the intervals a definition may use, by name, in seconds
+INTERVALS: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "6h": 21600,
+                             "12h": 43200, "1d": 86400}
+INTERVAL_NAMES = {v: k for k, v in INTERVALS.items()}
+
+ENTITY_WORDS = {EntityType.HOST: "address", EntityType.HOST_PAIR: "host pair", EntityType.PORT: "port",
+                EntityType.COUNTRY: "country", EntityType.ASN: "ASN"}
+_METRIC_WORDS = {
+    AlertMetric.BITS_SENT: "bits sent", AlertMetric.BITS_RECEIVED: "bits received",
+    AlertMetric.BITS_TOTAL: "total bits", AlertMetric.BYTES_SENT: "bytes sent",
+    AlertMetric.BYTES_RECEIVED: "bytes received", AlertMetric.BYTES_TOTAL: "total bytes",
+    AlertMetric.PACKETS_SENT: "packets sent", AlertMetric.PACKETS_RECEIVED: "packets received",
+    AlertMetric.PACKETS_TOTAL: "total packets", AlertMetric.SESSIONS_INITIATED: "sessions initiated",
+    AlertMetric.SESSIONS_RECEIVED: "sessions received", AlertMetric.UNIQUE_HOSTS: "unique hosts",
+    AlertMetric.UNIQUE_PORTS: "unique ports",
+}
+
+#: combinations that have no meaning, with the reason given to the user
+_INVALID = {
+    (EntityType.HOST_PAIR, AlertMetric.UNIQUE_HOSTS): "a host pair always has exactly two hosts",
+    (EntityType.PORT, AlertMetric.UNIQUE_PORTS): "a port entity is a single port",
+}
+
+
+def metric_words(metric: AlertMetric, entity: EntityType) -> str:
+    if not entity.is_endpoint and metric in (AlertMetric.SESSIONS_INITIATED, AlertMetric.SESSIONS_RECEIVED):
+        return "sessions"  # a host pair or a port has no side that initiates
+    return _METRIC_WORDS[metric]
+
+
+def alert_message(metric: AlertMetric, entity: EntityType, entity_text: str) -> str:
+    """``Upper threshold exceeded on <metric> for <entity type> <entity>.``"""
+    return f"Upper threshold exceeded on {metric_words(metric, entity)} for {ENTITY_WORDS[entity]} {entity_text}."
+
+
+def step_seconds(interval_s: int) -> int:
+    """Evaluation step (alerting period) of a window: T/60, never coarser than one minute."""
+    return max(1, min(interval_s // 60, 60))
+
+
+def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(text, str) or _CONTROL.search(text):
+        raise ValueError(f"{what} {text!r} is not an address or CIDR")
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not an address or CIDR (like 10.0.0.0/8 or 2001:db8::/32)") from None
+
+
+class ThresholdOverride(BaseModel):
+    cidr: str = Field(..., description="addresses (CIDR) that get their own threshold")
+    threshold: int = Field(..., ge=0, le=2**62)
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        return str(_network(v, "threshold override"))
+
+
+class Exceptions(BaseModel):
+    """Entities that never alert, and per-CIDR thresholds (see docs/alerts.md)."""
+
+    addresses: list[str] = Field(default_factory=list, max_length=1000,
+                                 description="addresses or CIDRs whose entities never alert")
+    ports: list[int] = Field(default_factory=list, max_length=1000,
+                             description="server ports whose sessions this definition ignores")
+    countries: list[str] = Field(default_factory=list, max_length=300,
+                                 description="country codes whose entities never alert")
+    thresholds: list[ThresholdOverride] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        return [str(_network(a, "excepted address")) for a in v]
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for p in v:
+            if not 0 <= p <= 65535:
+                raise ValueError(f"excepted port {p} is not between 0 and 65535")
+        return sorted(set(v))
+
+    @field_validator("countries")
+    @classmethod
+    def _countries(cls, v: list[str]) -> list[str]:
+        out = []
+        for c in v:
+            if not isinstance(c, str) or not re.fullmatch(r"[A-Za-z]{2}", c):
+                raise ValueError(f"excepted country {c!r} is not a two-letter code like US or NL")
+            out.append(c.upper())
+        return sorted(set(out))
+
+
+class DefinitionIn(BaseModel):
+    """An alert definition as a user writes it (API, command line, web page)."""
+
+    title: str = Field(..., min_length=1, max_length=200)
+    description: str = Field("", max_length=4000)
+    prefilter: str = Field("", max_length=10_000, description="filter language; blank: all sessions")
+    metric: AlertMetric
+    entity: EntityType
+    threshold: int = Field(..., ge=0, le=2**62, description="alert when the metric exceeds this")
+    interval: str = Field("5m", description="window length: " + ", ".join(INTERVALS))
+    severity: Severity = Severity.MEDIUM
+    enabled: bool = True
+    exceptions: Exceptions = Field(default_factory=Exceptions)
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, v: str) -> str:
+        if _CONTROL.search(v):
+            raise ValueError("the title must be one line without control characters")
+        if not v.strip():
+            raise ValueError("the title must not be blank")
+        return v.strip()
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str) -> str:
+        if _CONTROL_BUT_NEWLINE.search(v):
+            raise ValueError("the description must not contain control characters other than line breaks")
+        return v
+
+    @field_validator("prefilter")
+    @classmethod
+    def _prefilter(cls, v: str) -> str:
+        if v.strip():
+            try:
+                parse(v)
+            except FilterError as exc:
+                raise ValueError(f"prefilter: {exc}") from None
+        return v.strip()
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, v: object) -> str:
+        if isinstance(v, int) and not isinstance(v, bool) and v in INTERVAL_NAMES:
+            return INTERVAL_NAMES[v]
+        if isinstance(v, str) and v.strip().lower() in INTERVALS:
+            return v.strip().lower()
+        raise ValueError(f"interval {v!r} is not one of {', '.join(INTERVALS)} (or their length in seconds)")
+
+    @model_validator(mode="after")
+    def _combination(self) -> "DefinitionIn":
+        reason = _INVALID.get((self.entity, self.metric))
+        if reason:
+            raise ValueError(f"metric {self.metric.value} does not apply to entity {self.entity.value}: {reason}")
+        if self.exceptions.thresholds and self.entity not in (EntityType.HOST, EntityType.HOST_PAIR):
+            raise ValueError("threshold overrides by CIDR apply to host and host_pair alerts only")
+        return self
+
+    @property
+    def interval_s(self) -> int:
+        return INTERVALS[self.interval]
+
+    def compiled_prefilter(self) -> Optional[Node]:
+        return parse(self.prefilter) if self.prefilter else None
+
+    def window_signature(self) -> str:
+        """What the window state depends on: change any of it and the state starts afresh."""
+        return "|".join([self.metric.value, self.entity.value, self.interval, self.prefilter,
+                         self.exceptions.model_dump_json(exclude={"thresholds"})])
+
+
+class Definition(DefinitionIn):
+    """A stored definition: its number (ALERTDEF) and owner."""
+
+    id: int
+    user_id: int
+    username: str = ""

@@ -1,0 +1,559 @@
+"""The alert engine: every definition's sliding window, fed batch by batch as sessions arrive.
+
+One evaluation takes a batch of session delta rows (what each touched session carried since
+the last batch) and, per entity type in use, turns it into entity rows once: endpoint
+entities (host, country, ASN) get two rows per session (client side, server side), host
+pairs and ports one. Entity keys get dense ids from one ``KeyIndex`` per type, shared by all
+definitions; each definition then needs only masks, ``bincount``s and lookups of its
+window. Nothing here loops over sessions in Python; the loops are over definitions,
+exception entries and alerting entities.
+
+Windows run on the server's clock: data counts in the step (alerting period) in which it
+arrives, as with a rate meter, so that a record exported late by a router still counts once,
+when it arrives. An entity alerts when its window value *exceeds* its threshold (equal is not
+enough). COUNT: when a batch finds an entity over its threshold, each distinct session of
+that batch that concerns the entity counts once for the current alerting period (see
+docs/alerts.md).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import structlog
+
+from ..flows.schema import SessionBatch, addr_text, address_words
+from ..query.evaluate import evaluate
+from ..query.filter import PROTOCOL_NAMES, AddressRange, Node, parse
+from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
+from .keyindex import KeyIndex, combine, mix64
+from .window import DistinctWindow, SumWindow
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class AlertEvent:
+    """One (definition, entity) found over its threshold by one evaluation."""
+
+    definition_id: int
+    user_id: int
+    entity_type: EntityType
+    entity: str  # canonical text: the alert record's key with the definition
+    message: str
+    severity: str
+    count: int  # new (session, period) pairs: added to the record's COUNT (v1)
+    threshold: int  # v2: the threshold that applied to this entity
+    value: int  # the window value that exceeded it
+    time_us: int  # the trigger time (server clock, microseconds)
+
+
+def address_keys(addr16: np.ndarray) -> np.ndarray:
+    """One 64-bit key per 16-byte address; IPv4 addresses map to themselves (exact)."""
+    hi, lo = address_words(addr16)
+    return lo ^ mix64(hi)
+
+
+def _range_of(network: str) -> AddressRange:
+    import ipaddress
+
+    from ..flows.schema import addr_bytes
+
+    net = ipaddress.ip_network(network, strict=False)
+    low = addr_bytes(str(net.network_address))
+    high = addr_bytes(str(net.broadcast_address))
+    return AddressRange(low, high, network)
+
+
+def _in_range(addr16: np.ndarray, r: AddressRange) -> np.ndarray:
+    from ..query.evaluate import _in_range as in_range
+
+    return in_range(addr16, r)
+
+
+class EntityRows:
+    """A batch of sessions as rows of one entity type: keys, sides and values."""
+
+    def __init__(self, kind: EntityType, s: SessionBatch, new: np.ndarray):
+        self.kind = kind
+        self.sessions = s
+        n = len(s)
+        self.n_sessions = n
+        self.new_session = new
+        if kind.is_endpoint:
+            self.session_row = np.concatenate([np.arange(n), np.arange(n)])
+            self.is_client = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
+            self.own_addr = np.concatenate([s["cln_addr"], s["srv_addr"]])
+            self.other_addr = np.concatenate([s["srv_addr"], s["cln_addr"]])
+            self.own_country = np.concatenate([s["cln_country"], s["srv_country"]])
+            if kind is EntityType.HOST:
+                self.keys = address_keys(self.own_addr)
+            elif kind is EntityType.COUNTRY:
+                self.keys = self.own_country.view(">u2").astype(np.uint64)
+            else:
+                asn = np.concatenate([s["cln_asn"], s["srv_asn"]])
+                self.keys = asn.astype(np.uint64)
+                self.valid = asn != 0  # sessions without an AS number do not count for ASN alerts
+        else:
+            self.session_row = np.arange(n)
+            self.is_client = None
+            if kind is EntityType.HOST_PAIR:
+                self.keys = combine(address_keys(s["cln_addr"]), address_keys(s["srv_addr"]))
+            else:
+                self.keys = self._port_keys()
+        if not hasattr(self, "valid"):
+            self.valid = np.ones(len(self.keys), bool)
+        self.ids: np.ndarray | None = None
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _port_keys(self) -> np.ndarray:
+        s = self.sessions
+        return (s["protocol"].astype(np.uint64) << np.uint64(16)) | s["srv_port"].astype(np.uint64)
+
+    def session_col(self, name: str) -> np.ndarray:
+        col = self.sessions[name]
+        return np.concatenate([col, col]) if self.kind.is_endpoint else col
+
+    def _sides(self, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """(own, other) per row; for host pairs and ports: (client side, server side)."""
+        c = self.sessions[f"cln_{what}"].astype(np.int64)
+        v = self.sessions[f"srv_{what}"].astype(np.int64)
+        if self.kind.is_endpoint:
+            return np.concatenate([c, v]), np.concatenate([v, c])
+        return c, v
+
+    def values(self, metric: AlertMetric) -> np.ndarray:
+        """What each row adds to ``metric``."""
+        if metric.value in self._cache:
+            return self._cache[metric.value]
+        name = metric.value
+        if name.startswith("sessions"):
+            out = self.session_col_of(self.new_session).astype(np.int64)
+        else:
+            unit, _, direction = name.partition("_")
+            own, other = self._sides("pkts" if unit == "packets" else "bytes")
+            out = own if direction == "sent" else other if direction == "received" else own + other
+            if unit == "bits":
+                out = out * 8
+        self._cache[metric.value] = out
+        return out
+
+    def session_col_of(self, per_session: np.ndarray) -> np.ndarray:
+        return np.concatenate([per_session, per_session]) if self.kind.is_endpoint else per_session
+
+    def role(self, metric: AlertMetric) -> np.ndarray:
+        """Rows that concern the entity for this metric (those a COUNT may count)."""
+        if metric is AlertMetric.SESSIONS_INITIATED and self.is_client is not None:
+            return self.is_client & self.valid
+        if metric is AlertMetric.SESSIONS_RECEIVED and self.is_client is not None:
+            return ~self.is_client & self.valid
+        if metric.is_distinct or metric.value.startswith("sessions"):
+            return self.valid
+        return (self.values(metric) > 0) & self.valid
+
+    def peers(self, metric: AlertMetric) -> np.ndarray:
+        s = self.sessions
+        if metric is AlertMetric.UNIQUE_HOSTS:
+            return address_keys(self.other_addr) if self.kind.is_endpoint else address_keys(s["cln_addr"])
+        return self.session_col_of(self._port_keys())
+
+    def own_addresses(self) -> list[np.ndarray]:
+        s = self.sessions
+        if self.kind.is_endpoint:
+            return [self.own_addr]
+        if self.kind is EntityType.HOST_PAIR:
+            return [s["cln_addr"], s["srv_addr"]]
+        return [s["srv_addr"]]
+
+    def own_countries(self) -> list[np.ndarray]:
+        s = self.sessions
+        if self.kind.is_endpoint:
+            return [self.own_country]
+        if self.kind is EntityType.HOST_PAIR:
+            return [s["cln_country"], s["srv_country"]]
+        return [s["srv_country"]]
+
+    def text(self, row: int) -> str:
+        """The entity of one row as text (used once per alerting entity)."""
+        s = self.sessions
+        r = int(self.session_row[row])
+        if self.kind is EntityType.HOST:
+            return addr_text(bytes(self.own_addr[row]))
+        if self.kind is EntityType.COUNTRY:
+            return self.own_country[row].decode("ascii", "replace")
+        if self.kind is EntityType.ASN:
+            return str(int(self.keys[row]))
+        if self.kind is EntityType.HOST_PAIR:
+            return f"{addr_text(bytes(s['cln_addr'][r]))} -> {addr_text(bytes(s['srv_addr'][r]))}"
+        proto = int(s["protocol"][r])
+        return f"{int(s['srv_port'][r])}/{PROTOCOL_NAMES.get(proto, str(proto))}"
+
+
+@dataclass
+class _Exceptions:
+    addresses: list[AddressRange]
+    ports: np.ndarray
+    countries: np.ndarray
+    thresholds: list[tuple[AddressRange, int, int]]  # (range, prefix length, threshold)
+
+
+class DefinitionState:
+    """A definition with its compiled prefilter, exceptions and window."""
+
+    def __init__(self, d: Definition, exact_limit: int = 10_000, max_pairs: int = 16_000_000):
+        self.definition = d
+        self.signature = d.window_signature()
+        self.prefilter: Node | None = parse(d.prefilter) if d.prefilter else None
+        step = step_seconds(d.interval_s)
+        self.step_ms = step * 1000
+        self.n_buckets = d.interval_s // step
+        if d.metric.is_distinct:
+            self.window: SumWindow | DistinctWindow = DistinctWindow(self.step_ms, self.n_buckets, exact_limit,
+                                                                     max_pairs)
+        else:
+            self.window = SumWindow(self.step_ms, self.n_buckets)
+        self.counted = np.empty(0, np.uint64)  # (entity, session) pairs counted in this period
+        self.counted_bucket = -1
+        self.bucket = -1
+        self.update(d)
+
+    def update(self, d: Definition) -> None:
+        """Take a new version of the definition whose window signature is unchanged."""
+        import ipaddress
+
+        self.definition = d
+        ex = d.exceptions
+        self.exceptions = _Exceptions(
+            addresses=[_range_of(a) for a in ex.addresses],
+            ports=np.array(ex.ports, np.uint16),
+            countries=np.array([c.encode() for c in ex.countries], "S2"),
+            thresholds=sorted(((_range_of(o.cidr), ipaddress.ip_network(o.cidr).prefixlen
+                                + (96 if ipaddress.ip_network(o.cidr).version == 4 else 0), o.threshold)
+                               for o in ex.thresholds), key=lambda t: t[1]),
+        )
+
+    def nbytes(self) -> int:
+        return self.window.nbytes() + self.counted.nbytes
+
+
+class AlertEngine:
+    """Evaluates the enabled definitions over each batch; hands ``AlertEvent``s on."""
+
+    def __init__(self, exact_limit: int = 10_000, max_pairs: int = 16_000_000, max_entities: int = 1 << 24):
+        self.exact_limit = exact_limit
+        self.max_pairs = max_pairs
+        self.max_entities = max_entities
+        self.states: dict[int, DefinitionState] = {}
+        self.indexes: dict[EntityType, KeyIndex] = {}
+        self.last_seen: dict[EntityType, np.ndarray] = {}
+        self.stats = {"rows_evaluated": 0, "rows_dropped": 0, "entities_dropped": 0, "events": 0, "evaluations": 0}
+        self._lock = threading.RLock()
+        self._last_reclaim_ms = 0
+
+    # -- definitions ----------------------------------------------------------------------
+
+    def set_definitions(self, definitions: Iterable[Definition]) -> None:
+        """Install the current definitions; a definition whose window signature is unchanged
+        keeps its state, a changed or new one starts empty."""
+        with self._lock:
+            new: dict[int, DefinitionState] = {}
+            for d in definitions:
+                if not d.enabled:
+                    continue
+                old = self.states.get(d.id)
+                if old is not None and old.signature == d.window_signature():
+                    old.update(d)
+                    new[d.id] = old
+                else:
+                    new[d.id] = DefinitionState(d, self.exact_limit, self.max_pairs)
+            self.states = new
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def evaluate(self, sessions: SessionBatch, new: np.ndarray, now_ms: int,
+                 now_us: int | None = None) -> list[AlertEvent]:
+        """Fold a batch of session delta rows (``new``: the session started in this batch)
+        into every window at time ``now_ms``; the alert events it causes (stamped ``now_us``,
+        by default ``now_ms``)."""
+        with self._lock:
+            self.stats["evaluations"] += 1
+            self._advance(now_ms)
+            if not len(sessions) or not self.states:
+                return []
+            self.stats["rows_evaluated"] += len(sessions)
+            masks: dict[str, np.ndarray] = {}
+            rows_by_kind: dict[EntityType, EntityRows] = {}
+            events: list[AlertEvent] = []
+            for st in self.states.values():
+                kind = st.definition.entity
+                rows = rows_by_kind.get(kind)
+                if rows is None:
+                    rows = rows_by_kind[kind] = self._entity_rows(kind, sessions, new, now_ms)
+                pre = None
+                if st.prefilter is not None:
+                    text = st.definition.prefilter
+                    pre = masks.get(text)
+                    if pre is None:
+                        pre = masks[text] = evaluate(st.prefilter, sessions)
+                events.extend(self._evaluate_one(st, rows, pre, now_ms, now_us or now_ms * 1000))
+            self.stats["events"] += len(events)
+            return events
+
+    def _entity_rows(self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, now_ms: int) -> EntityRows:
+        rows = EntityRows(kind, sessions, new)
+        index = self.indexes.get(kind)
+        if index is None:
+            index = self.indexes[kind] = KeyIndex(4096, max_ids=self.max_entities)
+            self.last_seen[kind] = np.zeros(4096, np.int64)
+        ids, _ = index.get_or_add(rows.keys)
+        full = ids < 0
+        if full.any():
+            self.stats["entities_dropped"] += int(full.sum())
+            rows.valid = rows.valid & ~full
+            ids = np.where(full, 0, ids)
+        seen = self.last_seen[kind]
+        if len(seen) < index.id_capacity:
+            seen = self.last_seen[kind] = np.concatenate([seen, np.zeros(index.id_capacity - len(seen), np.int64)])
+        seen[ids[rows.valid]] = now_ms
+        rows.ids = ids
+        # a compact numbering of this batch's entities, shared by every definition of the type
+        rows.uniq, rows.first, rows.inv = np.unique(ids, return_index=True, return_inverse=True)
+        rows.inv = rows.inv.reshape(-1)
+        return rows
+
+    def _row_mask(self, st: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
+        d = st.definition
+        mask = rows.role(d.metric)
+        if pre is not None:
+            mask = mask & rows.session_col_of(pre)
+        ex = st.exceptions
+        if len(ex.ports):
+            mask = mask & ~np.isin(rows.session_col("srv_port"), ex.ports)
+        for col in rows.own_addresses() if ex.addresses else ():
+            for r in ex.addresses:
+                mask = mask & ~_in_range(col, r)
+        for col in rows.own_countries() if len(ex.countries) else ():
+            mask = mask & ~np.isin(col, ex.countries)
+        return mask
+
+    def _thresholds(self, st: DefinitionState, rows: EntityRows, rep: np.ndarray) -> np.ndarray:
+        """Threshold per entity (``rep``: one row of each), overrides by CIDR applied."""
+        d = st.definition
+        thr = np.full(len(rep), d.threshold, np.int64)
+        for r, _, value in st.exceptions.thresholds:  # least specific first: the most specific wins
+            hit = np.zeros(len(rep), bool)
+            for col in rows.own_addresses():
+                hit |= _in_range(col[rep], r)
+            thr[hit] = value
+        return thr
+
+    def _evaluate_one(self, st: DefinitionState, rows: EntityRows, pre: np.ndarray | None,
+                      now_ms: int, time_us: int) -> list[AlertEvent]:
+        d = st.definition
+        mask = self._row_mask(st, rows, pre)
+        if not mask.any():
+            return []
+        bucket = now_ms // st.step_ms
+        n_uniq = len(rows.uniq)
+        concerned = np.bincount(rows.inv, weights=mask, minlength=n_uniq) > 0
+        if d.metric.is_distinct:
+            sel = np.flatnonzero(mask)
+            st.window.add(rows.ids[sel], rows.peers(d.metric)[sel], bucket)  # type: ignore[call-arg]
+        else:
+            amounts = np.bincount(rows.inv, weights=np.where(mask, rows.values(d.metric), 0), minlength=n_uniq)
+            local = np.flatnonzero(concerned)
+            st.window.add(rows.uniq[local], amounts[local].astype(np.int64), bucket)  # type: ignore[call-arg]
+        local = np.flatnonzero(concerned)
+        gids = rows.uniq[local]
+        values = st.window.value(gids)
+        thresholds = self._thresholds(st, rows, rows.first[local])
+        over = values > thresholds
+        if not over.any():
+            return []
+        # COUNT: distinct (entity, session) pairs of this batch, once per alerting period
+        over_local = np.zeros(n_uniq, bool)
+        over_local[local[over]] = True
+        hit_rows = np.flatnonzero(mask & over_local[rows.inv])
+        sid = rows.sessions["session_id"][rows.session_row[hit_rows]]
+        pair, first_of_pair = np.unique(combine(rows.ids[hit_rows].astype(np.uint64), sid), return_index=True)
+        if st.counted_bucket != bucket:
+            st.counted, st.counted_bucket = np.empty(0, np.uint64), bucket
+        fresh = ~np.isin(pair, st.counted, assume_unique=True)
+        st.counted = np.union1d(st.counted, pair)
+        pair_rows = hit_rows[first_of_pair[fresh]]
+        increments = np.bincount(rows.inv[pair_rows], minlength=n_uniq)
+        events = []
+        for li, value, thr in zip(local[over].tolist(), values[over].tolist(), thresholds[over].tolist()):
+            inc = int(increments[li])
+            if inc == 0:
+                continue
+            text = rows.text(int(rows.first[li]))
+            events.append(AlertEvent(d.id, d.user_id, d.entity, text, alert_message(d.metric, d.entity, text),
+                                     d.severity.value, inc, int(thr), int(value), time_us))
+        return events
+
+    # -- time -----------------------------------------------------------------------------
+
+    def _advance(self, now_ms: int) -> None:
+        for st in self.states.values():
+            bucket = now_ms // st.step_ms
+            if bucket != st.bucket:
+                st.window.advance(bucket)
+                st.bucket = bucket
+        if now_ms - self._last_reclaim_ms > 60_000:
+            self._reclaim(now_ms)
+            self._last_reclaim_ms = now_ms
+
+    def _reclaim(self, now_ms: int) -> None:
+        """Give back the ids of entities that no window holds any more."""
+        for kind, index in self.indexes.items():
+            windows = [st for st in self.states.values() if st.definition.entity is kind]
+            horizon = max((st.definition.interval_s * 1000 + st.step_ms for st in windows), default=0)
+            seen = self.last_seen[kind]
+            ids = index.live_ids()
+            old = ids[seen[ids] < now_ms - horizon]
+            for st in windows:
+                if len(old):
+                    old = old[st.window.value(old) == 0]
+            index.remove(old)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held: per definition (its window), and by the shared entity indexes."""
+        with self._lock:
+            out = {f"definition:{i}": st.nbytes() for i, st in self.states.items()}
+            for kind, index in self.indexes.items():
+                out[f"index:{kind.value}"] = index.nbytes() + self.last_seen[kind].nbytes
+            return out
+
+    def active_entities(self, definition_id: int) -> int:
+        with self._lock:
+            st = self.states.get(definition_id)
+            return 0 if st is None else len(st.window.active_ids())
+
+    def save(self, path: Path) -> None:
+        """Write the whole state to ``path`` (atomically: a crash leaves the previous file)."""
+        with self._lock:
+            arrays: dict[str, np.ndarray] = {}
+            for kind, index in self.indexes.items():
+                for k, v in index.state().items():
+                    arrays[f"index.{kind.value}.{k}"] = v
+                arrays[f"index.{kind.value}.last_seen"] = self.last_seen[kind]
+            for i, st in self.states.items():
+                arrays[f"def.{i}.signature"] = np.frombuffer(st.signature.encode(), np.uint8)
+                arrays[f"def.{i}.meta"] = np.array([st.bucket, st.counted_bucket], np.int64)
+                arrays[f"def.{i}.counted"] = st.counted
+                for k, v in st.window.state().items():
+                    arrays[f"def.{i}.w.{k}"] = v
+        tmp = path.with_suffix(".tmp.npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> bool:
+        """Restore state saved by ``save`` for the definitions installed (same signatures)."""
+        try:
+            data = dict(np.load(path))
+        except FileNotFoundError:
+            return False
+        except Exception as exc:  # a damaged file: start afresh rather than not at all
+            log.warning("alert state unreadable, starting empty", path=str(path), error=str(exc))
+            return False
+        with self._lock:
+            for kind in EntityType:
+                p = f"index.{kind.value}."
+                if p + "ids" in data:
+                    self.indexes[kind] = KeyIndex.from_state({"ids": data[p + "ids"], "keys": data[p + "keys"]},
+                                                             self.max_entities)
+                    seen = data[p + "last_seen"]
+                    cap = self.indexes[kind].id_capacity
+                    self.last_seen[kind] = np.concatenate([seen, np.zeros(max(0, cap - len(seen)), np.int64)])
+            for i, st in self.states.items():
+                p = f"def.{i}."
+                if p + "signature" not in data or bytes(data[p + "signature"]).decode() != st.signature:
+                    continue
+                st.bucket, st.counted_bucket = (int(x) for x in data[p + "meta"])
+                st.counted = data[p + "counted"]
+                st.window.load({k[len(p) + 2:]: v for k, v in data.items() if k.startswith(p + "w.")})
+        return True
+
+
+@dataclass
+class EngineRunner:
+    """Runs the engine on its own thread: batches queue up and are evaluated together every
+    ``interval_s`` (or sooner when ``max_rows`` wait), so that the per-evaluation costs
+    are shared by many small collector batches."""
+
+    engine: AlertEngine
+    on_events: Callable[[list[AlertEvent]], None]
+    interval_s: float = 0.1
+    max_rows: int = 262_144
+    max_pending_rows: int = 4_000_000
+    clock: Callable[[], float] = time.time
+    _pending: deque = field(default_factory=deque)
+    _pending_rows: int = 0
+    _cv: threading.Condition = field(default_factory=threading.Condition)
+    _stop: bool = False
+    _thread: threading.Thread | None = None
+
+    def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
+        """Queue a batch (from the ingest thread); a full queue drops it, counted."""
+        with self._cv:
+            if self._pending_rows + len(sessions) > self.max_pending_rows:
+                self.engine.stats["rows_dropped"] += len(sessions)
+                return
+            self._pending.append((sessions, new))
+            self._pending_rows += len(sessions)
+            if self._pending_rows >= self.max_rows:
+                self._cv.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sluice-alerts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    def run_once(self) -> list[AlertEvent]:
+        with self._cv:
+            batches = list(self._pending)
+            self._pending.clear()
+            self._pending_rows = 0
+        now = self.clock()
+        now_ms = int(now * 1000)
+        if batches:
+            sessions = SessionBatch.concat([b for b, _ in batches])
+            new = np.concatenate([n for _, n in batches])
+        else:
+            sessions, new = SessionBatch.empty(), np.zeros(0, bool)
+        events = self.engine.evaluate(sessions, new, now_ms, int(now * 1_000_000))
+        if events:
+            self.on_events(events)
+        return events
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not self._stop and self._pending_rows < self.max_rows:
+                    self._cv.wait(self.interval_s)
+                if self._stop:
+                    return
+            try:
+                self.run_once()
+            except Exception:  # one bad evaluation must not end alerting
+                log.exception("alert evaluation failed")
+                self.engine.stats["evaluation_errors"] = self.engine.stats.get("evaluation_errors", 0) + 1

@@ -1,0 +1,253 @@
+"""Alert definitions and alert records in the state database.
+
+An alert record exists per (definition, entity). A trigger adds to its COUNT (v1), moves its
+last trigger time, and puts an acknowledged record back to NOT-ACKNOWLEDGED. Every change
+of a record calls the ``on_change`` hooks inside the same transaction (the notification
+outbox writes there, so that a notification exists if and only if the change does).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Optional
+
+import structlog
+from pydantic import BaseModel
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from ..state.db import StateDB
+from ..state.models import AlertDefinitionRow, AlertRecordRow, User, utcnow
+from .definition import Definition, DefinitionIn, Exceptions, Severity
+from .engine import AlertEvent
+
+log = structlog.get_logger(__name__)
+
+NOT_ACKNOWLEDGED, ACKNOWLEDGED = "NOT-ACKNOWLEDGED", "ACKNOWLEDGED"
+STATES = (NOT_ACKNOWLEDGED, ACKNOWLEDGED)
+#: what happened to a record: created, triggered again after acknowledgement, counted up
+CREATED, RETRIGGERED, UPDATED = "created", "retriggered", "updated"
+
+ChangeHook = Callable[[Session, AlertRecordRow, str], None]
+
+
+class AlertOut(BaseModel):
+    id: int
+    alertdef: int
+    title: str
+    user: str
+    entity_type: str
+    entity: str
+    severity: str
+    message: str
+    type: str = "ANALYTICAL"
+    state: str
+    v1: int  # COUNT
+    v2: int  # THRESHOLD
+    value: int  # the window value at the last trigger
+    first_trigger_us: int
+    last_trigger_us: int
+    first_trigger: str
+    last_trigger: str
+    acknowledged_by: Optional[str] = None
+    acknowledged_us: Optional[int] = None
+
+
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, timezone.utc).isoformat(timespec="microseconds")
+
+
+def alert_line(a: AlertOut, tz: Optional[timezone] = None) -> str:
+    """FlowTraq's CLI line (DESIGN.md §5), in the local time zone unless ``tz`` is given."""
+    t = datetime.fromtimestamp(a.last_trigger_us // 1_000_000, tz).replace(microsecond=a.last_trigger_us % 1_000_000)
+    return (f"{t:%m/%d/%Y %H:%M:%S}.{t.microsecond:06d}  {a.alertdef} {a.severity} \"{a.message}\" ID={a.id} "
+            f"type={a.type} state={a.state} user={a.user} v1={a.v1} v2={a.v2}")
+
+
+def _definition(row: AlertDefinitionRow, username: str) -> Definition:
+    return Definition(id=row.id, user_id=row.user_id, username=username, title=row.title, description=row.description,
+                      prefilter=row.prefilter, metric=row.metric, entity=row.entity, threshold=row.threshold,
+                      interval=row.interval, severity=row.severity, enabled=row.enabled,
+                      exceptions=Exceptions.model_validate_json(row.exceptions or "{}"))
+
+
+class AlertStore:
+    def __init__(self, db: StateDB):
+        self.db = db
+        self.on_change: list[ChangeHook] = []
+        #: called after definitions change (the engine reloads them)
+        self.on_definitions: list[Callable[[], None]] = []
+        self._apply_lock = threading.Lock()
+
+    # -- definitions ----------------------------------------------------------------------
+
+    def definitions(self, user_id: Optional[int] = None) -> list[Definition]:
+        with self.db.session() as s:
+            q = select(AlertDefinitionRow, User.username).join(User, User.id == AlertDefinitionRow.user_id)
+            if user_id is not None:
+                q = q.where(AlertDefinitionRow.user_id == user_id)
+            return [_definition(row, name) for row, name in s.execute(q.order_by(AlertDefinitionRow.id))]
+
+    def definition(self, definition_id: int) -> Optional[Definition]:
+        with self.db.session() as s:
+            row = s.get(AlertDefinitionRow, definition_id)
+            if row is None:
+                return None
+            return _definition(row, s.get(User, row.user_id).username)  # type: ignore[union-attr]
+
+    def create(self, user_id: int, d: DefinitionIn) -> Definition:
+        with self.db.session() as s:
+            row = AlertDefinitionRow(user_id=user_id)
+            self._fill(row, d)
+            s.add(row)
+            s.flush()
+            new_id = row.id
+        self._changed()
+        return self.definition(new_id)  # type: ignore[return-value]
+
+    def update(self, definition_id: int, d: DefinitionIn) -> Optional[Definition]:
+        with self.db.session() as s:
+            row = s.get(AlertDefinitionRow, definition_id)
+            if row is None:
+                return None
+            self._fill(row, d)
+            row.updated_at = utcnow()
+        self._changed()
+        return self.definition(definition_id)
+
+    def delete_definition(self, definition_id: int) -> bool:
+        """Delete a definition and its alert records."""
+        with self.db.session() as s:
+            s.execute(delete(AlertRecordRow).where(AlertRecordRow.definition_id == definition_id))
+            gone = s.execute(delete(AlertDefinitionRow).where(AlertDefinitionRow.id == definition_id)).rowcount
+        self._changed()
+        return bool(gone)
+
+    @staticmethod
+    def _fill(row: AlertDefinitionRow, d: DefinitionIn) -> None:
+        row.title, row.description, row.prefilter = d.title, d.description, d.prefilter
+        row.metric, row.entity, row.threshold = d.metric.value, d.entity.value, d.threshold
+        row.interval, row.severity, row.enabled = d.interval, d.severity.value, d.enabled
+        row.exceptions = d.exceptions.model_dump_json()
+
+    def _changed(self) -> None:
+        for hook in self.on_definitions:
+            hook()
+
+    # -- records --------------------------------------------------------------------------
+
+    def apply(self, events: Iterable[AlertEvent]) -> list[tuple[int, str]]:
+        """Record triggers in one transaction; (record id, change) for each record touched."""
+        merged: dict[tuple[int, str], AlertEvent] = {}
+        for e in events:  # several evaluations may name the same record: add their counts up
+            old = merged.get((e.definition_id, e.entity))
+            if old is not None:
+                e.count += old.count
+            merged[(e.definition_id, e.entity)] = e
+        if not merged:
+            return []
+        out: list[tuple[int, str]] = []
+        with self._apply_lock, self.db.session() as s:
+            def_ids = {d for d, _ in merged}
+            alive = set(s.scalars(select(AlertDefinitionRow.id).where(AlertDefinitionRow.id.in_(def_ids))))
+            existing = {(r.definition_id, r.entity): r for r in s.scalars(
+                select(AlertRecordRow).where(AlertRecordRow.definition_id.in_(alive),
+                                             AlertRecordRow.entity.in_({e for _, e in merged})))}
+            for key, e in merged.items():
+                if e.definition_id not in alive:
+                    continue  # deleted while the event was on its way
+                row = existing.get(key)
+                if row is None:
+                    row = AlertRecordRow(definition_id=e.definition_id, user_id=e.user_id, entity_type=e.entity_type.value,
+                                         entity=e.entity, severity=e.severity, message=e.message, state=NOT_ACKNOWLEDGED,
+                                         count=e.count, threshold=e.threshold, value=e.value,
+                                         first_trigger_us=e.time_us, last_trigger_us=e.time_us)
+                    s.add(row)
+                    change = CREATED
+                else:
+                    change = RETRIGGERED if row.state == ACKNOWLEDGED else UPDATED
+                    row.state = NOT_ACKNOWLEDGED
+                    row.count += e.count
+                    row.last_trigger_us = max(row.last_trigger_us, e.time_us)
+                    row.severity, row.message, row.threshold, row.value = e.severity, e.message, e.threshold, e.value
+                    if change == RETRIGGERED:
+                        row.acknowledged_us, row.acknowledged_by = None, None
+                s.flush()
+                for hook in self.on_change:
+                    hook(s, row, change)
+                out.append((row.id, change))
+        return out
+
+    def alerts(self, user_id: Optional[int] = None, since_us: Optional[int] = None, until_us: Optional[int] = None,
+               min_severity: Optional[Severity] = None, state: Optional[str] = None, definition_id: Optional[int] = None,
+               limit: int = 1000) -> list[AlertOut]:
+        """Alert records, the most recently triggered first."""
+        q = (select(AlertRecordRow, User.username, AlertDefinitionRow.title)
+             .join(User, User.id == AlertRecordRow.user_id)
+             .join(AlertDefinitionRow, AlertDefinitionRow.id == AlertRecordRow.definition_id))
+        if user_id is not None:
+            q = q.where(AlertRecordRow.user_id == user_id)
+        if since_us is not None:
+            q = q.where(AlertRecordRow.last_trigger_us >= since_us)
+        if until_us is not None:
+            q = q.where(AlertRecordRow.last_trigger_us < until_us)
+        if min_severity is not None:
+            q = q.where(AlertRecordRow.severity.in_([s.value for s in Severity if s.rank >= min_severity.rank]))
+        if state is not None:
+            q = q.where(AlertRecordRow.state == state)
+        if definition_id is not None:
+            q = q.where(AlertRecordRow.definition_id == definition_id)
+        q = q.order_by(AlertRecordRow.last_trigger_us.desc(), AlertRecordRow.id.desc()).limit(limit)
+        with self.db.session() as s:
+            return [self._out(row, name, title) for row, name, title in s.execute(q)]
+
+    def alert(self, alert_id: int) -> Optional[AlertOut]:
+        with self.db.session() as s:
+            row = s.get(AlertRecordRow, alert_id)
+            if row is None:
+                return None
+            return self._out(row, s.get(User, row.user_id).username,  # type: ignore[union-attr]
+                             s.get(AlertDefinitionRow, row.definition_id).title)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _out(row: AlertRecordRow, username: str, title: str) -> AlertOut:
+        return AlertOut(id=row.id, alertdef=row.definition_id, title=title, user=username, entity_type=row.entity_type,
+                        entity=row.entity, severity=row.severity, message=row.message, state=row.state, v1=row.count,
+                        v2=row.threshold, value=row.value, first_trigger_us=row.first_trigger_us,
+                        last_trigger_us=row.last_trigger_us, first_trigger=_iso(row.first_trigger_us),
+                        last_trigger=_iso(row.last_trigger_us), acknowledged_by=row.acknowledged_by,
+                        acknowledged_us=row.acknowledged_us)
+
+    def acknowledge(self, alert_ids: Iterable[int], by: str, now_us: int) -> list[int]:
+        """Acknowledge records (already acknowledged ones stay as they are); the ids changed."""
+        changed = []
+        with self.db.session() as s:
+            for row in s.scalars(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids)))):
+                if row.state != ACKNOWLEDGED:
+                    row.state, row.acknowledged_by, row.acknowledged_us = ACKNOWLEDGED, by, now_us
+                    changed.append(row.id)
+        return changed
+
+    def delete_alerts(self, alert_ids: Iterable[int]) -> int:
+        with self.db.session() as s:
+            return s.execute(delete(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids)))).rowcount
+
+    def clear(self, user_id: int, definition_id: Optional[int] = None, state: Optional[str] = None) -> int:
+        """Delete a user's alert records (of one definition, or in one state)."""
+        q = delete(AlertRecordRow).where(AlertRecordRow.user_id == user_id)
+        if definition_id is not None:
+            q = q.where(AlertRecordRow.definition_id == definition_id)
+        if state is not None:
+            q = q.where(AlertRecordRow.state == state)
+        with self.db.session() as s:
+            return s.execute(q).rowcount
+
+    def owner_of(self, alert_ids: Iterable[int]) -> dict[int, int]:
+        with self.db.session() as s:
+            return {r.id: r.user_id for r in s.scalars(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids))))}
+
+
+def definition_json(d: Definition) -> str:
+    return json.dumps(d.model_dump(mode="json"), sort_keys=True)

@@ -1,0 +1,287 @@
+"""Sliding windows per alert definition: one value per entity over the last T, in steps.
+
+Entities are dense ids (``KeyIndex``); a window keeps, per id, the value over the steps
+(buckets) still inside the window, and what each bucket added so that it can be taken back
+when the bucket leaves the window.
+
+- ``SumWindow``: bits, bytes, packets, sessions - exact integer sums.
+- ``DistinctWindow``: unique hosts / ports - exact while an entity has at most
+  ``exact_limit`` distinct peers in its window: every (entity, peer) pair is kept with the
+  last bucket it was seen in. An entity beyond that moves to a HyperLogLog sketch per bucket
+  (256 registers: about 6.5 % standard error), which can be merged across buckets and across
+  collector nodes by taking register maxima.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .keyindex import KeyIndex, combine, mix64
+
+HLL_P = 8
+HLL_M = 1 << HLL_P
+_ALPHA = 0.7213 / (1 + 1.079 / HLL_M)
+
+
+def _grow(arr: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
+    if len(arr) >= size:
+        return arr
+    out = np.full(max(size, 2 * len(arr)), fill, arr.dtype)
+    out[: len(arr)] = arr
+    return out
+
+
+def hll_estimate(registers: np.ndarray) -> np.ndarray:
+    """Cardinality estimates for rows of HLL registers (with the small-range correction)."""
+    regs = registers.astype(np.float64)
+    raw = _ALPHA * HLL_M * HLL_M / np.sum(np.exp2(-regs), axis=-1)
+    zeros = np.sum(registers == 0, axis=-1)
+    small = (raw <= 2.5 * HLL_M) & (zeros > 0)
+    linear = HLL_M * np.log(HLL_M / np.maximum(zeros, 1))
+    return np.where(small, linear, raw)
+
+
+def hll_cells(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(register, rank) of each 64-bit hash: the low bits pick the register, the rank is one
+    more than the number of trailing zeros of the rest."""
+    reg = (hashes & np.uint64(HLL_M - 1)).astype(np.int64)
+    rest = hashes >> np.uint64(HLL_P)
+    low_bit = rest & (~rest + np.uint64(1))  # the lowest set bit alone: a power of two, exact as float
+    _, exp = np.frexp(low_bit.astype(np.float64))
+    rank = np.where(rest == 0, 64 - HLL_P + 1, exp).astype(np.uint8)
+    return reg, rank
+
+
+class SumWindow:
+    """Exact sliding sums per entity id."""
+
+    def __init__(self, step_ms: int, n_buckets: int):
+        self.step_ms = step_ms
+        self.n_buckets = n_buckets
+        self.values = np.zeros(1024, np.int64)
+        self._ring: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def add(self, ids: np.ndarray, amounts: np.ndarray, bucket: int) -> None:
+        """Add ``amounts`` (ids distinct) to the bucket ``bucket``."""
+        if not len(ids):
+            return
+        self.values = _grow(self.values, int(ids.max()) + 1)
+        self.values[ids] += amounts
+        self._ring.setdefault(bucket, []).append((ids.astype(np.int64), amounts.astype(np.int64)))
+
+    def value(self, ids: np.ndarray) -> np.ndarray:
+        self.values = _grow(self.values, int(ids.max()) + 1 if len(ids) else 0)
+        return self.values[ids]
+
+    def advance(self, bucket: int) -> None:
+        """``bucket`` is now the newest: take back what left the window, compact closed buckets."""
+        oldest = bucket - self.n_buckets + 1
+        for b in [b for b in self._ring if b < oldest]:
+            ids, amounts = self._merged(self._ring.pop(b))
+            np.subtract.at(self.values, ids, amounts)
+        for b, chunks in self._ring.items():
+            if b < bucket and len(chunks) > 1:
+                self._ring[b] = [self._merged(chunks)]
+
+    @staticmethod
+    def _merged(chunks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        if len(chunks) == 1:
+            return chunks[0]
+        ids = np.concatenate([c[0] for c in chunks])
+        amounts = np.concatenate([c[1] for c in chunks])
+        order = np.argsort(ids, kind="stable")
+        ids, amounts = ids[order], amounts[order]
+        starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+        return ids[starts], np.add.reduceat(amounts, starts)
+
+    def active_ids(self) -> np.ndarray:
+        """Ids that have something in the window."""
+        return np.flatnonzero(self.values)
+
+    def nbytes(self) -> int:
+        return self.values.nbytes + sum(a.nbytes + b.nbytes for chunks in self._ring.values() for a, b in chunks)
+
+    def state(self) -> dict[str, np.ndarray]:
+        buckets = sorted(self._ring)
+        merged = [self._merged(self._ring[b]) for b in buckets]
+        return {
+            "values": self.values,
+            "ring_buckets": np.array(buckets, np.int64),
+            "ring_sizes": np.array([len(m[0]) for m in merged], np.int64),
+            "ring_ids": np.concatenate([m[0] for m in merged]) if merged else np.empty(0, np.int64),
+            "ring_amounts": np.concatenate([m[1] for m in merged]) if merged else np.empty(0, np.int64),
+        }
+
+    def load(self, state: dict[str, np.ndarray]) -> None:
+        self.values = state["values"].astype(np.int64).copy()
+        offsets = np.concatenate([[0], np.cumsum(state["ring_sizes"])]).astype(np.int64)
+        for i, b in enumerate(state["ring_buckets"].tolist()):
+            sl = slice(offsets[i], offsets[i + 1])
+            self._ring[int(b)] = [(state["ring_ids"][sl].astype(np.int64), state["ring_amounts"][sl].astype(np.int64))]
+
+
+class DistinctWindow:
+    """Sliding distinct counts of peers per entity id: exact up to a bound, then HyperLogLog."""
+
+    def __init__(self, step_ms: int, n_buckets: int, exact_limit: int = 10_000, max_pairs: int = 16_000_000,
+                 max_sketches: int = 256):
+        self.step_ms = step_ms
+        self.n_buckets = n_buckets
+        self.exact_limit = exact_limit
+        self.max_sketches = max_sketches
+        self.values = np.zeros(1024, np.int64)  # exact counts; estimates for sketched ids
+        self.pairs = KeyIndex(1024, max_ids=max_pairs)
+        self.pair_entity = np.zeros(1024, np.int64)
+        self.pair_bucket = np.zeros(1024, np.int64)
+        self._ring: dict[int, list[np.ndarray]] = {}
+        self.pairs_dropped = 0  # pairs not kept because the pair table was full
+        # sketches: entity id -> slot; registers per (ring position, slot)
+        self.sketch_slot: dict[int, int] = {}
+        self._regs = np.zeros((n_buckets, 0, HLL_M), np.uint8)
+        self._reg_bucket = np.full(n_buckets, -1, np.int64)  # the bucket each ring position holds
+        self._newest = None
+
+    # -- updates --------------------------------------------------------------------------
+
+    def add(self, entity: np.ndarray, peer: np.ndarray, bucket: int) -> None:
+        """Rows of (entity id, peer key) seen in ``bucket``."""
+        if not len(entity):
+            return
+        self.values = _grow(self.values, int(entity.max()) + 1)
+        entity = entity.astype(np.int64)
+        keys = combine(entity.astype(np.uint64), peer.astype(np.uint64))
+        if self.sketch_slot:
+            sketched = np.isin(entity, np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)))
+            if sketched.any():
+                self._sketch_add(entity[sketched], keys[sketched], bucket)
+                entity, keys = entity[~sketched], keys[~sketched]
+        pids, added = self.pairs.get_or_add(keys)
+        self.pairs_dropped += int((pids < 0).sum())
+        ok = pids >= 0
+        pids, entity, added = pids[ok], entity[ok], added[ok]
+        cap = self.pairs.id_capacity
+        self.pair_entity = _grow(self.pair_entity, cap)
+        self.pair_bucket = _grow(self.pair_bucket, cap, -1)
+        new = pids[added]
+        self.pair_entity[new] = entity[added]
+        self.pair_bucket[new] = -1
+        np.add.at(self.values, entity[added], 1)
+        moved = np.unique(pids[self.pair_bucket[pids] != bucket])
+        if len(moved):
+            self.pair_bucket[moved] = bucket
+            self._ring.setdefault(bucket, []).append(moved)
+        over = np.unique(entity[added])
+        over = over[self.values[over] > self.exact_limit]
+        for e in over.tolist():  # once per entity that outgrows exact counting
+            self._to_sketch(int(e))
+
+    def value(self, ids: np.ndarray) -> np.ndarray:
+        self.values = _grow(self.values, int(ids.max()) + 1 if len(ids) else 0)
+        return self.values[ids]
+
+    def advance(self, bucket: int) -> None:
+        oldest = bucket - self.n_buckets + 1
+        for b in [b for b in self._ring if b < oldest]:
+            pids = np.unique(np.concatenate(self._ring.pop(b)))
+            pids = pids[self.pairs.live[pids]]
+            gone = pids[self.pair_bucket[pids] == b]  # not seen again since
+            if len(gone):
+                np.subtract.at(self.values, self.pair_entity[gone], 1)
+                self.pair_bucket[gone] = -1
+                self.pairs.remove(gone)
+        if self.sketch_slot:
+            self._refresh_sketches(bucket)
+
+    # -- sketches -------------------------------------------------------------------------
+
+    def _position(self, bucket: int) -> int:
+        pos = bucket % self.n_buckets
+        if self._reg_bucket[pos] != bucket:
+            self._regs[pos] = 0
+            self._reg_bucket[pos] = bucket
+        return pos
+
+    def _sketch_add(self, entity: np.ndarray, keys: np.ndarray, bucket: int) -> None:
+        pos = self._position(bucket)
+        touched = np.unique(entity)
+        slots = np.array([self.sketch_slot[int(e)] for e in touched.tolist()], np.int64)  # per entity
+        row_slot = slots[np.searchsorted(touched, entity)]
+        reg, rank = hll_cells(mix64(keys))
+        np.maximum.at(self._regs[pos], (row_slot, reg), rank)
+        self.values[touched] = self._estimate(touched, bucket)
+
+    def _estimate(self, entities: np.ndarray, bucket: int) -> np.ndarray:
+        oldest = bucket - self.n_buckets + 1
+        valid = (self._reg_bucket >= oldest) & (self._reg_bucket <= bucket)
+        slots = [self.sketch_slot[int(e)] for e in entities]
+        regs = self._regs[valid][:, slots, :].max(axis=0) if valid.any() else np.zeros((len(slots), HLL_M), np.uint8)
+        return np.round(hll_estimate(regs)).astype(np.int64)
+
+    def _to_sketch(self, e: int) -> None:
+        if len(self.sketch_slot) >= self.max_sketches:
+            return  # stays exact; the pair table bound still holds
+        used = set(self.sketch_slot.values())
+        slot = next(i for i in range(self.max_sketches) if i not in used)
+        if slot >= self._regs.shape[1]:
+            grown = np.zeros((self.n_buckets, min(self.max_sketches, max(4, 2 * self._regs.shape[1])), HLL_M), np.uint8)
+            grown[:, : self._regs.shape[1]] = self._regs
+            self._regs = grown
+        self._regs[:, slot] = 0
+        self.sketch_slot[e] = slot
+        live = self.pairs.live_ids()
+        mine = live[self.pair_entity[live] == e]
+        keys, buckets = self.pairs.keys_by_id[mine], self.pair_bucket[mine]
+        reg, rank = hll_cells(mix64(keys))
+        for b in np.unique(buckets).tolist():
+            pos = self._position(int(b))
+            sel = buckets == b
+            np.maximum.at(self._regs[pos, slot], reg[sel], rank[sel])
+        self.pair_bucket[mine] = -1
+        self.pairs.remove(mine)
+        newest = int(buckets.max()) if len(buckets) else 0
+        self.values[e] = int(self._estimate(np.array([e]), newest)[0])
+
+    def _refresh_sketches(self, bucket: int) -> None:
+        entities = np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot))
+        estimates = self._estimate(entities, bucket)
+        self.values[entities] = estimates
+        for e, est in zip(entities.tolist(), estimates.tolist()):
+            if est == 0:  # nothing left in its window: back to exact counting
+                self._regs[:, self.sketch_slot.pop(e)] = 0
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def active_ids(self) -> np.ndarray:
+        return np.flatnonzero(self.values)
+
+    def nbytes(self) -> int:
+        ring = sum(a.nbytes for chunks in self._ring.values() for a in chunks)
+        return (self.values.nbytes + self.pairs.nbytes() + self.pair_entity.nbytes + self.pair_bucket.nbytes + ring
+                + self._regs.nbytes)
+
+    def state(self) -> dict[str, np.ndarray]:
+        pairs = self.pairs.state()
+        return {
+            "values": self.values, "pair_ids": pairs["ids"], "pair_keys": pairs["keys"],
+            "pair_entity": self.pair_entity[pairs["ids"]], "pair_bucket": self.pair_bucket[pairs["ids"]],
+            "sketch_entities": np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)),
+            "sketch_slots": np.fromiter(self.sketch_slot.values(), np.int64, len(self.sketch_slot)),
+            "regs": self._regs, "reg_bucket": self._reg_bucket,
+        }
+
+    def load(self, state: dict[str, np.ndarray]) -> None:
+        self.values = state["values"].astype(np.int64).copy()
+        self.pairs = KeyIndex.from_state({"ids": state["pair_ids"], "keys": state["pair_keys"]},
+                                         max_ids=self.pairs.max_ids)
+        cap = self.pairs.id_capacity
+        self.pair_entity = np.zeros(cap, np.int64)
+        self.pair_bucket = np.full(cap, -1, np.int64)
+        ids = state["pair_ids"].astype(np.int64)
+        self.pair_entity[ids] = state["pair_entity"]
+        self.pair_bucket[ids] = state["pair_bucket"]
+        for b in np.unique(state["pair_bucket"]).tolist():
+            self._ring[int(b)] = [ids[state["pair_bucket"] == b]]
+        self.sketch_slot = dict(zip(state["sketch_entities"].tolist(), state["sketch_slots"].tolist()))
+        if state["regs"].shape[0] == self.n_buckets:
+            self._regs = state["regs"].copy()
+            self._reg_bucket = state["reg_bucket"].copy()

@@ -1,0 +1,153 @@
+"""A plain-Python reference of the alert semantics (docs/alerts.md), one session at a time.
+
+Deliberately naive: lists, dicts and sets, no numpy, so that the vectorised engine has
+something independent to agree with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sluice.alerts.definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
+from sluice.query.filter import PROTOCOL_NAMES
+
+
+@dataclass
+class Sess:
+    session_id: int
+    cln: str
+    srv: str
+    cport: int
+    sport: int
+    proto: int
+    cbytes: int
+    sbytes: int
+    cpkts: int
+    spkts: int
+    ccountry: str = "ZZ"
+    scountry: str = "ZZ"
+    casn: int = 0
+    sasn: int = 0
+    new: bool = True
+
+
+def _canon(a: str) -> str:
+    return str(ipaddress.ip_address(a))
+
+
+def entity_rows(kind: EntityType, s: Sess) -> list[dict]:
+    """The rows a session gives an entity type: entity text, own addresses/countries, sides."""
+    if kind.is_endpoint:
+        out = []
+        for side in ("c", "s"):
+            own, other = (s.cln, s.srv) if side == "c" else (s.srv, s.cln)
+            country = s.ccountry if side == "c" else s.scountry
+            asn = s.casn if side == "c" else s.sasn
+            if kind is EntityType.ASN and asn == 0:
+                continue
+            entity = {EntityType.HOST: _canon(own), EntityType.COUNTRY: country, EntityType.ASN: str(asn)}[kind]
+            sent = (s.cbytes, s.cpkts) if side == "c" else (s.sbytes, s.spkts)
+            recv = (s.sbytes, s.spkts) if side == "c" else (s.cbytes, s.cpkts)
+            out.append(dict(entity=entity, client=side == "c", own=[own], countries=[country], sent=sent, recv=recv,
+                            peer_host=_canon(other), peer_port=(s.proto, s.sport), sport=s.sport, session=s))
+        return out
+    sent, recv = (s.cbytes, s.cpkts), (s.sbytes, s.spkts)
+    if kind is EntityType.HOST_PAIR:
+        return [dict(entity=f"{_canon(s.cln)} -> {_canon(s.srv)}", client=None, own=[s.cln, s.srv],
+                     countries=[s.ccountry, s.scountry], sent=sent, recv=recv, peer_host=None,
+                     peer_port=(s.proto, s.sport), sport=s.sport, session=s)]
+    return [dict(entity=f"{s.sport}/{PROTOCOL_NAMES.get(s.proto, str(s.proto))}", client=None, own=[s.srv],
+                 countries=[s.scountry], sent=sent, recv=recv, peer_host=_canon(s.cln), peer_port=None,
+                 sport=s.sport, session=s)]
+
+
+def contribution(metric: AlertMetric, row: dict) -> tuple[bool, object]:
+    """(concerns the entity, what it adds: an amount, or a peer for distinct metrics)."""
+    s: Sess = row["session"]
+    name = metric.value
+    if metric is AlertMetric.UNIQUE_HOSTS:
+        return True, row["peer_host"]
+    if metric is AlertMetric.UNIQUE_PORTS:
+        return True, row["peer_port"]
+    if name.startswith("sessions"):
+        if row["client"] is not None:
+            if (metric is AlertMetric.SESSIONS_INITIATED) != row["client"]:
+                return False, 0
+        return True, int(s.new)
+    unit, _, direction = name.partition("_")
+    i = 1 if unit == "packets" else 0
+    amount = {"sent": row["sent"][i], "received": row["recv"][i], "total": row["sent"][i] + row["recv"][i]}[direction]
+    if unit == "bits":
+        amount *= 8
+    return amount > 0, amount
+
+
+def _in(addr: str, cidr: str) -> bool:
+    a = ipaddress.ip_address(addr)
+    n = ipaddress.ip_network(cidr)
+    return a.version == n.version and a in n
+
+
+class Reference:
+    def __init__(self, d: Definition, keep=lambda s: True):
+        self.d = d
+        self.keep = keep  # the prefilter, as a Python predicate over Sess
+        self.step_ms = step_seconds(d.interval_s) * 1000
+        self.n = d.interval_s // step_seconds(d.interval_s)
+        self.history: list[tuple[int, dict, object]] = []  # (bucket, row, contribution)
+        self.counted: set[tuple[str, int, int]] = set()
+
+    def excluded(self, row: dict) -> bool:
+        ex = self.d.exceptions
+        if row["sport"] in ex.ports:
+            return True
+        if any(_in(a, c) for a in row["own"] for c in ex.addresses):
+            return True
+        return any(c in ex.countries for c in row["countries"])
+
+    def threshold(self, row: dict) -> int:
+        best, thr = -1, self.d.threshold
+        for o in self.d.exceptions.thresholds:
+            net = ipaddress.ip_network(o.cidr)
+            plen = net.prefixlen + (96 if net.version == 4 else 0)
+            if any(_in(a, o.cidr) for a in row["own"]) and plen >= best:
+                best, thr = plen, o.threshold
+        return thr
+
+    def evaluate(self, sessions: list[Sess], now_ms: int) -> list[tuple]:
+        bucket = now_ms // self.step_ms
+        rows = []
+        for s in sessions:
+            if not self.keep(s):
+                continue
+            for row in entity_rows(self.d.entity, s):
+                concerns, c = contribution(self.d.metric, row)
+                if concerns and not self.excluded(row):
+                    rows.append(row)
+                    self.history.append((bucket, row, c))
+        oldest = bucket - self.n + 1
+        window = defaultdict(list)
+        for b, row, c in self.history:
+            if b >= oldest:
+                window[row["entity"]].append(c)
+        events = []
+        by_entity = defaultdict(list)
+        for row in rows:
+            by_entity[row["entity"]].append(row)
+        for entity, erows in by_entity.items():
+            values = window[entity]
+            value = len(set(values)) if self.d.metric.is_distinct else sum(values)
+            thr = self.threshold(erows[0])
+            if value <= thr:
+                continue
+            inc = 0
+            for row in erows:
+                key = (entity, row["session"].session_id, bucket)
+                if key not in self.counted:
+                    self.counted.add(key)
+                    inc += 1
+            if inc:
+                events.append((self.d.id, entity, alert_message(self.d.metric, self.d.entity, entity), inc, value, thr))
+        return sorted(events)
