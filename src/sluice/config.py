@@ -74,6 +74,19 @@ class StoreSettings(BaseModel):
     flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often queued sessions are written")
 
 
+class AlertSettings(BaseModel):
+    evaluate_interval_ms: int = Field(100, ge=10, le=10_000, description="how often queued sessions are evaluated "
+                                      "against the alert definitions (the alerting latency)")
+    exact_distinct_limit: int = Field(10_000, ge=10, description="distinct peers counted exactly per entity; "
+                                      "beyond, a HyperLogLog sketch (about 6.5 % error)")
+    max_pairs_per_definition: int = Field(16_000_000, ge=1000, description="(entity, peer) pairs one unique-hosts/"
+                                          "ports definition keeps at most (about 40 bytes each)")
+    max_entities: int = Field(16_000_000, ge=1000, description="distinct entities per type tracked at most")
+    max_pending_rows: int = Field(4_000_000, ge=10_000, description="session rows waiting for evaluation at most; "
+                                  "beyond, rows are dropped and counted")
+    snapshot_interval_s: float = Field(30.0, gt=0, description="how often the window state is saved to disk")
+
+
 class HttpSettings(BaseModel):
     listen: str = Field("0.0.0.0", description="address of the HTTP API, web page and /metrics")
     port: int = Field(9640, ge=1, le=65535, description="HTTP port")
@@ -105,6 +118,7 @@ class Settings(BaseSettings):
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @classmethod
     def settings_customise_sources(

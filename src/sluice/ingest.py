@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import structlog
 
 from .collect.counters import Counters
@@ -37,7 +38,8 @@ class Ingest:
         self._lock = threading.Lock()  # the tracker is used by the collector and by maintenance
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.listeners: list = []  # later stages (alerts) receive each session batch
+        #: later stages (alerts) receive each session batch, with a mask of the sessions it started
+        self.listeners: list[Callable[[SessionBatch, np.ndarray], None]] = []
         #: retention in days set at run time (system settings), None: the configuration's
         self.retention_days: Callable[[], float | None] = lambda: None
         self._last_rate_sample: tuple[float, float] | None = None
@@ -45,14 +47,17 @@ class Ingest:
     def __call__(self, flows: FlowBatch) -> None:
         now_ms = int(time.time() * 1000)
         with self._lock:
+            first_new = self.tracker.next_session_id
             sessions = self.tracker.update(flows, now_ms)
         if not len(sessions):
             return
         sessions = self.enricher(sessions)
         self.store.append(sessions)
         self.counters.inc("session_rows_total", len(sessions))
-        for listener in self.listeners:
-            listener(sessions)
+        if self.listeners:
+            new = sessions["session_id"] >= np.uint64(first_new)
+            for listener in self.listeners:
+                listener(sessions, new)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._maintain, name="sluice-maintenance", daemon=True)

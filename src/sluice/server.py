@@ -12,6 +12,7 @@ from types import FrameType
 import structlog
 import uvicorn
 
+from .alerts.service import AlertService
 from .api.app import create_app
 from .collect.counters import Counters
 from .collect.decoder import Decoder, DecoderConfig
@@ -45,6 +46,8 @@ class Server:
         self.simulator = None
         self.users = Users(open_state(settings.data_dir))
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
+        self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters)
+        self.ingest.listeners.append(self.alerts.submit)
         prefs = Preferences(self.users.db)
         self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live
 
@@ -52,9 +55,10 @@ class Server:
         self.collector.bind()
         self.collector.start()
         self.ingest.start()
+        self.alerts.start()
         listeners = [(l.name, l.port) for l in self.collector.listeners]
         self.app = create_app(self.counters, self.users, listeners, self.ingest.store,
-                              secure_cookies=self.settings.http.tls)
+                              secure_cookies=self.settings.http.tls, alerts=self.alerts)
 
     def start_simulator(self, conversations_per_s: float) -> None:
         from .simulate.sender import Simulator
@@ -96,6 +100,7 @@ class Server:
             self.simulator.stop()
         self.collector.stop()
         self.ingest.stop()
+        self.alerts.stop()
 
 
 class _QuietExitServer(uvicorn.Server):

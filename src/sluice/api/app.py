@@ -9,25 +9,32 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from .. import __version__
-from ..collect.counters import Counters
 import time
+
+from .. import __version__
+from ..alerts.records import AlertStore
+from ..alerts.service import AlertService
+from ..collect.counters import Counters
 
 from ..flows.schema import addr_text
 from ..query.reports import Direction, Entity, Metric, ReportSpec
 from ..state.preferences import Preferences
 from ..state.users import LoginThrottle, Users
 from ..store.base import FlowStore
+from .alerts import build_alerts_router
 from .auth import Authenticator, Principal
 from .metrics import CountersCollector
 from .v1 import build_router
 
 
 def create_app(counters: Counters, users: Users, listeners: list[tuple[str, int]] | None = None,
-               store: FlowStore | None = None, secure_cookies: bool = False) -> FastAPI:
+               store: FlowStore | None = None, secure_cookies: bool = False,
+               alerts: AlertService | None = None) -> FastAPI:
     app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
     auth = Authenticator(users, LoginThrottle())
     app.include_router(build_router(users, auth, store, counters, Preferences(users.db), secure_cookies))
+    alert_store = alerts.store if alerts is not None else AlertStore(users.db)
+    app.include_router(build_alerts_router(auth, users, alert_store, alerts.engine if alerts is not None else None))
     registry = CollectorRegistry(auto_describe=True)
     registry.register(CountersCollector(counters))
 

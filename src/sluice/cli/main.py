@@ -14,6 +14,7 @@ import typer
 from .. import __version__
 from .. import config as config_mod
 from ..logs import configure as configure_logging
+from .alerts import alerts_app
 
 app = typer.Typer(
     name="sluice",
@@ -25,6 +26,7 @@ config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 users_app = typer.Typer(help="Manage accounts (on this server's state database).", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+app.add_typer(alerts_app, name="alerts")
 
 ConfigOpt = Annotated[
     Optional[Path],

@@ -8,6 +8,10 @@ Families: hosts, ports, pairs, countrys (as FlowTraq spelled it); the last lette
 metric: b bytes, p packets, s sessions, up unique ports, uh unique hosts. ``ns2sq`` lists
 raw sessions. The password may come from ``SLUICE_PASSWORD`` instead of ``-up``.
 
+With ``-al`` any of them lists alerts instead, one per line in FlowTraq's format:
+``-au USER`` whose (default: yours; others need an administrator), ``-at -3m`` only those
+whose last trigger lies in that time frame.
+
 Exit status: 0 ok, 2 usage error (bad flag, time frame or filter), 3 authentication failed,
 4 server unreachable; each failure with one line on stderr.
 """
@@ -73,8 +77,8 @@ def parser(prog: str, description: str, report: bool = True) -> argparse.Argumen
         side = p.add_mutually_exclusive_group()
         side.add_argument("-snd", dest="sender", action="store_true", help="as sender")
         side.add_argument("-rcv", dest="receiver", action="store_true", help="as receiver")
-    p.add_argument("-al", dest="alerts", action="store_true", help="list alerts (arrives with the alert engine)")
-    p.add_argument("-au", dest="alert_user", help="whose alerts (with -al)")
+    p.add_argument("-al", dest="alerts", action="store_true", help="list alerts instead, one per line")
+    p.add_argument("-au", dest="alert_user", help="whose alerts (with -al; default: yours)")
     p.add_argument("-at", dest="alert_time", help="alerts whose last trigger is in this time frame (with -al)")
     return p
 
@@ -128,9 +132,24 @@ def _print(rows: list[list[object]], header: list[str], args: argparse.Namespace
     print(line)
 
 
-def _check_alert_flags(args: argparse.Namespace) -> None:
-    if args.alerts or args.alert_user or args.alert_time:
-        raise Failure(EXIT_USAGE, "-al, -au and -at are not available yet: alerts arrive with the alert engine")
+def _alerts(args: argparse.Namespace) -> bool:
+    """With ``-al``: print the alerts (FlowTraq's line format, DESIGN.md §5) instead of a
+    report; True when it did."""
+    if not args.alerts:
+        if args.alert_user or args.alert_time:
+            raise Failure(EXIT_USAGE, "-au and -at go with -al (list alerts)")
+        return False
+    from ..alerts.records import AlertOut, alert_line
+
+    params: dict[str, object] = {"user": args.alert_user or args.user, "limit": 100_000}
+    if args.alert_time:
+        params["start_ms"] = int(time.time() * 1000) - parse_timeframe(args.alert_time)
+    with _client(args) as client:
+        rows = _get(client, "/api/v1/alerts", params)
+    assert isinstance(rows, list)
+    for r in rows:
+        print(alert_line(AlertOut(**r)))
+    return True
 
 
 def _frame(args: argparse.Namespace) -> dict[str, int]:
@@ -154,7 +173,8 @@ def report_tool(family: str, metric_code: str) -> Callable[[Optional[list[str]]]
 
     def main(argv: list[str]) -> int:
         args = parser(name, f"Top {family} by {metric.replace('_', ' ')} (Sluice).").parse_args(argv)
-        _check_alert_flags(args)
+        if _alerts(args):
+            return EXIT_OK
         direction = "sender" if args.sender else "receiver" if args.receiver else "either"
         with _client(args) as client:
             rows = _get(client, "/api/v1/reports", {"entity": entity, "metric": metric, "direction": direction,
@@ -178,7 +198,8 @@ def ns2sq(argv: Optional[list[str]] = None) -> int:
 
     def main(argv: list[str]) -> int:
         args = parser("ns2sq", "Sessions, newest first (Sluice).", report=False).parse_args(argv)
-        _check_alert_flags(args)
+        if _alerts(args):
+            return EXIT_OK
         with _client(args) as client:
             rows = _get(client, "/api/v1/sessions", {"filter": args.filter, "limit": args.top, **_frame(args)})
         assert isinstance(rows, list)

@@ -25,6 +25,12 @@ class Counters:
         key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
         self._values[key] = value
 
+    def forget(self, name: str) -> None:
+        """Drop every label set of ``name`` (gauges whose subjects come and go)."""
+        with self._lock:
+            for key in [k for k in self._values if k[0] == name]:
+                del self._values[key]
+
     def get(self, name: str, **labels: object) -> float:
         """Sum of ``name`` over every label set that includes the given labels."""
         want = {(k, str(v)) for k, v in labels.items()}

@@ -103,6 +103,12 @@ class SessionTracker:
     def __len__(self) -> int:
         return self._state.n
 
+    @property
+    def next_session_id(self) -> int:
+        """Ids are handed out in increasing order: rows with an id at or above this value,
+        read before an update, are sessions that update started."""
+        return self._next_id
+
     def memory_bytes(self) -> int:
         st = self._state
         return sum(c.nbytes for c in st.cols.values()) + st.sorted_keys.nbytes + st.sorted_rows.nbytes

@@ -1,0 +1,100 @@
+"""Alerting inside ``sluice serve``: the engine on its thread, records in the state database,
+the window state saved to disk and restored at start, gauges for ``/metrics``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from ..collect.counters import Counters
+from ..config import AlertSettings
+from ..flows.schema import SessionBatch
+from ..state.db import StateDB
+from .engine import AlertEngine, AlertEvent, EngineRunner
+from .records import AlertStore
+
+log = structlog.get_logger(__name__)
+
+
+class AlertService:
+    def __init__(self, db: StateDB, settings: AlertSettings, data_dir: Path, counters: Counters):
+        self.settings = settings
+        self.counters = counters
+        self.store = AlertStore(db)
+        self.engine = AlertEngine(settings.exact_distinct_limit, settings.max_pairs_per_definition,
+                                  settings.max_entities)
+        self.runner = EngineRunner(self.engine, self._record, interval_s=settings.evaluate_interval_ms / 1000,
+                                   max_pending_rows=settings.max_pending_rows)
+        self.state_path = Path(data_dir) / "alert-state.npz"
+        self._unrecorded: list[AlertEvent] = []
+        self._last_snapshot = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.store.on_definitions.append(self.reload)
+        self.reload()
+        if self.engine.load(self.state_path):
+            log.info("alert state restored", path=str(self.state_path))
+
+    def reload(self) -> None:
+        """Take the definitions from the database (after any change through the API)."""
+        self.engine.set_definitions(self.store.definitions())
+
+    def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
+        """The ingest listener: queue a batch for evaluation."""
+        self.runner.submit(sessions, new)
+
+    def _record(self, events: list[AlertEvent]) -> None:
+        events = self._unrecorded + events
+        try:
+            self.store.apply(events)
+            self._unrecorded = []
+        except Exception:  # the database is busy or failing: keep the events for the next round
+            log.exception("alert records not written; retrying with the next evaluation")
+            self.counters.inc("alert_record_errors_total")
+            self._unrecorded = events[-100_000:]
+        self.counters.inc("alert_events_total", len(events))
+
+    def start(self) -> None:
+        self.runner.start()
+        self._thread = threading.Thread(target=self._housekeeping, name="sluice-alert-state", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.runner.stop()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.save()
+
+    def save(self) -> None:
+        try:
+            self.engine.save(self.state_path)
+        except OSError as exc:
+            log.error("alert state not saved", path=str(self.state_path), error=str(exc))
+            self.counters.inc("alert_state_save_errors_total")
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(1.0):
+            self.export_gauges()
+            if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
+                self.save()
+                self._last_snapshot = time.monotonic()
+
+    def export_gauges(self) -> None:
+        c, stats = self.counters, self.engine.stats
+        c.set("alert_definitions_active", len(self.engine.states))
+        c.set("alert_rows_evaluated_total", stats["rows_evaluated"])
+        c.set("alert_rows_dropped_total", stats["rows_dropped"])
+        c.set("alert_entities_dropped_total", stats["entities_dropped"])
+        c.set("alert_rows_pending", self.runner.pending_rows())
+        c.forget("alert_state_bytes")
+        for part, size in self.engine.memory().items():
+            kind, _, name = part.partition(":")
+            if kind == "definition":
+                c.set("alert_state_bytes", size, definition=name)
+            else:
+                c.set("alert_index_bytes", size, entity=name)

@@ -1,0 +1,136 @@
+"""Alert definitions and alert records over HTTP (``/api/v1/alert-definitions``, ``/api/v1/alerts``).
+
+A user sees and changes only their own definitions and alerts; an administrator may manage
+anyone's (``?user=NAME`` to list them), but acknowledging stays with the owner.
+Other users' objects answer 404, as if they did not exist.
+
+No ``from __future__ import annotations``: FastAPI needs the dependency aliases as objects.
+"""
+
+import time
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from pydantic import BaseModel, Field
+
+from ..alerts.definition import Definition, DefinitionIn, Severity
+from ..alerts.engine import AlertEngine
+from ..alerts.records import STATES, AlertOut, AlertStore
+from ..state.users import Users
+from .auth import Authenticator, Principal
+
+
+class DefinitionOut(Definition):
+    active_entities: int = Field(0, description="entities with data in the window now")
+    state_bytes: int = Field(0, description="memory the window state takes")
+
+
+class AckRequest(BaseModel):
+    ids: list[int] = Field(..., min_length=1, max_length=10_000)
+
+
+class AckResult(BaseModel):
+    acknowledged: list[int]
+
+
+def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
+                        engine: Optional[AlertEngine] = None) -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
+    User = Annotated[Principal, Depends(auth)]
+
+    def whose(principal: Principal, username: Optional[str]) -> int:
+        """The user id a listing is about: yourself, or (administrators) anyone."""
+        if not username or username == principal.username:
+            return principal.user_id
+        if not principal.is_admin:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "only administrators may see other users' alerts")
+        other = users.get(username)
+        if other is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {username!r}")
+        return other.id
+
+    def out(d: Definition) -> DefinitionOut:
+        mem = engine.memory().get(f"definition:{d.id}", 0) if engine else 0
+        active = engine.active_entities(d.id) if engine else 0
+        return DefinitionOut(**d.model_dump(), active_entities=active, state_bytes=mem)
+
+    def owned(principal: Principal, definition_id: int) -> Definition:
+        d = store.definition(definition_id)
+        if d is None or (d.user_id != principal.user_id and not principal.is_admin):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert definition {definition_id}")
+        return d
+
+    # -- definitions ----------------------------------------------------------------------
+
+    @router.get("/alert-definitions", response_model=list[DefinitionOut], tags=["alerts"])
+    def list_definitions(principal: User, user: Optional[str] = None) -> list[DefinitionOut]:
+        """Your alert definitions (administrators: ``user`` names whose)."""
+        return [out(d) for d in store.definitions(whose(principal, user))]
+
+    @router.post("/alert-definitions", response_model=DefinitionOut, status_code=201, tags=["alerts"])
+    def create_definition(body: DefinitionIn, principal: User) -> DefinitionOut:
+        """Define an alert: *trigger when the number of [metric] for any one [entity]
+        exceeds [threshold] over [interval]*."""
+        return out(store.create(principal.user_id, body))
+
+    @router.get("/alert-definitions/{definition_id}", response_model=DefinitionOut, tags=["alerts"])
+    def get_definition(definition_id: int, principal: User) -> DefinitionOut:
+        return out(owned(principal, definition_id))
+
+    @router.put("/alert-definitions/{definition_id}", response_model=DefinitionOut, tags=["alerts"])
+    def put_definition(definition_id: int, body: DefinitionIn, principal: User) -> DefinitionOut:
+        """Replace a definition. Changing only title, description, threshold, severity or
+        threshold overrides keeps its window; any other change starts the window afresh."""
+        owned(principal, definition_id)
+        d = store.update(definition_id, body)
+        assert d is not None
+        return out(d)
+
+    @router.delete("/alert-definitions/{definition_id}", status_code=204, tags=["alerts"])
+    def delete_definition(definition_id: int, principal: User) -> Response:
+        """Delete a definition and its alert records."""
+        owned(principal, definition_id)
+        store.delete_definition(definition_id)
+        return Response(status_code=204)
+
+    # -- alert records --------------------------------------------------------------------
+
+    @router.get("/alerts", response_model=list[AlertOut], tags=["alerts"])
+    def list_alerts(principal: User, user: Optional[str] = None,
+                    start_ms: Annotated[Optional[int], Query(description="last trigger at or after (ms)")] = None,
+                    end_ms: Annotated[Optional[int], Query(description="last trigger before (ms)")] = None,
+                    min_severity: Optional[Severity] = None,
+                    state: Annotated[Optional[str], Query(pattern="^(NOT-ACKNOWLEDGED|ACKNOWLEDGED)$")] = None,
+                    definition: Optional[int] = None,
+                    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[AlertOut]:
+        """Alert records, the most recently triggered first."""
+        assert state is None or state in STATES
+        return store.alerts(whose(principal, user), None if start_ms is None else start_ms * 1000,
+                            None if end_ms is None else end_ms * 1000, min_severity, state, definition, limit)
+
+    @router.post("/alerts/acknowledge", response_model=AckResult, tags=["alerts"])
+    def acknowledge(body: AckRequest, principal: User) -> AckResult:
+        """Acknowledge your alerts; a new trigger puts one back to NOT-ACKNOWLEDGED."""
+        owners = store.owner_of(body.ids)
+        foreign = [i for i in body.ids if owners.get(i) != principal.user_id]
+        if foreign:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert(s) of yours with id {', '.join(map(str, foreign[:20]))}")
+        done = store.acknowledge(body.ids, principal.username, int(time.time() * 1_000_000))
+        return AckResult(acknowledged=done)
+
+    @router.delete("/alerts/{alert_id}", status_code=204, tags=["alerts"])
+    def delete_alert(alert_id: int, principal: User) -> Response:
+        owner = store.owner_of([alert_id]).get(alert_id)
+        if owner is None or (owner != principal.user_id and not principal.is_admin):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id}")
+        store.delete_alerts([alert_id])
+        return Response(status_code=204)
+
+    @router.delete("/alerts", tags=["alerts"])
+    def clear_alerts(principal: User, definition: Optional[int] = None,
+                     state: Annotated[Optional[str], Query(pattern="^(NOT-ACKNOWLEDGED|ACKNOWLEDGED)$")] = None
+                     ) -> dict[str, int]:
+        """Clear your alerts (of one definition, or in one state)."""
+        return {"deleted": store.clear(principal.user_id, definition, state)}
+
+    return router

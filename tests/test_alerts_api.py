@@ -1,0 +1,235 @@
+"""Alert records (state machine, storage), the API, ``sluice alerts`` and ``ns2* -al``,
+end to end against a live server fed by softflowd."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+
+from sluice.alerts.definition import DefinitionIn, EntityType, Severity
+from sluice.alerts.engine import AlertEvent
+from sluice.alerts.records import ACKNOWLEDGED, CREATED, NOT_ACKNOWLEDGED, RETRIGGERED, UPDATED, AlertOut, AlertStore, alert_line
+from sluice.state.db import open_state
+from sluice.state.users import Users
+
+from .pcapgen import Conversation, write_pcap
+from .test_cli import ADMIN, ADMIN_ENV, SLUICE, ns2, server  # noqa: F401  (server: a fixture)
+from .test_sessions import export
+
+FLOWTRAQ_EXAMPLE = ('04/11/2012 01:57:03.569706  1 MEDIUM "Upper threshold exceeded on sessions initiated for address '
+                    '10.1.2.3." ID=11 type=ANALYTICAL state=NOT-ACKNOWLEDGED user=alertuser v1=17 v2=10')
+
+
+def test_the_cli_line_is_flowtraqs_byte_for_byte():
+    us = int(datetime(2012, 4, 11, 1, 57, 3, 569706, tzinfo=timezone.utc).timestamp()) * 1_000_000 + 569706
+    a = AlertOut(id=11, alertdef=1, title="t", user="alertuser", entity_type="host", entity="10.1.2.3",
+                 severity="MEDIUM", message="Upper threshold exceeded on sessions initiated for address 10.1.2.3.",
+                 state="NOT-ACKNOWLEDGED", v1=17, v2=10, value=27, first_trigger_us=us, last_trigger_us=us,
+                 first_trigger="", last_trigger="")
+    assert alert_line(a, timezone.utc) == FLOWTRAQ_EXAMPLE
+
+
+def event(definition_id: int, entity: str, count: int, t_us: int, severity: str = "HIGH") -> AlertEvent:
+    return AlertEvent(definition_id, 1, EntityType.HOST, entity, f"Upper threshold exceeded on bytes sent for address {entity}.",
+                      severity, count, 1000, 5000, t_us)
+
+
+@pytest.fixture
+def store(tmp_path):
+    db = open_state(tmp_path)
+    users = Users(db)
+    users.create("alice", "alice-password")
+    return AlertStore(db)
+
+
+def test_alert_records_follow_the_state_machine(store):
+    seen: list[tuple[int, str, str]] = []
+    store.on_change.append(lambda s, row, change: seen.append((row.id, row.state, change)))
+    d = store.create(1, DefinitionIn(title="exfil", metric="bytes_sent", entity="host", threshold=1000,
+                                     severity="HIGH"))
+    t = 1_900_000_000_000_000
+    [(rid, change)] = store.apply([event(d.id, "10.0.0.1", 3, t)])
+    assert change == CREATED
+    [a] = store.alerts(1)
+    assert (a.v1, a.v2, a.state, a.alertdef, a.user, a.title, a.type) == (3, 1000, NOT_ACKNOWLEDGED, d.id, "alice", "exfil",
+                                                                          "ANALYTICAL")
+    assert store.apply([event(d.id, "10.0.0.1", 2, t + 5)]) == [(rid, UPDATED)]
+    assert store.acknowledge([rid], "alice", t + 6) == [rid]
+    assert store.acknowledge([rid], "alice", t + 7) == []  # already acknowledged
+    assert store.alerts(1)[0].state == ACKNOWLEDGED and store.alerts(1)[0].acknowledged_by == "alice"
+    # a new trigger puts it back, counting on
+    assert store.apply([event(d.id, "10.0.0.1", 1, t + 10), event(d.id, "10.0.0.1", 4, t + 11)]) == [(rid, RETRIGGERED)]
+    a = store.alert(rid)
+    assert (a.state, a.v1, a.first_trigger_us, a.last_trigger_us, a.acknowledged_by) == (NOT_ACKNOWLEDGED, 10, t, t + 11, None)
+    assert [c for _, _, c in seen] == [CREATED, UPDATED, RETRIGGERED]
+    # filters: time frame on the last trigger, severity, state
+    store.apply([event(d.id, "10.0.0.2", 1, t + 100, severity="LOW")])
+    assert [x.entity for x in store.alerts(1)] == ["10.0.0.2", "10.0.0.1"]  # most recent first
+    assert [x.entity for x in store.alerts(1, since_us=t + 50)] == ["10.0.0.2"]
+    assert [x.entity for x in store.alerts(1, until_us=t + 50)] == ["10.0.0.1"]
+    assert [x.entity for x in store.alerts(1, min_severity=Severity.MEDIUM)] == ["10.0.0.1"]
+    assert store.alerts(1, state=ACKNOWLEDGED) == []
+    assert store.alerts(2) == []
+    # events of a definition deleted meanwhile are dropped, not an error
+    other = store.create(1, DefinitionIn(title="x", metric="bytes_sent", entity="host", threshold=1))
+    store.delete_definition(other.id)
+    assert store.apply([event(other.id, "10.0.0.3", 1, t)]) == []
+    assert store.delete_alerts([rid]) == 1 and store.clear(1) == 1 and store.alerts(1) == []
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+def scan_pcap(path, target: str, ports: int, base: float) -> None:
+    write_pcap(path, [Conversation("10.5.0.66", target, 50000 + i, 1000 + i, 6, base + i * 0.01, exchanges=0).build()
+                      for i in range(ports)])
+
+
+def api(ports, who=ADMIN):
+    return httpx.Client(base_url=f"http://127.0.0.1:{ports['http']}", auth=who, timeout=10)
+
+
+def wait_for_alerts(client: httpx.Client, n: int, **params) -> list[dict]:
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        rows = client.get("/api/v1/alerts", params=params).json()
+        if len(rows) >= n:
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"expected {n} alerts, have {rows}")
+
+
+def test_alerts_end_to_end_api_cli_and_ns2(server, tmp_path):  # noqa: F811
+    ports, proc = server
+    srv = f"127.0.0.1:{ports['http']}"
+    with api(ports) as admin:
+        assert admin.post("/api/v1/users", json={"username": "alertuser", "password": "alertuser-pw"}).status_code == 201
+        assert admin.post("/api/v1/users", json={"username": "other", "password": "other-user-pw"}).status_code == 201
+    who = ("alertuser", "alertuser-pw")
+    login = ["--server", srv, "--user", who[0], "--password", who[1]]
+    out = subprocess.run([SLUICE, "alerts", "define", "--title", "port scan", "--metric", "unique_ports", "--entity",
+                          "host", "--threshold", "50", "--interval", "5m", "--severity", "HIGH",
+                          "--prefilter", "PROTO == tcp", "--except-address", "10.6.0.0/24", *login],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    def_id = int(re.search(r"alert definition (\d+) created", out.stdout).group(1))
+    # bad definitions: a clear message and a usage exit status
+    bad = subprocess.run([SLUICE, "alerts", "define", "--title", "x", "--metric", "unique_hosts", "--entity", "host_pair",
+                          "--threshold", "5", *login], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "a host pair always has exactly two hosts" in bad.stderr
+    bad = subprocess.run([SLUICE, "alerts", "define", "--title", "x", "--metric", "bytes_sent", "--entity", "host",
+                          "--threshold", "5", "--prefilter", "SRVPORT =", *login], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "prefilter" in bad.stderr
+
+    # a port scan of two targets: 10.6.0.10 is an exception, 10.9.0.10 is not
+    for n, target in enumerate(["10.6.0.10", "10.9.0.10"]):
+        work = tmp_path / f"x{n}"
+        work.mkdir()
+        scan_pcap(work / "t.pcap", target, 80, time.time() - 5)
+        export(work, "softflowd", "9", ports["netflow"])
+    with api(ports, who) as me:
+        rows = wait_for_alerts(me, 2)
+        time.sleep(1.0)  # let the last evaluations land
+        rows = me.get("/api/v1/alerts").json()
+        by_entity = {r["entity"]: r for r in rows}
+        assert set(by_entity) == {"10.5.0.66", "10.9.0.10"}  # the scanner and the target that is no exception
+        scanner = by_entity["10.5.0.66"]
+        assert scanner["v2"] == 50 and scanner["severity"] == "HIGH" and scanner["alertdef"] == def_id
+        assert scanner["v1"] >= 80 - 50 and scanner["value"] > 50
+        assert scanner["message"] == "Upper threshold exceeded on unique ports for address 10.5.0.66."
+
+        # ns2hostsb -al: one FlowTraq line per alert, the same records
+        pw = ["-s", srv, "-un", who[0], "-up", who[1]]
+        out = ns2("ns2hostsb", *pw, "-al", "-au", "alertuser", "-at", "-3m")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines == [alert_line(AlertOut(**r)) for r in rows]
+        line = re.compile(r'^\d\d/\d\d/\d{4} \d\d:\d\d:\d\d\.\d{6}  (\d+) (INFO|LOW|MEDIUM|HIGH|CRITICAL) "([^"]*)" '
+                          r'ID=(\d+) type=ANALYTICAL state=(NOT-ACKNOWLEDGED|ACKNOWLEDGED) user=(\S+) v1=(\d+) v2=(\d+)$')
+        for text, r in zip(lines, rows):
+            m = line.match(text)
+            assert m and m.groups() == (str(def_id), "HIGH", r["message"], str(r["id"]), "NOT-ACKNOWLEDGED",
+                                        "alertuser", str(r["v1"]), "50")
+        # every ns2 tool takes the flags; -at limits by the last trigger
+        assert ns2("ns2portsp", *pw, "-al").stdout.splitlines() == lines
+        assert ns2("ns2sq", *pw, "-al", "-at", "1m").stdout.splitlines() == lines
+        future = me.get("/api/v1/alerts", params={"start_ms": int(time.time() * 1000) + 60_000}).json()
+        assert future == []
+        assert ns2("ns2hostsb", *pw, "-at", "-3m").returncode == 2  # -at without -al
+        # someone else's alerts: administrators only
+        denied = ns2("ns2hostsb", "-s", srv, "-un", "other", "-up", "other-user-pw", "-al", "-au", "alertuser")
+        assert denied.returncode == 3 and "administrators" in denied.stderr
+        as_admin = ns2("ns2hostsb", "-s", srv, "-un", ADMIN[0], "-up", ADMIN[1], "-al", "-au", "alertuser")
+        assert as_admin.stdout.splitlines() == lines
+
+        # sluice alerts list / ack
+        listed = subprocess.run([SLUICE, "alerts", "list", "--json", *login], capture_output=True, text=True, timeout=60)
+        assert [json.loads(l)["id"] for l in listed.stdout.splitlines()] == [r["id"] for r in rows]
+        table = subprocess.run([SLUICE, "alerts", "list", "--time", "-10m", *login], capture_output=True, text=True,
+                               timeout=60)
+        assert "10.5.0.66" in table.stdout and "| id" in table.stdout
+        with api(ports, ("other", "other-user-pw")) as other:
+            assert other.post("/api/v1/alerts/acknowledge", json={"ids": [scanner["id"]]}).status_code == 404
+            assert other.get(f"/api/v1/alert-definitions/{def_id}").status_code == 404
+            assert other.delete(f"/api/v1/alert-definitions/{def_id}").status_code == 404
+            assert other.get("/api/v1/alerts").json() == []
+        acked = subprocess.run([SLUICE, "alerts", "ack", str(scanner["id"]), *login], capture_output=True, text=True,
+                               timeout=60)
+        assert acked.returncode == 0 and str(scanner["id"]) in acked.stdout
+        assert me.get("/api/v1/alerts", params={"state": "ACKNOWLEDGED"}).json()[0]["id"] == scanner["id"]
+        assert "state=ACKNOWLEDGED" in ns2("ns2hostsb", *pw, "-al").stdout
+
+        # the definition reports its window; it survives a restart of the server
+        d = me.get(f"/api/v1/alert-definitions/{def_id}").json()
+        assert d["active_entities"] >= 2 and d["state_bytes"] > 0
+        defs = subprocess.run([SLUICE, "alerts", "definitions", *login], capture_output=True, text=True, timeout=60)
+        assert "port scan" in defs.stdout
+    metrics = httpx.get(f"http://{srv}/metrics").text
+    assert "sluice_alert_definitions_active 1.0" in metrics and f'sluice_alert_state_bytes{{definition="{def_id}"}}' in metrics
+
+
+def test_window_state_survives_a_server_restart(tmp_path):
+    from .interop import free_tcp_port, free_udp_port
+    from .test_cli import _start_server
+
+    http, netflow = free_tcp_port(), free_udp_port()
+    proc = _start_server(tmp_path, http, netflow)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=10) as c:
+            d = c.post("/api/v1/alert-definitions", json={"title": "scan", "metric": "unique_ports", "entity": "host",
+                                                          "threshold": 100, "interval": "1h"}).json()
+            work = tmp_path / "a"
+            work.mkdir()
+            scan_pcap(work / "t.pcap", "10.9.0.10", 70, time.time() - 5)
+            export(work, "softflowd", "9", netflow)
+            deadline = time.time() + 15
+            while c.get(f"/api/v1/alert-definitions/{d['id']}").json()["active_entities"] < 2 and time.time() < deadline:
+                time.sleep(0.2)
+            assert c.get("/api/v1/alerts").json() == []  # 70 ports: not over 100 yet
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    assert (tmp_path / "var" / "alert-state.npz").exists()
+    proc = _start_server(tmp_path, http, netflow)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=10) as c:
+            assert c.get(f"/api/v1/alert-definitions/{d['id']}").json()["active_entities"] == 2
+            # 40 more ports: 110 in the hour, counting those from before the restart
+            work = tmp_path / "b"
+            work.mkdir()
+            write_pcap(work / "t.pcap", [Conversation("10.5.0.66", "10.9.0.10", 51000 + i, 2000 + i, 6,
+                                                      time.time() - 2 + i * 0.01, exchanges=0).build() for i in range(40)])
+            export(work, "softflowd", "9", netflow)
+            rows = wait_for_alerts(c, 2)
+            assert {r["entity"] for r in rows} == {"10.5.0.66", "10.9.0.10"}
+            assert all(r["value"] == 110 for r in rows)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
