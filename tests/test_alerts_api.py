@@ -233,3 +233,48 @@ def test_window_state_survives_a_server_restart(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
+
+
+# -- who may do what -------------------------------------------------------------------------
+
+ALERT_ROUTES = [  # (method, path, body, who may: any user, the owner (bob) or an admin, the owner only)
+    ("GET", "/api/v1/alert-definitions", None, "any"),
+    ("POST", "/api/v1/alert-definitions", {"title": "t", "metric": "bytes_sent", "entity": "host", "threshold": 1}, "any"),
+    ("GET", "/api/v1/alert-definitions/{d}", None, "owner"),
+    ("PUT", "/api/v1/alert-definitions/{d}", {"title": "t2", "metric": "bytes_sent", "entity": "host", "threshold": 2},
+     "owner"),
+    ("DELETE", "/api/v1/alert-definitions/{d}", None, "owner"),
+    ("GET", "/api/v1/alerts", None, "any"),
+    ("GET", "/api/v1/alerts?user=bob", None, "owner"),
+    ("POST", "/api/v1/alerts/acknowledge", {"ids": ["{a}"]}, "owner only"),
+    ("DELETE", "/api/v1/alerts/{a}", None, "owner"),
+    ("DELETE", "/api/v1/alerts", None, "any"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, who", ALERT_ROUTES)
+@pytest.mark.parametrize("role", ["anonymous", "owner", "other_user", "admin"])
+def test_alert_routes_access(tmp_path, method, path, body, who, role):
+    from fastapi.testclient import TestClient
+
+    from .test_api import ADMIN as A, ALICE, BOB, make_app
+
+    app, users, flow_store = make_app(tmp_path)
+    alerts = AlertStore(users.db)
+    bob = users.get("bob")
+    d = alerts.create(bob.id, DefinitionIn(title="bob's", metric="bytes_sent", entity="host", threshold=1))
+    [(a, _)] = alerts.apply([AlertEvent(d.id, bob.id, EntityType.HOST, "10.0.0.1", "m", "LOW", 1, 1, 2, 1)])
+    path = path.format(d=d.id, a=a)
+    if body and "ids" in body:
+        body = {"ids": [a]}
+    with TestClient(app) as client:
+        auth = {"anonymous": None, "owner": BOB, "other_user": ALICE, "admin": A}[role]
+        r = client.request(method, path, json=body, auth=auth)
+        if role == "anonymous":
+            assert r.status_code == 401
+        elif (who == "owner" and role == "other_user") or (who == "owner only" and role != "owner"):
+            # other people's alerts are not there for you; listing them is forbidden
+            assert r.status_code == (403 if "user=" in path else 404), r.text
+        else:
+            assert r.status_code in (200, 201, 204), r.text
+    flow_store.close()

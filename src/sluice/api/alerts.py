@@ -10,7 +10,7 @@ No ``from __future__ import annotations``: FastAPI needs the dependency aliases 
 import time
 from typing import Annotated, Optional
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
 from ..alerts.definition import Definition, DefinitionIn, Severity
@@ -20,13 +20,18 @@ from ..state.users import Users
 from .auth import Authenticator, Principal
 
 
+MAX_ID = 2**62
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+TimeMs = Annotated[Optional[int], Query(ge=0, le=2**53, description="milliseconds since the epoch")]
+
+
 class DefinitionOut(Definition):
     active_entities: int = Field(0, description="entities with data in the window now")
     state_bytes: int = Field(0, description="memory the window state takes")
 
 
 class AckRequest(BaseModel):
-    ids: list[int] = Field(..., min_length=1, max_length=10_000)
+    ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(..., min_length=1, max_length=10_000)
 
 
 class AckResult(BaseModel):
@@ -74,11 +79,11 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
         return out(store.create(principal.user_id, body))
 
     @router.get("/alert-definitions/{definition_id}", response_model=DefinitionOut, tags=["alerts"])
-    def get_definition(definition_id: int, principal: User) -> DefinitionOut:
+    def get_definition(definition_id: Id, principal: User) -> DefinitionOut:
         return out(owned(principal, definition_id))
 
     @router.put("/alert-definitions/{definition_id}", response_model=DefinitionOut, tags=["alerts"])
-    def put_definition(definition_id: int, body: DefinitionIn, principal: User) -> DefinitionOut:
+    def put_definition(definition_id: Id, body: DefinitionIn, principal: User) -> DefinitionOut:
         """Replace a definition. Changing only title, description, threshold, severity or
         threshold overrides keeps its window; any other change starts the window afresh."""
         owned(principal, definition_id)
@@ -87,7 +92,7 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
         return out(d)
 
     @router.delete("/alert-definitions/{definition_id}", status_code=204, tags=["alerts"])
-    def delete_definition(definition_id: int, principal: User) -> Response:
+    def delete_definition(definition_id: Id, principal: User) -> Response:
         """Delete a definition and its alert records."""
         owned(principal, definition_id)
         store.delete_definition(definition_id)
@@ -97,11 +102,10 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
 
     @router.get("/alerts", response_model=list[AlertOut], tags=["alerts"])
     def list_alerts(principal: User, user: Optional[str] = None,
-                    start_ms: Annotated[Optional[int], Query(description="last trigger at or after (ms)")] = None,
-                    end_ms: Annotated[Optional[int], Query(description="last trigger before (ms)")] = None,
+                    start_ms: TimeMs = None, end_ms: TimeMs = None,
                     min_severity: Optional[Severity] = None,
                     state: Annotated[Optional[str], Query(pattern="^(NOT-ACKNOWLEDGED|ACKNOWLEDGED)$")] = None,
-                    definition: Optional[int] = None,
+                    definition: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
                     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[AlertOut]:
         """Alert records, the most recently triggered first."""
         assert state is None or state in STATES
@@ -119,7 +123,7 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
         return AckResult(acknowledged=done)
 
     @router.delete("/alerts/{alert_id}", status_code=204, tags=["alerts"])
-    def delete_alert(alert_id: int, principal: User) -> Response:
+    def delete_alert(alert_id: Id, principal: User) -> Response:
         owner = store.owner_of([alert_id]).get(alert_id)
         if owner is None or (owner != principal.user_id and not principal.is_admin):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id}")
@@ -127,7 +131,7 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
         return Response(status_code=204)
 
     @router.delete("/alerts", tags=["alerts"])
-    def clear_alerts(principal: User, definition: Optional[int] = None,
+    def clear_alerts(principal: User, definition: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
                      state: Annotated[Optional[str], Query(pattern="^(NOT-ACKNOWLEDGED|ACKNOWLEDGED)$")] = None
                      ) -> dict[str, int]:
         """Clear your alerts (of one definition, or in one state)."""
