@@ -12,6 +12,7 @@ from types import FrameType
 import structlog
 import uvicorn
 
+from .alerts.definition import DefinitionIn
 from .alerts.service import AlertService
 from .api.app import create_app
 from .collect.counters import Counters
@@ -70,8 +71,18 @@ class Server:
                                    protocols=tuple(p for p, port in (("netflow5", c.netflow_port),
                                                                      ("netflow9", c.netflow_port),
                                                                      ("ipfix", c.ipfix_port),
-                                                                     ("sflow", c.sflow_port)) if port))
+                                                                     ("sflow", c.sflow_port)) if port),
+                                   opening_events=True)
+        self._example_definitions()
         self.simulator.start_background()
+
+    def _example_definitions(self) -> None:
+        """With the traffic generator on, give a first-time admin alerts to watch it by."""
+        admin = self.users.get("admin")
+        if admin is None or self.alerts.store.definitions(admin.id):
+            return
+        for d in EXAMPLE_DEFINITIONS:
+            self.alerts.store.create(admin.id, d)
 
     def bind_http(self) -> socket.socket:
         """Bind the HTTP port now, so a busy port is reported before anything else starts."""
@@ -101,6 +112,17 @@ class Server:
         self.collector.stop()
         self.ingest.stop()
         self.alerts.stop()
+
+
+#: created for ``admin`` by ``sluice serve --simulate`` when it has no definitions yet
+EXAMPLE_DEFINITIONS = [
+    DefinitionIn(title="Port scan", metric="unique_ports", entity="host", threshold=500, interval="5m",
+                 severity="HIGH", description="Any one host using more than 500 distinct server ports in 5 minutes: "
+                                              "the scanner, and the host scanned."),
+    DefinitionIn(title="Exfiltration", metric="bytes_sent", entity="host", threshold=500_000_000, interval="15m",
+                 severity="CRITICAL", prefilter="SRVPORT == 443",
+                 description="Any one host sending more than 500 MB over HTTPS in 15 minutes."),
+]
 
 
 class _QuietExitServer(uvicorn.Server):

@@ -33,6 +33,16 @@ HELP = {
     "flows_per_second": "Flows decoded per second over the last second",
     "exporter_last_datagram_seconds": "Unix time of the last datagram from an exporter, per protocol",
     "templates_active": "Templates currently known",
+    "alert_definitions_active": "Enabled alert definitions being evaluated",
+    "alert_rows_evaluated_total": "Session rows evaluated against the alert definitions",
+    "alert_rows_dropped_total": "Session rows not evaluated because the alert queue was full",
+    "alert_rows_pending": "Session rows waiting for alert evaluation",
+    "alert_entities_dropped_total": "Entity rows not evaluated because the entity table was full",
+    "alert_events_total": "Alert triggers (a definition finding an entity over its threshold)",
+    "alert_record_errors_total": "Failures writing alert records (retried)",
+    "alert_state_bytes": "Memory of each alert definition's window state",
+    "alert_index_bytes": "Memory of the entity tables shared by alert definitions, per entity type",
+    "alert_state_save_errors_total": "Failures saving the alert window state to disk",
 }
 
 

@@ -36,13 +36,13 @@ class Simulator:
     def __init__(self, host: str = "127.0.0.1", netflow_port: int = 2055, ipfix_port: int = 4739,
                  sflow_port: int = 6343, conversations_per_s: float = 200.0,
                  protocols: tuple[str, ...] = PROTOCOLS, seed: int = 1, sampling_rate: int = 1,
-                 model: TrafficModel | None = None):
+                 model: TrafficModel | None = None, opening_events: bool = False):
         unknown = set(protocols) - set(PROTOCOLS)
         if unknown:
             raise ValueError(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(PROTOCOLS)}")
         self.host = host
         self.rate = conversations_per_s
-        self.model = model or TrafficModel(seed=seed)
+        self.model = model or TrafficModel(seed=seed, opening_events=opening_events)
         self.stats = SimulatorStats()
         self._stop = threading.Event()
         loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback if ":" not in host else False

@@ -70,7 +70,8 @@ class Event:
 
 class TrafficModel:
     def __init__(self, seed: int = 1, internal_hosts: int = 400, external_hosts: int = 5000,
-                 ipv6_share: float = 0.15, scan_every_s: float = 120.0, exfil_every_s: float = 300.0):
+                 ipv6_share: float = 0.15, scan_every_s: float = 120.0, exfil_every_s: float = 300.0,
+                 opening_events: bool = False):
         self.rng = np.random.default_rng(seed)
         self.internal4 = _addresses("10.1.0.0/16", internal_hosts)
         self.internal6 = _addresses("fd00:1::/64", max(internal_hosts // 4, 1))
@@ -80,6 +81,10 @@ class TrafficModel:
         self.scan_every_s = scan_every_s
         self.exfil_every_s = exfil_every_s
         self.events: list[Event] = []
+        # a demonstration wants its first scan and exfiltration soon, not at random: seconds
+        # after the first slice at which they happen
+        self._opening: list[tuple[float, str]] = [(10.0, "port_scan"), (25.0, "exfiltration")] if opening_events else []
+        self._first_ms: int | None = None
         shares = np.array([s[2] for s in SERVICES])
         self.service_p = shares / shares.sum()
 
@@ -93,6 +98,11 @@ class TrafficModel:
             parts.append(self._port_scan(t0_ms))
         if self.exfil_every_s and rng.random() < dt / self.exfil_every_s:
             parts.append(self._exfiltration(t0_ms))
+        if self._first_ms is None:
+            self._first_ms = t0_ms
+        while self._opening and t1_ms - self._first_ms >= self._opening[0][0] * 1000:
+            kind = self._opening.pop(0)[1]
+            parts.append(self._port_scan(t0_ms) if kind == "port_scan" else self._exfiltration(t0_ms))
         return FlowBatch.concat(parts)
 
     def _pick(self, pool: np.ndarray, n: int) -> np.ndarray:
