@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from functools import cached_property
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -32,7 +33,7 @@ from ..flows.schema import SessionBatch, addr_text, address_words
 from ..query.evaluate import evaluate
 from ..query.filter import PROTOCOL_NAMES, AddressRange, Node, parse
 from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
-from .keyindex import KeyIndex, combine, mix64
+from .keyindex import KeyIndex, combine, distinct_first, mix64
 from .window import DistinctWindow, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -77,25 +78,46 @@ def _in_range(addr16: np.ndarray, r: AddressRange) -> np.ndarray:
     return in_range(addr16, r)
 
 
-class EntityRows:
-    """A batch of sessions as rows of one entity type: keys, sides and values."""
+class BatchKeys:
+    """Per-batch values several entity types share, computed once and only when needed."""
 
-    def __init__(self, kind: EntityType, s: SessionBatch, new: np.ndarray):
+    def __init__(self, s: SessionBatch):
+        self.sessions = s
+
+    @cached_property
+    def cln(self) -> np.ndarray:
+        return address_keys(self.sessions["cln_addr"])
+
+    @cached_property
+    def srv(self) -> np.ndarray:
+        return address_keys(self.sessions["srv_addr"])
+
+    @cached_property
+    def port(self) -> np.ndarray:
+        s = self.sessions
+        return (s["protocol"].astype(np.uint64) << np.uint64(16)) | s["srv_port"].astype(np.uint64)
+
+
+class EntityRows:
+    """A batch of sessions as rows of one entity type: keys, sides and values. Endpoint
+    types have rows ``0..n-1`` for the client sides and ``n..2n-1`` for the server sides."""
+
+    def __init__(self, kind: EntityType, s: SessionBatch, new: np.ndarray, shared: BatchKeys):
         self.kind = kind
         self.sessions = s
+        self.shared = shared
         n = len(s)
         self.n_sessions = n
         self.new_session = new
+        self.valid: np.ndarray | None = None  # None: every row
         if kind.is_endpoint:
             self.session_row = np.concatenate([np.arange(n), np.arange(n)])
-            self.is_client = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
-            self.own_addr = np.concatenate([s["cln_addr"], s["srv_addr"]])
-            self.other_addr = np.concatenate([s["srv_addr"], s["cln_addr"]])
-            self.own_country = np.concatenate([s["cln_country"], s["srv_country"]])
+            self.is_client = np.zeros(2 * n, bool)
+            self.is_client[:n] = True
             if kind is EntityType.HOST:
-                self.keys = address_keys(self.own_addr)
+                self.keys = np.concatenate([shared.cln, shared.srv])
             elif kind is EntityType.COUNTRY:
-                self.keys = self.own_country.view(">u2").astype(np.uint64)
+                self.keys = np.concatenate([s["cln_country"], s["srv_country"]]).view(">u2").astype(np.uint64)
             else:
                 asn = np.concatenate([s["cln_asn"], s["srv_asn"]])
                 self.keys = asn.astype(np.uint64)
@@ -103,18 +125,17 @@ class EntityRows:
         else:
             self.session_row = np.arange(n)
             self.is_client = None
-            if kind is EntityType.HOST_PAIR:
-                self.keys = combine(address_keys(s["cln_addr"]), address_keys(s["srv_addr"]))
-            else:
-                self.keys = self._port_keys()
-        if not hasattr(self, "valid"):
-            self.valid = np.ones(len(self.keys), bool)
+            self.keys = combine(shared.cln, shared.srv) if kind is EntityType.HOST_PAIR else shared.port
         self.ids: np.ndarray | None = None
         self._cache: dict[str, np.ndarray] = {}
 
-    def _port_keys(self) -> np.ndarray:
-        s = self.sessions
-        return (s["protocol"].astype(np.uint64) << np.uint64(16)) | s["srv_port"].astype(np.uint64)
+    @cached_property
+    def own_addr(self) -> np.ndarray:
+        return np.concatenate([self.sessions["cln_addr"], self.sessions["srv_addr"]])
+
+    @cached_property
+    def own_country(self) -> np.ndarray:
+        return np.concatenate([self.sessions["cln_country"], self.sessions["srv_country"]])
 
     def session_col(self, name: str) -> np.ndarray:
         col = self.sessions[name]
@@ -149,19 +170,27 @@ class EntityRows:
 
     def role(self, metric: AlertMetric) -> np.ndarray:
         """Rows that concern the entity for this metric (those a COUNT may count)."""
+        key = "role:" + metric.value
+        if key not in self._cache:
+            self._cache[key] = self._role(metric)
+        return self._cache[key]
+
+    def _role(self, metric: AlertMetric) -> np.ndarray:
         if metric is AlertMetric.SESSIONS_INITIATED and self.is_client is not None:
-            return self.is_client & self.valid
-        if metric is AlertMetric.SESSIONS_RECEIVED and self.is_client is not None:
-            return ~self.is_client & self.valid
-        if metric.is_distinct or metric.value.startswith("sessions"):
-            return self.valid
-        return (self.values(metric) > 0) & self.valid
+            out = self.is_client
+        elif metric is AlertMetric.SESSIONS_RECEIVED and self.is_client is not None:
+            out = ~self.is_client
+        elif metric.is_distinct or metric.value.startswith("sessions"):
+            out = np.ones(len(self.keys), bool)
+        else:
+            out = self.values(metric) > 0
+        return out if self.valid is None else out & self.valid
 
     def peers(self, metric: AlertMetric) -> np.ndarray:
-        s = self.sessions
+        sh = self.shared
         if metric is AlertMetric.UNIQUE_HOSTS:
-            return address_keys(self.other_addr) if self.kind.is_endpoint else address_keys(s["cln_addr"])
-        return self.session_col_of(self._port_keys())
+            return np.concatenate([sh.srv, sh.cln]) if self.kind.is_endpoint else sh.cln
+        return self.session_col_of(sh.port)
 
     def own_addresses(self) -> list[np.ndarray]:
         s = self.sessions
@@ -289,12 +318,13 @@ class AlertEngine:
             self.stats["rows_evaluated"] += len(sessions)
             masks: dict[str, np.ndarray] = {}
             rows_by_kind: dict[EntityType, EntityRows] = {}
+            shared = BatchKeys(sessions)
             events: list[AlertEvent] = []
             for st in self.states.values():
                 kind = st.definition.entity
                 rows = rows_by_kind.get(kind)
                 if rows is None:
-                    rows = rows_by_kind[kind] = self._entity_rows(kind, sessions, new, now_ms)
+                    rows = rows_by_kind[kind] = self._entity_rows(kind, sessions, new, now_ms, shared)
                 pre = None
                 if st.prefilter is not None:
                     text = st.definition.prefilter
@@ -305,8 +335,9 @@ class AlertEngine:
             self.stats["events"] += len(events)
             return events
 
-    def _entity_rows(self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, now_ms: int) -> EntityRows:
-        rows = EntityRows(kind, sessions, new)
+    def _entity_rows(self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, now_ms: int,
+                     shared: BatchKeys) -> EntityRows:
+        rows = EntityRows(kind, sessions, new, shared)
         index = self.indexes.get(kind)
         if index is None:
             index = self.indexes[kind] = KeyIndex(4096, max_ids=self.max_entities)
@@ -315,16 +346,23 @@ class AlertEngine:
         full = ids < 0
         if full.any():
             self.stats["entities_dropped"] += int(full.sum())
-            rows.valid = rows.valid & ~full
+            rows.valid = ~full if rows.valid is None else rows.valid & ~full
             ids = np.where(full, 0, ids)
         seen = self.last_seen[kind]
         if len(seen) < index.id_capacity:
             seen = self.last_seen[kind] = np.concatenate([seen, np.zeros(index.id_capacity - len(seen), np.int64)])
-        seen[ids[rows.valid]] = now_ms
+        seen[ids if rows.valid is None else ids[rows.valid]] = now_ms
         rows.ids = ids
-        # a compact numbering of this batch's entities, shared by every definition of the type
-        rows.uniq, rows.first, rows.inv = np.unique(ids, return_index=True, return_inverse=True)
-        rows.inv = rows.inv.reshape(-1)
+        # a compact numbering of this batch's entities, shared by every definition of the
+        # type: scatter over the dense ids rather than sort
+        present = np.bincount(ids, minlength=index.id_capacity)
+        rows.uniq = np.flatnonzero(present)
+        local = np.empty(index.id_capacity, np.int64)
+        local[rows.uniq] = np.arange(len(rows.uniq))
+        rows.inv = local[ids]
+        first = np.empty(index.id_capacity, np.int64)
+        first[ids[::-1]] = np.arange(len(ids) - 1, -1, -1)  # the last write wins: each id's first row
+        rows.first = first[rows.uniq]
         return rows
 
     def _row_mask(self, st: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
@@ -361,15 +399,18 @@ class AlertEngine:
             return []
         bucket = now_ms // st.step_ms
         n_uniq = len(rows.uniq)
-        concerned = np.bincount(rows.inv, weights=mask, minlength=n_uniq) > 0
         if d.metric.is_distinct:
+            concerned = np.bincount(rows.inv, weights=mask, minlength=n_uniq) > 0
             sel = np.flatnonzero(mask)
             st.window.add(rows.ids[sel], rows.peers(d.metric)[sel], bucket)  # type: ignore[call-arg]
+            local = np.flatnonzero(concerned)
         else:
             amounts = np.bincount(rows.inv, weights=np.where(mask, rows.values(d.metric), 0), minlength=n_uniq)
-            local = np.flatnonzero(concerned)
+            if d.metric.value.startswith("sessions"):  # rows may concern an entity and add nothing
+                local = np.flatnonzero(np.bincount(rows.inv, weights=mask, minlength=n_uniq))
+            else:  # the role is "adds something": the entities concerned are those with a sum
+                local = np.flatnonzero(amounts)
             st.window.add(rows.uniq[local], amounts[local].astype(np.int64), bucket)  # type: ignore[call-arg]
-        local = np.flatnonzero(concerned)
         gids = rows.uniq[local]
         values = st.window.value(gids)
         thresholds = self._thresholds(st, rows, rows.first[local])
@@ -381,11 +422,13 @@ class AlertEngine:
         over_local[local[over]] = True
         hit_rows = np.flatnonzero(mask & over_local[rows.inv])
         sid = rows.sessions["session_id"][rows.session_row[hit_rows]]
-        pair, first_of_pair = np.unique(combine(rows.ids[hit_rows].astype(np.uint64), sid), return_index=True)
+        pair, first_of_pair = distinct_first(combine(rows.ids[hit_rows].astype(np.uint64), sid))
         if st.counted_bucket != bucket:
             st.counted, st.counted_bucket = np.empty(0, np.uint64), bucket
-        fresh = ~np.isin(pair, st.counted, assume_unique=True)
-        st.counted = np.union1d(st.counted, pair)
+        at = np.searchsorted(st.counted, pair)
+        fresh = (at >= len(st.counted)) | (st.counted[np.minimum(at, max(len(st.counted) - 1, 0))] != pair) \
+            if len(st.counted) else np.ones(len(pair), bool)
+        st.counted = np.insert(st.counted, at[fresh], pair[fresh])  # stays sorted
         pair_rows = hit_rows[first_of_pair[fresh]]
         increments = np.bincount(rows.inv[pair_rows], minlength=n_uniq)
         events = []

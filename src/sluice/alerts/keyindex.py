@@ -2,7 +2,7 @@
 
 The alert windows keep their per-entity state in plain arrays indexed by a dense id; this
 table gives each entity (a hashed address, a port, a country …) its id. Open addressing
-with linear probing at a load of at most one half, every probe round vectorised over the
+with linear probing at a load of at most 0.7, every probe round vectorised over the
 keys still looking: a batch of a million keys costs a few numpy passes, not a Python loop
 per key. Ids are reused after ``remove``; the table is rebuilt when deletions pile up.
 """
@@ -26,9 +26,32 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _S33)
 
 
+def distinct(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. numpy's ``unique`` hashes integers, which is ten times slower
+    than sorting on large arrays with many distinct values."""
+    if len(x) < 2:
+        return np.array(x)
+    s = np.sort(x)
+    return s[np.concatenate([[True], s[1:] != s[:-1]])]
+
+
+def distinct_first(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, the index of the first occurrence of each)."""
+    order = np.argsort(x, kind="stable")
+    s = x[order]
+    starts = np.concatenate([[True], s[1:] != s[:-1]]) if len(s) else np.zeros(0, bool)
+    return s[starts], order[starts]
+
+
 def combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """One 64-bit key for a pair of keys (order matters)."""
     return mix64(mix64(a) ^ (b + np.uint64(0x9E3779B97F4A7C15)))
+
+
+def pair_key(small: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """A cheap key for (a small id below 2**32, a 64-bit key): one multiply and an add.
+    Distinct pairs collide only by chance (the table mixes the result before using it)."""
+    return key * np.uint64(0x9E3779B97F4A7C15) + small.astype(np.uint64)
 
 
 class KeyIndex:
@@ -61,9 +84,8 @@ class KeyIndex:
         """The id of each key, -1 where absent."""
         keys = self._sanitise(keys)
         slots, found = self._probe(keys)
-        out = np.full(len(keys), -1, np.int64)
-        out[found] = self.t_ids[slots[found]]
-        out[out < 0] = -1  # a tombstone: the key was removed
+        out = self.t_ids[slots].astype(np.int64)
+        out[~found | (out < 0)] = -1  # absent, or a tombstone: the key was removed
         return out
 
     def get_or_add(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +106,7 @@ class KeyIndex:
 
     def remove(self, ids: np.ndarray) -> None:
         """Forget these ids (their keys become absent; the ids may be handed out again)."""
-        ids = np.unique(np.asarray(ids, np.int64))
+        ids = distinct(np.asarray(ids, np.int64))
         ids = ids[(ids >= 0) & (ids < self._next)]
         ids = ids[self.live[ids]]
         if not len(ids):
@@ -96,7 +118,7 @@ class KeyIndex:
         self._n -= len(ids)
         self._deleted += len(ids)
         self._free.append(ids)
-        if self._deleted > len(self.t_keys) // 4:
+        if self._deleted > len(self.t_keys) // 5:
             self._rehash(len(self.t_keys))
 
     def live_ids(self) -> np.ndarray:
@@ -129,29 +151,33 @@ class KeyIndex:
         keys = np.asarray(keys, np.uint64)
         return np.where(keys == _EMPTY, np.uint64(1), keys)  # 0 marks an empty slot
 
+    #: the table is rebuilt larger beyond this load; linear probing stays short below it
+    MAX_LOAD = 0.7
+
     @staticmethod
     def _table_size_for(n: int) -> int:
-        return 1 << max(4, int(2 * n - 1).bit_length())
+        return 1 << max(4, int(n / 0.55).bit_length())
 
     def _alloc_table(self, size: int) -> None:
         self.t_keys = np.zeros(size, np.uint64)
-        self.t_ids = np.full(size, -1, np.int64)
+        self.t_ids = np.full(size, -1, np.int32)  # ids stay below max_ids (< 2**31)
         self._mask = np.uint64(size - 1)
 
     def _probe(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(slot, found) per key: the key's slot, or the first empty slot of its probe run."""
         slots = (mix64(keys) & self._mask).astype(np.int64)
-        found = np.zeros(len(keys), bool)
-        pending = np.arange(len(keys))
+        # the first probe settles most keys (load <= 1/2): do it on the whole array
+        tk = self.t_keys[slots]
+        found = tk == keys
+        pending = np.flatnonzero(~found & (tk != _EMPTY))
         mask = int(self._mask)
         while len(pending):
-            s = slots[pending]
+            s = (slots[pending] + 1) & mask
+            slots[pending] = s
             tk = self.t_keys[s]
             hit = tk == keys[pending]
             found[pending[hit]] = True
-            go_on = ~(hit | (tk == _EMPTY))
-            pending = pending[go_on]
-            slots[pending] = (s[go_on] + 1) & mask
+            pending = pending[~(hit | (tk == _EMPTY))]
         return slots, found
 
     def _take_ids(self, k: int) -> np.ndarray:
@@ -169,7 +195,7 @@ class KeyIndex:
             self._next += k
         ids = np.concatenate(out) if out else np.empty(0, np.int64)
         if self._next > self._ids_cap:
-            cap = max(self._next, self._ids_cap * 2)
+            cap = max(self._next, self._ids_cap + self._ids_cap // 4)
             self.keys_by_id = np.concatenate([self.keys_by_id, np.zeros(cap - self._ids_cap, np.uint64)])
             self.live = np.concatenate([self.live, np.zeros(cap - self._ids_cap, bool)])
             self._ids_cap = cap
@@ -191,7 +217,7 @@ class KeyIndex:
             self._n += int(found.sum())
             self._deleted -= int(found.sum())
             keys, got = keys[~found], got[~found]
-        if (self._n + self._deleted + len(keys)) * 2 > len(self.t_keys):
+        if self._n + self._deleted + len(keys) > self.MAX_LOAD * len(self.t_keys):
             self._n += len(keys)
             self.keys_by_id[got] = keys
             self.live[got] = True

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .keyindex import KeyIndex, combine, mix64
+from .keyindex import KeyIndex, distinct, mix64, pair_key
 
 HLL_P = 8
 HLL_M = 1 << HLL_P
@@ -26,9 +26,19 @@ _ALPHA = 0.7213 / (1 + 1.079 / HLL_M)
 def _grow(arr: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
     if len(arr) >= size:
         return arr
-    out = np.full(max(size, 2 * len(arr)), fill, arr.dtype)
+    out = np.full(max(size, len(arr) + len(arr) // 4), fill, arr.dtype)  # modest steps: these get big
     out[: len(arr)] = arr
     return out
+
+
+def _compact(amounts: np.ndarray) -> np.ndarray:
+    """Non-negative amounts in the smallest unsigned type that holds them (the ring keeps
+    one per entity and step: most are small counts)."""
+    top = int(amounts.max()) if len(amounts) else 0
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return amounts.astype(dtype)
+    return amounts.astype(np.int64)
 
 
 def hll_estimate(registers: np.ndarray) -> np.ndarray:
@@ -67,7 +77,7 @@ class SumWindow:
             return
         self.values = _grow(self.values, int(ids.max()) + 1)
         self.values[ids] += amounts
-        self._ring.setdefault(bucket, []).append((ids.astype(np.int64), amounts.astype(np.int64)))
+        self._ring.setdefault(bucket, []).append((ids.astype(np.int32), _compact(amounts)))
 
     def value(self, ids: np.ndarray) -> np.ndarray:
         self.values = _grow(self.values, int(ids.max()) + 1 if len(ids) else 0)
@@ -78,7 +88,7 @@ class SumWindow:
         oldest = bucket - self.n_buckets + 1
         for b in [b for b in self._ring if b < oldest]:
             ids, amounts = self._merged(self._ring.pop(b))
-            np.subtract.at(self.values, ids, amounts)
+            np.subtract.at(self.values, ids.astype(np.int64), amounts.astype(np.int64))
         for b, chunks in self._ring.items():
             if b < bucket and len(chunks) > 1:
                 self._ring[b] = [self._merged(chunks)]
@@ -90,9 +100,9 @@ class SumWindow:
         ids = np.concatenate([c[0] for c in chunks])
         amounts = np.concatenate([c[1] for c in chunks])
         order = np.argsort(ids, kind="stable")
-        ids, amounts = ids[order], amounts[order]
+        ids, amounts = ids[order], amounts[order].astype(np.int64)
         starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
-        return ids[starts], np.add.reduceat(amounts, starts)
+        return ids[starts], _compact(np.add.reduceat(amounts, starts))
 
     def active_ids(self) -> np.ndarray:
         """Ids that have something in the window."""
@@ -131,7 +141,7 @@ class DistinctWindow:
         self.max_sketches = max_sketches
         self.values = np.zeros(1024, np.int64)  # exact counts; estimates for sketched ids
         self.pairs = KeyIndex(1024, max_ids=max_pairs)
-        self.pair_entity = np.zeros(1024, np.int64)
+        self.pair_entity = np.zeros(1024, np.int32)
         self.pair_bucket = np.zeros(1024, np.int64)
         self._ring: dict[int, list[np.ndarray]] = {}
         self.pairs_dropped = 0  # pairs not kept because the pair table was full
@@ -149,7 +159,7 @@ class DistinctWindow:
             return
         self.values = _grow(self.values, int(entity.max()) + 1)
         entity = entity.astype(np.int64)
-        keys = combine(entity.astype(np.uint64), peer.astype(np.uint64))
+        keys = pair_key(entity, peer.astype(np.uint64))
         if self.sketch_slot:
             sketched = np.isin(entity, np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)))
             if sketched.any():
@@ -166,11 +176,11 @@ class DistinctWindow:
         self.pair_entity[new] = entity[added]
         self.pair_bucket[new] = -1
         np.add.at(self.values, entity[added], 1)
-        moved = np.unique(pids[self.pair_bucket[pids] != bucket])
+        moved = distinct(pids[self.pair_bucket[pids] != bucket])
         if len(moved):
             self.pair_bucket[moved] = bucket
-            self._ring.setdefault(bucket, []).append(moved)
-        over = np.unique(entity[added])
+            self._ring.setdefault(bucket, []).append(moved.astype(np.int32))
+        over = distinct(entity[added])
         over = over[self.values[over] > self.exact_limit]
         for e in over.tolist():  # once per entity that outgrows exact counting
             self._to_sketch(int(e))
@@ -182,11 +192,11 @@ class DistinctWindow:
     def advance(self, bucket: int) -> None:
         oldest = bucket - self.n_buckets + 1
         for b in [b for b in self._ring if b < oldest]:
-            pids = np.unique(np.concatenate(self._ring.pop(b)))
+            pids = distinct(np.concatenate(self._ring.pop(b)).astype(np.int64))
             pids = pids[self.pairs.live[pids]]
             gone = pids[self.pair_bucket[pids] == b]  # not seen again since
             if len(gone):
-                np.subtract.at(self.values, self.pair_entity[gone], 1)
+                np.subtract.at(self.values, self.pair_entity[gone].astype(np.int64), 1)
                 self.pair_bucket[gone] = -1
                 self.pairs.remove(gone)
         if self.sketch_slot:
@@ -203,7 +213,7 @@ class DistinctWindow:
 
     def _sketch_add(self, entity: np.ndarray, keys: np.ndarray, bucket: int) -> None:
         pos = self._position(bucket)
-        touched = np.unique(entity)
+        touched = distinct(entity)
         slots = np.array([self.sketch_slot[int(e)] for e in touched.tolist()], np.int64)  # per entity
         row_slot = slots[np.searchsorted(touched, entity)]
         reg, rank = hll_cells(mix64(keys))

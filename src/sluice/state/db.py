@@ -25,6 +25,10 @@ class StateDB:
                 cur = dbapi_connection.cursor()
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA journal_mode=WAL")
+                # in WAL mode NORMAL is still safe against corruption and against a crash of
+                # the process; only a power loss may undo the last commits. FULL would fsync
+                # on every alert record written
+                cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA busy_timeout=5000")
                 cur.close()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
