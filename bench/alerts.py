@@ -257,7 +257,7 @@ def memory(hosts: int, sessions_per_host: int = SESSIONS_PER_HOST, batch: int = 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: short rungs, few probes, 100k hosts")
-    parser.add_argument("--rates", default="250000,500000,750000,1000000,1250000,1500000,1750000,2000000,2500000")
+    parser.add_argument("--rates", default="100000,200000,300000,400000,500000,600000,700000,800000,1000000")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
