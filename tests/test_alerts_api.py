@@ -20,7 +20,7 @@ from sluice.state.db import open_state
 from sluice.state.users import Users
 
 from .pcapgen import Conversation, write_pcap
-from .test_cli import ADMIN, ADMIN_ENV, SLUICE, ns2, server  # noqa: F401  (server: a fixture)
+from .test_cli import ADMIN, SLUICE, ns2, server  # noqa: F401  (server: a fixture)
 from .test_sessions import export
 
 FLOWTRAQ_EXAMPLE = ('04/11/2012 01:57:03.569706  1 MEDIUM "Upper threshold exceeded on sessions initiated for address '

@@ -18,6 +18,7 @@ docs/alerts.md).
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections import deque
@@ -29,8 +30,8 @@ from typing import Callable, Iterable
 import numpy as np
 import structlog
 
-from ..flows.schema import SessionBatch, addr_text, address_words
-from ..query.evaluate import evaluate
+from ..flows.schema import SessionBatch, addr_bytes, addr_text, address_words
+from ..query.evaluate import _in_range, evaluate
 from ..query.filter import PROTOCOL_NAMES, AddressRange, Node, parse
 from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
 from .keyindex import KeyIndex, combine, distinct_first, mix64
@@ -62,20 +63,9 @@ def address_keys(addr16: np.ndarray) -> np.ndarray:
 
 
 def _range_of(network: str) -> AddressRange:
-    import ipaddress
-
-    from ..flows.schema import addr_bytes
-
+    """An address range for a CIDR of the exceptions (validated already)."""
     net = ipaddress.ip_network(network, strict=False)
-    low = addr_bytes(str(net.network_address))
-    high = addr_bytes(str(net.broadcast_address))
-    return AddressRange(low, high, network)
-
-
-def _in_range(addr16: np.ndarray, r: AddressRange) -> np.ndarray:
-    from ..query.evaluate import _in_range as in_range
-
-    return in_range(addr16, r)
+    return AddressRange(addr_bytes(str(net.network_address)), addr_bytes(str(net.broadcast_address)), network)
 
 
 class BatchKeys:
@@ -254,8 +244,6 @@ class DefinitionState:
 
     def update(self, d: Definition) -> None:
         """Take a new version of the definition whose window signature is unchanged."""
-        import ipaddress
-
         self.definition = d
         ex = d.exceptions
         self.exceptions = _Exceptions(

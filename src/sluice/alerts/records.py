@@ -8,7 +8,6 @@ outbox writes there, so that a notification exists if and only if the change doe
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
@@ -247,7 +246,3 @@ class AlertStore:
     def owner_of(self, alert_ids: Iterable[int]) -> dict[int, int]:
         with self.db.session() as s:
             return {r.id: r.user_id for r in s.scalars(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids))))}
-
-
-def definition_json(d: Definition) -> str:
-    return json.dumps(d.model_dump(mode="json"), sort_keys=True)

@@ -149,7 +149,6 @@ class DistinctWindow:
         self.sketch_slot: dict[int, int] = {}
         self._regs = np.zeros((n_buckets, 0, HLL_M), np.uint8)
         self._reg_bucket = np.full(n_buckets, -1, np.int64)  # the bucket each ring position holds
-        self._newest = None
 
     # -- updates --------------------------------------------------------------------------
 
@@ -284,7 +283,7 @@ class DistinctWindow:
         self.pairs = KeyIndex.from_state({"ids": state["pair_ids"], "keys": state["pair_keys"]},
                                          max_ids=self.pairs.max_ids)
         cap = self.pairs.id_capacity
-        self.pair_entity = np.zeros(cap, np.int64)
+        self.pair_entity = np.zeros(cap, np.int32)
         self.pair_bucket = np.full(cap, -1, np.int64)
         ids = state["pair_ids"].astype(np.int64)
         self.pair_entity[ids] = state["pair_entity"]
