@@ -107,6 +107,18 @@ def test_idle_and_active_timeouts_end_sessions():
     assert len(ids) == 2 and t.stats.sessions_ended_active == 1
 
 
+def test_a_timed_out_session_ends_even_between_expiry_passes():
+    # full expiry passes run at most once a second; a flow for a session that timed out
+    # since the last pass must still start a new session
+    t = SessionTracker(idle_timeout_s=0.5, active_timeout_s=600)
+    f = flows(("10.0.0.1", 40000, "10.0.0.2", 443, 6, ACK, 100, 1))
+    a = t.update(f, T0)["session_id"][0]  # a pass runs here
+    b = t.update(f, T0 + 600)["session_id"][0]  # idle 600 ms > 500 ms, no pass due yet
+    c = t.update(f, T0 + 900)["session_id"][0]  # idle 300 ms: the same session as b
+    assert a != b == c
+    assert t.stats.sessions_ended_idle == 1
+
+
 def test_the_same_conversation_from_two_exporters_counts_once():
     row_a = ("10.0.0.1", 40000, "10.0.0.2", 443, 6, ACK, 700, 7, T0, "192.0.2.1")
     row_b = ("10.0.0.1", 40000, "10.0.0.2", 443, 6, ACK, 700, 7, T0, "192.0.2.2")

@@ -83,6 +83,10 @@ _STATE_COLUMNS = {
 }
 
 
+#: how often ``update`` runs a full expiry pass (the maintenance round runs one too)
+EXPIRE_EVERY_MS = 1000
+
+
 class SessionTracker:
     def __init__(self, idle_timeout_s: float = 120.0, active_timeout_s: float = 3600.0,
                  max_sessions: int = 1_000_000, dedupe_exporters: bool = True, first_id: int | None = None):
@@ -99,6 +103,7 @@ class SessionTracker:
 
             first_id = int(time.time() * 1000) << 22
         self._next_id = first_id
+        self._last_expire_ms = -EXPIRE_EVERY_MS
 
     def __len__(self) -> int:
         return self._state.n
@@ -117,7 +122,10 @@ class SessionTracker:
 
     def update(self, flows: FlowBatch, now_ms: int) -> SessionBatch:
         """Fold a batch of flows in; return one delta row per session it touched."""
-        self.expire(now_ms)
+        # a full expiry pass costs time in proportion to the live sessions: once a second is
+        # enough to free memory; sessions this batch touches are checked exactly below
+        if not self._last_expire_ms <= now_ms < self._last_expire_ms + EXPIRE_EVERY_MS:
+            self.expire(now_ms)
         if not len(flows):
             return SessionBatch.empty()
         keys, a_is_src, icmp = self._keys(flows)
@@ -132,13 +140,14 @@ class SessionTracker:
                 if not len(flows):
                     return SessionBatch.empty()
         out = self._deltas(flows, rows)
-        self._state.cols["updated_ms"][np.unique(rows)] = now_ms
+        self._state.cols["updated_ms"][rows] = now_ms
         self._enforce_capacity()
         return out
 
     def expire(self, now_ms: int) -> None:
         """Forget sessions idle for longer than the idle timeout, or older than the active one."""
         st = self._state
+        self._last_expire_ms = now_ms
         if not st.n:
             return
         updated = st.cols["updated_ms"][: st.n]
@@ -184,6 +193,13 @@ class SessionTracker:
             pos = np.minimum(np.searchsorted(st.sorted_keys, uniq), len(st.sorted_keys) - 1)
             found = st.sorted_keys[pos] == uniq
             row_of_uniq[found] = st.sorted_rows[pos[found]]
+            # a session found here may have timed out since the last expiry pass: end it
+            # first, so that this flow starts a new one, exactly as with a pass per batch
+            r = row_of_uniq[found]
+            stale = (now_ms - st.cols["updated_ms"][r] > self.idle_ms) | (now_ms - st.cols["started_ms"][r] > self.active_ms)
+            if stale.any():
+                self.expire(now_ms)
+                return self._find_or_add(keys, flows, a_is_src, icmp, now_ms)
         new = np.flatnonzero(~found)
         if len(new):
             row_of_uniq[new] = self._add(uniq[new], new, inverse, flows, a_is_src, icmp, now_ms)
