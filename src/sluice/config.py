@@ -87,11 +87,19 @@ class AlertSettings(BaseModel):
     snapshot_interval_s: float = Field(30.0, gt=0, description="how often the window state is saved to disk")
 
 
+class NotifySettings(BaseModel):
+    dead_after_s: float = Field(86_400.0, gt=0, description="a notification still undelivered after this long "
+                                "is given up (dead), with its last error kept")
+    poll_s: float = Field(1.0, gt=0, le=60, description="how often delivery workers look for due retries")
+
+
 class HttpSettings(BaseModel):
     listen: str = Field("0.0.0.0", description="address of the HTTP API, web page and /metrics")
     port: int = Field(9640, ge=1, le=65535, description="HTTP port")
     tls_cert: Optional[Path] = Field(None, description="PEM certificate (chain): serve HTTPS when set with tls_key")
     tls_key: Optional[Path] = Field(None, description="PEM private key of tls_cert")
+    public_url: Optional[str] = Field(None, description="the dashboard's address in notifications "
+                                      "(default: http(s)://THIS-HOST:PORT/)")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "HttpSettings":
@@ -119,6 +127,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -14,6 +14,7 @@ import uvicorn
 
 from .alerts.definition import DefinitionIn
 from .alerts.service import AlertService
+from .notify.service import NotifyService
 from .api.app import create_app
 from .collect.counters import Counters
 from .collect.decoder import Decoder, DecoderConfig
@@ -49,6 +50,8 @@ class Server:
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
         self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters)
         self.ingest.listeners.append(self.alerts.submit)
+        self.notify = NotifyService(self.users.db, self.alerts.store, self.counters, link=public_url(settings),
+                                    dead_after_s=settings.notify.dead_after_s, poll_s=settings.notify.poll_s)
         prefs = Preferences(self.users.db)
         self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live
 
@@ -57,9 +60,11 @@ class Server:
         self.collector.start()
         self.ingest.start()
         self.alerts.start()
+        self.notify.start()
         listeners = [(l.name, l.port) for l in self.collector.listeners]
         self.app = create_app(self.counters, self.users, listeners, self.ingest.store,
-                              secure_cookies=self.settings.http.tls, alerts=self.alerts)
+                              secure_cookies=self.settings.http.tls, alerts=self.alerts,
+                              notify=self.notify)
 
     def start_simulator(self, conversations_per_s: float) -> None:
         from .simulate.sender import Simulator
@@ -112,6 +117,7 @@ class Server:
         self.collector.stop()
         self.ingest.stop()
         self.alerts.stop()
+        self.notify.stop()
 
 
 #: created for ``admin`` by ``sluice serve --simulate`` when it has no definitions yet
@@ -133,6 +139,15 @@ class _QuietExitServer(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: do not wait for open connections
         self.should_exit = True
+
+
+def public_url(settings: Settings) -> str:
+    """The dashboard's address as notifications give it."""
+    h = settings.http
+    if h.public_url:
+        return h.public_url
+    host = socket.getfqdn() if h.listen in ("0.0.0.0", "::") else h.listen
+    return f"{'https' if h.tls else 'http'}://{host}:{h.port}/"
 
 
 def banner(settings: Settings, simulating: bool, generated_password: str | None = None) -> str:

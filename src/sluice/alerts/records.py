@@ -26,8 +26,10 @@ log = structlog.get_logger(__name__)
 
 NOT_ACKNOWLEDGED, ACKNOWLEDGED = "NOT-ACKNOWLEDGED", "ACKNOWLEDGED"
 STATES = (NOT_ACKNOWLEDGED, ACKNOWLEDGED)
-#: what happened to a record: created, triggered again after acknowledgement, counted up
+#: what happened to a record: created, triggered again after acknowledgement, counted up;
+#: acknowledged and deleted by a user
 CREATED, RETRIGGERED, UPDATED = "created", "retriggered", "updated"
+ACKED, DELETED = "acknowledged", "deleted"
 
 ChangeHook = Callable[[Session, AlertRecordRow, str], None]
 
@@ -76,6 +78,8 @@ class AlertStore:
     def __init__(self, db: StateDB):
         self.db = db
         self.on_change: list[ChangeHook] = []
+        #: called after a transaction with changes commits (wakes delivery and streams)
+        self.after_commit: list[Callable[[], None]] = []
         #: called after definitions change (the engine reloads them)
         self.on_definitions: list[Callable[[], None]] = []
         self._apply_lock = threading.Lock()
@@ -177,7 +181,12 @@ class AlertStore:
                 for hook in self.on_change:
                     hook(s, row, change)
                 out.append((row.id, change))
+        self._committed()
         return out
+
+    def _committed(self) -> None:
+        for hook in self.after_commit:
+            hook()
 
     def alerts(self, user_id: Optional[int] = None, since_us: Optional[int] = None, until_us: Optional[int] = None,
                min_severity: Optional[Severity] = None, state: Optional[str] = None, definition_id: Optional[int] = None,
@@ -227,21 +236,32 @@ class AlertStore:
                 if row.state != ACKNOWLEDGED:
                     row.state, row.acknowledged_by, row.acknowledged_us = ACKNOWLEDGED, by, now_us
                     changed.append(row.id)
+                    for hook in self.on_change:
+                        hook(s, row, ACKED)
+        self._committed()
         return changed
 
     def delete_alerts(self, alert_ids: Iterable[int]) -> int:
-        with self.db.session() as s:
-            return s.execute(delete(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids)))).rowcount
+        return self._delete(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids))))
 
     def clear(self, user_id: int, definition_id: Optional[int] = None, state: Optional[str] = None) -> int:
         """Delete a user's alert records (of one definition, or in one state)."""
-        q = delete(AlertRecordRow).where(AlertRecordRow.user_id == user_id)
+        q = select(AlertRecordRow).where(AlertRecordRow.user_id == user_id)
         if definition_id is not None:
             q = q.where(AlertRecordRow.definition_id == definition_id)
         if state is not None:
             q = q.where(AlertRecordRow.state == state)
+        return self._delete(q)
+
+    def _delete(self, query) -> int:  # type: ignore[no-untyped-def]
         with self.db.session() as s:
-            return s.execute(q).rowcount
+            rows = list(s.scalars(query))
+            for row in rows:
+                for hook in self.on_change:
+                    hook(s, row, DELETED)
+                s.delete(row)
+        self._committed()
+        return len(rows)
 
     def owner_of(self, alert_ids: Iterable[int]) -> dict[int, int]:
         with self.db.session() as s:

@@ -15,6 +15,7 @@ from .. import __version__
 from ..alerts.records import AlertStore
 from ..alerts.service import AlertService
 from ..collect.counters import Counters
+from ..notify.service import NotifyService
 
 from ..flows.schema import addr_text
 from ..query.reports import Direction, Entity, Metric, ReportSpec
@@ -22,6 +23,7 @@ from ..state.preferences import Preferences
 from ..state.users import LoginThrottle, Users
 from ..store.base import FlowStore
 from .alerts import build_alerts_router
+from .notifications import build_notifications_router
 from .auth import Authenticator, Principal
 from .metrics import CountersCollector
 from .v1 import build_router
@@ -29,12 +31,14 @@ from .v1 import build_router
 
 def create_app(counters: Counters, users: Users, listeners: list[tuple[str, int]] | None = None,
                store: FlowStore | None = None, secure_cookies: bool = False,
-               alerts: AlertService | None = None) -> FastAPI:
+               alerts: AlertService | None = None, notify: NotifyService | None = None) -> FastAPI:
     app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
     auth = Authenticator(users, LoginThrottle())
-    app.include_router(build_router(users, auth, store, counters, Preferences(users.db), secure_cookies))
+    app.include_router(build_router(users, auth, store, counters, Preferences(users.db), secure_cookies, notify))
     alert_store = alerts.store if alerts is not None else AlertStore(users.db)
     app.include_router(build_alerts_router(auth, users, alert_store, alerts.engine if alerts is not None else None))
+    if notify is not None:
+        app.include_router(build_notifications_router(auth, users, notify.outbox))
     registry = CollectorRegistry(auto_describe=True)
     registry.register(CountersCollector(counters))
 

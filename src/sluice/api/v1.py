@@ -16,6 +16,7 @@ from ..collect.counters import Counters
 from ..flows.schema import addr_text
 from ..query.filter import FilterError, Node, parse
 from ..query.reports import Direction, Entity, Metric, ReportSpec, SeriesSpec
+from ..notify.service import NotifyService
 from ..state.preferences import Preferences, PreferencesIn, PreferencesOut, SystemSettingsIn, SystemSettingsOut
 from ..state.users import UserError, Users
 from ..store.base import FlowStore, TimeRange
@@ -91,7 +92,7 @@ def _rows(table) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
 
 
 def build_router(users: Users, auth: Authenticator, store: FlowStore | None, counters: Counters,
-                 prefs: Preferences, secure_cookies: bool = False) -> APIRouter:
+                 prefs: Preferences, secure_cookies: bool = False, notify: Optional[NotifyService] = None) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
     User = Annotated[Principal, Depends(auth)]
 
@@ -204,8 +205,13 @@ def build_router(users: Users, auth: Authenticator, store: FlowStore | None, cou
 
     @router.put("/preferences", response_model=PreferencesOut, tags=["preferences"])
     def put_preferences(body: PreferencesIn, principal: User) -> PreferencesOut:
-        """Your own e-mail To: and syslog collector (every user may set these)."""
-        return prefs.set_user(principal.user_id, body)
+        """Your own e-mail To:, syslog collector and webhook (every user may set these). With a
+        To: address, a test mail goes out through the alert mail path; ``test_mail`` says
+        whether it was accepted, or the SMTP error."""
+        out = prefs.set_user(principal.user_id, body)
+        if notify is not None and out.email_to:
+            out.test_mail = notify.test_mail(prefs.system(), out.email_to)
+        return out
 
     @router.get("/settings", response_model=SystemSettingsOut, tags=["preferences"])
     def get_settings(principal: Admin) -> SystemSettingsOut:
@@ -213,8 +219,13 @@ def build_router(users: Users, auth: Authenticator, store: FlowStore | None, cou
 
     @router.put("/settings", response_model=SystemSettingsOut, tags=["preferences"])
     def put_settings(body: SystemSettingsIn, principal: Admin) -> SystemSettingsOut:
-        """SMTP server, security, credentials, From: and data retention (administrators)."""
-        return prefs.system_out(prefs.set_system(body))
+        """SMTP server, security, credentials, From: and data retention (administrators). With
+        an SMTP host and your own To: set, a test mail goes to you (``test_mail``)."""
+        out = prefs.system_out(prefs.set_system(body))
+        to = prefs.user(principal.user_id).email_to
+        if notify is not None and out.smtp_host and to:
+            out.test_mail = notify.test_mail(prefs.system(), to)
+        return out
 
     # -- users -----------------------------------------------------------------------------
 

@@ -1,1 +1,1 @@
-"""notify"""
+"""Notifications: the outbox, per-channel delivery (e-mail, syslog, webhook) and the dashboard stream."""

@@ -74,6 +74,9 @@ class UserPreferences(Base):
     syslog_facility: Mapped[str] = mapped_column(String(16), default="local0")
     syslog_format: Mapped[str] = mapped_column(String(16), default="rfc5424")  # rfc5424, rfc3164, cef
     syslog_transport: Mapped[str] = mapped_column(String(8), default="udp")  # udp, tcp
+    email_digest: Mapped[bool] = mapped_column(Boolean, default=False)  # many at once: one mail
+    webhook_url: Mapped[str] = mapped_column(String(1000), default="")  # blank: no webhook
+    webhook_secret: Mapped[str] = mapped_column(String(255), default="")  # HMAC key
 
 
 class AlertDefinitionRow(Base):
@@ -93,6 +96,7 @@ class AlertDefinitionRow(Base):
     severity: Mapped[str] = mapped_column(String(10))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     exceptions: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    renotify_s: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: the interval
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -118,3 +122,40 @@ class AlertRecordRow(Base):
     last_trigger_us: Mapped[int] = mapped_column(BigInteger)
     acknowledged_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     acknowledged_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_notified_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class NotificationRow(Base):
+    """The outbox: one notification for one channel, written in the transaction of the
+    alert change it tells of, delivered (or given up: ``dead``) by that channel's worker."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "channel", "state", "next_attempt_us"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id", ondelete="SET NULL"), nullable=True)
+    channel: Mapped[str] = mapped_column(String(16))  # email, syslog, webhook
+    change: Mapped[str] = mapped_column(String(16))  # created, retriggered, repeat
+    payload: Mapped[str] = mapped_column(Text)  # JSON: the alert as it was when this was written
+    state: Mapped[str] = mapped_column(String(10), default="pending")  # pending, delivered, dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    next_attempt_us: Mapped[int] = mapped_column(BigInteger)
+    delivered_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AlertStreamRow(Base):
+    """What the dashboard stream carries: every change of a user's alerts, in order; the id
+    is the SSE event id a reconnecting client resumes from."""
+
+    __tablename__ = "alert_stream"
+    __table_args__ = (Index("ix_alert_stream_user", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    alert_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    change: Mapped[str] = mapped_column(String(16))  # created, retriggered, updated, acknowledged, deleted
+    payload: Mapped[str] = mapped_column(Text)
+    created_us: Mapped[int] = mapped_column(BigInteger)

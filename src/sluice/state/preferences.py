@@ -71,6 +71,12 @@ class SystemSettingsIn(BaseModel):
         return None if v is None else _no_control(v, "SMTP credentials")
 
 
+class TestMail(BaseModel):
+    sent: bool
+    to: str = ""
+    error: Optional[str] = None
+
+
 class SystemSettingsOut(BaseModel):
     smtp_host: str
     smtp_port: int
@@ -79,6 +85,7 @@ class SystemSettingsOut(BaseModel):
     smtp_password_set: bool
     smtp_from: str
     retention_days: Optional[float]
+    test_mail: Optional[TestMail] = None
 
 
 class PreferencesIn(BaseModel):
@@ -89,12 +96,39 @@ class PreferencesIn(BaseModel):
     syslog_format: Literal["rfc5424", "rfc3164", "cef"] = "rfc5424"
     syslog_transport: Literal["udp", "tcp"] = "udp"
 
+    email_digest: bool = Field(False, description="when several alerts are due at once, one mail listing them")
+    webhook_url: str = Field("", max_length=1000, description="JSON POST of each alert; blank: no webhook")
+    webhook_secret: Optional[str] = Field(None, max_length=255,
+                                          description="HMAC-SHA256 key for X-Sluice-Signature; omit to keep")
+
     _to = field_validator("email_to")(lambda cls, v: check_email(v, "To: address"))
     _host = field_validator("syslog_host")(lambda cls, v: check_host(v, "syslog host"))
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, v: str) -> str:
+        v = _no_control(v, "webhook URL").strip()
+        if v and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"webhook URL {v!r} must start with http:// or https://")
+        return v
 
-class PreferencesOut(PreferencesIn):
-    pass
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _no_control(v, "webhook secret")
+
+
+class PreferencesOut(BaseModel):
+    email_to: str = ""
+    syslog_host: str = ""
+    syslog_port: int = 514
+    syslog_facility: str = "local0"
+    syslog_format: str = "rfc5424"
+    syslog_transport: str = "udp"
+    email_digest: bool = False
+    webhook_url: str = ""
+    webhook_secret_set: bool = False
+    test_mail: Optional[TestMail] = Field(None, description="after saving with a To: address: the test mail's fate")
 
 
 class Preferences:
@@ -133,12 +167,15 @@ class Preferences:
                 return PreferencesOut()
             return PreferencesOut(email_to=row.email_to, syslog_host=row.syslog_host, syslog_port=row.syslog_port,
                                   syslog_facility=row.syslog_facility, syslog_format=row.syslog_format,
-                                  syslog_transport=row.syslog_transport)
+                                  syslog_transport=row.syslog_transport, email_digest=row.email_digest,
+                                  webhook_url=row.webhook_url, webhook_secret_set=bool(row.webhook_secret))
 
     def set_user(self, user_id: int, new: PreferencesIn) -> PreferencesOut:
         with self.db.session() as s:
-            row = s.get(UserPreferences, user_id) or UserPreferences(user_id=user_id)
+            row = s.get(UserPreferences, user_id) or UserPreferences(user_id=user_id, webhook_secret="")
             for key, value in new.model_dump().items():
+                if key == "webhook_secret" and value is None:
+                    continue  # not given: keep
                 setattr(row, key, value)
             s.add(row)
         return self.user(user_id)

@@ -1,0 +1,196 @@
+"""The persistent outbox and the dashboard stream, written in the alert change's transaction.
+
+``Outbox.on_change`` is an ``AlertStore`` hook: when an alert record is created, triggers
+again after acknowledgement, or keeps triggering past its re-notify interval, it writes one
+notification per channel the owner has switched on, in the same transaction as the record
+itself. A crash therefore loses no notification and invents none. Workers (``worker.py``)
+take due notifications per channel, deliver them, and mark them delivered; failures are
+retried with exponential backoff until ``dead_after_s``, then marked dead with the last
+error kept.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from ..state.db import StateDB
+from ..state.models import (AlertDefinitionRow, AlertRecordRow, AlertStreamRow, NotificationRow, SystemSettings, User,
+                            UserPreferences)
+from .channel import Channel
+from .message import Notice
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+#: retries: 5 s, 10 s, 20 s … at most 10 minutes apart
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 5.0, 600.0
+
+
+def now_us() -> int:
+    return int(time.time() * 1_000_000)
+
+
+@dataclass
+class Due:
+    id: int
+    user_id: int
+    notice: Notice
+    attempts: int
+    created_us: int
+
+
+class Outbox:
+    def __init__(self, db: StateDB, channels: Sequence[Channel], link: str = "", dead_after_s: float = 86_400.0,
+                 stream_min_gap_s: float = 1.0):
+        self.db = db
+        self.channels = list(channels)
+        self.link = link
+        self.dead_after_s = dead_after_s
+        self.stream_min_gap_s = stream_min_gap_s
+        self.wake = threading.Condition()  # notified after commits that add work or stream events
+        self._stream_last: dict[int, int] = {}  # alert id -> time of its last "updated" stream event
+
+    # -- writing (inside the alert change's transaction) -----------------------------------
+
+    def on_change(self, s: Session, row: AlertRecordRow, change: str) -> None:
+        if change in ("acknowledged", "deleted"):
+            self.stream_event(s, row, change)  # the dashboard hears of it; no one is notified
+            return
+        now = now_us()
+        d = s.get(AlertDefinitionRow, row.definition_id)
+        user = s.get(User, row.user_id)
+        notice = self.notice(row, d.title if d else "", user.username if user else "", change)
+        # the dashboard hears of every change (a busy record at most once a stream gap)
+        if change != "updated" or now - self._stream_last.get(row.id, 0) >= self.stream_min_gap_s * 1e6:
+            self._stream_last[row.id] = now
+            s.add(AlertStreamRow(user_id=row.user_id, alert_id=row.id, change=change,
+                                 payload=json.dumps(notice.payload()), created_us=now))
+        if change == "updated":
+            # still triggering: tell again once per re-notify interval (default: the window)
+            renotify_s = (d.renotify_s if d is not None and d.renotify_s else None) or _interval_s(d)
+            if row.last_notified_us is not None and now - row.last_notified_us < renotify_s * 1_000_000:
+                return
+            notice.change = "repeat"
+        row.last_notified_us = now
+        prefs = s.get(UserPreferences, row.user_id)
+        system = s.get(SystemSettings, 1) or SystemSettings(smtp_host="")
+        payload = json.dumps(notice.payload())
+        for ch in self.channels:
+            if ch.destination(prefs, system) is not None:
+                s.add(NotificationRow(user_id=row.user_id, alert_id=row.id, channel=ch.name, change=notice.change,
+                                      payload=payload, state=PENDING, attempts=0, created_us=now,
+                                      next_attempt_us=now))
+
+    def stream_event(self, s: Session, row: AlertRecordRow, change: str) -> None:
+        """A stream event for changes that notify no one (acknowledged, deleted)."""
+        d = s.get(AlertDefinitionRow, row.definition_id)
+        user = s.get(User, row.user_id)
+        notice = self.notice(row, d.title if d else "", user.username if user else "", change)
+        s.add(AlertStreamRow(user_id=row.user_id, alert_id=row.id, change=change,
+                             payload=json.dumps(notice.payload()), created_us=now_us()))
+
+    def notice(self, row: AlertRecordRow, title: str, username: str, change: str) -> Notice:
+        return Notice(id=row.id, alertdef=row.definition_id, title=title, user=username, entity_type=row.entity_type,
+                      entity=row.entity, severity=row.severity, message=row.message, state=row.state, v1=row.count,
+                      v2=row.threshold, value=row.value, first_trigger_us=row.first_trigger_us,
+                      last_trigger_us=row.last_trigger_us, change=change, link=self.link)
+
+    def committed(self) -> None:
+        """Wake the workers and streams (call after the transaction commits)."""
+        with self.wake:
+            self.wake.notify_all()
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def due(self, channel: str, limit: int = 200) -> list[Due]:
+        with self.db.session() as s:
+            rows = s.scalars(select(NotificationRow).where(
+                NotificationRow.channel == channel, NotificationRow.state == PENDING,
+                NotificationRow.next_attempt_us <= now_us()).order_by(NotificationRow.id).limit(limit)).all()
+            return [Due(r.id, r.user_id, Notice.from_payload(json.loads(r.payload)), r.attempts, r.created_us)
+                    for r in rows]
+
+    def delivered(self, ids: Iterable[int]) -> None:
+        with self.db.session() as s:
+            s.execute(update(NotificationRow).where(NotificationRow.id.in_(list(ids)), NotificationRow.state == PENDING)
+                      .values(state=DELIVERED, delivered_us=now_us()))
+
+    def failed(self, items: Iterable[Due], error: str) -> None:
+        """Retry later with exponential backoff, or give up (dead) after ``dead_after_s``."""
+        now = now_us()
+        with self.db.session() as s:
+            for item in items:
+                row = s.get(NotificationRow, item.id)
+                if row is None or row.state != PENDING:
+                    continue
+                row.attempts += 1
+                row.last_error = error[:2000]
+                wait_s = min(BACKOFF_FIRST_S * 2 ** (row.attempts - 1), BACKOFF_MAX_S)
+                if (now - row.created_us) / 1e6 + wait_s > self.dead_after_s:
+                    row.state = DEAD
+                else:
+                    row.next_attempt_us = now + int(wait_s * 1e6)
+
+    def cancel(self, items: Iterable[Due], reason: str) -> None:
+        """The channel was switched off for the user since: nothing to deliver to."""
+        with self.db.session() as s:
+            s.execute(update(NotificationRow).where(NotificationRow.id.in_([i.id for i in items]))
+                      .values(state=DEAD, last_error=reason))
+
+    def context(self, user_id: int) -> tuple[Optional[UserPreferences], SystemSettings]:
+        with self.db.session() as s:
+            prefs = s.get(UserPreferences, user_id)
+            system = s.get(SystemSettings, 1) or SystemSettings(smtp_host="", smtp_port=25, smtp_security="none",
+                                                                smtp_username="", smtp_password="", smtp_from="")
+            s.expunge_all()
+            return prefs, system
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def listing(self, user_id: Optional[int], state: Optional[str], limit: int = 1000) -> list[NotificationRow]:
+        q = select(NotificationRow)
+        if user_id is not None:
+            q = q.where(NotificationRow.user_id == user_id)
+        if state is not None:
+            q = q.where(NotificationRow.state == state)
+        with self.db.session() as s:
+            rows = s.scalars(q.order_by(NotificationRow.id.desc()).limit(limit)).all()
+            s.expunge_all()
+            return list(rows)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self.db.session() as s:
+            return {(ch, st): n for ch, st, n in s.execute(
+                select(NotificationRow.channel, NotificationRow.state, func.count()).group_by(
+                    NotificationRow.channel, NotificationRow.state))}
+
+    def stream(self, user_id: int, after_id: int, limit: int = 500) -> list[AlertStreamRow]:
+        with self.db.session() as s:
+            rows = s.scalars(select(AlertStreamRow).where(AlertStreamRow.user_id == user_id, AlertStreamRow.id > after_id)
+                             .order_by(AlertStreamRow.id).limit(limit)).all()
+            s.expunge_all()
+            return list(rows)
+
+    def last_stream_id(self, user_id: int) -> int:
+        with self.db.session() as s:
+            return s.scalar(select(func.max(AlertStreamRow.id)).where(AlertStreamRow.user_id == user_id)) or 0
+
+    def prune(self, keep_s: float = 7 * 86_400) -> None:
+        """Forget delivered notifications and stream events older than ``keep_s``."""
+        cutoff = now_us() - int(keep_s * 1e6)
+        with self.db.session() as s:
+            s.execute(delete(NotificationRow).where(NotificationRow.state == DELIVERED,
+                                                    NotificationRow.created_us < cutoff))
+            s.execute(delete(AlertStreamRow).where(AlertStreamRow.created_us < cutoff))
+
+
+def _interval_s(d: Optional[AlertDefinitionRow]) -> int:
+    from ..alerts.definition import INTERVALS
+
+    return INTERVALS.get(d.interval, 300) if d is not None else 300
+

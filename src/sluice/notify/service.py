@@ -1,0 +1,81 @@
+"""Notifications inside ``sluice serve``: the outbox hooked to the alert records, one
+delivery worker per channel, the test mail, and gauges for ``/metrics``."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from typing import Optional
+
+import structlog
+
+from ..alerts.records import AlertStore
+from ..collect.counters import Counters
+from ..state.db import StateDB
+from ..state.models import SystemSettings
+from ..state.preferences import TestMail
+from .channel import DeliveryError
+from .email import EmailChannel
+from .outbox import Outbox
+from .syslog import SyslogChannel
+from .webhook import WebhookChannel
+from .worker import DeliveryWorker
+
+log = structlog.get_logger(__name__)
+
+
+class NotifyService:
+    def __init__(self, db: StateDB, alerts: AlertStore, counters: Counters, link: str = "",
+                 dead_after_s: float = 86_400.0, tls_context: Optional[ssl.SSLContext] = None,
+                 poll_s: float = 1.0):
+        self.counters = counters
+        self.email = EmailChannel(tls_context)
+        self.channels = [self.email, SyslogChannel(), WebhookChannel()]
+        self.outbox = Outbox(db, self.channels, link=link, dead_after_s=dead_after_s)
+        alerts.on_change.append(self.outbox.on_change)
+        alerts.after_commit.append(self.outbox.committed)
+        self.workers = [DeliveryWorker(self.outbox, ch, counters, poll_s) for ch in self.channels]
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+        self._thread = threading.Thread(target=self._housekeeping, name="sluice-notify", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in self.workers:
+            w.stop()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def test_mail(self, system: SystemSettings, to: str) -> TestMail:
+        """Send the test mail now, through the same code as alert mail; its fate for the user."""
+        if not to:
+            return TestMail(sent=False, to="", error="no To: address: e-mail is off for you")
+        if not system.smtp_host:
+            return TestMail(sent=False, to=to, error="no SMTP server is set: an administrator must set one")
+        try:
+            self.email.send_test(system, to, self.outbox.link)
+        except DeliveryError as exc:
+            return TestMail(sent=False, to=to, error=str(exc))
+        return TestMail(sent=True, to=to)
+
+    def _housekeeping(self) -> None:
+        last_prune = 0.0
+        while not self._stop.wait(5.0):
+            try:
+                self.export_gauges()
+                if time.monotonic() - last_prune > 3600:
+                    self.outbox.prune()
+                    last_prune = time.monotonic()
+            except Exception:  # the database may be busy: next round
+                log.exception("notification housekeeping failed")
+
+    def export_gauges(self) -> None:
+        self.counters.forget("notifications")
+        for (channel, state), n in self.outbox.counts().items():
+            self.counters.set("notifications", n, channel=channel, state=state)

@@ -1,0 +1,82 @@
+"""One delivery worker per channel: a slow or unreachable destination on one channel never
+holds up another. Each takes the channel's due notifications, groups them per user (a digest
+where the user asked for one and the channel has it), delivers, and records the outcome."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+import structlog
+
+from ..collect.counters import Counters
+from .channel import Channel, DeliveryError
+from .outbox import Due, Outbox
+
+log = structlog.get_logger(__name__)
+
+#: a digest needs at least this many notifications due at once
+DIGEST_MIN = 2
+
+
+class DeliveryWorker:
+    def __init__(self, outbox: Outbox, channel: Channel, counters: Counters, poll_s: float = 1.0):
+        self.outbox = outbox
+        self.channel = channel
+        self.counters = counters
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"sluice-notify-{self.channel.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self.outbox.wake:
+            self.outbox.wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(20)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # the database may be busy: try again on the next round
+                log.exception("notification delivery round failed", channel=self.channel.name)
+                busy = 0
+            if not busy:
+                with self.outbox.wake:
+                    self.outbox.wake.wait(self.poll_s)
+
+    def run_once(self) -> int:
+        """Deliver what is due now; the number of notifications handled."""
+        due = self.outbox.due(self.channel.name)
+        by_user: dict[int, list[Due]] = defaultdict(list)
+        for item in due:
+            by_user[item.user_id].append(item)
+        for user_id, items in by_user.items():
+            if self._stop.is_set():
+                break
+            prefs, system = self.outbox.context(user_id)
+            if self.channel.destination(prefs, system) is None:
+                self.outbox.cancel(items, f"{self.channel.name} was switched off for this user before delivery")
+                continue
+            assert prefs is not None
+            digest = self.channel.name == "email" and prefs.email_digest and len(items) >= DIGEST_MIN
+            groups = [items] if digest else [[i] for i in items]
+            for k, group in enumerate(groups):
+                try:
+                    self.channel.deliver([i.notice for i in group], prefs, system)
+                except DeliveryError as exc:
+                    # the user's destination is down: the rest of theirs waits for the retry too
+                    rest = [i for g in groups[k:] for i in g]
+                    self.counters.inc("notification_failures_total", len(rest), channel=self.channel.name)
+                    self.outbox.failed(rest, str(exc))
+                    log.warning("notification not delivered, will retry", channel=self.channel.name,
+                                error=str(exc), notifications=len(rest))
+                    break
+                self.outbox.delivered([i.id for i in group])
+                self.counters.inc("notifications_delivered_total", len(group), channel=self.channel.name)
+        return len(due)
