@@ -15,7 +15,8 @@ import pytest
 
 from sluice.alerts.definition import DefinitionIn, EntityType, Severity
 from sluice.alerts.engine import AlertEvent
-from sluice.alerts.records import ACKNOWLEDGED, CREATED, NOT_ACKNOWLEDGED, RETRIGGERED, UPDATED, AlertOut, AlertStore, alert_line
+from sluice.alerts.records import (ACKED, ACKNOWLEDGED, CREATED, DELETED, NOT_ACKNOWLEDGED, RETRIGGERED, UPDATED,
+                                  AlertOut, AlertStore, alert_line)
 from sluice.state.db import open_state
 from sluice.state.users import Users
 
@@ -68,7 +69,7 @@ def test_alert_records_follow_the_state_machine(store):
     assert store.apply([event(d.id, "10.0.0.1", 1, t + 10), event(d.id, "10.0.0.1", 4, t + 11)]) == [(rid, RETRIGGERED)]
     a = store.alert(rid)
     assert (a.state, a.v1, a.first_trigger_us, a.last_trigger_us, a.acknowledged_by) == (NOT_ACKNOWLEDGED, 10, t, t + 11, None)
-    assert [c for _, _, c in seen] == [CREATED, UPDATED, RETRIGGERED]
+    assert [c for _, _, c in seen] == [CREATED, UPDATED, ACKED, RETRIGGERED]
     # filters: time frame on the last trigger, severity, state
     store.apply([event(d.id, "10.0.0.2", 1, t + 100, severity="LOW")])
     assert [x.entity for x in store.alerts(1)] == ["10.0.0.2", "10.0.0.1"]  # most recent first
@@ -82,6 +83,7 @@ def test_alert_records_follow_the_state_machine(store):
     store.delete_definition(other.id)
     assert store.apply([event(other.id, "10.0.0.3", 1, t)]) == []
     assert store.delete_alerts([rid]) == 1 and store.clear(1) == 1 and store.alerts(1) == []
+    assert [c for _, _, c in seen[-2:]] == [DELETED, DELETED]  # the dashboard hears of deletions too
 
 
 # -- end to end ------------------------------------------------------------------------------

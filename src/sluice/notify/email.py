@@ -3,6 +3,7 @@ only when credentials are set (never an empty AUTH)."""
 
 from __future__ import annotations
 
+import email.policy
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -38,7 +39,9 @@ class EmailChannel:
 
     @staticmethod
     def message(system: SystemSettings, to: str, subject: str, text: str, html: Optional[str]) -> EmailMessage:
-        msg = EmailMessage()  # the default policy refuses CR/LF in header values
+        # the default policy refuses CR/LF in header values. Lines may be 998 characters (RFC
+        # 5322): folding at 78 would break a subject right after "Subject:"
+        msg = EmailMessage(policy=email.policy.default.clone(max_line_length=998))
         msg["From"] = one_line(system.smtp_from or f"sluice@{one_line(system.smtp_host)}")
         msg["To"] = one_line(to)
         msg["Subject"] = one_line(subject)

@@ -46,8 +46,9 @@ class Due:
 
 class Outbox:
     def __init__(self, db: StateDB, channels: Sequence[Channel], link: str = "", dead_after_s: float = 86_400.0,
-                 stream_min_gap_s: float = 1.0):
+                 stream_min_gap_s: float = 1.0, backoff_first_s: float = BACKOFF_FIRST_S):
         self.db = db
+        self.backoff_first_s = backoff_first_s
         self.channels = list(channels)
         self.link = link
         self.dead_after_s = dead_after_s
@@ -130,7 +131,7 @@ class Outbox:
                     continue
                 row.attempts += 1
                 row.last_error = error[:2000]
-                wait_s = min(BACKOFF_FIRST_S * 2 ** (row.attempts - 1), BACKOFF_MAX_S)
+                wait_s = min(self.backoff_first_s * 2 ** (row.attempts - 1), BACKOFF_MAX_S)
                 if (now - row.created_us) / 1e6 + wait_s > self.dead_after_s:
                     row.state = DEAD
                 else:

@@ -1,0 +1,390 @@
+"""Notifications against real servers: aiosmtpd (plain, STARTTLS, implicit TLS, AUTH) and
+rsyslogd (UDP, TCP; RFC 5424, RFC 3164, CEF; every facility), the outbox's retries,
+backoff, give-up, re-notify limit and digests, and header injection."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from sluice.alerts.definition import DefinitionIn, EntityType
+from sluice.alerts.engine import AlertEvent
+from sluice.alerts.records import AlertStore
+from sluice.collect.counters import Counters
+from sluice.notify.email import EmailChannel
+from sluice.notify.message import Notice, syslog_cef, syslog_rfc3164, syslog_rfc5424
+from sluice.notify.outbox import DEAD, DELIVERED, PENDING, Outbox
+from sluice.notify.syslog import SyslogChannel
+from sluice.notify.webhook import WebhookChannel
+from sluice.notify.worker import DeliveryWorker
+from sluice.state.db import open_state
+from sluice.state.models import NotificationRow
+from sluice.state.preferences import FACILITIES, Preferences, PreferencesIn, SystemSettingsIn
+from sluice.state.users import Users
+
+from .interop import free_tcp_port
+from .notifyhelp import Rsyslog, SmtpServer, self_signed
+
+HOSTILE = 'evil\r\nBcc: victim@example.org\r\n\r\n<script>"]\\|=x'
+
+
+class World:
+    """A state database with one user, alert records, the outbox and its channels."""
+
+    def __init__(self, tmp_path, tls_context=None, backoff_first_s=0.2, dead_after_s=3600.0):
+        self.db = open_state(tmp_path / "state")
+        self.users = Users(self.db)
+        self.alice = self.users.create("alice", "alice-password")
+        self.prefs = Preferences(self.db)
+        self.alerts = AlertStore(self.db)
+        self.email = EmailChannel(tls_context)
+        self.syslog = SyslogChannel(hostname="sluice-test.example.org")
+        self.webhook = WebhookChannel()
+        self.outbox = Outbox(self.db, [self.email, self.syslog, self.webhook], link="http://sluice.example.org:9640/",
+                             dead_after_s=dead_after_s, backoff_first_s=backoff_first_s)
+        self.alerts.on_change.append(self.outbox.on_change)
+        self.alerts.after_commit.append(self.outbox.committed)
+        self.counters = Counters()
+        self.workers = {ch.name: DeliveryWorker(self.outbox, ch, self.counters, poll_s=0.1)
+                        for ch in (self.email, self.syslog, self.webhook)}
+        # the API refuses control characters in titles; this one goes straight into the
+        # database, to show the channels defuse what might get there anyway
+        self.definition = self.alerts.create(self.alice.id, DefinitionIn(
+            title="x", metric="bytes_sent", entity="host", threshold=1000, severity="HIGH"))
+        from sluice.state.models import AlertDefinitionRow
+
+        with self.db.session() as s:
+            s.get(AlertDefinitionRow, self.definition.id).title = f"Exfiltration {HOSTILE}"
+
+    def smtp(self, port: int, security: str = "none", username: str = "", password: str = "",
+             host: str = "127.0.0.1") -> None:
+        self.prefs.set_system(SystemSettingsIn(smtp_host=host, smtp_port=port, smtp_security=security,
+                                               smtp_username=username, smtp_password=password,
+                                               smtp_from="sluice@example.org"))
+
+    def user_prefs(self, **kw) -> None:
+        self.prefs.set_user(self.alice.id, PreferencesIn(**kw))
+
+    def trigger(self, entity: str = "10.0.0.1", count: int = 3, severity: str = "HIGH") -> list[tuple[int, str]]:
+        return self.alerts.apply([AlertEvent(self.definition.id, self.alice.id, EntityType.HOST, entity,
+                                             f"Upper threshold exceeded on bytes sent for address {entity}.", severity,
+                                             count, 1000, 5000, int(time.time() * 1_000_000))])
+
+    def notifications(self) -> list[NotificationRow]:
+        return self.outbox.listing(None, None)
+
+
+# -- e-mail ----------------------------------------------------------------------------------
+
+def test_alert_mail_carries_every_field_in_plain_and_html(tmp_path):
+    w = World(tmp_path)
+    smtp = SmtpServer().start()
+    try:
+        w.smtp(smtp.port)
+        w.user_prefs(email_to="alice@example.org")
+        [(rid, _)] = w.trigger()
+        assert w.workers["email"].run_once() == 1
+        [msg] = smtp.wait_for(1)
+    finally:
+        smtp.stop()
+    alert = w.alerts.alert(rid)
+    assert msg["Subject"] == f"[Sluice] HIGH: {alert.message}"
+    assert msg["From"] == "sluice@example.org" and msg["To"] == "alice@example.org"
+    assert smtp.recipients == [["alice@example.org"]]
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    for value in [alert.message, "HIGH", "host 10.0.0.1", f"ID  {rid}".replace("  ", " "), str(alert.v1), "1000",
+                  "5000", "NOT-ACKNOWLEDGED", "alice", "ANALYTICAL", "http://sluice.example.org:9640/",
+                  alert.first_trigger[:19], alert.last_trigger[:19]]:
+        assert value.split()[-1] in text, value
+    assert "Exfiltration evil Bcc: victim@example.org" in text  # the title, defused to one line
+    assert "&lt;script&gt;" in html and "<script>" not in html
+    assert [n.state for n in w.notifications()] == [DELIVERED]
+
+
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_mail_over_starttls_and_implicit_tls_with_auth(tmp_path, mode):
+    certs = self_signed(tmp_path)
+    ctx = ssl.create_default_context(cafile=str(certs[0]))
+    w = World(tmp_path, tls_context=ctx)
+    smtp = SmtpServer(mode, credentials=("sluice", "s3cret"), certs=certs).start()
+    try:
+        w.smtp(smtp.port, security=mode, username="sluice", password="s3cret", host="localhost")
+        w.user_prefs(email_to="alice@example.org")
+        w.trigger()
+        w.workers["email"].run_once()
+        [msg] = smtp.wait_for(1)
+        assert smtp.auth_attempts == [("sluice", "s3cret")]
+        assert msg["Subject"].startswith("[Sluice] HIGH: ")
+        # a wrong password: the SMTP error is kept, the mail retried later
+        w.smtp(smtp.port, security=mode, username="sluice", password="wrong", host="localhost")
+        w.trigger("10.0.0.2")
+        w.workers["email"].run_once()
+        failed = [n for n in w.notifications() if n.state == PENDING]
+        assert len(failed) == 1 and failed[0].attempts == 1 and "535" in failed[0].last_error
+    finally:
+        smtp.stop()
+
+
+def test_no_auth_without_credentials_even_when_offered(tmp_path):
+    w = World(tmp_path)
+    smtp = SmtpServer(credentials=("sluice", "s3cret")).start()
+    try:
+        w.smtp(smtp.port)
+        w.user_prefs(email_to="alice@example.org")
+        w.trigger()
+        w.workers["email"].run_once()
+        assert len(smtp.wait_for(1)) == 1
+        assert smtp.auth_attempts == []  # never an empty AUTH
+    finally:
+        smtp.stop()
+
+
+def test_smtp_down_for_a_while_then_delivered_once(tmp_path):
+    w = World(tmp_path, backoff_first_s=0.3)
+    port = free_tcp_port()
+    w.smtp(port)
+    w.user_prefs(email_to="alice@example.org")
+    w.trigger()
+    w.workers["email"].run_once()
+    [n] = w.notifications()
+    assert n.state == PENDING and n.attempts == 1 and "Connection refused" in n.last_error
+    w.workers["email"].run_once()  # not due yet: backoff
+    assert w.notifications()[0].attempts == 1
+    smtp = SmtpServer(port=port).start()
+    try:
+        worker = w.workers["email"]
+        worker.start()
+        assert len(smtp.wait_for(1)) == 1
+        time.sleep(0.5)
+        worker.stop()
+        assert len(smtp.messages) == 1  # exactly once
+        assert w.notifications()[0].state == DELIVERED
+    finally:
+        smtp.stop()
+
+
+def test_undeliverable_notifications_die_with_their_last_error(tmp_path):
+    w = World(tmp_path, backoff_first_s=0.1, dead_after_s=0.5)
+    w.smtp(free_tcp_port())
+    w.user_prefs(email_to="alice@example.org")
+    w.trigger()
+    deadline = time.time() + 5
+    while time.time() < deadline and w.notifications()[0].state != DEAD:
+        w.workers["email"].run_once()
+        time.sleep(0.05)
+    [n] = w.notifications()
+    assert n.state == DEAD and n.attempts >= 2 and "Connection refused" in n.last_error
+    assert w.counters.get("notification_failures_total", channel="email") == n.attempts
+
+
+def test_repeats_are_limited_to_one_per_renotify_interval(tmp_path):
+    w = World(tmp_path)
+    w.smtp(free_tcp_port())
+    w.user_prefs(email_to="alice@example.org")
+    w.trigger()
+    for _ in range(5):
+        w.trigger()  # still triggering: counted, not notified again
+    assert [n.change for n in w.notifications()] == ["created"]
+    with w.db.session() as s:  # a short re-notify interval for this definition
+        from sluice.state.models import AlertDefinitionRow
+
+        s.get(AlertDefinitionRow, w.definition.id).renotify_s = 1
+    time.sleep(1.1)
+    w.trigger()
+    w.trigger()
+    assert sorted(n.change for n in w.notifications()) == ["created", "repeat"]
+    # acknowledged, then triggered again: always told
+    w.alerts.acknowledge([w.alerts.alerts(w.alice.id)[0].id], "alice", 1)
+    w.trigger()
+    assert sorted(n.change for n in w.notifications()) == ["created", "repeat", "retriggered"]
+
+
+def test_a_digest_when_many_alerts_are_due_at_once(tmp_path):
+    w = World(tmp_path)
+    smtp = SmtpServer().start()
+    try:
+        w.smtp(smtp.port)
+        w.user_prefs(email_to="alice@example.org", email_digest=True)
+        for i in range(4):
+            w.trigger(f"10.0.0.{i + 1}", severity=["LOW", "HIGH", "MEDIUM", "INFO"][i])
+        w.workers["email"].run_once()
+        [msg] = smtp.wait_for(1)
+        assert msg["Subject"] == "[Sluice] HIGH: 4 alerts"
+        body = msg.get_content()
+        assert all(f"address 10.0.0.{i}." in body for i in range(1, 5))
+        assert {n.state for n in w.notifications()} == {DELIVERED}
+    finally:
+        smtp.stop()
+
+
+def test_blank_smtp_host_or_to_address_turns_mail_off(tmp_path):
+    w = World(tmp_path)
+    w.user_prefs(email_to="alice@example.org")  # no SMTP host yet: off for everyone
+    w.trigger("10.0.0.1")
+    w.smtp(25)
+    w.user_prefs(email_to="")  # blank To:: off for alice
+    w.trigger("10.0.0.2")
+    assert w.notifications() == []
+
+
+def test_header_injection_is_impossible(tmp_path):
+    w = World(tmp_path)
+    smtp = SmtpServer().start()
+    try:
+        w.smtp(smtp.port)
+        w.user_prefs(email_to="alice@example.org")
+        # an entity text that no decoder would produce, straight into the records
+        w.trigger(entity="10.0.0.1\r\nBcc: victim@example.org")
+        w.workers["email"].run_once()
+        [msg] = smtp.wait_for(1)
+        assert smtp.recipients == [["alice@example.org"]]
+        assert msg["Bcc"] is None and "\n" not in msg["Subject"] and "\r" not in msg["Subject"]
+        assert set(msg.keys()) >= {"From", "To", "Subject", "Date", "Message-ID"}
+        assert "Bcc" not in msg.keys()
+    finally:
+        smtp.stop()
+    # the API refuses control characters in every string that reaches a header
+    with pytest.raises(ValueError):
+        PreferencesIn(email_to="a@example.org\r\nBcc: b@example.org")
+    with pytest.raises(ValueError):
+        SystemSettingsIn(smtp_from="a@example.org\nBcc: b@example.org", smtp_host="mail.example.org")
+
+
+# -- syslog ----------------------------------------------------------------------------------
+
+def notice(**kw) -> Notice:
+    base = dict(id=11, alertdef=1, title=f"Title {HOSTILE}", user="alertuser", entity_type="host", entity="10.1.2.3",
+                severity="MEDIUM", message="Upper threshold exceeded on sessions initiated for address 10.1.2.3.",
+                state="NOT-ACKNOWLEDGED", v1=17, v2=10, value=27, first_trigger_us=1_334_109_423_569_706,
+                last_trigger_us=1_334_109_423_569_706)
+    return Notice(**{**base, **kw})
+
+
+def test_syslog_formats_are_well_formed():
+    n = notice()
+    rfc5424 = syslog_rfc5424(n, "local3", "sluice.example.org").decode()
+    m = re.fullmatch(r'<(\d+)>1 (\S+) (\S+) sluice - ALERT (\[.*\]) (.*)', rfc5424)
+    assert m and m.group(1) == str(19 * 8 + 4) and m.group(2) == "2012-04-11T01:57:03.569706Z"
+    assert 'title="Title evil Bcc: victim@example.org <script>\\"\\]\\\\|=x"' in m.group(4)
+    assert m.group(5) == n.message and "\n" not in rfc5424
+    rfc3164 = syslog_rfc3164(n, "kern", "sluice.example.org").decode()
+    assert re.fullmatch(r"<4>Apr 11 01:57:03 sluice sluice: .+ ID=11 ALERTDEF=1 severity=MEDIUM "
+                        r"state=NOT-ACKNOWLEDGED user=alertuser v1=17 v2=10", rfc3164)
+    cef = syslog_cef(n, "local0", "h").decode()
+    assert "|1|Upper threshold exceeded on sessions initiated for address 10.1.2.3.|5|" in cef
+    assert "cs3=Title evil Bcc: victim@example.org <script>\"]\\\\|\\=x" in cef and "\n" not in cef
+
+
+@pytest.fixture(scope="module")
+def rsyslog(tmp_path_factory):
+    server = Rsyslog(tmp_path_factory.mktemp("rsyslog"))
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("fmt", ["rfc5424", "rfc3164", "cef"])
+def test_rsyslog_receives_every_format_over_udp_and_tcp(tmp_path, rsyslog, fmt, transport):
+    w = World(tmp_path)
+    port = rsyslog.udp_port if transport == "udp" else rsyslog.tcp_port
+    before = len(rsyslog.lines(0, timeout=0))
+    w.user_prefs(syslog_host="127.0.0.1", syslog_port=port, syslog_facility="local4", syslog_format=fmt,
+                 syslog_transport=transport)
+    [(rid, _)] = w.trigger(entity=f"10.9.{len(fmt)}.{port % 250}", severity="CRITICAL")
+    w.workers["syslog"].run_once()
+    rows = rsyslog.lines(before + 1)
+    assert len(rows) == before + 1
+    got = rows[-1]
+    alert = w.alerts.alert(rid)
+    assert got["facility"] == "local4" and got["severity"] == "2" and got["pri"] == str(20 * 8 + 2)
+    assert got["app"] == "sluice"
+    msg = got["msg"].strip()
+    if fmt == "rfc5424":
+        assert got["msgid"] == "ALERT" and msg == alert.message
+        sd = got["sd"]
+        for k, v in {"id": alert.id, "alertdef": alert.alertdef, "severity": "CRITICAL", "entity": alert.entity,
+                     "v1": alert.v1, "v2": alert.v2, "state": alert.state, "user": "alice"}.items():
+            assert f'{k}="{v}"' in sd, (k, sd)
+    elif fmt == "rfc3164":
+        assert msg == (f"{alert.message} ID={alert.id} ALERTDEF={alert.alertdef} severity=CRITICAL "
+                       f"state=NOT-ACKNOWLEDGED user=alice v1={alert.v1} v2={alert.v2}")
+    else:
+        assert msg.startswith(f"CEF:0|Sluice|Sluice|") and f"|{alert.alertdef}|{alert.message}|10|" in msg
+        assert f"cnt={alert.v1}" in msg and f"cn1={alert.v2}" in msg and f"cs1={alert.entity}" in msg
+    assert [n.state for n in w.notifications()] == [DELIVERED]
+
+
+def test_rsyslog_sees_every_facility(tmp_path, rsyslog):
+    channel = SyslogChannel(hostname="h")
+    before = len(rsyslog.lines(0, timeout=0))
+    w = World(tmp_path)
+    for facility in FACILITIES:
+        w.user_prefs(syslog_host="127.0.0.1", syslog_port=rsyslog.udp_port, syslog_facility=facility)
+        prefs, system = w.outbox.context(w.alice.id)
+        channel.deliver([notice(severity="LOW", entity=facility)], prefs, system)
+    rows = rsyslog.lines(before + len(FACILITIES))[before:]
+    got = {r["facility"] for r in rows}
+    # rsyslog names facility 13 (audit) "audit"/"security" and 14 (alert) "alert"/"console" by version
+    assert len(rows) == len(FACILITIES) and {r["severity"] for r in rows} == {"5"}
+    assert sorted(int(r["pri"]) // 8 for r in rows) == list(range(24))
+    assert {"kern", "user", "mail", "daemon", "local0", "local7"} <= got
+
+
+def test_an_unreachable_syslog_collector_does_not_hold_up_mail(tmp_path):
+    w = World(tmp_path, backoff_first_s=60)
+    smtp = SmtpServer().start()
+    try:
+        w.smtp(smtp.port)
+        w.user_prefs(email_to="alice@example.org", syslog_host="127.0.0.1", syslog_port=free_tcp_port(),
+                     syslog_transport="tcp")
+        for worker in w.workers.values():
+            worker.start()
+        for i in range(3):
+            w.trigger(f"10.0.0.{i + 1}")
+        assert len(smtp.wait_for(3)) == 3
+        states = {(n.channel, n.state) for n in w.notifications()}
+        assert states == {("email", DELIVERED), ("syslog", PENDING)}
+        assert all("Connection refused" in n.last_error for n in w.notifications() if n.channel == "syslog")
+    finally:
+        for worker in w.workers.values():
+            worker.stop()
+        smtp.stop()
+
+
+# -- webhook ---------------------------------------------------------------------------------
+
+def test_webhook_posts_signed_json(tmp_path):
+    received: list[tuple[dict, bytes]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):  # quiet
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        w = World(tmp_path)
+        w.user_prefs(webhook_url=f"http://127.0.0.1:{httpd.server_port}/hook", webhook_secret="k3y")
+        [(rid, _)] = w.trigger()
+        w.workers["webhook"].run_once()
+    finally:
+        httpd.shutdown()
+    [(headers, body)] = received
+    assert headers["X-Sluice-Signature"] == "sha256=" + hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
+    doc = json.loads(body)
+    assert doc["event"] == "alert.created" and doc["alert"]["id"] == rid and doc["alert"]["v2"] == 1000
