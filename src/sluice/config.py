@@ -91,6 +91,8 @@ class NotifySettings(BaseModel):
     dead_after_s: float = Field(86_400.0, gt=0, description="a notification still undelivered after this long "
                                 "is given up (dead), with its last error kept")
     poll_s: float = Field(1.0, gt=0, le=60, description="how often delivery workers look for due retries")
+    smtp_ca_file: Optional[Path] = Field(None, description="PEM CA certificates the SMTP server's certificate is "
+                                         "checked against (default: the system's)")
 
 
 class HttpSettings(BaseModel):

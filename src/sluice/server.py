@@ -6,6 +6,7 @@ import gc
 import os
 import signal
 import socket
+import ssl
 import sys
 from types import FrameType
 
@@ -50,8 +51,10 @@ class Server:
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
         self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters)
         self.ingest.listeners.append(self.alerts.submit)
+        n = settings.notify
+        tls = ssl.create_default_context(cafile=str(n.smtp_ca_file)) if n.smtp_ca_file else None
         self.notify = NotifyService(self.users.db, self.alerts.store, self.counters, link=public_url(settings),
-                                    dead_after_s=settings.notify.dead_after_s, poll_s=settings.notify.poll_s)
+                                    dead_after_s=n.dead_after_s, tls_context=tls, poll_s=n.poll_s)
         prefs = Preferences(self.users.db)
         self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live
 
