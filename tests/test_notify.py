@@ -194,7 +194,7 @@ def test_repeats_are_limited_to_one_per_renotify_interval(tmp_path):
     for _ in range(5):
         w.trigger()  # still triggering: counted, not notified again
     assert [n.change for n in w.notifications()] == ["created"]
-    with w.db.session() as s:  # a short re-notify interval for this definition
+    with w.db.session() as s:  # shorter than the API allows (1 minute), to keep the test short
         from sluice.state.models import AlertDefinitionRow
 
         s.get(AlertDefinitionRow, w.definition.id).renotify_s = 1
@@ -226,14 +226,17 @@ def test_a_digest_when_many_alerts_are_due_at_once(tmp_path):
         smtp.stop()
 
 
-def test_blank_smtp_host_or_to_address_turns_mail_off(tmp_path):
+def test_blank_smtp_host_to_address_or_syslog_host_turns_the_channel_off(tmp_path):
     w = World(tmp_path)
     w.user_prefs(email_to="alice@example.org")  # no SMTP host yet: off for everyone
     w.trigger("10.0.0.1")
     w.smtp(25)
-    w.user_prefs(email_to="")  # blank To:: off for alice
+    w.user_prefs(email_to="", syslog_host="")  # blank To: and syslog host: both off for alice
     w.trigger("10.0.0.2")
     assert w.notifications() == []
+    w.user_prefs(email_to="", syslog_host="127.0.0.1")
+    w.trigger("10.0.0.3")
+    assert [n.channel for n in w.notifications()] == ["syslog"]
 
 
 def test_header_injection_is_impossible(tmp_path):

@@ -173,6 +173,8 @@ class DefinitionIn(BaseModel):
     severity: Severity = Severity.MEDIUM
     enabled: bool = True
     exceptions: Exceptions = Field(default_factory=Exceptions)
+    renotify: Optional[str] = Field(None, description="while an alert keeps triggering, notify again at most this "
+                                    "often (" + ", ".join(INTERVALS) + "); blank: the interval")
 
     @field_validator("title")
     @classmethod
@@ -209,6 +211,16 @@ class DefinitionIn(BaseModel):
             return v.strip().lower()
         raise ValueError(f"interval {v!r} is not one of {', '.join(INTERVALS)} (or their length in seconds)")
 
+    @field_validator("renotify", mode="before")
+    @classmethod
+    def _renotify(cls, v: object) -> Optional[str]:
+        if v in (None, ""):
+            return None
+        try:
+            return cls._interval(v)
+        except ValueError:
+            raise ValueError(f"renotify {v!r} is not one of {', '.join(INTERVALS)} (or their length in seconds)") from None
+
     @model_validator(mode="after")
     def _combination(self) -> "DefinitionIn":
         reason = _INVALID.get((self.entity, self.metric))
@@ -221,6 +233,10 @@ class DefinitionIn(BaseModel):
     @property
     def interval_s(self) -> int:
         return INTERVALS[self.interval]
+
+    @property
+    def renotify_s(self) -> Optional[int]:
+        return INTERVALS[self.renotify] if self.renotify else None
 
     def compiled_prefilter(self) -> Optional[Node]:
         return parse(self.prefilter) if self.prefilter else None

@@ -71,7 +71,8 @@ def _definition(row: AlertDefinitionRow, username: str) -> Definition:
     return Definition(id=row.id, user_id=row.user_id, username=username, title=row.title, description=row.description,
                       prefilter=row.prefilter, metric=row.metric, entity=row.entity, threshold=row.threshold,
                       interval=row.interval, severity=row.severity, enabled=row.enabled,
-                      exceptions=Exceptions.model_validate_json(row.exceptions or "{}"))
+                      exceptions=Exceptions.model_validate_json(row.exceptions or "{}"),
+                      renotify=row.renotify_s)
 
 
 class AlertStore:
@@ -134,6 +135,7 @@ class AlertStore:
         row.metric, row.entity, row.threshold = d.metric.value, d.entity.value, d.threshold
         row.interval, row.severity, row.enabled = d.interval, d.severity.value, d.enabled
         row.exceptions = d.exceptions.model_dump_json()
+        row.renotify_s = d.renotify_s
 
     def _changed(self) -> None:
         for hook in self.on_definitions:

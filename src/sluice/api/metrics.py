@@ -43,6 +43,9 @@ HELP = {
     "alert_state_bytes": "Memory of each alert definition's window state",
     "alert_index_bytes": "Memory of the entity tables shared by alert definitions, per entity type",
     "alert_state_save_errors_total": "Failures saving the alert window state to disk",
+    "notifications": "Notifications in the outbox, per channel and state (pending, delivered, dead)",
+    "notifications_delivered_total": "Notifications delivered, per channel",
+    "notification_failures_total": "Failed delivery attempts, per channel (retried with backoff until dead)",
 }
 
 

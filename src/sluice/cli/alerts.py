@@ -59,13 +59,15 @@ def define(
     except_port: Annotated[Optional[list[int]], typer.Option(help="server port to ignore (repeat).")] = None,
     except_country: Annotated[Optional[list[str]], typer.Option(help="country code that never alerts (repeat).")] = None,
     threshold_for: Annotated[Optional[list[str]], typer.Option(help="CIDR=THRESHOLD: own threshold (repeat).")] = None,
+    renotify: Annotated[Optional[str], typer.Option(help="while it keeps triggering, notify again at most this "
+                                                    "often (default: the interval).")] = None,
     disabled: Annotated[bool, typer.Option("--disabled", help="define it switched off.")] = False,
     server: ServerOpt = "localhost:9640", user: UserOpt = None, password: PassOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Define an alert: trigger when the number of METRIC for any one ENTITY exceeds THRESHOLD over INTERVAL."""
     body = {"title": title, "metric": metric.value, "entity": entity.value, "threshold": threshold,
             "interval": interval, "severity": severity.value, "prefilter": prefilter, "description": description,
-            "enabled": not disabled,
+            "enabled": not disabled, "renotify": renotify,
             "exceptions": {"addresses": except_address or [], "ports": except_port or [],
                            "countries": except_country or [],
                            "thresholds": [_override(t) for t in threshold_for or []]}}
