@@ -253,3 +253,18 @@ def test_one_alert_reaches_mail_syslog_stream_and_cli_alike(tmp_path):
         stop(proc)
         syslog.stop()
         smtp.stop()
+
+
+def test_the_server_stops_promptly_with_a_stream_open(tmp_path):
+    http, netflow = free_tcp_port(), free_udp_port()
+    proc = start(tmp_path, http, netflow)
+    stream = Stream(http)
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(20) == 0
+    finally:
+        stream.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert time.time() - t0 < 15

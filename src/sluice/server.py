@@ -110,8 +110,10 @@ class Server:
     def serve_http(self, sock: socket.socket) -> None:
         h = self.settings.http
         tls = {"ssl_certfile": str(h.tls_cert), "ssl_keyfile": str(h.tls_key)} if h.tls else {}
+        # open dashboard streams never end by themselves: give them 5 s when stopping
         config = uvicorn.Config(self.app, log_level=self.settings.log_level,
-                                access_log=self.settings.log_level == "debug", lifespan="off", **tls)
+                                access_log=self.settings.log_level == "debug", lifespan="off",
+                                timeout_graceful_shutdown=5, **tls)
         _QuietExitServer(config).run(sockets=[sock])
 
     def stop(self) -> None:
