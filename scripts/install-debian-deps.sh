@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite drives as real components:
-# exporters (softflowd, pmacct), the reference collector (nfdump) and rsyslog.
+# exporters (softflowd, pmacct), the reference collector (nfdump), rsyslog, and chromium
+# (the browser the web page tests drive through Playwright).
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
-packages=(softflowd nfdump nfdump-sflow pmacct rsyslog openssl)
+packages=(softflowd nfdump nfdump-sflow pmacct rsyslog openssl chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

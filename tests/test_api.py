@@ -72,9 +72,11 @@ def test_access_control_matrix(tmp_path, method, path, body, who, role):
     app, users, store = make_app(tmp_path)
     with TestClient(app) as client:
         auth = {"anonymous": None, "owner": BOB, "other_user": ALICE, "admin": ADMIN}[role]
-        r = client.request(method, path, json=body, auth=auth)
+        r = client.request(method, path, json=body, auth=auth, follow_redirects=False)
         denied = (who == "admin" and role in ("owner", "other_user")) or (who == "owner" and role == "other_user")
-        if role == "anonymous":
+        if role == "anonymous" and path == "/":  # the web page: browsers go to the login page
+            assert r.status_code == 303 and r.headers["location"] == "/login?next=%2F"
+        elif role == "anonymous":
             assert r.status_code == 401
             assert "authentication required" in r.json()["detail"]
             assert r.headers["www-authenticate"].startswith("Basic")

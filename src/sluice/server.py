@@ -57,6 +57,7 @@ class Server:
                                     dead_after_s=n.dead_after_s, tls_context=tls, poll_s=n.poll_s)
         prefs = Preferences(self.users.db)
         self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live
+        self.retention_in_force = lambda: prefs.system().retention_days or settings.store.retention_days
 
     def start_collector(self) -> None:
         self.collector.bind()
@@ -67,7 +68,7 @@ class Server:
         listeners = [(l.name, l.port) for l in self.collector.listeners]
         self.app = create_app(self.counters, self.users, listeners, self.ingest.store,
                               secure_cookies=self.settings.http.tls, alerts=self.alerts,
-                              notify=self.notify)
+                              notify=self.notify, retention_days=self.retention_in_force)
 
     def start_simulator(self, conversations_per_s: float) -> None:
         from .simulate.sender import Simulator

@@ -7,7 +7,7 @@ defined inside ``build_router`` as real objects, not as strings to resolve globa
 
 import time
 from decimal import Decimal
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
@@ -92,7 +92,8 @@ def _rows(table) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
 
 
 def build_router(users: Users, auth: Authenticator, store: FlowStore | None, counters: Counters,
-                 prefs: Preferences, secure_cookies: bool = False, notify: Optional[NotifyService] = None) -> APIRouter:
+                 prefs: Preferences, secure_cookies: bool = False, notify: Optional[NotifyService] = None,
+                 retention_days: Optional[Callable[[], float]] = None) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
     User = Annotated[Principal, Depends(auth)]
 
@@ -149,6 +150,7 @@ def build_router(users: Users, auth: Authenticator, store: FlowStore | None, cou
             "sessions_live": total("sessions_live"),
             "storage": None if stats is None else {"rows": stats.rows, "bytes_on_disk": stats.bytes_on_disk,
                                                     "oldest_ms": stats.oldest_ms, "newest_ms": stats.newest_ms},
+            "retention_days": retention_days() if retention_days else None,
         }
 
     @router.get("/exporters", tags=["status"])

@@ -159,3 +159,12 @@ class AlertStreamRow(Base):
     change: Mapped[str] = mapped_column(String(16))  # created, retriggered, updated, acknowledged, deleted
     payload: Mapped[str] = mapped_column(Text)
     created_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class DashboardRow(Base):
+    """A user's dashboard: the widgets and their order, as JSON (see ``web.layout``)."""
+
+    __tablename__ = "dashboards"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    layout: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,75 @@
+// Preferences: the E-mail tab (SMTP for administrators; everyone's own To:), Syslog, Webhook.
+// Saving with a To: sends a test mail; its fate is shown.
+"use strict";
+(() => {
+  const {api, el} = Sluice;
+  const $ = k => document.getElementById(k);
+  const FACILITIES = ["kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
+    "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"];
+  $("syslog_facility").replaceChildren(...FACILITIES.map(f => el("option", {value: f}, f)));
+  const tabs = ["email", "syslog", "webhook"];
+  function show(name) {
+    for (const t of tabs) {
+      const on = t === name;
+      $(`tab-${t}`).setAttribute("aria-selected", on);
+      $(`tab-${t}`).tabIndex = on ? 0 : -1;
+      $(`panel-${t}`).hidden = !on;
+    }
+  }
+  tabs.forEach((t, i) => {
+    $(`tab-${t}`).addEventListener("click", () => show(t));
+    $(`tab-${t}`).addEventListener("keydown", ev => {
+      const d = ev.key === "ArrowRight" ? 1 : ev.key === "ArrowLeft" ? -1 : 0;
+      if (d) { const n = tabs[(i + d + tabs.length) % tabs.length]; show(n); $(`tab-${n}`).focus(); }
+    });
+  });
+
+  const USER_KEYS = ["email_to", "syslog_host", "syslog_port", "syslog_facility", "syslog_format", "syslog_transport", "webhook_url"];
+  const SYSTEM_KEYS = ["smtp_host", "smtp_port", "smtp_security", "smtp_username", "smtp_from"];
+
+  (async () => {
+    const p = await api("GET", "/api/v1/preferences");
+    for (const k of USER_KEYS) $(k).value = p[k];
+    $("email_digest").checked = p.email_digest;
+    if (p.webhook_secret_set) $("webhook_secret").placeholder = "set (unchanged)";
+    if (IS_ADMIN) {
+      const s = await api("GET", "/api/v1/settings");
+      for (const k of SYSTEM_KEYS) $(k).value = s[k];
+      if (s.smtp_password_set) $("smtp_password").placeholder = "set (unchanged)";
+    }
+    // the form opens only once the saved values are in it
+    $("prefs-fields").disabled = false;
+    $("prefs-loading").hidden = true;
+    $("prefs-save").disabled = false;
+  })();
+
+  function testMail(t) {
+    if (!t) return [];
+    return t.sent ? [el("span", {class: "ok"}, ` A test mail went to ${t.to}.`)]
+                  : [el("span", {class: "error"}, ` The test mail failed: ${t.error}`)];
+  }
+
+  $("prefs").addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const out = $("prefs-result");
+    out.replaceChildren();
+    try {
+      const parts = [];
+      if (IS_ADMIN) {
+        const body = Object.fromEntries(SYSTEM_KEYS.map(k => [k, $(k).value]));
+        body.smtp_port = Number(body.smtp_port);
+        if ($("smtp_password").value) body.smtp_password = $("smtp_password").value;
+        await api("PUT", "/api/v1/settings", body);
+      }
+      const body = Object.fromEntries(USER_KEYS.map(k => [k, $(k).value]));
+      body.syslog_port = Number(body.syslog_port);
+      body.email_digest = $("email_digest").checked;
+      if ($("webhook_secret").value) body.webhook_secret = $("webhook_secret").value;
+      const saved = await api("PUT", "/api/v1/preferences", body);
+      parts.push(el("span", {class: "ok"}, "Saved."), ...testMail(saved.test_mail));
+      out.replaceChildren(...parts);
+    } catch (e) {
+      out.replaceChildren(el("span", {class: "error"}, "Not saved: " + e.message));
+    }
+  });
+})();

@@ -1,0 +1,240 @@
+"""The web page in a real browser: Debian's chromium driven by Playwright against a live
+``sluice serve`` fed by exporter traffic (``sluice simulate`` and softflowd).
+
+Screenshots of each page land in ``docs/screenshots/`` (the README shows them).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from .conftest import REPO, require_tool
+from .notifyhelp import SmtpServer
+from .test_alerts_api import scan_pcap
+from .test_cli import ADMIN, SLUICE, server  # noqa: F401  (server: a fixture)
+from .test_sessions import export
+
+SHOTS = REPO / "docs" / "screenshots"
+OPERATOR = ("operator", "operator-password")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = require_tool("chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def login(page: Page, base: str, who: tuple[str, str]) -> None:
+    page.goto(base + "/")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
+    page.get_by_label("User name").fill(who[0])
+    page.get_by_label("Password").fill(who[1])
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#who")).to_contain_text(who[0])
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def scan(tmp_path, netflow: int, target: str, name: str) -> None:
+    work = tmp_path / name
+    work.mkdir()
+    scan_pcap(work / "t.pcap", target, 60, time.time() - 5)
+    export(work, "softflowd", "9", netflow)
+
+
+def widget(page: Page, title: str):
+    return page.locator("section.widget").filter(has=page.get_by_role("heading", name=title, exact=True))
+
+
+def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):  # noqa: F811
+    ports, _ = server
+    base = f"http://127.0.0.1:{ports['http']}"
+    sim = subprocess.Popen([SLUICE, "simulate", "--netflow-port", str(ports["netflow"]), "--ipfix-port",
+                            str(ports["ipfix"]), "--sflow-port", str(ports["sflow"]), "--duration", "4", "--rate", "300"])
+    smtp = SmtpServer().start()
+    api = httpx.Client(base_url=base, auth=ADMIN, timeout=10)
+    try:
+        api.post("/api/v1/users", json={"username": OPERATOR[0], "password": OPERATOR[1]}).raise_for_status()
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        errors: list[str] = []  # any script error on any page fails the test
+        context.on("page", lambda p: p.on("pageerror", lambda e: errors.append(str(e))))
+        page = context.new_page()
+        login(page, base, ADMIN)
+        expect(page.locator("#who")).to_contain_text("administrator")
+        shot(page, "login-done")
+
+        # two Alerts widgets with different minimum severities
+        for title, severity in [("Urgent", "HIGH"), ("Everything", "INFO")]:
+            page.get_by_label("Add a widget").select_option("alerts")
+            page.get_by_role("button", name="Add", exact=True).click()
+            new = page.locator('section.widget[data-type="alerts"]').last
+            new.get_by_label("Title").fill(title)
+            new.get_by_label("Title").press("Enter")  # change event: saved
+            expect(widget(page, title)).to_have_count(1)
+            widget(page, title).get_by_label("Minimum severity").select_option(severity)
+            expect(widget(page, title).get_by_label("Minimum severity")).to_have_value(severity)
+        page.evaluate("window.__noReload = true")
+        expect(page.locator("#stream-state")).to_have_text("Live")
+
+        # alerts from exporter traffic: a LOW one and a HIGH one
+        for name, sev, target in [("low scan", "LOW", "10.9.0.10"), ("high scan", "HIGH", "10.9.0.11")]:
+            api.post("/api/v1/alert-definitions", json={
+                "title": name, "metric": "unique_ports", "entity": "host", "threshold": 50, "interval": "5m",
+                "severity": sev, "prefilter": f"SRVIP == {target}"}).raise_for_status()
+        scan(tmp_path, ports["netflow"], "10.9.0.10", "low")
+        scan(tmp_path, ports["netflow"], "10.9.0.11", "high")
+        urgent, everything = widget(page, "Urgent"), widget(page, "Everything")
+        expect(urgent.locator("tr[data-alert]")).to_have_count(2, timeout=20_000)  # scanner + 10.9.0.11
+        expect(everything.locator("tr[data-alert]")).to_have_count(4, timeout=20_000)
+        expect(urgent.locator("tr[data-alert]")).to_contain_text(["HIGH", "HIGH"])
+        expect(urgent).not_to_contain_text("10.9.0.10")
+        expect(everything).to_contain_text("10.9.0.10")
+        assert page.evaluate("window.__noReload") is True  # it all came live, no reload
+        shot(page, "dashboard")
+
+        # acknowledge from the widget
+        row = urgent.locator("tr[data-alert]").filter(has_text="10.9.0.11")
+        alert_id = int(row.get_attribute("data-alert"))
+        row.get_by_role("button", name=f"Acknowledge alert {alert_id}").click()
+        expect(row).to_contain_text("ACKNOWLEDGED")
+        states = {a["id"]: a["state"] for a in api.get("/api/v1/alerts").json()}
+        assert states[alert_id] == "ACKNOWLEDGED"
+
+        # an empty row's context menu schedules a new alert
+        everything.locator("tr.empty").first.click(button="right")
+        page.get_by_role("menuitem", name="Schedule new alert…").click()
+        expect(page).to_have_url(base + "/alerts/new")
+
+        # the editor: FlowTraq's sentence, the prefilter checked live
+        page.get_by_label("Metric").select_option("sessions_initiated")
+        page.get_by_label("Entity").select_option("host")
+        page.get_by_label("Threshold", exact=True).fill("1000")
+        page.get_by_label("Interval").select_option("30m")
+        page.get_by_label("Severity").select_option("HIGH")
+        page.get_by_label("Title").fill("Busy client")
+        page.get_by_label("Prefilter").fill("SRVPORT ==")
+        expect(page.locator("#prefilter-status")).to_contain_text("^")
+        expect(page.get_by_label("Prefilter")).to_have_attribute("aria-invalid", "true")
+        shot(page, "editor")
+        page.get_by_label("Prefilter").fill("SRVPORT == 443 && PROTO == tcp")
+        expect(page.locator("#prefilter-status")).to_contain_text("valid filter")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator("#editor-result")).to_contain_text("Saved: alert definition")
+        busy = [d for d in api.get("/api/v1/alert-definitions").json() if d["title"] == "Busy client"]
+        assert len(busy) == 1 and (busy[0]["metric"], busy[0]["threshold"], busy[0]["interval"], busy[0]["severity"],
+                                   busy[0]["prefilter"]) == ("sessions_initiated", 1000, "30m", "HIGH",
+                                                             "SRVPORT == 443 && PROTO == tcp")
+        page.goto(base + "/alerts")
+        expect(page.locator("#definitions")).to_contain_text("Busy client")
+        shot(page, "definitions")
+
+        # preferences as the administrator: SMTP for everyone, a test mail on saving
+        page.goto(base + "/preferences")
+        expect(page.get_by_label("SMTP server")).to_be_enabled()
+        page.get_by_label("SMTP server").fill("127.0.0.1")
+        page.get_by_label("SMTP port").fill(str(smtp.port))
+        page.get_by_label("From:").fill("sluice@example.org")
+        page.get_by_label("To: (yours)").fill("admin@example.org")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator("#prefs-result")).to_contain_text("A test mail went to admin@example.org")
+        assert [m["To"] for m in smtp.wait_for(1)] == ["admin@example.org"]
+        page.get_by_role("tab", name="Syslog").click()
+        expect(page.get_by_label("Facility")).to_be_visible()
+        page.get_by_role("tab", name="E-mail").click()
+        shot(page, "preferences-admin")
+
+        # reports: choose, run, drill in; the view is in the URL
+        page.goto(base + "/explore")
+        page.get_by_label("Top").select_option("port")
+        page.get_by_label("by").select_option("sessions")
+        page.get_by_role("button", name="Run").click()
+        expect(page).to_have_url(re.compile(r"entity=port&metric=sessions"))
+        expect(page.locator("#report caption")).to_contain_text("Top ports by sessions")
+        expect(page.locator("#report tbody tr").first).to_be_visible()
+        page.locator("#report tbody a").first.click()
+        expect(page.locator("#sessions tbody tr").first).to_be_visible()
+        expect(page.locator("#sessions-title")).to_contain_text("SRVPORT ==")
+        shot(page, "explore")
+        page.goto(base + "/users")
+        expect(page.locator("#users")).to_contain_text(OPERATOR[0])
+        shot(page, "users")
+
+        # preferences as a normal user: only their own To:; the server refuses SMTP changes
+        other = browser.new_context(viewport={"width": 1280, "height": 800})
+        other.on("page", lambda p: p.on("pageerror", lambda e: errors.append(str(e))))
+        op = other.new_page()
+        login(op, base, OPERATOR)
+        expect(op.locator("#who")).not_to_contain_text("administrator")
+        op.goto(base + "/preferences")
+        expect(op.get_by_label("SMTP server")).to_be_disabled()
+        expect(op.get_by_label("From:")).to_be_disabled()
+        op.get_by_label("To: (yours)").fill("operator@example.org")
+        op.get_by_role("button", name="Save").click()
+        expect(op.locator("#prefs-result")).to_contain_text("A test mail went to operator@example.org")
+        shot(op, "preferences-user")
+        csrf = op.locator('meta[name="csrf-token"]').get_attribute("content")
+        refused = op.request.put(base + "/api/v1/settings", data={"smtp_host": "evil.example.org"},
+                                 headers={"X-CSRF-Token": csrf})
+        assert refused.status == 403
+        assert api.get("/api/v1/settings").json()["smtp_host"] == "127.0.0.1"
+        assert op.request.get(base + "/users").status == 200  # the page says it is for administrators
+        expect(op.goto(base + "/users") and op.locator("main")).to_contain_text("for administrators")
+        other.close()
+        context.close()
+        assert errors == []
+    finally:
+        api.close()
+        smtp.stop()
+        sim.wait(30)
+
+
+# -- the routes behind the page, without a browser ---------------------------------------------
+
+def test_pages_send_strangers_to_the_login_page_and_layouts_are_per_user(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from .test_api import ADMIN as A, ALICE, BOB, make_app
+
+    app, users, store = make_app(tmp_path)
+    with TestClient(app) as c:
+        for path in ["/", "/alerts", "/alerts/new", "/alerts/3/edit", "/explore?entity=port", "/preferences", "/users"]:
+            r = c.get(path, follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"].startswith("/login?next=%2F"), path
+        assert c.get("/login").status_code == 200
+        assert 'location.href = "/"' in c.get("/login?next=//evil.example.org").text  # no open redirect
+        assert c.get("/api/v1/dashboard").status_code == 401
+        # each user has their own layout; the default until they save one
+        default = c.get("/api/v1/dashboard", auth=ALICE).json()
+        assert [w["type"] for w in default["widgets"]] == ["alerts", "traffic", "top", "status"]
+        mine = {"widgets": [{"type": "alerts", "id": "urgent", "title": "Urgent", "min_severity": "HIGH"},
+                            {"type": "top", "id": "ports", "entity": "port", "metric": "sessions", "frame": "-1h"}]}
+        assert c.put("/api/v1/dashboard", json=mine, auth=ALICE).status_code == 200
+        assert c.get("/api/v1/dashboard", auth=ALICE).json()["widgets"][0]["min_severity"] == "HIGH"
+        assert c.get("/api/v1/dashboard", auth=BOB).json() == default
+        bad = [{"widgets": [{"type": "clock", "id": "x"}]},
+               {"widgets": [{"type": "alerts", "id": "a"}, {"type": "status", "id": "a"}]},
+               {"widgets": [{"type": "alerts", "id": "<script>"}]},
+               {"widgets": [{"type": "top", "id": "t", "frame": "yesterday"}]}]
+        for layout in bad:
+            assert c.put("/api/v1/dashboard", json=layout, auth=ALICE).status_code == 422, layout
+        # the editor's live filter check
+        ok = c.get("/api/v1/filter/check", params={"filter": "SRVPORT == 443"}, auth=A).json()
+        assert ok == {"ok": True, "error": None, "position": None, "pointer": None}
+        bad_filter = c.get("/api/v1/filter/check", params={"filter": "SRVPORT =="}, auth=A).json()
+        assert bad_filter["ok"] is False and bad_filter["position"] == 11 and "^" in bad_filter["pointer"]
+        # a page shows who is logged in, and whether they are an administrator
+        assert 'id="who">alice<' in c.get("/", auth=ALICE).text
+        assert "administrator</span>" in c.get("/", auth=A).text
+    store.close()
