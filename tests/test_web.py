@@ -43,8 +43,24 @@ def login(page: Page, base: str, who: tuple[str, str]) -> None:
 
 
 def shot(page: Page, name: str) -> None:
+    """Save a screenshot for the docs, after checking the page's accessibility basics."""
+    assert_accessible(page)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def assert_accessible(page: Page) -> None:
+    """Every control has an accessible name, every button text or a label, images of charts
+    a description, and the page a language and a main landmark."""
+    unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                     && !e.getAttribute('aria-labelledby') && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+        .map(e => e.outerHTML.slice(0, 80))""")
+    assert unnamed == [], unnamed
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert page.locator("main").count() == 1
+    charts = page.evaluate("[...document.querySelectorAll('.chart')].filter(e => !e.getAttribute('aria-label')).length")
+    assert charts == 0
 
 
 def scan(tmp_path, netflow: int, target: str, name: str) -> None:
@@ -112,7 +128,12 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):  # noqa: F8
         states = {a["id"]: a["state"] for a in api.get("/api/v1/alerts").json()}
         assert states[alert_id] == "ACKNOWLEDGED"
 
-        # an empty row's context menu schedules a new alert
+        # an empty row's menu: from the keyboard, and with a right-click, schedules a new alert
+        everything.locator("tr.empty").first.focus()
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("menuitem", name="Schedule new alert…")).to_be_focused()
+        page.keyboard.press("Escape")
+        expect(page.locator("#menu")).to_be_hidden()
         everything.locator("tr.empty").first.click(button="right")
         page.get_by_role("menuitem", name="Schedule new alert…").click()
         expect(page).to_have_url(base + "/alerts/new")

@@ -111,7 +111,12 @@
     const empties = Array.from({length: Math.max(EMPTY_ROWS - rows.length, 1)}, () =>
       el("tr", {class: "empty", tabindex: 0, title: "Right-click (or press Enter) for a menu",
                 oncontextmenu: ev => { ev.preventDefault(); openMenu(ev.clientX, ev.clientY); },
-                onkeydown: ev => { if (ev.key === "Enter" || ev.key === "ContextMenu") { const r = ev.target.getBoundingClientRect(); openMenu(r.left + 20, r.bottom); } }},
+                onkeydown: ev => {
+                  if (ev.key !== "Enter" && ev.key !== "ContextMenu") return;
+                  ev.preventDefault();  // or the same key press would activate the menu item it focuses
+                  const r = ev.target.getBoundingClientRect();
+                  openMenu(r.left + 20, r.bottom);
+                }},
         el("td", {colspan: 8}, rows.length ? "" : "No alerts yet.")));
     body.replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, trs, empties)),
       el("p", {}, el("a", {href: "/alerts/new"}, "Schedule new alert…")));
