@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from .. import __version__
 from ..api.auth import COOKIE, Authenticator, Principal
 from ..query.filter import FilterError, parse
+from ..state.preferences import FACILITIES
 from ..state.users import Users
 from .layout import Dashboards, Layout
 
@@ -81,7 +82,7 @@ def build_web_router(auth: Authenticator, users: Users, dashboards: Dashboards) 
 
     @router.get("/preferences", include_in_schema=False)
     def preferences(request: Request) -> Response:
-        return page(request, "preferences.html", "Preferences")
+        return page(request, "preferences.html", "Preferences", facilities=FACILITIES)
 
     @router.get("/users", include_in_schema=False)
     def users_page(request: Request) -> Response:

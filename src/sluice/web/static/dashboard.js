@@ -2,7 +2,7 @@
 // and the live alerts stream feeding every Alerts widget.
 "use strict";
 (() => {
-  const {api, el, fmtNum, fmtTime, fmtMs, fmtBytes, frame, SEVERITIES, rank, query} = Sluice;
+  const {api, el, fmtNum, fmtTime, fmtMs, fmtBytes, frame, SEVERITIES, rank, query, REPORT_KEYS} = Sluice;
   const box = document.getElementById("widgets");
   const streamState = document.getElementById("stream-state");
   const menu = document.getElementById("menu");
@@ -174,11 +174,9 @@
               [xs, ys], target);
   }
 
-  const KEYS = {host: ["address"], port: ["protocol", "port"], country: ["country"], host_pair: ["client", "server"], asn: ["asn"]};
-
   async function fillTop(w, body) {
     const rows = await api("GET", "/api/v1/reports?" + query({entity: w.entity, metric: w.metric, top: w.top, ...frame(w.frame)}));
-    const keys = KEYS[w.entity];
+    const keys = REPORT_KEYS[w.entity];
     const max = Math.max(1, ...rows.map(r => r.value));
     body.replaceChildren(el("table", {},
       el("thead", {}, el("tr", {}, keys.map(k => el("th", {scope: "col"}, k)), el("th", {scope: "col", class: "num"}, w.metric), el("th", {}, ""))),

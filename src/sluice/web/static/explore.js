@@ -2,11 +2,9 @@
 // click an entity to see its sessions.
 "use strict";
 (() => {
-  const {api, el, fmtNum, fmtBytes, fmtMs, frame, query} = Sluice;
+  const {api, el, fmtNum, fmtBytes, fmtMs, frame, query, REPORT_KEYS} = Sluice;
   const form = document.getElementById("explore");
   const fields = ["entity", "metric", "direction", "time", "filter", "top"];
-  const KEYS = {host: ["address"], port: ["protocol", "port"], country: ["country"], host_pair: ["client", "server"],
-                asn: ["asn"], exporter: ["exporter"]};
   const drill = {host: r => `ADDR == ${r.address}`, port: r => `SRVPORT == ${r.port} && PROTO == ${r.protocol}`,
                  country: r => `COUNTRY == ${r.country}`, host_pair: r => `CLNIP == ${r.client} && SRVIP == ${r.server}`,
                  asn: r => `ASN == ${r.asn}`, exporter: r => `EXPORTER == ${r.exporter}`};
@@ -23,7 +21,7 @@
       rows = await api("GET", "/api/v1/reports?" + query({entity: v.entity, metric: v.metric, direction: v.direction,
         filter: v.filter, top: v.top, ...frame(v.time)}));
     } catch (e) { err.textContent = e.message; return; }
-    const keys = KEYS[v.entity];
+    const keys = REPORT_KEYS[v.entity];
     const max = Math.max(1, ...rows.map(r => r.value));
     const fmt = x => v.metric === "bytes" ? fmtBytes(x) : fmtNum(x);
     document.getElementById("report").replaceChildren(

@@ -4,9 +4,6 @@
 (() => {
   const {api, el} = Sluice;
   const $ = k => document.getElementById(k);
-  const FACILITIES = ["kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
-    "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"];
-  $("syslog_facility").replaceChildren(...FACILITIES.map(f => el("option", {value: f}, f)));
   const tabs = ["email", "syslog", "webhook"];
   function show(name) {
     for (const t of tabs) {

@@ -63,6 +63,9 @@ const Sluice = (() => {
   }
   const SEVERITIES = ["INFO", "LOW", "MEDIUM", "HIGH", "CRITICAL"];
   const rank = s => SEVERITIES.indexOf(s);
+  // the key columns of a report row, per entity (the value column is "value")
+  const REPORT_KEYS = {host: ["address"], port: ["protocol", "port"], country: ["country"], host_pair: ["client", "server"],
+                       asn: ["asn"], exporter: ["exporter"]};
   const query = params => new URLSearchParams(Object.entries(params).filter(([, v]) => v !== null && v !== undefined && v !== "")).toString();
 
   const logout = document.getElementById("logout");
@@ -70,5 +73,5 @@ const Sluice = (() => {
     try { await api("POST", "/api/v1/logout"); } finally { location.href = "/login"; }
   });
 
-  return {api, el, fmtNum, fmtTime, fmtMs, fmtBytes, frame, SEVERITIES, rank, query, ApiError};
+  return {api, el, fmtNum, fmtTime, fmtMs, fmtBytes, frame, SEVERITIES, rank, query, REPORT_KEYS, ApiError};
 })();
