@@ -37,6 +37,11 @@ class Ingest:
         self.settings = settings
         self._lock = threading.Lock()  # the tracker is used by the collector and by maintenance
         self._stop = threading.Event()
+        self._flush_now = threading.Event()  # set by the store when its queue is full
+        # the collector's thread only queues rows: the database write happens on the
+        # maintenance thread, while the collector goes on reading its sockets
+        if hasattr(self.store, "on_full"):
+            self.store.on_full = self._flush_now.set
         self._thread: threading.Thread | None = None
         #: later stages (alerts) receive each session batch, with a mask of the sessions it started
         self.listeners: list[Callable[[SessionBatch, np.ndarray], None]] = []
@@ -65,14 +70,26 @@ class Ingest:
 
     def stop(self) -> None:
         self._stop.set()
+        self._flush_now.set()
         if self._thread is not None:
             self._thread.join(10)
         self.store.close()
 
     def _maintain(self) -> None:
         last_retention = 0.0
-        while not self._stop.wait(self.settings.store.flush_interval_s):
+        interval = self.settings.store.flush_interval_s
+        next_round = time.monotonic() + interval
+        while not self._stop.is_set():
+            self._flush_now.wait(max(0.0, next_round - time.monotonic()))
+            if self._stop.is_set():
+                break
             try:
+                if self._flush_now.is_set():  # a full queue: write it now
+                    self._flush_now.clear()
+                    self.store.flush()
+                if time.monotonic() < next_round:
+                    continue
+                next_round = time.monotonic() + interval
                 due = time.monotonic() - last_retention > 600
                 self.maintenance_round(retention=due)
                 if due:

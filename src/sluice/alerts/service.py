@@ -44,7 +44,11 @@ class AlertService:
         self.engine.set_definitions(self.store.definitions())
 
     def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
-        """The ingest listener: queue a batch for evaluation."""
+        """The ingest listener: queue a batch for evaluation (nothing to do without definitions;
+        the count of evaluated rows still moves, so "every row evaluated" stays true)."""
+        if not self.engine.states:
+            self.engine.stats["rows_evaluated"] += len(sessions)
+            return
         self.runner.submit(sessions, new)
 
     def _record(self, events: list[AlertEvent]) -> None:

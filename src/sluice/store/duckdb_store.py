@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -143,6 +144,8 @@ class DuckDBStore(FlowStore):
         self._queue: list[SessionBatch] = []
         self._queued_rows = 0
         self.flush_rows = flush_rows
+        #: called (from ``append``) when a flush is due; None: ``append`` flushes itself
+        self.on_full: Callable[[], None] | None = None
         self.write_errors = 0
         self._days: set[str] = set(self._list_days())
         self._con.execute("CREATE TABLE IF NOT EXISTS rollup_days (day VARCHAR PRIMARY KEY, source_rows BIGINT)")
@@ -152,14 +155,19 @@ class DuckDBStore(FlowStore):
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, sessions: SessionBatch) -> None:
+        """Queue rows for the next flush. With ``on_full`` set, a full queue asks that
+        callback (a writer thread) to flush, so the caller does not wait for the database;
+        only a queue many times over full is flushed here, to bound memory."""
         if not len(sessions):
             return
         with self._lock:
             self._queue.append(sessions)
             self._queued_rows += len(sessions)
-            full = self._queued_rows >= self.flush_rows
-        if full:
+            queued = self._queued_rows
+        if queued >= self.flush_rows * (8 if self.on_full is not None else 1):
             self.flush()
+        elif queued >= self.flush_rows and self.on_full is not None:
+            self.on_full()
 
     def flush(self) -> int:
         with self._write:
