@@ -34,7 +34,7 @@ from ..flows.schema import SessionBatch, addr_bytes, addr_text, address_words
 from ..query.evaluate import _in_range, evaluate
 from ..query.filter import PROTOCOL_NAMES, AddressRange, Node, parse
 from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
-from .keyindex import KeyIndex, combine, distinct_first, mix64
+from .keyindex import KeyIndex, combine, distinct_first, mix64, ordered_pair_key
 from .window import DistinctWindow, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -115,7 +115,7 @@ class EntityRows:
         else:
             self.session_row = np.arange(n)
             self.is_client = None
-            self.keys = combine(shared.cln, shared.srv) if kind is EntityType.HOST_PAIR else shared.port
+            self.keys = ordered_pair_key(shared.cln, shared.srv) if kind is EntityType.HOST_PAIR else shared.port
         self.ids: np.ndarray | None = None
         self._cache: dict[str, np.ndarray] = {}
 

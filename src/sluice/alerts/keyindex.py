@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 _EMPTY = np.uint64(0)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
@@ -48,6 +49,11 @@ def combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return mix64(mix64(a) ^ (b + np.uint64(0x9E3779B97F4A7C15)))
 
 
+def ordered_pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A cheap key for an ordered pair of 64-bit keys (three passes; the table mixes it)."""
+    return (a * _GOLDEN) ^ (b * np.uint64(0xC2B2AE3D27D4EB4F))
+
+
 def pair_key(small: np.ndarray, key: np.ndarray) -> np.ndarray:
     """A cheap key for (a small id below 2**32, a 64-bit key): one multiply and an add.
     Distinct pairs collide only by chance (the table mixes the result before using it)."""
@@ -82,7 +88,9 @@ class KeyIndex:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The id of each key, -1 where absent."""
-        keys = self._sanitise(keys)
+        return self._lookup(self._sanitise(keys))
+
+    def _lookup(self, keys: np.ndarray) -> np.ndarray:
         slots, found = self._probe(keys)
         out = self.t_ids[slots].astype(np.int64)
         out[~found | (out < 0)] = -1  # absent, or a tombstone: the key was removed
@@ -93,7 +101,7 @@ class KeyIndex:
         were new (each new key marked once, at its first position). Ids are -1 where the
         table is full (``max_ids``)."""
         keys = self._sanitise(keys)
-        ids = self.lookup(keys)
+        ids = self._lookup(keys)
         missing = np.flatnonzero(ids < 0)
         added = np.zeros(len(keys), bool)
         if len(missing):
@@ -148,8 +156,8 @@ class KeyIndex:
 
     @staticmethod
     def _sanitise(keys: np.ndarray) -> np.ndarray:
-        keys = np.asarray(keys, np.uint64)
-        return np.where(keys == _EMPTY, np.uint64(1), keys)  # 0 marks an empty slot
+        # 0 marks an empty slot: key 0 becomes 1 (one pass, where np.where takes three)
+        return np.maximum(np.asarray(keys, np.uint64), np.uint64(1))
 
     #: the table is rebuilt larger beyond this load; linear probing stays short below it
     MAX_LOAD = 0.7
@@ -162,10 +170,16 @@ class KeyIndex:
         self.t_keys = np.zeros(size, np.uint64)
         self.t_ids = np.full(size, -1, np.int32)  # ids stay below max_ids (< 2**31)
         self._mask = np.uint64(size - 1)
+        self._shift = np.uint64(64 - (size.bit_length() - 1))
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's first slot: Fibonacci hashing (the top bits of key x 2^64/phi), two
+        passes where a full mixer takes ten; even sequential keys spread evenly."""
+        return ((keys * _GOLDEN) >> self._shift).astype(np.int64)
 
     def _probe(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(slot, found) per key: the key's slot, or the first empty slot of its probe run."""
-        slots = (mix64(keys) & self._mask).astype(np.int64)
+        slots = self._home(keys)
         # the first probe settles most keys (load <= 1/2): do it on the whole array
         tk = self.t_keys[slots]
         found = tk == keys
