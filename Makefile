@@ -20,6 +20,7 @@ bench: $(STAMP) $(GEO_MMDB) debian-deps
 	$(PY) bench/ingest.py
 	$(PY) bench/enrich.py
 	$(PY) bench/store_query.py
+	$(PY) bench/alerts.py
 
 geodata: $(GEO_MMDB)
 

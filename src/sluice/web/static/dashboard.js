@@ -2,7 +2,7 @@
 // and the live alerts stream feeding every Alerts widget.
 "use strict";
 (() => {
-  const {api, el, fmtNum, fmtTime, fmtMs, fmtBytes, frame, SEVERITIES, rank, query, REPORT_KEYS} = Sluice;
+  const {api, el, fmtNum, fmtTime, fmtMs, fmtBytes, frame, SEVERITIES, rank, query, REPORT_KEYS, keyText} = Sluice;
   const box = document.getElementById("widgets");
   const streamState = document.getElementById("stream-state");
   const menu = document.getElementById("menu");
@@ -181,13 +181,11 @@
     body.replaceChildren(el("table", {},
       el("thead", {}, el("tr", {}, keys.map(k => el("th", {scope: "col"}, k)), el("th", {scope: "col", class: "num"}, w.metric), el("th", {}, ""))),
       el("tbody", {}, rows.map(r => el("tr", {},
-        keys.map(k => el("td", {}, k === "protocol" ? protoName(r[k]) : r[k])),
+        keys.map(k => el("td", {}, keyText(k, r[k]))),
         el("td", {class: "num"}, w.metric === "bytes" ? fmtBytes(r.value) : fmtNum(r.value)),
         el("td", {}, el("span", {class: "bar", style: `width:${Math.round(120 * r.value / max)}px`})))))),
       el("p", {}, el("a", {href: "/explore?" + query({entity: w.entity, metric: w.metric, time: w.frame})}, "Explore…")));
   }
-
-  const protoName = p => ({1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"})[p] || p;
 
   async function fillStatus(w, body) {
     const [s, exporters] = await Promise.all([api("GET", "/api/v1/status"), api("GET", "/api/v1/exporters")]);

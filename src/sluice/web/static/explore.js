@@ -2,7 +2,7 @@
 // click an entity to see its sessions.
 "use strict";
 (() => {
-  const {api, el, fmtNum, fmtBytes, fmtMs, frame, query, REPORT_KEYS} = Sluice;
+  const {api, el, fmtNum, fmtBytes, fmtMs, frame, query, REPORT_KEYS, keyText} = Sluice;
   const form = document.getElementById("explore");
   const fields = ["entity", "metric", "direction", "time", "filter", "top"];
   const drill = {host: r => `ADDR == ${r.address}`, port: r => `SRVPORT == ${r.port} && PROTO == ${r.protocol}`,
@@ -31,7 +31,7 @@
       el("tbody", {}, rows.map((r, i) => el("tr", {},
         el("td", {}, i + 1),
         keys.map((k, j) => el("td", {}, j === 0 ? el("a", {href: "#sessions", "data-drill": drill[v.entity](r),
-          onclick: ev => { ev.preventDefault(); sessions(drill[v.entity](r), v.time); }}, r[k]) : r[k])),
+          onclick: ev => { ev.preventDefault(); sessions(drill[v.entity](r), v.time); }}, keyText(k, r[k])) : keyText(k, r[k]))),
         el("td", {class: "num"}, fmt(r.value)),
         el("td", {}, el("span", {class: "bar", style: `width:${Math.round(200 * r.value / max)}px`}))))));
     if (!rows.length) document.getElementById("report").append(el("tbody", {}, el("tr", {}, el("td", {}, "Nothing in this time frame."))));

@@ -66,6 +66,9 @@ const Sluice = (() => {
   // the key columns of a report row, per entity (the value column is "value")
   const REPORT_KEYS = {host: ["address"], port: ["protocol", "port"], country: ["country"], host_pair: ["client", "server"],
                        asn: ["asn"], exporter: ["exporter"]};
+  const protoName = p => ({1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmp6", 132: "sctp"})[p] || String(p);
+  // a report row's key cell as shown (protocol numbers by name)
+  const keyText = (k, v) => k === "protocol" ? protoName(v) : v;
   const query = params => new URLSearchParams(Object.entries(params).filter(([, v]) => v !== null && v !== undefined && v !== "")).toString();
 
   const logout = document.getElementById("logout");
@@ -73,5 +76,5 @@ const Sluice = (() => {
     try { await api("POST", "/api/v1/logout"); } finally { location.href = "/login"; }
   });
 
-  return {api, el, fmtNum, fmtTime, fmtMs, fmtBytes, frame, SEVERITIES, rank, query, REPORT_KEYS, ApiError};
+  return {api, el, fmtNum, fmtTime, fmtMs, fmtBytes, frame, SEVERITIES, rank, query, REPORT_KEYS, protoName, keyText, ApiError};
 })();
