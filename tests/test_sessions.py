@@ -67,12 +67,19 @@ def totals(batches: list[SessionBatch]) -> dict:
      ("10.0.0.1", 0), ("10.0.0.3", 0x0800)),
     # IPv6
     ([("2001:db8::2", 22, "2001:db8::1", 50022, 6, ACK | PSH, 900, 3)], ("2001:db8::1", 50022), ("2001:db8::2", 22)),
+    # a host talking to itself: the ports tell the sides apart
+    ([("10.0.0.1", 443, "10.0.0.1", 40000, 6, ACK, 5000, 5), ("10.0.0.1", 40000, "10.0.0.1", 443, 6, ACK, 300, 4)],
+     ("10.0.0.1", 40000), ("10.0.0.1", 443)),
 ])
 def test_orientation(rows, client, server):
     out = SessionTracker().update(flows(*rows), T0)
     (session,) = totals([out]).values()
     assert (session[0], session[1]) == client
     assert (session[2], session[3]) == server
+    # each flow's bytes go to the side that sent them (ICMP has no ports to tell by)
+    if rows[0][4] != 1:
+        sent_by_client = sum(r[6] for r in rows if (r[0], r[1]) == client)
+        assert (session[5], session[6]) == (sent_by_client, sum(r[6] for r in rows) - sent_by_client)
 
 
 def test_both_directions_fold_into_one_session_with_per_side_counts():

@@ -80,7 +80,17 @@ _STATE_COLUMNS = {
     "exporter": (np.uint8, 16), "cln_addr": (np.uint8, 16), "srv_addr": (np.uint8, 16),
     "cln_port": np.uint16, "srv_port": np.uint16, "protocol": np.uint8,
     "input_if": np.uint32, "output_if": np.uint32, "cln_asn": np.uint32, "srv_asn": np.uint32,
+    # whether canonical endpoint A (the lower address, port) is the client: with a flow's
+    # a_is_src it tells the flow's direction without comparing 16-byte addresses
+    "a_client": np.bool_,
+    "exporter_key": np.uint64,  # the exporter address as one integer, for the dedupe check
 }
+
+
+def _exporter_keys(addr16: np.ndarray) -> np.ndarray:
+    """One integer per exporter address (IPv4 exactly; IPv6 folded, collisions negligible)."""
+    hi, lo = address_words(addr16)
+    return lo ^ (hi * np.uint64(0x9E3779B97F4A7C15))
 
 
 #: how often ``update`` runs a full expiry pass (the maintenance round runs one too)
@@ -131,15 +141,15 @@ class SessionTracker:
         keys, a_is_src, icmp = self._keys(flows)
         rows = self._find_or_add(keys, flows, a_is_src, icmp, now_ms)
         if self.dedupe:
-            same = (self._state.cols["exporter"][rows] == flows["exporter_addr"]).all(axis=1)
+            same = self._state.cols["exporter_key"][rows] == _exporter_keys(flows["exporter_addr"])
             dropped = int((~same).sum())
             if dropped:
                 self.stats.flows_deduplicated += dropped
                 keep = np.flatnonzero(same)
-                flows, rows = flows.take(keep), rows[keep]
+                flows, rows, a_is_src = flows.take(keep), rows[keep], a_is_src[keep]
                 if not len(flows):
                     return SessionBatch.empty()
-        out = self._deltas(flows, rows)
+        out = self._deltas(flows, rows, a_is_src)
         self._state.cols["updated_ms"][rows] = now_ms
         self._enforce_capacity()
         return out
@@ -271,6 +281,8 @@ class SessionTracker:
         c["started_ms"][rows] = now_ms
         c["updated_ms"][rows] = now_ms
         c["exporter"][rows] = flows["exporter_addr"][sel]
+        c["exporter_key"][rows] = _exporter_keys(flows["exporter_addr"][sel])
+        c["a_client"][rows] = a_client
         c["cln_addr"][rows] = cln_addr
         c["srv_addr"][rows] = srv_addr
         c["cln_port"][rows] = cln_port
@@ -289,13 +301,10 @@ class SessionTracker:
         st.sorted_rows = np.insert(st.sorted_rows, at, rows[order_new])
         return rows
 
-    def _deltas(self, flows: FlowBatch, rows: np.ndarray) -> SessionBatch:
+    def _deltas(self, flows: FlowBatch, rows: np.ndarray, a_is_src: np.ndarray) -> SessionBatch:
         """One row per touched session: what each side sent in this batch."""
         c = self._state.cols
-        src_is_client = (flows["src_addr"] == c["cln_addr"][rows]).all(axis=1)
-        # same address on both sides (a host talking to itself): use the ports
-        both = (c["cln_addr"][rows] == c["srv_addr"][rows]).all(axis=1)
-        src_is_client = np.where(both, flows["src_port"] == c["cln_port"][rows], src_is_client)
+        src_is_client = a_is_src == c["a_client"][rows]
         order = np.argsort(rows, kind="stable")
         r = rows[order]
         starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
