@@ -280,3 +280,37 @@ def test_alert_routes_access(tmp_path, method, path, body, who, role):
         else:
             assert r.status_code in (200, 201, 204), r.text
     flow_store.close()
+
+
+def test_triggers_survive_a_failing_state_database(tmp_path, monkeypatch):
+    """The database refuses a write: the triggers are kept and written within seconds, even
+    when no new trigger comes to carry them."""
+    from sluice.alerts.service import AlertService
+    from sluice.collect.counters import Counters
+    from sluice.config import AlertSettings
+
+    db = open_state(tmp_path)
+    Users(db).create("alice", "alice-password")
+    counters = Counters()
+    service = AlertService(db, AlertSettings(), tmp_path, counters)
+    d = service.store.create(1, DefinitionIn(title="x", metric="bytes_sent", entity="host", threshold=1))
+    real_apply, calls = service.store.apply, []
+
+    def flaky(events):
+        calls.append(len(events))
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        return real_apply(events)
+
+    monkeypatch.setattr(service.store, "apply", flaky)
+    service.start()
+    try:
+        service._record([event(d.id, "10.0.0.1", 3, 1_900_000_000_000_000)])  # as the engine thread would
+        assert service.store.alerts(1) == [] and counters.get("alert_record_errors_total") == 1
+        deadline = time.time() + 5
+        while time.time() < deadline and not service.store.alerts(1):
+            time.sleep(0.1)
+        [a] = service.store.alerts(1)
+        assert a.v1 == 3 and calls == [1, 1]
+    finally:
+        service.stop()

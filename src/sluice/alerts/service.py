@@ -31,6 +31,7 @@ class AlertService:
                                    max_pending_rows=settings.max_pending_rows)
         self.state_path = Path(data_dir) / "alert-state.npz"
         self._unrecorded: list[AlertEvent] = []
+        self._record_lock = threading.Lock()
         self._last_snapshot = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,15 +53,23 @@ class AlertService:
         self.runner.submit(sessions, new)
 
     def _record(self, events: list[AlertEvent]) -> None:
-        events = self._unrecorded + events
-        try:
-            self.store.apply(events)
-            self._unrecorded = []
-        except Exception:  # the database is busy or failing: keep the events for the next round
-            log.exception("alert records not written; retrying with the next evaluation")
-            self.counters.inc("alert_record_errors_total")
-            self._unrecorded = events[-100_000:]
+        """Write triggers to the alert records; if the database fails, keep them and retry
+        (with the next events, or from housekeeping within a second)."""
         self.counters.inc("alert_events_total", len(events))
+        with self._record_lock:
+            events = self._unrecorded + events
+            if not events:
+                return
+            try:
+                self.store.apply(events)
+                self._unrecorded = []
+            except Exception:  # the database is busy or failing
+                log.exception("alert records not written; retrying")
+                self.counters.inc("alert_record_errors_total")
+                kept = events[-100_000:]
+                if len(kept) < len(events):  # bounded memory: the oldest go, counted
+                    self.counters.inc("alert_events_dropped_total", len(events) - len(kept))
+                self._unrecorded = kept
 
     def start(self) -> None:
         self.runner.start()
@@ -83,6 +92,8 @@ class AlertService:
 
     def _housekeeping(self) -> None:
         while not self._stop.wait(1.0):
+            if self._unrecorded:
+                self._record([])
             self.export_gauges()
             if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
                 self.save()

@@ -40,6 +40,7 @@ HELP = {
     "alert_entities_dropped_total": "Entity rows not evaluated because the entity table was full",
     "alert_events_total": "Alert triggers (a definition finding an entity over its threshold)",
     "alert_record_errors_total": "Failures writing alert records (retried)",
+    "alert_events_dropped_total": "Triggers given up after the state database failed for long (the oldest first)",
     "alert_state_bytes": "Memory of each alert definition's window state",
     "alert_index_bytes": "Memory of the entity tables shared by alert definitions, per entity type",
     "alert_state_save_errors_total": "Failures saving the alert window state to disk",
