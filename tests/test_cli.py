@@ -257,12 +257,13 @@ def test_log_level_and_format(tmp_path, level, fmt):
         assert all("timestamp" in e and "level" in e for e in events)
 
 
-def _start_server(tmp_path, http: int, netflow: int) -> subprocess.Popen:
+def _start_server(tmp_path, http: int, netflow: int, **env: str) -> subprocess.Popen:
+    """``sluice serve`` on loopback ports (NetFlow only), once its HTTP port answers."""
     proc = subprocess.Popen(
         [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
          "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
          "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=ADMIN_ENV)
+        env=dict(ADMIN_ENV, **env))
     for _ in range(200):
         try:
             httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1)

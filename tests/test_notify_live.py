@@ -18,24 +18,12 @@ from sluice.alerts.records import AlertOut, alert_line
 from .interop import free_tcp_port, free_udp_port
 from .notifyhelp import Rsyslog, SmtpServer
 from .test_alerts_api import scan_pcap
-from .test_cli import ADMIN, ADMIN_ENV, SLUICE, ns2
+from .test_cli import ADMIN, _start_server, ns2
 from .test_sessions import export
 
 
 def start(tmp_path, http: int, netflow: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
-         "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
-         "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=dict(ADMIN_ENV, SLUICE_NOTIFY__POLL_S="0.2"))
-    for _ in range(200):
-        try:
-            httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
+    return _start_server(tmp_path, http, netflow, SLUICE_NOTIFY__POLL_S="0.2")  # retries come round quickly
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -62,7 +62,21 @@ def hll_cells(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return reg, rank
 
 
-class SumWindow:
+class _Window:
+    """What both kinds of window share: one value per entity id, grown as ids appear."""
+
+    values: np.ndarray
+
+    def value(self, ids: np.ndarray) -> np.ndarray:
+        self.values = _grow(self.values, int(ids.max()) + 1 if len(ids) else 0)
+        return self.values[ids]
+
+    def active_ids(self) -> np.ndarray:
+        """Ids that have something in the window."""
+        return np.flatnonzero(self.values)
+
+
+class SumWindow(_Window):
     """Exact sliding sums per entity id."""
 
     def __init__(self, step_ms: int, n_buckets: int):
@@ -78,10 +92,6 @@ class SumWindow:
         self.values = _grow(self.values, int(ids.max()) + 1)
         self.values[ids] += amounts
         self._ring.setdefault(bucket, []).append((ids.astype(np.int32), _compact(amounts)))
-
-    def value(self, ids: np.ndarray) -> np.ndarray:
-        self.values = _grow(self.values, int(ids.max()) + 1 if len(ids) else 0)
-        return self.values[ids]
 
     def advance(self, bucket: int) -> None:
         """``bucket`` is now the newest: take back what left the window, compact closed buckets."""
@@ -103,10 +113,6 @@ class SumWindow:
         ids, amounts = ids[order], amounts[order].astype(np.int64)
         starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
         return ids[starts], _compact(np.add.reduceat(amounts, starts))
-
-    def active_ids(self) -> np.ndarray:
-        """Ids that have something in the window."""
-        return np.flatnonzero(self.values)
 
     def nbytes(self) -> int:
         return self.values.nbytes + sum(a.nbytes + b.nbytes for chunks in self._ring.values() for a, b in chunks)
@@ -130,7 +136,7 @@ class SumWindow:
             self._ring[int(b)] = [(state["ring_ids"][sl].astype(np.int64), state["ring_amounts"][sl].astype(np.int64))]
 
 
-class DistinctWindow:
+class DistinctWindow(_Window):
     """Sliding distinct counts of peers per entity id: exact up to a bound, then HyperLogLog."""
 
     def __init__(self, step_ms: int, n_buckets: int, exact_limit: int = 10_000, max_pairs: int = 16_000_000,
@@ -183,10 +189,6 @@ class DistinctWindow:
         over = over[self.values[over] > self.exact_limit]
         for e in over.tolist():  # once per entity that outgrows exact counting
             self._to_sketch(int(e))
-
-    def value(self, ids: np.ndarray) -> np.ndarray:
-        self.values = _grow(self.values, int(ids.max()) + 1 if len(ids) else 0)
-        return self.values[ids]
 
     def advance(self, bucket: int) -> None:
         oldest = bucket - self.n_buckets + 1
@@ -259,9 +261,6 @@ class DistinctWindow:
                 self._regs[:, self.sketch_slot.pop(e)] = 0
 
     # -- bookkeeping ----------------------------------------------------------------------
-
-    def active_ids(self) -> np.ndarray:
-        return np.flatnonzero(self.values)
 
     def nbytes(self) -> int:
         ring = sum(a.nbytes for chunks in self._ring.values() for a in chunks)
