@@ -40,8 +40,7 @@ class Ingest:
         self._flush_now = threading.Event()  # set by the store when its queue is full
         # the collector's thread only queues rows: the database write happens on the
         # maintenance thread, while the collector goes on reading its sockets
-        if hasattr(self.store, "on_full"):
-            self.store.on_full = self._flush_now.set
+        self.store.on_full = self._flush_now.set
         self._thread: threading.Thread | None = None
         #: later stages (alerts) receive each session batch, with a mask of the sessions it started
         self.listeners: list[Callable[[SessionBatch, np.ndarray], None]] = []

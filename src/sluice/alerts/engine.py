@@ -30,8 +30,8 @@ from typing import Callable, Iterable
 import numpy as np
 import structlog
 
-from ..flows.schema import SessionBatch, addr_bytes, addr_text, address_words
-from ..query.evaluate import _in_range, evaluate
+from ..flows.schema import SessionBatch, addr_text, address_words
+from ..query.evaluate import evaluate, in_range
 from ..query.filter import PROTOCOL_NAMES, AddressRange, Node, parse
 from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
 from .keyindex import KeyIndex, combine, distinct_first, mix64, ordered_pair_key
@@ -60,12 +60,6 @@ def address_keys(addr16: np.ndarray) -> np.ndarray:
     """One 64-bit key per 16-byte address; IPv4 addresses map to themselves (exact)."""
     hi, lo = address_words(addr16)
     return lo ^ mix64(hi)
-
-
-def _range_of(network: str) -> AddressRange:
-    """An address range for a CIDR of the exceptions (validated already)."""
-    net = ipaddress.ip_network(network, strict=False)
-    return AddressRange(addr_bytes(str(net.network_address)), addr_bytes(str(net.broadcast_address)), network)
 
 
 class BatchKeys:
@@ -246,13 +240,14 @@ class DefinitionState:
         """Take a new version of the definition whose window signature is unchanged."""
         self.definition = d
         ex = d.exceptions
+        overrides = [(ipaddress.ip_network(o.cidr), o.threshold) for o in ex.thresholds]
         self.exceptions = _Exceptions(
-            addresses=[_range_of(a) for a in ex.addresses],
+            addresses=[AddressRange.of(ipaddress.ip_network(a)) for a in ex.addresses],
             ports=np.array(ex.ports, np.uint16),
             countries=np.array([c.encode() for c in ex.countries], "S2"),
-            thresholds=sorted(((_range_of(o.cidr), ipaddress.ip_network(o.cidr).prefixlen
-                                + (96 if ipaddress.ip_network(o.cidr).version == 4 else 0), o.threshold)
-                               for o in ex.thresholds), key=lambda t: t[1]),
+            # prefix length in 128-bit terms, so IPv4 and IPv6 CIDRs compare by specificity
+            thresholds=sorted(((AddressRange.of(net), net.prefixlen + (96 if net.version == 4 else 0), thr)
+                               for net, thr in overrides), key=lambda t: t[1]),
         )
 
     def nbytes(self) -> int:
@@ -363,7 +358,7 @@ class AlertEngine:
             mask = mask & ~np.isin(rows.session_col("srv_port"), ex.ports)
         for col in rows.own_addresses() if ex.addresses else ():
             for r in ex.addresses:
-                mask = mask & ~_in_range(col, r)
+                mask = mask & ~in_range(col, r)
         for col in rows.own_countries() if len(ex.countries) else ():
             mask = mask & ~np.isin(col, ex.countries)
         return mask
@@ -375,7 +370,7 @@ class AlertEngine:
         for r, _, value in st.exceptions.thresholds:  # least specific first: the most specific wins
             hit = np.zeros(len(rep), bool)
             for col in rows.own_addresses():
-                hit |= _in_range(col[rep], r)
+                hit |= in_range(col[rep], r)
             thr[hit] = value
         return thr
 

@@ -34,7 +34,7 @@ def evaluate(node: Node, sessions: SessionBatch) -> np.ndarray:
     return left ^ right
 
 
-def _in_range(column: np.ndarray, r: AddressRange) -> np.ndarray:
+def in_range(column: np.ndarray, r: AddressRange) -> np.ndarray:
     """Rows whose 16-byte address lies in [low, high], compared as big-endian 128-bit numbers."""
     hi, lo = address_words(column)
     l_hi, l_lo = int.from_bytes(r.low[:8], "big"), int.from_bytes(r.low[8:], "big")
@@ -55,7 +55,7 @@ def _comparison(c: Comparison, s: SessionBatch) -> np.ndarray:
         return np.where(overflow, op in (">", ">=", "!="), result)
     negate = op == "!="
     if isinstance(value, AddressRange):
-        hits = [_in_range(s[col], value) for col in field.columns]
+        hits = [in_range(s[col], value) for col in field.columns]
     elif isinstance(value, str):
         code = value.encode("ascii")
         hits = [s[col] == code for col in field.columns]

@@ -123,6 +123,16 @@ class AddressRange:
     high: bytes
     text: str  # as the user wrote it, normalised
 
+    @classmethod
+    def of(cls, net: "ipaddress.IPv4Network | ipaddress.IPv6Network") -> "AddressRange":
+        """The range of a network, IPv4 as ``::ffff:a.b.c.d`` like every stored address."""
+        low, high = net.network_address.packed, net.broadcast_address.packed
+        if net.version == 4:
+            prefix = b"\x00" * 10 + b"\xff\xff"
+            low, high = prefix + low, prefix + high
+        shown = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+        return cls(low, high, shown)
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -303,12 +313,7 @@ def _value(text: str, field: Field, tok: Token) -> int | str | AddressRange:
             raise bad(str(exc)) from None
         if "/" in raw and net.network_address != ipaddress.ip_interface(raw).ip:
             raise bad(f"host bits set; did you mean {net}?")
-        low, high = net.network_address.packed, net.broadcast_address.packed
-        if net.version == 4:
-            prefix = b"\x00" * 10 + b"\xff\xff"
-            low, high = prefix + low, prefix + high
-        shown = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
-        return AddressRange(low, high, shown)
+        return AddressRange.of(net)
     if kind is Kind.COUNTRY:
         code = raw.upper()
         if not re.fullmatch(r"[A-Z]{2}", code):

@@ -7,6 +7,7 @@ sees a database connection or writes SQL against it. Results are Arrow tables.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -45,6 +46,10 @@ class RetentionResult:
 
 class FlowStore(ABC):
     """Append-only session storage with time-bounded queries, reports and retention."""
+
+    #: set by the owner: called by ``append`` when a flush is due, so that the writing can
+    #: happen on another thread; None: ``append`` flushes itself
+    on_full: "Callable[[], None] | None" = None
 
     @abstractmethod
     def append(self, sessions: SessionBatch) -> None:

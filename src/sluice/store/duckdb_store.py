@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -144,8 +143,6 @@ class DuckDBStore(FlowStore):
         self._queue: list[SessionBatch] = []
         self._queued_rows = 0
         self.flush_rows = flush_rows
-        #: called (from ``append``) when a flush is due; None: ``append`` flushes itself
-        self.on_full: Callable[[], None] | None = None
         self.write_errors = 0
         self._days: set[str] = set(self._list_days())
         self._con.execute("CREATE TABLE IF NOT EXISTS rollup_days (day VARCHAR PRIMARY KEY, source_rows BIGINT)")
