@@ -32,6 +32,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import structlog
+from duckdb.value.constant import UnsignedHugeIntegerValue
 
 from ..flows.schema import SESSION_SCHEMA, SessionBatch, address_words
 from ..query.filter import Node
@@ -110,8 +111,11 @@ def _join_addresses(table: pa.Table) -> pa.Table:
 
 
 def _int_params(params: list[object]) -> list[object]:
-    """Address bounds (16 bytes) as the 128-bit integers the address columns hold."""
-    return [int.from_bytes(p, "big") if isinstance(p, bytes) and len(p) == 16 else p for p in params]
+    """Address bounds (16 bytes) as the 128-bit integers the address columns hold, typed
+    UHUGEINT: an untyped Python int is bound as a signed type, and DuckDB then compares the
+    column as INT128, which fails on every stored address from 8000:: up."""
+    return [UnsignedHugeIntegerValue(int.from_bytes(p, "big")) if isinstance(p, bytes) and len(p) == 16 else p
+            for p in params]
 
 
 #: report result columns that hold addresses, per entity
