@@ -281,3 +281,69 @@ def test_absurd_system_init_time_is_ignored_not_fatal():
         data_set(300, [basic_record() + struct.pack("!II", 1_000, 2_000)]),
     ]))
     assert r.flows["time_start_ms"].tolist() == [EXPORT_S * 1000]  # unknown init time: export time
+
+
+def _v5_datagrams(count: int, first_port: int) -> list[bytes]:
+    """``count`` NetFlow v5 datagrams of 3 flows each, told apart by their client ports."""
+    from sluice.flows.schema import FlowBatch, addr_bytes
+    from sluice.simulate.encode import NetflowV5Encoder
+
+    n = 3 * count
+    end = EXPORT_S * 1000 - 1000
+    flows = FlowBatch.build(n, src_addr=np.frombuffer(addr_bytes("10.9.9.9") * n, np.uint8).reshape(n, 16),
+                            dst_addr=np.frombuffer(addr_bytes("10.8.8.8") * n, np.uint8).reshape(n, 16),
+                            src_port=np.arange(first_port, first_port + n), dst_port=80, protocol=6, bytes=100,
+                            packets=1, time_start_ms=end - 10, time_end_ms=end, sampling_rate=1)
+    return NetflowV5Encoder().encode(flows, EXPORT_S * 1000, per_datagram=3)
+
+
+def test_data_held_in_a_larger_batch_is_released_in_a_smaller_one():
+    # found by the hardening review: a data set held at datagram 11 of one batch and released
+    # by a later batch of 2 datagrams raised IndexError, which lost the whole second batch
+    d = Decoder()
+    v5 = [Datagram(p, "192.0.2.50", 2055, float(EXPORT_S)) for p in _v5_datagrams(13, 1000)]
+    early = Datagram(ipfix_message([data_set(300, [basic_record(nbytes=111), basic_record(nbytes=222)])], sequence=0),
+                     "192.0.2.1", 9999, float(EXPORT_S))
+    first = d.decode(v5[:11] + [early])
+    assert len(first.flows) == 33 and len(d.pending) == 1
+    template = Datagram(ipfix_message([ipfix_template_set([(300, BASIC)])], sequence=2), "192.0.2.1", 9999,
+                        float(EXPORT_S))
+    second = d.decode([template, v5[11]])
+    assert d.counters.get("decode_errors_total", reason="internal_error") == 0
+    assert sorted(second.flows["bytes"].tolist()) == [100, 100, 100, 111, 222]
+    # the released records count for their exporter, with the datagram that brought the template
+    assert d.counters.get("flows_total", exporter="192.0.2.1", proto="ipfix") == 2
+    assert d.counters.get("flows_total", exporter="192.0.2.50", proto="netflow5") == 36
+
+
+def test_a_datagram_that_breaks_the_decoder_costs_only_itself(monkeypatch):
+    """Whatever bug a datagram provokes, the other datagrams of its batch (other exporters'
+    included) are decoded, sequence numbers are not counted twice, and held data is not lost."""
+    import sluice.collect.decoder as decoder_module
+
+    d = Decoder()
+    early = ipfix_message([data_set(300, [basic_record(nbytes=111)])], sequence=0)
+    feed(d, early)  # held for its template
+    v5 = _v5_datagrams(3, 2000)
+    poison = v5[1]
+    real_check = decoder_module.netflow5.check
+
+    def check(data):  # a stand-in for any decoder bug, triggered by one datagram's bytes
+        if data == poison:
+            raise IndexError("a bug provoked by this datagram")
+        return real_check(data)
+
+    monkeypatch.setattr(decoder_module.netflow5, "check", check)
+    batch = [Datagram(v5[0], "192.0.2.50", 2055, float(EXPORT_S)),
+             Datagram(ipfix_message([ipfix_template_set([(300, BASIC)])], sequence=1), "192.0.2.1", 9999,
+                      float(EXPORT_S)),
+             Datagram(poison, "192.0.2.50", 2055, float(EXPORT_S)),
+             Datagram(v5[2], "192.0.2.50", 2055, float(EXPORT_S))]
+    result = d.decode(batch)
+    assert d.counters.get("decode_errors_total", reason="internal_error") == 1
+    assert sorted(result.flows["src_port"].tolist()) == [1000, 2000, 2001, 2002, 2006, 2007, 2008]
+    assert sorted(result.flows["bytes"].tolist()) == [100] * 6 + [111]  # the held IPFIX record too
+    # the lost datagram is a real gap of 3 flows; nothing is counted twice
+    assert d.counters.get("sequence_gaps_total", proto="netflow5") == 3
+    assert d.counters.get("sequence_resets_total") == 0
+    assert d.counters.get("sequence_gaps_total", proto="ipfix") == 0

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import structlog
 
 from ..flows.schema import FlowBatch, addr_text
 from . import ipfix, netflow5, netflow9, sflow
@@ -28,6 +29,8 @@ from .templates import (
     TemplateCache,
     decode_sets,
 )
+
+log = structlog.get_logger(__name__)
 
 _SET_HEADER = struct.Struct("!HH")
 MAX_PLAUSIBLE_MS = 253_402_300_800_000  # year 10000: beyond it a time field is garbage
@@ -46,6 +49,13 @@ class DecodeResult:
     flows: FlowBatch
     records: list[RawRecords]  # the records as carried on the wire, per template group
     sflow_samples: "sflow.SflowSamples | None" = None
+
+    @classmethod
+    def concat(cls, results: list["DecodeResult"]) -> "DecodeResult":
+        """Results of datagrams decoded one by one, as one (the flows in datagram order)."""
+        samples = [r.sflow_samples for r in results if r.sflow_samples is not None]
+        return cls(FlowBatch.concat([r.flows for r in results]), [g for r in results for g in r.records],
+                   samples[0] if len(samples) == 1 else None)
 
     def wire_records(self) -> list[tuple[int, RawRecords, int]]:
         """(wire order key, group, row) for every record, sorted as on the wire."""
@@ -80,10 +90,45 @@ class Decoder:
         self._addr_cache: dict[str, bytes] = {}
         self._parsed_sets: dict[tuple[int, int, bytes], list[tuple[str, object]]] = {}
         self._labels_seen: set[str] = set()
+        # what the batch being decoded changed, to undo if it fails (see ``decode``)
+        self._sequence_undo: dict[tuple[bytes, int, int, str], int | None] = {}
+        self._taken: list[tuple[tuple, list[tuple[bytes, SetMeta]], str]] = []
 
     # -- public -----------------------------------------------------------------------------
 
     def decode(self, datagrams: list[Datagram]) -> DecodeResult:
+        """Decode a batch. A bug that a datagram provokes costs that datagram, not the batch: on
+        any unexpected error the batch is undone (sequence numbers, released pending sets) and
+        decoded again one datagram at a time; only the datagrams that fail alone are dropped,
+        counted as ``decode_errors_total{reason="internal_error"}``."""
+        try:
+            return self._decode_batch(datagrams)
+        except Exception:
+            log.exception("decoder failed on a batch; decoding it datagram by datagram", datagrams=len(datagrams))
+            self._undo()
+        results = []
+        for dg in datagrams:
+            try:
+                results.append(self._decode_batch([dg]))
+            except Exception:
+                log.exception("decoder failed on a datagram: dropped", exporter=dg.address, bytes=len(dg.payload))
+                self._undo()
+                self._error("unknown", "internal_error")
+        return DecodeResult.concat(results)
+
+    def _undo(self) -> None:
+        """Put back what a failed batch changed that a retry would otherwise see twice or miss."""
+        for key, previous in reversed(self._sequence_undo.items()):
+            if previous is None:
+                self._sequences.pop(key, None)
+            else:
+                self._sequences[key] = previous
+        for key, taken, proto in self._taken:
+            self.pending.restore(key, taken, proto)
+        self._sequence_undo, self._taken = {}, []
+
+    def _decode_batch(self, datagrams: list[Datagram]) -> DecodeResult:
+        self._sequence_undo, self._taken = {}, []
         now = time.time()
         v5: list[tuple[bytes, netflow5.V5Header, bytes, int]] = []
         sflow_in: list[tuple[bytes, bytes, int]] = []
@@ -177,7 +222,7 @@ class Decoder:
             pos += length
             ordinal += 1
             if set_id == netflow9.TEMPLATE_SET or set_id == netflow9.OPTIONS_SET:
-                self._template_set(9, set_id, body, exporter, source_id, proto, collector)
+                self._template_set(9, set_id, body, exporter, source_id, proto, collector, index)
             elif set_id >= netflow9.MIN_DATA_SET:
                 meta = SetMeta(index, ordinal, 9, source_id, secs * 1000, uptime, exporter)
                 key = (addr, port, source_id, set_id)
@@ -231,7 +276,7 @@ class Decoder:
                     self._data_set(exporter, domain, set_id, body, meta, proto, collector, now)
                     records = None
             elif set_id == 2 or set_id == 3:
-                self._template_set(10, set_id, body, exporter, domain, proto, collector)
+                self._template_set(10, set_id, body, exporter, domain, proto, collector, index)
             else:
                 self._error(proto, "reserved_set_id")
         self._sequence(addr, domain, proto, sequence, records)
@@ -239,7 +284,7 @@ class Decoder:
     # -- shared -----------------------------------------------------------------------------
 
     def _template_set(self, version: int, set_id: int, body: bytes, exporter: tuple[bytes, int], domain: int,
-                      proto: str, collector: SetCollector) -> None:
+                      proto: str, collector: SetCollector, index: int) -> None:
         """Apply one template / options template set. Exporters repeat the same sets every few
         datagrams, so parsing results are cached by the set's bytes."""
         cache_key = (version, set_id, body)
@@ -257,15 +302,19 @@ class Decoder:
             elif action == "withdraw":
                 self.templates.withdraw(exporter, domain, value, proto)  # type: ignore[arg-type]
             else:
-                self._learn(exporter, domain, value, proto, collector)  # type: ignore[arg-type]
+                self._learn(exporter, domain, value, proto, collector, index)  # type: ignore[arg-type]
 
     def _learn(self, exporter: tuple[bytes, int], domain: int, template: Template, proto: str,
-               collector: SetCollector) -> None:
+               collector: SetCollector, index: int) -> None:
         key = (*exporter, domain, template.template_id)
         self.templates.put(key, template, proto)
         if self.pending.waiting(key):
-            for payload, meta in self.pending.take(key):
-                collector.add(key, template, payload, meta)
+            taken = self.pending.take(key)
+            self._taken.append((key, taken, proto))
+            for payload, meta in taken:
+                # the set arrived in an earlier batch: its datagram index meant that batch. It is
+                # counted with the datagram that brought its template (same exporter).
+                collector.add(key, template, payload, replace(meta, datagram=index))
 
     def _data_set(self, exporter: tuple[bytes, int], domain: int, set_id: int, body: bytes,
                   meta: SetMeta, proto: str, collector: SetCollector, now: float) -> None:
@@ -307,6 +356,8 @@ class Decoder:
         """Count exporter-side loss from sequence numbers; ``advance`` None: unknown, resync."""
         key = (addr, domain, 0, proto)
         expected = self._sequences.get(key)
+        if key not in self._sequence_undo:
+            self._sequence_undo[key] = expected
         if expected is not None and sequence != expected:
             gap = (sequence - expected) & 0xFFFFFFFF
             label = self._exporter_label(addr_text(addr))

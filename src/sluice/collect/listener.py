@@ -156,7 +156,7 @@ class Collector:
         started = time.perf_counter()
         try:
             result = self.decoder.decode(batch)
-        except Exception:  # a decoder bug must not stop collection: count it and go on
+        except Exception:  # the decoder isolates bad datagrams itself; this is the last guard
             log.exception("decoder failed on a batch", datagrams=len(batch))
             self.counters.inc("decode_errors_total", len(batch), proto="unknown", reason="internal_error")
             return

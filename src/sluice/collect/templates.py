@@ -224,6 +224,15 @@ class PendingData:
             out.append((payload, meta))
         return out
 
+    def restore(self, key: TemplateKey, sets: list[tuple[bytes, SetMeta]], proto: str) -> None:
+        """Put back sets that ``take`` returned (a batch that failed to decode gives them back)."""
+        now = time.time()
+        for payload, meta in sets:
+            self._serial += 1
+            self._sets[(key, self._serial)] = (now, payload, meta, proto)
+            self._by_key.setdefault(key, []).append(self._serial)
+            self._bytes += len(payload)
+
     def expire(self, now: float) -> None:
         while self._sets:
             arrived = next(iter(self._sets.values()))[0]
