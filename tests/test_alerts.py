@@ -238,3 +238,53 @@ def test_bad_definitions_are_refused_with_the_reason(payload, complaint):
     with pytest.raises(ValueError) as err:
         DefinitionIn(**{**base, **payload})
     assert complaint in str(err.value)
+
+
+# -- isolation: one failing definition never stops the others -------------------------------
+
+def test_a_definition_that_cannot_be_prepared_is_set_aside_and_the_others_alert():
+    # stored before the parser was bounded: 1,110 terms (what the hardening review saved)
+    hostile = defn(id=9, threshold=1).model_copy(update={"prefilter": "&&".join(["PORT>=0"] * 1110)})
+    engine = AlertEngine()
+    engine.set_definitions([hostile, defn(id=1, threshold=100)])
+    events = engine.evaluate(*batch([one(sid=1, cbytes=500)]), T0)
+    assert [(e.definition_id, e.entity) for e in events] == [(1, "10.0.0.1")]
+    failure = engine.failure(9)
+    assert failure is not None and "could not be prepared" in failure.reason
+    assert "more than 500 comparisons" in failure.reason
+    assert engine.stats["definition_failures"] == 1
+    # an unchanged definition stays aside on reload (no error per reload); a changed one is retried
+    engine.set_definitions([hostile, defn(id=1, threshold=100)])
+    assert engine.stats["definition_failures"] == 1
+    engine.set_definitions([defn(id=9, threshold=1), defn(id=1, threshold=100)])
+    assert engine.failure(9) is None and 9 in engine.states
+
+
+def test_a_definition_whose_evaluation_fails_is_set_aside_retried_and_the_others_go_on(monkeypatch):
+    import sluice.alerts.engine as engine_module
+    from sluice.query.evaluate import evaluate as real_evaluate
+
+    broken = {"on": True}
+
+    def evaluate(node, sessions):  # a stand-in for any bug one definition's prefilter provokes
+        if broken["on"] and "9999" in repr(node):
+            raise RecursionError("maximum recursion depth exceeded")
+        return real_evaluate(node, sessions)
+
+    monkeypatch.setattr(engine_module, "evaluate", evaluate)
+    clock = [T0 / 1000]
+    engine = AlertEngine(clock=lambda: clock[0])
+    engine.set_definitions([defn(id=1, threshold=100), defn(id=2, threshold=100, prefilter="SRVPORT != 9999"),
+                            defn(id=3, threshold=100, entity="host_pair")])
+    events = engine.evaluate(*batch([one(sid=1, cbytes=500)]), T0)
+    assert sorted(e.definition_id for e in events) == [1, 3]  # the failure of 2 costs neither 1 nor 3
+    assert "RecursionError" in engine.failure(2).reason and 2 not in engine.states
+    events = engine.evaluate(*batch([one(sid=2, cln="10.0.0.5", cbytes=500)]), T0 + 1000)
+    assert {e.definition_id for e in events} == {1, 3}
+    assert engine.stats["definition_failures"] == 1  # set aside: not tried again on every batch
+    # fixed (say, a transient cause): retried after its time, with a fresh window
+    broken["on"] = False
+    later = T0 + engine_module.FAILED_RETRY_MS + 2000
+    events = engine.evaluate(*batch([one(sid=3, cln="10.0.0.6", cbytes=500)]), later)
+    assert {e.definition_id for e in events} == {1, 2, 3}
+    assert engine.failure(2) is None

@@ -314,3 +314,61 @@ def test_triggers_survive_a_failing_state_database(tmp_path, monkeypatch):
         assert a.v1 == 3 and calls == [1, 1]
     finally:
         service.stop()
+
+
+def test_a_failing_definition_is_shown_as_failed_and_stops_nobody(tmp_path):
+    """The hardening review: a 1,110-term prefilter was accepted, then broke alerting for every
+    user. Now the API refuses it (422 with the limit); one saved before the limit (written to
+    the database directly here) is listed as failed with the reason, in /metrics too, and
+    the other users' definitions go on alerting."""
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from sluice.alerts.service import AlertService
+    from sluice.api.app import create_app
+    from sluice.collect.counters import Counters
+    from sluice.config import AlertSettings
+    from sluice.flows.schema import SessionBatch, addr_bytes
+    from sluice.state.models import AlertDefinitionRow
+
+    from .test_api import ALICE, BOB, make_app
+
+    hostile = "&&".join(["PORT>=0"] * 1110)
+    _, users, flow_store = make_app(tmp_path)
+    counters = Counters()
+    service = AlertService(users.db, AlertSettings(), tmp_path, counters)
+    app = create_app(counters, users, [], flow_store, alerts=service)
+    with TestClient(app) as client:
+        body = {"title": "everything", "metric": "sessions_initiated", "entity": "host", "threshold": 1}
+        r = client.post("/api/v1/alert-definitions", json={**body, "prefilter": hostile}, auth=BOB)
+        assert r.status_code == 422 and "more than 500 comparisons" in r.text
+        bobs = client.post("/api/v1/alert-definitions", json=body, auth=BOB).json()
+        alices = client.post("/api/v1/alert-definitions", json=body, auth=ALICE).json()
+        with users.db.session() as s:  # as if saved before the parser was bounded
+            s.execute(update(AlertDefinitionRow).where(AlertDefinitionRow.id == bobs["id"]).values(prefilter=hostile))
+        service.reload()
+        n = 3
+        src = np.array([list(addr_bytes(f"10.7.0.{i}")) for i in range(n)], np.uint8)
+        sessions = SessionBatch.build(n, session_id=np.arange(n, dtype=np.uint64), cln_addr=src,
+                                      srv_addr=np.array([list(addr_bytes("10.8.0.1"))] * n, np.uint8), srv_port=80,
+                                      protocol=6, cln_pkts=1)
+        service.submit(sessions, np.ones(n, bool))
+        service.runner.run_once()
+        mine = client.get("/api/v1/alerts", auth=ALICE).json()
+        assert sorted(a["entity"] for a in mine) == [], "one session each: not over 1"
+        service.submit(sessions, np.ones(n, bool))  # a second session from each host: over 1
+        service.runner.run_once()
+        mine = client.get("/api/v1/alerts", auth=ALICE).json()
+        assert sorted(a["entity"] for a in mine) == ["10.7.0.0", "10.7.0.1", "10.7.0.2"]
+        listed = {d["id"]: d for d in client.get("/api/v1/alert-definitions", auth=BOB).json()}
+        failed = listed[bobs["id"]]
+        assert failed["status"] == "failed" and "more than 500 comparisons" in failed["error"]
+        assert client.get(f"/api/v1/alert-definitions/{alices['id']}", auth=ALICE).json()["status"] == "active"
+        service.export_gauges()
+        metrics = client.get("/metrics").text
+        assert "sluice_alert_definitions_failed 1.0" in metrics
+        # the owner fixes it: evaluated again at once
+        fixed = client.put(f"/api/v1/alert-definitions/{bobs['id']}", json={**body, "prefilter": "PORT >= 0"}, auth=BOB)
+        assert fixed.status_code == 200 and fixed.json()["status"] == "active"
+    flow_store.close()

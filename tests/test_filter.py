@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sluice.flows.schema import SessionBatch, addr_bytes
 from sluice.query.evaluate import evaluate
-from sluice.query.filter import FIELDS, FilterError, parse, to_text
+from sluice.query.filter import FIELDS, MAX_COMPARISONS, MAX_DEPTH, FilterError, parse, to_text
 from sluice.query.sql import compile_filter
 
 # -- parsing and errors ----------------------------------------------------------------------
@@ -39,8 +39,9 @@ def test_precedence_not_and_xor_or():
     # ! binds tightest, then &&, then ^|, then ||
     node = parse("PORT == 1 || PORT == 2 ^| PORT == 3 && !PORT == 4")
     assert to_text(node) == "PORT == 1 || PORT == 2 ^| PORT == 3 && !PORT == 4"
-    assert type(node).__name__ == "Or" and type(node.right).__name__ == "Xor"
-    assert type(node.right.right).__name__ == "And" and type(node.right.right.right).__name__ == "Not"
+    assert type(node).__name__ == "Or" and type(node.operands[1]).__name__ == "Xor"
+    assert type(node.operands[1].operands[1]).__name__ == "And"
+    assert type(node.operands[1].operands[1].operands[1]).__name__ == "Not"
 
 
 @pytest.mark.parametrize("text, position, message", [
@@ -160,8 +161,8 @@ def _ref(node, row) -> bool:
     if name == "Not":
         return not _ref(node.operand, row)
     if name in ("And", "Or", "Xor"):
-        a, b = _ref(node.left, row), _ref(node.right, row)
-        return {"And": a and b, "Or": a or b, "Xor": a != b}[name]
+        values = [_ref(operand, row) for operand in node.operands]
+        return {"And": all(values), "Or": any(values), "Xor": sum(values) % 2 == 1}[name]
     field, op, value = node.field, node.op, node.value
     ops = {"==": lambda x, y: x == y, "!=": lambda x, y: x != y, ">=": lambda x, y: x >= y,
            "<=": lambda x, y: x <= y, ">": lambda x, y: x > y, "<": lambda x, y: x < y}
@@ -206,7 +207,8 @@ def test_sql_numpy_and_reference_select_the_same_sessions(batch, text):
     # values never reach SQL as text: no digits, quotes or value words in the statement
     assert re.search(r"[0-9'\"]", sql) is None, sql
     assert set(re.findall(r"[A-Za-z_]+", sql)) <= {
-        "NOT", "AND", "OR", "BETWEEN", "CAST", "AS", "HUGEINT", *(c for f in FIELDS.values() for c in f.columns)}
+        "NOT", "AND", "OR", "BETWEEN", "CAST", "AS", "HUGEINT", "list_reduce", "lambda", "a", "b",  # ^| as a fold
+        *(c for f in FIELDS.values() for c in f.columns)}
     con = duckdb.connect()
     con.register("sessions", batch.to_arrow())
     got = {r[0] for r in con.execute(f"SELECT session_id FROM sessions WHERE {sql}", params).fetchall()}
@@ -219,3 +221,49 @@ def test_hostile_values_are_rejected_or_parameterised():
             parse(text)
     sql, params = compile_filter(parse('COUNTRY == "us"'))
     assert params == ["US", "US"] and "US" not in sql
+
+
+# -- bounds: a filter is user input that every evaluation runs ------------------------------
+
+def test_a_filter_of_too_many_comparisons_is_refused_with_the_limit():
+    # the hardening review's prefilter: 1,110 terms, which then broke every alert evaluation
+    text = "&&".join(["PORT>=0"] * 1110)
+    assert len(text) < 10_000
+    with pytest.raises(FilterError) as info:
+        parse(text)
+    assert f"more than {MAX_COMPARISONS} comparisons" in info.value.message
+    assert info.value.position == len("&&".join(["PORT>=0"] * MAX_COMPARISONS)) + len("&&")
+
+
+@pytest.mark.parametrize("symbol", ["&&", "||", "^|"])
+def test_the_longest_allowed_filter_works_everywhere(symbol):
+    """MAX_COMPARISONS terms: text, equality, numpy and SQL all work (no recursion on length)."""
+    port_op = "!=" if symbol == "&&" else "=="
+    terms = [f"SRVPORT {port_op} {p}" for p in range(MAX_COMPARISONS - 3)] + ["CLNPORT == 2", "CLNPORT > 1", "PROTO == tcp"]
+    text = f" {symbol} ".join(terms)
+    node = parse(text)
+    assert parse(to_text(node)) == node and hash(node) == hash(parse(text))
+    rng = np.random.default_rng(11)
+    n = 300
+    batch = SessionBatch.build(n, session_id=np.arange(n, dtype=np.uint64), srv_port=rng.integers(0, 1000, n),
+                               cln_port=rng.integers(0, 3, n), protocol=rng.choice([6, 17], n))
+    rows = _rows(batch)
+    want = {r["session_id"] for r in rows if _reference(text, r)}
+    assert 0 < len(want) < n, "the filter selects some rows and not others"
+    assert set(batch["session_id"][evaluate(node, batch)].tolist()) == want
+    sql, params = compile_filter(node)
+    con = duckdb.connect()
+    con.register("sessions", batch.to_arrow())
+    assert {r[0] for r in con.execute(f"SELECT session_id FROM sessions WHERE {sql}", params).fetchall()} == want
+
+
+def test_nesting_is_bounded():
+    for opener in ("(", "!"):
+        closer = ")" if opener == "(" else ""
+        ok = opener * MAX_DEPTH + "PORT == 1" + closer * MAX_DEPTH
+        parse(ok)
+        with pytest.raises(FilterError) as info:
+            parse(opener * (MAX_DEPTH + 1) + "PORT == 1" + closer * (MAX_DEPTH + 1))
+        assert f"more than {MAX_DEPTH} levels" in info.value.message and info.value.position == MAX_DEPTH
+    with pytest.raises(FilterError, match="longer than 10,000 characters"):
+        parse("PORT == 1 " + " " * 10_000)

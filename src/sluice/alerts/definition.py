@@ -253,3 +253,11 @@ class Definition(DefinitionIn):
     id: int
     user_id: int
     username: str = ""
+
+    @field_validator("prefilter")
+    @classmethod
+    def _prefilter(cls, v: str) -> str:
+        """Stored definitions are taken as saved: one that today's parser refuses (say, saved
+        before a limit was set) must still list, edit and delete; the engine sets it aside as
+        failed, with the parser's reason, instead of failing every listing."""
+        return v.strip()

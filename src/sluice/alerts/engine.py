@@ -254,17 +254,38 @@ class DefinitionState:
         return self.window.nbytes() + self.counted.nbytes
 
 
-class AlertEngine:
-    """Evaluates the enabled definitions over each batch; hands ``AlertEvent``s on."""
+@dataclass(frozen=True)
+class Failure:
+    """Why a definition is not being evaluated: it failed to compile or to evaluate."""
 
-    def __init__(self, exact_limit: int = 10_000, max_pairs: int = 16_000_000, max_entities: int = 1 << 24):
+    definition: Definition
+    reason: str  # for its owner: what went wrong and what to do
+    at_ms: int
+
+
+#: a failed definition is tried again after this long (sooner if it is changed)
+FAILED_RETRY_MS = 300_000
+
+
+class AlertEngine:
+    """Evaluates the enabled definitions over each batch; hands ``AlertEvent``s on.
+
+    Definitions are isolated from each other: one that fails to compile or to evaluate is set
+    aside as failed (``failures``: shown in the API, the editor and ``/metrics``) and the others
+    go on; it is tried again when it changes, or after ``FAILED_RETRY_MS``."""
+
+    def __init__(self, exact_limit: int = 10_000, max_pairs: int = 16_000_000, max_entities: int = 1 << 24,
+                 clock: Callable[[], float] = time.time):
         self.exact_limit = exact_limit
         self.max_pairs = max_pairs
         self.max_entities = max_entities
+        self.clock = clock
         self.states: dict[int, DefinitionState] = {}
+        self.failures: dict[int, Failure] = {}
         self.indexes: dict[EntityType, KeyIndex] = {}
         self.last_seen: dict[EntityType, np.ndarray] = {}
-        self.stats = {"rows_evaluated": 0, "rows_dropped": 0, "entities_dropped": 0, "events": 0, "evaluations": 0}
+        self.stats = {"rows_evaluated": 0, "rows_dropped": 0, "entities_dropped": 0, "events": 0, "evaluations": 0,
+                      "definition_failures": 0, "evaluation_errors": 0}
         self._lock = threading.RLock()
         self._last_reclaim_ms = 0
 
@@ -275,16 +296,49 @@ class AlertEngine:
         keeps its state, a changed or new one starts empty."""
         with self._lock:
             new: dict[int, DefinitionState] = {}
+            failures: dict[int, Failure] = {}
             for d in definitions:
                 if not d.enabled:
                     continue
+                failed = self.failures.get(d.id)
+                if failed is not None and failed.definition == d:  # unchanged: waits for its retry
+                    failures[d.id] = failed
+                    continue
                 old = self.states.get(d.id)
-                if old is not None and old.signature == d.window_signature():
-                    old.update(d)
-                    new[d.id] = old
-                else:
-                    new[d.id] = DefinitionState(d, self.exact_limit, self.max_pairs)
+                try:
+                    if old is not None and old.signature == d.window_signature():
+                        old.update(d)
+                        new[d.id] = old
+                    else:
+                        new[d.id] = DefinitionState(d, self.exact_limit, self.max_pairs)
+                except Exception as exc:
+                    failures[d.id] = self._failure(d, "could not be prepared", exc)
             self.states = new
+            self.failures = failures
+
+    def _failure(self, d: Definition, what: str, exc: BaseException) -> Failure:
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        log.error("alert definition failed; the others go on", definition=d.id, user=d.user_id, what=what,
+                  error=detail)
+        self.stats["definition_failures"] += 1
+        return Failure(d, f"{what} ({detail}); it is skipped until it is changed, and retried every "
+                          f"{FAILED_RETRY_MS // 60_000} minutes", int(self.clock() * 1000))
+
+    def _set_aside(self, st: DefinitionState, what: str, exc: BaseException) -> None:
+        d = st.definition
+        self.failures[d.id] = self._failure(d, what, exc)
+        self.states.pop(d.id, None)
+
+    def _retry_failed(self, now_ms: int) -> None:
+        """Failed definitions whose retry time has come start again, with an empty window."""
+        for definition_id, failed in list(self.failures.items()):
+            if now_ms - failed.at_ms < FAILED_RETRY_MS:
+                continue
+            try:
+                self.states[definition_id] = DefinitionState(failed.definition, self.exact_limit, self.max_pairs)
+                del self.failures[definition_id]
+            except Exception as exc:
+                self.failures[definition_id] = self._failure(failed.definition, "could not be prepared", exc)
 
     # -- evaluation -----------------------------------------------------------------------
 
@@ -295,26 +349,38 @@ class AlertEngine:
         by default ``now_ms``)."""
         with self._lock:
             self.stats["evaluations"] += 1
+            if self.failures:
+                self._retry_failed(now_ms)
             self._advance(now_ms)
             if not len(sessions) or not self.states:
                 return []
             self.stats["rows_evaluated"] += len(sessions)
             masks: dict[str, np.ndarray] = {}
-            rows_by_kind: dict[EntityType, EntityRows] = {}
+            rows_by_kind: dict[EntityType, EntityRows | None] = {}
             shared = BatchKeys(sessions)
             events: list[AlertEvent] = []
-            for st in self.states.values():
+            for st in list(self.states.values()):
                 kind = st.definition.entity
-                rows = rows_by_kind.get(kind)
+                if kind not in rows_by_kind:
+                    try:
+                        rows_by_kind[kind] = self._entity_rows(kind, sessions, new, now_ms, shared)
+                    except Exception:  # not one definition's fault: this batch skips the entity type
+                        log.exception("alert entity rows failed", entity=kind.value)
+                        self.stats["evaluation_errors"] += 1
+                        rows_by_kind[kind] = None
+                rows = rows_by_kind[kind]
                 if rows is None:
-                    rows = rows_by_kind[kind] = self._entity_rows(kind, sessions, new, now_ms, shared)
-                pre = None
-                if st.prefilter is not None:
-                    text = st.definition.prefilter
-                    pre = masks.get(text)
-                    if pre is None:
-                        pre = masks[text] = evaluate(st.prefilter, sessions)
-                events.extend(self._evaluate_one(st, rows, pre, now_ms, now_us or now_ms * 1000))
+                    continue
+                try:
+                    pre = None
+                    if st.prefilter is not None:
+                        text = st.definition.prefilter
+                        pre = masks.get(text)
+                        if pre is None:
+                            pre = masks[text] = evaluate(st.prefilter, sessions)
+                    events.extend(self._evaluate_one(st, rows, pre, now_ms, now_us or now_ms * 1000))
+                except Exception as exc:
+                    self._set_aside(st, "evaluation failed", exc)
             self.stats["events"] += len(events)
             return events
 
@@ -427,10 +493,13 @@ class AlertEngine:
     # -- time -----------------------------------------------------------------------------
 
     def _advance(self, now_ms: int) -> None:
-        for st in self.states.values():
+        for st in list(self.states.values()):
             bucket = now_ms // st.step_ms
             if bucket != st.bucket:
-                st.window.advance(bucket)
+                try:
+                    st.window.advance(bucket)
+                except Exception as exc:
+                    self._set_aside(st, "its window could not slide", exc)
                 st.bucket = bucket
         if now_ms - self._last_reclaim_ms > 60_000:
             self._reclaim(now_ms)
@@ -458,6 +527,11 @@ class AlertEngine:
             for kind, index in self.indexes.items():
                 out[f"index:{kind.value}"] = index.nbytes() + self.last_seen[kind].nbytes
             return out
+
+    def failure(self, definition_id: int) -> Failure | None:
+        """Why a definition is set aside, or None if it is being evaluated (or disabled)."""
+        with self._lock:
+            return self.failures.get(definition_id)
 
     def active_entities(self, definition_id: int) -> int:
         with self._lock:

@@ -102,6 +102,9 @@ class AlertService:
     def export_gauges(self) -> None:
         c, stats = self.counters, self.engine.stats
         c.set("alert_definitions_active", len(self.engine.states))
+        c.set("alert_definitions_failed", len(self.engine.failures))
+        c.set("alert_definition_failures_total", stats["definition_failures"])
+        c.set("alert_evaluation_errors_total", stats["evaluation_errors"])
         c.set("alert_rows_evaluated_total", stats["rows_evaluated"])
         c.set("alert_rows_dropped_total", stats["rows_dropped"])
         c.set("alert_entities_dropped_total", stats["entities_dropped"])

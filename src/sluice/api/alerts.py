@@ -8,7 +8,7 @@ No ``from __future__ import annotations``: FastAPI needs the dependency aliases 
 """
 
 import time
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, Field
@@ -28,6 +28,9 @@ TimeMs = Annotated[Optional[int], Query(ge=0, le=2**53, description="millisecond
 class DefinitionOut(Definition):
     active_entities: int = Field(0, description="entities with data in the window now")
     state_bytes: int = Field(0, description="memory the window state takes")
+    status: Literal["active", "disabled", "failed"] = Field(
+        "active", description="failed: set aside (the others go on) until changed or retried; see error")
+    error: Optional[str] = Field(None, description="why the definition failed, when it did")
 
 
 class AckRequest(BaseModel):
@@ -57,7 +60,10 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
     def out(d: Definition) -> DefinitionOut:
         mem = engine.memory().get(f"definition:{d.id}", 0) if engine else 0
         active = engine.active_entities(d.id) if engine else 0
-        return DefinitionOut(**d.model_dump(), active_entities=active, state_bytes=mem)
+        failure = engine.failure(d.id) if engine and d.enabled else None
+        status = "failed" if failure else ("active" if d.enabled else "disabled")
+        return DefinitionOut(**d.model_dump(), active_entities=active, state_bytes=mem, status=status,
+                             error=failure.reason if failure else None)
 
     def owned(principal: Principal, definition_id: int) -> Definition:
         d = store.definition(definition_id)

@@ -24,14 +24,11 @@ def evaluate(node: Node, sessions: SessionBatch) -> np.ndarray:
         return _comparison(node, sessions)
     if isinstance(node, Not):
         return ~evaluate(node.operand, sessions)
-    left = evaluate(node.left, sessions)
-    right = evaluate(node.right, sessions)
-    if isinstance(node, And):
-        return left & right
-    if isinstance(node, Or):
-        return left | right
-    assert isinstance(node, Xor)
-    return left ^ right
+    combine = {And: np.logical_and, Or: np.logical_or, Xor: np.logical_xor}[type(node)]
+    result = evaluate(node.operands[0], sessions)
+    for operand in node.operands[1:]:
+        combine(result, evaluate(operand, sessions), out=result)
+    return result
 
 
 def in_range(column: np.ndarray, r: AddressRange) -> np.ndarray:

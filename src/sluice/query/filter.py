@@ -30,7 +30,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Union
+from typing import Callable, Union
 
 
 class FilterError(ValueError):
@@ -146,22 +146,24 @@ class Not:
     operand: "Node"
 
 
+# A run of one operator is one node with all its operands (``a && b && c`` is
+# ``And((a, b, c))``), so a tree is as deep as its parentheses, never as long as the filter:
+# everything that walks it (evaluation, SQL, text, equality) stays far from Python's recursion
+# limit. ``^|`` over several operands is true when an odd number of them are.
+
 @dataclass(frozen=True)
 class And:
-    left: "Node"
-    right: "Node"
+    operands: tuple["Node", ...]
 
 
 @dataclass(frozen=True)
 class Or:
-    left: "Node"
-    right: "Node"
+    operands: tuple["Node", ...]
 
 
 @dataclass(frozen=True)
 class Xor:
-    left: "Node"
-    right: "Node"
+    operands: tuple["Node", ...]
 
 
 Node = Union[Comparison, Not, And, Or, Xor]
@@ -205,11 +207,20 @@ def tokenize(text: str) -> list[Token]:
 
 # -- parser ------------------------------------------------------------------------------
 
+#: bounds on what a filter may hold (a filter is user input that every evaluation runs): enough
+#: for long lists of hosts or ports, far below what could exhaust the server (docs/filters.md)
+MAX_LENGTH = 10_000
+MAX_COMPARISONS = 500
+MAX_DEPTH = 32  # nested parentheses and "!"
+
+
 class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
+        self.comparisons = 0
+        self.depth = 0
 
     def peek(self) -> Token:
         return self.tokens[self.i]
@@ -233,43 +244,49 @@ class _Parser:
         return node
 
     def or_(self) -> Node:
-        node = self.xor()
-        while self.peek().text == "||":
-            self.take()
-            node = Or(node, self.xor())
-        return node
+        return self._run("||", Or, self.xor)
 
     def xor(self) -> Node:
-        node = self.and_()
-        while self.peek().text == "^|":
-            self.take()
-            node = Xor(node, self.and_())
-        return node
+        return self._run("^|", Xor, self.and_)
 
     def and_(self) -> Node:
-        node = self.unary()
-        while self.peek().text == "&&":
+        return self._run("&&", And, self.unary)
+
+    def _run(self, symbol: str, kind: type[And] | type[Or] | type[Xor], operand: Callable[[], Node]) -> Node:
+        """``operand (symbol operand)*`` as one node (or the single operand)."""
+        operands = [operand()]
+        while self.peek().text == symbol:
             self.take()
-            node = And(node, self.unary())
-        return node
+            operands.append(operand())
+        return operands[0] if len(operands) == 1 else kind(tuple(operands))
 
     def unary(self) -> Node:
         tok = self.peek()
+        if tok.text not in ("!", "("):
+            return self.comparison()
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FilterError(self.text, tok.position,
+                              f"the filter nests more than {MAX_DEPTH} levels of '(' and '!': simplify it")
+        self.take()
         if tok.text == "!":
-            self.take()
-            return Not(self.unary())
-        if tok.text == "(":
-            self.take()
+            node: Node = Not(self.unary())
+        else:
             node = self.or_()
             close = self.peek()
             if close.text != ")":
                 raise self.fail(close, f"')' to close the '(' at position {tok.position + 1}")
             self.take()
-            return node
-        return self.comparison()
+        self.depth -= 1
+        return node
 
     def comparison(self) -> Comparison:
         tok = self.take()
+        self.comparisons += 1
+        if self.comparisons > MAX_COMPARISONS:
+            raise FilterError(self.text, tok.position,
+                              f"the filter has more than {MAX_COMPARISONS} comparisons: use prefixes "
+                              "(ADDR == 10.0.0.0/8) or split it")
         if tok.kind != "word":
             raise self.fail(tok, "a field name (" + ", ".join(FIELDS) + ")")
         field = FIELDS.get(tok.text.upper())
@@ -345,13 +362,9 @@ def parse(text: str) -> Node:
     """Parse a filter; raises :class:`FilterError` (never anything else) on bad input."""
     if not isinstance(text, str):
         raise FilterError(str(text), 0, "a filter must be text")
-    if len(text) > 10_000:
-        raise FilterError(text[:100], 100, "the filter is longer than 10,000 characters")
-    parser = _Parser(text)
-    try:
-        return parser.parse()
-    except RecursionError:
-        raise FilterError(text, 0, "the filter nests too deeply") from None
+    if len(text) > MAX_LENGTH:
+        raise FilterError(text[:100], 100, f"the filter is longer than {MAX_LENGTH:,} characters")
+    return _Parser(text).parse()
 
 
 # -- back to text ------------------------------------------------------------------------
@@ -374,6 +387,6 @@ def to_text(node: Node, parent: int = 0) -> str:
     if isinstance(node, Not):
         return "!" + to_text(node.operand, 4)
     level = _PRECEDENCE[type(node)]
-    # left-associative: a right operand of the same level needs parentheses
-    text = f"{to_text(node.left, level)} {_SYMBOL[type(node)]} {to_text(node.right, level + 1)}"
+    # an operand of the same level was parenthesised (else it would be part of this run)
+    text = f" {_SYMBOL[type(node)]} ".join(to_text(operand, level + 1) for operand in node.operands)
     return f"({text})" if level < parent else text

@@ -22,14 +22,10 @@ def _compile(node: Node, params: list[object]) -> str:
         return _comparison(node, params)
     if isinstance(node, Not):
         return f"(NOT {_compile(node.operand, params)})"
-    left = _compile(node.left, params)
-    right = _compile(node.right, params)
-    if isinstance(node, And):
-        return f"({left} AND {right})"
-    if isinstance(node, Or):
-        return f"({left} OR {right})"
-    assert isinstance(node, Xor)
-    return f"({left} <> {right})"  # columns are NOT NULL: booleans compare as xor
+    operands = [_compile(operand, params) for operand in node.operands]
+    if isinstance(node, Xor):  # true when an odd number are; one flat list, however many operands
+        return "list_reduce([" + ", ".join(operands) + "], lambda a, b: a <> b)"
+    return "(" + (" AND " if isinstance(node, And) else " OR ").join(operands) + ")"
 
 
 def _comparison(c: Comparison, params: list[object]) -> str:

@@ -45,6 +45,10 @@
     const d = await api("GET", `/api/v1/alert-definitions/${id}`);
     for (const k of ["title", "description", "prefilter", "metric", "entity", "threshold", "interval", "severity"]) $(k).value = d[k];
     $("enabled").checked = d.enabled;
+    if (d.status === "failed") {  // set aside by the server: say why, so that it can be fixed
+      $("definition-failed").textContent = "This definition is not being evaluated: " + d.error;
+      $("definition-failed").hidden = false;
+    }
     $("renotify").value = d.renotify || "";
     $("except-addresses").value = d.exceptions.addresses.join(", ");
     $("except-ports").value = d.exceptions.ports.join(", ");
