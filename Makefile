@@ -8,7 +8,7 @@ GEO_PACKAGE := @ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719
 GEO_DIR     := $(VENV)/share/sluice
 GEO_MMDB    := $(GEO_DIR)/geo-whois-asn-country.mmdb
 
-.PHONY: run test bench debian-deps venv geodata clean
+.PHONY: run test bench screenshots debian-deps venv geodata clean
 
 run: $(STAMP) $(GEO_MMDB)
 	$(VENV)/bin/sluice serve --simulate
@@ -21,6 +21,10 @@ bench: $(STAMP) $(GEO_MMDB) debian-deps
 	$(PY) bench/enrich.py
 	$(PY) bench/store_query.py
 	$(PY) bench/alerts.py
+
+# refresh the README's screenshots (the browser test, writing into docs/screenshots)
+screenshots: $(STAMP) $(GEO_MMDB) debian-deps
+	SLUICE_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/test_web.py
 
 geodata: $(GEO_MMDB)
 

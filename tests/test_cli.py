@@ -189,11 +189,11 @@ def test_serve_rejects_bad_configuration(tmp_path):
     assert out.returncode == 2 and "http.port" in out.stderr
 
 
-def test_serve_reports_a_busy_port():
+def test_serve_reports_a_busy_port(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
-        out = sluice("serve", "--listen", "127.0.0.1", "--netflow-port", str(port), "--ipfix-port", "0",
+        out = sluice("serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1", "--netflow-port", str(port), "--ipfix-port", "0",
                      "--sflow-port", "0", "--http-port", str(free_tcp_port()), "--http-listen", "127.0.0.1")
     assert out.returncode == 1
     assert f"cannot listen for netflow on UDP 127.0.0.1:{port}" in out.stderr

@@ -1,26 +1,31 @@
 """The web page in a real browser: Debian's chromium driven by Playwright against a live
 ``sluice serve`` fed by exporter traffic (``sluice simulate`` and softflowd).
 
-Screenshots of each page land in ``docs/screenshots/`` (the README shows them).
+Screenshots of each page are taken into a temporary directory; ``make screenshots`` runs
+this file with ``SLUICE_SCREENSHOTS=docs/screenshots`` to refresh the ones the README shows
+(tests never write into the checkout).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from .conftest import REPO, require_tool
+from .conftest import require_tool
 from .notifyhelp import SmtpServer
 from .test_alerts_api import scan_pcap
 from .test_cli import ADMIN, SLUICE, server  # noqa: F401  (server: a fixture)
 from .test_sessions import export
 
-SHOTS = REPO / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("SLUICE_SCREENSHOTS") or tempfile.mkdtemp(prefix="sluice-shots-"))
 OPERATOR = ("operator", "operator-password")
 
 
@@ -43,8 +48,11 @@ def login(page: Page, base: str, who: tuple[str, str]) -> None:
 
 
 def shot(page: Page, name: str) -> None:
-    """Save a screenshot for the docs, after checking the page's accessibility basics."""
+    """Save a screenshot for the docs, after checking the page's accessibility basics and
+    that no dashboard widget shows an error (a screenshot must show a working page)."""
     assert_accessible(page)
+    failing = page.locator("section.widget .body .error")
+    assert failing.count() == 0, [failing.nth(i).inner_text() for i in range(failing.count())]
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
