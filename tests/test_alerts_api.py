@@ -286,7 +286,7 @@ def test_triggers_survive_a_failing_state_database(tmp_path, monkeypatch):
     """The database refuses a write: the triggers are kept and written within seconds, even
     when no new trigger comes to carry them."""
     from sluice.alerts.service import AlertService
-    from sluice.collect.counters import Counters
+    from sluice.counters import Counters
     from sluice.config import AlertSettings
 
     db = open_state(tmp_path)
@@ -326,8 +326,8 @@ def test_a_failing_definition_is_shown_as_failed_and_stops_nobody(tmp_path):
     from sqlalchemy import update
 
     from sluice.alerts.service import AlertService
-    from sluice.api.app import create_app
-    from sluice.collect.counters import Counters
+    from sluice.http.app import create_app
+    from sluice.counters import Counters
     from sluice.config import AlertSettings
     from sluice.flows.schema import SessionBatch, addr_bytes
     from sluice.state.models import AlertDefinitionRow

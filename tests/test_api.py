@@ -9,8 +9,8 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from sluice.api.app import create_app
-from sluice.collect.counters import Counters
+from sluice.http.app import create_app
+from sluice.counters import Counters
 from sluice.flows.schema import SessionBatch, addr_bytes
 from sluice.state.db import open_state
 from sluice.state.users import Users
@@ -246,7 +246,7 @@ def test_system_settings_keep_the_password_private(api):
 
 
 def test_retention_set_by_an_administrator_applies(tmp_path):
-    from sluice.collect.counters import Counters as C
+    from sluice.counters import Counters as C
     from sluice.config import load
     from sluice.ingest import Ingest
     from sluice.state.preferences import Preferences, SystemSettingsIn

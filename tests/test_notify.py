@@ -18,7 +18,7 @@ import pytest
 from sluice.alerts.definition import DefinitionIn, EntityType
 from sluice.alerts.engine import AlertEvent
 from sluice.alerts.records import AlertStore
-from sluice.collect.counters import Counters
+from sluice.counters import Counters
 from sluice.notify.email import EmailChannel
 from sluice.notify.message import Notice, syslog_cef, syslog_rfc3164, syslog_rfc5424
 from sluice.notify.outbox import DEAD, DELIVERED, PENDING, Outbox

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import structlog
 
-from .collect.counters import Counters
+from .counters import Counters
 from .config import Settings
 from .flows.enrich import Enricher
 from .flows.schema import FlowBatch, SessionBatch

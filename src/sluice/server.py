@@ -16,8 +16,8 @@ import uvicorn
 from .alerts.definition import DefinitionIn
 from .alerts.service import AlertService
 from .notify.service import NotifyService
-from .api.app import create_app
-from .collect.counters import Counters
+from .http.app import create_app
+from .counters import Counters
 from .collect.decoder import Decoder, DecoderConfig
 from .collect.listener import Collector
 from .config import Settings

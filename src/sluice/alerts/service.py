@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from ..collect.counters import Counters
+from ..counters import Counters
 from ..config import AlertSettings
 from ..flows.schema import SessionBatch
 from ..state.db import StateDB

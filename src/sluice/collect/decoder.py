@@ -18,7 +18,7 @@ import structlog
 
 from ..flows.schema import FlowBatch, addr_text
 from . import ipfix, netflow5, netflow9, sflow
-from .counters import Counters
+from ..counters import Counters
 from .normalize import ExporterState, to_flows
 from .templates import (
     PendingData,

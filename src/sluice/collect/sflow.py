@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..flows.schema import SFLOW5, FlowBatch
-from .counters import Counters
+from ..counters import Counters
 from .wire import be_uint, gather
 
 FLOW_SAMPLE, COUNTER_SAMPLE, FLOW_SAMPLE_EXPANDED, COUNTER_SAMPLE_EXPANDED = 1, 2, 3, 4

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .counters import Counters
+from ..counters import Counters
 from .ie import ELEMENTS, REVERSE_PEN, V9_SCOPES, VARLEN, Kind
 from .wire import be_uint, gather, ipv4_to_mapped
 

@@ -11,7 +11,7 @@ from typing import Optional
 import structlog
 
 from ..alerts.records import AlertStore
-from ..collect.counters import Counters
+from ..counters import Counters
 from ..state.db import StateDB
 from ..state.models import SystemSettings
 from ..state.preferences import TestMail

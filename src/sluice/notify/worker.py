@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import structlog
 
-from ..collect.counters import Counters
+from ..counters import Counters
 from .channel import Channel, DeliveryError
 from .outbox import Due, Outbox
 

@@ -162,7 +162,7 @@ class AlertStreamRow(Base):
 
 
 class DashboardRow(Base):
-    """A user's dashboard: the widgets and their order, as JSON (see ``web.layout``)."""
+    """A user's dashboard: the widgets and their order, as JSON (see ``http.web.dashboards``)."""
 
     __tablename__ = "dashboards"
 

@@ -7,7 +7,7 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as PromCollector
 
-from ..collect.counters import Counters
+from ..counters import Counters
 
 HELP = {
     "datagrams_total": "Datagrams received, per exporter and export protocol",

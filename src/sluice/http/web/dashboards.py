@@ -11,9 +11,9 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, Field
 
-from ..alerts.definition import Severity
-from ..state.db import StateDB
-from ..state.models import DashboardRow
+from ...alerts.definition import Severity
+from ...state.db import StateDB
+from ...state.models import DashboardRow
 
 _ID = r"^[A-Za-z0-9_-]{1,32}$"
 _FRAME = re.compile(r"^-?\d+[mhdw]$")

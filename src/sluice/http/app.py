@@ -12,18 +12,21 @@ from prometheus_client.registry import CollectorRegistry
 from .. import __version__
 from ..alerts.records import AlertStore
 from ..alerts.service import AlertService
-from ..collect.counters import Counters
+from ..counters import Counters
 from ..notify.service import NotifyService
 from ..state.preferences import Preferences
 from ..state.users import LoginThrottle, Users
 from ..store.base import FlowStore
-from ..web.layout import Dashboards
-from ..web.pages import STATIC, build_web_router
-from .alerts import build_alerts_router
+from .api.account import build_account_router
+from .api.alerts import build_alerts_router
+from .api.data import build_data_router
+from .api.notifications import build_notifications_router
+from .api.settings import build_settings_router
+from .api.users import build_users_router
 from .auth import Authenticator
 from .metrics import CountersCollector
-from .notifications import build_notifications_router
-from .v1 import build_router
+from .web.dashboards import Dashboards
+from .web.pages import STATIC, build_web_router
 
 
 def create_app(counters: Counters, users: Users, listeners: list[tuple[str, int]] | None = None,
@@ -32,8 +35,10 @@ def create_app(counters: Counters, users: Users, listeners: list[tuple[str, int]
                retention_days: Optional[Callable[[], float]] = None) -> FastAPI:
     app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
     auth = Authenticator(users, LoginThrottle())
-    app.include_router(build_router(users, auth, store, counters, Preferences(users.db), secure_cookies, notify,
-                                    retention_days))
+    app.include_router(build_account_router(users, auth, secure_cookies))
+    app.include_router(build_data_router(auth, store, counters, retention_days))
+    app.include_router(build_settings_router(auth, Preferences(users.db), notify))
+    app.include_router(build_users_router(users, auth))
     alert_store = alerts.store if alerts is not None else AlertStore(users.db)
     app.include_router(build_alerts_router(auth, users, alert_store, alerts.engine if alerts is not None else None))
     if notify is not None:

@@ -10,14 +10,15 @@ No ``from __future__ import annotations``: FastAPI needs the dependency aliases 
 import time
 from typing import Annotated, Literal, Optional
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
-from ..alerts.definition import Definition, DefinitionIn, Severity
-from ..alerts.engine import AlertEngine
-from ..alerts.records import STATES, AlertOut, AlertStore
-from ..state.users import Users
-from .auth import Authenticator, Principal
+from ...alerts.definition import Definition, DefinitionIn, Severity
+from ...alerts.engine import AlertEngine
+from ...alerts.records import STATES, AlertOut, AlertStore
+from ...state.users import Users
+from ..auth import Authenticator, Principal, dependencies
+from .common import PREFIX
 
 
 MAX_ID = 2**62
@@ -43,8 +44,8 @@ class AckResult(BaseModel):
 
 def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
                         engine: Optional[AlertEngine] = None) -> APIRouter:
-    router = APIRouter(prefix="/api/v1")
-    User = Annotated[Principal, Depends(auth)]
+    router = APIRouter(prefix=PREFIX)
+    User, _ = dependencies(auth)
 
     def whose(principal: Principal, username: Optional[str]) -> int:
         """The user id a listing is about: yourself, or (administrators) anyone."""

@@ -14,12 +14,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
-from .. import __version__
-from ..api.auth import COOKIE, Authenticator, Principal
-from ..query.filter import FilterError, parse
-from ..state.preferences import FACILITIES
-from ..state.users import Users
-from .layout import Dashboards, Layout
+from ... import __version__
+from ..auth import COOKIE, Authenticator, Principal
+from ...query.filter import FilterError, parse
+from ...state.preferences import FACILITIES
+from ...state.users import Users
+from .dashboards import Dashboards, Layout
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"

@@ -1,7 +1,9 @@
-"""Event counters of the collector, exported at /metrics in Prometheus format.
+"""The process's counters and gauges, shared by every stage (collector, sessions, store,
+alerts, notifications) and exported at /metrics in Prometheus format (``http/metrics.py``).
 
-A plain dict keyed by (name, labels) is cheap enough to bump per datagram or per set and
-needs no locking for the single collector thread; the metrics endpoint reads a snapshot.
+A plain dict keyed by (name, labels) is cheap enough to bump per datagram or per set; an
+increment from one thread at a time needs no lock (the GIL keeps each ``+=`` whole enough for
+counters that only one stage writes), and the metrics endpoint reads a snapshot.
 """
 
 from __future__ import annotations

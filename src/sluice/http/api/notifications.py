@@ -9,13 +9,14 @@ import json
 from typing import Annotated, AsyncIterator, Optional
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from ..notify.outbox import Outbox
-from ..state.users import Users
-from .auth import Authenticator, Principal
+from ...notify.outbox import Outbox
+from ...state.users import Users
+from ..auth import Authenticator, dependencies
+from .common import PREFIX
 
 HEARTBEAT_S = 15.0
 POLL_S = 0.25
@@ -36,8 +37,8 @@ class NotificationOut(BaseModel):
 
 
 def build_notifications_router(auth: Authenticator, users: Users, outbox: Outbox) -> APIRouter:
-    router = APIRouter(prefix="/api/v1")
-    User = Annotated[Principal, Depends(auth)]
+    router = APIRouter(prefix=PREFIX)
+    User, _ = dependencies(auth)
 
     @router.get("/notifications", response_model=list[NotificationOut], tags=["notifications"])
     def notifications(principal: User,

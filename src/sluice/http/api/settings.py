@@ -1,0 +1,50 @@
+"""Each user's notification preferences and the administrators' system settings
+(``/api/v1/preferences``, ``/api/v1/settings``).
+
+No ``from __future__ import annotations``: FastAPI needs the dependency aliases as objects.
+"""
+
+from typing import Optional
+
+from fastapi import APIRouter
+
+from ...notify.service import NotifyService
+from ...state.preferences import Preferences, PreferencesIn, PreferencesOut, SystemSettingsIn, SystemSettingsOut
+from ..auth import Authenticator, dependencies
+from .common import PREFIX
+
+
+def build_settings_router(auth: Authenticator, prefs: Preferences,
+                          notify: Optional[NotifyService] = None) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, tags=["preferences"])
+    User, Admin = dependencies(auth)
+
+    @router.get("/preferences", response_model=PreferencesOut)
+    def get_preferences(principal: User) -> PreferencesOut:
+        return prefs.user(principal.user_id)
+
+    @router.put("/preferences", response_model=PreferencesOut)
+    def put_preferences(body: PreferencesIn, principal: User) -> PreferencesOut:
+        """Your own e-mail To:, syslog collector and webhook (every user may set these). With a
+        To: address, a test mail goes out through the alert mail path; ``test_mail`` says
+        whether it was accepted, or the SMTP error."""
+        out = prefs.set_user(principal.user_id, body)
+        if notify is not None and out.email_to:
+            out.test_mail = notify.test_mail(prefs.system(), out.email_to)
+        return out
+
+    @router.get("/settings", response_model=SystemSettingsOut)
+    def get_settings(principal: Admin) -> SystemSettingsOut:
+        return prefs.system_out(prefs.system())
+
+    @router.put("/settings", response_model=SystemSettingsOut)
+    def put_settings(body: SystemSettingsIn, principal: Admin) -> SystemSettingsOut:
+        """SMTP server, security, credentials, From: and data retention (administrators). With
+        an SMTP host and your own To: set, a test mail goes to you (``test_mail``)."""
+        out = prefs.system_out(prefs.set_system(body))
+        to = prefs.user(principal.user_id).email_to
+        if notify is not None and out.smtp_host and to:
+            out.test_mail = notify.test_mail(prefs.system(), to)
+        return out
+
+    return router
