@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sluice.alerts.definition import AlertMetric, Definition, DefinitionIn, EntityType
+from sluice.alerts import persist
 from sluice.alerts.engine import AlertEngine
 from sluice.flows.schema import SessionBatch, addr_bytes
 
@@ -197,17 +198,17 @@ def test_state_survives_a_restart(tmp_path):
     engine = AlertEngine()
     engine.set_definitions([d])
     engine.evaluate(*batch([one(sid=i, sport=i + 1) for i in range(600)]), T0)
-    engine.save(tmp_path / "alerts.npz")
+    persist.save(engine, tmp_path / "alerts.npz")
     restarted = AlertEngine()
     restarted.set_definitions([d])
-    assert restarted.load(tmp_path / "alerts.npz")
+    assert persist.load(restarted, tmp_path / "alerts.npz")
     events = restarted.evaluate(*batch([one(sid=1000 + i, sport=1000 + i) for i in range(401)]), T0 + 2000)
     # both ends saw 1001 distinct server ports: 600 before the restart, 401 after
     assert sorted((e.entity, e.value) for e in events) == [("10.0.0.1", 1001), ("10.0.0.2", 1001)]
     # a changed definition starts afresh
     changed = AlertEngine()
     changed.set_definitions([defn(threshold=1000, metric="unique_ports", entity="host", prefilter="PROTO == tcp")])
-    changed.load(tmp_path / "alerts.npz")
+    persist.load(changed, tmp_path / "alerts.npz")
     assert changed.evaluate(*batch([one(sid=5000, sport=5000)]), T0 + 3000) == []
 
 

@@ -1,10 +1,8 @@
 """The alert engine: every definition's sliding window, fed batch by batch as sessions arrive.
 
 One evaluation takes a batch of session delta rows (what each touched session carried since
-the last batch) and, per entity type in use, turns it into entity rows once: endpoint
-entities (host, country, ASN) get two rows per session (client side, server side), host
-pairs and ports one. Entity keys get dense ids from one ``KeyIndex`` per type, shared by all
-definitions; each definition then needs only masks, ``bincount``s and lookups of its
+the last batch) and, per entity type in use, turns it into entity rows once (``entities.py``).
+Entity keys get dense ids from one ``KeyIndex`` per type, shared by all definitions; each definition then needs only masks, ``bincount``s and lookups of its
 window. Nothing here loops over sessions in Python; the loops are over definitions,
 exception entries and alerting entities.
 
@@ -21,24 +19,21 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections import deque
-from functools import cached_property
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 import structlog
 
-from ..flows.schema import SessionBatch, addr_text, address_words
+from ..flows.schema import SessionBatch
 from ..query.evaluate import evaluate, in_range
-from ..query.filter import PROTOCOL_NAMES, AddressRange, Node, parse
-from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
-from .keyindex import KeyIndex, combine, distinct_first, mix64, ordered_pair_key
+from ..query.filter import AddressRange, Node, parse
+from .definition import Definition, EntityType, alert_message, step_seconds
+from .entities import BatchKeys, EntityRows
+from .keyindex import KeyIndex, combine, distinct_first
 from .window import DistinctWindow, SumWindow
 
 log = structlog.get_logger(__name__)
-
 
 @dataclass
 class AlertEvent:
@@ -54,159 +49,6 @@ class AlertEvent:
     threshold: int  # v2: the threshold that applied to this entity
     value: int  # the window value that exceeded it
     time_us: int  # the trigger time (server clock, microseconds)
-
-
-def address_keys(addr16: np.ndarray) -> np.ndarray:
-    """One 64-bit key per 16-byte address; IPv4 addresses map to themselves (exact)."""
-    hi, lo = address_words(addr16)
-    return lo ^ mix64(hi)
-
-
-class BatchKeys:
-    """Per-batch values several entity types share, computed once and only when needed."""
-
-    def __init__(self, s: SessionBatch):
-        self.sessions = s
-
-    @cached_property
-    def cln(self) -> np.ndarray:
-        return address_keys(self.sessions["cln_addr"])
-
-    @cached_property
-    def srv(self) -> np.ndarray:
-        return address_keys(self.sessions["srv_addr"])
-
-    @cached_property
-    def port(self) -> np.ndarray:
-        s = self.sessions
-        return (s["protocol"].astype(np.uint64) << np.uint64(16)) | s["srv_port"].astype(np.uint64)
-
-
-class EntityRows:
-    """A batch of sessions as rows of one entity type: keys, sides and values. Endpoint
-    types have rows ``0..n-1`` for the client sides and ``n..2n-1`` for the server sides."""
-
-    def __init__(self, kind: EntityType, s: SessionBatch, new: np.ndarray, shared: BatchKeys):
-        self.kind = kind
-        self.sessions = s
-        self.shared = shared
-        n = len(s)
-        self.n_sessions = n
-        self.new_session = new
-        self.valid: np.ndarray | None = None  # None: every row
-        if kind.is_endpoint:
-            self.session_row = np.concatenate([np.arange(n), np.arange(n)])
-            self.is_client = np.zeros(2 * n, bool)
-            self.is_client[:n] = True
-            if kind is EntityType.HOST:
-                self.keys = np.concatenate([shared.cln, shared.srv])
-            elif kind is EntityType.COUNTRY:
-                self.keys = np.concatenate([s["cln_country"], s["srv_country"]]).view(">u2").astype(np.uint64)
-            else:
-                asn = np.concatenate([s["cln_asn"], s["srv_asn"]])
-                self.keys = asn.astype(np.uint64)
-                self.valid = asn != 0  # sessions without an AS number do not count for ASN alerts
-        else:
-            self.session_row = np.arange(n)
-            self.is_client = None
-            self.keys = ordered_pair_key(shared.cln, shared.srv) if kind is EntityType.HOST_PAIR else shared.port
-        self.ids: np.ndarray | None = None
-        self._cache: dict[str, np.ndarray] = {}
-
-    @cached_property
-    def own_addr(self) -> np.ndarray:
-        return np.concatenate([self.sessions["cln_addr"], self.sessions["srv_addr"]])
-
-    @cached_property
-    def own_country(self) -> np.ndarray:
-        return np.concatenate([self.sessions["cln_country"], self.sessions["srv_country"]])
-
-    def session_col(self, name: str) -> np.ndarray:
-        col = self.sessions[name]
-        return np.concatenate([col, col]) if self.kind.is_endpoint else col
-
-    def _sides(self, what: str) -> tuple[np.ndarray, np.ndarray]:
-        """(own, other) per row; for host pairs and ports: (client side, server side)."""
-        c = self.sessions[f"cln_{what}"].astype(np.int64)
-        v = self.sessions[f"srv_{what}"].astype(np.int64)
-        if self.kind.is_endpoint:
-            return np.concatenate([c, v]), np.concatenate([v, c])
-        return c, v
-
-    def values(self, metric: AlertMetric) -> np.ndarray:
-        """What each row adds to ``metric``."""
-        if metric.value in self._cache:
-            return self._cache[metric.value]
-        name = metric.value
-        if name.startswith("sessions"):
-            out = self.session_col_of(self.new_session).astype(np.int64)
-        else:
-            unit, _, direction = name.partition("_")
-            own, other = self._sides("pkts" if unit == "packets" else "bytes")
-            out = own if direction == "sent" else other if direction == "received" else own + other
-            if unit == "bits":
-                out = out * 8
-        self._cache[metric.value] = out
-        return out
-
-    def session_col_of(self, per_session: np.ndarray) -> np.ndarray:
-        return np.concatenate([per_session, per_session]) if self.kind.is_endpoint else per_session
-
-    def role(self, metric: AlertMetric) -> np.ndarray:
-        """Rows that concern the entity for this metric (those a COUNT may count)."""
-        key = "role:" + metric.value
-        if key not in self._cache:
-            self._cache[key] = self._role(metric)
-        return self._cache[key]
-
-    def _role(self, metric: AlertMetric) -> np.ndarray:
-        if metric is AlertMetric.SESSIONS_INITIATED and self.is_client is not None:
-            out = self.is_client
-        elif metric is AlertMetric.SESSIONS_RECEIVED and self.is_client is not None:
-            out = ~self.is_client
-        elif metric.is_distinct or metric.value.startswith("sessions"):
-            out = np.ones(len(self.keys), bool)
-        else:
-            out = self.values(metric) > 0
-        return out if self.valid is None else out & self.valid
-
-    def peers(self, metric: AlertMetric) -> np.ndarray:
-        sh = self.shared
-        if metric is AlertMetric.UNIQUE_HOSTS:
-            return np.concatenate([sh.srv, sh.cln]) if self.kind.is_endpoint else sh.cln
-        return self.session_col_of(sh.port)
-
-    def own_addresses(self) -> list[np.ndarray]:
-        s = self.sessions
-        if self.kind.is_endpoint:
-            return [self.own_addr]
-        if self.kind is EntityType.HOST_PAIR:
-            return [s["cln_addr"], s["srv_addr"]]
-        return [s["srv_addr"]]
-
-    def own_countries(self) -> list[np.ndarray]:
-        s = self.sessions
-        if self.kind.is_endpoint:
-            return [self.own_country]
-        if self.kind is EntityType.HOST_PAIR:
-            return [s["cln_country"], s["srv_country"]]
-        return [s["srv_country"]]
-
-    def text(self, row: int) -> str:
-        """The entity of one row as text (used once per alerting entity)."""
-        s = self.sessions
-        r = int(self.session_row[row])
-        if self.kind is EntityType.HOST:
-            return addr_text(bytes(self.own_addr[row]))
-        if self.kind is EntityType.COUNTRY:
-            return self.own_country[row].decode("ascii", "replace")
-        if self.kind is EntityType.ASN:
-            return str(int(self.keys[row]))
-        if self.kind is EntityType.HOST_PAIR:
-            return f"{addr_text(bytes(s['cln_addr'][r]))} -> {addr_text(bytes(s['srv_addr'][r]))}"
-        proto = int(s["protocol"][r])
-        return f"{int(s['srv_port'][r])}/{PROTOCOL_NAMES.get(proto, str(proto))}"
-
 
 @dataclass
 class _Exceptions:
@@ -286,7 +128,7 @@ class AlertEngine:
         self.last_seen: dict[EntityType, np.ndarray] = {}
         self.stats = {"rows_evaluated": 0, "rows_dropped": 0, "entities_dropped": 0, "events": 0, "evaluations": 0,
                       "definition_failures": 0, "evaluation_errors": 0}
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()  # evaluation, definition changes, persistence, API reads
         self._last_reclaim_ms = 0
 
     # -- definitions ----------------------------------------------------------------------
@@ -294,7 +136,7 @@ class AlertEngine:
     def set_definitions(self, definitions: Iterable[Definition]) -> None:
         """Install the current definitions; a definition whose window signature is unchanged
         keeps its state, a changed or new one starts empty."""
-        with self._lock:
+        with self.lock:
             new: dict[int, DefinitionState] = {}
             failures: dict[int, Failure] = {}
             for d in definitions:
@@ -347,7 +189,7 @@ class AlertEngine:
         """Fold a batch of session delta rows (``new``: the session started in this batch)
         into every window at time ``now_ms``; the alert events it causes (stamped ``now_us``,
         by default ``now_ms``)."""
-        with self._lock:
+        with self.lock:
             self.stats["evaluations"] += 1
             if self.failures:
                 self._retry_failed(now_ms)
@@ -522,7 +364,7 @@ class AlertEngine:
 
     def memory(self) -> dict[str, int]:
         """Bytes held: per definition (its window), and by the shared entity indexes."""
-        with self._lock:
+        with self.lock:
             out = {f"definition:{i}": st.nbytes() for i, st in self.states.items()}
             for kind, index in self.indexes.items():
                 out[f"index:{kind.value}"] = index.nbytes() + self.last_seen[kind].nbytes
@@ -530,130 +372,10 @@ class AlertEngine:
 
     def failure(self, definition_id: int) -> Failure | None:
         """Why a definition is set aside, or None if it is being evaluated (or disabled)."""
-        with self._lock:
+        with self.lock:
             return self.failures.get(definition_id)
 
     def active_entities(self, definition_id: int) -> int:
-        with self._lock:
+        with self.lock:
             st = self.states.get(definition_id)
             return 0 if st is None else len(st.window.active_ids())
-
-    def save(self, path: Path) -> None:
-        """Write the whole state to ``path`` (atomically: a crash leaves the previous file)."""
-        with self._lock:
-            arrays: dict[str, np.ndarray] = {}
-            for kind, index in self.indexes.items():
-                for k, v in index.state().items():
-                    arrays[f"index.{kind.value}.{k}"] = v
-                arrays[f"index.{kind.value}.last_seen"] = self.last_seen[kind]
-            for i, st in self.states.items():
-                arrays[f"def.{i}.signature"] = np.frombuffer(st.signature.encode(), np.uint8)
-                arrays[f"def.{i}.meta"] = np.array([st.bucket, st.counted_bucket], np.int64)
-                arrays[f"def.{i}.counted"] = st.counted
-                for k, v in st.window.state().items():
-                    arrays[f"def.{i}.w.{k}"] = v
-        tmp = path.with_suffix(".tmp.npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
-
-    def load(self, path: Path) -> bool:
-        """Restore state saved by ``save`` for the definitions installed (same signatures)."""
-        try:
-            data = dict(np.load(path))
-        except FileNotFoundError:
-            return False
-        except Exception as exc:  # a damaged file: start afresh rather than not at all
-            log.warning("alert state unreadable, starting empty", path=str(path), error=str(exc))
-            return False
-        with self._lock:
-            for kind in EntityType:
-                p = f"index.{kind.value}."
-                if p + "ids" in data:
-                    self.indexes[kind] = KeyIndex.from_state({"ids": data[p + "ids"], "keys": data[p + "keys"]},
-                                                             self.max_entities)
-                    seen = data[p + "last_seen"]
-                    cap = self.indexes[kind].id_capacity
-                    self.last_seen[kind] = np.concatenate([seen, np.zeros(max(0, cap - len(seen)), np.int64)])
-            for i, st in self.states.items():
-                p = f"def.{i}."
-                if p + "signature" not in data or bytes(data[p + "signature"]).decode() != st.signature:
-                    continue
-                st.bucket, st.counted_bucket = (int(x) for x in data[p + "meta"])
-                st.counted = data[p + "counted"]
-                st.window.load({k[len(p) + 2:]: v for k, v in data.items() if k.startswith(p + "w.")})
-        return True
-
-
-@dataclass
-class EngineRunner:
-    """Runs the engine on its own thread: batches queue up and are evaluated together every
-    ``interval_s`` (or sooner when ``max_rows`` wait), so that the per-evaluation costs
-    are shared by many small collector batches."""
-
-    engine: AlertEngine
-    on_events: Callable[[list[AlertEvent]], None]
-    interval_s: float = 0.1
-    max_rows: int = 262_144
-    max_pending_rows: int = 4_000_000
-    clock: Callable[[], float] = time.time
-    _pending: deque = field(default_factory=deque)
-    _pending_rows: int = 0
-    _cv: threading.Condition = field(default_factory=threading.Condition)
-    _stop: bool = False
-    _thread: threading.Thread | None = None
-
-    def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
-        """Queue a batch (from the ingest thread); a full queue drops it, counted."""
-        with self._cv:
-            if self._pending_rows + len(sessions) > self.max_pending_rows:
-                self.engine.stats["rows_dropped"] += len(sessions)
-                return
-            self._pending.append((sessions, new))
-            self._pending_rows += len(sessions)
-            if self._pending_rows >= self.max_rows:
-                self._cv.notify()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sluice-alerts", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def pending_rows(self) -> int:
-        return self._pending_rows
-
-    def run_once(self) -> list[AlertEvent]:
-        with self._cv:
-            batches = list(self._pending)
-            self._pending.clear()
-            self._pending_rows = 0
-        now = self.clock()
-        now_ms = int(now * 1000)
-        if batches:
-            sessions = SessionBatch.concat([b for b, _ in batches])
-            new = np.concatenate([n for _, n in batches])
-        else:
-            sessions, new = SessionBatch.empty(), np.zeros(0, bool)
-        events = self.engine.evaluate(sessions, new, now_ms, int(now * 1_000_000))
-        if events:
-            self.on_events(events)
-        return events
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                if not self._stop and self._pending_rows < self.max_rows:
-                    self._cv.wait(self.interval_s)
-                if self._stop:
-                    return
-            try:
-                self.run_once()
-            except Exception:  # one bad evaluation must not end alerting
-                log.exception("alert evaluation failed")
-                self.engine.stats["evaluation_errors"] = self.engine.stats.get("evaluation_errors", 0) + 1

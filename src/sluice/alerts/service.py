@@ -14,7 +14,9 @@ from ..counters import Counters
 from ..config import AlertSettings
 from ..flows.schema import SessionBatch
 from ..state.db import StateDB
-from .engine import AlertEngine, AlertEvent, EngineRunner
+from . import persist
+from .engine import AlertEngine, AlertEvent
+from .runner import EngineRunner
 from .records import AlertStore
 
 log = structlog.get_logger(__name__)
@@ -37,7 +39,7 @@ class AlertService:
         self._thread: threading.Thread | None = None
         self.store.on_definitions.append(self.reload)
         self.reload()
-        if self.engine.load(self.state_path):
+        if persist.load(self.engine, self.state_path):
             log.info("alert state restored", path=str(self.state_path))
 
     def reload(self) -> None:
@@ -85,7 +87,7 @@ class AlertService:
 
     def save(self) -> None:
         try:
-            self.engine.save(self.state_path)
+            persist.save(self.engine, self.state_path)
         except OSError as exc:
             log.error("alert state not saved", path=str(self.state_path), error=str(exc))
             self.counters.inc("alert_state_save_errors_total")

@@ -1,0 +1,170 @@
+"""Shaping a batch of sessions into entity rows: what every alert definition evaluates.
+
+Endpoint entities (host, country, ASN) get two rows per session (client side, server side),
+host pairs and ports one. Keys are 64-bit integers (addresses folded, pairs ordered), so
+that the engine's ``KeyIndex`` can give them dense ids; per-row values, roles and peers come
+from column arithmetic, never from a Python loop over sessions.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from ..flows.schema import SessionBatch, addr_text, address_words
+from ..query.filter import PROTOCOL_NAMES
+from .definition import AlertMetric, EntityType
+from .keyindex import mix64, ordered_pair_key
+
+
+def address_keys(addr16: np.ndarray) -> np.ndarray:
+    """One 64-bit key per 16-byte address; IPv4 addresses map to themselves (exact)."""
+    hi, lo = address_words(addr16)
+    return lo ^ mix64(hi)
+
+
+class BatchKeys:
+    """Per-batch values several entity types share, computed once and only when needed."""
+
+    def __init__(self, s: SessionBatch):
+        self.sessions = s
+
+    @cached_property
+    def cln(self) -> np.ndarray:
+        return address_keys(self.sessions["cln_addr"])
+
+    @cached_property
+    def srv(self) -> np.ndarray:
+        return address_keys(self.sessions["srv_addr"])
+
+    @cached_property
+    def port(self) -> np.ndarray:
+        s = self.sessions
+        return (s["protocol"].astype(np.uint64) << np.uint64(16)) | s["srv_port"].astype(np.uint64)
+
+
+class EntityRows:
+    """A batch of sessions as rows of one entity type: keys, sides and values. Endpoint
+    types have rows ``0..n-1`` for the client sides and ``n..2n-1`` for the server sides."""
+
+    def __init__(self, kind: EntityType, s: SessionBatch, new: np.ndarray, shared: BatchKeys):
+        self.kind = kind
+        self.sessions = s
+        self.shared = shared
+        n = len(s)
+        self.n_sessions = n
+        self.new_session = new
+        self.valid: np.ndarray | None = None  # None: every row
+        if kind.is_endpoint:
+            self.session_row = np.concatenate([np.arange(n), np.arange(n)])
+            self.is_client = np.zeros(2 * n, bool)
+            self.is_client[:n] = True
+            if kind is EntityType.HOST:
+                self.keys = np.concatenate([shared.cln, shared.srv])
+            elif kind is EntityType.COUNTRY:
+                self.keys = np.concatenate([s["cln_country"], s["srv_country"]]).view(">u2").astype(np.uint64)
+            else:
+                asn = np.concatenate([s["cln_asn"], s["srv_asn"]])
+                self.keys = asn.astype(np.uint64)
+                self.valid = asn != 0  # sessions without an AS number do not count for ASN alerts
+        else:
+            self.session_row = np.arange(n)
+            self.is_client = None
+            self.keys = ordered_pair_key(shared.cln, shared.srv) if kind is EntityType.HOST_PAIR else shared.port
+        self.ids: np.ndarray | None = None
+        self._cache: dict[str, np.ndarray] = {}
+
+    @cached_property
+    def own_addr(self) -> np.ndarray:
+        return np.concatenate([self.sessions["cln_addr"], self.sessions["srv_addr"]])
+
+    @cached_property
+    def own_country(self) -> np.ndarray:
+        return np.concatenate([self.sessions["cln_country"], self.sessions["srv_country"]])
+
+    def session_col(self, name: str) -> np.ndarray:
+        col = self.sessions[name]
+        return np.concatenate([col, col]) if self.kind.is_endpoint else col
+
+    def _sides(self, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """(own, other) per row; for host pairs and ports: (client side, server side)."""
+        c = self.sessions[f"cln_{what}"].astype(np.int64)
+        v = self.sessions[f"srv_{what}"].astype(np.int64)
+        if self.kind.is_endpoint:
+            return np.concatenate([c, v]), np.concatenate([v, c])
+        return c, v
+
+    def values(self, metric: AlertMetric) -> np.ndarray:
+        """What each row adds to ``metric``."""
+        if metric.value in self._cache:
+            return self._cache[metric.value]
+        name = metric.value
+        if name.startswith("sessions"):
+            out = self.session_col_of(self.new_session).astype(np.int64)
+        else:
+            unit, _, direction = name.partition("_")
+            own, other = self._sides("pkts" if unit == "packets" else "bytes")
+            out = own if direction == "sent" else other if direction == "received" else own + other
+            if unit == "bits":
+                out = out * 8
+        self._cache[metric.value] = out
+        return out
+
+    def session_col_of(self, per_session: np.ndarray) -> np.ndarray:
+        return np.concatenate([per_session, per_session]) if self.kind.is_endpoint else per_session
+
+    def role(self, metric: AlertMetric) -> np.ndarray:
+        """Rows that concern the entity for this metric (those a COUNT may count)."""
+        key = "role:" + metric.value
+        if key not in self._cache:
+            self._cache[key] = self._role(metric)
+        return self._cache[key]
+
+    def _role(self, metric: AlertMetric) -> np.ndarray:
+        if metric is AlertMetric.SESSIONS_INITIATED and self.is_client is not None:
+            out = self.is_client
+        elif metric is AlertMetric.SESSIONS_RECEIVED and self.is_client is not None:
+            out = ~self.is_client
+        elif metric.is_distinct or metric.value.startswith("sessions"):
+            out = np.ones(len(self.keys), bool)
+        else:
+            out = self.values(metric) > 0
+        return out if self.valid is None else out & self.valid
+
+    def peers(self, metric: AlertMetric) -> np.ndarray:
+        sh = self.shared
+        if metric is AlertMetric.UNIQUE_HOSTS:
+            return np.concatenate([sh.srv, sh.cln]) if self.kind.is_endpoint else sh.cln
+        return self.session_col_of(sh.port)
+
+    def own_addresses(self) -> list[np.ndarray]:
+        s = self.sessions
+        if self.kind.is_endpoint:
+            return [self.own_addr]
+        if self.kind is EntityType.HOST_PAIR:
+            return [s["cln_addr"], s["srv_addr"]]
+        return [s["srv_addr"]]
+
+    def own_countries(self) -> list[np.ndarray]:
+        s = self.sessions
+        if self.kind.is_endpoint:
+            return [self.own_country]
+        if self.kind is EntityType.HOST_PAIR:
+            return [s["cln_country"], s["srv_country"]]
+        return [s["srv_country"]]
+
+    def text(self, row: int) -> str:
+        """The entity of one row as text (used once per alerting entity)."""
+        s = self.sessions
+        r = int(self.session_row[row])
+        if self.kind is EntityType.HOST:
+            return addr_text(bytes(self.own_addr[row]))
+        if self.kind is EntityType.COUNTRY:
+            return self.own_country[row].decode("ascii", "replace")
+        if self.kind is EntityType.ASN:
+            return str(int(self.keys[row]))
+        if self.kind is EntityType.HOST_PAIR:
+            return f"{addr_text(bytes(s['cln_addr'][r]))} -> {addr_text(bytes(s['srv_addr'][r]))}"
+        proto = int(s["protocol"][r])
+        return f"{int(s['srv_port'][r])}/{PROTOCOL_NAMES.get(proto, str(proto))}"

@@ -1,0 +1,91 @@
+"""The alert engine's thread: batches queue up from the ingest path and are evaluated together."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import structlog
+
+from ..flows.schema import SessionBatch
+from .engine import AlertEngine, AlertEvent
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class EngineRunner:
+    """Runs the engine on its own thread: batches queue up and are evaluated together every
+    ``interval_s`` (or sooner when ``max_rows`` wait), so that the per-evaluation costs
+    are shared by many small collector batches."""
+
+    engine: AlertEngine
+    on_events: Callable[[list[AlertEvent]], None]
+    interval_s: float = 0.1
+    max_rows: int = 262_144
+    max_pending_rows: int = 4_000_000
+    clock: Callable[[], float] = time.time
+    _pending: deque = field(default_factory=deque)
+    _pending_rows: int = 0
+    _cv: threading.Condition = field(default_factory=threading.Condition)
+    _stop: bool = False
+    _thread: threading.Thread | None = None
+
+    def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
+        """Queue a batch (from the ingest thread); a full queue drops it, counted."""
+        with self._cv:
+            if self._pending_rows + len(sessions) > self.max_pending_rows:
+                self.engine.stats["rows_dropped"] += len(sessions)
+                return
+            self._pending.append((sessions, new))
+            self._pending_rows += len(sessions)
+            if self._pending_rows >= self.max_rows:
+                self._cv.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sluice-alerts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    def run_once(self) -> list[AlertEvent]:
+        with self._cv:
+            batches = list(self._pending)
+            self._pending.clear()
+            self._pending_rows = 0
+        now = self.clock()
+        now_ms = int(now * 1000)
+        if batches:
+            sessions = SessionBatch.concat([b for b, _ in batches])
+            new = np.concatenate([n for _, n in batches])
+        else:
+            sessions, new = SessionBatch.empty(), np.zeros(0, bool)
+        events = self.engine.evaluate(sessions, new, now_ms, int(now * 1_000_000))
+        if events:
+            self.on_events(events)
+        return events
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not self._stop and self._pending_rows < self.max_rows:
+                    self._cv.wait(self.interval_s)
+                if self._stop:
+                    return
+            try:
+                self.run_once()
+            except Exception:  # one bad evaluation must not end alerting
+                log.exception("alert evaluation failed")
+                self.engine.stats["evaluation_errors"] = self.engine.stats.get("evaluation_errors", 0) + 1
