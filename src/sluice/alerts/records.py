@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
+
+from typing_extensions import Self
 
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -35,6 +37,9 @@ ChangeHook = Callable[[Session, AlertRecordRow, str], None]
 
 
 class AlertOut(BaseModel):
+    """An alert record as everyone outside the database sees it: the API, the CLI line, the
+    dashboard stream and every notification (``notify.message.Notice`` adds what changed)."""
+
     id: int
     alertdef: int
     title: str
@@ -50,10 +55,33 @@ class AlertOut(BaseModel):
     value: int  # the window value at the last trigger
     first_trigger_us: int
     last_trigger_us: int
-    first_trigger: str
-    last_trigger: str
+    first_trigger: str = ""  # ISO 8601 of first_trigger_us (filled in when not given)
+    last_trigger: str = ""
     acknowledged_by: Optional[str] = None
     acknowledged_us: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _times_as_text(self) -> "AlertOut":
+        self.first_trigger = self.first_trigger or _iso(self.first_trigger_us)
+        self.last_trigger = self.last_trigger or _iso(self.last_trigger_us)
+        return self
+
+    @classmethod
+    def of(cls, row: AlertRecordRow, username: str, title: str, **more: Any) -> Self:
+        """The view of a stored record (``more``: fields of a subclass)."""
+        return cls(id=row.id, alertdef=row.definition_id, title=title, user=username, entity_type=row.entity_type,
+                   entity=row.entity, severity=row.severity, message=row.message, state=row.state, v1=row.count,
+                   v2=row.threshold, value=row.value, first_trigger_us=row.first_trigger_us,
+                   last_trigger_us=row.last_trigger_us, acknowledged_by=row.acknowledged_by,
+                   acknowledged_us=row.acknowledged_us, **more)
+
+    @property
+    def first_trigger_at(self) -> datetime:
+        return datetime.fromtimestamp(self.first_trigger_us / 1_000_000, timezone.utc)
+
+    @property
+    def last_trigger_at(self) -> datetime:
+        return datetime.fromtimestamp(self.last_trigger_us / 1_000_000, timezone.utc)
 
 
 def _iso(us: int) -> str:
@@ -211,24 +239,16 @@ class AlertStore:
             q = q.where(AlertRecordRow.definition_id == definition_id)
         q = q.order_by(AlertRecordRow.last_trigger_us.desc(), AlertRecordRow.id.desc()).limit(limit)
         with self.db.session() as s:
-            return [self._out(row, name, title) for row, name, title in s.execute(q)]
+            return [AlertOut.of(row, name, title) for row, name, title in s.execute(q)]
 
     def alert(self, alert_id: int) -> Optional[AlertOut]:
         with self.db.session() as s:
             row = s.get(AlertRecordRow, alert_id)
             if row is None:
                 return None
-            return self._out(row, s.get(User, row.user_id).username,  # type: ignore[union-attr]
+            return AlertOut.of(row, s.get(User, row.user_id).username,  # type: ignore[union-attr]
                              s.get(AlertDefinitionRow, row.definition_id).title)  # type: ignore[union-attr]
 
-    @staticmethod
-    def _out(row: AlertRecordRow, username: str, title: str) -> AlertOut:
-        return AlertOut(id=row.id, alertdef=row.definition_id, title=title, user=username, entity_type=row.entity_type,
-                        entity=row.entity, severity=row.severity, message=row.message, state=row.state, v1=row.count,
-                        v2=row.threshold, value=row.value, first_trigger_us=row.first_trigger_us,
-                        last_trigger_us=row.last_trigger_us, first_trigger=_iso(row.first_trigger_us),
-                        last_trigger=_iso(row.last_trigger_us), acknowledged_by=row.acknowledged_by,
-                        acknowledged_us=row.acknowledged_us)
 
     def acknowledge(self, alert_ids: Iterable[int], by: str, now_us: int) -> list[int]:
         """Acknowledge records (already acknowledged ones stay as they are); the ids changed."""

@@ -6,10 +6,12 @@ from __future__ import annotations
 import email.policy
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Optional
 
+from ..alerts.records import NOT_ACKNOWLEDGED
 from ..state.models import SystemSettings, UserPreferences
 from .channel import DeliveryError
 from .message import Notice, digest_subject, digest_text, mail_html, mail_subject, mail_text, one_line
@@ -72,10 +74,8 @@ class EmailChannel:
 
     def send_test(self, system: SystemSettings, to: str, link: str = "") -> None:
         """The mail sent when preferences are saved: the same path as alerts."""
+        now_us = int(time.time() * 1_000_000)
         n = Notice(id=0, alertdef=0, title="Test", user="", entity_type="host", entity="192.0.2.1", severity="INFO",
-                   message="Sluice test mail: e-mail notifications reach you.", state="NOT-ACKNOWLEDGED", v1=0, v2=0,
-                   value=0, first_trigger_us=0, last_trigger_us=0, change="test", link=link)
-        import time
-
-        n.first_trigger_us = n.last_trigger_us = int(time.time() * 1_000_000)
+                   message="Sluice test mail: e-mail notifications reach you.", state=NOT_ACKNOWLEDGED, v1=0, v2=0,
+                   value=0, first_trigger_us=now_us, last_trigger_us=now_us, change="test", link=link)
         self.send(system, self.message(system, to, mail_subject(n), mail_text(n), mail_html(n)))

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from .. import __version__
+from ..alerts.records import CREATED, AlertOut
 from ..state.preferences import FACILITIES
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -26,6 +25,8 @@ SYSLOG_SEVERITY = {"INFO": 6, "LOW": 5, "MEDIUM": 4, "HIGH": 3, "CRITICAL": 2}
 CEF_SEVERITY = {"INFO": 1, "LOW": 3, "MEDIUM": 5, "HIGH": 8, "CRITICAL": 10}
 #: the structured-data id of RFC 5424 messages (32473 is the IANA example enterprise number)
 SD_ID = "sluice@32473"
+#: a notice told again because its alert is still triggering (re-notify interval)
+REPEAT = "repeat"
 
 
 def one_line(text: object) -> str:
@@ -33,43 +34,18 @@ def one_line(text: object) -> str:
     return _CONTROL.sub(" ", str(text)).strip()
 
 
-@dataclass
-class Notice:
-    """One alert, as a notification tells of it."""
+class Notice(AlertOut):
+    """One alert, as a notification tells of it: the record's view and what changed."""
 
-    id: int
-    alertdef: int
-    title: str
-    user: str
-    entity_type: str
-    entity: str
-    severity: str
-    message: str
-    state: str
-    v1: int
-    v2: int
-    value: int
-    first_trigger_us: int
-    last_trigger_us: int
-    change: str = "created"  # created, retriggered, repeat, test
+    change: str = CREATED  # created, retriggered, updated, repeat, acknowledged, deleted, test
     link: str = ""
-    type: str = "ANALYTICAL"
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> "Notice":
-        known = {k: payload[k] for k in cls.__dataclass_fields__ if k in payload}
-        return cls(**known)
+        return cls.model_validate(payload)  # fields it does not know (older payloads) are ignored
 
     def payload(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def last_trigger(self) -> datetime:
-        return datetime.fromtimestamp(self.last_trigger_us / 1_000_000, timezone.utc)
-
-    @property
-    def first_trigger(self) -> datetime:
-        return datetime.fromtimestamp(self.first_trigger_us / 1_000_000, timezone.utc)
+        return self.model_dump()
 
     def fields(self) -> list[tuple[str, str]]:
         """Every field of the alert record, labelled, for mail bodies."""
@@ -77,8 +53,8 @@ class Notice:
             ("Alert", self.title), ("Message", self.message), ("Severity", self.severity),
             ("Entity", f"{self.entity_type} {self.entity}"), ("COUNT (v1)", str(self.v1)),
             ("Threshold (v2)", str(self.v2)), ("Value", str(self.value)), ("State", self.state),
-            ("First trigger", self.first_trigger.isoformat(timespec="microseconds")),
-            ("Last trigger", self.last_trigger.isoformat(timespec="microseconds")),
+            ("First trigger", self.first_trigger_at.isoformat(timespec="microseconds")),
+            ("Last trigger", self.last_trigger_at.isoformat(timespec="microseconds")),
             ("ID", str(self.id)), ("ALERTDEF", str(self.alertdef)), ("Type", self.type), ("User", self.user),
         ]
 
@@ -115,7 +91,7 @@ def digest_text(notices: list[Notice]) -> str:
     parts = [f"{len(notices)} alerts:\n"]
     for n in notices:
         parts.append(f"- {n.severity} {one_line(n.message)} (ID={n.id} ALERTDEF={n.alertdef} "
-                     f"v1={n.v1} v2={n.v2}, last {n.last_trigger.isoformat(timespec='seconds')})")
+                     f"v1={n.v1} v2={n.v2}, last {n.last_trigger_at.isoformat(timespec='seconds')})")
     link = notices[0].link
     return "\n".join(parts) + (f"\n\nDashboard: {link}\n" if link else "\n")
 
@@ -141,14 +117,14 @@ def syslog_rfc5424(n: Notice, facility: str, hostname: str) -> bytes:
               "entity": n.entity, "v1": n.v1, "v2": n.v2, "value": n.value, "state": n.state, "user": n.user,
               "type": n.type, "title": n.title, "change": n.change}
     sd = "[" + SD_ID + "".join(f' {k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
-    ts = n.last_trigger.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    ts = n.last_trigger_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
     header = f"<{_pri(facility, n.severity)}>1 {ts} {_ascii_name(hostname, 255)} sluice - ALERT {sd} "
     return header.encode("ascii", "replace") + one_line(n.message).encode("utf-8")
 
 
 def syslog_rfc3164(n: Notice, facility: str, hostname: str) -> bytes:
     """Strict RFC 3164: ``<PRI>Mmm dd hh:mm:ss HOST TAG: CONTENT``, ASCII, at most 1024 bytes."""
-    t = n.last_trigger
+    t = n.last_trigger_at
     stamp = f"{t:%b} {t.day:2d} {t:%H:%M:%S}"
     host = _ascii_name(hostname.split(".")[0], 64)
     content = (f"{one_line(n.message)} ID={n.id} ALERTDEF={n.alertdef} severity={n.severity} "
@@ -172,7 +148,7 @@ def syslog_cef(n: Notice, facility: str, hostname: str) -> bytes:
            "cs3": n.title, "cs3Label": "title", "suser": n.user, "externalId": n.id}
     cef = (f"CEF:0|Sluice|Sluice|{_cef_header(__version__)}|{n.alertdef}|{_cef_header(n.message)}|"
            f"{CEF_SEVERITY[n.severity]}|" + " ".join(f"{k}={_cef_ext(v)}" for k, v in ext.items()))
-    t = n.last_trigger
+    t = n.last_trigger_at
     host = _ascii_name(hostname.split(".")[0], 64)
     return f"<{_pri(facility, n.severity)}>{t:%b} {t.day:2d} {t:%H:%M:%S} {host} sluice: {cef}".encode("utf-8")
 

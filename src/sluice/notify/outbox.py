@@ -20,11 +20,13 @@ from typing import Iterable, Optional, Sequence
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from ..alerts.definition import INTERVALS
+from ..alerts.records import ACKED, DELETED, UPDATED
 from ..state.db import StateDB
 from ..state.models import (AlertDefinitionRow, AlertRecordRow, AlertStreamRow, NotificationRow, SystemSettings, User,
                             UserPreferences)
 from .channel import Channel
-from .message import Notice
+from .message import REPEAT, Notice
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 #: retries: 5 s, 10 s, 20 s … at most 10 minutes apart
@@ -59,7 +61,7 @@ class Outbox:
     # -- writing (inside the alert change's transaction) -----------------------------------
 
     def on_change(self, s: Session, row: AlertRecordRow, change: str) -> None:
-        if change in ("acknowledged", "deleted"):
+        if change in (ACKED, DELETED):
             self.stream_event(s, row, change)  # the dashboard hears of it; no one is notified
             return
         now = now_us()
@@ -67,16 +69,16 @@ class Outbox:
         user = s.get(User, row.user_id)
         notice = self.notice(row, d.title if d else "", user.username if user else "", change)
         # the dashboard hears of every change (a busy record at most once a stream gap)
-        if change != "updated" or now - self._stream_last.get(row.id, 0) >= self.stream_min_gap_s * 1e6:
+        if change != UPDATED or now - self._stream_last.get(row.id, 0) >= self.stream_min_gap_s * 1e6:
             self._stream_last[row.id] = now
             s.add(AlertStreamRow(user_id=row.user_id, alert_id=row.id, change=change,
                                  payload=json.dumps(notice.payload()), created_us=now))
-        if change == "updated":
+        if change == UPDATED:
             # still triggering: tell again once per re-notify interval (default: the window)
             renotify_s = (d.renotify_s if d is not None and d.renotify_s else None) or _interval_s(d)
             if row.last_notified_us is not None and now - row.last_notified_us < renotify_s * 1_000_000:
                 return
-            notice.change = "repeat"
+            notice.change = REPEAT
         row.last_notified_us = now
         prefs = s.get(UserPreferences, row.user_id)
         system = s.get(SystemSettings, 1) or SystemSettings(smtp_host="")
@@ -96,10 +98,7 @@ class Outbox:
                              payload=json.dumps(notice.payload()), created_us=now_us()))
 
     def notice(self, row: AlertRecordRow, title: str, username: str, change: str) -> Notice:
-        return Notice(id=row.id, alertdef=row.definition_id, title=title, user=username, entity_type=row.entity_type,
-                      entity=row.entity, severity=row.severity, message=row.message, state=row.state, v1=row.count,
-                      v2=row.threshold, value=row.value, first_trigger_us=row.first_trigger_us,
-                      last_trigger_us=row.last_trigger_us, change=change, link=self.link)
+        return Notice.of(row, username, title, change=change, link=self.link)
 
     def committed(self) -> None:
         """Wake the workers and streams (call after the transaction commits)."""
@@ -191,7 +190,5 @@ class Outbox:
 
 
 def _interval_s(d: Optional[AlertDefinitionRow]) -> int:
-    from ..alerts.definition import INTERVALS
-
     return INTERVALS.get(d.interval, 300) if d is not None else 300
 

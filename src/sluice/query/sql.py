@@ -6,7 +6,7 @@ value the user typed travels as a parameter, so no filter can change the stateme
 
 from __future__ import annotations
 
-from .filter import AddressRange, And, Comparison, Kind, Node, Not, Or, Side, Xor
+from .filter import AddressRange, And, Comparison, Node, Not, Side, Xor
 
 _SQL_OP = {"==": "=", "!=": "<>", ">=": ">=", "<=": "<=", ">": ">", "<": "<"}
 
