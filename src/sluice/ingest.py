@@ -16,6 +16,7 @@ import numpy as np
 import structlog
 
 from .counters import Counters
+from .lifecycle import Worker
 from .config import Settings
 from .flows.enrich import Enricher
 from .flows.schema import FlowBatch, SessionBatch
@@ -36,12 +37,11 @@ class Ingest:
         self.store = store if store is not None else DuckDBStore(Path(settings.data_dir) / "sessions.duckdb")
         self.settings = settings
         self._lock = threading.Lock()  # the tracker is used by the collector and by maintenance
-        self._stop = threading.Event()
+        self._worker = Worker("sluice-maintenance", self._maintain, wake=self._wake_maintenance)
         self._flush_now = threading.Event()  # set by the store when its queue is full
         # the collector's thread only queues rows: the database write happens on the
         # maintenance thread, while the collector goes on reading its sockets
         self.store.on_full = self._flush_now.set
-        self._thread: threading.Thread | None = None
         #: later stages (alerts) receive each session batch, with a mask of the sessions it started
         self.listeners: list[Callable[[SessionBatch, np.ndarray], None]] = []
         #: retention in days set at run time (system settings), None: the configuration's
@@ -64,23 +64,22 @@ class Ingest:
                 listener(sessions, new)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._maintain, name="sluice-maintenance", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._flush_now.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._worker.stop()
         self.store.close()
+
+    def _wake_maintenance(self) -> None:
+        self._flush_now.set()
 
     def _maintain(self) -> None:
         last_retention = 0.0
         interval = self.settings.store.flush_interval_s
         next_round = time.monotonic() + interval
-        while not self._stop.is_set():
+        while not self._worker.stopping.is_set():
             self._flush_now.wait(max(0.0, next_round - time.monotonic()))
-            if self._stop.is_set():
+            if self._worker.stopping.is_set():
                 break
             try:
                 if self._flush_now.is_set():  # a full queue: write it now

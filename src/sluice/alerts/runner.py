@@ -12,6 +12,7 @@ import numpy as np
 import structlog
 
 from ..flows.schema import SessionBatch
+from ..lifecycle import Worker
 from .engine import AlertEngine, AlertEvent
 
 log = structlog.get_logger(__name__)
@@ -32,8 +33,7 @@ class EngineRunner:
     _pending: deque = field(default_factory=deque)
     _pending_rows: int = 0
     _cv: threading.Condition = field(default_factory=threading.Condition)
-    _stop: bool = False
-    _thread: threading.Thread | None = None
+    _worker: Worker | None = None
 
     def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
         """Queue a batch (from the ingest thread); a full queue drops it, counted."""
@@ -47,15 +47,16 @@ class EngineRunner:
                 self._cv.notify()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sluice-alerts", daemon=True)
-        self._thread.start()
+        self._worker = Worker("sluice-alerts", self._run, wake=self._wake)
+        self._worker.start()
 
     def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+
+    def _wake(self) -> None:
         with self._cv:
-            self._stop = True
             self._cv.notify()
-        if self._thread is not None:
-            self._thread.join(10)
 
     def pending_rows(self) -> int:
         return self._pending_rows
@@ -78,14 +79,16 @@ class EngineRunner:
         return events
 
     def _run(self) -> None:
+        assert self._worker is not None
+        stopping = self._worker.stopping
         while True:
             with self._cv:
-                if not self._stop and self._pending_rows < self.max_rows:
+                if not stopping.is_set() and self._pending_rows < self.max_rows:
                     self._cv.wait(self.interval_s)
-                if self._stop:
-                    return
+            if stopping.is_set():
+                return
             try:
                 self.run_once()
             except Exception:  # one bad evaluation must not end alerting
                 log.exception("alert evaluation failed")
-                self.engine.stats["evaluation_errors"] = self.engine.stats.get("evaluation_errors", 0) + 1
+                self.engine.stats["evaluation_errors"] += 1

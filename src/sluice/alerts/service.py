@@ -13,6 +13,7 @@ import structlog
 from ..counters import Counters
 from ..config import AlertSettings
 from ..flows.schema import SessionBatch
+from ..lifecycle import Worker
 from ..state.db import StateDB
 from . import persist
 from .engine import AlertEngine, AlertEvent
@@ -35,8 +36,7 @@ class AlertService:
         self._unrecorded: list[AlertEvent] = []
         self._record_lock = threading.Lock()
         self._last_snapshot = time.monotonic()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("sluice-alert-state", self._housekeeping)
         self.store.on_definitions.append(self.reload)
         self.reload()
         if persist.load(self.engine, self.state_path):
@@ -75,14 +75,11 @@ class AlertService:
 
     def start(self) -> None:
         self.runner.start()
-        self._thread = threading.Thread(target=self._housekeeping, name="sluice-alert-state", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._worker.stop()
         self.runner.stop()
-        if self._thread is not None:
-            self._thread.join(10)
         self.save()
 
     def save(self) -> None:
@@ -93,7 +90,7 @@ class AlertService:
             self.counters.inc("alert_state_save_errors_total")
 
     def _housekeeping(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._worker.stopping.wait(1.0):
             if self._unrecorded:
                 self._record([])
             self.export_gauges()

@@ -13,7 +13,6 @@ import errno
 import os
 import selectors
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,6 +20,7 @@ from typing import Callable
 import structlog
 
 from ..config import CollectSettings
+from ..lifecycle import Worker
 from ..flows.schema import FlowBatch
 from .decoder import Datagram, Decoder
 
@@ -45,8 +45,7 @@ class Collector:
         self.counters = decoder.counters
         self.sinks = sinks
         self.listeners: list[Listener] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("sluice-collector", self.run, join_timeout_s=5)
         self._warned_buffer = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -90,13 +89,10 @@ class Collector:
     def start(self) -> None:
         if not self.listeners:
             self.bind()
-        self._thread = threading.Thread(target=self.run, name="sluice-collector", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._worker.stop()
         for listener in self.listeners:
             listener.sock.close()
 
@@ -109,7 +105,7 @@ class Collector:
         max_batch = self.settings.batch_max_datagrams
         max_wait = self.settings.batch_max_wait_ms / 1000
         last_maintenance = time.monotonic()
-        while not self._stop.is_set():
+        while not self._worker.stopping.is_set():
             ready = selector.select(timeout=0.25)
             now = time.monotonic()
             if now - last_maintenance > 1.0:

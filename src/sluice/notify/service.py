@@ -4,7 +4,6 @@ delivery worker per channel, the test mail, and gauges for ``/metrics``."""
 from __future__ import annotations
 
 import ssl
-import threading
 import time
 from typing import Optional
 
@@ -12,6 +11,7 @@ import structlog
 
 from ..alerts.records import AlertStore
 from ..counters import Counters
+from ..lifecycle import Worker
 from ..state.db import StateDB
 from ..state.models import SystemSettings
 from ..state.preferences import TestMail
@@ -36,21 +36,17 @@ class NotifyService:
         alerts.on_change.append(self.outbox.on_change)
         alerts.after_commit.append(self.outbox.committed)
         self.workers = [DeliveryWorker(self.outbox, ch, counters, poll_s) for ch in self.channels]
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._worker = Worker("sluice-notify", self._housekeeping)
 
     def start(self) -> None:
         for w in self.workers:
             w.start()
-        self._thread = threading.Thread(target=self._housekeeping, name="sluice-notify", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        for w in self.workers:
-            w.stop()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._worker.stop()
+        for worker in self.workers:
+            worker.stop()
 
     def test_mail(self, system: SystemSettings, to: str) -> TestMail:
         """Send the test mail now, through the same code as alert mail; its fate for the user."""
@@ -66,7 +62,7 @@ class NotifyService:
 
     def _housekeeping(self) -> None:
         last_prune = 0.0
-        while not self._stop.wait(5.0):
+        while not self._worker.stopping.wait(5.0):
             try:
                 self.export_gauges()
                 if time.monotonic() - last_prune > 3600:

@@ -4,12 +4,12 @@ where the user asked for one and the channel has it), delivers, and records the 
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 
 import structlog
 
 from ..counters import Counters
+from ..lifecycle import Worker
 from .channel import Channel, DeliveryError
 from .outbox import Due, Outbox
 
@@ -25,22 +25,21 @@ class DeliveryWorker:
         self.channel = channel
         self.counters = counters
         self.poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(f"sluice-notify-{self.channel.name}", self._run, join_timeout_s=20,
+                              wake=self._wake)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"sluice-notify-{self.channel.name}", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._worker.stop()
+
+    def _wake(self) -> None:
         with self.outbox.wake:
             self.outbox.wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(20)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._worker.stopping.is_set():
             try:
                 busy = self.run_once()
             except Exception:  # the database may be busy: try again on the next round
@@ -57,7 +56,7 @@ class DeliveryWorker:
         for item in due:
             by_user[item.user_id].append(item)
         for user_id, items in by_user.items():
-            if self._stop.is_set():
+            if self._worker.stopping.is_set():
                 break
             prefs, system = self.outbox.context(user_id)
             if self.channel.destination(prefs, system) is None:
