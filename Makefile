@@ -24,7 +24,7 @@ bench: $(STAMP) $(GEO_MMDB) debian-deps
 
 # refresh the README's screenshots (the browser test, writing into docs/screenshots)
 screenshots: $(STAMP) $(GEO_MMDB) debian-deps
-	SLUICE_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/test_web.py
+	SLUICE_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/web/test_web.py
 
 geodata: $(GEO_MMDB)
 

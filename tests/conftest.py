@@ -1,23 +1,5 @@
-import os
-import pathlib
-import shutil
+"""The suite is grouped by what it runs against: ``unit/`` (modules and kernels), ``interop/``
+(real exporters, nfcapd, vendor packets), ``live/`` (a running server, real SMTP and syslog),
+``web/`` (a real browser); shared helpers are in ``support/``."""
 
-import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CONFORMANCE = SHARED / "conformance" / "netflow"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require_tool(name: str) -> str:
-    """Path of an external program the test needs: in CI its absence fails, elsewhere it skips."""
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
-    )
-    if path is None:
-        message = f"{name} not installed (run ./scripts/install-debian-deps.sh)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+from .support.server import server  # noqa: E402, F401  (a fixture: a live ``sluice serve``)

@@ -30,8 +30,8 @@ from sluice.state.models import NotificationRow
 from sluice.state.preferences import FACILITIES, Preferences, PreferencesIn, SystemSettingsIn
 from sluice.state.users import Users
 
-from .interop import free_tcp_port
-from .notifyhelp import Rsyslog, SmtpServer, self_signed
+from ..support.interop import free_tcp_port
+from ..support.notifyhelp import Rsyslog, SmtpServer, self_signed
 
 HOSTILE = 'evil\r\nBcc: victim@example.org\r\n\r\n<script>"]\\|=x'
 
@@ -321,7 +321,7 @@ def test_rsyslog_receives_every_format_over_udp_and_tcp(tmp_path, rsyslog, fmt, 
         assert msg == (f"{alert.message} ID={alert.id} ALERTDEF={alert.alertdef} severity=CRITICAL "
                        f"state=NOT-ACKNOWLEDGED user=alice v1={alert.v1} v2={alert.v2}")
     else:
-        assert msg.startswith(f"CEF:0|Sluice|Sluice|") and f"|{alert.alertdef}|{alert.message}|10|" in msg
+        assert msg.startswith("CEF:0|Sluice|Sluice|") and f"|{alert.alertdef}|{alert.message}|10|" in msg
         assert f"cnt={alert.v1}" in msg and f"cn1={alert.v2}" in msg and f"cs1={alert.entity}" in msg
     assert [n.state for n in w.notifications()] == [DELIVERED]
 

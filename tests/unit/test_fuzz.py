@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sluice.collect.decoder import Datagram, Decoder, DecoderConfig
 
-from .conftest import CONFORMANCE
+from ..support.env import CONFORMANCE
 
 CASES = json.loads((CONFORMANCE / "cases.json").read_text())["cases"]
 CORPUS = [[(CONFORMANCE / f).read_bytes() for f in case["files"]] for case in CASES]
@@ -84,7 +84,7 @@ def test_mutated_vendor_datagrams(case, seed):
 
 
 def test_template_flood_stays_within_the_cache_limit():
-    from .wirebuild import data_set, ipfix_message, ipfix_template_set
+    from ..support.wirebuild import data_set, ipfix_message, ipfix_template_set
 
     decoder = Decoder(LIMITS)
     for i in range(20):
@@ -95,7 +95,7 @@ def test_template_flood_stays_within_the_cache_limit():
 
 def test_spoofed_source_flood_keeps_state_and_metrics_bounded():
     from sluice.collect.decoder import DecoderConfig as Config
-    from .wirebuild import ipfix_message
+    from ..support.wirebuild import ipfix_message
 
     decoder = Decoder(Config(max_exporters=50))
     datagrams = [Datagram(ipfix_message([], sequence=i, domain=i), f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",

@@ -180,8 +180,8 @@ def test_survives_kill_9_in_the_middle_of_writing(tmp_path):
     path = tmp_path / "crash.duckdb"
     writer = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(os.path.dirname(os.path.dirname(__file__)))!r})
-        from tests.test_store import random_sessions
+        sys.path.insert(0, {str(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))!r})
+        from tests.unit.test_store import random_sessions
         from sluice.store.duckdb_store import DuckDBStore
         store = DuckDBStore({str(path)!r})
         i = 0

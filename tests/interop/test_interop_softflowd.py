@@ -4,9 +4,9 @@ nfdump, and the pcap's own ground truth."""
 
 import pytest
 
-from .conftest import require_tool
-from .interop import export_to_both, icmp_portless, nfdump_totals, run, sluice_totals
-from .pcapgen import expected_flows, standard_conversations, write_pcap
+from ..support.env import require_tool
+from ..support.interop import export_to_both, icmp_portless, nfdump_totals, run, sluice_totals
+from ..support.pcapgen import expected_flows, standard_conversations, write_pcap
 
 pytestmark = pytest.mark.interop
 

@@ -20,9 +20,9 @@ from sluice.alerts.records import (ACKED, ACKNOWLEDGED, CREATED, DELETED, NOT_AC
 from sluice.state.db import open_state
 from sluice.state.users import Users
 
-from .pcapgen import Conversation, write_pcap
-from .test_cli import ADMIN, SLUICE, ns2, server  # noqa: F401  (server: a fixture)
-from .test_sessions import export
+from ..support.pcapgen import Conversation, scan_pcap, write_pcap
+from ..support.server import ADMIN, SLUICE, ns2
+from ..support.exporters import export
 
 FLOWTRAQ_EXAMPLE = ('04/11/2012 01:57:03.569706  1 MEDIUM "Upper threshold exceeded on sessions initiated for address '
                     '10.1.2.3." ID=11 type=ANALYTICAL state=NOT-ACKNOWLEDGED user=alertuser v1=17 v2=10')
@@ -88,11 +88,6 @@ def test_alert_records_follow_the_state_machine(store):
 
 # -- end to end ------------------------------------------------------------------------------
 
-def scan_pcap(path, target: str, ports: int, base: float) -> None:
-    write_pcap(path, [Conversation("10.5.0.66", target, 50000 + i, 1000 + i, 6, base + i * 0.01, exchanges=0).build()
-                      for i in range(ports)])
-
-
 def api(ports, who=ADMIN):
     return httpx.Client(base_url=f"http://127.0.0.1:{ports['http']}", auth=who, timeout=10)
 
@@ -107,7 +102,7 @@ def wait_for_alerts(client: httpx.Client, n: int, **params) -> list[dict]:
     raise AssertionError(f"expected {n} alerts, have {rows}")
 
 
-def test_alerts_end_to_end_api_cli_and_ns2(server, tmp_path):  # noqa: F811
+def test_alerts_end_to_end_api_cli_and_ns2(server, tmp_path):
     ports, proc = server
     srv = f"127.0.0.1:{ports['http']}"
     with api(ports) as admin:
@@ -198,11 +193,11 @@ def test_alerts_end_to_end_api_cli_and_ns2(server, tmp_path):  # noqa: F811
 
 
 def test_window_state_survives_a_server_restart(tmp_path):
-    from .interop import free_tcp_port, free_udp_port
-    from .test_cli import _start_server
+    from ..support.interop import free_tcp_port, free_udp_port
+    from ..support.server import start_server
 
     http, netflow = free_tcp_port(), free_udp_port()
-    proc = _start_server(tmp_path, http, netflow)
+    proc = start_server(tmp_path, http, netflow)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=10) as c:
             d = c.post("/api/v1/alert-definitions", json={"title": "scan", "metric": "unique_ports", "entity": "host",
@@ -219,7 +214,7 @@ def test_window_state_survives_a_server_restart(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
     assert (tmp_path / "var" / "alert-state.npz").exists()
-    proc = _start_server(tmp_path, http, netflow)
+    proc = start_server(tmp_path, http, netflow)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=10) as c:
             assert c.get(f"/api/v1/alert-definitions/{d['id']}").json()["active_entities"] == 2
@@ -259,7 +254,7 @@ ALERT_ROUTES = [  # (method, path, body, who may: any user, the owner (bob) or a
 def test_alert_routes_access(tmp_path, method, path, body, who, role):
     from fastapi.testclient import TestClient
 
-    from .test_api import ADMIN as A, ALICE, BOB, make_app
+    from ..support.app import ADMIN as A, ALICE, BOB, make_app
 
     app, users, flow_store = make_app(tmp_path)
     alerts = AlertStore(users.db)
@@ -332,7 +327,7 @@ def test_a_failing_definition_is_shown_as_failed_and_stops_nobody(tmp_path):
     from sluice.flows.schema import SessionBatch, addr_bytes
     from sluice.state.models import AlertDefinitionRow
 
-    from .test_api import ALICE, BOB, make_app
+    from ..support.app import ALICE, BOB, make_app
 
     hostile = "&&".join(["PORT>=0"] * 1110)
     _, users, flow_store = make_app(tmp_path)

@@ -8,7 +8,7 @@ from sluice.collect.decoder import Datagram, Decoder, DecoderConfig
 from sluice.collect.records import wire_records
 from sluice.flows.schema import addr_text
 
-from .wirebuild import (
+from ..support.wirebuild import (
     EXPORT_S,
     data_set,
     ip4,

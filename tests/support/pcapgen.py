@@ -163,3 +163,8 @@ def write_udp_pcap(path: Path, datagrams: list[bytes], src: str = "192.0.2.1", s
             eth = dpkt.ethernet.Ethernet(src=b"\x02\0\0\0\0\x01", dst=b"\x02\0\0\0\0\x02",
                                          type=dpkt.ethernet.ETH_TYPE_IP, data=ip)
             writer.writepkt(bytes(eth), ts=start + i)
+
+
+def scan_pcap(path, target: str, ports: int, base: float) -> None:
+    write_pcap(path, [Conversation("10.5.0.66", target, 50000 + i, 1000 + i, 6, base + i * 0.01, exchanges=0).build()
+                      for i in range(ports)])

@@ -15,15 +15,15 @@ import httpx
 
 from sluice.alerts.records import AlertOut, alert_line
 
-from .interop import free_tcp_port, free_udp_port
-from .notifyhelp import Rsyslog, SmtpServer
-from .test_alerts_api import scan_pcap
-from .test_cli import ADMIN, _start_server, ns2
-from .test_sessions import export
+from ..support.interop import free_tcp_port, free_udp_port
+from ..support.notifyhelp import Rsyslog, SmtpServer
+from ..support.pcapgen import scan_pcap
+from ..support.server import ADMIN, ns2, start_server
+from ..support.exporters import export
 
 
 def start(tmp_path, http: int, netflow: int) -> subprocess.Popen:
-    return _start_server(tmp_path, http, netflow, SLUICE_NOTIFY__POLL_S="0.2")  # retries come round quickly
+    return start_server(tmp_path, http, netflow, SLUICE_NOTIFY__POLL_S="0.2")  # retries come round quickly
 
 
 def stop(proc: subprocess.Popen) -> None:

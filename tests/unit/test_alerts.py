@@ -16,7 +16,7 @@ from sluice.alerts import persist
 from sluice.alerts.engine import AlertEngine
 from sluice.flows.schema import SessionBatch, addr_bytes
 
-from .alertref import Reference, Sess
+from ..support.alertref import Reference, Sess
 
 T0 = 1_700_000_000_000
 

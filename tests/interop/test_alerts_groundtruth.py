@@ -19,10 +19,10 @@ from sluice.flows.enrich import DEFAULT_COUNTRY_MMDB, Enricher
 from sluice.flows.schema import FlowBatch
 from sluice.flows.sessions import SessionTracker
 
-from .alertref import Reference, Sess
-from .interop import SluiceCollector
-from .pcapgen import Conversation, write_pcap
-from .test_sessions import export
+from ..support.alertref import Reference, Sess
+from ..support.interop import SluiceCollector
+from ..support.pcapgen import Conversation, write_pcap
+from ..support.exporters import export
 
 T0 = 1_800_000_000.0  # capture time of the traffic (softflowd -a keeps it)
 SCANNER, TARGET = "10.5.0.66", "10.6.0.10"

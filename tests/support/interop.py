@@ -21,7 +21,7 @@ from sluice.collect.listener import Collector
 from sluice.config import CollectSettings
 from sluice.flows.schema import FlowBatch
 
-from .conftest import require_tool
+from .env import require_tool
 
 
 def free_udp_port() -> int:

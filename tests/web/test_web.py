@@ -19,11 +19,11 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from .conftest import require_tool
-from .notifyhelp import SmtpServer
-from .test_alerts_api import scan_pcap
-from .test_cli import ADMIN, SLUICE, server  # noqa: F401  (server: a fixture)
-from .test_sessions import export
+from ..support.env import require_tool
+from ..support.notifyhelp import SmtpServer
+from ..support.pcapgen import scan_pcap
+from ..support.server import ADMIN, SLUICE
+from ..support.exporters import export
 
 SHOTS = Path(os.environ.get("SLUICE_SCREENSHOTS") or tempfile.mkdtemp(prefix="sluice-shots-"))
 OPERATOR = ("operator", "operator-password")
@@ -82,7 +82,7 @@ def widget(page: Page, title: str):
     return page.locator("section.widget").filter(has=page.get_by_role("heading", name=title, exact=True))
 
 
-def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):  # noqa: F811
+def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
     ports, _ = server
     base = f"http://127.0.0.1:{ports['http']}"
     sim = subprocess.Popen([SLUICE, "simulate", "--netflow-port", str(ports["netflow"]), "--ipfix-port",
@@ -234,7 +234,7 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):  # noqa: F8
 def test_pages_send_strangers_to_the_login_page_and_layouts_are_per_user(tmp_path):
     from fastapi.testclient import TestClient
 
-    from .test_api import ADMIN as A, ALICE, BOB, make_app
+    from ..support.app import ADMIN as A, ALICE, BOB, make_app
 
     app, users, store = make_app(tmp_path)
     with TestClient(app) as c:

@@ -4,9 +4,9 @@ and to nfcapd / sfcapd; per 5-tuple totals must agree with them and with the pca
 
 import pytest
 
-from .conftest import require_tool
-from .interop import export_to_both, icmp_portless, nfdump_totals, run, sluice_totals
-from .pcapgen import Conversation, expected_flows, standard_conversations, write_pcap
+from ..support.interop import export_to_both, icmp_portless, nfdump_totals, sluice_totals
+from ..support.exporters import run_pmacctd
+from ..support.pcapgen import Conversation, expected_flows, standard_conversations, write_pcap
 
 pytestmark = pytest.mark.interop
 
@@ -26,17 +26,6 @@ def capture(tmp_path):
 
 def without_ticks(totals):
     return {k: v for k, v in totals.items() if k[0] not in TICK and k[1] not in TICK}
-
-
-def run_pmacctd(tmp_path, plugin_lines: str):
-    pmacctd = require_tool("pmacctd")
-    conf = tmp_path / "pmacctd.conf"
-    conf.write_text(f"daemonize: false\npcap_savefile: {tmp_path / 't.pcap'}\n{plugin_lines}")
-    result = run([pmacctd, "-f", str(conf)], timeout=60)
-    # pmacctd's exit status races between its core and plugin processes at the end of a
-    # savefile (0 or 1); what matters is that it reported no error and exported everything
-    output = result.stdout + result.stderr
-    assert "ERROR" not in output, output
 
 
 NFPROBE_TIMEOUTS = "tcp=1:tcp.rst=1:tcp.fin=1:udp=1:icmp=1:general=1:maxlife=1:expint=1"

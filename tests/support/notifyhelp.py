@@ -16,7 +16,7 @@ from typing import Optional
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from .conftest import require_tool
+from .env import require_tool
 from .interop import free_tcp_port, free_udp_port
 
 

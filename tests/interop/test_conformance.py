@@ -7,10 +7,10 @@ import pytest
 from sluice.collect.decoder import Datagram, Decoder
 from sluice.collect.records import wire_records
 
-from .conftest import CONFORMANCE
+from ..support.env import CONFORMANCE
+from ..support.corpus import IGNORED_KEYS
 
 CASES = json.loads((CONFORMANCE / "cases.json").read_text())["cases"]
-IGNORED_KEYS = {"extra", "frame", "notes", "tshark_expert"}
 
 # Where Sluice deliberately differs from tshark's golden values, and why.
 # nf5_invalid01/02: header counts 55582 and 163, but a v5 PDU holds at most 30 records and

@@ -7,38 +7,17 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import CONFORMANCE, require_tool
-from .interop import free_tcp_port, free_udp_port
-from .pcapgen import write_udp_pcap
-from .test_conformance import IGNORED_KEYS
+from ..support.env import require_tool
+from ..support.interop import free_tcp_port, free_udp_port
+from ..support.pcapgen import write_udp_pcap
+from ..support.corpus import IGNORED_KEYS, golden_case
+from ..support.server import ADMIN, ADMIN_ENV, SLUICE, metrics, ns2, sluice, start_server, stored_sessions
 
-SLUICE = str(Path(sys.executable).parent / "sluice")
-ADMIN = ("admin", "test-admin-password")
-ADMIN_ENV = dict(os.environ, SLUICE_ADMIN_PASSWORD=ADMIN[1])
-
-
-def stored_sessions(http: int) -> int:
-    status = httpx.get(f"http://127.0.0.1:{http}/api/v1/status", auth=ADMIN, timeout=5).json()
-    return status["storage"]["rows"]
-
-
-def sluice(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([SLUICE, *args], capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def golden_case(name: str) -> tuple[list[bytes], list[dict]]:
-    case = next(c for c in json.loads((CONFORMANCE / "cases.json").read_text())["cases"] if c["name"] == name)
-    golden = json.loads((CONFORMANCE / case["golden"]).read_text())
-    datagrams = [(CONFORMANCE / f).read_bytes() for f in case["files"]]
-    records = [r for d in golden["datagrams"] for r in d["records"]]
-    return datagrams, records
 
 
 def test_decode_raw_json_matches_the_corpus_across_files(tmp_path):
@@ -93,40 +72,6 @@ def test_decode_unreadable_capture_is_a_usage_error(tmp_path):
     assert out.returncode == 2 and "is not a pcap or pcapng capture" in out.stderr
 
 
-def _metrics(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
-
-
-@pytest.fixture
-def server(tmp_path):
-    ports = {"netflow": free_udp_port(), "ipfix": free_udp_port(), "sflow": free_udp_port(), "http": free_tcp_port()}
-    proc = subprocess.Popen(
-        [SLUICE, "serve", "--listen", "127.0.0.1", "--http-listen", "127.0.0.1", "--http-port", str(ports["http"]),
-         "--netflow-port", str(ports["netflow"]), "--ipfix-port", str(ports["ipfix"]),
-         "--sflow-port", str(ports["sflow"]), "--data-dir", str(tmp_path / "var"), "--log-level", "info"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ADMIN_ENV)
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{ports['http']}/healthz", timeout=1)
-            break
-        except httpx.HTTPError:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.2)
-    yield ports, proc
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def test_serve_collects_simulated_traffic_of_every_protocol(server):
     ports, proc = server
     sim = sluice("simulate", "--to", "127.0.0.1", "--netflow-port", str(ports["netflow"]), "--ipfix-port",
@@ -134,7 +79,7 @@ def test_serve_collects_simulated_traffic_of_every_protocol(server):
     assert sim.returncode == 0, sim.stderr
     sent = int(re.search(r"sent (\d+) flows", sim.stderr).group(1))
     time.sleep(0.5)
-    m = _metrics(ports["http"])
+    m = metrics(ports["http"])
     for proto, exporter in (("netflow5", "127.0.0.11"), ("netflow9", "127.0.0.12"), ("ipfix", "127.0.0.13"),
                             ("sflow5", "127.0.0.14")):
         assert m[f'sluice_datagrams_total{{exporter="{exporter}",proto="{proto}"}}'] > 0
@@ -257,26 +202,9 @@ def test_log_level_and_format(tmp_path, level, fmt):
         assert all("timestamp" in e and "level" in e for e in events)
 
 
-def _start_server(tmp_path, http: int, netflow: int, **env: str) -> subprocess.Popen:
-    """``sluice serve`` on loopback ports (NetFlow only), once its HTTP port answers."""
-    proc = subprocess.Popen(
-        [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
-         "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
-         "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=dict(ADMIN_ENV, **env))
-    for _ in range(200):
-        try:
-            httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
-
-
 def test_the_store_survives_kill_9_of_the_server_mid_write(tmp_path):
     http, netflow = free_tcp_port(), free_udp_port()
-    server = _start_server(tmp_path, http, netflow)
+    server = start_server(tmp_path, http, netflow)
     sim = subprocess.Popen([SLUICE, "simulate", "--netflow-port", str(netflow), "--protocol", "netflow9",
                             "--rate", "3000", "--duration", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -292,7 +220,7 @@ def test_the_store_survives_kill_9_of_the_server_mid_write(tmp_path):
     finally:
         sim.kill()
         sim.wait()
-    again = _start_server(tmp_path, http, netflow)
+    again = start_server(tmp_path, http, netflow)
     try:
         after = stored_sessions(http)
         assert after >= stored, "what was stored before the kill is still there"
@@ -358,11 +286,6 @@ def test_serves_https_with_a_certificate(tmp_path):
     assert f"https://localhost:{http}/" in proc.stderr.read()
     out = sluice("serve", "--tls-cert", str(cert))
     assert out.returncode == 2 and "tls_cert and http.tls_key go together" in out.stderr
-
-
-def ns2(tool: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / tool), *args], capture_output=True, text=True,
-                          timeout=60, env=env or dict(os.environ))
 
 
 def test_ns2_tools_against_a_live_server(server):

@@ -7,8 +7,8 @@ import dpkt
 from sluice.collect.decoder import Datagram, Decoder
 from sluice.collect.records import sflow_records
 
-from .pcapgen import ACK, SYN, Packet
-from .wirebuild import (
+from ..support.pcapgen import ACK, SYN, Packet
+from ..support.wirebuild import (
     sflow_counter_sample,
     sflow_datagram,
     sflow_flow_sample,

@@ -12,7 +12,7 @@ from netaddr import IPSet
 from sluice.flows.enrich import DEFAULT_COUNTRY_MMDB, Enricher
 from sluice.flows.schema import SessionBatch, addr_bytes
 
-from .conftest import IN_CI
+from ..support.env import IN_CI
 
 
 def write_mmdb(path, entries, kind="country"):

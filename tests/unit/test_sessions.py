@@ -4,16 +4,10 @@ ground truth of a pcap exported by softflowd."""
 import numpy as np
 import pytest
 
-from sluice.collect.decoder import Datagram, Decoder
 from sluice.flows.schema import FlowBatch, SessionBatch, addr_bytes, addr_text
-from sluice.flows.enrich import Enricher
 from sluice.flows.sessions import SessionTracker
-from sluice.store.base import TimeRange
-from sluice.store.duckdb_store import DuckDBStore
 
-from .conftest import require_tool
-from .interop import SluiceCollector, run
-from .pcapgen import ACK, FIN, PSH, SYN, Conversation, write_pcap
+from ..support.pcapgen import ACK, PSH, SYN
 
 T0 = 1_700_000_000_000
 
@@ -160,96 +154,3 @@ def test_many_sessions_in_one_batch_are_exact():
     assert len(out) == n
     assert int(out["cln_bytes"].sum() + out["srv_bytes"].sum()) == int(batch["bytes"].sum())
     assert set(addr_text(bytes(a)) for a in out["srv_addr"]) == {"10.200.0.1"}
-
-
-# -- ground truth: a pcap through softflowd ------------------------------------------------
-
-def ground_truth_conversations():
-    convs = []
-    t = 1_700_000_000.0
-    for i in range(12):
-        convs.append(Conversation(f"10.1.0.{i + 1}", "10.2.0.1", 40000 + i, 443, 6, t + i * 0.1, exchanges=3,
-                                  request=200 + i, response=1200 - i))
-        convs.append(Conversation(f"10.1.1.{i + 1}", "10.2.0.53", 50000 + i, 53, 17, t + i * 0.1, exchanges=2,
-                                  request=60, response=300))
-        convs.append(Conversation(f"2001:db8:1::{i + 1:x}", "2001:db8:2::1", 41000 + i, 22, 6, t + i * 0.1,
-                                  exchanges=2, request=100, response=150))
-    # long-lived: 40 s of traffic, longer than softflowd's maximum flow life (-t maxlife=10):
-    # it exports several records per direction, which must fold back into one session each
-    for i in range(3):
-        convs.append(Conversation(f"10.1.2.{i + 1}", "10.2.0.80", 45000 + i, 80, 6, t + i, exchanges=20,
-                                  request=500, response=1400, gap=2.0))
-        convs.append(Conversation(f"2001:db8:1::a{i}", "2001:db8:2::80", 46000 + i, 8080, 6, t + i, exchanges=20,
-                                  request=300, response=900, gap=2.0))
-    return [c.build() for c in convs]
-
-
-def expected_sessions(convs) -> dict:
-    out = {}
-    for c in convs:
-        cb = sum(p.ip_length() for p in c.packets if p.src == c.client)
-        sb = sum(p.ip_length() for p in c.packets if p.src == c.server)
-        cp = sum(1 for p in c.packets if p.src == c.client)
-        sp = sum(1 for p in c.packets if p.src == c.server)
-        out[(addr_text(addr_bytes(c.client)), c.cport, addr_text(addr_bytes(c.server)), c.sport, c.proto)] = (cb, sb, cp, sp)
-    return out
-
-
-TICK = ("10.255.255.1", "10.255.255.2")
-
-
-def export(tmp_path, exporter: str, version: str, port: int) -> None:
-    if exporter == "softflowd":
-        softflowd = require_tool("softflowd")
-        # -a: flow times from the capture, not the clock
-        result = run([softflowd, "-r", "t.pcap", "-n", f"127.0.0.1:{port}", "-v", version, "-d", "-6",
-                      "-T", "full", "-a", "-p", "pid", "-c", "ctl"], cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-    else:
-        # pmacctd expires flows on capture time: a maximum flow life of 10 s splits the 40 s
-        # conversations into several records per direction
-        from .test_interop_pmacct import run_pmacctd
-
-        run_pmacctd(tmp_path, f"plugins: nfprobe\nnfprobe_receiver: 127.0.0.1:{port}\nnfprobe_version: {version}\n"
-                              "nfprobe_timeouts: tcp=60:tcp.rst=60:tcp.fin=60:udp=60:icmp=60:general=60:maxlife=10:expint=1\n")
-
-
-@pytest.mark.parametrize("exporter, version", [("softflowd", "9"), ("softflowd", "10"), ("pmacctd", "9"),
-                                               ("pmacctd", "10")])
-def test_sessions_from_a_real_exporter_match_the_pcap(tmp_path, exporter, version):
-    convs = ground_truth_conversations()
-    last = max(p.time for c in convs for p in c.packets)
-    # late packets move pmacctd's capture clock on, so that every real flow is exported
-    ticks = [Conversation(*TICK, 9, 9, 17, last + 100 + 5 * i, exchanges=1).build() for i in range(4)]
-    write_pcap(tmp_path / "t.pcap", convs + ticks)
-    sluice = SluiceCollector()
-    try:
-        export(tmp_path, exporter, version, sluice.port)
-        sluice.wait_for(1)
-    finally:
-        sluice.close()
-    records = sluice.flows().to_records()
-    long_flows = [r for r in records if {r["src_port"], r["dst_port"]} & {80, 8080}]
-    if exporter == "pmacctd":
-        # 6 long conversations x 2 directions: at least two records each
-        assert len(long_flows) >= 2 * 12, "the long conversations should arrive as several records each"
-    tracker = SessionTracker(idle_timeout_s=300)
-    # feed the flows in the pieces the collector decoded them in; enrich, store and read back
-    store = DuckDBStore(tmp_path / "sessions.duckdb")
-    enricher = Enricher()
-    for b in sluice.batches:
-        store.append(enricher(tracker.update(b, T0)))
-    store.flush()
-    stored = store.sessions(TimeRange(0, 2**62), limit=10**6)
-    store.close()
-    columns = {name: stored.column(name).to_numpy(zero_copy_only=False) for name in stored.column_names}
-    columns = {k: (np.array([list(x) for x in v], np.uint8).reshape(-1, 16) if k.endswith("addr") else
-                   v.astype("S2") if k.endswith("country") else v) for k, v in columns.items()}
-    got = {}
-    for cln, cport, srv, sport, proto, cb, sb, cp, sp in totals([SessionBatch(columns)]).values():
-        key = (cln, cport, srv, sport, proto)
-        if cln in TICK or srv in TICK:
-            continue
-        assert key not in got, f"{key} split into several sessions"
-        got[key] = (cb, sb, cp, sp)
-    assert got == expected_sessions(convs)

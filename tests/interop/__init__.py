@@ -1,0 +1,1 @@
+"""Real exporters (softflowd, pmacctd), the reference collector (nfcapd) and vendor packets."""
