@@ -8,19 +8,31 @@ GEO_PACKAGE := @ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719
 GEO_DIR     := $(VENV)/share/sluice
 GEO_MMDB    := $(GEO_DIR)/geo-whois-asn-country.mmdb
 
-.PHONY: run test bench screenshots debian-deps venv geodata clean
+.PHONY: run test lint mutate bench screenshots debian-deps venv geodata clean
 
 run: $(STAMP) $(GEO_MMDB)
 	$(VENV)/bin/sluice serve --simulate
 
-test: $(STAMP) $(GEO_MMDB) debian-deps
+test: lint $(STAMP) $(GEO_MMDB) debian-deps
 	$(PY) -m pytest -q
+
+# zero findings on src/: ruff (lint and format) and mypy, configured in pyproject.toml
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src
+	$(VENV)/bin/ruff format --check src
+	$(VENV)/bin/mypy
 
 bench: $(STAMP) $(GEO_MMDB) debian-deps
 	$(PY) bench/ingest.py
 	$(PY) bench/enrich.py
 	$(PY) bench/store_query.py
 	$(PY) bench/alerts.py
+
+# mutation testing of alerts/, flows/sessions.py and query/ against tests/unit ([tool.mutmut]);
+# slow (tens of minutes): a tool for finding tests that do not pin what they claim, not a gate
+mutate: $(STAMP) $(GEO_MMDB)
+	$(PY) -m pip install -q 'mutmut>=3.3'
+	$(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
 
 # refresh the README's screenshots (the browser test, writing into docs/screenshots)
 screenshots: $(STAMP) $(GEO_MMDB) debian-deps

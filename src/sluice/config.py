@@ -56,10 +56,17 @@ class CollectSettings(BaseModel):
 
 
 class SessionSettings(BaseModel):
-    idle_timeout_s: float = Field(120.0, gt=0, description="a session ends after this long without a flow; "
-                                  "set it above your exporters' active timeout")
-    active_timeout_s: float = Field(3600.0, gt=0, description="a session older than this ends (the next flow starts a new one)")
-    max_sessions: int = Field(1_000_000, ge=1000, description="live sessions tracked at most (least recently seen go first)")
+    idle_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="a session ends after this long without a flow; set it above your exporters' active timeout",
+    )
+    active_timeout_s: float = Field(
+        3600.0, gt=0, description="a session older than this ends (the next flow starts a new one)"
+    )
+    max_sessions: int = Field(
+        1_000_000, ge=1000, description="live sessions tracked at most (least recently seen go first)"
+    )
     dedupe_exporters: bool = Field(True, description="count a conversation reported by several exporters once")
 
 
@@ -75,24 +82,41 @@ class StoreSettings(BaseModel):
 
 
 class AlertSettings(BaseModel):
-    evaluate_interval_ms: int = Field(100, ge=10, le=10_000, description="how often queued sessions are evaluated "
-                                      "against the alert definitions (the alerting latency)")
-    exact_distinct_limit: int = Field(10_000, ge=10, description="distinct peers counted exactly per entity; "
-                                      "beyond, a HyperLogLog sketch (about 6.5 % error)")
-    max_pairs_per_definition: int = Field(16_000_000, ge=1000, description="(entity, peer) pairs one unique-hosts/"
-                                          "ports definition keeps at most (about 40 bytes each)")
+    evaluate_interval_ms: int = Field(
+        100,
+        ge=10,
+        le=10_000,
+        description="how often queued sessions are evaluated against the alert definitions (the alerting latency)",
+    )
+    exact_distinct_limit: int = Field(
+        10_000,
+        ge=10,
+        description="distinct peers counted exactly per entity; beyond, a HyperLogLog sketch (about 6.5 % error)",
+    )
+    max_pairs_per_definition: int = Field(
+        16_000_000,
+        ge=1000,
+        description="(entity, peer) pairs one unique-hosts/ports definition keeps at most (about 40 bytes each)",
+    )
     max_entities: int = Field(16_000_000, ge=1000, description="distinct entities per type tracked at most")
-    max_pending_rows: int = Field(4_000_000, ge=10_000, description="session rows waiting for evaluation at most; "
-                                  "beyond, rows are dropped and counted")
+    max_pending_rows: int = Field(
+        4_000_000,
+        ge=10_000,
+        description="session rows waiting for evaluation at most; beyond, rows are dropped and counted",
+    )
     snapshot_interval_s: float = Field(30.0, gt=0, description="how often the window state is saved to disk")
 
 
 class NotifySettings(BaseModel):
-    dead_after_s: float = Field(86_400.0, gt=0, description="a notification still undelivered after this long "
-                                "is given up (dead), with its last error kept")
+    dead_after_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="a notification still undelivered after this long is given up (dead), with its last error kept",
+    )
     poll_s: float = Field(1.0, gt=0, le=60, description="how often delivery workers look for due retries")
-    smtp_ca_file: Optional[Path] = Field(None, description="PEM CA certificates the SMTP server's certificate is "
-                                         "checked against (default: the system's)")
+    smtp_ca_file: Optional[Path] = Field(
+        None, description="PEM CA certificates the SMTP server's certificate is checked against (default: the system's)"
+    )
 
 
 class HttpSettings(BaseModel):
@@ -100,11 +124,12 @@ class HttpSettings(BaseModel):
     port: int = Field(9640, ge=1, le=65535, description="HTTP port")
     tls_cert: Optional[Path] = Field(None, description="PEM certificate (chain): serve HTTPS when set with tls_key")
     tls_key: Optional[Path] = Field(None, description="PEM private key of tls_cert")
-    public_url: Optional[str] = Field(None, description="the dashboard's address in notifications "
-                                      "(default: http(s)://THIS-HOST:PORT/)")
+    public_url: Optional[str] = Field(
+        None, description="the dashboard's address in notifications (default: http(s)://THIS-HOST:PORT/)"
+    )
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> "HttpSettings":
+    def _tls_pair(self) -> HttpSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("http.tls_cert and http.tls_key go together: set both for HTTPS, or neither")
         for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
@@ -141,11 +166,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # flags (init) beat the environment, which beats the TOML file given to load()
-        return (init_settings, env_settings, InitSettingsSource(settings_cls, _file_values.get()))
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, _file_values.get() or {}))
 
 
 #: the TOML file's values while load() builds Settings (a context variable: no shared state)
-_file_values: ContextVar[dict[str, Any]] = ContextVar("sluice_config_file_values", default={})
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("sluice_config_file_values", default=None)
 
 
 class ConfigError(ValueError):

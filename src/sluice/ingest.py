@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import structlog
 
-from .counters import Counters
-from .lifecycle import Worker
 from .config import Settings
+from .counters import Counters
 from .flows.enrich import Enricher
 from .flows.schema import FlowBatch, SessionBatch
 from .flows.sessions import SessionTracker
+from .lifecycle import Worker
 from .store.base import FlowStore
 from .store.duckdb_store import DuckDBStore
 
@@ -32,8 +32,9 @@ class Ingest:
         s = settings.sessions
         self.counters = counters
         self.tracker = SessionTracker(s.idle_timeout_s, s.active_timeout_s, s.max_sessions, s.dedupe_exporters)
-        self.enricher = Enricher(settings.enrich.country_mmdb, settings.enrich.asn_mmdb,
-                                 cache_dir=Path(settings.data_dir) / "cache")
+        self.enricher = Enricher(
+            settings.enrich.country_mmdb, settings.enrich.asn_mmdb, cache_dir=Path(settings.data_dir) / "cache"
+        )
         self.store = store if store is not None else DuckDBStore(Path(settings.data_dir) / "sessions.duckdb")
         self.settings = settings
         self._lock = threading.Lock()  # the tracker is used by the collector and by maintenance

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
-_ALL: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+_ALL: weakref.WeakSet[Worker] = weakref.WeakSet()
 
 
 class Worker:
-    def __init__(self, name: str, loop: Callable[[], None], join_timeout_s: float = 10.0,
-                 wake: Optional[Callable[[], None]] = None):
+    def __init__(
+        self,
+        name: str,
+        loop: Callable[[], None],
+        join_timeout_s: float = 10.0,
+        wake: Optional[Callable[[], None]] = None,
+    ):
         """``loop`` runs until it returns; it should return soon after ``stopping`` is set.
         ``wake`` interrupts whatever else the loop may be waiting on (a condition, say)."""
         self.name = name

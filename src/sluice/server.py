@@ -9,20 +9,25 @@ import socket
 import ssl
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
+from fastapi import FastAPI
 
 from .alerts.definition import DefinitionIn
 from .alerts.service import AlertService
-from .notify.service import NotifyService
-from .http.app import create_app
-from .counters import Counters
 from .collect.decoder import Decoder, DecoderConfig
 from .collect.listener import Collector
 from .config import Settings
+from .counters import Counters
+from .http.app import create_app
 from .ingest import Ingest
+from .notify.service import NotifyService
 from .state.db import open_state
+
+if TYPE_CHECKING:  # the simulator is imported only when it runs
+    from .simulate.sender import Simulator
 from .state.preferences import Preferences
 from .state.users import Users
 
@@ -45,16 +50,23 @@ class Server:
         )
         self.ingest = Ingest(settings, self.counters)
         self.collector = Collector(c, self.decoder, [self.ingest])
-        self.app = None
-        self.simulator = None
+        self.app: FastAPI | None = None
+        self.simulator: Simulator | None = None
         self.users = Users(open_state(settings.data_dir))
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
         self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters)
         self.ingest.listeners.append(self.alerts.submit)
         n = settings.notify
         tls = ssl.create_default_context(cafile=str(n.smtp_ca_file)) if n.smtp_ca_file else None
-        self.notify = NotifyService(self.users.db, self.alerts.store, self.counters, link=public_url(settings),
-                                    dead_after_s=n.dead_after_s, tls_context=tls, poll_s=n.poll_s)
+        self.notify = NotifyService(
+            self.users.db,
+            self.alerts.store,
+            self.counters,
+            link=public_url(settings),
+            dead_after_s=n.dead_after_s,
+            tls_context=tls,
+            poll_s=n.poll_s,
+        )
         prefs = Preferences(self.users.db)
         self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live
         self.retention_in_force = lambda: prefs.system().retention_days or settings.store.retention_days
@@ -65,25 +77,43 @@ class Server:
         self.ingest.start()
         self.alerts.start()
         self.notify.start()
-        listeners = [(l.name, l.port) for l in self.collector.listeners]
-        self.app = create_app(self.counters, self.users, listeners, self.ingest.store,
-                              secure_cookies=self.settings.http.tls, alerts=self.alerts,
-                              notify=self.notify, retention_days=self.retention_in_force)
+        listeners = [(listener.name, listener.port) for listener in self.collector.listeners]
+        self.app = create_app(
+            self.counters,
+            self.users,
+            listeners,
+            self.ingest.store,
+            secure_cookies=self.settings.http.tls,
+            alerts=self.alerts,
+            notify=self.notify,
+            retention_days=self.retention_in_force,
+        )
 
     def start_simulator(self, conversations_per_s: float) -> None:
         from .simulate.sender import Simulator
 
         c = self.settings.collect
         host = "127.0.0.1" if c.listen in ("0.0.0.0", "127.0.0.1") else ("::1" if c.listen == "::" else c.listen)
-        self.simulator = Simulator(host=host, netflow_port=c.netflow_port, ipfix_port=c.ipfix_port,
-                                   sflow_port=c.sflow_port, conversations_per_s=conversations_per_s,
-                                   protocols=tuple(p for p, port in (("netflow5", c.netflow_port),
-                                                                     ("netflow9", c.netflow_port),
-                                                                     ("ipfix", c.ipfix_port),
-                                                                     ("sflow", c.sflow_port)) if port),
-                                   opening_events=True)
+        simulator = self.simulator = Simulator(
+            host=host,
+            netflow_port=c.netflow_port,
+            ipfix_port=c.ipfix_port,
+            sflow_port=c.sflow_port,
+            conversations_per_s=conversations_per_s,
+            protocols=tuple(
+                p
+                for p, port in (
+                    ("netflow5", c.netflow_port),
+                    ("netflow9", c.netflow_port),
+                    ("ipfix", c.ipfix_port),
+                    ("sflow", c.sflow_port),
+                )
+                if port
+            ),
+            opening_events=True,
+        )
         self._example_definitions()
-        self.simulator.start_background()
+        simulator.start_background()
 
     def _example_definitions(self) -> None:
         """With the traffic generator on, give a first-time admin alerts to watch it by."""
@@ -103,18 +133,26 @@ class Server:
             sock.bind((h.listen, h.port))
         except OSError as exc:
             sock.close()
-            raise OSError(exc.errno, f"cannot serve HTTP on {h.listen}:{h.port}: {exc.strerror}; "
-                          "choose another port with --http-port") from None
+            raise OSError(
+                exc.errno,
+                f"cannot serve HTTP on {h.listen}:{h.port}: {exc.strerror}; choose another port with --http-port",
+            ) from None
         sock.listen(128)
         return sock
 
     def serve_http(self, sock: socket.socket) -> None:
         h = self.settings.http
-        tls = {"ssl_certfile": str(h.tls_cert), "ssl_keyfile": str(h.tls_key)} if h.tls else {}
+        tls: dict[str, Any] = {"ssl_certfile": str(h.tls_cert), "ssl_keyfile": str(h.tls_key)} if h.tls else {}
+        assert self.app is not None, "start_collector() builds the application"
         # open dashboard streams never end by themselves: give them 5 s when stopping
-        config = uvicorn.Config(self.app, log_level=self.settings.log_level,
-                                access_log=self.settings.log_level == "debug", lifespan="off",
-                                timeout_graceful_shutdown=5, **tls)
+        config = uvicorn.Config(
+            self.app,
+            log_level=self.settings.log_level,
+            access_log=self.settings.log_level == "debug",
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            **tls,
+        )
         _QuietExitServer(config).run(sockets=[sock])
 
     def stop(self) -> None:
@@ -128,12 +166,26 @@ class Server:
 
 #: created for ``admin`` by ``sluice serve --simulate`` when it has no definitions yet
 EXAMPLE_DEFINITIONS = [
-    DefinitionIn(title="Port scan", metric="unique_ports", entity="host", threshold=500, interval="5m",
-                 severity="HIGH", description="Any one host using more than 500 distinct server ports in 5 minutes: "
-                                              "the scanner, and the host scanned."),
-    DefinitionIn(title="Exfiltration", metric="bytes_sent", entity="host", threshold=500_000_000, interval="15m",
-                 severity="CRITICAL", prefilter="SRVPORT == 443",
-                 description="Any one host sending more than 500 MB over HTTPS in 15 minutes."),
+    DefinitionIn(
+        title="Port scan",
+        metric="unique_ports",
+        entity="host",
+        threshold=500,
+        interval="5m",
+        severity="HIGH",
+        description="Any one host using more than 500 distinct server ports in 5 minutes: "
+        "the scanner, and the host scanned.",
+    ),
+    DefinitionIn(
+        title="Exfiltration",
+        metric="bytes_sent",
+        entity="host",
+        threshold=500_000_000,
+        interval="15m",
+        severity="CRITICAL",
+        prefilter="SRVPORT == 443",
+        description="Any one host sending more than 500 MB over HTTPS in 15 minutes.",
+    ),
 ]
 
 
@@ -165,9 +217,12 @@ def banner(settings: Settings, simulating: bool, generated_password: str | None 
         f"Sluice is running: {scheme}://{host}:{h.port}/  (metrics: {scheme}://{host}:{h.port}/metrics)",
         f"  flows in: NetFlow/IPFIX UDP {c.netflow_port or 'off'}, IPFIX UDP {c.ipfix_port or 'off'}, "
         f"sFlow UDP {c.sflow_port or 'off'} on {c.listen}",
-        (f"  login: admin / {generated_password}   (generated now and shown only once: set SLUICE_ADMIN_PASSWORD "
-         "before the first start to choose it)" if generated_password else
-         "  login: your Sluice account (the first start created 'admin'; see docs/api.md)"),
+        (
+            f"  login: admin / {generated_password}   (generated now and shown only once: set SLUICE_ADMIN_PASSWORD "
+            "before the first start to choose it)"
+            if generated_password
+            else "  login: your Sluice account (the first start created 'admin'; see docs/api.md)"
+        ),
     ]
     if simulating:
         lines.append("  built-in traffic generator: on (sluice serve --no-simulate to turn it off)")

@@ -67,19 +67,38 @@ class AlertMetric(str, Enum):
 
 
 #: the intervals a definition may use, by name, in seconds
-INTERVALS: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "6h": 21600,
-                             "12h": 43200, "1d": 86400}
+INTERVALS: dict[str, int] = {
+    "1m": 60,
+    "5m": 300,
+    "15m": 900,
+    "30m": 1800,
+    "1h": 3600,
+    "6h": 21600,
+    "12h": 43200,
+    "1d": 86400,
+}
 INTERVAL_NAMES = {v: k for k, v in INTERVALS.items()}
 
-ENTITY_WORDS = {EntityType.HOST: "address", EntityType.HOST_PAIR: "host pair", EntityType.PORT: "port",
-                EntityType.COUNTRY: "country", EntityType.ASN: "ASN"}
+ENTITY_WORDS = {
+    EntityType.HOST: "address",
+    EntityType.HOST_PAIR: "host pair",
+    EntityType.PORT: "port",
+    EntityType.COUNTRY: "country",
+    EntityType.ASN: "ASN",
+}
 _METRIC_WORDS = {
-    AlertMetric.BITS_SENT: "bits sent", AlertMetric.BITS_RECEIVED: "bits received",
-    AlertMetric.BITS_TOTAL: "total bits", AlertMetric.BYTES_SENT: "bytes sent",
-    AlertMetric.BYTES_RECEIVED: "bytes received", AlertMetric.BYTES_TOTAL: "total bytes",
-    AlertMetric.PACKETS_SENT: "packets sent", AlertMetric.PACKETS_RECEIVED: "packets received",
-    AlertMetric.PACKETS_TOTAL: "total packets", AlertMetric.SESSIONS_INITIATED: "sessions initiated",
-    AlertMetric.SESSIONS_RECEIVED: "sessions received", AlertMetric.UNIQUE_HOSTS: "unique hosts",
+    AlertMetric.BITS_SENT: "bits sent",
+    AlertMetric.BITS_RECEIVED: "bits received",
+    AlertMetric.BITS_TOTAL: "total bits",
+    AlertMetric.BYTES_SENT: "bytes sent",
+    AlertMetric.BYTES_RECEIVED: "bytes received",
+    AlertMetric.BYTES_TOTAL: "total bytes",
+    AlertMetric.PACKETS_SENT: "packets sent",
+    AlertMetric.PACKETS_RECEIVED: "packets received",
+    AlertMetric.PACKETS_TOTAL: "total packets",
+    AlertMetric.SESSIONS_INITIATED: "sessions initiated",
+    AlertMetric.SESSIONS_RECEIVED: "sessions received",
+    AlertMetric.UNIQUE_HOSTS: "unique hosts",
     AlertMetric.UNIQUE_PORTS: "unique ports",
 }
 
@@ -128,12 +147,15 @@ class ThresholdOverride(BaseModel):
 class Exceptions(BaseModel):
     """Entities that never alert, and per-CIDR thresholds (see docs/alerts.md)."""
 
-    addresses: list[str] = Field(default_factory=list, max_length=1000,
-                                 description="addresses or CIDRs whose entities never alert")
-    ports: list[int] = Field(default_factory=list, max_length=1000,
-                             description="server ports whose sessions this definition ignores")
-    countries: list[str] = Field(default_factory=list, max_length=300,
-                                 description="country codes whose entities never alert")
+    addresses: list[str] = Field(
+        default_factory=list, max_length=1000, description="addresses or CIDRs whose entities never alert"
+    )
+    ports: list[int] = Field(
+        default_factory=list, max_length=1000, description="server ports whose sessions this definition ignores"
+    )
+    countries: list[str] = Field(
+        default_factory=list, max_length=300, description="country codes whose entities never alert"
+    )
     thresholds: list[ThresholdOverride] = Field(default_factory=list, max_length=1000)
 
     @field_validator("addresses")
@@ -173,8 +195,11 @@ class DefinitionIn(BaseModel):
     severity: Severity = Severity.MEDIUM
     enabled: bool = True
     exceptions: Exceptions = Field(default_factory=Exceptions)
-    renotify: Optional[str] = Field(None, description="while an alert keeps triggering, notify again at most this "
-                                    "often (" + ", ".join(INTERVALS) + "); blank: the interval")
+    renotify: Optional[str] = Field(
+        None,
+        description="while an alert keeps triggering, notify again at most this "
+        "often (" + ", ".join(INTERVALS) + "); blank: the interval",
+    )
 
     @field_validator("title")
     @classmethod
@@ -219,10 +244,12 @@ class DefinitionIn(BaseModel):
         try:
             return cls._interval(v)
         except ValueError:
-            raise ValueError(f"renotify {v!r} is not one of {', '.join(INTERVALS)} (or their length in seconds)") from None
+            raise ValueError(
+                f"renotify {v!r} is not one of {', '.join(INTERVALS)} (or their length in seconds)"
+            ) from None
 
     @model_validator(mode="after")
-    def _combination(self) -> "DefinitionIn":
+    def _combination(self) -> DefinitionIn:
         reason = _INVALID.get((self.entity, self.metric))
         if reason:
             raise ValueError(f"metric {self.metric.value} does not apply to entity {self.entity.value}: {reason}")
@@ -243,8 +270,15 @@ class DefinitionIn(BaseModel):
 
     def window_signature(self) -> str:
         """What the window state depends on: change any of it and the state starts afresh."""
-        return "|".join([self.metric.value, self.entity.value, self.interval, self.prefilter,
-                         self.exceptions.model_dump_json(exclude={"thresholds"})])
+        return "|".join(
+            [
+                self.metric.value,
+                self.entity.value,
+                self.interval,
+                self.prefilter,
+                self.exceptions.model_dump_json(exclude={"thresholds"}),
+            ]
+        )
 
 
 class Definition(DefinitionIn):

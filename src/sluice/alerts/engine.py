@@ -2,9 +2,10 @@
 
 One evaluation takes a batch of session delta rows (what each touched session carried since
 the last batch) and, per entity type in use, turns it into entity rows once (``entities.py``).
-Entity keys get dense ids from one ``KeyIndex`` per type, shared by all definitions; each definition then needs only masks, ``bincount``s and lookups of its
-window. Nothing here loops over sessions in Python; the loops are over definitions,
-exception entries and alerting entities.
+Entity keys get dense ids from one ``KeyIndex`` per type, shared by all definitions; each
+definition then needs only masks, ``bincount``s and lookups of its window. Nothing here
+loops over sessions in Python; the loops are over definitions, exception entries and
+alerting entities.
 
 Windows run on the server's clock: data counts in the step (alerting period) in which it
 arrives, as with a rate meter, so that a record exported late by a router still counts once,
@@ -19,8 +20,8 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import structlog
@@ -34,6 +35,7 @@ from .keyindex import KeyIndex, combine, distinct_first
 from .window import DistinctWindow, SumWindow
 
 log = structlog.get_logger(__name__)
+
 
 @dataclass
 class AlertEvent:
@@ -49,6 +51,7 @@ class AlertEvent:
     threshold: int  # v2: the threshold that applied to this entity
     value: int  # the window value that exceeded it
     time_us: int  # the trigger time (server clock, microseconds)
+
 
 @dataclass
 class _Exceptions:
@@ -69,8 +72,9 @@ class DefinitionState:
         self.step_ms = step * 1000
         self.n_buckets = d.interval_s // step
         if d.metric.is_distinct:
-            self.window: SumWindow | DistinctWindow = DistinctWindow(self.step_ms, self.n_buckets, exact_limit,
-                                                                     max_pairs)
+            self.window: SumWindow | DistinctWindow = DistinctWindow(
+                self.step_ms, self.n_buckets, exact_limit, max_pairs
+            )
         else:
             self.window = SumWindow(self.step_ms, self.n_buckets)
         self.counted = np.empty(0, np.uint64)  # (entity, session) pairs counted in this period
@@ -88,8 +92,13 @@ class DefinitionState:
             ports=np.array(ex.ports, np.uint16),
             countries=np.array([c.encode() for c in ex.countries], "S2"),
             # prefix length in 128-bit terms, so IPv4 and IPv6 CIDRs compare by specificity
-            thresholds=sorted(((AddressRange.of(net), net.prefixlen + (96 if net.version == 4 else 0), thr)
-                               for net, thr in overrides), key=lambda t: t[1]),
+            thresholds=sorted(
+                (
+                    (AddressRange.of(net), net.prefixlen + (96 if net.version == 4 else 0), thr)
+                    for net, thr in overrides
+                ),
+                key=lambda t: t[1],
+            ),
         )
 
     def nbytes(self) -> int:
@@ -116,8 +125,13 @@ class AlertEngine:
     aside as failed (``failures``: shown in the API, the editor and ``/metrics``) and the others
     go on; it is tried again when it changes, or after ``FAILED_RETRY_MS``."""
 
-    def __init__(self, exact_limit: int = 10_000, max_pairs: int = 16_000_000, max_entities: int = 1 << 24,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        exact_limit: int = 10_000,
+        max_pairs: int = 16_000_000,
+        max_entities: int = 1 << 24,
+        clock: Callable[[], float] = time.time,
+    ):
         self.exact_limit = exact_limit
         self.max_pairs = max_pairs
         self.max_entities = max_entities
@@ -126,8 +140,15 @@ class AlertEngine:
         self.failures: dict[int, Failure] = {}
         self.indexes: dict[EntityType, KeyIndex] = {}
         self.last_seen: dict[EntityType, np.ndarray] = {}
-        self.stats = {"rows_evaluated": 0, "rows_dropped": 0, "entities_dropped": 0, "events": 0, "evaluations": 0,
-                      "definition_failures": 0, "evaluation_errors": 0}
+        self.stats = {
+            "rows_evaluated": 0,
+            "rows_dropped": 0,
+            "entities_dropped": 0,
+            "events": 0,
+            "evaluations": 0,
+            "definition_failures": 0,
+            "evaluation_errors": 0,
+        }
         self.lock = threading.RLock()  # evaluation, definition changes, persistence, API reads
         self._last_reclaim_ms = 0
 
@@ -160,11 +181,14 @@ class AlertEngine:
 
     def _failure(self, d: Definition, what: str, exc: BaseException) -> Failure:
         detail = f"{type(exc).__name__}: {exc}"[:300]
-        log.error("alert definition failed; the others go on", definition=d.id, user=d.user_id, what=what,
-                  error=detail)
+        log.error("alert definition failed; the others go on", definition=d.id, user=d.user_id, what=what, error=detail)
         self.stats["definition_failures"] += 1
-        return Failure(d, f"{what} ({detail}); it is skipped until it is changed, and retried every "
-                          f"{FAILED_RETRY_MS // 60_000} minutes", int(self.clock() * 1000))
+        return Failure(
+            d,
+            f"{what} ({detail}); it is skipped until it is changed, and retried every "
+            f"{FAILED_RETRY_MS // 60_000} minutes",
+            int(self.clock() * 1000),
+        )
 
     def _set_aside(self, st: DefinitionState, what: str, exc: BaseException) -> None:
         d = st.definition
@@ -184,8 +208,9 @@ class AlertEngine:
 
     # -- evaluation -----------------------------------------------------------------------
 
-    def evaluate(self, sessions: SessionBatch, new: np.ndarray, now_ms: int,
-                 now_us: int | None = None) -> list[AlertEvent]:
+    def evaluate(
+        self, sessions: SessionBatch, new: np.ndarray, now_ms: int, now_us: int | None = None
+    ) -> list[AlertEvent]:
         """Fold a batch of session delta rows (``new``: the session started in this batch)
         into every window at time ``now_ms``; the alert events it causes (stamped ``now_us``,
         by default ``now_ms``)."""
@@ -226,8 +251,9 @@ class AlertEngine:
             self.stats["events"] += len(events)
             return events
 
-    def _entity_rows(self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, now_ms: int,
-                     shared: BatchKeys) -> EntityRows:
+    def _entity_rows(
+        self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, now_ms: int, shared: BatchKeys
+    ) -> EntityRows:
         rows = EntityRows(kind, sessions, new, shared)
         index = self.indexes.get(kind)
         if index is None:
@@ -282,8 +308,9 @@ class AlertEngine:
             thr[hit] = value
         return thr
 
-    def _evaluate_one(self, st: DefinitionState, rows: EntityRows, pre: np.ndarray | None,
-                      now_ms: int, time_us: int) -> list[AlertEvent]:
+    def _evaluate_one(
+        self, st: DefinitionState, rows: EntityRows, pre: np.ndarray | None, now_ms: int, time_us: int
+    ) -> list[AlertEvent]:
         d = st.definition
         mask = self._row_mask(st, rows, pre)
         if not mask.any():
@@ -293,7 +320,7 @@ class AlertEngine:
         if d.metric.is_distinct:
             concerned = np.bincount(rows.inv, weights=mask, minlength=n_uniq) > 0
             sel = np.flatnonzero(mask)
-            st.window.add(rows.ids[sel], rows.peers(d.metric)[sel], bucket)  # type: ignore[call-arg]
+            st.window.add(rows.ids[sel], rows.peers(d.metric)[sel], bucket)
             local = np.flatnonzero(concerned)
         else:
             amounts = np.bincount(rows.inv, weights=np.where(mask, rows.values(d.metric), 0), minlength=n_uniq)
@@ -301,7 +328,7 @@ class AlertEngine:
                 local = np.flatnonzero(np.bincount(rows.inv, weights=mask, minlength=n_uniq))
             else:  # the role is "adds something": the entities concerned are those with a sum
                 local = np.flatnonzero(amounts)
-            st.window.add(rows.uniq[local], amounts[local].astype(np.int64), bucket)  # type: ignore[call-arg]
+            st.window.add(rows.uniq[local], amounts[local].astype(np.int64), bucket)
         gids = rows.uniq[local]
         values = st.window.value(gids)
         thresholds = self._thresholds(st, rows, rows.first[local])
@@ -317,19 +344,34 @@ class AlertEngine:
         if st.counted_bucket != bucket:
             st.counted, st.counted_bucket = np.empty(0, np.uint64), bucket
         at = np.searchsorted(st.counted, pair)
-        fresh = (at >= len(st.counted)) | (st.counted[np.minimum(at, max(len(st.counted) - 1, 0))] != pair) \
-            if len(st.counted) else np.ones(len(pair), bool)
+        fresh = (
+            (at >= len(st.counted)) | (st.counted[np.minimum(at, max(len(st.counted) - 1, 0))] != pair)
+            if len(st.counted)
+            else np.ones(len(pair), bool)
+        )
         st.counted = np.insert(st.counted, at[fresh], pair[fresh])  # stays sorted
         pair_rows = hit_rows[first_of_pair[fresh]]
         increments = np.bincount(rows.inv[pair_rows], minlength=n_uniq)
         events = []
-        for li, value, thr in zip(local[over].tolist(), values[over].tolist(), thresholds[over].tolist()):
+        for li, value, thr in zip(local[over].tolist(), values[over].tolist(), thresholds[over].tolist(), strict=True):
             inc = int(increments[li])
             if inc == 0:
                 continue
             text = rows.text(int(rows.first[li]))
-            events.append(AlertEvent(d.id, d.user_id, d.entity, text, alert_message(d.metric, d.entity, text),
-                                     d.severity.value, inc, int(thr), int(value), time_us))
+            events.append(
+                AlertEvent(
+                    d.id,
+                    d.user_id,
+                    d.entity,
+                    text,
+                    alert_message(d.metric, d.entity, text),
+                    d.severity.value,
+                    inc,
+                    int(thr),
+                    int(value),
+                    time_us,
+                )
+            )
         return events
 
     # -- time -----------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class EntityRows:
         self.n_sessions = n
         self.new_session = new
         self.valid: np.ndarray | None = None  # None: every row
+        self.is_client: np.ndarray | None  # per row, endpoint types only
         if kind.is_endpoint:
             self.session_row = np.concatenate([np.arange(n), np.arange(n)])
             self.is_client = np.zeros(2 * n, bool)
@@ -72,7 +73,9 @@ class EntityRows:
             self.session_row = np.arange(n)
             self.is_client = None
             self.keys = ordered_pair_key(shared.cln, shared.srv) if kind is EntityType.HOST_PAIR else shared.port
-        self.ids: np.ndarray | None = None
+        # set by the engine: each row's dense entity id; the batch's distinct ids (``uniq``),
+        # each row's position among them (``inv``) and each one's first row (``first``)
+        self.ids = self.uniq = self.inv = self.first = np.empty(0, np.int64)
         self._cache: dict[str, np.ndarray] = {}
 
     @cached_property

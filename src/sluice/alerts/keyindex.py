@@ -83,8 +83,13 @@ class KeyIndex:
         return self._ids_cap
 
     def nbytes(self) -> int:
-        return (self.t_keys.nbytes + self.t_ids.nbytes + self.keys_by_id.nbytes + self.live.nbytes
-                + sum(f.nbytes for f in self._free))
+        return (
+            self.t_keys.nbytes
+            + self.t_ids.nbytes
+            + self.keys_by_id.nbytes
+            + self.live.nbytes
+            + sum(f.nbytes for f in self._free)
+        )
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The id of each key, -1 where absent."""
@@ -138,7 +143,7 @@ class KeyIndex:
         return {"ids": ids, "keys": self.keys_by_id[ids]}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray], max_ids: int = 1 << 26) -> "KeyIndex":
+    def from_state(cls, state: dict[str, np.ndarray], max_ids: int = 1 << 26) -> KeyIndex:
         ids, keys = state["ids"].astype(np.int64), state["keys"].astype(np.uint64)
         top = int(ids.max()) + 1 if len(ids) else 0
         index = cls(max(1024, top), max_ids)

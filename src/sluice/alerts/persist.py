@@ -32,8 +32,9 @@ def save(engine: AlertEngine, path: Path) -> None:
                 arrays[f"def.{i}.w.{k}"] = v
     tmp = path.with_suffix(".tmp.npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(tmp, **arrays)
+    np.savez(tmp, allow_pickle=False, **arrays)
     tmp.replace(path)
+
 
 def load(engine: AlertEngine, path: Path) -> bool:
     """Restore state saved by ``save`` for the definitions installed (same signatures)."""
@@ -48,8 +49,9 @@ def load(engine: AlertEngine, path: Path) -> bool:
         for kind in EntityType:
             p = f"index.{kind.value}."
             if p + "ids" in data:
-                engine.indexes[kind] = KeyIndex.from_state({"ids": data[p + "ids"], "keys": data[p + "keys"]},
-                                                         engine.max_entities)
+                engine.indexes[kind] = KeyIndex.from_state(
+                    {"ids": data[p + "ids"], "keys": data[p + "keys"]}, engine.max_entities
+                )
                 seen = data[p + "last_seen"]
                 cap = engine.indexes[kind].id_capacity
                 engine.last_seen[kind] = np.concatenate([seen, np.zeros(max(0, cap - len(seen)), np.int64)])
@@ -59,5 +61,5 @@ def load(engine: AlertEngine, path: Path) -> bool:
                 continue
             st.bucket, st.counted_bucket = (int(x) for x in data[p + "meta"])
             st.counted = data[p + "counted"]
-            st.window.load({k[len(p) + 2:]: v for k, v in data.items() if k.startswith(p + "w.")})
+            st.window.load({k[len(p) + 2 :]: v for k, v in data.items() if k.startswith(p + "w.")})
     return True

@@ -9,10 +9,9 @@ outbox writes there, so that a notification exists if and only if the change doe
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Optional
-
-from typing_extensions import Self
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timezone
+from typing import Any, Optional, Self
 
 import structlog
 from pydantic import BaseModel, model_validator
@@ -61,7 +60,7 @@ class AlertOut(BaseModel):
     acknowledged_us: Optional[int] = None
 
     @model_validator(mode="after")
-    def _times_as_text(self) -> "AlertOut":
+    def _times_as_text(self) -> AlertOut:
         self.first_trigger = self.first_trigger or _iso(self.first_trigger_us)
         self.last_trigger = self.last_trigger or _iso(self.last_trigger_us)
         return self
@@ -69,38 +68,65 @@ class AlertOut(BaseModel):
     @classmethod
     def of(cls, row: AlertRecordRow, username: str, title: str, **more: Any) -> Self:
         """The view of a stored record (``more``: fields of a subclass)."""
-        return cls(id=row.id, alertdef=row.definition_id, title=title, user=username, entity_type=row.entity_type,
-                   entity=row.entity, severity=row.severity, message=row.message, state=row.state, v1=row.count,
-                   v2=row.threshold, value=row.value, first_trigger_us=row.first_trigger_us,
-                   last_trigger_us=row.last_trigger_us, acknowledged_by=row.acknowledged_by,
-                   acknowledged_us=row.acknowledged_us, **more)
+        return cls(
+            id=row.id,
+            alertdef=row.definition_id,
+            title=title,
+            user=username,
+            entity_type=row.entity_type,
+            entity=row.entity,
+            severity=row.severity,
+            message=row.message,
+            state=row.state,
+            v1=row.count,
+            v2=row.threshold,
+            value=row.value,
+            first_trigger_us=row.first_trigger_us,
+            last_trigger_us=row.last_trigger_us,
+            acknowledged_by=row.acknowledged_by,
+            acknowledged_us=row.acknowledged_us,
+            **more,
+        )
 
     @property
     def first_trigger_at(self) -> datetime:
-        return datetime.fromtimestamp(self.first_trigger_us / 1_000_000, timezone.utc)
+        return datetime.fromtimestamp(self.first_trigger_us / 1_000_000, UTC)
 
     @property
     def last_trigger_at(self) -> datetime:
-        return datetime.fromtimestamp(self.last_trigger_us / 1_000_000, timezone.utc)
+        return datetime.fromtimestamp(self.last_trigger_us / 1_000_000, UTC)
 
 
 def _iso(us: int) -> str:
-    return datetime.fromtimestamp(us / 1_000_000, timezone.utc).isoformat(timespec="microseconds")
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="microseconds")
 
 
 def alert_line(a: AlertOut, tz: Optional[timezone] = None) -> str:
     """FlowTraq's CLI line (DESIGN.md §5), in the local time zone unless ``tz`` is given."""
     t = datetime.fromtimestamp(a.last_trigger_us // 1_000_000, tz).replace(microsecond=a.last_trigger_us % 1_000_000)
-    return (f"{t:%m/%d/%Y %H:%M:%S}.{t.microsecond:06d}  {a.alertdef} {a.severity} \"{a.message}\" ID={a.id} "
-            f"type={a.type} state={a.state} user={a.user} v1={a.v1} v2={a.v2}")
+    return (
+        f'{t:%m/%d/%Y %H:%M:%S}.{t.microsecond:06d}  {a.alertdef} {a.severity} "{a.message}" ID={a.id} '
+        f"type={a.type} state={a.state} user={a.user} v1={a.v1} v2={a.v2}"
+    )
 
 
 def _definition(row: AlertDefinitionRow, username: str) -> Definition:
-    return Definition(id=row.id, user_id=row.user_id, username=username, title=row.title, description=row.description,
-                      prefilter=row.prefilter, metric=row.metric, entity=row.entity, threshold=row.threshold,
-                      interval=row.interval, severity=row.severity, enabled=row.enabled,
-                      exceptions=Exceptions.model_validate_json(row.exceptions or "{}"),
-                      renotify=row.renotify_s)
+    return Definition(
+        id=row.id,
+        user_id=row.user_id,
+        username=username,
+        title=row.title,
+        description=row.description,
+        prefilter=row.prefilter,
+        metric=row.metric,
+        entity=row.entity,
+        threshold=row.threshold,
+        interval=row.interval,
+        severity=row.severity,
+        enabled=row.enabled,
+        exceptions=Exceptions.model_validate_json(row.exceptions or "{}"),
+        renotify=row.renotify_s,
+    )
 
 
 class AlertStore:
@@ -153,7 +179,8 @@ class AlertStore:
         """Delete a definition and its alert records."""
         with self.db.session() as s:
             s.execute(delete(AlertRecordRow).where(AlertRecordRow.definition_id == definition_id))
-            gone = s.execute(delete(AlertDefinitionRow).where(AlertDefinitionRow.id == definition_id)).rowcount
+            result = s.execute(delete(AlertDefinitionRow).where(AlertDefinitionRow.id == definition_id))
+            gone = getattr(result, "rowcount", 0)  # a CursorResult for DELETE
         self._changed()
         return bool(gone)
 
@@ -185,18 +212,33 @@ class AlertStore:
         with self._apply_lock, self.db.session() as s:
             def_ids = {d for d, _ in merged}
             alive = set(s.scalars(select(AlertDefinitionRow.id).where(AlertDefinitionRow.id.in_(def_ids))))
-            existing = {(r.definition_id, r.entity): r for r in s.scalars(
-                select(AlertRecordRow).where(AlertRecordRow.definition_id.in_(alive),
-                                             AlertRecordRow.entity.in_({e for _, e in merged})))}
+            existing = {
+                (r.definition_id, r.entity): r
+                for r in s.scalars(
+                    select(AlertRecordRow).where(
+                        AlertRecordRow.definition_id.in_(alive), AlertRecordRow.entity.in_({e for _, e in merged})
+                    )
+                )
+            }
             for key, e in merged.items():
                 if e.definition_id not in alive:
                     continue  # deleted while the event was on its way
                 row = existing.get(key)
                 if row is None:
-                    row = AlertRecordRow(definition_id=e.definition_id, user_id=e.user_id, entity_type=e.entity_type.value,
-                                         entity=e.entity, severity=e.severity, message=e.message, state=NOT_ACKNOWLEDGED,
-                                         count=e.count, threshold=e.threshold, value=e.value,
-                                         first_trigger_us=e.time_us, last_trigger_us=e.time_us)
+                    row = AlertRecordRow(
+                        definition_id=e.definition_id,
+                        user_id=e.user_id,
+                        entity_type=e.entity_type.value,
+                        entity=e.entity,
+                        severity=e.severity,
+                        message=e.message,
+                        state=NOT_ACKNOWLEDGED,
+                        count=e.count,
+                        threshold=e.threshold,
+                        value=e.value,
+                        first_trigger_us=e.time_us,
+                        last_trigger_us=e.time_us,
+                    )
                     s.add(row)
                     change = CREATED
                 else:
@@ -218,13 +260,22 @@ class AlertStore:
         for hook in self.after_commit:
             hook()
 
-    def alerts(self, user_id: Optional[int] = None, since_us: Optional[int] = None, until_us: Optional[int] = None,
-               min_severity: Optional[Severity] = None, state: Optional[str] = None, definition_id: Optional[int] = None,
-               limit: int = 1000) -> list[AlertOut]:
+    def alerts(
+        self,
+        user_id: Optional[int] = None,
+        since_us: Optional[int] = None,
+        until_us: Optional[int] = None,
+        min_severity: Optional[Severity] = None,
+        state: Optional[str] = None,
+        definition_id: Optional[int] = None,
+        limit: int = 1000,
+    ) -> list[AlertOut]:
         """Alert records, the most recently triggered first."""
-        q = (select(AlertRecordRow, User.username, AlertDefinitionRow.title)
-             .join(User, User.id == AlertRecordRow.user_id)
-             .join(AlertDefinitionRow, AlertDefinitionRow.id == AlertRecordRow.definition_id))
+        q = (
+            select(AlertRecordRow, User.username, AlertDefinitionRow.title)
+            .join(User, User.id == AlertRecordRow.user_id)
+            .join(AlertDefinitionRow, AlertDefinitionRow.id == AlertRecordRow.definition_id)
+        )
         if user_id is not None:
             q = q.where(AlertRecordRow.user_id == user_id)
         if since_us is not None:
@@ -246,9 +297,9 @@ class AlertStore:
             row = s.get(AlertRecordRow, alert_id)
             if row is None:
                 return None
-            return AlertOut.of(row, s.get(User, row.user_id).username,  # type: ignore[union-attr]
-                             s.get(AlertDefinitionRow, row.definition_id).title)  # type: ignore[union-attr]
-
+            user = s.get(User, row.user_id)
+            definition = s.get(AlertDefinitionRow, row.definition_id)
+            return AlertOut.of(row, user.username if user else "", definition.title if definition else "")
 
     def acknowledge(self, alert_ids: Iterable[int], by: str, now_us: int) -> list[int]:
         """Acknowledge records (already acknowledged ones stay as they are); the ids changed."""
@@ -275,7 +326,7 @@ class AlertStore:
             q = q.where(AlertRecordRow.state == state)
         return self._delete(q)
 
-    def _delete(self, query) -> int:  # type: ignore[no-untyped-def]
+    def _delete(self, query) -> int:
         with self.db.session() as s:
             rows = list(s.scalars(query))
             for row in rows:
@@ -287,4 +338,6 @@ class AlertStore:
 
     def owner_of(self, alert_ids: Iterable[int]) -> dict[int, int]:
         with self.db.session() as s:
-            return {r.id: r.user_id for r in s.scalars(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids))))}
+            return {
+                r.id: r.user_id for r in s.scalars(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids))))
+            }

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from ..counters import Counters
 from ..config import AlertSettings
+from ..counters import Counters
 from ..flows.schema import SessionBatch
 from ..lifecycle import Worker
 from ..state.db import StateDB
 from . import persist
 from .engine import AlertEngine, AlertEvent
-from .runner import EngineRunner
 from .records import AlertStore
+from .runner import EngineRunner
 
 log = structlog.get_logger(__name__)
 
@@ -28,10 +28,15 @@ class AlertService:
         self.settings = settings
         self.counters = counters
         self.store = AlertStore(db)
-        self.engine = AlertEngine(settings.exact_distinct_limit, settings.max_pairs_per_definition,
-                                  settings.max_entities)
-        self.runner = EngineRunner(self.engine, self._record, interval_s=settings.evaluate_interval_ms / 1000,
-                                   max_pending_rows=settings.max_pending_rows)
+        self.engine = AlertEngine(
+            settings.exact_distinct_limit, settings.max_pairs_per_definition, settings.max_entities
+        )
+        self.runner = EngineRunner(
+            self.engine,
+            self._record,
+            interval_s=settings.evaluate_interval_ms / 1000,
+            max_pending_rows=settings.max_pending_rows,
+        )
         self.state_path = Path(data_dir) / "alert-state.npz"
         self._unrecorded: list[AlertEvent] = []
         self._record_lock = threading.Lock()

@@ -139,8 +139,14 @@ class SumWindow(_Window):
 class DistinctWindow(_Window):
     """Sliding distinct counts of peers per entity id: exact up to a bound, then HyperLogLog."""
 
-    def __init__(self, step_ms: int, n_buckets: int, exact_limit: int = 10_000, max_pairs: int = 16_000_000,
-                 max_sketches: int = 256):
+    def __init__(
+        self,
+        step_ms: int,
+        n_buckets: int,
+        exact_limit: int = 10_000,
+        max_pairs: int = 16_000_000,
+        max_sketches: int = 256,
+    ):
         self.step_ms = step_ms
         self.n_buckets = n_buckets
         self.exact_limit = exact_limit
@@ -256,7 +262,7 @@ class DistinctWindow(_Window):
         entities = np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot))
         estimates = self._estimate(entities, bucket)
         self.values[entities] = estimates
-        for e, est in zip(entities.tolist(), estimates.tolist()):
+        for e, est in zip(entities.tolist(), estimates.tolist(), strict=True):
             if est == 0:  # nothing left in its window: back to exact counting
                 self._regs[:, self.sketch_slot.pop(e)] = 0
 
@@ -264,23 +270,34 @@ class DistinctWindow(_Window):
 
     def nbytes(self) -> int:
         ring = sum(a.nbytes for chunks in self._ring.values() for a in chunks)
-        return (self.values.nbytes + self.pairs.nbytes() + self.pair_entity.nbytes + self.pair_bucket.nbytes + ring
-                + self._regs.nbytes)
+        return (
+            self.values.nbytes
+            + self.pairs.nbytes()
+            + self.pair_entity.nbytes
+            + self.pair_bucket.nbytes
+            + ring
+            + self._regs.nbytes
+        )
 
     def state(self) -> dict[str, np.ndarray]:
         pairs = self.pairs.state()
         return {
-            "values": self.values, "pair_ids": pairs["ids"], "pair_keys": pairs["keys"],
-            "pair_entity": self.pair_entity[pairs["ids"]], "pair_bucket": self.pair_bucket[pairs["ids"]],
+            "values": self.values,
+            "pair_ids": pairs["ids"],
+            "pair_keys": pairs["keys"],
+            "pair_entity": self.pair_entity[pairs["ids"]],
+            "pair_bucket": self.pair_bucket[pairs["ids"]],
             "sketch_entities": np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)),
             "sketch_slots": np.fromiter(self.sketch_slot.values(), np.int64, len(self.sketch_slot)),
-            "regs": self._regs, "reg_bucket": self._reg_bucket,
+            "regs": self._regs,
+            "reg_bucket": self._reg_bucket,
         }
 
     def load(self, state: dict[str, np.ndarray]) -> None:
         self.values = state["values"].astype(np.int64).copy()
-        self.pairs = KeyIndex.from_state({"ids": state["pair_ids"], "keys": state["pair_keys"]},
-                                         max_ids=self.pairs.max_ids)
+        self.pairs = KeyIndex.from_state(
+            {"ids": state["pair_ids"], "keys": state["pair_keys"]}, max_ids=self.pairs.max_ids
+        )
         cap = self.pairs.id_capacity
         self.pair_entity = np.zeros(cap, np.int32)
         self.pair_bucket = np.full(cap, -1, np.int64)
@@ -289,7 +306,7 @@ class DistinctWindow(_Window):
         self.pair_bucket[ids] = state["pair_bucket"]
         for b in np.unique(state["pair_bucket"]).tolist():
             self._ring[int(b)] = [ids[state["pair_bucket"] == b]]
-        self.sketch_slot = dict(zip(state["sketch_entities"].tolist(), state["sketch_slots"].tolist()))
+        self.sketch_slot = dict(zip(state["sketch_entities"].tolist(), state["sketch_slots"].tolist(), strict=True))
         if state["regs"].shape[0] == self.n_buckets:
             self._regs = state["regs"].copy()
             self._reg_bucket = state["reg_bucket"].copy()

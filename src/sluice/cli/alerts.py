@@ -18,15 +18,24 @@ from .ns2 import Failure, _client, _get, _print, _send, parse_timeframe
 alerts_app = typer.Typer(help="Alert definitions and alerts (on a server, over the API).", no_args_is_help=True)
 
 ServerOpt = Annotated[str, typer.Option("--server", "-s", envvar="SLUICE_SERVER", help="server[:port] or URL.")]
-UserOpt = Annotated[Optional[str], typer.Option("--user", "-u", envvar="SLUICE_USER", help="user name.",
-                                                show_default=False)]
-PassOpt = Annotated[Optional[str], typer.Option("--password", envvar="SLUICE_PASSWORD", help="password.",
-                                                show_default=False)]
+UserOpt = Annotated[
+    Optional[str], typer.Option("--user", "-u", envvar="SLUICE_USER", help="user name.", show_default=False)
+]
+PassOpt = Annotated[
+    Optional[str], typer.Option("--password", envvar="SLUICE_PASSWORD", help="password.", show_default=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines.")]
 
 
-def _call(server: str, user: Optional[str], password: Optional[str], method: str, path: str,
-          params: Optional[dict[str, object]] = None, body: Optional[dict] = None) -> object:
+def _call(
+    server: str,
+    user: Optional[str],
+    password: Optional[str],
+    method: str,
+    path: str,
+    params: Optional[dict[str, object]] = None,
+    body: Optional[dict] = None,
+) -> object:
     args = argparse.Namespace(server=server, user=user, password=password)
     try:
         with _client(args) as client:
@@ -55,22 +64,43 @@ def define(
     severity: Annotated[Severity, typer.Option(help="INFO, LOW, MEDIUM, HIGH or CRITICAL.")] = Severity.MEDIUM,
     prefilter: Annotated[str, typer.Option("--prefilter", "-q", help="only sessions matching this filter.")] = "",
     description: Annotated[str, typer.Option(help="free text.")] = "",
-    except_address: Annotated[Optional[list[str]], typer.Option(help="address/CIDR that never alerts (repeat).")] = None,
+    except_address: Annotated[
+        Optional[list[str]], typer.Option(help="address/CIDR that never alerts (repeat).")
+    ] = None,
     except_port: Annotated[Optional[list[int]], typer.Option(help="server port to ignore (repeat).")] = None,
-    except_country: Annotated[Optional[list[str]], typer.Option(help="country code that never alerts (repeat).")] = None,
+    except_country: Annotated[
+        Optional[list[str]], typer.Option(help="country code that never alerts (repeat).")
+    ] = None,
     threshold_for: Annotated[Optional[list[str]], typer.Option(help="CIDR=THRESHOLD: own threshold (repeat).")] = None,
-    renotify: Annotated[Optional[str], typer.Option(help="while it keeps triggering, notify again at most this "
-                                                    "often (default: the interval).")] = None,
+    renotify: Annotated[
+        Optional[str],
+        typer.Option(help="while it keeps triggering, notify again at most this often (default: the interval)."),
+    ] = None,
     disabled: Annotated[bool, typer.Option("--disabled", help="define it switched off.")] = False,
-    server: ServerOpt = "localhost:9640", user: UserOpt = None, password: PassOpt = None, as_json: JsonOpt = False,
+    server: ServerOpt = "localhost:9640",
+    user: UserOpt = None,
+    password: PassOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Define an alert: trigger when the number of METRIC for any one ENTITY exceeds THRESHOLD over INTERVAL."""
-    body = {"title": title, "metric": metric.value, "entity": entity.value, "threshold": threshold,
-            "interval": interval, "severity": severity.value, "prefilter": prefilter, "description": description,
-            "enabled": not disabled, "renotify": renotify,
-            "exceptions": {"addresses": except_address or [], "ports": except_port or [],
-                           "countries": except_country or [],
-                           "thresholds": [_override(t) for t in threshold_for or []]}}
+    body = {
+        "title": title,
+        "metric": metric.value,
+        "entity": entity.value,
+        "threshold": threshold,
+        "interval": interval,
+        "severity": severity.value,
+        "prefilter": prefilter,
+        "description": description,
+        "enabled": not disabled,
+        "renotify": renotify,
+        "exceptions": {
+            "addresses": except_address or [],
+            "ports": except_port or [],
+            "countries": except_country or [],
+            "thresholds": [_override(t) for t in threshold_for or []],
+        },
+    }
     d = _call(server, user, password, "POST", "/api/v1/alert-definitions", body=body)
     assert isinstance(d, dict)
     typer.echo(json.dumps(d) if as_json else f"alert definition {d['id']} created: {d['title']}")
@@ -79,7 +109,10 @@ def define(
 @alerts_app.command("definitions")
 def definitions(
     owner: Annotated[Optional[str], typer.Option("--of", help="whose (administrators).")] = None,
-    server: ServerOpt = "localhost:9640", user: UserOpt = None, password: PassOpt = None, as_json: JsonOpt = False,
+    server: ServerOpt = "localhost:9640",
+    user: UserOpt = None,
+    password: PassOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List alert definitions."""
     rows = _call(server, user, password, "GET", "/api/v1/alert-definitions", {"user": owner})
@@ -95,7 +128,9 @@ def definitions(
 @alerts_app.command("delete")
 def delete(
     definition_id: Annotated[int, typer.Argument(help="the definition's id (ALERTDEF).")],
-    server: ServerOpt = "localhost:9640", user: UserOpt = None, password: PassOpt = None,
+    server: ServerOpt = "localhost:9640",
+    user: UserOpt = None,
+    password: PassOpt = None,
 ) -> None:
     """Delete an alert definition and its alerts."""
     _call(server, user, password, "DELETE", f"/api/v1/alert-definitions/{definition_id}")
@@ -109,11 +144,17 @@ def list_alerts(
     state: Annotated[Optional[str], typer.Option(help="NOT-ACKNOWLEDGED or ACKNOWLEDGED.")] = None,
     owner: Annotated[Optional[str], typer.Option("--of", help="whose (administrators).")] = None,
     lines: Annotated[bool, typer.Option("--lines", help="FlowTraq's one-line format (as ns2hostsb -al).")] = False,
-    server: ServerOpt = "localhost:9640", user: UserOpt = None, password: PassOpt = None, as_json: JsonOpt = False,
+    server: ServerOpt = "localhost:9640",
+    user: UserOpt = None,
+    password: PassOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List alerts, the most recently triggered first."""
-    params: dict[str, object] = {"user": owner, "state": state,
-                                 "min_severity": min_severity.value if min_severity else None}
+    params: dict[str, object] = {
+        "user": owner,
+        "state": state,
+        "min_severity": min_severity.value if min_severity else None,
+    }
     if time_frame:
         try:
             params["start_ms"] = int(time.time() * 1000) - parse_timeframe(time_frame)
@@ -138,7 +179,9 @@ def list_alerts(
 @alerts_app.command("ack")
 def ack(
     alert_ids: Annotated[list[int], typer.Argument(help="alert ids (ID=).")],
-    server: ServerOpt = "localhost:9640", user: UserOpt = None, password: PassOpt = None,
+    server: ServerOpt = "localhost:9640",
+    user: UserOpt = None,
+    password: PassOpt = None,
 ) -> None:
     """Acknowledge alerts (yours)."""
     result = _call(server, user, password, "POST", "/api/v1/alerts/acknowledge", body={"ids": alert_ids})

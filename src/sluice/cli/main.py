@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -15,6 +15,9 @@ from .. import __version__
 from .. import config as config_mod
 from ..logs import configure as configure_logging
 from .alerts import alerts_app
+
+if TYPE_CHECKING:  # imported where used: the command starts fast
+    from ..state.users import Users
 
 app = typer.Typer(
     name="sluice",
@@ -42,8 +45,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Sluice: collect NetFlow v5/v9, IPFIX and sFlow; query sessions; alert on thresholds."""
 
@@ -59,29 +63,44 @@ def _load(config: Optional[Path], **overrides: object) -> config_mod.Settings:
 @app.command()
 def serve(
     config: ConfigOpt = None,
-    listen: Annotated[Optional[str], typer.Option(help="Address the flow listeners bind to. (default: 0.0.0.0)",
-                                                  show_default=False)] = None,
-    netflow_port: Annotated[Optional[int], typer.Option(
-        help="UDP port for NetFlow v5/v9 and IPFIX (told apart by version); 0 = off. (default: 2055)",
-        show_default=False)] = None,
-    ipfix_port: Annotated[Optional[int], typer.Option(help="UDP port for IPFIX; 0 = off. (default: 4739)",
-                                                      show_default=False)] = None,
-    sflow_port: Annotated[Optional[int], typer.Option(help="UDP port for sFlow v5; 0 = off. (default: 6343)",
-                                                      show_default=False)] = None,
-    http_listen: Annotated[Optional[str], typer.Option(
-        help="Address of the HTTP API, web page and /metrics. (default: 0.0.0.0)", show_default=False)] = None,
+    listen: Annotated[
+        Optional[str], typer.Option(help="Address the flow listeners bind to. (default: 0.0.0.0)", show_default=False)
+    ] = None,
+    netflow_port: Annotated[
+        Optional[int],
+        typer.Option(
+            help="UDP port for NetFlow v5/v9 and IPFIX (told apart by version); 0 = off. (default: 2055)",
+            show_default=False,
+        ),
+    ] = None,
+    ipfix_port: Annotated[
+        Optional[int], typer.Option(help="UDP port for IPFIX; 0 = off. (default: 4739)", show_default=False)
+    ] = None,
+    sflow_port: Annotated[
+        Optional[int], typer.Option(help="UDP port for sFlow v5; 0 = off. (default: 6343)", show_default=False)
+    ] = None,
+    http_listen: Annotated[
+        Optional[str],
+        typer.Option(help="Address of the HTTP API, web page and /metrics. (default: 0.0.0.0)", show_default=False),
+    ] = None,
     http_port: Annotated[Optional[int], typer.Option(help="HTTP port. (default: 9640)", show_default=False)] = None,
-    tls_cert: Annotated[Optional[Path], typer.Option(help="PEM certificate: serve HTTPS (with --tls-key).",
-                                                     show_default=False)] = None,
+    tls_cert: Annotated[
+        Optional[Path], typer.Option(help="PEM certificate: serve HTTPS (with --tls-key).", show_default=False)
+    ] = None,
     tls_key: Annotated[Optional[Path], typer.Option(help="PEM private key of --tls-cert.", show_default=False)] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Where Sluice keeps its databases. (default: var)",
-                                                     show_default=False)] = None,
-    log_level: Annotated[Optional[str], typer.Option(help="debug, info, warning or error. (default: warning)",
-                                                     show_default=False)] = None,
-    log_format: Annotated[Optional[str], typer.Option(help="console or json. (default: console)",
-                                                      show_default=False)] = None,
-    simulate: Annotated[bool, typer.Option(
-        "--simulate/--no-simulate", help="Also run the built-in traffic generator against this server.")] = False,
+    data_dir: Annotated[
+        Optional[Path], typer.Option(help="Where Sluice keeps its databases. (default: var)", show_default=False)
+    ] = None,
+    log_level: Annotated[
+        Optional[str], typer.Option(help="debug, info, warning or error. (default: warning)", show_default=False)
+    ] = None,
+    log_format: Annotated[
+        Optional[str], typer.Option(help="console or json. (default: console)", show_default=False)
+    ] = None,
+    simulate: Annotated[
+        bool,
+        typer.Option("--simulate/--no-simulate", help="Also run the built-in traffic generator against this server."),
+    ] = False,
     simulate_rate: Annotated[float, typer.Option(help="Conversations per second the generator makes.")] = 200.0,
 ) -> None:
     """Run the server: flow listeners (UDP) and the HTTP API / web page / metrics (TCP 9640).
@@ -96,10 +115,17 @@ def serve(
     settings = _load(
         config,
         **{
-            "collect.listen": listen, "collect.netflow_port": netflow_port, "collect.ipfix_port": ipfix_port,
-            "collect.sflow_port": sflow_port, "http.listen": http_listen, "http.port": http_port,
-            "http.tls_cert": tls_cert, "http.tls_key": tls_key,
-            "data_dir": data_dir, "log_level": log_level, "log_format": log_format,
+            "collect.listen": listen,
+            "collect.netflow_port": netflow_port,
+            "collect.ipfix_port": ipfix_port,
+            "collect.sflow_port": sflow_port,
+            "http.listen": http_listen,
+            "http.port": http_port,
+            "http.tls_cert": tls_cert,
+            "http.tls_key": tls_key,
+            "data_dir": data_dir,
+            "log_level": log_level,
+            "log_format": log_format,
         },
     )
     configure_logging(settings.log_level, settings.log_format)
@@ -113,7 +139,7 @@ def config_check(config: ConfigOpt = None) -> None:
     typer.echo(settings.model_dump_json(indent=2))
 
 
-def _users(config: Optional[Path]) -> "Users":  # noqa: F821
+def _users(config: Optional[Path]) -> Users:
     from ..state.db import open_state
     from ..state.users import Users
 
@@ -133,7 +159,7 @@ def _password(given: Optional[str]) -> str:
     return first
 
 
-def _user_op(fn) -> None:  # type: ignore[no-untyped-def]
+def _user_op(fn) -> None:
     from ..state.users import UserError
 
     try:
@@ -143,8 +169,12 @@ def _user_op(fn) -> None:  # type: ignore[no-untyped-def]
         raise typer.Exit(1) from None
 
 
-PasswordOpt = Annotated[Optional[str], typer.Option(
-    "--password", envvar="SLUICE_NEW_PASSWORD", help="The password (asked for when not given).", show_default=False)]
+PasswordOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--password", envvar="SLUICE_NEW_PASSWORD", help="The password (asked for when not given).", show_default=False
+    ),
+]
 
 
 @users_app.command("list")
@@ -155,8 +185,12 @@ def users_list(config: ConfigOpt = None) -> None:
 
 
 @users_app.command("create")
-def users_create(username: str, admin: Annotated[bool, typer.Option("--admin", help="Make an administrator.")] = False,
-                 password: PasswordOpt = None, config: ConfigOpt = None) -> None:
+def users_create(
+    username: str,
+    admin: Annotated[bool, typer.Option("--admin", help="Make an administrator.")] = False,
+    password: PasswordOpt = None,
+    config: ConfigOpt = None,
+) -> None:
     """Create an account."""
     users = _users(config)
     _user_op(lambda: users.create(username, _password(password), is_admin=admin))
@@ -196,17 +230,21 @@ def users_revoke(username: str, config: ConfigOpt = None) -> None:
 
 
 ServerOpt = Annotated[str, typer.Option("--server", "-s", envvar="SLUICE_SERVER", help="server[:port] or URL.")]
-UserOpt = Annotated[Optional[str], typer.Option("--user", "-u", envvar="SLUICE_USER", help="user name.",
-                                                show_default=False)]
-PassOpt = Annotated[Optional[str], typer.Option("--password", envvar="SLUICE_PASSWORD", help="password.",
-                                                show_default=False)]
+UserOpt = Annotated[
+    Optional[str], typer.Option("--user", "-u", envvar="SLUICE_USER", help="user name.", show_default=False)
+]
+PassOpt = Annotated[
+    Optional[str], typer.Option("--password", envvar="SLUICE_PASSWORD", help="password.", show_default=False)
+]
 FrameOpt = Annotated[str, typer.Option("--time", "-t", help="time frame back from now: -15m, 1h, 2d (Y M w d h m s).")]
-FilterOpt = Annotated[Optional[str], typer.Option("--filter", "-q", help="filter (docs/filters.md).",
-                                                  show_default=False)]
+FilterOpt = Annotated[
+    Optional[str], typer.Option("--filter", "-q", help="filter (docs/filters.md).", show_default=False)
+]
 
 
-def _api_rows(path: str, server: str, user: Optional[str], password: Optional[str], frame: str,
-              params: dict[str, object]) -> list[dict[str, object]]:
+def _api_rows(
+    path: str, server: str, user: Optional[str], password: Optional[str], frame: str, params: dict[str, object]
+) -> list[dict[str, object]]:
     import argparse
 
     from .ns2 import Failure, _client, _frame, _get
@@ -214,7 +252,7 @@ def _api_rows(path: str, server: str, user: Optional[str], password: Optional[st
     args = argparse.Namespace(server=server, user=user, password=password, timeframe=frame)
     try:
         with _client(args) as client:
-            return _get(client, path, {**params, **_frame(args)})  # type: ignore[return-value]
+            return _get(client, path, {**params, **_frame(args)})
     except Failure as exc:
         typer.echo(f"sluice: {exc}", err=True)
         raise typer.Exit(exc.code) from None
@@ -239,37 +277,58 @@ def report(
     metric: Annotated[str, typer.Option(help="bytes, packets, sessions, unique_hosts or unique_ports.")] = "bytes",
     direction: Annotated[str, typer.Option(help="sender, receiver or either.")] = "either",
     top: Annotated[int, typer.Option("--top", "-n", help="how many.")] = 10,
-    time_frame: FrameOpt = "-15m", where: FilterOpt = None, server: ServerOpt = "localhost:9640",
-    user: UserOpt = None, password: PassOpt = None,
+    time_frame: FrameOpt = "-15m",
+    where: FilterOpt = None,
+    server: ServerOpt = "localhost:9640",
+    user: UserOpt = None,
+    password: PassOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """A ranked report from a server (the engine of the dashboard and the ns2* tools)."""
-    _show(_api_rows("/api/v1/reports", server, user, password, time_frame,
-                    {"entity": entity, "metric": metric, "direction": direction, "top": top, "filter": where}), as_json)
+    _show(
+        _api_rows(
+            "/api/v1/reports",
+            server,
+            user,
+            password,
+            time_frame,
+            {"entity": entity, "metric": metric, "direction": direction, "top": top, "filter": where},
+        ),
+        as_json,
+    )
 
 
 @app.command()
 def query(
     limit: Annotated[int, typer.Option("--limit", "-n", help="how many sessions.")] = 20,
-    time_frame: FrameOpt = "-15m", where: FilterOpt = None, server: ServerOpt = "localhost:9640",
-    user: UserOpt = None, password: PassOpt = None,
+    time_frame: FrameOpt = "-15m",
+    where: FilterOpt = None,
+    server: ServerOpt = "localhost:9640",
+    user: UserOpt = None,
+    password: PassOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Sessions from a server, newest first."""
     _show(_api_rows("/api/v1/sessions", server, user, password, time_frame, {"limit": limit, "filter": where}), as_json)
 
 
-def _time(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+def _time(ms: object) -> str:
+    assert isinstance(ms, int)
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 @app.command()
 def decode(
     captures: Annotated[list[Path], typer.Argument(help="pcap/pcapng files of exporter traffic, read as one stream.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one flow per line, canonical names.")] = False,
-    raw: Annotated[bool, typer.Option(
-        "--raw", help="Records as carried on the wire (no sampling scaling, no time conversion), "
-                      "with the conformance corpus's key names; always JSON lines.")] = False,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="Records as carried on the wire (no sampling scaling, no time conversion), "
+            "with the conformance corpus's key names; always JSON lines.",
+        ),
+    ] = False,
     sampling: Annotated[int, typer.Option(help="Sampling rate to assume for exporters that announce none.")] = 1,
 ) -> None:
     """Print the flows decoded from captures of exporter traffic (NetFlow v5/v9, IPFIX, sFlow).
@@ -288,9 +347,11 @@ def decode(
     out = sys.stdout
     flows_total = 0
     if not raw and not as_json:
-        out.write(f"{'start (UTC)':23}  {'end (UTC)':23}  {'proto':8}  {'exporter':15}  "
-                  f"{'source':>41}  {'destination':>41}  {'ip':>3}  {'flags':>5}  {'bytes':>12}  "
-                  f"{'packets':>9}  {'rate':>5}\n")
+        out.write(
+            f"{'start (UTC)':23}  {'end (UTC)':23}  {'proto':8}  {'exporter':15}  "
+            f"{'source':>41}  {'destination':>41}  {'ip':>3}  {'flags':>5}  {'bytes':>12}  "
+            f"{'packets':>9}  {'rate':>5}\n"
+        )
     try:
         batch: list = []
         stream = read_datagrams(captures, skipped)
@@ -316,10 +377,12 @@ def decode(
                 else:
                     src = f"{rec['src_addr']}:{rec['src_port']}"
                     dst = f"{rec['dst_addr']}:{rec['dst_port']}"
-                    out.write(f"{_time(rec['time_start_ms'])}  {_time(rec['time_end_ms'])}  "
-                              f"{rec['export_proto']:8}  {rec['exporter_addr']:15}  {src:>41}  {dst:>41}  "
-                              f"{rec['protocol']:>3}  {rec['tcp_flags']:>5}  {rec['bytes']:>12}  "
-                              f"{rec['packets']:>9}  {rec['sampling_rate']:>5}\n")
+                    out.write(
+                        f"{_time(rec['time_start_ms'])}  {_time(rec['time_end_ms'])}  "
+                        f"{rec['export_proto']:8}  {rec['exporter_addr']:15}  {src:>41}  {dst:>41}  "
+                        f"{rec['protocol']:>3}  {rec['tcp_flags']:>5}  {rec['bytes']:>12}  "
+                        f"{rec['packets']:>9}  {rec['sampling_rate']:>5}\n"
+                    )
     except CaptureError as exc:
         typer.echo(f"sluice decode: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -355,11 +418,16 @@ def simulate(
     ipfix_port: Annotated[int, typer.Option(help="Collector's IPFIX port.")] = 4739,
     sflow_port: Annotated[int, typer.Option(help="Collector's sFlow port.")] = 6343,
     rate: Annotated[float, typer.Option(help="Conversations per second (each is two flows).")] = 200.0,
-    duration: Annotated[Optional[float], typer.Option(help="Seconds to run; default until Ctrl-C.",
-                                                      show_default=False)] = None,
-    protocol: Annotated[Optional[list[str]], typer.Option(
-        help="Exporter protocols to simulate (repeatable): netflow5, netflow9, ipfix, sflow. (default: all)",
-        show_default=False)] = None,
+    duration: Annotated[
+        Optional[float], typer.Option(help="Seconds to run; default until Ctrl-C.", show_default=False)
+    ] = None,
+    protocol: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Exporter protocols to simulate (repeatable): netflow5, netflow9, ipfix, sflow. (default: all)",
+            show_default=False,
+        ),
+    ] = None,
     sampling_rate: Annotated[int, typer.Option(help="1-in-N sampling the NetFlow/IPFIX exporters announce.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same traffic).")] = 1,
 ) -> None:
@@ -369,20 +437,31 @@ def simulate(
 
     configure_logging("warning")
     try:
-        sim = Simulator(host=to, netflow_port=netflow_port, ipfix_port=ipfix_port, sflow_port=sflow_port,
-                        conversations_per_s=rate, protocols=tuple(protocol or PROTOCOLS), seed=seed,
-                        sampling_rate=sampling_rate)
+        sim = Simulator(
+            host=to,
+            netflow_port=netflow_port,
+            ipfix_port=ipfix_port,
+            sflow_port=sflow_port,
+            conversations_per_s=rate,
+            protocols=tuple(protocol or PROTOCOLS),
+            seed=seed,
+            sampling_rate=sampling_rate,
+        )
     except (ValueError, OSError) as exc:
         typer.echo(f"sluice simulate: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"sending to {to} (NetFlow {netflow_port}, IPFIX {ipfix_port}, sFlow {sflow_port}); Ctrl-C stops",
-               err=True)
+    typer.echo(
+        f"sending to {to} (NetFlow {netflow_port}, IPFIX {ipfix_port}, sFlow {sflow_port}); Ctrl-C stops", err=True
+    )
     try:
         stats = sim.run(duration)
     except KeyboardInterrupt:
         stats = sim.stats
-    typer.echo(f"sent {stats.flows} flows in {stats.datagrams} datagrams "
-               f"({', '.join(f'{k} {v}' for k, v in sorted(stats.by_protocol.items()))})", err=True)
+    typer.echo(
+        f"sent {stats.flows} flows in {stats.datagrams} datagrams "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(stats.by_protocol.items()))})",
+        err=True,
+    )
     for event in sim.model.events:
         typer.echo(f"  {_time(event.time_ms)}  {event.kind}: {event.src} -> {event.dst}", err=True)
 

@@ -22,8 +22,9 @@ import os
 import re
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Callable, Optional
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Optional
 
 import httpx
 
@@ -68,7 +69,9 @@ def parser(prog: str, description: str, report: bool = True) -> argparse.Argumen
     p.add_argument("-s", dest="server", default="localhost:9640", help="server[:port] (default localhost:9640)")
     p.add_argument("-un", dest="user", help="user name")
     p.add_argument("-up", dest="password", help="password (or set SLUICE_PASSWORD)")
-    p.add_argument("-t", dest="timeframe", default="-15m", help="time frame back from now, e.g. -15m, 1h, 2d (Y M w d h m s)")
+    p.add_argument(
+        "-t", dest="timeframe", default="-15m", help="time frame back from now, e.g. -15m, 1h, 2d (Y M w d h m s)"
+    )
     p.add_argument("-q", dest="filter", help="filter, e.g. 'SRVPORT == 443 && PROTO == tcp'")
     p.add_argument("-n", dest="top", type=int, default=10, help="how many (default 10)")
     p.add_argument("-c", dest="csv", action="store_true", help="CSV without header")
@@ -93,13 +96,17 @@ def _client(args: argparse.Namespace) -> httpx.Client:
     return httpx.Client(base_url=server, auth=(args.user, password), timeout=60)
 
 
-def _get(client: httpx.Client, path: str, params: dict[str, object]) -> object:
+def _get(client: httpx.Client, path: str, params: dict[str, Any]) -> Any:
     try:
         r = client.get(path, params={k: v for k, v in params.items() if v is not None})
     except httpx.HTTPError as exc:
         raise Failure(EXIT_UNREACHABLE, f"cannot reach the server at {client.base_url}: {exc}") from None
     if r.status_code in (401, 403, 429):
-        detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith("application/json") else r.text
+        detail = (
+            r.json().get("detail", r.text)
+            if r.headers.get("content-type", "").startswith("application/json")
+            else r.text
+        )
         raise Failure(EXIT_AUTH, f"authentication failed: {detail}")
     if r.status_code == 422:
         detail = r.json().get("detail")
@@ -124,11 +131,16 @@ def _print(rows: list[list[object]], header: list[str], args: argparse.Namespace
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     print(line)
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print(line)
     for row in cells[1:]:
-        print("| " + " | ".join(c.rjust(w) if c.replace(".", "").isdigit() else c.ljust(w)
-                                for c, w in zip(row, widths)) + " |")
+        print(
+            "| "
+            + " | ".join(
+                c.rjust(w) if c.replace(".", "").isdigit() else c.ljust(w) for c, w in zip(row, widths, strict=True)
+            )
+            + " |"
+        )
     print(line)
 
 
@@ -177,20 +189,36 @@ def report_tool(family: str, metric_code: str) -> Callable[[Optional[list[str]]]
             return EXIT_OK
         direction = "sender" if args.sender else "receiver" if args.receiver else "either"
         with _client(args) as client:
-            rows = _get(client, "/api/v1/reports", {"entity": entity, "metric": metric, "direction": direction,
-                                                    "filter": args.filter, "top": args.top, **_frame(args)})
+            rows = _get(
+                client,
+                "/api/v1/reports",
+                {
+                    "entity": entity,
+                    "metric": metric,
+                    "direction": direction,
+                    "filter": args.filter,
+                    "top": args.top,
+                    **_frame(args),
+                },
+            )
         assert isinstance(rows, list)
         keys = [k for k in (rows[0] if rows else {}) if k != "value"] or {
-            "host": ["address"], "port": ["protocol", "port"], "host_pair": ["client", "server"],
-            "country": ["country"]}[entity]
+            "host": ["address"],
+            "port": ["protocol", "port"],
+            "host_pair": ["client", "server"],
+            "country": ["country"],
+        }[entity]
         _print([[i + 1, *[r[k] for k in keys], r["value"]] for i, r in enumerate(rows)], ["rank", *keys, metric], args)
         return EXIT_OK
 
-    return lambda argv=None: _run(main, argv)
+    def tool(argv: Optional[list[str]] = None) -> int:
+        return _run(main, argv)
+
+    return tool
 
 
 def _ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def ns2sq(argv: Optional[list[str]] = None) -> int:
@@ -203,11 +231,43 @@ def ns2sq(argv: Optional[list[str]] = None) -> int:
         with _client(args) as client:
             rows = _get(client, "/api/v1/sessions", {"filter": args.filter, "limit": args.top, **_frame(args)})
         assert isinstance(rows, list)
-        header = ["start", "end", "proto", "client", "cport", "server", "sport", "cbytes", "sbytes", "cpkts", "spkts",
-                  "ccountry", "scountry"]
-        _print([[_ms(r["start_ms"]), _ms(r["end_ms"]), r["protocol"], r["cln_addr"], r["cln_port"], r["srv_addr"],
-                 r["srv_port"], r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"], r["cln_country"],
-                 r["srv_country"]] for r in rows], header, args)
+        header = [
+            "start",
+            "end",
+            "proto",
+            "client",
+            "cport",
+            "server",
+            "sport",
+            "cbytes",
+            "sbytes",
+            "cpkts",
+            "spkts",
+            "ccountry",
+            "scountry",
+        ]
+        _print(
+            [
+                [
+                    _ms(r["start_ms"]),
+                    _ms(r["end_ms"]),
+                    r["protocol"],
+                    r["cln_addr"],
+                    r["cln_port"],
+                    r["srv_addr"],
+                    r["srv_port"],
+                    r["cln_bytes"],
+                    r["srv_bytes"],
+                    r["cln_pkts"],
+                    r["srv_pkts"],
+                    r["cln_country"],
+                    r["srv_country"],
+                ]
+                for r in rows
+            ],
+            header,
+            args,
+        )
         return EXIT_OK
 
     return _run(main, argv)
@@ -219,7 +279,7 @@ for _family in FAMILIES:
         globals()[f"{_family}{_code}"] = report_tool(_family, _code)
 
 
-def _send(client: httpx.Client, method: str, path: str, body: Optional[dict] = None) -> object:
+def _send(client: httpx.Client, method: str, path: str, body: Optional[dict] = None) -> Any:
     try:
         r = client.request(method, path, json=body)
     except httpx.HTTPError as exc:
@@ -238,8 +298,9 @@ def ns2um(argv: Optional[list[str]] = None) -> int:
     """User management over the API (FlowTraq's ns2um): list, add, del, passwd, grant, revoke."""
 
     def main(argv: list[str]) -> int:
-        p = argparse.ArgumentParser(prog="ns2um", description="Manage Sluice accounts over the API.",
-                                    allow_abbrev=False)
+        p = argparse.ArgumentParser(
+            prog="ns2um", description="Manage Sluice accounts over the API.", allow_abbrev=False
+        )
         p.add_argument("-s", dest="server", default="localhost:9640")
         p.add_argument("-un", dest="user")
         p.add_argument("-up", dest="password")
@@ -254,11 +315,15 @@ def ns2um(argv: Optional[list[str]] = None) -> int:
             raise Failure(EXIT_USAGE, f"{args.action} needs a password after the user name")
         with _client(args) as c:
             if args.action == "list":
-                for u in _send(c, "GET", "/api/v1/users"):  # type: ignore[union-attr]
+                for u in _send(c, "GET", "/api/v1/users"):
                     print(f"{u['username']}\t{'admin' if u['is_admin'] else 'user'}")
             elif args.action == "add":
-                _send(c, "POST", "/api/v1/users", {"username": args.name, "password": args.new_password,
-                                                   "is_admin": args.admin})
+                _send(
+                    c,
+                    "POST",
+                    "/api/v1/users",
+                    {"username": args.name, "password": args.new_password, "is_admin": args.admin},
+                )
             elif args.action == "del":
                 _send(c, "DELETE", f"/api/v1/users/{args.name}")
             elif args.action == "passwd":

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import structlog
 
+from ..counters import Counters
 from ..flows.schema import FlowBatch, addr_text
 from . import ipfix, netflow5, netflow9, sflow
-from ..counters import Counters
 from .normalize import ExporterState, to_flows
 from .templates import (
     PendingData,
@@ -27,6 +27,7 @@ from .templates import (
     SetMeta,
     Template,
     TemplateCache,
+    TemplateKey,
     decode_sets,
 )
 
@@ -48,14 +49,17 @@ class Datagram:
 class DecodeResult:
     flows: FlowBatch
     records: list[RawRecords]  # the records as carried on the wire, per template group
-    sflow_samples: "sflow.SflowSamples | None" = None
+    sflow_samples: sflow.SflowSamples | None = None
 
     @classmethod
-    def concat(cls, results: list["DecodeResult"]) -> "DecodeResult":
+    def concat(cls, results: list[DecodeResult]) -> DecodeResult:
         """Results of datagrams decoded one by one, as one (the flows in datagram order)."""
         samples = [r.sflow_samples for r in results if r.sflow_samples is not None]
-        return cls(FlowBatch.concat([r.flows for r in results]), [g for r in results for g in r.records],
-                   samples[0] if len(samples) == 1 else None)
+        return cls(
+            FlowBatch.concat([r.flows for r in results]),
+            [g for r in results for g in r.records],
+            samples[0] if len(samples) == 1 else None,
+        )
 
     def wire_records(self) -> list[tuple[int, RawRecords, int]]:
         """(wire order key, group, row) for every record, sorted as on the wire."""
@@ -92,7 +96,7 @@ class Decoder:
         self._labels_seen: set[str] = set()
         # what the batch being decoded changed, to undo if it fails (see ``decode``)
         self._sequence_undo: dict[tuple[bytes, int, int, str], int | None] = {}
-        self._taken: list[tuple[tuple, list[tuple[bytes, SetMeta]], str]] = []
+        self._taken: list[tuple[TemplateKey, list[tuple[bytes, SetMeta]], str]] = []
 
     # -- public -----------------------------------------------------------------------------
 
@@ -118,13 +122,13 @@ class Decoder:
 
     def _undo(self) -> None:
         """Put back what a failed batch changed that a retry would otherwise see twice or miss."""
-        for key, previous in reversed(self._sequence_undo.items()):
+        for sequence_key, previous in reversed(self._sequence_undo.items()):
             if previous is None:
-                self._sequences.pop(key, None)
+                self._sequences.pop(sequence_key, None)
             else:
-                self._sequences[key] = previous
-        for key, taken, proto in self._taken:
-            self.pending.restore(key, taken, proto)
+                self._sequences[sequence_key] = previous
+        for template_key, taken, proto in self._taken:
+            self.pending.restore(template_key, taken, proto)
         self._sequence_undo, self._taken = {}, []
 
     def _decode_batch(self, datagrams: list[Datagram]) -> DecodeResult:
@@ -150,8 +154,9 @@ class Decoder:
                     self._error(proto, reason or "malformed")
                 else:
                     v5.append((data, header, addr, index))
-                    self._sequence(addr, header.engine_type << 8 | header.engine_id, proto,
-                                   header.sequence, header.count)
+                    self._sequence(
+                        addr, header.engine_type << 8 | header.engine_id, proto, header.sequence, header.count
+                    )
                     if trailing:
                         self.counters.inc("trailing_bytes_total", trailing, proto=proto)
             elif version == 9:
@@ -171,9 +176,7 @@ class Decoder:
         groups: list[RawRecords] = []
         if v5:
             groups.append(netflow5.decode(v5))
-        template_groups = [
-            decode_sets(tpl, payloads, metas) for tpl, payloads, metas in collector.groups.values()
-        ]
+        template_groups = [decode_sets(tpl, payloads, metas) for tpl, payloads, metas in collector.groups.values()]
         # options data (sampling rates, system init time) first: the flows of the same batch use it
         for group in template_groups:
             if group.kind == "options":
@@ -187,8 +190,7 @@ class Decoder:
         converted = [to_flows(g, self._state_for, self.config) for g in groups if g.kind == "flow"]
         samples = None
         if sflow_in:
-            samples = sflow.decode(sflow_in, self.counters,
-                                   [int(datagrams[i].received * 1000) for _, _, i in sflow_in])
+            samples = sflow.decode(sflow_in, self.counters, [int(datagrams[i].received * 1000) for _, _, i in sflow_in])
             converted.append((samples.to_flows(), samples.columns["datagram"]))
         flows = FlowBatch.concat([f for f, _ in converted])
         origin = np.concatenate([d for _, d in converted]) if converted else np.zeros(0, np.int64)
@@ -197,8 +199,7 @@ class Decoder:
 
     # -- NetFlow v9 -------------------------------------------------------------------------
 
-    def _walk_v9(self, data: bytes, addr: bytes, port: int, index: int,
-                 collector: SetCollector, now: float) -> None:
+    def _walk_v9(self, data: bytes, addr: bytes, port: int, index: int, collector: SetCollector, now: float) -> None:
         proto = "netflow9"
         if len(data) < netflow9.HEADER_LEN:
             self._error(proto, "truncated_header")
@@ -236,8 +237,7 @@ class Decoder:
 
     # -- IPFIX ------------------------------------------------------------------------------
 
-    def _walk_ipfix(self, data: bytes, addr: bytes, port: int, index: int,
-                    collector: SetCollector, now: float) -> None:
+    def _walk_ipfix(self, data: bytes, addr: bytes, port: int, index: int, collector: SetCollector, now: float) -> None:
         proto = "ipfix"
         if len(data) < ipfix.HEADER_LEN:
             self._error(proto, "truncated_header")
@@ -271,7 +271,9 @@ class Decoder:
                 if template is not None and len(body) >= template.min_length:
                     collector_add(key, template, body, meta)
                     if records is not None:
-                        records = None if template.record_length is None else records + len(body) // template.record_length
+                        records = (
+                            None if template.record_length is None else records + len(body) // template.record_length
+                        )
                 else:
                     self._data_set(exporter, domain, set_id, body, meta, proto, collector, now)
                     records = None
@@ -283,8 +285,17 @@ class Decoder:
 
     # -- shared -----------------------------------------------------------------------------
 
-    def _template_set(self, version: int, set_id: int, body: bytes, exporter: tuple[bytes, int], domain: int,
-                      proto: str, collector: SetCollector, index: int) -> None:
+    def _template_set(
+        self,
+        version: int,
+        set_id: int,
+        body: bytes,
+        exporter: tuple[bytes, int],
+        domain: int,
+        proto: str,
+        collector: SetCollector,
+        index: int,
+    ) -> None:
         """Apply one template / options template set. Exporters repeat the same sets every few
         datagrams, so parsing results are cached by the set's bytes."""
         cache_key = (version, set_id, body)
@@ -304,9 +315,16 @@ class Decoder:
             else:
                 self._learn(exporter, domain, value, proto, collector, index)  # type: ignore[arg-type]
 
-    def _learn(self, exporter: tuple[bytes, int], domain: int, template: Template, proto: str,
-               collector: SetCollector, index: int) -> None:
-        key = (*exporter, domain, template.template_id)
+    def _learn(
+        self,
+        exporter: tuple[bytes, int],
+        domain: int,
+        template: Template,
+        proto: str,
+        collector: SetCollector,
+        index: int,
+    ) -> None:
+        key: TemplateKey = (exporter[0], exporter[1], domain, template.template_id)
         self.templates.put(key, template, proto)
         if self.pending.waiting(key):
             taken = self.pending.take(key)
@@ -316,8 +334,17 @@ class Decoder:
                 # counted with the datagram that brought its template (same exporter).
                 collector.add(key, template, payload, replace(meta, datagram=index))
 
-    def _data_set(self, exporter: tuple[bytes, int], domain: int, set_id: int, body: bytes,
-                  meta: SetMeta, proto: str, collector: SetCollector, now: float) -> None:
+    def _data_set(
+        self,
+        exporter: tuple[bytes, int],
+        domain: int,
+        set_id: int,
+        body: bytes,
+        meta: SetMeta,
+        proto: str,
+        collector: SetCollector,
+        now: float,
+    ) -> None:
         key = (*exporter, domain, set_id)
         template = self.templates.get(key)
         if template is None:

@@ -17,11 +17,11 @@ VARLEN = 65535
 
 
 class Kind(Enum):
-    UINT = "uint"          # unsigned integer, 1..8 bytes (reduced-size encoding allowed)
-    IPV4 = "ipv4"          # 4 bytes
-    IPV6 = "ipv6"          # 16 bytes
-    TIME_S = "time_s"      # dateTimeSeconds
-    TIME_MS = "time_ms"    # dateTimeMilliseconds
+    UINT = "uint"  # unsigned integer, 1..8 bytes (reduced-size encoding allowed)
+    IPV4 = "ipv4"  # 4 bytes
+    IPV6 = "ipv6"  # 16 bytes
+    TIME_S = "time_s"  # dateTimeSeconds
+    TIME_MS = "time_ms"  # dateTimeMilliseconds
     TIME_NTP = "time_ntp"  # dateTimeMicroseconds / Nanoseconds: NTP 64-bit timestamp
     DELTA_US = "delta_us"  # microseconds before the message's export time
 

@@ -14,14 +14,14 @@ import os
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import structlog
 
 from ..config import CollectSettings
-from ..lifecycle import Worker
 from ..flows.schema import FlowBatch
+from ..lifecycle import Worker
 from .decoder import Datagram, Decoder
 
 log = structlog.get_logger(__name__)
@@ -51,8 +51,11 @@ class Collector:
     # -- life cycle -------------------------------------------------------------------------
 
     def bind(self) -> list[Listener]:
-        wanted = [("netflow", self.settings.netflow_port), ("ipfix", self.settings.ipfix_port),
-                  ("sflow", self.settings.sflow_port)]
+        wanted = [
+            ("netflow", self.settings.netflow_port),
+            ("ipfix", self.settings.ipfix_port),
+            ("sflow", self.settings.sflow_port),
+        ]
         for name, port in wanted:
             if port == 0:
                 continue
@@ -66,7 +69,11 @@ class Collector:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 exporters too
         try:  # as root, beyond net.core.rmem_max; else as much as the kernel allows
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, self.settings.receive_buffer_bytes)
+            sock.setsockopt(
+                socket.SOL_SOCKET,
+                socket.SO_RCVBUFFORCE,  # type: ignore[attr-defined]  # Linux only
+                self.settings.receive_buffer_bytes,
+            )
         except (OSError, AttributeError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.settings.receive_buffer_bytes)
         try:
@@ -74,16 +81,22 @@ class Collector:
         except OSError as exc:
             sock.close()
             hint = "another collector already listens there" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise OSError(exc.errno, f"cannot listen for {name} on UDP {self.settings.listen}:{port}: {hint}; "
-                          f"choose another port with --{name}-port") from None
+            raise OSError(
+                exc.errno,
+                f"cannot listen for {name} on UDP {self.settings.listen}:{port}: {hint}; "
+                f"choose another port with --{name}-port",
+            ) from None
         sock.setblocking(False)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports double
         if granted < self.settings.receive_buffer_bytes and not self._warned_buffer:
             self._warned_buffer = True
-            log.warning("receive buffer smaller than asked: bursts may be dropped (sluice_socket_drops)",
-                        port=port, asked=self.settings.receive_buffer_bytes, granted=granted,
-                        fix=f"sysctl -w net.core.rmem_max={self.settings.receive_buffer_bytes} "
-                            "(or run with CAP_NET_ADMIN)")
+            log.warning(
+                "receive buffer smaller than asked: bursts may be dropped (sluice_socket_drops)",
+                port=port,
+                asked=self.settings.receive_buffer_bytes,
+                granted=granted,
+                fix=f"sysctl -w net.core.rmem_max={self.settings.receive_buffer_bytes} (or run with CAP_NET_ADMIN)",
+            )
         return sock
 
     def start(self) -> None:
@@ -157,8 +170,12 @@ class Collector:
             self.counters.inc("decode_errors_total", len(batch), proto="unknown", reason="internal_error")
             return
         self.counters.inc("batches_total")
-        log.debug("batch decoded", datagrams=len(batch), flows=len(result.flows),
-                  ms=round((time.perf_counter() - started) * 1000, 2))
+        log.debug(
+            "batch decoded",
+            datagrams=len(batch),
+            flows=len(result.flows),
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
         for sink in self.sinks:
             try:
                 sink(result.flows)
@@ -167,7 +184,7 @@ class Collector:
                 self.counters.inc("sink_errors_total")
 
     def _update_socket_drops(self) -> None:
-        drops = socket_drops({l.sock.fileno(): l.port for l in self.listeners})
+        drops = socket_drops({listener.sock.fileno(): listener.port for listener in self.listeners})
         for port, value in drops.items():
             self.counters.set("socket_drops", value, port=port)
 

@@ -16,29 +16,61 @@ MAX_RECORDS = 30  # Cisco's limit for one v5 PDU
 
 RECORD_DTYPE = np.dtype(
     [
-        ("src_addr", ">u4"), ("dst_addr", ">u4"), ("nexthop", ">u4"),
-        ("input_snmp", ">u2"), ("output_snmp", ">u2"),
-        ("packets", ">u4"), ("bytes", ">u4"),
-        ("first_switched_ms", ">u4"), ("last_switched_ms", ">u4"),
-        ("src_port", ">u2"), ("dst_port", ">u2"),
-        ("pad1", "u1"), ("tcp_flags", "u1"), ("protocol", "u1"), ("tos", "u1"),
-        ("src_as", ">u2"), ("dst_as", ">u2"),
-        ("src_mask", "u1"), ("dst_mask", "u1"), ("pad2", ">u2"),
+        ("src_addr", ">u4"),
+        ("dst_addr", ">u4"),
+        ("nexthop", ">u4"),
+        ("input_snmp", ">u2"),
+        ("output_snmp", ">u2"),
+        ("packets", ">u4"),
+        ("bytes", ">u4"),
+        ("first_switched_ms", ">u4"),
+        ("last_switched_ms", ">u4"),
+        ("src_port", ">u2"),
+        ("dst_port", ">u2"),
+        ("pad1", "u1"),
+        ("tcp_flags", "u1"),
+        ("protocol", "u1"),
+        ("tos", "u1"),
+        ("src_as", ">u2"),
+        ("dst_as", ">u2"),
+        ("src_mask", "u1"),
+        ("dst_mask", "u1"),
+        ("pad2", ">u2"),
     ]
 )
 assert RECORD_DTYPE.itemsize == RECORD_LEN
 
-_UINT_KEYS = ("input_snmp", "output_snmp", "packets", "bytes", "first_switched_ms", "last_switched_ms",
-              "src_port", "dst_port", "tcp_flags", "protocol", "src_as", "dst_as")
+_UINT_KEYS = (
+    "input_snmp",
+    "output_snmp",
+    "packets",
+    "bytes",
+    "first_switched_ms",
+    "last_switched_ms",
+    "src_port",
+    "dst_port",
+    "tcp_flags",
+    "protocol",
+    "src_as",
+    "dst_as",
+)
 
 
 class V5Header:
-    __slots__ = ("count", "sys_uptime_ms", "export_s", "export_ns", "sequence", "engine_type",
-                 "engine_id", "sampling")
+    __slots__ = ("count", "sys_uptime_ms", "export_s", "export_ns", "sequence", "engine_type", "engine_id", "sampling")
 
     def __init__(self, data: bytes):
-        (_, self.count, self.sys_uptime_ms, self.export_s, self.export_ns, self.sequence,
-         self.engine_type, self.engine_id, self.sampling) = HEADER.unpack_from(data)
+        (
+            _,
+            self.count,
+            self.sys_uptime_ms,
+            self.export_s,
+            self.export_ns,
+            self.sequence,
+            self.engine_type,
+            self.engine_id,
+            self.sampling,
+        ) = HEADER.unpack_from(data)
 
     @property
     def export_ms(self) -> int:

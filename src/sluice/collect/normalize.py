@@ -17,8 +17,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -109,7 +110,7 @@ def _system_init(group: RawRecords, state: StateLookup) -> np.ndarray:
     return init[which][group.meta["piece"]]
 
 
-def _sampling(group: RawRecords, state: StateLookup, config: "DecoderConfig") -> np.ndarray:
+def _sampling(group: RawRecords, state: StateLookup, config: DecoderConfig) -> np.ndarray:
     c, meta = group.columns, group.meta
     n = len(group)
     rate = np.zeros(n, np.int64)
@@ -149,7 +150,7 @@ def _icmp_in_port(c: dict[str, np.ndarray], n: int) -> np.ndarray:
     return np.where(icmp, code, port).astype(np.uint64)
 
 
-def to_flows(group: RawRecords, state: StateLookup, config: "DecoderConfig") -> tuple[FlowBatch, np.ndarray]:
+def to_flows(group: RawRecords, state: StateLookup, config: DecoderConfig) -> tuple[FlowBatch, np.ndarray]:
     """Canonical flows of one group of flow records (v5, or one v9/IPFIX template), and the
     index of the datagram each flow came from."""
     c = group.columns
@@ -174,14 +175,20 @@ def to_flows(group: RawRecords, state: StateLookup, config: "DecoderConfig") -> 
     urate = rate.astype(np.uint64)
     forward = FlowBatch.build(
         n,
-        src_addr=src, dst_addr=dst,
-        src_port=c.get("src_port", 0), dst_port=dst_port,
-        input_if=c.get("input_snmp", 0), output_if=c.get("output_snmp", 0),
-        src_as=c.get("src_as", 0), dst_as=c.get("dst_as", 0),
-        bytes=bytes_ * urate, packets=packets * urate,
+        src_addr=src,
+        dst_addr=dst,
+        src_port=c.get("src_port", 0),
+        dst_port=dst_port,
+        input_if=c.get("input_snmp", 0),
+        output_if=c.get("output_snmp", 0),
+        src_as=c.get("src_as", 0),
+        dst_as=c.get("dst_as", 0),
+        bytes=bytes_ * urate,
+        packets=packets * urate,
         **common,  # type: ignore[arg-type]
     )
-    rev_bytes = rev_packets = None
+    rev_bytes: np.ndarray | None = None
+    rev_packets: np.ndarray | None = None
     if group.reverse:
         rev_bytes = _first(group.reverse, _BYTES_KEYS, n)
         rev_packets = _first(group.reverse, _PACKETS_KEYS, n)
@@ -189,7 +196,7 @@ def to_flows(group: RawRecords, state: StateLookup, config: "DecoderConfig") -> 
         rev_bytes = c.get("responder_bytes", np.zeros(n, np.uint64))
         rev_packets = c.get("responder_packets", np.zeros(n, np.uint64))
     datagram = group.datagram
-    if rev_bytes is None:
+    if rev_bytes is None or rev_packets is None:
         return forward, datagram
     has = (rev_bytes > 0) | (rev_packets > 0)
     if not has.any():
@@ -197,7 +204,8 @@ def to_flows(group: RawRecords, state: StateLookup, config: "DecoderConfig") -> 
     sel = np.flatnonzero(has)
     mirrored = FlowBatch.build(
         len(sel),
-        src_addr=dst[sel], dst_addr=src[sel],
+        src_addr=dst[sel],
+        dst_addr=src[sel],
         src_port=dst_port[sel],
         dst_port=np.asarray(c.get("src_port", np.zeros(n, np.uint64)))[sel],
         input_if=np.asarray(c.get("output_snmp", np.zeros(n, np.uint64)))[sel],

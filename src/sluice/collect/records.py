@@ -31,7 +31,7 @@ def all_records(result: DecodeResult) -> list[dict[str, object]]:
     keyed = [(seq >> 36, 0, rec) for seq, rec in _keyed_wire_records(result)]
     if result.sflow_samples is not None:
         datagram = result.sflow_samples.columns["datagram"].tolist()
-        keyed += [(d, 1, rec) for d, rec in zip(datagram, sflow_records(result.sflow_samples))]
+        keyed += [(d, 1, rec) for d, rec in zip(datagram, sflow_records(result.sflow_samples), strict=True)]
     keyed.sort(key=lambda t: (t[0], t[1]))
     return [rec for _, _, rec in keyed]
 
@@ -59,21 +59,23 @@ def sflow_records(samples: SflowSamples | None) -> list[dict[str, object]]:
     c = samples.columns
     out = []
     for i in range(len(samples)):
-        out.append({
-            "kind": "sflow_flow_sample",
-            "version": 5,
-            "agent": addr_text(bytes(c["agent"][i])),
-            "sub_agent": int(c["sub_agent"][i]),
-            "source_id": int(c["source_id"][i]),
-            "sampling_rate": int(c["sampling_rate"][i]),
-            "input_if": int(c["input_if"][i]),
-            "output_if": int(c["output_if"][i]),
-            "frame_length": int(c["frame_length"][i]),
-            "src_addr": addr_text(bytes(c["src_addr"][i])),
-            "dst_addr": addr_text(bytes(c["dst_addr"][i])),
-            "src_port": int(c["src_port"][i]),
-            "dst_port": int(c["dst_port"][i]),
-            "protocol": int(c["protocol"][i]),
-            "tcp_flags": int(c["tcp_flags"][i]),
-        })
+        out.append(
+            {
+                "kind": "sflow_flow_sample",
+                "version": 5,
+                "agent": addr_text(bytes(c["agent"][i])),
+                "sub_agent": int(c["sub_agent"][i]),
+                "source_id": int(c["source_id"][i]),
+                "sampling_rate": int(c["sampling_rate"][i]),
+                "input_if": int(c["input_if"][i]),
+                "output_if": int(c["output_if"][i]),
+                "frame_length": int(c["frame_length"][i]),
+                "src_addr": addr_text(bytes(c["src_addr"][i])),
+                "dst_addr": addr_text(bytes(c["dst_addr"][i])),
+                "src_port": int(c["src_port"][i]),
+                "dst_port": int(c["dst_port"][i]),
+                "protocol": int(c["protocol"][i]),
+                "tcp_flags": int(c["tcp_flags"][i]),
+            }
+        )
     return out

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..flows.schema import SFLOW5, FlowBatch
 from ..counters import Counters
+from ..flows.schema import SFLOW5, FlowBatch
 from .wire import be_uint, gather
 
 FLOW_SAMPLE, COUNTER_SAMPLE, FLOW_SAMPLE_EXPANDED, COUNTER_SAMPLE_EXPANDED = 1, 2, 3, 4
@@ -46,13 +46,22 @@ class SflowSamples:
         t = c["received_ms"]
         return FlowBatch.build(
             len(self),
-            time_start_ms=t, time_end_ms=t, export_proto=SFLOW5,
-            exporter_addr=c["agent"], source_id=c["source_id"],
-            input_if=c["input_if"], output_if=c["output_if"],
-            src_addr=c["src_addr"], dst_addr=c["dst_addr"],
-            src_port=c["src_port"], dst_port=c["dst_port"],
-            protocol=c["protocol"], tcp_flags=c["tcp_flags"],
-            bytes=length * rate, packets=rate, sampling_rate=rate,
+            time_start_ms=t,
+            time_end_ms=t,
+            export_proto=SFLOW5,
+            exporter_addr=c["agent"],
+            source_id=c["source_id"],
+            input_if=c["input_if"],
+            output_if=c["output_if"],
+            src_addr=c["src_addr"],
+            dst_addr=c["dst_addr"],
+            src_port=c["src_port"],
+            dst_port=c["dst_port"],
+            protocol=c["protocol"],
+            tcp_flags=c["tcp_flags"],
+            bytes=length * rate,
+            packets=rate,
+            sampling_rate=rate,
         )
 
 
@@ -69,8 +78,9 @@ class _Buffer:
         return be_uint(gather(self.buf, offsets, 4)).astype(np.int64)
 
 
-def decode(datagrams: list[tuple[bytes, bytes, int]], counters: Counters,
-           received_ms: list[int] | None = None) -> SflowSamples:
+def decode(
+    datagrams: list[tuple[bytes, bytes, int]], counters: Counters, received_ms: list[int] | None = None
+) -> SflowSamples:
     """Decode (payload, exporter address, batch index) sFlow datagrams into flow samples."""
     payloads = [d for d, _, _ in datagrams]
     b = _Buffer(payloads)
@@ -124,8 +134,7 @@ def decode(datagrams: list[tuple[bytes, bytes, int]], counters: Counters,
     counter_samples = int(np.isin(fmt, (COUNTER_SAMPLE, COUNTER_SAMPLE_EXPANDED)).sum())
     if counter_samples:
         counters.inc("sflow_counter_samples_total", counter_samples)
-    other = int((~np.isin(fmt, (FLOW_SAMPLE, FLOW_SAMPLE_EXPANDED, COUNTER_SAMPLE,
-                                COUNTER_SAMPLE_EXPANDED))).sum())
+    other = int((~np.isin(fmt, (FLOW_SAMPLE, FLOW_SAMPLE_EXPANDED, COUNTER_SAMPLE, COUNTER_SAMPLE_EXPANDED))).sum())
     if other:
         counters.inc("sflow_unknown_samples_total", other)
 
@@ -252,13 +261,20 @@ def _parse_headers(buf: np.ndarray, off: np.ndarray, length: np.ndarray, proto: 
     dst_port = np.where(ports, u(l4 + 2, 2), np.where(icmp, u(l4, 2), 0))
     tcp_flags = np.where(ports & (ip_proto == 6), u(l4 + 13, 1), 0)
     return {
-        "src_addr": src, "dst_addr": dst, "src_port": src_port, "dst_port": dst_port,
-        "protocol": ip_proto, "tcp_flags": tcp_flags, "ip_length": ip_length, "has_ip": is4 | is6,
+        "src_addr": src,
+        "dst_addr": dst,
+        "src_port": src_port,
+        "dst_port": dst_port,
+        "protocol": ip_proto,
+        "tcp_flags": tcp_flags,
+        "ip_length": ip_length,
+        "has_ip": is4 | is6,
     }
 
 
-def _apply_sampled_ip(b: _Buffer, cols: dict[str, np.ndarray], off: np.ndarray, fmt: np.ndarray,
-                      without_header: np.ndarray) -> None:
+def _apply_sampled_ip(
+    b: _Buffer, cols: dict[str, np.ndarray], off: np.ndarray, fmt: np.ndarray, without_header: np.ndarray
+) -> None:
     """Fill samples that carry a sampled IPv4/IPv6 record but no raw header."""
     use = without_header & (off >= 0)
     if not use.any():
@@ -288,4 +304,3 @@ def _apply_sampled_ip(b: _Buffer, cols: dict[str, np.ndarray], off: np.ndarray, 
         cols["dst_port"][mask] = b.u32(p + 4)
         cols["tcp_flags"][mask] = b.u32(p + 8)
         cols["has_ip"][mask] = True
-

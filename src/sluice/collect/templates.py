@@ -96,7 +96,7 @@ class Template:
             plan.append(FieldPlan(key, kind, index, f.length, f.pen == REVERSE_PEN))
         return plan
 
-    def same_layout(self, other: "Template") -> bool:
+    def same_layout(self, other: Template) -> bool:
         return self.kind == other.kind and self.fields == other.fields
 
 
@@ -160,7 +160,6 @@ class TemplateCache:
 
     def get(self, key: TemplateKey) -> Template | None:
         return self._templates.get(key)
-
 
     def put(self, key: TemplateKey, template: Template, proto: str) -> bool:
         """Learn a template; returns True when it is new or changed its layout."""
@@ -261,7 +260,7 @@ class SetCollector:
         group = self.groups.get(key)
         if group is None or group[0] is not template:
             if group is not None:  # redefined within the batch: decode what we have under a new key
-                self.groups[(*key[:3], -len(self.groups))] = group  # type: ignore[assignment]
+                self.groups[(key[0], key[1], key[2], -len(self.groups))] = group
             group = (template, [], [])
             self.groups[key] = group
         group[1].append(payload)
@@ -273,7 +272,7 @@ def decode_sets(template: Template, payloads: list[bytes], metas: list[SetMeta])
     if template.record_length is not None:
         reclen = template.record_length
         counts = np.array([len(p) // reclen for p in payloads], np.int64)
-        buf = np.frombuffer(b"".join(p[: c * reclen] for p, c in zip(payloads, counts.tolist())), np.uint8)
+        buf = np.frombuffer(b"".join(p[: c * reclen] for p, c in zip(payloads, counts.tolist(), strict=True)), np.uint8)
         n = int(counts.sum())
         starts = np.arange(n, dtype=np.int64) * reclen
         field_offsets = None
@@ -285,11 +284,13 @@ def decode_sets(template: Template, payloads: list[bytes], metas: list[SetMeta])
     columns: dict[str, np.ndarray] = {}
     reverse: dict[str, np.ndarray] = {}
     export_ms = np.array([m.export_ms for m in metas], np.int64)[piece]
-    matrix = buf.reshape(n, template.record_length) if field_offsets is None and n else None
+    fixed_length = template.record_length if field_offsets is None and n else None
+    matrix = buf.reshape(n, fixed_length) if fixed_length is not None else None
     records = buf.view(template.record_dtype) if matrix is not None and template.record_dtype is not None else None
+    record_fields = records.dtype.fields if records is not None else None
     for fp in template.plan:
         name = f"f{fp.index}"
-        if records is not None and name in records.dtype.fields:
+        if records is not None and record_fields is not None and name in record_fields:
             value = _interpret_int(fp.kind, records[name], export_ms)
         else:
             if field_offsets is not None:
@@ -306,7 +307,7 @@ def decode_sets(template: Template, payloads: list[bytes], metas: list[SetMeta])
         elif fp.key in ("src_addr", "dst_addr"):  # both families carried: keep the specified one
             target[fp.key] = _prefer_specified(target[fp.key], value)
 
-    meta = {
+    meta_columns: dict[str, np.ndarray] = {
         "source_id": np.array([m.source_id for m in metas], np.int64)[piece],
         "export_ms": export_ms,
         "sys_uptime_ms": np.array([m.sys_uptime_ms for m in metas], np.int64)[piece],
@@ -316,7 +317,7 @@ def decode_sets(template: Template, payloads: list[bytes], metas: list[SetMeta])
         "seq": _wire_order(metas, piece, counts),
     }
     piece_keys = [(m.exporter[0], m.source_id) for m in metas]
-    return RawRecords(template.version, template.kind, template.template_id, columns, reverse, meta, piece_keys)
+    return RawRecords(template.version, template.kind, template.template_id, columns, reverse, meta_columns, piece_keys)
 
 
 def _wire_order(metas: list[SetMeta], piece: np.ndarray, counts: np.ndarray) -> np.ndarray:

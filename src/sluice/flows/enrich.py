@@ -21,27 +21,48 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import structlog
+from numpy.typing import DTypeLike
 
 from .schema import SessionBatch, address_words
 
 log = structlog.get_logger(__name__)
 
+#: a network as ``ipaddress`` gives it, or its text
+NetworkLike = Union[str, ipaddress.IPv4Network, ipaddress.IPv6Network]
+
 UNKNOWN = b"ZZ"
 
 #: (prefix, pseudo-code), most specific first where they overlap
 SPECIAL_RANGES: list[tuple[str, bytes]] = [
-    ("10.0.0.0/8", b"XP"), ("172.16.0.0/12", b"XP"), ("192.168.0.0/16", b"XP"), ("100.64.0.0/10", b"XP"),
+    ("10.0.0.0/8", b"XP"),
+    ("172.16.0.0/12", b"XP"),
+    ("192.168.0.0/16", b"XP"),
+    ("100.64.0.0/10", b"XP"),
     ("fc00::/7", b"XP"),
-    ("127.0.0.0/8", b"XL"), ("169.254.0.0/16", b"XL"), ("::1/128", b"XL"), ("fe80::/10", b"XL"),
-    ("224.0.0.0/4", b"XM"), ("ff00::/8", b"XM"),
-    ("0.0.0.0/8", b"XR"), ("192.0.0.0/24", b"XR"), ("192.0.2.0/24", b"XR"), ("198.18.0.0/15", b"XR"),
-    ("198.51.100.0/24", b"XR"), ("203.0.113.0/24", b"XR"), ("240.0.0.0/4", b"XR"), ("::/128", b"XR"),
-    ("2001:db8::/32", b"XR"), ("100::/64", b"XR"), ("2001::/23", b"XR"),
+    ("127.0.0.0/8", b"XL"),
+    ("169.254.0.0/16", b"XL"),
+    ("::1/128", b"XL"),
+    ("fe80::/10", b"XL"),
+    ("224.0.0.0/4", b"XM"),
+    ("ff00::/8", b"XM"),
+    ("0.0.0.0/8", b"XR"),
+    ("192.0.0.0/24", b"XR"),
+    ("192.0.2.0/24", b"XR"),
+    ("198.18.0.0/15", b"XR"),
+    ("198.51.100.0/24", b"XR"),
+    ("203.0.113.0/24", b"XR"),
+    ("240.0.0.0/4", b"XR"),
+    ("::/128", b"XR"),
+    ("2001:db8::/32", b"XR"),
+    ("100::/64", b"XR"),
+    ("2001::/23", b"XR"),
 ]
 
 #: where ``make`` puts the embedded default country data (ip-location-db, CC0)
@@ -60,12 +81,16 @@ class RangeTable:
     v6_value: np.ndarray
 
     @classmethod
-    def from_networks(cls, networks: list[tuple[object, object]], dtype: object) -> "RangeTable":
+    def from_networks(cls, networks: Sequence[tuple[NetworkLike, object]], dtype: DTypeLike) -> RangeTable:
         """From (network, value) pairs; networks as ``ipaddress`` objects or text."""
         v4: list[tuple[int, int, object]] = []
         v6: list[tuple[int, int, object]] = []
         for network, value in networks:  # building the table, once: not the hot path
-            net = network if hasattr(network, "broadcast_address") else ipaddress.ip_network(network, strict=False)
+            net = (
+                network
+                if isinstance(network, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+                else ipaddress.ip_network(network, strict=False)
+            )
             if net.version == 4:
                 v4.append((int(net.network_address), int(net.broadcast_address), value))
             elif net.network_address.ipv4_mapped is None:
@@ -75,7 +100,7 @@ class RangeTable:
     def lookup(self, addr16: np.ndarray, default: object) -> np.ndarray:
         return self.lookup_keys(AddressKeys.of(addr16), default)
 
-    def lookup_keys(self, keys: "AddressKeys", default: object) -> np.ndarray:
+    def lookup_keys(self, keys: AddressKeys, default: object) -> np.ndarray:
         out = np.empty(keys.n, dtype=self.v4_value.dtype)
         out[keys.v4_rows] = _search(self.v4_start, self.v4_end, self.v4_value, keys.v4, default)
         out[keys.v6_rows] = _search(self.v6_start, self.v6_end, self.v6_value, keys.v6, default)
@@ -87,7 +112,7 @@ class RangeTable:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "RangeTable":
+    def load(cls, path: Path) -> RangeTable:
         with np.load(path, allow_pickle=False) as z:
             return cls(**{k: z[k] for k in cls.__dataclass_fields__})
 
@@ -103,14 +128,14 @@ class AddressKeys:
     v6: np.ndarray
 
     @classmethod
-    def of(cls, addr16: np.ndarray) -> "AddressKeys":
+    def of(cls, addr16: np.ndarray) -> AddressKeys:
         hi, lo = address_words(addr16)
         is_v4 = (hi == 0) & ((lo >> np.uint64(32)) == 0xFFFF)
         v4_rows, v6_rows = np.flatnonzero(is_v4), np.flatnonzero(~is_v4)
         return cls(len(hi), v4_rows, lo[v4_rows] & np.uint64(0xFFFFFFFF), v6_rows, hi[v6_rows])
 
 
-def _flatten(entries: list[tuple[int, int, object]], dtype: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _flatten(entries: list[tuple[int, int, object]], dtype: DTypeLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort ranges; where they overlap (a /64-widened IPv6 prefix), the later start wins."""
     entries.sort(key=lambda e: (e[0], -e[1]))
     starts = np.array([e[0] for e in entries], np.uint64)
@@ -134,6 +159,7 @@ SPECIAL = RangeTable.from_networks([(p, c) for p, c in reversed(SPECIAL_RANGES)]
 
 
 # -- reading MMDB files ----------------------------------------------------------------------
+
 
 def _country(record: object) -> bytes | None:
     if not isinstance(record, dict):
@@ -172,8 +198,10 @@ def read_mmdb(path: Path, kind: str) -> RangeTable:
             if value is not None:
                 networks.append((str(network), value))
     if not networks:
-        raise ValueError(f"{path} holds no {kind} data that Sluice understands "
-                         f"(expected country iso_code / country_code, or autonomous_system_number / asn)")
+        raise ValueError(
+            f"{path} holds no {kind} data that Sluice understands "
+            f"(expected country iso_code / country_code, or autonomous_system_number / asn)"
+        )
     return RangeTable.from_networks(networks, dtype)
 
 
@@ -207,8 +235,13 @@ class MmdbSource:
             else:
                 started = time.monotonic()
                 table = read_mmdb(self.path, self.kind)
-                log.info("loaded geo data", path=str(self.path), kind=self.kind,
-                         ranges=len(table.v4_start) + len(table.v6_start), seconds=round(time.monotonic() - started, 1))
+                log.info(
+                    "loaded geo data",
+                    path=str(self.path),
+                    kind=self.kind,
+                    ranges=len(table.v4_start) + len(table.v6_start),
+                    seconds=round(time.monotonic() - started, 1),
+                )
                 if cache is not None:
                     try:
                         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -234,8 +267,13 @@ def main() -> None:  # pragma: no cover - used by the Makefile
 class Enricher:
     """Fills ``cln_country`` / ``srv_country`` (and ASNs, when an ASN database is configured)."""
 
-    def __init__(self, country_mmdb: Path | None = None, asn_mmdb: Path | None = None,
-                 cache_dir: Path | None = None, check_every_s: float = 30.0):
+    def __init__(
+        self,
+        country_mmdb: Path | None = None,
+        asn_mmdb: Path | None = None,
+        cache_dir: Path | None = None,
+        check_every_s: float = 30.0,
+    ):
         if country_mmdb is None and DEFAULT_COUNTRY_MMDB.exists():
             country_mmdb = DEFAULT_COUNTRY_MMDB
         self.country = MmdbSource(country_mmdb, "country", cache_dir) if country_mmdb else None

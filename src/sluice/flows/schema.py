@@ -9,8 +9,9 @@ scaled by ``sampling_rate``, which is kept. Countries are ISO 3166 alpha-2 codes
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, TypeVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -189,7 +190,7 @@ class ColumnBatch:
                 values = [EXPORT_PROTO_NAMES.get(int(v), str(int(v))) for v in col]
             else:
                 values = col.tolist()
-            for row, v in zip(rows, values):
+            for row, v in zip(rows, values, strict=True):
                 row[name] = v
         return rows
 

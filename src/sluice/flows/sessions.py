@@ -76,10 +76,20 @@ class _State:
 
 
 _STATE_COLUMNS = {
-    "key": np.uint64, "session_id": np.uint64, "started_ms": np.int64, "updated_ms": np.int64,
-    "exporter": (np.uint8, 16), "cln_addr": (np.uint8, 16), "srv_addr": (np.uint8, 16),
-    "cln_port": np.uint16, "srv_port": np.uint16, "protocol": np.uint8,
-    "input_if": np.uint32, "output_if": np.uint32, "cln_asn": np.uint32, "srv_asn": np.uint32,
+    "key": np.uint64,
+    "session_id": np.uint64,
+    "started_ms": np.int64,
+    "updated_ms": np.int64,
+    "exporter": (np.uint8, 16),
+    "cln_addr": (np.uint8, 16),
+    "srv_addr": (np.uint8, 16),
+    "cln_port": np.uint16,
+    "srv_port": np.uint16,
+    "protocol": np.uint8,
+    "input_if": np.uint32,
+    "output_if": np.uint32,
+    "cln_asn": np.uint32,
+    "srv_asn": np.uint32,
     # whether canonical endpoint A (the lower address, port) is the client: with a flow's
     # a_is_src it tells the flow's direction without comparing 16-byte addresses
     "a_client": np.bool_,
@@ -98,8 +108,14 @@ EXPIRE_EVERY_MS = 1000
 
 
 class SessionTracker:
-    def __init__(self, idle_timeout_s: float = 120.0, active_timeout_s: float = 3600.0,
-                 max_sessions: int = 1_000_000, dedupe_exporters: bool = True, first_id: int | None = None):
+    def __init__(
+        self,
+        idle_timeout_s: float = 120.0,
+        active_timeout_s: float = 3600.0,
+        max_sessions: int = 1_000_000,
+        dedupe_exporters: bool = True,
+        first_id: int | None = None,
+    ):
         self.idle_ms = int(idle_timeout_s * 1000)
         self.active_ms = int(active_timeout_s * 1000)
         self.max_sessions = max_sessions
@@ -180,8 +196,16 @@ class SessionTracker:
         d_hi, d_lo = address_words(flows["dst_addr"])
         # canonical endpoint order: A = the lower (address, port)
         a_is_src = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sport <= dport))))
-        a_hi, a_lo, a_port = np.where(a_is_src, s_hi, d_hi), np.where(a_is_src, s_lo, d_lo), np.where(a_is_src, sport, dport)
-        b_hi, b_lo, b_port = np.where(a_is_src, d_hi, s_hi), np.where(a_is_src, d_lo, s_lo), np.where(a_is_src, dport, sport)
+        a_hi, a_lo, a_port = (
+            np.where(a_is_src, s_hi, d_hi),
+            np.where(a_is_src, s_lo, d_lo),
+            np.where(a_is_src, sport, dport),
+        )
+        b_hi, b_lo, b_port = (
+            np.where(a_is_src, d_hi, s_hi),
+            np.where(a_is_src, d_lo, s_lo),
+            np.where(a_is_src, dport, sport),
+        )
         h = _mix(a_hi ^ np.uint64(0x9E3779B97F4A7C15))
         for word in (a_lo, b_hi, b_lo, (a_port << np.uint64(24)) | (b_port << np.uint64(8)) | proto):
             h = _mix(h ^ word)
@@ -191,8 +215,9 @@ class SessionTracker:
         h[h == 0] = 1  # 0 never names a session
         return h, a_is_src, icmp
 
-    def _find_or_add(self, keys: np.ndarray, flows: FlowBatch, a_is_src: np.ndarray, icmp: np.ndarray,
-                     now_ms: int) -> np.ndarray:
+    def _find_or_add(
+        self, keys: np.ndarray, flows: FlowBatch, a_is_src: np.ndarray, icmp: np.ndarray, now_ms: int
+    ) -> np.ndarray:
         """The state row of each flow's session, starting sessions for new keys."""
         st = self._state
         uniq, inverse = np.unique(keys, return_inverse=True)
@@ -206,7 +231,9 @@ class SessionTracker:
             # a session found here may have timed out since the last expiry pass: end it
             # first, so that this flow starts a new one, exactly as with a pass per batch
             r = row_of_uniq[found]
-            stale = (now_ms - st.cols["updated_ms"][r] > self.idle_ms) | (now_ms - st.cols["started_ms"][r] > self.active_ms)
+            stale = (now_ms - st.cols["updated_ms"][r] > self.idle_ms) | (
+                now_ms - st.cols["started_ms"][r] > self.active_ms
+            )
             if stale.any():
                 self.expire(now_ms)
                 return self._find_or_add(keys, flows, a_is_src, icmp, now_ms)
@@ -215,8 +242,16 @@ class SessionTracker:
             row_of_uniq[new] = self._add(uniq[new], new, inverse, flows, a_is_src, icmp, now_ms)
         return row_of_uniq[inverse]
 
-    def _add(self, new_keys: np.ndarray, new_uniq: np.ndarray, inverse: np.ndarray, flows: FlowBatch,
-             a_is_src: np.ndarray, icmp: np.ndarray, now_ms: int) -> np.ndarray:
+    def _add(
+        self,
+        new_keys: np.ndarray,
+        new_uniq: np.ndarray,
+        inverse: np.ndarray,
+        flows: FlowBatch,
+        a_is_src: np.ndarray,
+        icmp: np.ndarray,
+        now_ms: int,
+    ) -> np.ndarray:
         """Start sessions for keys not seen before; orientation from this batch's flows."""
         st = self._state
         k = len(new_keys)
@@ -258,9 +293,11 @@ class SessionTracker:
         a_wk, b_wk = a_port < 1024, b_port < 1024
         port_says_a_client = np.where(a_wk != b_wk, b_wk, a_port > b_port)
         ports_decide = (a_wk != b_wk) | (a_port != b_port)
-        a_client = np.where(syn_vote != 0, syn_vote > 0,
-                            np.where(icmp_vote != 0, icmp_vote > 0,
-                                     np.where(ports_decide, port_says_a_client, earliest_src_is_a)))
+        a_client = np.where(
+            syn_vote != 0,
+            syn_vote > 0,
+            np.where(icmp_vote != 0, icmp_vote > 0, np.where(ports_decide, port_says_a_client, earliest_src_is_a)),
+        )
         rep_src_is_client = a_client == a_is_src[sel]
         rep_src, rep_dst = flows["src_addr"][sel], flows["dst_addr"][sel]
         cln_addr = np.where(rep_src_is_client[:, None], rep_src, rep_dst)
@@ -325,17 +362,22 @@ class SessionTracker:
             end_ms=per_session(flows["time_end_ms"], np.maximum),
             exporter_addr=c["exporter"][touched],
             protocol=c["protocol"][touched],
-            cln_addr=c["cln_addr"][touched], srv_addr=c["srv_addr"][touched],
-            cln_port=c["cln_port"][touched], srv_port=c["srv_port"][touched],
+            cln_addr=c["cln_addr"][touched],
+            srv_addr=c["srv_addr"][touched],
+            cln_port=c["cln_port"][touched],
+            srv_port=c["srv_port"][touched],
             cln_bytes=per_session(np.where(cl, b, zero), np.add),
             srv_bytes=per_session(np.where(cl, zero, b), np.add),
             cln_pkts=per_session(np.where(cl, p, zero), np.add),
             srv_pkts=per_session(np.where(cl, zero, p), np.add),
             tcp_flags=per_session(flows["tcp_flags"].astype(np.uint16), np.bitwise_or),
-            input_if=c["input_if"][touched], output_if=c["output_if"][touched],
-            cln_asn=c["cln_asn"][touched], srv_asn=c["srv_asn"][touched],
+            input_if=c["input_if"][touched],
+            output_if=c["output_if"][touched],
+            cln_asn=c["cln_asn"][touched],
+            srv_asn=c["srv_asn"][touched],
             sampling_rate=per_session(flows["sampling_rate"].astype(np.uint32), np.maximum),
-            cln_country=b"ZZ", srv_country=b"ZZ",
+            cln_country=b"ZZ",
+            srv_country=b"ZZ",
         )
 
     def _reserve(self, k: int) -> np.ndarray:
@@ -361,7 +403,7 @@ class SessionTracker:
         """Keep the rows where ``keep`` is true; rebuild the key index."""
         st = self._state
         idx = np.flatnonzero(keep)
-        for name, col in st.cols.items():
+        for col in st.cols.values():
             col[: len(idx)] = col[idx]
         st.n = len(idx)
         keys = st.cols["key"][: st.n]

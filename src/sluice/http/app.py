@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from fastapi import FastAPI, Response
 from fastapi.staticfiles import StaticFiles
@@ -29,20 +30,27 @@ from .web.dashboards import Dashboards
 from .web.pages import STATIC, build_web_router
 
 
-def create_app(counters: Counters, users: Users, listeners: list[tuple[str, int]] | None = None,
-               store: FlowStore | None = None, secure_cookies: bool = False,
-               alerts: AlertService | None = None, notify: NotifyService | None = None,
-               retention_days: Optional[Callable[[], float]] = None) -> FastAPI:
+def create_app(
+    counters: Counters,
+    users: Users,
+    listeners: list[tuple[str, int]] | None = None,
+    store: FlowStore | None = None,
+    secure_cookies: bool = False,
+    alerts: AlertService | None = None,
+    notify: NotifyService | None = None,
+    retention_days: Optional[Callable[[], float]] = None,
+) -> FastAPI:
     app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
     auth = Authenticator(users, LoginThrottle())
+    app.state.auth = auth  # what the User / Admin route parameters authenticate with
     app.include_router(build_account_router(users, auth, secure_cookies))
-    app.include_router(build_data_router(auth, store, counters, retention_days))
-    app.include_router(build_settings_router(auth, Preferences(users.db), notify))
-    app.include_router(build_users_router(users, auth))
+    app.include_router(build_data_router(store, counters, retention_days))
+    app.include_router(build_settings_router(Preferences(users.db), notify))
+    app.include_router(build_users_router(users))
     alert_store = alerts.store if alerts is not None else AlertStore(users.db)
-    app.include_router(build_alerts_router(auth, users, alert_store, alerts.engine if alerts is not None else None))
+    app.include_router(build_alerts_router(users, alert_store, alerts.engine if alerts is not None else None))
     if notify is not None:
-        app.include_router(build_notifications_router(auth, users, notify.outbox))
+        app.include_router(build_notifications_router(users, notify.outbox))
     app.include_router(build_web_router(auth, users, Dashboards(users.db)))
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     registry = CollectorRegistry(auto_describe=True)
@@ -55,7 +63,10 @@ def create_app(counters: Counters, users: Users, listeners: list[tuple[str, int]
     @app.get("/healthz", tags=["status"])
     def healthz() -> dict[str, object]:
         """Liveness for load balancers and monitoring: no data, no login."""
-        return {"status": "ok", "version": __version__,
-                "listeners": [{"protocol": n, "port": p} for n, p in (listeners or [])]}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "listeners": [{"protocol": n, "port": p} for n, p in (listeners or [])],
+        }
 
     return app

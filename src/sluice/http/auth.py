@@ -6,7 +6,7 @@ import base64
 import binascii
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
@@ -25,8 +25,9 @@ class Principal:
 
 
 def unauthorized(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, message,
-                         headers={"WWW-Authenticate": 'Basic realm="sluice", charset="UTF-8"'})
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": 'Basic realm="sluice", charset="UTF-8"'}
+    )
 
 
 def client_of(request: Request) -> str:
@@ -41,9 +42,11 @@ class Authenticator:
     def check_throttle(self, username: str, client: str) -> None:
         wait = self.throttle.retry_after(username, client)
         if wait > 0:
-            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
-                                f"too many failed logins for {username!r}: try again in {int(wait) + 1} s",
-                                headers={"Retry-After": str(int(wait) + 1)})
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"too many failed logins for {username!r}: try again in {int(wait) + 1} s",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
 
     def password(self, username: str, password: str, client: str) -> Principal:
         self.check_throttle(username, client)
@@ -77,8 +80,9 @@ class Authenticator:
             if request.method not in SAFE_METHODS:
                 sent = request.headers.get(CSRF_HEADER, "")
                 if not secrets.compare_digest(sent, csrf):
-                    raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                        f"missing or wrong {CSRF_HEADER} header (given at login)")
+                    raise HTTPException(
+                        status.HTTP_403_FORBIDDEN, f"missing or wrong {CSRF_HEADER} header (given at login)"
+                    )
             return Principal(user.id, user.username, user.is_admin)
         raise unauthorized("authentication required: log in, or send HTTP Basic credentials or a bearer token")
 
@@ -89,12 +93,16 @@ def require_admin(principal: Principal) -> Principal:
     return principal
 
 
-def dependencies(auth: Authenticator) -> tuple[Any, Any]:
-    """The FastAPI parameter types of a route's caller: any signed-in user, an administrator.
+def signed_in(request: Request) -> Principal:
+    """The caller, by the application's ``Authenticator`` (``app.state.auth``, set by ``create_app``)."""
+    authenticator: Authenticator = request.app.state.auth
+    return authenticator(request)
 
-    Routers use them as ``principal: User`` / ``principal: Admin``."""
 
-    def admin(principal: Principal = Depends(auth)) -> Principal:
-        return require_admin(principal)
+def administrator(principal: Principal = Depends(signed_in)) -> Principal:
+    return require_admin(principal)
 
-    return Annotated[Principal, Depends(auth)], Annotated[Principal, Depends(admin)]
+
+#: a route's caller, as a parameter type: ``principal: User`` (any signed-in user) or ``principal: Admin``
+User = Annotated[Principal, Depends(signed_in)]
+Admin = Annotated[Principal, Depends(administrator)]

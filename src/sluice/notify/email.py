@@ -75,7 +75,22 @@ class EmailChannel:
     def send_test(self, system: SystemSettings, to: str, link: str = "") -> None:
         """The mail sent when preferences are saved: the same path as alerts."""
         now_us = int(time.time() * 1_000_000)
-        n = Notice(id=0, alertdef=0, title="Test", user="", entity_type="host", entity="192.0.2.1", severity="INFO",
-                   message="Sluice test mail: e-mail notifications reach you.", state=NOT_ACKNOWLEDGED, v1=0, v2=0,
-                   value=0, first_trigger_us=now_us, last_trigger_us=now_us, change="test", link=link)
+        n = Notice(
+            id=0,
+            alertdef=0,
+            title="Test",
+            user="",
+            entity_type="host",
+            entity="192.0.2.1",
+            severity="INFO",
+            message="Sluice test mail: e-mail notifications reach you.",
+            state=NOT_ACKNOWLEDGED,
+            v1=0,
+            v2=0,
+            value=0,
+            first_trigger_us=now_us,
+            last_trigger_us=now_us,
+            change="test",
+            link=link,
+        )
         self.send(system, self.message(system, to, mail_subject(n), mail_text(n), mail_html(n)))

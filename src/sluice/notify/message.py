@@ -41,7 +41,7 @@ class Notice(AlertOut):
     link: str = ""
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any]) -> "Notice":
+    def from_payload(cls, payload: dict[str, Any]) -> Notice:
         return cls.model_validate(payload)  # fields it does not know (older payloads) are ignored
 
     def payload(self) -> dict[str, Any]:
@@ -50,16 +50,25 @@ class Notice(AlertOut):
     def fields(self) -> list[tuple[str, str]]:
         """Every field of the alert record, labelled, for mail bodies."""
         return [
-            ("Alert", self.title), ("Message", self.message), ("Severity", self.severity),
-            ("Entity", f"{self.entity_type} {self.entity}"), ("COUNT (v1)", str(self.v1)),
-            ("Threshold (v2)", str(self.v2)), ("Value", str(self.value)), ("State", self.state),
+            ("Alert", self.title),
+            ("Message", self.message),
+            ("Severity", self.severity),
+            ("Entity", f"{self.entity_type} {self.entity}"),
+            ("COUNT (v1)", str(self.v1)),
+            ("Threshold (v2)", str(self.v2)),
+            ("Value", str(self.value)),
+            ("State", self.state),
             ("First trigger", self.first_trigger_at.isoformat(timespec="microseconds")),
             ("Last trigger", self.last_trigger_at.isoformat(timespec="microseconds")),
-            ("ID", str(self.id)), ("ALERTDEF", str(self.alertdef)), ("Type", self.type), ("User", self.user),
+            ("ID", str(self.id)),
+            ("ALERTDEF", str(self.alertdef)),
+            ("Type", self.type),
+            ("User", self.user),
         ]
 
 
 # -- e-mail -------------------------------------------------------------------------------
+
 
 def mail_subject(n: Notice) -> str:
     return one_line(f"[Sluice] {n.severity}: {n.message}")
@@ -68,18 +77,24 @@ def mail_subject(n: Notice) -> str:
 def mail_text(n: Notice) -> str:
     width = max(len(k) for k, _ in n.fields())
     lines = [f"{k.ljust(width)}  {one_line(v)}" for k, v in n.fields()]
-    lead = {"retriggered": "An acknowledged alert triggered again.", "repeat": "This alert is still triggering.",
-            "test": "This is a test: your Sluice e-mail notifications work."}.get(n.change, "A new alert.")
+    lead = {
+        "retriggered": "An acknowledged alert triggered again.",
+        "repeat": "This alert is still triggering.",
+        "test": "This is a test: your Sluice e-mail notifications work.",
+    }.get(n.change, "A new alert.")
     link = f"\nDashboard: {n.link}\n" if n.link else ""
     return f"{lead}\n\n" + "\n".join(lines) + f"\n{link}\n-- \nSluice {__version__}\n"
 
 
 def mail_html(n: Notice) -> str:
-    rows = "".join(f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(one_line(v))}</td></tr>"
-                   for k, v in n.fields())
+    rows = "".join(
+        f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(one_line(v))}</td></tr>" for k, v in n.fields()
+    )
     link = f'<p><a href="{html.escape(n.link)}">Open the dashboard</a></p>' if n.link else ""
-    return (f"<!doctype html><html><body><h2>{html.escape(one_line(n.message))}</h2>"
-            f"<table cellpadding=4>{rows}</table>{link}<p>Sluice {html.escape(__version__)}</p></body></html>")
+    return (
+        f"<!doctype html><html><body><h2>{html.escape(one_line(n.message))}</h2>"
+        f"<table cellpadding=4>{rows}</table>{link}<p>Sluice {html.escape(__version__)}</p></body></html>"
+    )
 
 
 def digest_subject(notices: list[Notice]) -> str:
@@ -90,13 +105,16 @@ def digest_subject(notices: list[Notice]) -> str:
 def digest_text(notices: list[Notice]) -> str:
     parts = [f"{len(notices)} alerts:\n"]
     for n in notices:
-        parts.append(f"- {n.severity} {one_line(n.message)} (ID={n.id} ALERTDEF={n.alertdef} "
-                     f"v1={n.v1} v2={n.v2}, last {n.last_trigger_at.isoformat(timespec='seconds')})")
+        parts.append(
+            f"- {n.severity} {one_line(n.message)} (ID={n.id} ALERTDEF={n.alertdef} "
+            f"v1={n.v1} v2={n.v2}, last {n.last_trigger_at.isoformat(timespec='seconds')})"
+        )
     link = notices[0].link
     return "\n".join(parts) + (f"\n\nDashboard: {link}\n" if link else "\n")
 
 
 # -- syslog -------------------------------------------------------------------------------
+
 
 def _pri(facility: str, severity: str) -> int:
     return FACILITIES.index(facility) * 8 + SYSLOG_SEVERITY[severity]
@@ -113,9 +131,21 @@ def _ascii_name(text: str, limit: int) -> str:
 
 
 def syslog_rfc5424(n: Notice, facility: str, hostname: str) -> bytes:
-    params = {"id": n.id, "alertdef": n.alertdef, "severity": n.severity, "entityType": n.entity_type,
-              "entity": n.entity, "v1": n.v1, "v2": n.v2, "value": n.value, "state": n.state, "user": n.user,
-              "type": n.type, "title": n.title, "change": n.change}
+    params = {
+        "id": n.id,
+        "alertdef": n.alertdef,
+        "severity": n.severity,
+        "entityType": n.entity_type,
+        "entity": n.entity,
+        "v1": n.v1,
+        "v2": n.v2,
+        "value": n.value,
+        "state": n.state,
+        "user": n.user,
+        "type": n.type,
+        "title": n.title,
+        "change": n.change,
+    }
     sd = "[" + SD_ID + "".join(f' {k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
     ts = n.last_trigger_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
     header = f"<{_pri(facility, n.severity)}>1 {ts} {_ascii_name(hostname, 255)} sluice - ALERT {sd} "
@@ -127,8 +157,10 @@ def syslog_rfc3164(n: Notice, facility: str, hostname: str) -> bytes:
     t = n.last_trigger_at
     stamp = f"{t:%b} {t.day:2d} {t:%H:%M:%S}"
     host = _ascii_name(hostname.split(".")[0], 64)
-    content = (f"{one_line(n.message)} ID={n.id} ALERTDEF={n.alertdef} severity={n.severity} "
-               f"state={n.state} user={one_line(n.user)} v1={n.v1} v2={n.v2}")
+    content = (
+        f"{one_line(n.message)} ID={n.id} ALERTDEF={n.alertdef} severity={n.severity} "
+        f"state={n.state} user={one_line(n.user)} v1={n.v1} v2={n.v2}"
+    )
     line = f"<{_pri(facility, n.severity)}>{stamp} {host} sluice: {content}"
     return line.encode("ascii", "replace")[:1024]
 
@@ -143,20 +175,36 @@ def _cef_ext(value: object) -> str:
 
 def syslog_cef(n: Notice, facility: str, hostname: str) -> bytes:
     """ArcSight CEF in an RFC 3164 envelope, as SIEMs expect it."""
-    ext = {"rt": n.last_trigger_us // 1000, "cnt": n.v1, "cn1": n.v2, "cn1Label": "threshold", "cn2": n.value,
-           "cn2Label": "value", "cs1": n.entity, "cs1Label": n.entity_type, "cs2": n.state, "cs2Label": "state",
-           "cs3": n.title, "cs3Label": "title", "suser": n.user, "externalId": n.id}
-    cef = (f"CEF:0|Sluice|Sluice|{_cef_header(__version__)}|{n.alertdef}|{_cef_header(n.message)}|"
-           f"{CEF_SEVERITY[n.severity]}|" + " ".join(f"{k}={_cef_ext(v)}" for k, v in ext.items()))
+    ext = {
+        "rt": n.last_trigger_us // 1000,
+        "cnt": n.v1,
+        "cn1": n.v2,
+        "cn1Label": "threshold",
+        "cn2": n.value,
+        "cn2Label": "value",
+        "cs1": n.entity,
+        "cs1Label": n.entity_type,
+        "cs2": n.state,
+        "cs2Label": "state",
+        "cs3": n.title,
+        "cs3Label": "title",
+        "suser": n.user,
+        "externalId": n.id,
+    }
+    cef = (
+        f"CEF:0|Sluice|Sluice|{_cef_header(__version__)}|{n.alertdef}|{_cef_header(n.message)}|"
+        f"{CEF_SEVERITY[n.severity]}|" + " ".join(f"{k}={_cef_ext(v)}" for k, v in ext.items())
+    )
     t = n.last_trigger_at
     host = _ascii_name(hostname.split(".")[0], 64)
-    return f"<{_pri(facility, n.severity)}>{t:%b} {t.day:2d} {t:%H:%M:%S} {host} sluice: {cef}".encode("utf-8")
+    return f"<{_pri(facility, n.severity)}>{t:%b} {t.day:2d} {t:%H:%M:%S} {host} sluice: {cef}".encode()
 
 
 SYSLOG_FORMATS = {"rfc5424": syslog_rfc5424, "rfc3164": syslog_rfc3164, "cef": syslog_cef}
 
 
 # -- webhook ------------------------------------------------------------------------------
+
 
 def webhook_body(n: Notice) -> dict[str, Any]:
     return {"event": f"alert.{n.change}", "alert": n.payload()}

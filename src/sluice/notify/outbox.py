@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -23,8 +24,15 @@ from sqlalchemy.orm import Session
 from ..alerts.definition import INTERVALS
 from ..alerts.records import ACKED, DELETED, UPDATED
 from ..state.db import StateDB
-from ..state.models import (AlertDefinitionRow, AlertRecordRow, AlertStreamRow, NotificationRow, SystemSettings, User,
-                            UserPreferences)
+from ..state.models import (
+    AlertDefinitionRow,
+    AlertRecordRow,
+    AlertStreamRow,
+    NotificationRow,
+    SystemSettings,
+    User,
+    UserPreferences,
+)
 from .channel import Channel
 from .message import REPEAT, Notice
 
@@ -47,8 +55,15 @@ class Due:
 
 
 class Outbox:
-    def __init__(self, db: StateDB, channels: Sequence[Channel], link: str = "", dead_after_s: float = 86_400.0,
-                 stream_min_gap_s: float = 1.0, backoff_first_s: float = BACKOFF_FIRST_S):
+    def __init__(
+        self,
+        db: StateDB,
+        channels: Sequence[Channel],
+        link: str = "",
+        dead_after_s: float = 86_400.0,
+        stream_min_gap_s: float = 1.0,
+        backoff_first_s: float = BACKOFF_FIRST_S,
+    ):
         self.db = db
         self.backoff_first_s = backoff_first_s
         self.channels = list(channels)
@@ -71,8 +86,15 @@ class Outbox:
         # the dashboard hears of every change (a busy record at most once a stream gap)
         if change != UPDATED or now - self._stream_last.get(row.id, 0) >= self.stream_min_gap_s * 1e6:
             self._stream_last[row.id] = now
-            s.add(AlertStreamRow(user_id=row.user_id, alert_id=row.id, change=change,
-                                 payload=json.dumps(notice.payload()), created_us=now))
+            s.add(
+                AlertStreamRow(
+                    user_id=row.user_id,
+                    alert_id=row.id,
+                    change=change,
+                    payload=json.dumps(notice.payload()),
+                    created_us=now,
+                )
+            )
         if change == UPDATED:
             # still triggering: tell again once per re-notify interval (default: the window)
             renotify_s = (d.renotify_s if d is not None and d.renotify_s else None) or _interval_s(d)
@@ -85,17 +107,34 @@ class Outbox:
         payload = json.dumps(notice.payload())
         for ch in self.channels:
             if ch.destination(prefs, system) is not None:
-                s.add(NotificationRow(user_id=row.user_id, alert_id=row.id, channel=ch.name, change=notice.change,
-                                      payload=payload, state=PENDING, attempts=0, created_us=now,
-                                      next_attempt_us=now))
+                s.add(
+                    NotificationRow(
+                        user_id=row.user_id,
+                        alert_id=row.id,
+                        channel=ch.name,
+                        change=notice.change,
+                        payload=payload,
+                        state=PENDING,
+                        attempts=0,
+                        created_us=now,
+                        next_attempt_us=now,
+                    )
+                )
 
     def stream_event(self, s: Session, row: AlertRecordRow, change: str) -> None:
         """A stream event for changes that notify no one (acknowledged, deleted)."""
         d = s.get(AlertDefinitionRow, row.definition_id)
         user = s.get(User, row.user_id)
         notice = self.notice(row, d.title if d else "", user.username if user else "", change)
-        s.add(AlertStreamRow(user_id=row.user_id, alert_id=row.id, change=change,
-                             payload=json.dumps(notice.payload()), created_us=now_us()))
+        s.add(
+            AlertStreamRow(
+                user_id=row.user_id,
+                alert_id=row.id,
+                change=change,
+                payload=json.dumps(notice.payload()),
+                created_us=now_us(),
+            )
+        )
 
     def notice(self, row: AlertRecordRow, title: str, username: str, change: str) -> Notice:
         return Notice.of(row, username, title, change=change, link=self.link)
@@ -109,16 +148,27 @@ class Outbox:
 
     def due(self, channel: str, limit: int = 200) -> list[Due]:
         with self.db.session() as s:
-            rows = s.scalars(select(NotificationRow).where(
-                NotificationRow.channel == channel, NotificationRow.state == PENDING,
-                NotificationRow.next_attempt_us <= now_us()).order_by(NotificationRow.id).limit(limit)).all()
-            return [Due(r.id, r.user_id, Notice.from_payload(json.loads(r.payload)), r.attempts, r.created_us)
-                    for r in rows]
+            rows = s.scalars(
+                select(NotificationRow)
+                .where(
+                    NotificationRow.channel == channel,
+                    NotificationRow.state == PENDING,
+                    NotificationRow.next_attempt_us <= now_us(),
+                )
+                .order_by(NotificationRow.id)
+                .limit(limit)
+            ).all()
+            return [
+                Due(r.id, r.user_id, Notice.from_payload(json.loads(r.payload)), r.attempts, r.created_us) for r in rows
+            ]
 
     def delivered(self, ids: Iterable[int]) -> None:
         with self.db.session() as s:
-            s.execute(update(NotificationRow).where(NotificationRow.id.in_(list(ids)), NotificationRow.state == PENDING)
-                      .values(state=DELIVERED, delivered_us=now_us()))
+            s.execute(
+                update(NotificationRow)
+                .where(NotificationRow.id.in_(list(ids)), NotificationRow.state == PENDING)
+                .values(state=DELIVERED, delivered_us=now_us())
+            )
 
     def failed(self, items: Iterable[Due], error: str) -> None:
         """Retry later with exponential backoff, or give up (dead) after ``dead_after_s``."""
@@ -139,14 +189,18 @@ class Outbox:
     def cancel(self, items: Iterable[Due], reason: str) -> None:
         """The channel was switched off for the user since: nothing to deliver to."""
         with self.db.session() as s:
-            s.execute(update(NotificationRow).where(NotificationRow.id.in_([i.id for i in items]))
-                      .values(state=DEAD, last_error=reason))
+            s.execute(
+                update(NotificationRow)
+                .where(NotificationRow.id.in_([i.id for i in items]))
+                .values(state=DEAD, last_error=reason)
+            )
 
     def context(self, user_id: int) -> tuple[Optional[UserPreferences], SystemSettings]:
         with self.db.session() as s:
             prefs = s.get(UserPreferences, user_id)
-            system = s.get(SystemSettings, 1) or SystemSettings(smtp_host="", smtp_port=25, smtp_security="none",
-                                                                smtp_username="", smtp_password="", smtp_from="")
+            system = s.get(SystemSettings, 1) or SystemSettings(
+                smtp_host="", smtp_port=25, smtp_security="none", smtp_username="", smtp_password="", smtp_from=""
+            )
             s.expunge_all()
             return prefs, system
 
@@ -165,14 +219,23 @@ class Outbox:
 
     def counts(self) -> dict[tuple[str, str], int]:
         with self.db.session() as s:
-            return {(ch, st): n for ch, st, n in s.execute(
-                select(NotificationRow.channel, NotificationRow.state, func.count()).group_by(
-                    NotificationRow.channel, NotificationRow.state))}
+            return {
+                (ch, st): n
+                for ch, st, n in s.execute(
+                    select(NotificationRow.channel, NotificationRow.state, func.count()).group_by(
+                        NotificationRow.channel, NotificationRow.state
+                    )
+                )
+            }
 
     def stream(self, user_id: int, after_id: int, limit: int = 500) -> list[AlertStreamRow]:
         with self.db.session() as s:
-            rows = s.scalars(select(AlertStreamRow).where(AlertStreamRow.user_id == user_id, AlertStreamRow.id > after_id)
-                             .order_by(AlertStreamRow.id).limit(limit)).all()
+            rows = s.scalars(
+                select(AlertStreamRow)
+                .where(AlertStreamRow.user_id == user_id, AlertStreamRow.id > after_id)
+                .order_by(AlertStreamRow.id)
+                .limit(limit)
+            ).all()
             s.expunge_all()
             return list(rows)
 
@@ -184,11 +247,11 @@ class Outbox:
         """Forget delivered notifications and stream events older than ``keep_s``."""
         cutoff = now_us() - int(keep_s * 1e6)
         with self.db.session() as s:
-            s.execute(delete(NotificationRow).where(NotificationRow.state == DELIVERED,
-                                                    NotificationRow.created_us < cutoff))
+            s.execute(
+                delete(NotificationRow).where(NotificationRow.state == DELIVERED, NotificationRow.created_us < cutoff)
+            )
             s.execute(delete(AlertStreamRow).where(AlertStreamRow.created_us < cutoff))
 
 
 def _interval_s(d: Optional[AlertDefinitionRow]) -> int:
     return INTERVALS.get(d.interval, 300) if d is not None else 300
-

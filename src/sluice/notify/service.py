@@ -15,7 +15,7 @@ from ..lifecycle import Worker
 from ..state.db import StateDB
 from ..state.models import SystemSettings
 from ..state.preferences import TestMail
-from .channel import DeliveryError
+from .channel import Channel, DeliveryError
 from .email import EmailChannel
 from .outbox import Outbox
 from .syslog import SyslogChannel
@@ -26,12 +26,19 @@ log = structlog.get_logger(__name__)
 
 
 class NotifyService:
-    def __init__(self, db: StateDB, alerts: AlertStore, counters: Counters, link: str = "",
-                 dead_after_s: float = 86_400.0, tls_context: Optional[ssl.SSLContext] = None,
-                 poll_s: float = 1.0):
+    def __init__(
+        self,
+        db: StateDB,
+        alerts: AlertStore,
+        counters: Counters,
+        link: str = "",
+        dead_after_s: float = 86_400.0,
+        tls_context: Optional[ssl.SSLContext] = None,
+        poll_s: float = 1.0,
+    ):
         self.counters = counters
         self.email = EmailChannel(tls_context)
-        self.channels = [self.email, SyslogChannel(), WebhookChannel()]
+        self.channels: list[Channel] = [self.email, SyslogChannel(), WebhookChannel()]
         self.outbox = Outbox(db, self.channels, link=link, dead_after_s=dead_after_s)
         alerts.on_change.append(self.outbox.on_change)
         alerts.after_commit.append(self.outbox.committed)

@@ -29,8 +29,9 @@ class SyslogChannel:
         lines = [fmt(n, prefs.syslog_facility, self.hostname) for n in notices]
         target = (prefs.syslog_host, prefs.syslog_port)
         try:
-            infos = socket.getaddrinfo(*target, type=socket.SOCK_DGRAM if prefs.syslog_transport == "udp"
-                                       else socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(
+                *target, type=socket.SOCK_DGRAM if prefs.syslog_transport == "udp" else socket.SOCK_STREAM
+            )
             family, kind, proto, _, address = infos[0]
             with socket.socket(family, kind, proto) as sock:
                 sock.settimeout(TIMEOUT_S)
@@ -41,5 +42,7 @@ class SyslogChannel:
                     sock.connect(address)
                     sock.sendall(b"".join(b"%d %s" % (len(line), line) for line in lines))
         except OSError as exc:
-            raise DeliveryError(f"syslog {prefs.syslog_transport}://{prefs.syslog_host}:{prefs.syslog_port}: "
-                                f"{type(exc).__name__}: {exc}") from None
+            raise DeliveryError(
+                f"syslog {prefs.syslog_transport}://{prefs.syslog_host}:{prefs.syslog_port}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None

@@ -25,8 +25,7 @@ class DeliveryWorker:
         self.channel = channel
         self.counters = counters
         self.poll_s = poll_s
-        self._worker = Worker(f"sluice-notify-{self.channel.name}", self._run, join_timeout_s=20,
-                              wake=self._wake)
+        self._worker = Worker(f"sluice-notify-{self.channel.name}", self._run, join_timeout_s=20, wake=self._wake)
 
     def start(self) -> None:
         self._worker.start()
@@ -73,8 +72,12 @@ class DeliveryWorker:
                     rest = [i for g in groups[k:] for i in g]
                     self.counters.inc("notification_failures_total", len(rest), channel=self.channel.name)
                     self.outbox.failed(rest, str(exc))
-                    log.warning("notification not delivered, will retry", channel=self.channel.name,
-                                error=str(exc), notifications=len(rest))
+                    log.warning(
+                        "notification not delivered, will retry",
+                        channel=self.channel.name,
+                        error=str(exc),
+                        notifications=len(rest),
+                    )
                     break
                 self.outbox.delivered([i.id for i in group])
                 self.counters.inc("notifications_delivered_total", len(group), channel=self.channel.name)

@@ -13,8 +13,7 @@ import numpy as np
 from ..flows.schema import SessionBatch, address_words
 from .filter import AddressRange, And, Comparison, Node, Not, Or, Side, Xor
 
-_OPS = {"==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt,
-        "<": operator.lt}
+_OPS = {"==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _U64_MAX = np.uint64(2**64 - 1)
 
 
@@ -48,6 +47,7 @@ def _comparison(c: Comparison, s: SessionBatch) -> np.ndarray:
         b = s[field.columns[1]].astype(np.uint64)
         overflow = a > _U64_MAX - b  # the true sum is >= 2**64, above any filter value
         total = a + np.where(overflow, np.uint64(0), b)
+        assert isinstance(value, int)
         result = _OPS[op](total, np.uint64(value))
         return np.where(overflow, op in (">", ">=", "!="), result)
     negate = op == "!="

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Union
+from typing import Union
 
 
 class FilterError(ValueError):
@@ -70,34 +71,55 @@ class Field:
     columns: tuple[str, ...]
 
 
-FIELDS: dict[str, Field] = {f.name: f for f in [
-    Field("SRVIP", Kind.ADDRESS, Side.ONE, ("srv_addr",)),
-    Field("CLNIP", Kind.ADDRESS, Side.ONE, ("cln_addr",)),
-    Field("ADDR", Kind.ADDRESS, Side.EITHER, ("cln_addr", "srv_addr")),
-    Field("EXPORTER", Kind.ADDRESS, Side.ONE, ("exporter_addr",)),
-    Field("SRVPORT", Kind.PORT, Side.ONE, ("srv_port",)),
-    Field("CLNPORT", Kind.PORT, Side.ONE, ("cln_port",)),
-    Field("PORT", Kind.PORT, Side.EITHER, ("cln_port", "srv_port")),
-    Field("PROTO", Kind.PROTOCOL, Side.ONE, ("protocol",)),
-    Field("CLNPKTS", Kind.COUNT, Side.ONE, ("cln_pkts",)),
-    Field("SRVPKTS", Kind.COUNT, Side.ONE, ("srv_pkts",)),
-    Field("PACKETS", Kind.COUNT, Side.EITHER, ("cln_pkts", "srv_pkts")),
-    Field("TOTPKTS", Kind.COUNT, Side.TOTAL, ("cln_pkts", "srv_pkts")),
-    Field("CLNBYTS", Kind.COUNT, Side.ONE, ("cln_bytes",)),
-    Field("SRVBYTS", Kind.COUNT, Side.ONE, ("srv_bytes",)),
-    Field("BYTES", Kind.COUNT, Side.EITHER, ("cln_bytes", "srv_bytes")),
-    Field("TOTBYTS", Kind.COUNT, Side.TOTAL, ("cln_bytes", "srv_bytes")),
-    Field("COUNTRY", Kind.COUNTRY, Side.EITHER, ("cln_country", "srv_country")),
-    Field("ASN", Kind.ASN, Side.EITHER, ("cln_asn", "srv_asn")),
-]}
+FIELDS: dict[str, Field] = {
+    f.name: f
+    for f in [
+        Field("SRVIP", Kind.ADDRESS, Side.ONE, ("srv_addr",)),
+        Field("CLNIP", Kind.ADDRESS, Side.ONE, ("cln_addr",)),
+        Field("ADDR", Kind.ADDRESS, Side.EITHER, ("cln_addr", "srv_addr")),
+        Field("EXPORTER", Kind.ADDRESS, Side.ONE, ("exporter_addr",)),
+        Field("SRVPORT", Kind.PORT, Side.ONE, ("srv_port",)),
+        Field("CLNPORT", Kind.PORT, Side.ONE, ("cln_port",)),
+        Field("PORT", Kind.PORT, Side.EITHER, ("cln_port", "srv_port")),
+        Field("PROTO", Kind.PROTOCOL, Side.ONE, ("protocol",)),
+        Field("CLNPKTS", Kind.COUNT, Side.ONE, ("cln_pkts",)),
+        Field("SRVPKTS", Kind.COUNT, Side.ONE, ("srv_pkts",)),
+        Field("PACKETS", Kind.COUNT, Side.EITHER, ("cln_pkts", "srv_pkts")),
+        Field("TOTPKTS", Kind.COUNT, Side.TOTAL, ("cln_pkts", "srv_pkts")),
+        Field("CLNBYTS", Kind.COUNT, Side.ONE, ("cln_bytes",)),
+        Field("SRVBYTS", Kind.COUNT, Side.ONE, ("srv_bytes",)),
+        Field("BYTES", Kind.COUNT, Side.EITHER, ("cln_bytes", "srv_bytes")),
+        Field("TOTBYTS", Kind.COUNT, Side.TOTAL, ("cln_bytes", "srv_bytes")),
+        Field("COUNTRY", Kind.COUNTRY, Side.EITHER, ("cln_country", "srv_country")),
+        Field("ASN", Kind.ASN, Side.EITHER, ("cln_asn", "srv_asn")),
+    ]
+}
 
 COMPARATORS = ("==", "!=", ">=", "<=", ">", "<")
 EQUALITY_ONLY = {Kind.ADDRESS, Kind.COUNTRY}
 
 PROTOCOLS: dict[str, int] = {
-    "icmp": 1, "igmp": 2, "ipip": 4, "tcp": 6, "egp": 8, "udp": 17, "ipv6": 41, "rsvp": 46, "gre": 47,
-    "esp": 50, "ah": 51, "icmp6": 58, "ipv6-icmp": 58, "icmpv6": 58, "eigrp": 88, "ospf": 89, "pim": 103,
-    "vrrp": 112, "l2tp": 115, "sctp": 132, "udplite": 136,
+    "icmp": 1,
+    "igmp": 2,
+    "ipip": 4,
+    "tcp": 6,
+    "egp": 8,
+    "udp": 17,
+    "ipv6": 41,
+    "rsvp": 46,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "icmp6": 58,
+    "ipv6-icmp": 58,
+    "icmpv6": 58,
+    "eigrp": 88,
+    "ospf": 89,
+    "pim": 103,
+    "vrrp": 112,
+    "l2tp": 115,
+    "sctp": 132,
+    "udplite": 136,
 }
 PROTOCOL_NAMES = {v: k for k, v in reversed(PROTOCOLS.items())}
 
@@ -115,6 +137,7 @@ MAX_COUNT = 2**63 - 1
 
 # -- AST ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class AddressRange:
     """An address or prefix as an inclusive range of 16-byte addresses."""
@@ -124,7 +147,7 @@ class AddressRange:
     text: str  # as the user wrote it, normalised
 
     @classmethod
-    def of(cls, net: "ipaddress.IPv4Network | ipaddress.IPv6Network") -> "AddressRange":
+    def of(cls, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> AddressRange:
         """The range of a network, IPv4 as ``::ffff:a.b.c.d`` like every stored address."""
         low, high = net.network_address.packed, net.broadcast_address.packed
         if net.version == 4:
@@ -143,7 +166,7 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Not:
-    operand: "Node"
+    operand: Node
 
 
 # A run of one operator is one node with all its operands (``a && b && c`` is
@@ -151,19 +174,20 @@ class Not:
 # everything that walks it (evaluation, SQL, text, equality) stays far from Python's recursion
 # limit. ``^|`` over several operands is true when an odd number of them are.
 
+
 @dataclass(frozen=True)
 class And:
-    operands: tuple["Node", ...]
+    operands: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class Or:
-    operands: tuple["Node", ...]
+    operands: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class Xor:
-    operands: tuple["Node", ...]
+    operands: tuple[Node, ...]
 
 
 Node = Union[Comparison, Not, And, Or, Xor]
@@ -266,8 +290,9 @@ class _Parser:
             return self.comparison()
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise FilterError(self.text, tok.position,
-                              f"the filter nests more than {MAX_DEPTH} levels of '(' and '!': simplify it")
+            raise FilterError(
+                self.text, tok.position, f"the filter nests more than {MAX_DEPTH} levels of '(' and '!': simplify it"
+            )
         self.take()
         if tok.text == "!":
             node: Node = Not(self.unary())
@@ -284,21 +309,24 @@ class _Parser:
         tok = self.take()
         self.comparisons += 1
         if self.comparisons > MAX_COMPARISONS:
-            raise FilterError(self.text, tok.position,
-                              f"the filter has more than {MAX_COMPARISONS} comparisons: use prefixes "
-                              "(ADDR == 10.0.0.0/8) or split it")
+            raise FilterError(
+                self.text,
+                tok.position,
+                f"the filter has more than {MAX_COMPARISONS} comparisons: use prefixes "
+                "(ADDR == 10.0.0.0/8) or split it",
+            )
         if tok.kind != "word":
             raise self.fail(tok, "a field name (" + ", ".join(FIELDS) + ")")
         field = FIELDS.get(tok.text.upper())
         if field is None:
-            raise FilterError(self.text, tok.position,
-                              f"unknown field {tok.text!r}; fields are " + ", ".join(FIELDS))
+            raise FilterError(self.text, tok.position, f"unknown field {tok.text!r}; fields are " + ", ".join(FIELDS))
         op = self.take()
         if op.text not in COMPARATORS:
             raise self.fail(op, f"a comparison operator ({' '.join(COMPARATORS)}) after {field.name}")
         if field.kind in EQUALITY_ONLY and op.text not in ("==", "!="):
-            raise FilterError(self.text, op.position,
-                              f"{field.name} compares only with == or != (an {field.kind.value} has no order)")
+            raise FilterError(
+                self.text, op.position, f"{field.name} compares only with == or != (an {field.kind.value} has no order)"
+            )
         value = self.take()
         if value.kind != "word":
             raise self.fail(value, f"a value for {field.name} ({_VALUE_HELP[field.kind]})")
@@ -319,8 +347,11 @@ def _value(text: str, field: Field, tok: Token) -> int | str | AddressRange:
     raw = tok.text
 
     def bad(detail: str = "") -> FilterError:
-        return FilterError(text, tok.position,
-                           f"{raw!r} is not {_VALUE_HELP[field.kind]} for {field.name}" + (f": {detail}" if detail else ""))
+        return FilterError(
+            text,
+            tok.position,
+            f"{raw!r} is not {_VALUE_HELP[field.kind]} for {field.name}" + (f": {detail}" if detail else ""),
+        )
 
     kind = field.kind
     if kind is Kind.ADDRESS:

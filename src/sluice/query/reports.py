@@ -77,8 +77,22 @@ class SeriesSpec:
         return self.bucket_ms if self.bucket_ms else auto_bucket_ms(self.end_ms - self.start_ms, self.points)
 
 
-NICE_BUCKETS_MS = [1_000, 5_000, 10_000, 30_000, 60_000, 300_000, 600_000, 1_800_000, 3_600_000,
-                   10_800_000, 21_600_000, 43_200_000, 86_400_000, 604_800_000]
+NICE_BUCKETS_MS = [
+    1_000,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    300_000,
+    600_000,
+    1_800_000,
+    3_600_000,
+    10_800_000,
+    21_600_000,
+    43_200_000,
+    86_400_000,
+    604_800_000,
+]
 
 
 def auto_bucket_ms(span_ms: int, points: int = 120) -> int:
@@ -101,19 +115,26 @@ _FIXED = {
     Entity.EXPORTER: ("exporter_addr",),
 }
 ENTITY_COLUMNS = {
-    Entity.HOST: ("address",), Entity.COUNTRY: ("country",), Entity.ASN: ("asn",),
-    Entity.HOST_PAIR: ("client", "server"), Entity.PORT: ("protocol", "port"), Entity.EXPORTER: ("exporter",),
+    Entity.HOST: ("address",),
+    Entity.COUNTRY: ("country",),
+    Entity.ASN: ("asn",),
+    Entity.HOST_PAIR: ("client", "server"),
+    Entity.PORT: ("protocol", "port"),
+    Entity.EXPORTER: ("exporter",),
 }
 
 
 def _directional(sent: str, received: str, direction: Direction) -> str:
     """A traffic sum for a direction: what was sent, received, or both."""
-    return {Direction.SENDER: f"sum({sent})", Direction.RECEIVER: f"sum({received})",
-            Direction.EITHER: f"sum({sent}) + sum({received})"}[direction]
+    return {
+        Direction.SENDER: f"sum({sent})",
+        Direction.RECEIVER: f"sum({received})",
+        Direction.EITHER: f"sum({sent}) + sum({received})",
+    }[direction]
 
 
 def _where(spec_where: Node | None, start_ms: int, end_ms: int) -> tuple[str, list[object]]:
-    cond, params = "end_ms >= ? AND start_ms < ?", [start_ms, end_ms]
+    cond, params = "end_ms >= ? AND start_ms < ?", list[object]([start_ms, end_ms])
     if spec_where is not None:
         sql, more = compile_filter(spec_where)
         cond, params = f"{cond} AND {sql}", params + more
@@ -132,19 +153,24 @@ def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
             parts, part_params = endpoint_sum_parts(spec, source)
             return merge_sums(parts, names[0], spec.top), part_params
         # counts of distinct things: one row per (session row, side) in the entity's role(s)
-        side = ("SELECT {e} AS e0, session_id, {peer} AS peer, srv_port AS port FROM {src} WHERE {cond}")
+        side = "SELECT {e} AS e0, session_id, {peer} AS peer, srv_port AS port FROM {src} WHERE {cond}"
         parts, part_params = [], []
         for client in {Direction.SENDER: [1], Direction.RECEIVER: [0], Direction.EITHER: [1, 0]}[d]:
-            parts.append(side.format(e=(cln if client else srv)[0], peer="srv_addr" if client else "cln_addr",
-                                     src=source, cond=cond))
+            parts.append(
+                side.format(
+                    e=(cln if client else srv)[0], peer="srv_addr" if client else "cln_addr", src=source, cond=cond
+                )
+            )
             part_params += params
         value = {
             Metric.SESSIONS: "count(DISTINCT session_id)",
             Metric.UNIQUE_HOSTS: "count(DISTINCT peer)",
             Metric.UNIQUE_PORTS: "count(DISTINCT port)",
         }[m]
-        sql = (f"SELECT e0 AS {names[0]}, {value} AS value FROM ({' UNION ALL '.join(parts)}) AS sides "
-               f"GROUP BY e0 ORDER BY value DESC, e0 LIMIT {int(spec.top)}")
+        sql = (
+            f"SELECT e0 AS {names[0]}, {value} AS value FROM ({' UNION ALL '.join(parts)}) AS sides "
+            f"GROUP BY e0 ORDER BY value DESC, e0 LIMIT {int(spec.top)}"
+        )
         return sql, part_params
     cols = _FIXED[spec.entity]
     if m is Metric.UNIQUE_HOSTS and spec.entity is Entity.HOST_PAIR:
@@ -153,14 +179,19 @@ def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
         Metric.BYTES: _directional("cln_bytes", "srv_bytes", d),
         Metric.PACKETS: _directional("cln_pkts", "srv_pkts", d),
         Metric.SESSIONS: "count(DISTINCT session_id)",
-        Metric.UNIQUE_HOSTS: {Direction.SENDER: "count(DISTINCT cln_addr)", Direction.RECEIVER: "count(DISTINCT srv_addr)",
-                              Direction.EITHER: "count(DISTINCT cln_addr) + count(DISTINCT srv_addr)"}[d],
+        Metric.UNIQUE_HOSTS: {
+            Direction.SENDER: "count(DISTINCT cln_addr)",
+            Direction.RECEIVER: "count(DISTINCT srv_addr)",
+            Direction.EITHER: "count(DISTINCT cln_addr) + count(DISTINCT srv_addr)",
+        }[d],
         Metric.UNIQUE_PORTS: "count(DISTINCT srv_port)",
     }[m]
-    select = ", ".join(f"{c} AS {n}" for c, n in zip(cols, names))
+    select = ", ".join(f"{c} AS {n}" for c, n in zip(cols, names, strict=True))
     group = ", ".join(cols)
-    sql = (f"SELECT {select}, {value} AS value FROM {source} WHERE {cond} GROUP BY {group} "
-           f"ORDER BY value DESC, {group} LIMIT {int(spec.top)}")
+    sql = (
+        f"SELECT {select}, {value} AS value FROM {source} WHERE {cond} GROUP BY {group} "
+        f"ORDER BY value DESC, {group} LIMIT {int(spec.top)}"
+    )
     return sql, params
 
 
@@ -172,15 +203,19 @@ def endpoint_sum_parts(spec: ReportSpec, source: str) -> tuple[list[str], list[o
     unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
     parts = []
     for own, other, col in (("cln", "srv", cln[0]), ("srv", "cln", srv[0])):
-        parts.append(f"SELECT {col} AS e0, {_directional(f'{own}_{unit}', f'{other}_{unit}', spec.direction)} AS v "
-                     f"FROM {source} WHERE {cond} GROUP BY {col}")
+        parts.append(
+            f"SELECT {col} AS e0, {_directional(f'{own}_{unit}', f'{other}_{unit}', spec.direction)} AS v "
+            f"FROM {source} WHERE {cond} GROUP BY {col}"
+        )
     return parts, params + params
 
 
 def merge_sums(parts: list[str], name: str, top: int) -> str:
     """The top entities of partial sums (``e0``, ``v``) added up."""
-    return (f"SELECT e0 AS {name}, sum(v) AS value FROM ({' UNION ALL '.join(parts)}) AS sides "
-            f"GROUP BY e0 ORDER BY value DESC, e0 LIMIT {int(top)}")
+    return (
+        f"SELECT e0 AS {name}, sum(v) AS value FROM ({' UNION ALL '.join(parts)}) AS sides "
+        f"GROUP BY e0 ORDER BY value DESC, e0 LIMIT {int(top)}"
+    )
 
 
 def series_sql(spec: SeriesSpec, source: str) -> tuple[str, list[object]]:
@@ -194,6 +229,8 @@ def series_sql(spec: SeriesSpec, source: str) -> tuple[str, list[object]]:
         Metric.UNIQUE_PORTS: "count(DISTINCT srv_port)",
     }[spec.metric]
     # rows are bucketed by their end time, clamped into the frame
-    sql = (f"SELECT (greatest(end_ms, ?) // {bucket}) * {bucket} AS bucket_ms, {value} AS value "
-           f"FROM {source} WHERE {cond} GROUP BY bucket_ms ORDER BY bucket_ms")
+    sql = (
+        f"SELECT (greatest(end_ms, ?) // {bucket}) * {bucket} AS bucket_ms, {value} AS value "
+        f"FROM {source} WHERE {cond} GROUP BY bucket_ms ORDER BY bucket_ms"
+    )
     return sql, [spec.start_ms] + params

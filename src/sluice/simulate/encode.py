@@ -8,6 +8,7 @@ only datagram headers are built per datagram.
 from __future__ import annotations
 
 import struct
+from typing import Protocol
 
 import numpy as np
 
@@ -27,6 +28,12 @@ def _v4(addr: np.ndarray) -> np.ndarray:
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class Encoder(Protocol):
+    """What every exporter here does: flows in, datagrams out."""
+
+    def encode(self, flows: FlowBatch, export_ms: int, per_datagram: int = ...) -> list[bytes]: ...
 
 
 class NetflowV5Encoder:
@@ -66,26 +73,49 @@ class NetflowV5Encoder:
         out = []
         per_datagram = min(per_datagram, netflow5.MAX_RECORDS)
         for a, b in _chunks(n, per_datagram):
-            header = netflow5.HEADER.pack(5, b - a, uptime & 0xFFFFFFFF, export_ms // 1000,
-                                          (export_ms % 1000) * 1_000_000, self.sequence, 0,
-                                          self.engine_id, sampling)
+            header = netflow5.HEADER.pack(
+                5,
+                b - a,
+                uptime & 0xFFFFFFFF,
+                export_ms // 1000,
+                (export_ms % 1000) * 1_000_000,
+                self.sequence,
+                0,
+                self.engine_id,
+                sampling,
+            )
             self.sequence = (self.sequence + b - a) & 0xFFFFFFFF
             out.append(header + body[a * 48 : b * 48])
         return out
 
 
 # (element id, length) of the data templates the template encoders use
-_V4_FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (6, 1), (1, 8), (2, 8), (10, 4), (14, 4),
-              (16, 4), (17, 4)]
-_V6_FIELDS = [(27, 16), (28, 16), (7, 2), (11, 2), (4, 1), (6, 1), (1, 8), (2, 8), (10, 4), (14, 4),
-              (16, 4), (17, 4)]
-_NAMES = {8: "src_addr", 12: "dst_addr", 27: "src_addr", 28: "dst_addr", 7: "src_port", 11: "dst_port",
-          4: "protocol", 6: "tcp_flags", 1: "bytes", 2: "packets", 10: "input_if", 14: "output_if",
-          16: "src_as", 17: "dst_as", 22: "first", 21: "last", 152: "start", 153: "end"}
+_V4_FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (6, 1), (1, 8), (2, 8), (10, 4), (14, 4), (16, 4), (17, 4)]
+_V6_FIELDS = [(27, 16), (28, 16), (7, 2), (11, 2), (4, 1), (6, 1), (1, 8), (2, 8), (10, 4), (14, 4), (16, 4), (17, 4)]
+_NAMES = {
+    8: "src_addr",
+    12: "dst_addr",
+    27: "src_addr",
+    28: "dst_addr",
+    7: "src_port",
+    11: "dst_port",
+    4: "protocol",
+    6: "tcp_flags",
+    1: "bytes",
+    2: "packets",
+    10: "input_if",
+    14: "output_if",
+    16: "src_as",
+    17: "dst_as",
+    22: "first",
+    21: "last",
+    152: "start",
+    153: "end",
+}
 
 
 def _dtype(fields: list[tuple[int, int]]) -> np.dtype:
-    parts = []
+    parts: list[tuple[str, str] | tuple[str, str, tuple[int]]] = []
     for ie, length in fields:
         if length == 16:
             parts.append((_NAMES[ie], "u1", (16,)))
@@ -100,8 +130,9 @@ class _TemplateEncoder:
     version = 0
     time_fields: list[tuple[int, int]] = []
 
-    def __init__(self, source_id: int = 0, sampling_rate: int = 1, template_every: int = 20,
-                 boot_ms: int | None = None):
+    def __init__(
+        self, source_id: int = 0, sampling_rate: int = 1, template_every: int = 20, boot_ms: int | None = None
+    ):
         self.source_id = source_id
         self.sampling_rate = sampling_rate
         self.template_every = template_every
@@ -179,8 +210,15 @@ class NetflowV9Encoder(_TemplateEncoder):
 
     def _message(self, sets: list[bytes], export_ms: int, records: int) -> bytes:
         count = records + len(sets) - 1  # v9 counts template and options records too
-        header = struct.pack("!HHIIII", 9, count, (export_ms - self.boot_ms) & 0xFFFFFFFF,  # type: ignore[operator]
-                             export_ms // 1000, self.sequence, self.source_id)
+        header = struct.pack(
+            "!HHIIII",
+            9,
+            count,
+            (export_ms - self.boot_ms) & 0xFFFFFFFF,  # type: ignore[operator]
+            export_ms // 1000,
+            self.sequence,
+            self.source_id,
+        )
         self.sequence = (self.sequence + 1) & 0xFFFFFFFF
         return header + b"".join(sets)
 
@@ -259,8 +297,11 @@ class SflowEncoder:
         out = []
         uptime = (export_ms - self.boot_ms) & 0xFFFFFFFF
         for a, b in _chunks(n, per_datagram):
-            head = struct.pack("!II", 5, agent_type) + self.agent.packed + struct.pack(
-                "!IIII", self.sub_agent, self.sequence, uptime, b - a)
+            head = (
+                struct.pack("!II", 5, agent_type)
+                + self.agent.packed
+                + struct.pack("!IIII", self.sub_agent, self.sequence, uptime, b - a)
+            )
             self.sequence += 1
             out.append(head + b"".join(samples[a:b]))
         return out

@@ -17,7 +17,7 @@ import numpy as np
 import structlog
 
 from ..flows.schema import FlowBatch
-from .encode import IpfixEncoder, NetflowV5Encoder, NetflowV9Encoder, SflowEncoder
+from .encode import Encoder, IpfixEncoder, NetflowV5Encoder, NetflowV9Encoder, SflowEncoder
 from .traffic import TrafficModel
 
 log = structlog.get_logger(__name__)
@@ -33,10 +33,19 @@ class SimulatorStats:
 
 
 class Simulator:
-    def __init__(self, host: str = "127.0.0.1", netflow_port: int = 2055, ipfix_port: int = 4739,
-                 sflow_port: int = 6343, conversations_per_s: float = 200.0,
-                 protocols: tuple[str, ...] = PROTOCOLS, seed: int = 1, sampling_rate: int = 1,
-                 model: TrafficModel | None = None, opening_events: bool = False):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        netflow_port: int = 2055,
+        ipfix_port: int = 4739,
+        sflow_port: int = 6343,
+        conversations_per_s: float = 200.0,
+        protocols: tuple[str, ...] = PROTOCOLS,
+        seed: int = 1,
+        sampling_rate: int = 1,
+        model: TrafficModel | None = None,
+        opening_events: bool = False,
+    ):
         unknown = set(protocols) - set(PROTOCOLS)
         if unknown:
             raise ValueError(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(PROTOCOLS)}")
@@ -46,16 +55,18 @@ class Simulator:
         self.stats = SimulatorStats()
         self._stop = threading.Event()
         loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback if ":" not in host else False
-        self.exporters = []
+        self.exporters: list[tuple[str, Encoder, socket.socket, tuple[str, int]]] = []
         for i, proto in enumerate(protocols):
-            port = {"netflow5": netflow_port, "netflow9": netflow_port, "ipfix": ipfix_port,
-                    "sflow": sflow_port}[proto]
-            encoder = {
-                "netflow5": lambda i=i: NetflowV5Encoder(engine_id=i, sampling_rate=sampling_rate),
-                "netflow9": lambda i=i: NetflowV9Encoder(source_id=i, sampling_rate=sampling_rate),
-                "ipfix": lambda i=i: IpfixEncoder(source_id=i, sampling_rate=sampling_rate),
-                "sflow": lambda i=i: SflowEncoder(agent=f"192.0.2.{11 + i}", sub_agent=i),
-            }[proto]()
+            port = {"netflow5": netflow_port, "netflow9": netflow_port, "ipfix": ipfix_port, "sflow": sflow_port}[proto]
+            encoder: Encoder
+            if proto == "netflow5":
+                encoder = NetflowV5Encoder(engine_id=i, sampling_rate=sampling_rate)
+            elif proto == "netflow9":
+                encoder = NetflowV9Encoder(source_id=i, sampling_rate=sampling_rate)
+            elif proto == "ipfix":
+                encoder = IpfixEncoder(source_id=i, sampling_rate=sampling_rate)
+            else:
+                encoder = SflowEncoder(agent=f"192.0.2.{11 + i}", sub_agent=i)
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
             if loopback:
                 sock.bind((f"127.0.0.{11 + i}", 0))

@@ -43,9 +43,23 @@ def _addresses(base: str, count: int) -> np.ndarray:
 
 # public blocks (several countries in the registries' data) for the simulated outside world;
 # nothing is ever sent to them: the simulator only writes flow records about them
-EXTERNAL_V4 = ["8.8.0.0/16", "1.0.16.0/20", "2.16.0.0/16", "5.1.0.0/16", "31.13.64.0/18", "41.0.0.0/16",
-               "45.60.0.0/16", "77.88.0.0/18", "101.32.0.0/16", "133.0.0.0/16", "151.101.0.0/16", "185.60.216.0/22",
-               "193.0.0.0/16", "200.160.0.0/16", "202.12.27.0/24"]
+EXTERNAL_V4 = [
+    "8.8.0.0/16",
+    "1.0.16.0/20",
+    "2.16.0.0/16",
+    "5.1.0.0/16",
+    "31.13.64.0/18",
+    "41.0.0.0/16",
+    "45.60.0.0/16",
+    "77.88.0.0/18",
+    "101.32.0.0/16",
+    "133.0.0.0/16",
+    "151.101.0.0/16",
+    "185.60.216.0/22",
+    "193.0.0.0/16",
+    "200.160.0.0/16",
+    "202.12.27.0/24",
+]
 EXTERNAL_V6 = ["2001:4860::/32", "2a00:1450::/32", "2a03:2880::/32", "2400:cb00::/32", "2001:67c::/32"]
 
 
@@ -69,9 +83,16 @@ class Event:
 
 
 class TrafficModel:
-    def __init__(self, seed: int = 1, internal_hosts: int = 400, external_hosts: int = 5000,
-                 ipv6_share: float = 0.15, scan_every_s: float = 120.0, exfil_every_s: float = 300.0,
-                 opening_events: bool = False):
+    def __init__(
+        self,
+        seed: int = 1,
+        internal_hosts: int = 400,
+        external_hosts: int = 5000,
+        ipv6_share: float = 0.15,
+        scan_every_s: float = 120.0,
+        exfil_every_s: float = 300.0,
+        opening_events: bool = False,
+    ):
         self.rng = np.random.default_rng(seed)
         self.internal4 = _addresses("10.1.0.0/16", internal_hosts)
         self.internal6 = _addresses("fd00:1::/64", max(internal_hosts // 4, 1))
@@ -129,16 +150,44 @@ class TrafficModel:
         flags_c = np.where(proto == 6, TCP_CLIENT_FLAGS, 0)
         flags_s = np.where(proto == 6, TCP_SERVER_FLAGS, 0)
         ifc = rng.integers(1, 5, n)
-        return FlowBatch.concat([
-            FlowBatch.build(n, time_start_ms=start, time_end_ms=end, src_addr=client, dst_addr=server,
-                            src_port=cport, dst_port=sport, protocol=proto, tcp_flags=flags_c,
-                            bytes=c_bytes, packets=c_pkts, input_if=ifc, output_if=10, sampling_rate=1,
-                            dst_as=64500 + svc),
-            FlowBatch.build(n, time_start_ms=start, time_end_ms=end, src_addr=server, dst_addr=client,
-                            src_port=sport, dst_port=cport, protocol=proto, tcp_flags=flags_s,
-                            bytes=s_bytes, packets=s_pkts, input_if=10, output_if=ifc, sampling_rate=1,
-                            src_as=64500 + svc),
-        ])
+        return FlowBatch.concat(
+            [
+                FlowBatch.build(
+                    n,
+                    time_start_ms=start,
+                    time_end_ms=end,
+                    src_addr=client,
+                    dst_addr=server,
+                    src_port=cport,
+                    dst_port=sport,
+                    protocol=proto,
+                    tcp_flags=flags_c,
+                    bytes=c_bytes,
+                    packets=c_pkts,
+                    input_if=ifc,
+                    output_if=10,
+                    sampling_rate=1,
+                    dst_as=64500 + svc,
+                ),
+                FlowBatch.build(
+                    n,
+                    time_start_ms=start,
+                    time_end_ms=end,
+                    src_addr=server,
+                    dst_addr=client,
+                    src_port=sport,
+                    dst_port=cport,
+                    protocol=proto,
+                    tcp_flags=flags_s,
+                    bytes=s_bytes,
+                    packets=s_pkts,
+                    input_if=10,
+                    output_if=ifc,
+                    sampling_rate=1,
+                    src_as=64500 + svc,
+                ),
+            ]
+        )
 
     def _port_scan(self, t_ms: int) -> FlowBatch:
         rng = self.rng
@@ -147,10 +196,22 @@ class TrafficModel:
         ports = np.arange(1, 1025)
         n = len(ports)
         self.events.append(Event("port_scan", t_ms, _text(scanner), _text(target)))
-        return FlowBatch.build(n, time_start_ms=t_ms + ports, time_end_ms=t_ms + ports,
-                               src_addr=np.broadcast_to(scanner, (n, 16)), dst_addr=np.broadcast_to(target, (n, 16)),
-                               src_port=rng.integers(40000, 60000), dst_port=ports, protocol=6, tcp_flags=0x02,
-                               bytes=44, packets=1, input_if=10, output_if=1, sampling_rate=1)
+        return FlowBatch.build(
+            n,
+            time_start_ms=t_ms + ports,
+            time_end_ms=t_ms + ports,
+            src_addr=np.broadcast_to(scanner, (n, 16)),
+            dst_addr=np.broadcast_to(target, (n, 16)),
+            src_port=int(rng.integers(40000, 60000)),
+            dst_port=ports,
+            protocol=6,
+            tcp_flags=0x02,
+            bytes=44,
+            packets=1,
+            input_if=10,
+            output_if=1,
+            sampling_rate=1,
+        )
 
     def _exfiltration(self, t_ms: int) -> FlowBatch:
         rng = self.rng
@@ -158,11 +219,22 @@ class TrafficModel:
         drop = self.external4[-1 - rng.integers(10)]
         n = 20
         self.events.append(Event("exfiltration", t_ms, _text(insider), _text(drop)))
-        return FlowBatch.build(n, time_start_ms=t_ms - 60_000, time_end_ms=t_ms,
-                               src_addr=np.broadcast_to(insider, (n, 16)), dst_addr=np.broadcast_to(drop, (n, 16)),
-                               src_port=rng.integers(1024, 65536, n), dst_port=443, protocol=6,
-                               tcp_flags=TCP_CLIENT_FLAGS, bytes=50_000_000, packets=35_000, input_if=1,
-                               output_if=10, sampling_rate=1)
+        return FlowBatch.build(
+            n,
+            time_start_ms=t_ms - 60_000,
+            time_end_ms=t_ms,
+            src_addr=np.broadcast_to(insider, (n, 16)),
+            dst_addr=np.broadcast_to(drop, (n, 16)),
+            src_port=rng.integers(1024, 65536, n),
+            dst_port=443,
+            protocol=6,
+            tcp_flags=TCP_CLIENT_FLAGS,
+            bytes=50_000_000,
+            packets=35_000,
+            input_if=1,
+            output_if=10,
+            sampling_rate=1,
+        )
 
 
 def _text(addr: np.ndarray) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
@@ -20,8 +20,9 @@ class StateDB:
         self.url = url
         self.engine: Engine = create_engine(url, future=True)
         if url.startswith("sqlite"):
+
             @event.listens_for(self.engine, "connect")
-            def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            def _sqlite_pragmas(dbapi_connection, _record):
                 cur = dbapi_connection.cursor()
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA journal_mode=WAL")
@@ -31,6 +32,7 @@ class StateDB:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA busy_timeout=5000")
                 cur.close()
+
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def upgrade(self) -> None:

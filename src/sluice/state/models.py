@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -105,7 +105,10 @@ class AlertRecordRow(Base):
     """One alert record per (definition, entity); times in microseconds since the epoch."""
 
     __tablename__ = "alerts"
-    __table_args__ = (UniqueConstraint("definition_id", "entity"), Index("ix_alerts_user_last", "user_id", "last_trigger_us"))
+    __table_args__ = (
+        UniqueConstraint("definition_id", "entity"),
+        Index("ix_alerts_user_last", "user_id", "last_trigger_us"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     definition_id: Mapped[int] = mapped_column(ForeignKey("alert_definitions.id", ondelete="CASCADE"))

@@ -17,10 +17,35 @@ from .db import StateDB
 from .models import SystemSettings, UserPreferences
 
 #: RFC 5424 facility names, in code order (kern = 0 … local7 = 23)
-FACILITIES = ["kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
-              "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4",
-              "local5", "local6", "local7"]
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+FACILITIES = [
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "audit",
+    "alert",
+    "clock",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
+]
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -98,8 +123,9 @@ class PreferencesIn(BaseModel):
 
     email_digest: bool = Field(False, description="when several alerts are due at once, one mail listing them")
     webhook_url: str = Field("", max_length=1000, description="JSON POST of each alert; blank: no webhook")
-    webhook_secret: Optional[str] = Field(None, max_length=255,
-                                          description="HMAC-SHA256 key for X-Sluice-Signature; omit to keep")
+    webhook_secret: Optional[str] = Field(
+        None, max_length=255, description="HMAC-SHA256 key for X-Sluice-Signature; omit to keep"
+    )
 
     _to = field_validator("email_to")(lambda cls, v: check_email(v, "To: address"))
     _host = field_validator("syslog_host")(lambda cls, v: check_host(v, "syslog host"))
@@ -139,8 +165,16 @@ class Preferences:
         with self.db.session() as s:
             row = s.get(SystemSettings, 1)
             if row is None:
-                row = SystemSettings(id=1, smtp_host="", smtp_port=25, smtp_security="none", smtp_username="",
-                                     smtp_password="", smtp_from="", retention_days=None)
+                row = SystemSettings(
+                    id=1,
+                    smtp_host="",
+                    smtp_port=25,
+                    smtp_security="none",
+                    smtp_username="",
+                    smtp_password="",
+                    smtp_from="",
+                    retention_days=None,
+                )
                 s.add(row)
             return row
 
@@ -156,19 +190,32 @@ class Preferences:
 
     @staticmethod
     def system_out(row: SystemSettings) -> SystemSettingsOut:
-        return SystemSettingsOut(smtp_host=row.smtp_host, smtp_port=row.smtp_port, smtp_security=row.smtp_security,
-                                 smtp_username=row.smtp_username, smtp_password_set=bool(row.smtp_password),
-                                 smtp_from=row.smtp_from, retention_days=row.retention_days)
+        return SystemSettingsOut(
+            smtp_host=row.smtp_host,
+            smtp_port=row.smtp_port,
+            smtp_security=row.smtp_security,
+            smtp_username=row.smtp_username,
+            smtp_password_set=bool(row.smtp_password),
+            smtp_from=row.smtp_from,
+            retention_days=row.retention_days,
+        )
 
     def user(self, user_id: int) -> PreferencesOut:
         with self.db.session() as s:
             row = s.get(UserPreferences, user_id)
             if row is None:
                 return PreferencesOut()
-            return PreferencesOut(email_to=row.email_to, syslog_host=row.syslog_host, syslog_port=row.syslog_port,
-                                  syslog_facility=row.syslog_facility, syslog_format=row.syslog_format,
-                                  syslog_transport=row.syslog_transport, email_digest=row.email_digest,
-                                  webhook_url=row.webhook_url, webhook_secret_set=bool(row.webhook_secret))
+            return PreferencesOut(
+                email_to=row.email_to,
+                syslog_host=row.syslog_host,
+                syslog_port=row.syslog_port,
+                syslog_facility=row.syslog_facility,
+                syslog_format=row.syslog_format,
+                syslog_transport=row.syslog_transport,
+                email_digest=row.email_digest,
+                webhook_url=row.webhook_url,
+                webhook_secret_set=bool(row.webhook_secret),
+            )
 
     def set_user(self, user_id: int, new: PreferencesIn) -> PreferencesOut:
         with self.db.session() as s:

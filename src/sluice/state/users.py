@@ -8,7 +8,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict, deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -116,7 +116,7 @@ class Users:
             s.delete(user)
 
     @staticmethod
-    def _admins(s) -> int:  # type: ignore[no-untyped-def]
+    def _admins(s) -> int:
         return int(s.scalar(select(func.count()).select_from(User).where(User.is_admin.is_(True))))
 
     def ensure_admin(self, password: str | None) -> str | None:
@@ -152,8 +152,14 @@ class Users:
         """A new login session: (cookie value, CSRF token)."""
         session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         with self.db.session() as s:
-            s.add(LoginSession(id_hash=_sha(session_id), user_id=user.id, csrf_token=csrf,
-                               expires_at=datetime.now(timezone.utc) + timedelta(hours=LOGIN_HOURS)))
+            s.add(
+                LoginSession(
+                    id_hash=_sha(session_id),
+                    user_id=user.id,
+                    csrf_token=csrf,
+                    expires_at=datetime.now(UTC) + timedelta(hours=LOGIN_HOURS),
+                )
+            )
         return session_id, csrf
 
     def by_login(self, session_id: str) -> tuple[User, str] | None:
@@ -162,8 +168,8 @@ class Users:
             row = s.get(LoginSession, _sha(session_id))
             if row is None:
                 return None
-            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
-            if expires < datetime.now(timezone.utc):
+            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+            if expires < datetime.now(UTC):
                 s.delete(row)
                 return None
             user = s.get(User, row.user_id)

@@ -7,7 +7,7 @@ sees a database connection or writes SQL against it. Results are Arrow tables.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -49,7 +49,7 @@ class FlowStore(ABC):
 
     #: set by the owner: called by ``append`` when a flush is due, so that the writing can
     #: happen on another thread; None: ``append`` flushes itself
-    on_full: "Callable[[], None] | None" = None
+    on_full: Callable[[], None] | None = None
 
     @abstractmethod
     def append(self, sessions: SessionBatch) -> None:
@@ -75,7 +75,7 @@ class FlowStore(ABC):
     def retain(self, now_ms: int, max_age_s: float | None = None, max_bytes: int | None = None) -> RetentionResult:
         """Delete what is older than ``max_age_s``, then the oldest data until under ``max_bytes``."""
 
-    def maintain(self, now_ms: int) -> None:
+    def maintain(self, now_ms: int) -> None:  # noqa: B027  (optional: most stores have nothing to do)
         """Periodic housekeeping beyond retention (e.g. building rollups); by default none."""
 
     @abstractmethod

@@ -25,8 +25,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -57,15 +58,21 @@ _PARTITION = re.compile(r"^sessions_(\d{8})$")
 _ROLLUP_COLUMNS = "host UHUGEINT NOT NULL, sent_bytes HUGEINT, recv_bytes HUGEINT, sent_pkts HUGEINT, recv_pkts HUGEINT"
 
 _DUCK_TYPES = {
-    pa.uint8(): "UTINYINT", pa.uint16(): "USMALLINT", pa.uint32(): "UINTEGER", pa.uint64(): "UBIGINT",
-    pa.int64(): "BIGINT", pa.binary(16): "UHUGEINT", pa.string(): "VARCHAR",
+    pa.uint8(): "UTINYINT",
+    pa.uint16(): "USMALLINT",
+    pa.uint32(): "UINTEGER",
+    pa.uint64(): "UBIGINT",
+    pa.int64(): "BIGINT",
+    pa.binary(16): "UHUGEINT",
+    pa.string(): "VARCHAR",
 }
 _COLUMNS_SQL = ", ".join(f"{f.name} {_DUCK_TYPES[f.type]} NOT NULL" for f in SESSION_SCHEMA)
 ADDRESS_COLUMNS = [f.name for f in SESSION_SCHEMA if f.type == pa.binary(16)]
 _LOW64 = "18446744073709551615::UHUGEINT"
 # incoming rows carry each address as two 64-bit halves
-_INSERT_SELECT = ", ".join(f"(({n}__hi::UHUGEINT) << 64) | {n}__lo" if n in ADDRESS_COLUMNS else n
-                           for n in SESSION_SCHEMA.names)
+_INSERT_SELECT = ", ".join(
+    f"(({n}__hi::UHUGEINT) << 64) | {n}__lo" if n in ADDRESS_COLUMNS else n for n in SESSION_SCHEMA.names
+)
 
 
 def _split_addresses(batch: SessionBatch) -> pa.Table:
@@ -114,8 +121,10 @@ def _int_params(params: list[object]) -> list[object]:
     """Address bounds (16 bytes) as the 128-bit integers the address columns hold, typed
     UHUGEINT: an untyped Python int is bound as a signed type, and DuckDB then compares the
     column as INT128, which fails on every stored address from 8000:: up."""
-    return [UnsignedHugeIntegerValue(int.from_bytes(p, "big")) if isinstance(p, bytes) and len(p) == 16 else p
-            for p in params]
+    return [
+        UnsignedHugeIntegerValue(int.from_bytes(p, "big")) if isinstance(p, bytes) and len(p) == 16 else p
+        for p in params
+    ]
 
 
 #: report result columns that hold addresses, per entity
@@ -125,14 +134,24 @@ _ADDRESS_RESULTS = {Entity.HOST: ("address",), Entity.HOST_PAIR: ("client", "ser
 _MAX_MS = 253_402_300_799_000  # 9999-12-31: the last day a partition can be named
 
 
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    """The one value a one-row query answers (None for no row)."""
+    row = con.execute(sql).fetchone()
+    return row[0] if row else None
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return int(_scalar(con, f"SELECT count(*) FROM {table}") or 0)
+
+
 def _day(ms: int) -> str:
     """The partition day of a time; times beyond what a calendar can name are clamped."""
     ms = min(max(ms, 0), _MAX_MS)
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y%m%d")
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y%m%d")
 
 
 def _day_start_ms(day: str) -> int:
-    return int(datetime.strptime(day, "%Y%m%d").replace(tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC).timestamp() * 1000)
 
 
 class DuckDBStore(FlowStore):
@@ -212,7 +231,8 @@ class DuckDBStore(FlowStore):
 
     def _list_days(self) -> list[str]:
         rows = self._con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()
         return sorted(m.group(1) for (name,) in rows if (m := _PARTITION.match(name)))
 
     # -- reading ---------------------------------------------------------------------------
@@ -243,17 +263,25 @@ class DuckDBStore(FlowStore):
         return _join_addresses(table) if addresses else table
 
     def sessions(self, time_range: TimeRange, where: Node | None = None, limit: int = 1000) -> pa.Table:
-        cond, params = "end_ms >= ? AND start_ms < ?", [time_range.start_ms, time_range.end_ms]
+        cond, params = "end_ms >= ? AND start_ms < ?", list[object]([time_range.start_ms, time_range.end_ms])
         if where is not None:
             sql, more = compile_filter(where)
             cond, params = f"{cond} AND {sql}", params + more
         source = self._source(time_range.start_ms, time_range.end_ms)
-        table = self._query(f"SELECT * FROM {source} WHERE {cond} ORDER BY end_ms DESC LIMIT {int(limit)}", params,
-                            tuple(ADDRESS_COLUMNS))
+        table = self._query(
+            f"SELECT * FROM {source} WHERE {cond} ORDER BY end_ms DESC LIMIT {int(limit)}",
+            params,
+            tuple(ADDRESS_COLUMNS),
+        )
         return table.select(SESSION_SCHEMA.names).cast(SESSION_SCHEMA)
 
     def report(self, spec: ReportSpec, use_rollups: bool = True) -> pa.Table:
-        if use_rollups and spec.where is None and spec.entity is Entity.HOST and spec.metric in (Metric.BYTES, Metric.PACKETS):
+        if (
+            use_rollups
+            and spec.where is None
+            and spec.entity is Entity.HOST
+            and spec.metric in (Metric.BYTES, Metric.PACKETS)
+        ):
             rolled = self._rolled_days(spec.start_ms, spec.end_ms)
             if rolled:
                 sql, params = self._rollup_report_sql(spec, rolled)
@@ -280,8 +308,11 @@ class DuckDBStore(FlowStore):
     def _rollup_report_sql(self, spec: ReportSpec, rolled: list[str]) -> tuple[str, list[object]]:
         """Host traffic from the rollups of whole days, plus raw rows for the other days."""
         unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
-        value = {"sender": f"sum(sent_{unit})", "receiver": f"sum(recv_{unit})",
-                 "either": f"sum(sent_{unit}) + sum(recv_{unit})"}[spec.direction.value]
+        value = {
+            "sender": f"sum(sent_{unit})",
+            "receiver": f"sum(recv_{unit})",
+            "either": f"sum(sent_{unit}) + sum(recv_{unit})",
+        }[spec.direction.value]
         parts = [f"SELECT host AS e0, {value} AS v FROM hosts_{d} GROUP BY host" for d in rolled]
         edge_parts, params = endpoint_sum_parts(spec, self._source(spec.start_ms, spec.end_ms, frozenset(rolled)))
         return merge_sums(parts + edge_parts, "address", spec.top), params
@@ -298,7 +329,7 @@ class DuckDBStore(FlowStore):
             for day in sorted(self._days):
                 if day >= today:
                     continue
-                rows = int(self._con.execute(f"SELECT count(*) FROM sessions_{day}").fetchone()[0])
+                rows = _count(self._con, f"sessions_{day}")
                 if self._rollups.get(day) == rows:
                     continue
                 con = self._con
@@ -349,7 +380,7 @@ class DuckDBStore(FlowStore):
         return RetentionResult(deleted, dropped)
 
     def _drop(self, day: str) -> int:
-        n = self._con.execute(f"SELECT count(*) FROM sessions_{day}").fetchone()[0]
+        n = _count(self._con, f"sessions_{day}")
         self._con.execute(f"DROP TABLE sessions_{day}")
         self._forget_rollup(day)
         self._days.discard(day)
@@ -369,11 +400,11 @@ class DuckDBStore(FlowStore):
         days = sorted(self._days)
         cursor = self._con.cursor()
         try:
-            rows = sum(int(cursor.execute(f"SELECT count(*) FROM sessions_{d}").fetchone()[0]) for d in days)
+            rows = sum(_count(cursor, f"sessions_{day}") for day in days)
             oldest = newest = None
             if days:
-                oldest = cursor.execute(f"SELECT min(start_ms) FROM sessions_{days[0]}").fetchone()[0]
-                newest = cursor.execute(f"SELECT max(end_ms) FROM sessions_{days[-1]}").fetchone()[0]
+                oldest = _scalar(cursor, f"SELECT min(start_ms) FROM sessions_{days[0]}")
+                newest = _scalar(cursor, f"SELECT max(end_ms) FROM sessions_{days[-1]}")
         finally:
             cursor.close()
         size = sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}.wal")) if p.exists())

@@ -1,13 +1,10 @@
-"""Signing in and out, who you are, and API tokens (``/api/v1/login``, ``/me``, ``/tokens``).
-
-No ``from __future__ import annotations``: FastAPI needs the dependency aliases as objects.
-"""
+"""Signing in and out, who you are, and API tokens (``/api/v1/login``, ``/me``, ``/tokens``)."""
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from ...state.users import Users
-from ..auth import COOKIE, Authenticator, client_of, dependencies
+from ..auth import COOKIE, Authenticator, User, client_of
 from .common import PREFIX
 
 
@@ -37,7 +34,6 @@ class TokenResult(BaseModel):
 
 def build_account_router(users: Users, auth: Authenticator, secure_cookies: bool = False) -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["auth"])
-    User, _ = dependencies(auth)
 
     @router.post("/login", response_model=LoginResult)
     def login(credentials: Credentials, request: Request, response: Response) -> LoginResult:
@@ -45,8 +41,9 @@ def build_account_router(users: Users, auth: Authenticator, secure_cookies: bool
         user = users.by_id(principal.user_id)
         assert user is not None
         session_id, csrf = users.login(user)
-        response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", secure=secure_cookies,
-                            max_age=12 * 3600, path="/")
+        response.set_cookie(
+            COOKIE, session_id, httponly=True, samesite="strict", secure=secure_cookies, max_age=12 * 3600, path="/"
+        )
         return LoginResult(username=user.username, is_admin=user.is_admin, csrf_token=csrf)
 
     @router.post("/logout", status_code=204)

@@ -3,8 +3,6 @@
 A user sees and changes only their own definitions and alerts; an administrator may manage
 anyone's (``?user=NAME`` to list them), but acknowledging stays with the owner.
 Other users' objects answer 404, as if they did not exist.
-
-No ``from __future__ import annotations``: FastAPI needs the dependency aliases as objects.
 """
 
 import time
@@ -17,9 +15,8 @@ from ...alerts.definition import Definition, DefinitionIn, Severity
 from ...alerts.engine import AlertEngine
 from ...alerts.records import STATES, AlertOut, AlertStore
 from ...state.users import Users
-from ..auth import Authenticator, Principal, dependencies
+from ..auth import Principal, User
 from .common import PREFIX
-
 
 MAX_ID = 2**62
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -30,7 +27,8 @@ class DefinitionOut(Definition):
     active_entities: int = Field(0, description="entities with data in the window now")
     state_bytes: int = Field(0, description="memory the window state takes")
     status: Literal["active", "disabled", "failed"] = Field(
-        "active", description="failed: set aside (the others go on) until changed or retried; see error")
+        "active", description="failed: set aside (the others go on) until changed or retried; see error"
+    )
     error: Optional[str] = Field(None, description="why the definition failed, when it did")
 
 
@@ -42,10 +40,8 @@ class AckResult(BaseModel):
     acknowledged: list[int]
 
 
-def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
-                        engine: Optional[AlertEngine] = None) -> APIRouter:
+def build_alerts_router(users: Users, store: AlertStore, engine: Optional[AlertEngine] = None) -> APIRouter:
     router = APIRouter(prefix=PREFIX)
-    User, _ = dependencies(auth)
 
     def whose(principal: Principal, username: Optional[str]) -> int:
         """The user id a listing is about: yourself, or (administrators) anyone."""
@@ -63,8 +59,13 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
         active = engine.active_entities(d.id) if engine else 0
         failure = engine.failure(d.id) if engine and d.enabled else None
         status = "failed" if failure else ("active" if d.enabled else "disabled")
-        return DefinitionOut(**d.model_dump(), active_entities=active, state_bytes=mem, status=status,
-                             error=failure.reason if failure else None)
+        return DefinitionOut(
+            **d.model_dump(),
+            active_entities=active,
+            state_bytes=mem,
+            status=status,
+            error=failure.reason if failure else None,
+        )
 
     def owned(principal: Principal, definition_id: int) -> Definition:
         d = store.definition(definition_id)
@@ -108,16 +109,27 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
     # -- alert records --------------------------------------------------------------------
 
     @router.get("/alerts", response_model=list[AlertOut], tags=["alerts"])
-    def list_alerts(principal: User, user: Optional[str] = None,
-                    start_ms: TimeMs = None, end_ms: TimeMs = None,
-                    min_severity: Optional[Severity] = None,
-                    state: Annotated[Optional[str], Query(pattern="^(NOT-ACKNOWLEDGED|ACKNOWLEDGED)$")] = None,
-                    definition: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
-                    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[AlertOut]:
+    def list_alerts(
+        principal: User,
+        user: Optional[str] = None,
+        start_ms: TimeMs = None,
+        end_ms: TimeMs = None,
+        min_severity: Optional[Severity] = None,
+        state: Annotated[Optional[str], Query(pattern="^(NOT-ACKNOWLEDGED|ACKNOWLEDGED)$")] = None,
+        definition: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    ) -> list[AlertOut]:
         """Alert records, the most recently triggered first."""
         assert state is None or state in STATES
-        return store.alerts(whose(principal, user), None if start_ms is None else start_ms * 1000,
-                            None if end_ms is None else end_ms * 1000, min_severity, state, definition, limit)
+        return store.alerts(
+            whose(principal, user),
+            None if start_ms is None else start_ms * 1000,
+            None if end_ms is None else end_ms * 1000,
+            min_severity,
+            state,
+            definition,
+            limit,
+        )
 
     @router.post("/alerts/acknowledge", response_model=AckResult, tags=["alerts"])
     def acknowledge(body: AckRequest, principal: User) -> AckResult:
@@ -125,7 +137,9 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
         owners = store.owner_of(body.ids)
         foreign = [i for i in body.ids if owners.get(i) != principal.user_id]
         if foreign:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert(s) of yours with id {', '.join(map(str, foreign[:20]))}")
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, f"no alert(s) of yours with id {', '.join(map(str, foreign[:20]))}"
+            )
         done = store.acknowledge(body.ids, principal.username, int(time.time() * 1_000_000))
         return AckResult(acknowledged=done)
 
@@ -138,9 +152,11 @@ def build_alerts_router(auth: Authenticator, users: Users, store: AlertStore,
         return Response(status_code=204)
 
     @router.delete("/alerts", tags=["alerts"])
-    def clear_alerts(principal: User, definition: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
-                     state: Annotated[Optional[str], Query(pattern="^(NOT-ACKNOWLEDGED|ACKNOWLEDGED)$")] = None
-                     ) -> dict[str, int]:
+    def clear_alerts(
+        principal: User,
+        definition: Annotated[Optional[int], Query(ge=1, le=MAX_ID)] = None,
+        state: Annotated[Optional[str], Query(pattern="^(NOT-ACKNOWLEDGED|ACKNOWLEDGED)$")] = None,
+    ) -> dict[str, int]:
         """Clear your alerts (of one definition, or in one state)."""
         return {"deleted": store.clear(principal.user_id, definition, state)}
 

@@ -24,8 +24,10 @@ def parse_filter(text: Optional[str]) -> Node | None:
     try:
         return parse(text)
     except FilterError as exc:
-        raise HTTPException(UNPROCESSABLE, [
-            {"loc": ["query", "filter"], "msg": exc.message, "position": exc.position + 1, "type": "filter"}]) from None
+        raise HTTPException(
+            UNPROCESSABLE,
+            [{"loc": ["query", "filter"], "msg": exc.message, "position": exc.position + 1, "type": "filter"}],
+        ) from None
 
 
 def time_frame(start_ms: Optional[int], end_ms: Optional[int]) -> tuple[int, int]:
@@ -33,8 +35,16 @@ def time_frame(start_ms: Optional[int], end_ms: Optional[int]) -> tuple[int, int
     end = end_ms if end_ms is not None else int(time.time() * 1000) + 1
     start = start_ms if start_ms is not None else end - DEFAULT_FRAME_MS
     if end <= start:
-        raise HTTPException(UNPROCESSABLE, [
-            {"loc": ["query", "end_ms"], "msg": "the time frame is empty: end_ms must be after start_ms", "type": "value"}])
+        raise HTTPException(
+            UNPROCESSABLE,
+            [
+                {
+                    "loc": ["query", "end_ms"],
+                    "msg": "the time frame is empty: end_ms must be after start_ms",
+                    "type": "value",
+                }
+            ],
+        )
     return start, end
 
 

@@ -1,26 +1,25 @@
 """The flow data and the server's state: ``/api/v1/status``, ``/exporters``, ``/sessions``,
 ``/reports``, ``/timeseries``.
-
-No ``from __future__ import annotations``: FastAPI needs the dependency aliases as objects.
 """
 
-from typing import Annotated, Callable, Optional
+from collections.abc import Callable
+from typing import Annotated, Optional
 
 from fastapi import APIRouter, HTTPException, Query, status
 
 from ...counters import Counters
 from ...query.reports import Direction, Entity, Metric, ReportSpec, SeriesSpec
 from ...store.base import FlowStore, TimeRange
-from ..auth import Authenticator, dependencies
+from ..auth import User
 from .common import PREFIX, UNPROCESSABLE, json_rows, parse_filter, time_frame
 
 FilterText = Annotated[Optional[str], Query(max_length=10_000)]
 
 
-def build_data_router(auth: Authenticator, store: FlowStore | None, counters: Counters,
-                      retention_days: Optional[Callable[[], float]] = None) -> APIRouter:
+def build_data_router(
+    store: FlowStore | None, counters: Counters, retention_days: Optional[Callable[[], float]] = None
+) -> APIRouter:
     router = APIRouter(prefix=PREFIX)
-    User, _ = dependencies(auth)
 
     def need_store() -> FlowStore:
         if store is None:
@@ -36,12 +35,20 @@ def build_data_router(auth: Authenticator, store: FlowStore | None, counters: Co
 
         stats = store.stats() if store else None
         return {
-            "datagrams": total("datagrams_total"), "flows": total("flows_total"),
+            "datagrams": total("datagrams_total"),
+            "flows": total("flows_total"),
             "flows_per_second": round(total("flows_per_second"), 1),
-            "decode_errors": total("decode_errors_total"), "socket_drops": total("socket_drops"),
+            "decode_errors": total("decode_errors_total"),
+            "socket_drops": total("socket_drops"),
             "sessions_live": total("sessions_live"),
-            "storage": None if stats is None else {"rows": stats.rows, "bytes_on_disk": stats.bytes_on_disk,
-                                                    "oldest_ms": stats.oldest_ms, "newest_ms": stats.newest_ms},
+            "storage": None
+            if stats is None
+            else {
+                "rows": stats.rows,
+                "bytes_on_disk": stats.bytes_on_disk,
+                "oldest_ms": stats.oldest_ms,
+                "newest_ms": stats.newest_ms,
+            },
             "retention_days": retention_days() if retention_days else None,
         }
 
@@ -53,11 +60,24 @@ def build_data_router(auth: Authenticator, store: FlowStore | None, counters: Co
             label = dict(labels)
             if "exporter" not in label or "proto" not in label:
                 continue
-            entry = found.setdefault((label["exporter"], label["proto"]), {
-                "exporter": label["exporter"], "protocol": label["proto"], "datagrams": 0, "flows": 0,
-                "last_datagram_ms": None, "sequence_gaps": 0, "sequence_resets": 0})
-            key = {"datagrams_total": "datagrams", "flows_total": "flows", "sequence_gaps_total": "sequence_gaps",
-                   "sequence_resets_total": "sequence_resets"}.get(name)
+            entry = found.setdefault(
+                (label["exporter"], label["proto"]),
+                {
+                    "exporter": label["exporter"],
+                    "protocol": label["proto"],
+                    "datagrams": 0,
+                    "flows": 0,
+                    "last_datagram_ms": None,
+                    "sequence_gaps": 0,
+                    "sequence_resets": 0,
+                },
+            )
+            key = {
+                "datagrams_total": "datagrams",
+                "flows_total": "flows",
+                "sequence_gaps_total": "sequence_gaps",
+                "sequence_resets_total": "sequence_resets",
+            }.get(name)
             if key:
                 entry[key] = int(value)
             elif name == "exporter_last_datagram_seconds":
@@ -65,17 +85,27 @@ def build_data_router(auth: Authenticator, store: FlowStore | None, counters: Co
         return sorted(found.values(), key=lambda e: (str(e["exporter"]), str(e["protocol"])))
 
     @router.get("/sessions", tags=["data"])
-    def sessions(principal: User, start_ms: Optional[int] = None, end_ms: Optional[int] = None,
-                 filter: FilterText = None,
-                 limit: Annotated[int, Query(ge=1, le=100_000)] = 100) -> list[dict[str, object]]:
+    def sessions(
+        principal: User,
+        start_ms: Optional[int] = None,
+        end_ms: Optional[int] = None,
+        filter: FilterText = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
+    ) -> list[dict[str, object]]:
         start, end = time_frame(start_ms, end_ms)
         return json_rows(need_store().sessions(TimeRange(start, end), parse_filter(filter), limit))
 
     @router.get("/reports", tags=["data"])
-    def reports(principal: User, entity: Entity = Entity.HOST, metric: Metric = Metric.BYTES,
-                direction: Direction = Direction.EITHER, start_ms: Optional[int] = None,
-                end_ms: Optional[int] = None, filter: FilterText = None,
-                top: Annotated[int, Query(ge=1, le=10_000)] = 10) -> list[dict[str, object]]:
+    def reports(
+        principal: User,
+        entity: Entity = Entity.HOST,
+        metric: Metric = Metric.BYTES,
+        direction: Direction = Direction.EITHER,
+        start_ms: Optional[int] = None,
+        end_ms: Optional[int] = None,
+        filter: FilterText = None,
+        top: Annotated[int, Query(ge=1, le=10_000)] = 10,
+    ) -> list[dict[str, object]]:
         start, end = time_frame(start_ms, end_ms)
         try:
             spec = ReportSpec(entity, metric, direction, start, end, parse_filter(filter), top)
@@ -84,9 +114,14 @@ def build_data_router(auth: Authenticator, store: FlowStore | None, counters: Co
             raise HTTPException(UNPROCESSABLE, str(exc)) from None
 
     @router.get("/timeseries", tags=["data"])
-    def timeseries(principal: User, metric: Metric = Metric.BYTES, start_ms: Optional[int] = None,
-                   end_ms: Optional[int] = None, filter: FilterText = None,
-                   bucket_ms: Annotated[Optional[int], Query(ge=1000)] = None) -> dict[str, object]:
+    def timeseries(
+        principal: User,
+        metric: Metric = Metric.BYTES,
+        start_ms: Optional[int] = None,
+        end_ms: Optional[int] = None,
+        filter: FilterText = None,
+        bucket_ms: Annotated[Optional[int], Query(ge=1000)] = None,
+    ) -> dict[str, object]:
         start, end = time_frame(start_ms, end_ms)
         spec = SeriesSpec(metric, start, end, parse_filter(filter), bucket_ms)
         return {"bucket_ms": spec.bucket(), "points": json_rows(need_store().timeseries(spec))}

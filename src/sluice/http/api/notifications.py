@@ -1,12 +1,11 @@
 """Notifications over HTTP: the outbox for administrators (what is pending, what died and
 why) and the live alert stream for the dashboard (server-sent events).
-
-No ``from __future__ import annotations``: FastAPI needs the dependency aliases as objects.
 """
 
 import asyncio
 import json
-from typing import Annotated, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Annotated, Optional
 
 from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
@@ -15,7 +14,7 @@ from pydantic import BaseModel
 
 from ...notify.outbox import Outbox
 from ...state.users import Users
-from ..auth import Authenticator, dependencies
+from ..auth import User
 from .common import PREFIX
 
 HEARTBEAT_S = 15.0
@@ -36,15 +35,16 @@ class NotificationOut(BaseModel):
     last_error: Optional[str]
 
 
-def build_notifications_router(auth: Authenticator, users: Users, outbox: Outbox) -> APIRouter:
+def build_notifications_router(users: Users, outbox: Outbox) -> APIRouter:
     router = APIRouter(prefix=PREFIX)
-    User, _ = dependencies(auth)
 
     @router.get("/notifications", response_model=list[NotificationOut], tags=["notifications"])
-    def notifications(principal: User,
-                      state: Annotated[Optional[str], Query(pattern="^(pending|delivered|dead)$")] = None,
-                      user: Optional[str] = None,
-                      limit: Annotated[int, Query(ge=1, le=100_000)] = 1000) -> list[NotificationOut]:
+    def notifications(
+        principal: User,
+        state: Annotated[Optional[str], Query(pattern="^(pending|delivered|dead)$")] = None,
+        user: Optional[str] = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    ) -> list[NotificationOut]:
         """Notifications, newest first: yours; administrators see everyone's (or ``user``'s),
         with the last delivery error of each."""
         if principal.is_admin:
@@ -56,10 +56,12 @@ def build_notifications_router(auth: Authenticator, users: Users, outbox: Outbox
         return [NotificationOut.model_validate(r, from_attributes=True) for r in outbox.listing(who, state, limit)]
 
     @router.get("/alerts/stream", tags=["notifications"], response_class=StreamingResponse)
-    async def alert_stream(request: Request, principal: User,
-                           last_event_id: Annotated[Optional[str], Header()] = None,
-                           after: Annotated[Optional[int], Query(ge=0, description="resume after this event id")] = None
-                           ) -> StreamingResponse:
+    async def alert_stream(
+        request: Request,
+        principal: User,
+        last_event_id: Annotated[Optional[str], Header()] = None,
+        after: Annotated[Optional[int], Query(ge=0, description="resume after this event id")] = None,
+    ) -> StreamingResponse:
         """Your alerts as they change (server-sent events, ``event: alert``): created,
         retriggered, updated, acknowledged, deleted. Reconnecting with ``Last-Event-ID`` (or
         ``?after=``) resumes after that event, without gaps; a new stream starts now."""
@@ -88,7 +90,8 @@ def build_notifications_router(auth: Authenticator, users: Users, outbox: Outbox
                     idle = 0.0
                     yield b": keep-alive\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     return router

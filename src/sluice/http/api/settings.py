@@ -1,7 +1,5 @@
 """Each user's notification preferences and the administrators' system settings
 (``/api/v1/preferences``, ``/api/v1/settings``).
-
-No ``from __future__ import annotations``: FastAPI needs the dependency aliases as objects.
 """
 
 from typing import Optional
@@ -10,14 +8,12 @@ from fastapi import APIRouter
 
 from ...notify.service import NotifyService
 from ...state.preferences import Preferences, PreferencesIn, PreferencesOut, SystemSettingsIn, SystemSettingsOut
-from ..auth import Authenticator, dependencies
+from ..auth import Admin, User
 from .common import PREFIX
 
 
-def build_settings_router(auth: Authenticator, prefs: Preferences,
-                          notify: Optional[NotifyService] = None) -> APIRouter:
+def build_settings_router(prefs: Preferences, notify: Optional[NotifyService] = None) -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["preferences"])
-    User, Admin = dependencies(auth)
 
     @router.get("/preferences", response_model=PreferencesOut)
     def get_preferences(principal: User) -> PreferencesOut:

@@ -1,7 +1,4 @@
-"""Accounts (``/api/v1/users``): administrators manage them; everyone may change their own password.
-
-No ``from __future__ import annotations``: FastAPI needs the dependency aliases as objects.
-"""
+"""Accounts (``/api/v1/users``): administrators manage them; everyone may change their own password."""
 
 from typing import Optional
 
@@ -10,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from ...state.models import User as UserRow
 from ...state.users import UserError, Users
-from ..auth import Authenticator, dependencies
+from ..auth import Admin, User
 from .common import PREFIX
 
 
@@ -34,9 +31,8 @@ def _refused(exc: UserError) -> HTTPException:
     return HTTPException(code, str(exc))
 
 
-def build_users_router(users: Users, auth: Authenticator) -> APIRouter:
+def build_users_router(users: Users) -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["users"])
-    User, Admin = dependencies(auth)
 
     @router.get("/users")
     def list_users(principal: Admin) -> list[dict[str, object]]:

@@ -54,12 +54,14 @@ class Layout(BaseModel):
     widgets: list[Widget] = Field(default_factory=list, max_length=40)
 
 
-DEFAULT = Layout(widgets=[
-    AlertsWidget(id="alerts", title="Alerts"),
-    TrafficWidget(id="traffic"),
-    TopWidget(id="top-hosts", entity="host", metric="bytes"),
-    StatusWidget(id="status"),
-])
+DEFAULT = Layout(
+    widgets=[
+        AlertsWidget(id="alerts", title="Alerts"),
+        TrafficWidget(id="traffic"),
+        TopWidget(id="top-hosts", entity="host", metric="bytes"),
+        StatusWidget(id="status"),
+    ]
+)
 
 
 class Dashboards:

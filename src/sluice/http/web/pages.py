@@ -6,19 +6,19 @@ No ``from __future__ import annotations``: FastAPI needs the dependency aliases 
 """
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
 from ... import __version__
-from ..auth import COOKIE, Authenticator, Principal
 from ...query.filter import FilterError, parse
 from ...state.preferences import FACILITIES
 from ...state.users import Users
+from ..auth import COOKIE, Authenticator, User
 from .dashboards import Dashboards, Layout
 
 HERE = Path(__file__).parent
@@ -35,7 +35,6 @@ class FilterCheck(BaseModel):
 
 def build_web_router(auth: Authenticator, users: Users, dashboards: Dashboards) -> APIRouter:
     router = APIRouter()
-    User = Annotated[Principal, Depends(auth)]
 
     def page(request: Request, template: str, title: str, **context: object) -> Response:
         """Render a page for whoever is logged in; anyone else goes to the login page."""
@@ -51,14 +50,16 @@ def build_web_router(auth: Authenticator, users: Users, dashboards: Dashboards) 
         if cookie:
             found = users.by_login(cookie)
             csrf = found[1] if found else ""
-        return templates.TemplateResponse(request, template, {
-            "title": title, "user": principal, "csrf": csrf, "version": __version__, **context})
+        return templates.TemplateResponse(
+            request, template, {"title": title, "user": principal, "csrf": csrf, "version": __version__, **context}
+        )
 
     @router.get("/login", include_in_schema=False)
     def login_page(request: Request, next: str = "/") -> HTMLResponse:
         safe_next = next if next.startswith("/") and not next.startswith("//") else "/"
-        return templates.TemplateResponse(request, "login.html", {"title": "Log in", "next": safe_next,
-                                                                  "version": __version__, "user": None})
+        return templates.TemplateResponse(
+            request, "login.html", {"title": "Log in", "next": safe_next, "version": __version__, "user": None}
+        )
 
     @router.get("/", include_in_schema=False)
     def dashboard(request: Request) -> Response:

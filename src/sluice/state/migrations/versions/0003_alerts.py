@@ -3,6 +3,7 @@
 Revision ID: 0003
 Revises: 0002
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -33,8 +34,9 @@ def upgrade() -> None:
     op.create_table(
         "alerts",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("definition_id", sa.Integer, sa.ForeignKey("alert_definitions.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "definition_id", sa.Integer, sa.ForeignKey("alert_definitions.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
         sa.Column("entity_type", sa.String(16), nullable=False),
         sa.Column("entity", sa.String(200), nullable=False),
