@@ -16,6 +16,7 @@ from ..support.env import require_tool
 from ..support.interop import free_tcp_port, free_udp_port
 from ..support.pcapgen import write_udp_pcap
 from ..support.corpus import IGNORED_KEYS, golden_case
+from ..support.waiting import wait_until, wait_until_steady
 from ..support.server import ADMIN, ADMIN_ENV, SLUICE, metrics, ns2, sluice, start_server, stored_sessions
 
 
@@ -78,8 +79,12 @@ def test_serve_collects_simulated_traffic_of_every_protocol(server):
                  str(ports["ipfix"]), "--sflow-port", str(ports["sflow"]), "--duration", "2", "--rate", "300")
     assert sim.returncode == 0, sim.stderr
     sent = int(re.search(r"sent (\d+) flows", sim.stderr).group(1))
-    time.sleep(0.5)
-    m = metrics(ports["http"])
+
+    def flows_in(values: dict[str, float]) -> float:
+        return sum(v for k, v in values.items() if k.startswith("sluice_flows_total"))
+
+    m = wait_until(lambda: metrics(ports["http"]), lambda values: flows_in(values) >= 0.8 * sent,
+                   what="the sent flows to be decoded")
     for proto, exporter in (("netflow5", "127.0.0.11"), ("netflow9", "127.0.0.12"), ("ipfix", "127.0.0.13"),
                             ("sflow5", "127.0.0.14")):
         assert m[f'sluice_datagrams_total{{exporter="{exporter}",proto="{proto}"}}'] > 0
@@ -88,11 +93,11 @@ def test_serve_collects_simulated_traffic_of_every_protocol(server):
     v5_share = sum(v for k, v in m.items() if k.startswith("sluice_flows_total") and "netflow5" in k)
     assert v5_share > 0 and 0.8 * sent <= flows <= sent
     assert not any(k.startswith("sluice_decode_errors_total") for k in m)
-    time.sleep(1.5)  # the store is flushed every second
+    stored = wait_until_steady(lambda: stored_sessions(ports["http"]), what="the store to hold every session")
     health = httpx.get(f"http://127.0.0.1:{ports['http']}/healthz").json()
     assert {l["protocol"] for l in health["listeners"]} == {"netflow", "ipfix", "sflow"}
     # the flows became sessions (fewer rows than flows: both directions fold) and were stored
-    assert 0.3 * flows <= stored_sessions(ports["http"]) < flows
+    assert 0.3 * flows <= stored < flows
     status = httpx.get(f"http://127.0.0.1:{ports['http']}/api/v1/status", auth=ADMIN).json()
     assert status["flows"] == flows and status["decode_errors"] == 0 and "flows_per_second" in status
     anonymous = httpx.get(f"http://127.0.0.1:{ports['http']}/")  # the page needs a login
@@ -293,7 +298,7 @@ def test_ns2_tools_against_a_live_server(server):
     sim = sluice("simulate", "--netflow-port", str(ports["netflow"]), "--ipfix-port", str(ports["ipfix"]),
                  "--sflow-port", str(ports["sflow"]), "--duration", "2", "--rate", "400")
     assert sim.returncode == 0
-    time.sleep(1.5)
+    wait_until_steady(lambda: stored_sessions(ports["http"]), what="the simulated sessions to be stored")
     srv = f"127.0.0.1:{ports['http']}"
     login = ["-s", srv, "-un", ADMIN[0], "-up", ADMIN[1]]
     table = ns2("ns2hostsb", *login, "-t", "-15m", "-n", "5")
@@ -358,7 +363,7 @@ def test_sluice_report_and_query_over_the_api(server):
     sim = sluice("simulate", "--netflow-port", str(ports["netflow"]), "--duration", "1.5", "--rate", "300",
                  "--protocol", "ipfix", "--ipfix-port", str(ports["netflow"]))
     assert sim.returncode == 0
-    time.sleep(1.5)
+    wait_until_steady(lambda: stored_sessions(ports["http"]), what="the simulated sessions to be stored")
     env = dict(os.environ, SLUICE_SERVER=f"127.0.0.1:{ports['http']}", SLUICE_USER=ADMIN[0], SLUICE_PASSWORD=ADMIN[1])
     out = sluice("report", "--entity", "country", "--metric", "sessions", "--json", env=env)
     assert out.returncode == 0, out.stderr

@@ -10,8 +10,33 @@ import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sluice.alerts.definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
-from sluice.query.filter import PROTOCOL_NAMES
+from sluice.alerts.definition import AlertMetric, Definition, EntityType
+
+# Constants of its own, from the documents (DESIGN.md §4, docs/alerts.md), not imported from the
+# code it checks: a change of the code's tables must make the comparison fail.
+
+#: "evaluated in steps of at most T/60, never coarser than one minute" (DESIGN.md §4)
+def reference_step_s(interval_s: int) -> int:
+    return max(1, min(interval_s // 60, 60))
+
+
+#: the message's words (DESIGN.md §4, docs/alerts.md)
+_ENTITY_WORDS = {"host": "address", "host_pair": "host pair", "port": "port", "country": "country", "asn": "ASN"}
+_METRIC_WORDS = {"bits_sent": "bits sent", "bits_received": "bits received", "bits_total": "total bits",
+                 "bytes_sent": "bytes sent", "bytes_received": "bytes received", "bytes_total": "total bytes",
+                 "packets_sent": "packets sent", "packets_received": "packets received",
+                 "packets_total": "total packets", "sessions_initiated": "sessions initiated",
+                 "sessions_received": "sessions received", "unique_hosts": "unique hosts",
+                 "unique_ports": "unique ports"}
+#: how a port entity names its protocol (docs/alerts.md: 53/udp)
+_PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmp6", 132: "sctp"}
+
+
+def reference_message(metric: AlertMetric, entity: EntityType, text: str) -> str:
+    words = _METRIC_WORDS[metric.value]
+    if entity.value in ("host_pair", "port") and metric.value.startswith("sessions_"):
+        words = "sessions"  # a pair or a port has no side that initiates
+    return f"Upper threshold exceeded on {words} for {_ENTITY_WORDS[entity.value]} {text}."
 
 
 @dataclass
@@ -58,7 +83,7 @@ def entity_rows(kind: EntityType, s: Sess) -> list[dict]:
         return [dict(entity=f"{_canon(s.cln)} -> {_canon(s.srv)}", client=None, own=[s.cln, s.srv],
                      countries=[s.ccountry, s.scountry], sent=sent, recv=recv, peer_host=None,
                      peer_port=(s.proto, s.sport), sport=s.sport, session=s)]
-    return [dict(entity=f"{s.sport}/{PROTOCOL_NAMES.get(s.proto, str(s.proto))}", client=None, own=[s.srv],
+    return [dict(entity=f"{s.sport}/{_PROTOCOL_NAMES.get(s.proto, str(s.proto))}", client=None, own=[s.srv],
                  countries=[s.scountry], sent=sent, recv=recv, peer_host=_canon(s.cln), peer_port=None,
                  sport=s.sport, session=s)]
 
@@ -94,8 +119,8 @@ class Reference:
     def __init__(self, d: Definition, keep=lambda s: True):
         self.d = d
         self.keep = keep  # the prefilter, as a Python predicate over Sess
-        self.step_ms = step_seconds(d.interval_s) * 1000
-        self.n = d.interval_s // step_seconds(d.interval_s)
+        self.step_ms = reference_step_s(d.interval_s) * 1000
+        self.n = d.interval_s // reference_step_s(d.interval_s)
         self.history: list[tuple[int, dict, object]] = []  # (bucket, row, contribution)
         self.counted: set[tuple[str, int, int]] = set()
 
@@ -149,5 +174,5 @@ class Reference:
                     self.counted.add(key)
                     inc += 1
             if inc:
-                events.append((self.d.id, entity, alert_message(self.d.metric, self.d.entity, entity), inc, value, thr))
+                events.append((self.d.id, entity, reference_message(self.d.metric, self.d.entity, entity), inc, value, thr))
         return sorted(events)

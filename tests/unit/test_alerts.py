@@ -7,6 +7,7 @@ same semantics, on random traffic over many evaluations, for every entity type a
 from __future__ import annotations
 
 import random
+import zlib
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ COMBOS = [(e, m) for e in EntityType for m in AlertMetric
 
 @pytest.mark.parametrize("entity, metric", COMBOS, ids=[f"{e.value}-{m.value}" for e, m in COMBOS])
 def test_engine_matches_the_reference_on_random_traffic(entity, metric):
-    rng = random.Random(hash((entity.value, metric.value)) & 0xFFFF)
+    rng = random.Random(zlib.crc32(f"{entity.value}/{metric.value}".encode()))  # the same in every process
     definitions = [
         Definition(id=1, user_id=1, title="plain", metric=metric, entity=entity, interval="1m",
                    threshold=THRESHOLDS[metric.value.split("_")[0]]),
@@ -289,3 +290,39 @@ def test_a_definition_whose_evaluation_fails_is_set_aside_retried_and_the_others
     events = engine.evaluate(*batch([one(sid=3, cln="10.0.0.6", cbytes=500)]), later)
     assert {e.definition_id for e in events} == {1, 2, 3}
     assert engine.failure(2) is None
+
+
+# -- the step cap, pinned at its edges (DESIGN.md §4: steps of T/60, never coarser than 1 min) --
+
+T_HOUR = T0 - T0 % 3_600_000  # aligned to the hour, so to every step
+
+
+def test_a_one_hour_window_slides_in_one_minute_steps_exactly_at_its_edge():
+    engine = AlertEngine()
+    engine.set_definitions([defn(threshold=1000, interval="1h")])
+    assert engine.evaluate(*batch([one(sid=1, cbytes=800, sbytes=0)]), T_HOUR + 45_000) == []
+    # in the window's last millisecond the 800 bytes (step T_HOUR..+60 s) still count
+    assert [e.value for e in engine.evaluate(*batch([one(sid=2, cbytes=300, sbytes=0)]), T_HOUR + 3_599_999)] == [
+        1100
+    ]
+    # one millisecond later their step has left the window (a 30 s step would keep them 30 s longer)
+    assert engine.evaluate(*batch([one(sid=3, cbytes=300, sbytes=0)]), T_HOUR + 3_600_000) == []
+
+
+def test_a_one_hour_window_counts_a_session_once_per_one_minute_period():
+    engine = AlertEngine()
+    engine.set_definitions([defn(threshold=100, interval="1h")])
+    first = engine.evaluate(*batch([one(sid=7, cbytes=500, sbytes=0)]), T_HOUR + 10_000)
+    same_minute = engine.evaluate(*batch([one(sid=7, cbytes=10, sbytes=0, new=False)]), T_HOUR + 40_000)
+    next_minute = engine.evaluate(*batch([one(sid=7, cbytes=10, sbytes=0, new=False)]), T_HOUR + 70_000)
+    assert [e.count for e in first] == [1] and same_minute == [] and [e.count for e in next_minute] == [1]
+
+
+def test_a_one_day_window_also_steps_by_one_minute():
+    engine = AlertEngine()
+    engine.set_definitions([defn(threshold=100, interval="1d")])
+    assert [e.count for e in engine.evaluate(*batch([one(sid=7, cbytes=500, sbytes=0)]), T_HOUR + 1_000)] == [1]
+    assert engine.evaluate(*batch([one(sid=7, cbytes=1, sbytes=0, new=False)]), T_HOUR + 59_999) == []
+    assert [e.count for e in engine.evaluate(*batch([one(sid=7, cbytes=1, sbytes=0, new=False)]), T_HOUR + 60_000)] == [
+        1
+    ]

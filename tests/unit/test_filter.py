@@ -150,6 +150,24 @@ filters = st.recursive(
 
 # -- an independent reference: one session at a time, plain Python -------------------------
 
+#: what each field means, written from docs/filters.md (not the parser's table): (side, columns)
+REFERENCE_FIELDS = {
+    "SRVIP": ("one", ("srv_addr",)), "CLNIP": ("one", ("cln_addr",)), "ADDR": ("either", ("cln_addr", "srv_addr")),
+    "EXPORTER": ("one", ("exporter_addr",)),
+    "SRVPORT": ("one", ("srv_port",)), "CLNPORT": ("one", ("cln_port",)), "PORT": ("either", ("cln_port", "srv_port")),
+    "PROTO": ("one", ("protocol",)),
+    "CLNPKTS": ("one", ("cln_pkts",)), "SRVPKTS": ("one", ("srv_pkts",)),
+    "PACKETS": ("either", ("cln_pkts", "srv_pkts")), "TOTPKTS": ("total", ("cln_pkts", "srv_pkts")),
+    "CLNBYTS": ("one", ("cln_bytes",)), "SRVBYTS": ("one", ("srv_bytes",)),
+    "BYTES": ("either", ("cln_bytes", "srv_bytes")), "TOTBYTS": ("total", ("cln_bytes", "srv_bytes")),
+    "COUNTRY": ("either", ("cln_country", "srv_country")), "ASN": ("either", ("cln_asn", "srv_asn")),
+}
+
+
+def test_the_reference_knows_every_field():
+    assert set(REFERENCE_FIELDS) == set(FIELDS)
+
+
 def _reference(text: str, row: dict) -> bool:
     """Evaluate by rewriting the canonical filter into a Python expression over one row."""
     node = parse(text)
@@ -163,11 +181,12 @@ def _ref(node, row) -> bool:
     if name in ("And", "Or", "Xor"):
         values = [_ref(operand, row) for operand in node.operands]
         return {"And": all(values), "Or": any(values), "Xor": sum(values) % 2 == 1}[name]
-    field, op, value = node.field, node.op, node.value
+    op, value = node.op, node.value
+    side, columns = REFERENCE_FIELDS[node.field.name]
     ops = {"==": lambda x, y: x == y, "!=": lambda x, y: x != y, ">=": lambda x, y: x >= y,
            "<=": lambda x, y: x <= y, ">": lambda x, y: x > y, "<": lambda x, y: x < y}
-    if field.side.value == "total":
-        return ops[op](row[field.columns[0]] + row[field.columns[1]], value)  # Python ints: exact
+    if side == "total":
+        return ops[op](row[columns[0]] + row[columns[1]], value)  # Python ints: exact
     if hasattr(value, "low"):
         net = ipaddress.ip_network(value.text, strict=False)
 
@@ -179,7 +198,7 @@ def _ref(node, row) -> bool:
     else:
         def test(col):
             return ops["==" if op == "!=" else op](row[col], value)
-    hit = any(test(col) for col in field.columns)
+    hit = any(test(col) for col in columns)
     return not hit if op == "!=" else hit
 
 

@@ -101,12 +101,14 @@ def _iso(us: int) -> str:
     return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="microseconds")
 
 
-def alert_line(a: AlertOut, tz: Optional[timezone] = None) -> str:
+def alert_line(alert: AlertOut, tz: Optional[timezone] = None) -> str:
     """FlowTraq's CLI line (DESIGN.md §5), in the local time zone unless ``tz`` is given."""
-    t = datetime.fromtimestamp(a.last_trigger_us // 1_000_000, tz).replace(microsecond=a.last_trigger_us % 1_000_000)
+    when = datetime.fromtimestamp(alert.last_trigger_us // 1_000_000, tz).replace(
+        microsecond=alert.last_trigger_us % 1_000_000
+    )
     return (
-        f'{t:%m/%d/%Y %H:%M:%S}.{t.microsecond:06d}  {a.alertdef} {a.severity} "{a.message}" ID={a.id} '
-        f"type={a.type} state={a.state} user={a.user} v1={a.v1} v2={a.v2}"
+        f'{when:%m/%d/%Y %H:%M:%S}.{when.microsecond:06d}  {alert.alertdef} {alert.severity} "{alert.message}" '
+        f"ID={alert.id} type={alert.type} state={alert.state} user={alert.user} v1={alert.v1} v2={alert.v2}"
     )
 
 
@@ -142,55 +144,55 @@ class AlertStore:
     # -- definitions ----------------------------------------------------------------------
 
     def definitions(self, user_id: Optional[int] = None) -> list[Definition]:
-        with self.db.session() as s:
-            q = select(AlertDefinitionRow, User.username).join(User, User.id == AlertDefinitionRow.user_id)
+        with self.db.session() as session:
+            query = select(AlertDefinitionRow, User.username).join(User, User.id == AlertDefinitionRow.user_id)
             if user_id is not None:
-                q = q.where(AlertDefinitionRow.user_id == user_id)
-            return [_definition(row, name) for row, name in s.execute(q.order_by(AlertDefinitionRow.id))]
+                query = query.where(AlertDefinitionRow.user_id == user_id)
+            return [_definition(row, name) for row, name in session.execute(query.order_by(AlertDefinitionRow.id))]
 
     def definition(self, definition_id: int) -> Optional[Definition]:
-        with self.db.session() as s:
-            row = s.get(AlertDefinitionRow, definition_id)
+        with self.db.session() as session:
+            row = session.get(AlertDefinitionRow, definition_id)
             if row is None:
                 return None
-            return _definition(row, s.get(User, row.user_id).username)  # type: ignore[union-attr]
+            return _definition(row, session.get(User, row.user_id).username)  # type: ignore[union-attr]
 
-    def create(self, user_id: int, d: DefinitionIn) -> Definition:
-        with self.db.session() as s:
+    def create(self, user_id: int, definition: DefinitionIn) -> Definition:
+        with self.db.session() as session:
             row = AlertDefinitionRow(user_id=user_id)
-            self._fill(row, d)
-            s.add(row)
-            s.flush()
+            self._fill(row, definition)
+            session.add(row)
+            session.flush()
             new_id = row.id
         self._changed()
         return self.definition(new_id)  # type: ignore[return-value]
 
-    def update(self, definition_id: int, d: DefinitionIn) -> Optional[Definition]:
-        with self.db.session() as s:
-            row = s.get(AlertDefinitionRow, definition_id)
+    def update(self, definition_id: int, definition: DefinitionIn) -> Optional[Definition]:
+        with self.db.session() as session:
+            row = session.get(AlertDefinitionRow, definition_id)
             if row is None:
                 return None
-            self._fill(row, d)
+            self._fill(row, definition)
             row.updated_at = utcnow()
         self._changed()
         return self.definition(definition_id)
 
     def delete_definition(self, definition_id: int) -> bool:
         """Delete a definition and its alert records."""
-        with self.db.session() as s:
-            s.execute(delete(AlertRecordRow).where(AlertRecordRow.definition_id == definition_id))
-            result = s.execute(delete(AlertDefinitionRow).where(AlertDefinitionRow.id == definition_id))
+        with self.db.session() as session:
+            session.execute(delete(AlertRecordRow).where(AlertRecordRow.definition_id == definition_id))
+            result = session.execute(delete(AlertDefinitionRow).where(AlertDefinitionRow.id == definition_id))
             gone = getattr(result, "rowcount", 0)  # a CursorResult for DELETE
         self._changed()
         return bool(gone)
 
     @staticmethod
-    def _fill(row: AlertDefinitionRow, d: DefinitionIn) -> None:
-        row.title, row.description, row.prefilter = d.title, d.description, d.prefilter
-        row.metric, row.entity, row.threshold = d.metric.value, d.entity.value, d.threshold
-        row.interval, row.severity, row.enabled = d.interval, d.severity.value, d.enabled
-        row.exceptions = d.exceptions.model_dump_json()
-        row.renotify_s = d.renotify_s
+    def _fill(row: AlertDefinitionRow, definition: DefinitionIn) -> None:
+        row.title, row.description, row.prefilter = definition.title, definition.description, definition.prefilter
+        row.metric, row.entity, row.threshold = definition.metric.value, definition.entity.value, definition.threshold
+        row.interval, row.severity, row.enabled = definition.interval, definition.severity.value, definition.enabled
+        row.exceptions = definition.exceptions.model_dump_json()
+        row.renotify_s = definition.renotify_s
 
     def _changed(self) -> None:
         for hook in self.on_definitions:
@@ -201,57 +203,63 @@ class AlertStore:
     def apply(self, events: Iterable[AlertEvent]) -> list[tuple[int, str]]:
         """Record triggers in one transaction; (record id, change) for each record touched."""
         merged: dict[tuple[int, str], AlertEvent] = {}
-        for e in events:  # several evaluations may name the same record: add their counts up
-            old = merged.get((e.definition_id, e.entity))
+        for event in events:  # several evaluations may name the same record: add their counts up
+            old = merged.get((event.definition_id, event.entity))
             if old is not None:
-                e.count += old.count
-            merged[(e.definition_id, e.entity)] = e
+                event.count += old.count
+            merged[(event.definition_id, event.entity)] = event
         if not merged:
             return []
         out: list[tuple[int, str]] = []
-        with self._apply_lock, self.db.session() as s:
-            def_ids = {d for d, _ in merged}
-            alive = set(s.scalars(select(AlertDefinitionRow.id).where(AlertDefinitionRow.id.in_(def_ids))))
+        with self._apply_lock, self.db.session() as session:
+            def_ids = {definition_id for definition_id, _ in merged}
+            alive = set(session.scalars(select(AlertDefinitionRow.id).where(AlertDefinitionRow.id.in_(def_ids))))
             existing = {
-                (r.definition_id, r.entity): r
-                for r in s.scalars(
+                (record.definition_id, record.entity): record
+                for record in session.scalars(
                     select(AlertRecordRow).where(
-                        AlertRecordRow.definition_id.in_(alive), AlertRecordRow.entity.in_({e for _, e in merged})
+                        AlertRecordRow.definition_id.in_(alive),
+                        AlertRecordRow.entity.in_({event for _, event in merged}),
                     )
                 )
             }
-            for key, e in merged.items():
-                if e.definition_id not in alive:
+            for key, event in merged.items():
+                if event.definition_id not in alive:
                     continue  # deleted while the event was on its way
                 row = existing.get(key)
                 if row is None:
                     row = AlertRecordRow(
-                        definition_id=e.definition_id,
-                        user_id=e.user_id,
-                        entity_type=e.entity_type.value,
-                        entity=e.entity,
-                        severity=e.severity,
-                        message=e.message,
+                        definition_id=event.definition_id,
+                        user_id=event.user_id,
+                        entity_type=event.entity_type.value,
+                        entity=event.entity,
+                        severity=event.severity,
+                        message=event.message,
                         state=NOT_ACKNOWLEDGED,
-                        count=e.count,
-                        threshold=e.threshold,
-                        value=e.value,
-                        first_trigger_us=e.time_us,
-                        last_trigger_us=e.time_us,
+                        count=event.count,
+                        threshold=event.threshold,
+                        value=event.value,
+                        first_trigger_us=event.time_us,
+                        last_trigger_us=event.time_us,
                     )
-                    s.add(row)
+                    session.add(row)
                     change = CREATED
                 else:
                     change = RETRIGGERED if row.state == ACKNOWLEDGED else UPDATED
                     row.state = NOT_ACKNOWLEDGED
-                    row.count += e.count
-                    row.last_trigger_us = max(row.last_trigger_us, e.time_us)
-                    row.severity, row.message, row.threshold, row.value = e.severity, e.message, e.threshold, e.value
+                    row.count += event.count
+                    row.last_trigger_us = max(row.last_trigger_us, event.time_us)
+                    row.severity, row.message, row.threshold, row.value = (
+                        event.severity,
+                        event.message,
+                        event.threshold,
+                        event.value,
+                    )
                     if change == RETRIGGERED:
                         row.acknowledged_us, row.acknowledged_by = None, None
-                s.flush()
+                session.flush()
                 for hook in self.on_change:
-                    hook(s, row, change)
+                    hook(session, row, change)
                 out.append((row.id, change))
         self._committed()
         return out
@@ -271,46 +279,50 @@ class AlertStore:
         limit: int = 1000,
     ) -> list[AlertOut]:
         """Alert records, the most recently triggered first."""
-        q = (
+        query = (
             select(AlertRecordRow, User.username, AlertDefinitionRow.title)
             .join(User, User.id == AlertRecordRow.user_id)
             .join(AlertDefinitionRow, AlertDefinitionRow.id == AlertRecordRow.definition_id)
         )
         if user_id is not None:
-            q = q.where(AlertRecordRow.user_id == user_id)
+            query = query.where(AlertRecordRow.user_id == user_id)
         if since_us is not None:
-            q = q.where(AlertRecordRow.last_trigger_us >= since_us)
+            query = query.where(AlertRecordRow.last_trigger_us >= since_us)
         if until_us is not None:
-            q = q.where(AlertRecordRow.last_trigger_us < until_us)
+            query = query.where(AlertRecordRow.last_trigger_us < until_us)
         if min_severity is not None:
-            q = q.where(AlertRecordRow.severity.in_([s.value for s in Severity if s.rank >= min_severity.rank]))
+            query = query.where(
+                AlertRecordRow.severity.in_(
+                    [severity.value for severity in Severity if severity.rank >= min_severity.rank]
+                )
+            )
         if state is not None:
-            q = q.where(AlertRecordRow.state == state)
+            query = query.where(AlertRecordRow.state == state)
         if definition_id is not None:
-            q = q.where(AlertRecordRow.definition_id == definition_id)
-        q = q.order_by(AlertRecordRow.last_trigger_us.desc(), AlertRecordRow.id.desc()).limit(limit)
-        with self.db.session() as s:
-            return [AlertOut.of(row, name, title) for row, name, title in s.execute(q)]
+            query = query.where(AlertRecordRow.definition_id == definition_id)
+        query = query.order_by(AlertRecordRow.last_trigger_us.desc(), AlertRecordRow.id.desc()).limit(limit)
+        with self.db.session() as session:
+            return [AlertOut.of(row, name, title) for row, name, title in session.execute(query)]
 
     def alert(self, alert_id: int) -> Optional[AlertOut]:
-        with self.db.session() as s:
-            row = s.get(AlertRecordRow, alert_id)
+        with self.db.session() as session:
+            row = session.get(AlertRecordRow, alert_id)
             if row is None:
                 return None
-            user = s.get(User, row.user_id)
-            definition = s.get(AlertDefinitionRow, row.definition_id)
+            user = session.get(User, row.user_id)
+            definition = session.get(AlertDefinitionRow, row.definition_id)
             return AlertOut.of(row, user.username if user else "", definition.title if definition else "")
 
     def acknowledge(self, alert_ids: Iterable[int], by: str, now_us: int) -> list[int]:
         """Acknowledge records (already acknowledged ones stay as they are); the ids changed."""
         changed = []
-        with self.db.session() as s:
-            for row in s.scalars(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids)))):
+        with self.db.session() as session:
+            for row in session.scalars(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids)))):
                 if row.state != ACKNOWLEDGED:
                     row.state, row.acknowledged_by, row.acknowledged_us = ACKNOWLEDGED, by, now_us
                     changed.append(row.id)
                     for hook in self.on_change:
-                        hook(s, row, ACKED)
+                        hook(session, row, ACKED)
         self._committed()
         return changed
 
@@ -319,25 +331,26 @@ class AlertStore:
 
     def clear(self, user_id: int, definition_id: Optional[int] = None, state: Optional[str] = None) -> int:
         """Delete a user's alert records (of one definition, or in one state)."""
-        q = select(AlertRecordRow).where(AlertRecordRow.user_id == user_id)
+        query = select(AlertRecordRow).where(AlertRecordRow.user_id == user_id)
         if definition_id is not None:
-            q = q.where(AlertRecordRow.definition_id == definition_id)
+            query = query.where(AlertRecordRow.definition_id == definition_id)
         if state is not None:
-            q = q.where(AlertRecordRow.state == state)
-        return self._delete(q)
+            query = query.where(AlertRecordRow.state == state)
+        return self._delete(query)
 
     def _delete(self, query) -> int:
-        with self.db.session() as s:
-            rows = list(s.scalars(query))
+        with self.db.session() as session:
+            rows = list(session.scalars(query))
             for row in rows:
                 for hook in self.on_change:
-                    hook(s, row, DELETED)
-                s.delete(row)
+                    hook(session, row, DELETED)
+                session.delete(row)
         self._committed()
         return len(rows)
 
     def owner_of(self, alert_ids: Iterable[int]) -> dict[int, int]:
-        with self.db.session() as s:
+        with self.db.session() as session:
             return {
-                r.id: r.user_id for r in s.scalars(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids))))
+                record.id: record.user_id
+                for record in session.scalars(select(AlertRecordRow).where(AlertRecordRow.id.in_(list(alert_ids))))
             }

@@ -43,10 +43,10 @@ class Failure(Exception):
 
 def parse_timeframe(text: str) -> int:
     """``-15m``, ``15m``, ``1h``, ``2d`` … -> milliseconds back from now."""
-    m = re.fullmatch(r"-?(\d+)([YMwdhms])", text.strip())
-    if not m:
+    match = re.fullmatch(r"-?(\d+)([YMwdhms])", text.strip())
+    if not match:
         raise Failure(EXIT_USAGE, f"bad time frame {text!r}: use a number and a unit of Y M w d h m s, e.g. -15m")
-    return int(m.group(1)) * UNITS_S[m.group(2)] * 1000
+    return int(match.group(1)) * UNITS_S[match.group(2)] * 1000
 
 
 def _attach_values(argv: list[str]) -> list[str]:
@@ -65,25 +65,25 @@ def _attach_values(argv: list[str]) -> list[str]:
 
 
 def parser(prog: str, description: str, report: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description, prefix_chars="-", allow_abbrev=False)
-    p.add_argument("-s", dest="server", default="localhost:9640", help="server[:port] (default localhost:9640)")
-    p.add_argument("-un", dest="user", help="user name")
-    p.add_argument("-up", dest="password", help="password (or set SLUICE_PASSWORD)")
-    p.add_argument(
+    parser = argparse.ArgumentParser(prog=prog, description=description, prefix_chars="-", allow_abbrev=False)
+    parser.add_argument("-s", dest="server", default="localhost:9640", help="server[:port] (default localhost:9640)")
+    parser.add_argument("-un", dest="user", help="user name")
+    parser.add_argument("-up", dest="password", help="password (or set SLUICE_PASSWORD)")
+    parser.add_argument(
         "-t", dest="timeframe", default="-15m", help="time frame back from now, e.g. -15m, 1h, 2d (Y M w d h m s)"
     )
-    p.add_argument("-q", dest="filter", help="filter, e.g. 'SRVPORT == 443 && PROTO == tcp'")
-    p.add_argument("-n", dest="top", type=int, default=10, help="how many (default 10)")
-    p.add_argument("-c", dest="csv", action="store_true", help="CSV without header")
-    p.add_argument("-c+", dest="csv_header", action="store_true", help="CSV with header")
+    parser.add_argument("-q", dest="filter", help="filter, e.g. 'SRVPORT == 443 && PROTO == tcp'")
+    parser.add_argument("-n", dest="top", type=int, default=10, help="how many (default 10)")
+    parser.add_argument("-c", dest="csv", action="store_true", help="CSV without header")
+    parser.add_argument("-c+", dest="csv_header", action="store_true", help="CSV with header")
     if report:
-        side = p.add_mutually_exclusive_group()
+        side = parser.add_mutually_exclusive_group()
         side.add_argument("-snd", dest="sender", action="store_true", help="as sender")
         side.add_argument("-rcv", dest="receiver", action="store_true", help="as receiver")
-    p.add_argument("-al", dest="alerts", action="store_true", help="list alerts instead, one per line")
-    p.add_argument("-au", dest="alert_user", help="whose alerts (with -al; default: yours)")
-    p.add_argument("-at", dest="alert_time", help="alerts whose last trigger is in this time frame (with -al)")
-    return p
+    parser.add_argument("-al", dest="alerts", action="store_true", help="list alerts instead, one per line")
+    parser.add_argument("-au", dest="alert_user", help="whose alerts (with -al; default: yours)")
+    parser.add_argument("-at", dest="alert_time", help="alerts whose last trigger is in this time frame (with -al)")
+    return parser
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
@@ -98,26 +98,28 @@ def _client(args: argparse.Namespace) -> httpx.Client:
 
 def _get(client: httpx.Client, path: str, params: dict[str, Any]) -> Any:
     try:
-        r = client.get(path, params={k: v for k, v in params.items() if v is not None})
+        response = client.get(path, params={k: v for k, v in params.items() if v is not None})
     except httpx.HTTPError as exc:
         raise Failure(EXIT_UNREACHABLE, f"cannot reach the server at {client.base_url}: {exc}") from None
-    if r.status_code in (401, 403, 429):
+    if response.status_code in (401, 403, 429):
         detail = (
-            r.json().get("detail", r.text)
-            if r.headers.get("content-type", "").startswith("application/json")
-            else r.text
+            response.json().get("detail", response.text)
+            if response.headers.get("content-type", "").startswith("application/json")
+            else response.text
         )
         raise Failure(EXIT_AUTH, f"authentication failed: {detail}")
-    if r.status_code == 422:
-        detail = r.json().get("detail")
+    if response.status_code == 422:
+        detail = response.json().get("detail")
         if isinstance(detail, list) and detail:
-            d = detail[0]
-            where = f" at position {d['position']}" if "position" in d else ""
-            raise Failure(EXIT_USAGE, f"{'.'.join(str(x) for x in d.get('loc', [])[-1:])}: {d.get('msg')}{where}")
+            problem = detail[0]
+            where = f" at position {problem['position']}" if "position" in problem else ""
+            raise Failure(
+                EXIT_USAGE, f"{'.'.join(str(x) for x in problem.get('loc', [])[-1:])}: {problem.get('msg')}{where}"
+            )
         raise Failure(EXIT_USAGE, str(detail))
-    if r.status_code >= 400:
-        raise Failure(EXIT_UNREACHABLE, f"server error {r.status_code}: {r.text[:200]}")
-    return r.json()
+    if response.status_code >= 400:
+        raise Failure(EXIT_UNREACHABLE, f"server error {response.status_code}: {response.text[:200]}")
+    return response.json()
 
 
 def _print(rows: list[list[object]], header: list[str], args: argparse.Namespace) -> None:
@@ -127,17 +129,18 @@ def _print(rows: list[list[object]], header: list[str], args: argparse.Namespace
             w.writerow(header)
         w.writerows(rows)
         return
-    cells = [header] + [[str(c) for c in r] for r in rows]
+    cells = [header] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     print(line)
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("| " + " | ".join(heading.ljust(width) for heading, width in zip(header, widths, strict=True)) + " |")
     print(line)
     for row in cells[1:]:
         print(
             "| "
             + " | ".join(
-                c.rjust(w) if c.replace(".", "").isdigit() else c.ljust(w) for c, w in zip(row, widths, strict=True)
+                cell.rjust(width) if cell.replace(".", "").isdigit() else cell.ljust(width)
+                for cell, width in zip(row, widths, strict=True)
             )
             + " |"
         )
@@ -159,8 +162,8 @@ def _alerts(args: argparse.Namespace) -> bool:
     with _client(args) as client:
         rows = _get(client, "/api/v1/alerts", params)
     assert isinstance(rows, list)
-    for r in rows:
-        print(alert_line(AlertOut(**r)))
+    for row in rows:
+        print(alert_line(AlertOut(**row)))
     return True
 
 
@@ -208,7 +211,11 @@ def report_tool(family: str, metric_code: str) -> Callable[[Optional[list[str]]]
             "host_pair": ["client", "server"],
             "country": ["country"],
         }[entity]
-        _print([[i + 1, *[r[k] for k in keys], r["value"]] for i, r in enumerate(rows)], ["rank", *keys, metric], args)
+        _print(
+            [[rank + 1, *[row[key] for key in keys], row["value"]] for rank, row in enumerate(rows)],
+            ["rank", *keys, metric],
+            args,
+        )
         return EXIT_OK
 
     def tool(argv: Optional[list[str]] = None) -> int:
@@ -249,21 +256,21 @@ def ns2sq(argv: Optional[list[str]] = None) -> int:
         _print(
             [
                 [
-                    _ms(r["start_ms"]),
-                    _ms(r["end_ms"]),
-                    r["protocol"],
-                    r["cln_addr"],
-                    r["cln_port"],
-                    r["srv_addr"],
-                    r["srv_port"],
-                    r["cln_bytes"],
-                    r["srv_bytes"],
-                    r["cln_pkts"],
-                    r["srv_pkts"],
-                    r["cln_country"],
-                    r["srv_country"],
+                    _ms(row["start_ms"]),
+                    _ms(row["end_ms"]),
+                    row["protocol"],
+                    row["cln_addr"],
+                    row["cln_port"],
+                    row["srv_addr"],
+                    row["srv_port"],
+                    row["cln_bytes"],
+                    row["srv_bytes"],
+                    row["cln_pkts"],
+                    row["srv_pkts"],
+                    row["cln_country"],
+                    row["srv_country"],
                 ]
-                for r in rows
+                for row in rows
             ],
             header,
             args,
@@ -281,55 +288,59 @@ for _family in FAMILIES:
 
 def _send(client: httpx.Client, method: str, path: str, body: Optional[dict] = None) -> Any:
     try:
-        r = client.request(method, path, json=body)
+        response = client.request(method, path, json=body)
     except httpx.HTTPError as exc:
         raise Failure(EXIT_UNREACHABLE, f"cannot reach the server at {client.base_url}: {exc}") from None
-    if r.status_code == 401 or r.status_code == 429:
-        raise Failure(EXIT_AUTH, f"authentication failed: {r.json().get('detail')}")
-    if r.status_code >= 400:
-        detail = r.json().get("detail") if r.headers.get("content-type", "").startswith("application/json") else r.text
+    if response.status_code == 401 or response.status_code == 429:
+        raise Failure(EXIT_AUTH, f"authentication failed: {response.json().get('detail')}")
+    if response.status_code >= 400:
+        detail = (
+            response.json().get("detail")
+            if response.headers.get("content-type", "").startswith("application/json")
+            else response.text
+        )
         if isinstance(detail, list):
-            detail = "; ".join(f"{d['loc'][-1]}: {d['msg']}" for d in detail)
-        raise Failure(EXIT_USAGE if r.status_code == 422 else 1, str(detail))
-    return r.json() if r.content else None
+            detail = "; ".join(f"{problem['loc'][-1]}: {problem['msg']}" for problem in detail)
+        raise Failure(EXIT_USAGE if response.status_code == 422 else 1, str(detail))
+    return response.json() if response.content else None
 
 
 def ns2um(argv: Optional[list[str]] = None) -> int:
     """User management over the API (FlowTraq's ns2um): list, add, del, passwd, grant, revoke."""
 
     def main(argv: list[str]) -> int:
-        p = argparse.ArgumentParser(
+        parser = argparse.ArgumentParser(
             prog="ns2um", description="Manage Sluice accounts over the API.", allow_abbrev=False
         )
-        p.add_argument("-s", dest="server", default="localhost:9640")
-        p.add_argument("-un", dest="user")
-        p.add_argument("-up", dest="password")
-        p.add_argument("action", choices=["list", "add", "del", "passwd", "grant", "revoke"])
-        p.add_argument("name", nargs="?")
-        p.add_argument("new_password", nargs="?")
-        p.add_argument("-admin", dest="admin", action="store_true", help="with add: an administrator")
-        args = p.parse_args(argv)
+        parser.add_argument("-s", dest="server", default="localhost:9640")
+        parser.add_argument("-un", dest="user")
+        parser.add_argument("-up", dest="password")
+        parser.add_argument("action", choices=["list", "add", "del", "passwd", "grant", "revoke"])
+        parser.add_argument("name", nargs="?")
+        parser.add_argument("new_password", nargs="?")
+        parser.add_argument("-admin", dest="admin", action="store_true", help="with add: an administrator")
+        args = parser.parse_args(argv)
         if args.action != "list" and not args.name:
             raise Failure(EXIT_USAGE, f"{args.action} needs a user name")
         if args.action in ("add", "passwd") and not args.new_password:
             raise Failure(EXIT_USAGE, f"{args.action} needs a password after the user name")
-        with _client(args) as c:
+        with _client(args) as client:
             if args.action == "list":
-                for u in _send(c, "GET", "/api/v1/users"):
-                    print(f"{u['username']}\t{'admin' if u['is_admin'] else 'user'}")
+                for user in _send(client, "GET", "/api/v1/users"):
+                    print(f"{user['username']}\t{'admin' if user['is_admin'] else 'user'}")
             elif args.action == "add":
                 _send(
-                    c,
+                    client,
                     "POST",
                     "/api/v1/users",
                     {"username": args.name, "password": args.new_password, "is_admin": args.admin},
                 )
             elif args.action == "del":
-                _send(c, "DELETE", f"/api/v1/users/{args.name}")
+                _send(client, "DELETE", f"/api/v1/users/{args.name}")
             elif args.action == "passwd":
-                _send(c, "PATCH", f"/api/v1/users/{args.name}", {"password": args.new_password})
+                _send(client, "PATCH", f"/api/v1/users/{args.name}", {"password": args.new_password})
             else:
-                _send(c, "PATCH", f"/api/v1/users/{args.name}", {"is_admin": args.action == "grant"})
+                _send(client, "PATCH", f"/api/v1/users/{args.name}", {"is_admin": args.action == "grant"})
         return EXIT_OK
 
     return _run(main, argv)

@@ -12,8 +12,8 @@ Orientation is decided once, when a session is first seen, from the flows of tha
 1. TCP: a flow with SYN and without ACK (a connection attempt) was sent by the client;
 2. ICMP: the sender of an echo / timestamp / information / router-solicitation request is the
    client, the sender of the reply the server;
-3. a well-known port (< 1024) against a non-well-known one: the well-known side is the server;
-   otherwise the lower port is the server;
+3. the lower port is the server (a well-known port, < 1024, against any other is always the
+   lower one, so "well-known or else lower" is one rule);
 4. equal ports (or none): the sender of the earliest flow is the client.
 
 The key of a conversation is (protocol, the two endpoints in a canonical order), plus the
@@ -290,9 +290,9 @@ class SessionTracker:
         dst_port = np.where(icmp[sel], 0, flows["dst_port"][sel]).astype(np.int64)
         a_port = np.where(a_is_src[sel], src_port, dst_port)
         b_port = np.where(a_is_src[sel], dst_port, src_port)
-        a_wk, b_wk = a_port < 1024, b_port < 1024
-        port_says_a_client = np.where(a_wk != b_wk, b_wk, a_port > b_port)
-        ports_decide = (a_wk != b_wk) | (a_port != b_port)
+        # the lower port is the server's (a well-known port, < 1024, is always the lower one)
+        port_says_a_client = a_port > b_port
+        ports_decide = a_port != b_port
         a_client = np.where(
             syn_vote != 0,
             syn_vote > 0,

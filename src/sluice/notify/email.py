@@ -33,8 +33,8 @@ class EmailChannel:
 
     def deliver(self, notices: list[Notice], prefs: UserPreferences, system: SystemSettings) -> None:
         if len(notices) == 1:
-            n = notices[0]
-            msg = self.message(system, prefs.email_to, mail_subject(n), mail_text(n), mail_html(n))
+            notice = notices[0]
+            msg = self.message(system, prefs.email_to, mail_subject(notice), mail_text(notice), mail_html(notice))
         else:
             msg = self.message(system, prefs.email_to, digest_subject(notices), digest_text(notices), None)
         self.send(system, msg)
@@ -75,7 +75,7 @@ class EmailChannel:
     def send_test(self, system: SystemSettings, to: str, link: str = "") -> None:
         """The mail sent when preferences are saved: the same path as alerts."""
         now_us = int(time.time() * 1_000_000)
-        n = Notice(
+        notice = Notice(
             id=0,
             alertdef=0,
             title="Test",
@@ -93,4 +93,4 @@ class EmailChannel:
             change="test",
             link=link,
         )
-        self.send(system, self.message(system, to, mail_subject(n), mail_text(n), mail_html(n)))
+        self.send(system, self.message(system, to, mail_subject(notice), mail_text(notice), mail_html(notice)))

@@ -70,44 +70,45 @@ class Notice(AlertOut):
 # -- e-mail -------------------------------------------------------------------------------
 
 
-def mail_subject(n: Notice) -> str:
-    return one_line(f"[Sluice] {n.severity}: {n.message}")
+def mail_subject(notice: Notice) -> str:
+    return one_line(f"[Sluice] {notice.severity}: {notice.message}")
 
 
-def mail_text(n: Notice) -> str:
-    width = max(len(k) for k, _ in n.fields())
-    lines = [f"{k.ljust(width)}  {one_line(v)}" for k, v in n.fields()]
+def mail_text(notice: Notice) -> str:
+    width = max(len(key) for key, _ in notice.fields())
+    lines = [f"{key.ljust(width)}  {one_line(value)}" for key, value in notice.fields()]
     lead = {
         "retriggered": "An acknowledged alert triggered again.",
         "repeat": "This alert is still triggering.",
         "test": "This is a test: your Sluice e-mail notifications work.",
-    }.get(n.change, "A new alert.")
-    link = f"\nDashboard: {n.link}\n" if n.link else ""
+    }.get(notice.change, "A new alert.")
+    link = f"\nDashboard: {notice.link}\n" if notice.link else ""
     return f"{lead}\n\n" + "\n".join(lines) + f"\n{link}\n-- \nSluice {__version__}\n"
 
 
-def mail_html(n: Notice) -> str:
+def mail_html(notice: Notice) -> str:
     rows = "".join(
-        f"<tr><th align=left>{html.escape(k)}</th><td>{html.escape(one_line(v))}</td></tr>" for k, v in n.fields()
+        f"<tr><th align=left>{html.escape(key)}</th><td>{html.escape(one_line(value))}</td></tr>"
+        for key, value in notice.fields()
     )
-    link = f'<p><a href="{html.escape(n.link)}">Open the dashboard</a></p>' if n.link else ""
+    link = f'<p><a href="{html.escape(notice.link)}">Open the dashboard</a></p>' if notice.link else ""
     return (
-        f"<!doctype html><html><body><h2>{html.escape(one_line(n.message))}</h2>"
+        f"<!doctype html><html><body><h2>{html.escape(one_line(notice.message))}</h2>"
         f"<table cellpadding=4>{rows}</table>{link}<p>Sluice {html.escape(__version__)}</p></body></html>"
     )
 
 
 def digest_subject(notices: list[Notice]) -> str:
-    top = max(notices, key=lambda n: list(SYSLOG_SEVERITY).index(n.severity))
+    top = max(notices, key=lambda notice: list(SYSLOG_SEVERITY).index(notice.severity))
     return one_line(f"[Sluice] {top.severity}: {len(notices)} alerts")
 
 
 def digest_text(notices: list[Notice]) -> str:
     parts = [f"{len(notices)} alerts:\n"]
-    for n in notices:
+    for notice in notices:
         parts.append(
-            f"- {n.severity} {one_line(n.message)} (ID={n.id} ALERTDEF={n.alertdef} "
-            f"v1={n.v1} v2={n.v2}, last {n.last_trigger_at.isoformat(timespec='seconds')})"
+            f"- {notice.severity} {one_line(notice.message)} (ID={notice.id} ALERTDEF={notice.alertdef} "
+            f"v1={notice.v1} v2={notice.v2}, last {notice.last_trigger_at.isoformat(timespec='seconds')})"
         )
     link = notices[0].link
     return "\n".join(parts) + (f"\n\nDashboard: {link}\n" if link else "\n")
@@ -130,38 +131,38 @@ def _ascii_name(text: str, limit: int) -> str:
     return (re.sub(r"[^!-~]", "-", text) or "-")[:limit]
 
 
-def syslog_rfc5424(n: Notice, facility: str, hostname: str) -> bytes:
+def syslog_rfc5424(notice: Notice, facility: str, hostname: str) -> bytes:
     params = {
-        "id": n.id,
-        "alertdef": n.alertdef,
-        "severity": n.severity,
-        "entityType": n.entity_type,
-        "entity": n.entity,
-        "v1": n.v1,
-        "v2": n.v2,
-        "value": n.value,
-        "state": n.state,
-        "user": n.user,
-        "type": n.type,
-        "title": n.title,
-        "change": n.change,
+        "id": notice.id,
+        "alertdef": notice.alertdef,
+        "severity": notice.severity,
+        "entityType": notice.entity_type,
+        "entity": notice.entity,
+        "v1": notice.v1,
+        "v2": notice.v2,
+        "value": notice.value,
+        "state": notice.state,
+        "user": notice.user,
+        "type": notice.type,
+        "title": notice.title,
+        "change": notice.change,
     }
-    sd = "[" + SD_ID + "".join(f' {k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
-    ts = n.last_trigger_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    header = f"<{_pri(facility, n.severity)}>1 {ts} {_ascii_name(hostname, 255)} sluice - ALERT {sd} "
-    return header.encode("ascii", "replace") + one_line(n.message).encode("utf-8")
+    sd = "[" + SD_ID + "".join(f' {key}="{_sd_value(value)}"' for key, value in params.items()) + "]"
+    ts = notice.last_trigger_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    header = f"<{_pri(facility, notice.severity)}>1 {ts} {_ascii_name(hostname, 255)} sluice - ALERT {sd} "
+    return header.encode("ascii", "replace") + one_line(notice.message).encode("utf-8")
 
 
-def syslog_rfc3164(n: Notice, facility: str, hostname: str) -> bytes:
+def syslog_rfc3164(notice: Notice, facility: str, hostname: str) -> bytes:
     """Strict RFC 3164: ``<PRI>Mmm dd hh:mm:ss HOST TAG: CONTENT``, ASCII, at most 1024 bytes."""
-    t = n.last_trigger_at
-    stamp = f"{t:%b} {t.day:2d} {t:%H:%M:%S}"
+    when = notice.last_trigger_at
+    stamp = f"{when:%b} {when.day:2d} {when:%H:%M:%S}"
     host = _ascii_name(hostname.split(".")[0], 64)
     content = (
-        f"{one_line(n.message)} ID={n.id} ALERTDEF={n.alertdef} severity={n.severity} "
-        f"state={n.state} user={one_line(n.user)} v1={n.v1} v2={n.v2}"
+        f"{one_line(notice.message)} ID={notice.id} ALERTDEF={notice.alertdef} severity={notice.severity} "
+        f"state={notice.state} user={one_line(notice.user)} v1={notice.v1} v2={notice.v2}"
     )
-    line = f"<{_pri(facility, n.severity)}>{stamp} {host} sluice: {content}"
+    line = f"<{_pri(facility, notice.severity)}>{stamp} {host} sluice: {content}"
     return line.encode("ascii", "replace")[:1024]
 
 
@@ -173,31 +174,31 @@ def _cef_ext(value: object) -> str:
     return one_line(value).replace("\\", "\\\\").replace("=", "\\=")
 
 
-def syslog_cef(n: Notice, facility: str, hostname: str) -> bytes:
+def syslog_cef(notice: Notice, facility: str, hostname: str) -> bytes:
     """ArcSight CEF in an RFC 3164 envelope, as SIEMs expect it."""
     ext = {
-        "rt": n.last_trigger_us // 1000,
-        "cnt": n.v1,
-        "cn1": n.v2,
+        "rt": notice.last_trigger_us // 1000,
+        "cnt": notice.v1,
+        "cn1": notice.v2,
         "cn1Label": "threshold",
-        "cn2": n.value,
+        "cn2": notice.value,
         "cn2Label": "value",
-        "cs1": n.entity,
-        "cs1Label": n.entity_type,
-        "cs2": n.state,
+        "cs1": notice.entity,
+        "cs1Label": notice.entity_type,
+        "cs2": notice.state,
         "cs2Label": "state",
-        "cs3": n.title,
+        "cs3": notice.title,
         "cs3Label": "title",
-        "suser": n.user,
-        "externalId": n.id,
+        "suser": notice.user,
+        "externalId": notice.id,
     }
     cef = (
-        f"CEF:0|Sluice|Sluice|{_cef_header(__version__)}|{n.alertdef}|{_cef_header(n.message)}|"
-        f"{CEF_SEVERITY[n.severity]}|" + " ".join(f"{k}={_cef_ext(v)}" for k, v in ext.items())
+        f"CEF:0|Sluice|Sluice|{_cef_header(__version__)}|{notice.alertdef}|{_cef_header(notice.message)}|"
+        f"{CEF_SEVERITY[notice.severity]}|" + " ".join(f"{key}={_cef_ext(value)}" for key, value in ext.items())
     )
-    t = n.last_trigger_at
+    when = notice.last_trigger_at
     host = _ascii_name(hostname.split(".")[0], 64)
-    return f"<{_pri(facility, n.severity)}>{t:%b} {t.day:2d} {t:%H:%M:%S} {host} sluice: {cef}".encode()
+    return f"<{_pri(facility, notice.severity)}>{when:%b} {when.day:2d} {when:%H:%M:%S} {host} sluice: {cef}".encode()
 
 
 SYSLOG_FORMATS = {"rfc5424": syslog_rfc5424, "rfc3164": syslog_rfc3164, "cef": syslog_cef}
@@ -206,5 +207,5 @@ SYSLOG_FORMATS = {"rfc5424": syslog_rfc5424, "rfc3164": syslog_rfc3164, "cef": s
 # -- webhook ------------------------------------------------------------------------------
 
 
-def webhook_body(n: Notice) -> dict[str, Any]:
-    return {"event": f"alert.{n.change}", "alert": n.payload()}
+def webhook_body(notice: Notice) -> dict[str, Any]:
+    return {"event": f"alert.{notice.change}", "alert": notice.payload()}

@@ -75,18 +75,18 @@ class Outbox:
 
     # -- writing (inside the alert change's transaction) -----------------------------------
 
-    def on_change(self, s: Session, row: AlertRecordRow, change: str) -> None:
+    def on_change(self, session: Session, row: AlertRecordRow, change: str) -> None:
         if change in (ACKED, DELETED):
-            self.stream_event(s, row, change)  # the dashboard hears of it; no one is notified
+            self.stream_event(session, row, change)  # the dashboard hears of it; no one is notified
             return
         now = now_us()
-        d = s.get(AlertDefinitionRow, row.definition_id)
-        user = s.get(User, row.user_id)
+        d = session.get(AlertDefinitionRow, row.definition_id)
+        user = session.get(User, row.user_id)
         notice = self.notice(row, d.title if d else "", user.username if user else "", change)
         # the dashboard hears of every change (a busy record at most once a stream gap)
         if change != UPDATED or now - self._stream_last.get(row.id, 0) >= self.stream_min_gap_s * 1e6:
             self._stream_last[row.id] = now
-            s.add(
+            session.add(
                 AlertStreamRow(
                     user_id=row.user_id,
                     alert_id=row.id,
@@ -102,12 +102,12 @@ class Outbox:
                 return
             notice.change = REPEAT
         row.last_notified_us = now
-        prefs = s.get(UserPreferences, row.user_id)
-        system = s.get(SystemSettings, 1) or SystemSettings(smtp_host="")
+        prefs = session.get(UserPreferences, row.user_id)
+        system = session.get(SystemSettings, 1) or SystemSettings(smtp_host="")
         payload = json.dumps(notice.payload())
         for ch in self.channels:
             if ch.destination(prefs, system) is not None:
-                s.add(
+                session.add(
                     NotificationRow(
                         user_id=row.user_id,
                         alert_id=row.id,
@@ -121,12 +121,12 @@ class Outbox:
                     )
                 )
 
-    def stream_event(self, s: Session, row: AlertRecordRow, change: str) -> None:
+    def stream_event(self, session: Session, row: AlertRecordRow, change: str) -> None:
         """A stream event for changes that notify no one (acknowledged, deleted)."""
-        d = s.get(AlertDefinitionRow, row.definition_id)
-        user = s.get(User, row.user_id)
+        d = session.get(AlertDefinitionRow, row.definition_id)
+        user = session.get(User, row.user_id)
         notice = self.notice(row, d.title if d else "", user.username if user else "", change)
-        s.add(
+        session.add(
             AlertStreamRow(
                 user_id=row.user_id,
                 alert_id=row.id,
@@ -147,8 +147,8 @@ class Outbox:
     # -- delivery ---------------------------------------------------------------------------
 
     def due(self, channel: str, limit: int = 200) -> list[Due]:
-        with self.db.session() as s:
-            rows = s.scalars(
+        with self.db.session() as session:
+            rows = session.scalars(
                 select(NotificationRow)
                 .where(
                     NotificationRow.channel == channel,
@@ -163,8 +163,8 @@ class Outbox:
             ]
 
     def delivered(self, ids: Iterable[int]) -> None:
-        with self.db.session() as s:
-            s.execute(
+        with self.db.session() as session:
+            session.execute(
                 update(NotificationRow)
                 .where(NotificationRow.id.in_(list(ids)), NotificationRow.state == PENDING)
                 .values(state=DELIVERED, delivered_us=now_us())
@@ -173,9 +173,9 @@ class Outbox:
     def failed(self, items: Iterable[Due], error: str) -> None:
         """Retry later with exponential backoff, or give up (dead) after ``dead_after_s``."""
         now = now_us()
-        with self.db.session() as s:
+        with self.db.session() as session:
             for item in items:
-                row = s.get(NotificationRow, item.id)
+                row = session.get(NotificationRow, item.id)
                 if row is None or row.state != PENDING:
                     continue
                 row.attempts += 1
@@ -188,20 +188,20 @@ class Outbox:
 
     def cancel(self, items: Iterable[Due], reason: str) -> None:
         """The channel was switched off for the user since: nothing to deliver to."""
-        with self.db.session() as s:
-            s.execute(
+        with self.db.session() as session:
+            session.execute(
                 update(NotificationRow)
                 .where(NotificationRow.id.in_([i.id for i in items]))
                 .values(state=DEAD, last_error=reason)
             )
 
     def context(self, user_id: int) -> tuple[Optional[UserPreferences], SystemSettings]:
-        with self.db.session() as s:
-            prefs = s.get(UserPreferences, user_id)
-            system = s.get(SystemSettings, 1) or SystemSettings(
+        with self.db.session() as session:
+            prefs = session.get(UserPreferences, user_id)
+            system = session.get(SystemSettings, 1) or SystemSettings(
                 smtp_host="", smtp_port=25, smtp_security="none", smtp_username="", smtp_password="", smtp_from=""
             )
-            s.expunge_all()
+            session.expunge_all()
             return prefs, system
 
     # -- reading ----------------------------------------------------------------------------
@@ -212,16 +212,16 @@ class Outbox:
             q = q.where(NotificationRow.user_id == user_id)
         if state is not None:
             q = q.where(NotificationRow.state == state)
-        with self.db.session() as s:
-            rows = s.scalars(q.order_by(NotificationRow.id.desc()).limit(limit)).all()
-            s.expunge_all()
+        with self.db.session() as session:
+            rows = session.scalars(q.order_by(NotificationRow.id.desc()).limit(limit)).all()
+            session.expunge_all()
             return list(rows)
 
     def counts(self) -> dict[tuple[str, str], int]:
-        with self.db.session() as s:
+        with self.db.session() as session:
             return {
                 (ch, st): n
-                for ch, st, n in s.execute(
+                for ch, st, n in session.execute(
                     select(NotificationRow.channel, NotificationRow.state, func.count()).group_by(
                         NotificationRow.channel, NotificationRow.state
                     )
@@ -229,28 +229,28 @@ class Outbox:
             }
 
     def stream(self, user_id: int, after_id: int, limit: int = 500) -> list[AlertStreamRow]:
-        with self.db.session() as s:
-            rows = s.scalars(
+        with self.db.session() as session:
+            rows = session.scalars(
                 select(AlertStreamRow)
                 .where(AlertStreamRow.user_id == user_id, AlertStreamRow.id > after_id)
                 .order_by(AlertStreamRow.id)
                 .limit(limit)
             ).all()
-            s.expunge_all()
+            session.expunge_all()
             return list(rows)
 
     def last_stream_id(self, user_id: int) -> int:
-        with self.db.session() as s:
-            return s.scalar(select(func.max(AlertStreamRow.id)).where(AlertStreamRow.user_id == user_id)) or 0
+        with self.db.session() as session:
+            return session.scalar(select(func.max(AlertStreamRow.id)).where(AlertStreamRow.user_id == user_id)) or 0
 
     def prune(self, keep_s: float = 7 * 86_400) -> None:
         """Forget delivered notifications and stream events older than ``keep_s``."""
         cutoff = now_us() - int(keep_s * 1e6)
-        with self.db.session() as s:
-            s.execute(
+        with self.db.session() as session:
+            session.execute(
                 delete(NotificationRow).where(NotificationRow.state == DELIVERED, NotificationRow.created_us < cutoff)
             )
-            s.execute(delete(AlertStreamRow).where(AlertStreamRow.created_us < cutoff))
+            session.execute(delete(AlertStreamRow).where(AlertStreamRow.created_us < cutoff))
 
 
 def _interval_s(d: Optional[AlertDefinitionRow]) -> int:

@@ -26,7 +26,7 @@ class SyslogChannel:
 
     def deliver(self, notices: list[Notice], prefs: UserPreferences, system: SystemSettings) -> None:
         fmt = SYSLOG_FORMATS[prefs.syslog_format]
-        lines = [fmt(n, prefs.syslog_facility, self.hostname) for n in notices]
+        lines = [fmt(notice, prefs.syslog_facility, self.hostname) for notice in notices]
         target = (prefs.syslog_host, prefs.syslog_port)
         try:
             infos = socket.getaddrinfo(

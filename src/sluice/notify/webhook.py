@@ -28,8 +28,8 @@ class WebhookChannel:
         return prefs.webhook_url if prefs is not None and prefs.webhook_url else None
 
     def deliver(self, notices: list[Notice], prefs: UserPreferences, system: SystemSettings) -> None:
-        for n in notices:
-            body = json.dumps(webhook_body(n), sort_keys=True).encode()
+        for notice in notices:
+            body = json.dumps(webhook_body(notice), sort_keys=True).encode()
             headers = {"Content-Type": "application/json", "User-Agent": "sluice"}
             if prefs.webhook_secret:
                 headers["X-Sluice-Signature"] = signature(prefs.webhook_secret, body)

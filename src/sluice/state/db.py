@@ -46,9 +46,9 @@ class StateDB:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self.sessions() as s:
-            with s.begin():
-                yield s
+        with self.sessions() as session:
+            with session.begin():
+                yield session
 
 
 def open_state(data_dir: Path, url: str | None = None) -> StateDB:

@@ -162,8 +162,8 @@ class Preferences:
         self.db = db
 
     def system(self) -> SystemSettings:
-        with self.db.session() as s:
-            row = s.get(SystemSettings, 1)
+        with self.db.session() as session:
+            row = session.get(SystemSettings, 1)
             if row is None:
                 row = SystemSettings(
                     id=1,
@@ -175,17 +175,17 @@ class Preferences:
                     smtp_from="",
                     retention_days=None,
                 )
-                s.add(row)
+                session.add(row)
             return row
 
     def set_system(self, new: SystemSettingsIn) -> SystemSettings:
-        with self.db.session() as s:
-            row = s.get(SystemSettings, 1) or SystemSettings(id=1)
+        with self.db.session() as session:
+            row = session.get(SystemSettings, 1) or SystemSettings(id=1)
             for key, value in new.model_dump().items():
                 if key == "smtp_password" and value is None:
                     continue  # not given: keep
                 setattr(row, key, value)
-            s.add(row)
+            session.add(row)
             return row
 
     @staticmethod
@@ -201,8 +201,8 @@ class Preferences:
         )
 
     def user(self, user_id: int) -> PreferencesOut:
-        with self.db.session() as s:
-            row = s.get(UserPreferences, user_id)
+        with self.db.session() as session:
+            row = session.get(UserPreferences, user_id)
             if row is None:
                 return PreferencesOut()
             return PreferencesOut(
@@ -218,11 +218,11 @@ class Preferences:
             )
 
     def set_user(self, user_id: int, new: PreferencesIn) -> PreferencesOut:
-        with self.db.session() as s:
-            row = s.get(UserPreferences, user_id) or UserPreferences(user_id=user_id, webhook_secret="")
+        with self.db.session() as session:
+            row = session.get(UserPreferences, user_id) or UserPreferences(user_id=user_id, webhook_secret="")
             for key, value in new.model_dump().items():
                 if key == "webhook_secret" and value is None:
                     continue  # not given: keep
                 setattr(row, key, value)
-            s.add(row)
+            session.add(row)
         return self.user(user_id)

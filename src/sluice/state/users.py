@@ -56,24 +56,24 @@ class Users:
     def create(self, username: str, password: str, is_admin: bool = False) -> User:
         check_username(username)
         check_password(password)
-        with self.db.session() as s:
-            if s.scalar(select(User).where(User.username == username)) is not None:
+        with self.db.session() as session:
+            if session.scalar(select(User).where(User.username == username)) is not None:
                 raise UserError(f"user {username!r} already exists")
             user = User(username=username, password_hash=_hasher.hash(password), is_admin=is_admin)
-            s.add(user)
+            session.add(user)
         return user
 
     def get(self, username: str) -> User | None:
-        with self.db.session() as s:
-            return s.scalar(select(User).where(User.username == username))
+        with self.db.session() as session:
+            return session.scalar(select(User).where(User.username == username))
 
     def by_id(self, user_id: int) -> User | None:
-        with self.db.session() as s:
-            return s.get(User, user_id)
+        with self.db.session() as session:
+            return session.get(User, user_id)
 
     def all(self) -> list[User]:
-        with self.db.session() as s:
-            return list(s.scalars(select(User).order_by(User.username)))
+        with self.db.session() as session:
+            return list(session.scalars(select(User).order_by(User.username)))
 
     def authenticate(self, username: str, password: str) -> User | None:
         user = self.get(username) if isinstance(username, str) else None
@@ -89,40 +89,40 @@ class Users:
 
     def set_password(self, username: str, password: str) -> None:
         check_password(password)
-        with self.db.session() as s:
-            user = s.scalar(select(User).where(User.username == username))
+        with self.db.session() as session:
+            user = session.scalar(select(User).where(User.username == username))
             if user is None:
                 raise UserError(f"no user {username!r}")
             user.password_hash = _hasher.hash(password)
-            s.execute(delete(LoginSession).where(LoginSession.user_id == user.id))  # log out everywhere
+            session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))  # log out everywhere
 
     def set_admin(self, username: str, is_admin: bool) -> User:
-        with self.db.session() as s:
-            user = s.scalar(select(User).where(User.username == username))
+        with self.db.session() as session:
+            user = session.scalar(select(User).where(User.username == username))
             if user is None:
                 raise UserError(f"no user {username!r}")
-            if user.is_admin and not is_admin and self._admins(s) <= 1:
+            if user.is_admin and not is_admin and self._admins(session) <= 1:
                 raise UserError(f"{username!r} is the last administrator: make another user administrator first")
             user.is_admin = is_admin
             return user
 
     def delete(self, username: str) -> None:
-        with self.db.session() as s:
-            user = s.scalar(select(User).where(User.username == username))
+        with self.db.session() as session:
+            user = session.scalar(select(User).where(User.username == username))
             if user is None:
                 raise UserError(f"no user {username!r}")
-            if user.is_admin and self._admins(s) <= 1:
+            if user.is_admin and self._admins(session) <= 1:
                 raise UserError(f"{username!r} is the last administrator and cannot be deleted")
-            s.delete(user)
+            session.delete(user)
 
     @staticmethod
-    def _admins(s) -> int:
-        return int(s.scalar(select(func.count()).select_from(User).where(User.is_admin.is_(True))))
+    def _admins(session) -> int:
+        return int(session.scalar(select(func.count()).select_from(User).where(User.is_admin.is_(True))))
 
     def ensure_admin(self, password: str | None) -> str | None:
         """On first start, create ``admin``. Returns the password when one was generated."""
-        with self.db.session() as s:
-            if s.scalar(select(func.count()).select_from(User)):
+        with self.db.session() as session:
+            if session.scalar(select(func.count()).select_from(User)):
                 return None
         generated = None
         if not password:
@@ -134,25 +134,25 @@ class Users:
 
     def create_token(self, username: str, name: str = "cli") -> str:
         token = "sl_" + secrets.token_urlsafe(32)
-        with self.db.session() as s:
-            user = s.scalar(select(User).where(User.username == username))
+        with self.db.session() as session:
+            user = session.scalar(select(User).where(User.username == username))
             if user is None:
                 raise UserError(f"no user {username!r}")
-            s.add(ApiToken(user_id=user.id, name=name[:64], token_hash=_sha(token)))
+            session.add(ApiToken(user_id=user.id, name=name[:64], token_hash=_sha(token)))
         return token
 
     def by_token(self, token: str) -> User | None:
-        with self.db.session() as s:
-            row = s.scalar(select(ApiToken).where(ApiToken.token_hash == _sha(token)))
-            return s.get(User, row.user_id) if row else None
+        with self.db.session() as session:
+            row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _sha(token)))
+            return session.get(User, row.user_id) if row else None
 
     # -- web login sessions ----------------------------------------------------------------
 
     def login(self, user: User) -> tuple[str, str]:
         """A new login session: (cookie value, CSRF token)."""
         session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        with self.db.session() as s:
-            s.add(
+        with self.db.session() as session:
+            session.add(
                 LoginSession(
                     id_hash=_sha(session_id),
                     user_id=user.id,
@@ -164,20 +164,20 @@ class Users:
 
     def by_login(self, session_id: str) -> tuple[User, str] | None:
         """The user and CSRF token of a live login session."""
-        with self.db.session() as s:
-            row = s.get(LoginSession, _sha(session_id))
+        with self.db.session() as session:
+            row = session.get(LoginSession, _sha(session_id))
             if row is None:
                 return None
             expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
             if expires < datetime.now(UTC):
-                s.delete(row)
+                session.delete(row)
                 return None
-            user = s.get(User, row.user_id)
+            user = session.get(User, row.user_id)
             return (user, row.csrf_token) if user else None
 
     def logout(self, session_id: str) -> None:
-        with self.db.session() as s:
-            s.execute(delete(LoginSession).where(LoginSession.id_hash == _sha(session_id)))
+        with self.db.session() as session:
+            session.execute(delete(LoginSession).where(LoginSession.id_hash == _sha(session_id)))
 
 
 class LoginThrottle:

@@ -69,19 +69,19 @@ class Dashboards:
         self.db = db
 
     def get(self, user_id: int) -> Layout:
-        with self.db.session() as s:
-            row = s.get(DashboardRow, user_id)
+        with self.db.session() as session:
+            row = session.get(DashboardRow, user_id)
             return Layout.model_validate_json(row.layout) if row is not None else DEFAULT
 
     def put(self, user_id: int, layout: Layout) -> Layout:
         ids = [w.id for w in layout.widgets]
         if len(set(ids)) != len(ids):
             raise ValueError("widget ids must be distinct")
-        with self.db.session() as s:
-            row: Optional[DashboardRow] = s.get(DashboardRow, user_id)
+        with self.db.session() as session:
+            row: Optional[DashboardRow] = session.get(DashboardRow, user_id)
             data = json.dumps(layout.model_dump(mode="json"))
             if row is None:
-                s.add(DashboardRow(user_id=user_id, layout=data))
+                session.add(DashboardRow(user_id=user_id, layout=data))
             else:
                 row.layout = data
         return layout
