@@ -25,7 +25,9 @@ carry different type/codes); the session's server port holds the request's type 
 A session ends when no flow updated it for ``idle_timeout_s`` (set this above your
 exporters' active timeout, or long conversations split), or ``active_timeout_s`` after it
 began (the next flow starts a new session). At most ``max_sessions`` are tracked; beyond
-that the least recently updated are forgotten early (``sessions_evicted``).
+that the least recently updated are forgotten early (``sessions_evicted``), down to 90 % of
+the bound at once, so that a busy network's stream of new conversations pays for one pass
+over the table per tenth of it rather than one per batch.
 
 Keys are 64-bit hashes; two conversations would be confused only on a hash collision
 (probability about n^2 / 2^65 for n live sessions: 3e-8 for a million).
@@ -105,6 +107,8 @@ def _exporter_keys(addr16: np.ndarray) -> np.ndarray:
 
 #: how often ``update`` runs a full expiry pass (the maintenance round runs one too)
 EXPIRE_EVERY_MS = 1000
+#: a tracker past ``max_sessions`` forgets the least recently updated down to this share of it
+EVICT_TO = 0.9
 
 
 class SessionTracker:
@@ -400,22 +404,25 @@ class SessionTracker:
         st.cols, st.cap = cols, cap
 
     def _compact(self, keep: np.ndarray) -> None:
-        """Keep the rows where ``keep`` is true; rebuild the key index."""
+        """Keep the rows where ``keep`` is true. The key index stays sorted without a sort:
+        the removed rows' entries are dropped and the others renumbered."""
         st = self._state
         idx = np.flatnonzero(keep)
         for col in st.cols.values():
             col[: len(idx)] = col[idx]
         st.n = len(idx)
-        keys = st.cols["key"][: st.n]
-        order = np.argsort(keys)
-        st.sorted_keys, st.sorted_rows = keys[order].copy(), order.astype(np.int64)
+        new_row = np.cumsum(keep) - 1  # where each kept row moved to
+        live = keep[st.sorted_rows]
+        st.sorted_keys = st.sorted_keys[live]
+        st.sorted_rows = new_row[st.sorted_rows[live]]
 
     def _enforce_capacity(self) -> None:
         st = self._state
-        over = st.n - self.max_sessions
-        if over <= 0:
+        if st.n <= self.max_sessions:
             return
-        # forget the least recently updated sessions
+        # forget the least recently updated sessions, down to EVICT_TO of the bound: one pass
+        # over the table then serves many batches of new conversations, instead of every one
+        over = st.n - int(self.max_sessions * EVICT_TO)
         updated = st.cols["updated_ms"][: st.n]
         victims = np.argpartition(updated, over - 1)[:over]
         keep = np.ones(st.n, bool)
