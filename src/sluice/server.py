@@ -208,6 +208,11 @@ def public_url(settings: Settings) -> str:
     return f"{'https' if h.tls else 'http'}://{host}:{h.port}/"
 
 
+def _data_dir_prefix(settings: Settings) -> str:
+    """What ``sluice users`` needs to find this server's accounts, beyond its own defaults."""
+    return "" if str(settings.data_dir) == "var" else f"SLUICE_DATA_DIR={settings.data_dir} "
+
+
 def banner(settings: Settings, simulating: bool, generated_password: str | None = None) -> str:
     h = settings.http
     host = "localhost" if h.listen in ("0.0.0.0", "::", "127.0.0.1") else h.listen
@@ -221,7 +226,8 @@ def banner(settings: Settings, simulating: bool, generated_password: str | None 
             f"  login: admin / {generated_password}   (generated now and shown only once: set SLUICE_ADMIN_PASSWORD "
             "before the first start to choose it)"
             if generated_password
-            else "  login: your Sluice account (the first start created 'admin'; see docs/api.md)"
+            else "  login: your Sluice account (the first start created 'admin'); to set its password: "
+            f"{_data_dir_prefix(settings)}sluice users passwd admin"
         ),
     ]
     if simulating:

@@ -112,7 +112,7 @@ def test_serve_collects_simulated_traffic_of_every_protocol(server):
     assert "<title>Dashboard · Sluice</title>" in page and 'id="who">admin' in page
 
 
-def test_serve_prints_where_it_listens_and_stops_cleanly(server):
+def test_serve_prints_where_it_listens_and_stops_cleanly(server, tmp_path):
     ports, proc = server
     proc.send_signal(signal.SIGINT)
     proc.wait(10)
@@ -120,6 +120,12 @@ def test_serve_prints_where_it_listens_and_stops_cleanly(server):
     assert f"http://localhost:{ports['http']}/" in err
     assert f"UDP {ports['netflow']}" in err
     assert proc.returncode == 0
+    # no password was generated (one was given): the banner says how to set admin's, and that works
+    hint = re.search(r"to set its password: (SLUICE_DATA_DIR=(\S+) )?sluice users passwd admin", err)
+    assert hint and hint.group(2) == str(tmp_path / "var"), err
+    changed = sluice("users", "passwd", "admin", "--password", "a-new-admin-password",
+                     env=dict(os.environ, SLUICE_DATA_DIR=hint.group(2)))
+    assert changed.returncode == 0, changed.stderr
 
 
 def test_serve_rejects_bad_configuration(tmp_path):
