@@ -244,3 +244,34 @@ def test_any_time_frame_is_answered(store):
     report = store.report(ReportSpec(Entity.HOST, Metric.BYTES, Direction.EITHER, -(2**62), 2**62))
     assert report.num_rows > 0
     assert store.sessions(TimeRange(2**62 - 10, 2**62), limit=10).num_rows == 0
+
+
+def test_queries_never_see_a_day_whose_table_is_not_committed(tmp_path):
+    """A query while the writer creates a new day's table must not name that table before it
+    exists for other connections (found as an intermittent 500 of the dashboard's Traffic
+    widget at start: its first query raced the first flush)."""
+    import threading
+
+    store = DuckDBStore(tmp_path / "race.duckdb")
+    errors: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                store.sessions(TimeRange(0, T0 + 400 * DAY_MS), limit=10)
+                store.timeseries(SeriesSpec(Metric.BYTES, T0, T0 + 400 * DAY_MS))
+            except Exception as exc:  # noqa: BLE001  (any failure is the finding)
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for day in range(120):  # every flush creates a new day's table
+            store.append(random_sessions(200, day, start_ms=T0 + day * DAY_MS, span_ms=3_600_000))
+            store.flush()
+    finally:
+        done.set()
+        reader.join()
+        store.close()
+    assert errors == [], errors[:3]

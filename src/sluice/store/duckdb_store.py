@@ -202,17 +202,22 @@ class DuckDBStore(FlowStore):
         day_of_row = (table.column("end_ms").to_numpy() // DAY_MS).astype(np.int64)
         days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
         con = self._con
+        created: list[str] = []
         try:
             con.execute("BEGIN TRANSACTION")
             for d in days.tolist():
                 day = _day(d * DAY_MS)
-                self._ensure_day(day)
+                if day not in self._days:
+                    con.execute(f"CREATE TABLE IF NOT EXISTS sessions_{day} ({_COLUMNS_SQL})")
+                    created.append(day)
                 self._forget_rollup(day)  # late rows: the day's sums must be rebuilt
                 part = table if len(days) == 1 else table.filter(pa.array(day_of_row == d))
                 con.register("incoming", part)
                 con.execute(f"INSERT INTO sessions_{day} SELECT {_INSERT_SELECT} FROM incoming")
                 con.unregister("incoming")
             con.execute("COMMIT")
+            # only now may queries (on other connections) name the new days' tables
+            self._days.update(created)
         except duckdb.Error as exc:  # e.g. disk full: the transaction is rolled back, nothing half-written
             try:
                 con.execute("ROLLBACK")
@@ -223,11 +228,6 @@ class DuckDBStore(FlowStore):
             self._days = set(self._list_days())
             return 0
         return table.num_rows
-
-    def _ensure_day(self, day: str) -> None:
-        if day not in self._days:
-            self._con.execute(f"CREATE TABLE IF NOT EXISTS sessions_{day} ({_COLUMNS_SQL})")
-            self._days.add(day)
 
     def _list_days(self) -> list[str]:
         rows = self._con.execute(
@@ -380,10 +380,10 @@ class DuckDBStore(FlowStore):
         return RetentionResult(deleted, dropped)
 
     def _drop(self, day: str) -> int:
+        self._days.discard(day)  # queries stop naming the day before its table goes
         n = _count(self._con, f"sessions_{day}")
         self._con.execute(f"DROP TABLE sessions_{day}")
         self._forget_rollup(day)
-        self._days.discard(day)
         return int(n)
 
     def _forget_rollup(self, day: str) -> None:
