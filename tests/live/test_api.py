@@ -258,3 +258,26 @@ def test_flow_rate_is_measured_between_rounds(tmp_path):
     rate = counters.get("flows_per_second")
     assert 500 / 0.4 < rate < 500 / 0.19  # 500 flows in a little over 0.2 s
     ingest.stop()
+
+
+def test_bodies_that_cannot_be_parsed_safely_get_clear_errors(api):
+    """The hardening review: NaN/Infinity in a JSON body answered 500 (the 422 could not be
+    encoded); a 60 MB login body was parsed. Now: 422 naming the field, and 413 above 1 MiB."""
+    client, _ = api
+    for raw in ('{"title": "t", "metric": "bytes_sent", "entity": "host", "threshold": NaN}',
+                '{"title": "t", "metric": "bytes_sent", "entity": "host", "threshold": Infinity}'):
+        r = client.post("/api/v1/alert-definitions", content=raw, auth=ALICE,
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "threshold"]
+    big = b'{"username": "alice", "password": "' + b"x" * (1 << 20) + b'"}'
+    r = client.post("/api/v1/login", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than 1,048,576 bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted while it streams
+        for _ in range(40):
+            yield b"y" * 65536
+
+    r = client.post("/api/v1/login", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert client.post("/api/v1/login", json={"username": ALICE[0], "password": ALICE[1]}).status_code == 200

@@ -282,6 +282,9 @@ def test_syslog_formats_are_well_formed():
     assert m and m.group(1) == str(19 * 8 + 4) and m.group(2) == "2012-04-11T01:57:03.569706Z"
     assert 'title="Title evil Bcc: victim@example.org <script>\\"\\]\\\\|=x"' in m.group(4)
     assert m.group(5) == n.message and "\n" not in rfc5424
+    # the hardening review: "Zürich" arrived as "Z?rich"; PARAM-VALUEs are UTF-8
+    zurich = syslog_rfc5424(notice(title="Traffic to Zürich – 東京", user="josé"), "local3", "h").decode("utf-8")
+    assert 'title="Traffic to Zürich – 東京"' in zurich and 'user="josé"' in zurich
     rfc3164 = syslog_rfc3164(n, "kern", "sluice.example.org").decode()
     assert re.fullmatch(r"<4>Apr 11 01:57:03 sluice sluice: .+ ID=11 ALERTDEF=1 severity=MEDIUM "
                         r"state=NOT-ACKNOWLEDGED user=alertuser v1=17 v2=10", rfc3164)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from fastapi import FastAPI, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -25,6 +26,7 @@ from .api.notifications import build_notifications_router
 from .api.settings import build_settings_router
 from .api.users import build_users_router
 from .auth import Authenticator
+from .limits import BodyLimit, validation_errors
 from .metrics import CountersCollector
 from .web.dashboards import Dashboards
 from .web.pages import STATIC, build_web_router
@@ -43,6 +45,8 @@ def create_app(
     app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
     auth = Authenticator(users, LoginThrottle())
     app.state.auth = auth  # what the User / Admin route parameters authenticate with
+    app.add_middleware(BodyLimit)
+    app.add_exception_handler(RequestValidationError, validation_errors)
     app.include_router(build_account_router(users, auth, secure_cookies))
     app.include_router(build_data_router(store, counters, retention_days))
     app.include_router(build_settings_router(Preferences(users.db), notify))

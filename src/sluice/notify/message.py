@@ -149,8 +149,9 @@ def syslog_rfc5424(notice: Notice, facility: str, hostname: str) -> bytes:
     }
     sd = "[" + SD_ID + "".join(f' {key}="{_sd_value(value)}"' for key, value in params.items()) + "]"
     ts = notice.last_trigger_at.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    header = f"<{_pri(facility, notice.severity)}>1 {ts} {_ascii_name(hostname, 255)} sluice - ALERT {sd} "
-    return header.encode("ascii", "replace") + one_line(notice.message).encode("utf-8")
+    header = f"<{_pri(facility, notice.severity)}>1 {ts} {_ascii_name(hostname, 255)} sluice - ALERT "
+    # the header is US-ASCII; PARAM-VALUEs and the MSG are UTF-8 (RFC 5424 §6.3.3, §6.4)
+    return header.encode("ascii", "replace") + f"{sd} ".encode() + one_line(notice.message).encode()
 
 
 def syslog_rfc3164(notice: Notice, facility: str, hostname: str) -> bytes:
