@@ -8,6 +8,7 @@ this file with ``SLUICE_SCREENSHOTS=docs/screenshots`` to refresh the ones the R
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -242,7 +243,16 @@ def test_pages_send_strangers_to_the_login_page_and_layouts_are_per_user(tmp_pat
             r = c.get(path, follow_redirects=False)
             assert r.status_code == 303 and r.headers["location"].startswith("/login?next=%2F"), path
         assert c.get("/login").status_code == 200
-        assert 'location.href = "/"' in c.get("/login?next=//evil.example.org").text  # no open redirect
+        # after logging in, only a plain path of this site: the review's open redirects go home
+        def after_login(target: str) -> str:
+            page = c.get("/login", params={"next": target}).text
+            return json.loads(re.search(r"location\.href = (\"[^\"]*\");", page).group(1))
+
+        for hostile in ["//evil.example.org", "/\\127.0.0.1:18080/x", "/\t/evil.example.org/x",
+                        "/\n/evil.example.org", "https://evil.example.org/", "javascript:alert(1)", "/ /x", ""]:
+            assert after_login(hostile) == "/", hostile
+        for fine in ["/alerts/3/edit", "/explore?entity=port&metric=bytes", "/preferences#smtp"]:
+            assert after_login(fine) == fine
         assert c.get("/api/v1/dashboard").status_code == 401
         # each user has their own layout; the default until they save one
         default = c.get("/api/v1/dashboard", auth=ALICE).json()

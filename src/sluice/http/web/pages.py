@@ -1,13 +1,12 @@
 """The web page on port 9640: server-rendered HTML (Jinja2) with light JavaScript that talks
 to the same JSON API as the command line. Static files (including the chart library) are
 served from the package: the page works with no internet.
-
-No ``from __future__ import annotations``: FastAPI needs the dependency aliases as objects.
 """
 
+import re
 from pathlib import Path
 from typing import Optional
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -33,6 +32,19 @@ class FilterCheck(BaseModel):
     pointer: Optional[str] = None
 
 
+#: a path of this site: "/" then URL characters only (no backslash, whitespace or control
+#: characters, which browsers may turn into "//": /\\host, /%09/host), and not "//"
+_SAME_ORIGIN_PATH = re.compile(r"/(?![/])[A-Za-z0-9\-._~!$&'()*+,;=:@/%?#]*")
+
+
+def same_origin_path(target: str) -> str:
+    """``target`` if it is a plain path of this site, else "/": where to go after logging in."""
+    if not _SAME_ORIGIN_PATH.fullmatch(target):
+        return "/"
+    parts = urlsplit(target)
+    return "/" if parts.scheme or parts.netloc else target
+
+
 def build_web_router(auth: Authenticator, users: Users, dashboards: Dashboards) -> APIRouter:
     router = APIRouter()
 
@@ -56,7 +68,7 @@ def build_web_router(auth: Authenticator, users: Users, dashboards: Dashboards) 
 
     @router.get("/login", include_in_schema=False)
     def login_page(request: Request, next: str = "/") -> HTMLResponse:
-        safe_next = next if next.startswith("/") and not next.startswith("//") else "/"
+        safe_next = same_origin_path(next)
         return templates.TemplateResponse(
             request, "login.html", {"title": "Log in", "next": safe_next, "version": __version__, "user": None}
         )
