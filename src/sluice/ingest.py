@@ -29,9 +29,14 @@ log = structlog.get_logger(__name__)
 
 class Ingest:
     def __init__(self, settings: Settings, counters: Counters, store: FlowStore | None = None):
-        s = settings.sessions
+        sessions_settings = settings.sessions
         self.counters = counters
-        self.tracker = SessionTracker(s.idle_timeout_s, s.active_timeout_s, s.max_sessions, s.dedupe_exporters)
+        self.tracker = SessionTracker(
+            sessions_settings.idle_timeout_s,
+            sessions_settings.active_timeout_s,
+            sessions_settings.max_sessions,
+            sessions_settings.dedupe_exporters,
+        )
         self.enricher = Enricher(
             settings.enrich.country_mmdb, settings.enrich.asn_mmdb, cache_dir=Path(settings.data_dir) / "cache"
         )
@@ -114,21 +119,21 @@ class Ingest:
         self._export_gauges()
 
     def _export_gauges(self) -> None:
-        t = self.tracker.stats
-        c = self.counters
+        tracker_stats = self.tracker.stats
+        counters = self.counters
         # flow rate over the last round (about a second)
-        now, flows = time.monotonic(), c.get("flows_total")
+        now, flows = time.monotonic(), counters.get("flows_total")
         if self._last_rate_sample is not None and now > self._last_rate_sample[0]:
-            c.set("flows_per_second", (flows - self._last_rate_sample[1]) / (now - self._last_rate_sample[0]))
+            counters.set("flows_per_second", (flows - self._last_rate_sample[1]) / (now - self._last_rate_sample[0]))
         self._last_rate_sample = (now, flows)
-        c.set("sessions_live", len(self.tracker))
-        c.set("sessions_tracker_bytes", self.tracker.memory_bytes())
-        c.set("sessions_started_total", t.sessions_started)
-        c.set("sessions_evicted_total", t.sessions_evicted)
-        c.set("flows_deduplicated_total", t.flows_deduplicated)
+        counters.set("sessions_live", len(self.tracker))
+        counters.set("sessions_tracker_bytes", self.tracker.memory_bytes())
+        counters.set("sessions_started_total", tracker_stats.sessions_started)
+        counters.set("sessions_evicted_total", tracker_stats.sessions_evicted)
+        counters.set("flows_deduplicated_total", tracker_stats.flows_deduplicated)
         stats = self.store.stats()
-        c.set("store_rows", stats.rows)
-        c.set("store_bytes", stats.bytes_on_disk)
-        c.set("store_write_errors_total", getattr(self.store, "write_errors", 0))
+        counters.set("store_rows", stats.rows)
+        counters.set("store_bytes", stats.bytes_on_disk)
+        counters.set("store_write_errors_total", getattr(self.store, "write_errors", 0))
         if stats.oldest_ms is not None:
-            c.set("store_oldest_seconds", stats.oldest_ms / 1000)
+            counters.set("store_oldest_seconds", stats.oldest_ms / 1000)

@@ -38,34 +38,38 @@ class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.counters = Counters()
-        c = settings.collect
+        collect = settings.collect
         self.decoder = Decoder(
             DecoderConfig(
-                sampling_defaults=dict(c.sampling),
-                default_sampling_rate=c.default_sampling_rate,
-                pending_max_age_s=c.template_pending_max_age_s,
-                pending_max_bytes=c.template_pending_max_bytes,
+                sampling_defaults=dict(collect.sampling),
+                default_sampling_rate=collect.default_sampling_rate,
+                pending_max_age_s=collect.template_pending_max_age_s,
+                pending_max_bytes=collect.template_pending_max_bytes,
             ),
             self.counters,
         )
         self.ingest = Ingest(settings, self.counters)
-        self.collector = Collector(c, self.decoder, [self.ingest])
+        self.collector = Collector(collect, self.decoder, [self.ingest])
         self.app: FastAPI | None = None
         self.simulator: Simulator | None = None
         self.users = Users(open_state(settings.data_dir))
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
         self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters)
         self.ingest.listeners.append(self.alerts.submit)
-        n = settings.notify
-        tls = ssl.create_default_context(cafile=str(n.smtp_ca_file)) if n.smtp_ca_file else None
+        notify_settings = settings.notify
+        tls = (
+            ssl.create_default_context(cafile=str(notify_settings.smtp_ca_file))
+            if notify_settings.smtp_ca_file
+            else None
+        )
         self.notify = NotifyService(
             self.users.db,
             self.alerts.store,
             self.counters,
             link=public_url(settings),
-            dead_after_s=n.dead_after_s,
+            dead_after_s=notify_settings.dead_after_s,
             tls_context=tls,
-            poll_s=n.poll_s,
+            poll_s=notify_settings.poll_s,
         )
         prefs = Preferences(self.users.db)
         self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live
@@ -92,21 +96,25 @@ class Server:
     def start_simulator(self, conversations_per_s: float) -> None:
         from .simulate.sender import Simulator
 
-        c = self.settings.collect
-        host = "127.0.0.1" if c.listen in ("0.0.0.0", "127.0.0.1") else ("::1" if c.listen == "::" else c.listen)
+        collect = self.settings.collect
+        host = (
+            "127.0.0.1"
+            if collect.listen in ("0.0.0.0", "127.0.0.1")
+            else ("::1" if collect.listen == "::" else collect.listen)
+        )
         simulator = self.simulator = Simulator(
             host=host,
-            netflow_port=c.netflow_port,
-            ipfix_port=c.ipfix_port,
-            sflow_port=c.sflow_port,
+            netflow_port=collect.netflow_port,
+            ipfix_port=collect.ipfix_port,
+            sflow_port=collect.sflow_port,
             conversations_per_s=conversations_per_s,
             protocols=tuple(
-                p
-                for p, port in (
-                    ("netflow5", c.netflow_port),
-                    ("netflow9", c.netflow_port),
-                    ("ipfix", c.ipfix_port),
-                    ("sflow", c.sflow_port),
+                protocol
+                for protocol, port in (
+                    ("netflow5", collect.netflow_port),
+                    ("netflow9", collect.netflow_port),
+                    ("ipfix", collect.ipfix_port),
+                    ("sflow", collect.sflow_port),
                 )
                 if port
             ),
@@ -120,29 +128,29 @@ class Server:
         admin = self.users.get("admin")
         if admin is None or self.alerts.store.definitions(admin.id):
             return
-        for d in EXAMPLE_DEFINITIONS:
-            self.alerts.store.create(admin.id, d)
+        for definition in EXAMPLE_DEFINITIONS:
+            self.alerts.store.create(admin.id, definition)
 
     def bind_http(self) -> socket.socket:
         """Bind the HTTP port now, so a busy port is reported before anything else starts."""
-        h = self.settings.http
-        family = socket.AF_INET6 if ":" in h.listen else socket.AF_INET
+        http = self.settings.http
+        family = socket.AF_INET6 if ":" in http.listen else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((h.listen, h.port))
+            sock.bind((http.listen, http.port))
         except OSError as exc:
             sock.close()
             raise OSError(
                 exc.errno,
-                f"cannot serve HTTP on {h.listen}:{h.port}: {exc.strerror}; choose another port with --http-port",
+                f"cannot serve HTTP on {http.listen}:{http.port}: {exc.strerror}; choose another port with --http-port",
             ) from None
         sock.listen(128)
         return sock
 
     def serve_http(self, sock: socket.socket) -> None:
-        h = self.settings.http
-        tls: dict[str, Any] = {"ssl_certfile": str(h.tls_cert), "ssl_keyfile": str(h.tls_key)} if h.tls else {}
+        http = self.settings.http
+        tls: dict[str, Any] = {"ssl_certfile": str(http.tls_cert), "ssl_keyfile": str(http.tls_key)} if http.tls else {}
         assert self.app is not None, "start_collector() builds the application"
         # open dashboard streams never end by themselves: give them 5 s when stopping
         config = uvicorn.Config(
@@ -201,11 +209,11 @@ class _QuietExitServer(uvicorn.Server):
 
 def public_url(settings: Settings) -> str:
     """The dashboard's address as notifications give it."""
-    h = settings.http
-    if h.public_url:
-        return h.public_url
-    host = socket.getfqdn() if h.listen in ("0.0.0.0", "::") else h.listen
-    return f"{'https' if h.tls else 'http'}://{host}:{h.port}/"
+    http = settings.http
+    if http.public_url:
+        return http.public_url
+    host = socket.getfqdn() if http.listen in ("0.0.0.0", "::") else http.listen
+    return f"{'https' if http.tls else 'http'}://{host}:{http.port}/"
 
 
 def _data_dir_prefix(settings: Settings) -> str:
@@ -214,14 +222,14 @@ def _data_dir_prefix(settings: Settings) -> str:
 
 
 def banner(settings: Settings, simulating: bool, generated_password: str | None = None) -> str:
-    h = settings.http
-    host = "localhost" if h.listen in ("0.0.0.0", "::", "127.0.0.1") else h.listen
-    c = settings.collect
-    scheme = "https" if h.tls else "http"
+    http = settings.http
+    host = "localhost" if http.listen in ("0.0.0.0", "::", "127.0.0.1") else http.listen
+    collect = settings.collect
+    scheme = "https" if http.tls else "http"
     lines = [
-        f"Sluice is running: {scheme}://{host}:{h.port}/  (metrics: {scheme}://{host}:{h.port}/metrics)",
-        f"  flows in: NetFlow/IPFIX UDP {c.netflow_port or 'off'}, IPFIX UDP {c.ipfix_port or 'off'}, "
-        f"sFlow UDP {c.sflow_port or 'off'} on {c.listen}",
+        f"Sluice is running: {scheme}://{host}:{http.port}/  (metrics: {scheme}://{host}:{http.port}/metrics)",
+        f"  flows in: NetFlow/IPFIX UDP {collect.netflow_port or 'off'}, IPFIX UDP {collect.ipfix_port or 'off'}, "
+        f"sFlow UDP {collect.sflow_port or 'off'} on {collect.listen}",
         (
             f"  login: admin / {generated_password}   (generated now and shown only once: set SLUICE_ADMIN_PASSWORD "
             "before the first start to choose it)"

@@ -21,15 +21,15 @@ def save(engine: AlertEngine, path: Path) -> None:
     with engine.lock:
         arrays: dict[str, np.ndarray] = {}
         for kind, index in engine.indexes.items():
-            for k, v in index.state().items():
-                arrays[f"index.{kind.value}.{k}"] = v
+            for name, array in index.state().items():
+                arrays[f"index.{kind.value}.{name}"] = array
             arrays[f"index.{kind.value}.last_seen"] = engine.last_seen[kind]
-        for i, st in engine.states.items():
-            arrays[f"def.{i}.signature"] = np.frombuffer(st.signature.encode(), np.uint8)
-            arrays[f"def.{i}.meta"] = np.array([st.bucket, st.counted_bucket], np.int64)
-            arrays[f"def.{i}.counted"] = st.counted
-            for k, v in st.window.state().items():
-                arrays[f"def.{i}.w.{k}"] = v
+        for definition_id, state in engine.states.items():
+            arrays[f"def.{definition_id}.signature"] = np.frombuffer(state.signature.encode(), np.uint8)
+            arrays[f"def.{definition_id}.meta"] = np.array([state.bucket, state.counted_bucket], np.int64)
+            arrays[f"def.{definition_id}.counted"] = state.counted
+            for name, array in state.window.state().items():
+                arrays[f"def.{definition_id}.w.{name}"] = array
     tmp = path.with_suffix(".tmp.npz")
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(tmp, allow_pickle=False, **arrays)
@@ -47,19 +47,21 @@ def load(engine: AlertEngine, path: Path) -> bool:
         return False
     with engine.lock:
         for kind in EntityType:
-            p = f"index.{kind.value}."
-            if p + "ids" in data:
+            prefix = f"index.{kind.value}."
+            if prefix + "ids" in data:
                 engine.indexes[kind] = KeyIndex.from_state(
-                    {"ids": data[p + "ids"], "keys": data[p + "keys"]}, engine.max_entities
+                    {"ids": data[prefix + "ids"], "keys": data[prefix + "keys"]}, engine.max_entities
                 )
-                seen = data[p + "last_seen"]
+                seen = data[prefix + "last_seen"]
                 cap = engine.indexes[kind].id_capacity
                 engine.last_seen[kind] = np.concatenate([seen, np.zeros(max(0, cap - len(seen)), np.int64)])
-        for i, st in engine.states.items():
-            p = f"def.{i}."
-            if p + "signature" not in data or bytes(data[p + "signature"]).decode() != st.signature:
+        for definition_id, state in engine.states.items():
+            prefix = f"def.{definition_id}."
+            if prefix + "signature" not in data or bytes(data[prefix + "signature"]).decode() != state.signature:
                 continue
-            st.bucket, st.counted_bucket = (int(x) for x in data[p + "meta"])
-            st.counted = data[p + "counted"]
-            st.window.load({k[len(p) + 2 :]: v for k, v in data.items() if k.startswith(p + "w.")})
+            state.bucket, state.counted_bucket = (int(value) for value in data[prefix + "meta"])
+            state.counted = data[prefix + "counted"]
+            state.window.load(
+                {name[len(prefix) + 2 :]: array for name, array in data.items() if name.startswith(prefix + "w.")}
+            )
     return True

@@ -98,12 +98,14 @@ def define(
             "addresses": except_address or [],
             "ports": except_port or [],
             "countries": except_country or [],
-            "thresholds": [_override(t) for t in threshold_for or []],
+            "thresholds": [_override(override) for override in threshold_for or []],
         },
     }
-    d = _call(server, user, password, "POST", "/api/v1/alert-definitions", body=body)
-    assert isinstance(d, dict)
-    typer.echo(json.dumps(d) if as_json else f"alert definition {d['id']} created: {d['title']}")
+    definition = _call(server, user, password, "POST", "/api/v1/alert-definitions", body=body)
+    assert isinstance(definition, dict)
+    typer.echo(
+        json.dumps(definition) if as_json else f"alert definition {definition['id']} created: {definition['title']}"
+    )
 
 
 @alerts_app.command("definitions")
@@ -118,11 +120,11 @@ def definitions(
     rows = _call(server, user, password, "GET", "/api/v1/alert-definitions", {"user": owner})
     assert isinstance(rows, list)
     if as_json:
-        for r in rows:
-            typer.echo(json.dumps(r))
+        for row in rows:
+            typer.echo(json.dumps(row))
         return
     header = ["id", "title", "metric", "entity", "threshold", "interval", "severity", "enabled", "prefilter"]
-    _print([[r[h] for h in header] for r in rows], header, argparse.Namespace(csv=False, csv_header=False))
+    _print([[row[name] for name in header] for row in rows], header, argparse.Namespace(csv=False, csv_header=False))
 
 
 @alerts_app.command("delete")
@@ -164,16 +166,18 @@ def list_alerts(
     rows = _call(server, user, password, "GET", "/api/v1/alerts", params)
     assert isinstance(rows, list)
     if as_json:
-        for r in rows:
-            typer.echo(json.dumps(r))
+        for row in rows:
+            typer.echo(json.dumps(row))
     elif lines:
         from ..alerts.records import AlertOut, alert_line
 
-        for r in rows:
-            typer.echo(alert_line(AlertOut(**r)))
+        for row in rows:
+            typer.echo(alert_line(AlertOut(**row)))
     else:
         header = ["id", "alertdef", "severity", "state", "entity", "v1", "v2", "last_trigger", "message"]
-        _print([[r[h] for h in header] for r in rows], header, argparse.Namespace(csv=False, csv_header=False))
+        _print(
+            [[row[name] for name in header] for row in rows], header, argparse.Namespace(csv=False, csv_header=False)
+        )
 
 
 @alerts_app.command("ack")

@@ -180,8 +180,8 @@ PasswordOpt = Annotated[
 @users_app.command("list")
 def users_list(config: ConfigOpt = None) -> None:
     """List accounts."""
-    for u in _users(config).all():
-        typer.echo(f"{u.username}\t{'admin' if u.is_admin else 'user'}\t{u.created_at:%Y-%m-%d}")
+    for user in _users(config).all():
+        typer.echo(f"{user.username}\t{'admin' if user.is_admin else 'user'}\t{user.created_at:%Y-%m-%d}")
 
 
 @users_app.command("create")
@@ -260,15 +260,15 @@ def _api_rows(
 
 def _show(rows: list[dict[str, object]], as_json: bool) -> None:
     if as_json:
-        for r in rows:
-            typer.echo(json.dumps(r))
+        for row in rows:
+            typer.echo(json.dumps(row))
         return
     import argparse
 
     from .ns2 import _print
 
     header = list(rows[0]) if rows else []
-    _print([[r[h] for h in header] for r in rows], header, argparse.Namespace(csv=False, csv_header=False))
+    _print([[row[name] for name in header] for row in rows], header, argparse.Namespace(csv=False, csv_header=False))
 
 
 @app.command()
@@ -397,18 +397,18 @@ def _report_problems(decoder: object, skipped: Counter[str], count: int, raw: bo
     problems: Counter[str] = Counter()
     for (name, labels), value in counters.snapshot().items():
         if name == "decode_errors_total":
-            d = dict(labels)
-            problems[f"{d.get('proto')}: {d.get('reason')}"] += int(value)
+            label_values = dict(labels)
+            problems[f"{label_values.get('proto')}: {label_values.get('reason')}"] += int(value)
     waiting = len(decoder.pending)  # type: ignore[attr-defined]
     if waiting:
         problems["data sets whose template never arrived"] += waiting
-    for reason, n in skipped.items():
-        problems[f"skipped packet: {reason}"] += n
+    for reason, occurrences in skipped.items():
+        problems[f"skipped packet: {reason}"] += occurrences
     total = sum(problems.values())
     what = "records" if raw else "flows"
     typer.echo(f"{count} {what} decoded; {total} problem(s)" + (":" if total else ""), err=True)
-    for reason, n in problems.most_common():
-        typer.echo(f"  {n:>8}  {reason}", err=True)
+    for reason, occurrences in problems.most_common():
+        typer.echo(f"  {occurrences:>8}  {reason}", err=True)
 
 
 @app.command()

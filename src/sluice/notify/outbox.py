@@ -80,9 +80,9 @@ class Outbox:
             self.stream_event(session, row, change)  # the dashboard hears of it; no one is notified
             return
         now = now_us()
-        d = session.get(AlertDefinitionRow, row.definition_id)
+        definition = session.get(AlertDefinitionRow, row.definition_id)
         user = session.get(User, row.user_id)
-        notice = self.notice(row, d.title if d else "", user.username if user else "", change)
+        notice = self.notice(row, definition.title if definition else "", user.username if user else "", change)
         # the dashboard hears of every change (a busy record at most once a stream gap)
         if change != UPDATED or now - self._stream_last.get(row.id, 0) >= self.stream_min_gap_s * 1e6:
             self._stream_last[row.id] = now
@@ -97,7 +97,9 @@ class Outbox:
             )
         if change == UPDATED:
             # still triggering: tell again once per re-notify interval (default: the window)
-            renotify_s = (d.renotify_s if d is not None and d.renotify_s else None) or _interval_s(d)
+            renotify_s = (
+                definition.renotify_s if definition is not None and definition.renotify_s else None
+            ) or _interval_s(definition)
             if row.last_notified_us is not None and now - row.last_notified_us < renotify_s * 1_000_000:
                 return
             notice.change = REPEAT
@@ -123,9 +125,9 @@ class Outbox:
 
     def stream_event(self, session: Session, row: AlertRecordRow, change: str) -> None:
         """A stream event for changes that notify no one (acknowledged, deleted)."""
-        d = session.get(AlertDefinitionRow, row.definition_id)
+        definition = session.get(AlertDefinitionRow, row.definition_id)
         user = session.get(User, row.user_id)
-        notice = self.notice(row, d.title if d else "", user.username if user else "", change)
+        notice = self.notice(row, definition.title if definition else "", user.username if user else "", change)
         session.add(
             AlertStreamRow(
                 user_id=row.user_id,
@@ -159,7 +161,8 @@ class Outbox:
                 .limit(limit)
             ).all()
             return [
-                Due(r.id, r.user_id, Notice.from_payload(json.loads(r.payload)), r.attempts, r.created_us) for r in rows
+                Due(row.id, row.user_id, Notice.from_payload(json.loads(row.payload)), row.attempts, row.created_us)
+                for row in rows
             ]
 
     def delivered(self, ids: Iterable[int]) -> None:
@@ -207,13 +210,13 @@ class Outbox:
     # -- reading ----------------------------------------------------------------------------
 
     def listing(self, user_id: Optional[int], state: Optional[str], limit: int = 1000) -> list[NotificationRow]:
-        q = select(NotificationRow)
+        query = select(NotificationRow)
         if user_id is not None:
-            q = q.where(NotificationRow.user_id == user_id)
+            query = query.where(NotificationRow.user_id == user_id)
         if state is not None:
-            q = q.where(NotificationRow.state == state)
+            query = query.where(NotificationRow.state == state)
         with self.db.session() as session:
-            rows = session.scalars(q.order_by(NotificationRow.id.desc()).limit(limit)).all()
+            rows = session.scalars(query.order_by(NotificationRow.id.desc()).limit(limit)).all()
             session.expunge_all()
             return list(rows)
 
@@ -253,5 +256,5 @@ class Outbox:
             session.execute(delete(AlertStreamRow).where(AlertStreamRow.created_us < cutoff))
 
 
-def _interval_s(d: Optional[AlertDefinitionRow]) -> int:
-    return INTERVALS.get(d.interval, 300) if d is not None else 300
+def _interval_s(definition: Optional[AlertDefinitionRow]) -> int:
+    return INTERVALS.get(definition.interval, 300) if definition is not None else 300

@@ -66,12 +66,12 @@ _DUCK_TYPES = {
     pa.binary(16): "UHUGEINT",
     pa.string(): "VARCHAR",
 }
-_COLUMNS_SQL = ", ".join(f"{f.name} {_DUCK_TYPES[f.type]} NOT NULL" for f in SESSION_SCHEMA)
-ADDRESS_COLUMNS = [f.name for f in SESSION_SCHEMA if f.type == pa.binary(16)]
+_COLUMNS_SQL = ", ".join(f"{field.name} {_DUCK_TYPES[field.type]} NOT NULL" for field in SESSION_SCHEMA)
+ADDRESS_COLUMNS = [field.name for field in SESSION_SCHEMA if field.type == pa.binary(16)]
 _LOW64 = "18446744073709551615::UHUGEINT"
 # incoming rows carry each address as two 64-bit halves
 _INSERT_SELECT = ", ".join(
-    f"(({n}__hi::UHUGEINT) << 64) | {n}__lo" if n in ADDRESS_COLUMNS else n for n in SESSION_SCHEMA.names
+    f"(({name}__hi::UHUGEINT) << 64) | {name}__lo" if name in ADDRESS_COLUMNS else name for name in SESSION_SCHEMA.names
 )
 
 
@@ -122,8 +122,10 @@ def _int_params(params: list[object]) -> list[object]:
     UHUGEINT: an untyped Python int is bound as a signed type, and DuckDB then compares the
     column as INT128, which fails on every stored address from 8000:: up."""
     return [
-        UnsignedHugeIntegerValue(int.from_bytes(p, "big")) if isinstance(p, bytes) and len(p) == 16 else p
-        for p in params
+        UnsignedHugeIntegerValue(int.from_bytes(param, "big"))
+        if isinstance(param, bytes) and len(param) == 16
+        else param
+        for param in params
     ]
 
 
@@ -205,13 +207,13 @@ class DuckDBStore(FlowStore):
         created: list[str] = []
         try:
             con.execute("BEGIN TRANSACTION")
-            for d in days.tolist():
-                day = _day(d * DAY_MS)
+            for day_number in days.tolist():
+                day = _day(day_number * DAY_MS)
                 if day not in self._days:
                     con.execute(f"CREATE TABLE IF NOT EXISTS sessions_{day} ({_COLUMNS_SQL})")
                     created.append(day)
                 self._forget_rollup(day)  # late rows: the day's sums must be rebuilt
-                part = table if len(days) == 1 else table.filter(pa.array(day_of_row == d))
+                part = table if len(days) == 1 else table.filter(pa.array(day_of_row == day_number))
                 con.register("incoming", part)
                 con.execute(f"INSERT INTO sessions_{day} SELECT {_INSERT_SELECT} FROM incoming")
                 con.unregister("incoming")
@@ -240,20 +242,20 @@ class DuckDBStore(FlowStore):
     def _source(self, start_ms: int, end_ms: int, exclude: frozenset[str] = frozenset()) -> str:
         """The partitions a time frame can touch (less ``exclude``), as one table expression."""
         first, last = _day(start_ms), _day(min(end_ms, _MAX_MS) + DAY_MS)  # rows end up to a day after they start
-        days = [d for d in sorted(self._days) if first <= d <= last and d not in exclude]
+        days = [day for day in sorted(self._days) if first <= day <= last and day not in exclude]
         if not days:
             return self._empty_source()
-        union = " UNION ALL ".join(f"SELECT * FROM sessions_{d}" for d in days)
+        union = " UNION ALL ".join(f"SELECT * FROM sessions_{day}" for day in days)
         return f"({union}) AS sessions"
 
     def _empty_source(self) -> str:
-        cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {f.name}" for f in SESSION_SCHEMA)
+        cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[field.type]}) AS {field.name}" for field in SESSION_SCHEMA)
         return f"(SELECT {cols} WHERE false) AS sessions"
 
     def _query(self, sql: str, params: list[object], addresses: tuple[str, ...] = ()) -> pa.Table:
         """Run a query; ``addresses`` names result columns that hold addresses."""
         if addresses:
-            inner_cols = ", ".join(_address_out(c) for c in addresses)
+            inner_cols = ", ".join(_address_out(column) for column in addresses)
             sql = f"SELECT * EXCLUDE ({', '.join(addresses)}), {inner_cols} FROM ({sql}) AS q"
         cursor = self._con.cursor()  # its own connection: safe beside the writer's thread
         try:
@@ -313,7 +315,7 @@ class DuckDBStore(FlowStore):
             "receiver": f"sum(recv_{unit})",
             "either": f"sum(sent_{unit}) + sum(recv_{unit})",
         }[spec.direction.value]
-        parts = [f"SELECT host AS e0, {value} AS v FROM hosts_{d} GROUP BY host" for d in rolled]
+        parts = [f"SELECT host AS e0, {value} AS v FROM hosts_{day} GROUP BY host" for day in rolled]
         edge_parts, params = endpoint_sum_parts(spec, self._source(spec.start_ms, spec.end_ms, frozenset(rolled)))
         return merge_sums(parts + edge_parts, "address", spec.top), params
 
@@ -368,8 +370,8 @@ class DuckDBStore(FlowStore):
                     deleted += self._drop(day)
                     dropped += 1
                 elif _day_start_ms(day) < cutoff:
-                    n = self._con.execute(f"DELETE FROM sessions_{day} WHERE end_ms < ?", [cutoff]).fetchone()
-                    deleted += int(n[0]) if n else 0
+                    result = self._con.execute(f"DELETE FROM sessions_{day} WHERE end_ms < ?", [cutoff]).fetchone()
+                    deleted += int(result[0]) if result else 0
                     self._forget_rollup(day)
         if max_bytes is not None:
             while len(self._days) > 1 and self._used_bytes() > max_bytes:
@@ -381,10 +383,10 @@ class DuckDBStore(FlowStore):
 
     def _drop(self, day: str) -> int:
         self._days.discard(day)  # queries stop naming the day before its table goes
-        n = _count(self._con, f"sessions_{day}")
+        rows = _count(self._con, f"sessions_{day}")
         self._con.execute(f"DROP TABLE sessions_{day}")
         self._forget_rollup(day)
-        return int(n)
+        return rows
 
     def _forget_rollup(self, day: str) -> None:
         if day in self._rollups:
@@ -407,7 +409,7 @@ class DuckDBStore(FlowStore):
                 newest = _scalar(cursor, f"SELECT max(end_ms) FROM sessions_{days[-1]}")
         finally:
             cursor.close()
-        size = sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}.wal")) if p.exists())
+        size = sum(os.path.getsize(file) for file in (self.path, Path(f"{self.path}.wal")) if file.exists())
         return StoreStats(rows, size, oldest, newest, len(days))
 
     def close(self) -> None:

@@ -54,13 +54,13 @@ def build_alerts_router(users: Users, store: AlertStore, engine: Optional[AlertE
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {username!r}")
         return other.id
 
-    def out(d: Definition) -> DefinitionOut:
-        mem = engine.memory().get(f"definition:{d.id}", 0) if engine else 0
-        active = engine.active_entities(d.id) if engine else 0
-        failure = engine.failure(d.id) if engine and d.enabled else None
-        status = "failed" if failure else ("active" if d.enabled else "disabled")
+    def out(definition: Definition) -> DefinitionOut:
+        mem = engine.memory().get(f"definition:{definition.id}", 0) if engine else 0
+        active = engine.active_entities(definition.id) if engine else 0
+        failure = engine.failure(definition.id) if engine and definition.enabled else None
+        status = "failed" if failure else ("active" if definition.enabled else "disabled")
         return DefinitionOut(
-            **d.model_dump(),
+            **definition.model_dump(),
             active_entities=active,
             state_bytes=mem,
             status=status,
@@ -68,17 +68,17 @@ def build_alerts_router(users: Users, store: AlertStore, engine: Optional[AlertE
         )
 
     def owned(principal: Principal, definition_id: int) -> Definition:
-        d = store.definition(definition_id)
-        if d is None or (d.user_id != principal.user_id and not principal.is_admin):
+        definition = store.definition(definition_id)
+        if definition is None or (definition.user_id != principal.user_id and not principal.is_admin):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert definition {definition_id}")
-        return d
+        return definition
 
     # -- definitions ----------------------------------------------------------------------
 
     @router.get("/alert-definitions", response_model=list[DefinitionOut], tags=["alerts"])
     def list_definitions(principal: User, user: Optional[str] = None) -> list[DefinitionOut]:
         """Your alert definitions (administrators: ``user`` names whose)."""
-        return [out(d) for d in store.definitions(whose(principal, user))]
+        return [out(definition) for definition in store.definitions(whose(principal, user))]
 
     @router.post("/alert-definitions", response_model=DefinitionOut, status_code=201, tags=["alerts"])
     def create_definition(body: DefinitionIn, principal: User) -> DefinitionOut:
@@ -95,9 +95,9 @@ def build_alerts_router(users: Users, store: AlertStore, engine: Optional[AlertE
         """Replace a definition. Changing only title, description, threshold, severity or
         threshold overrides keeps its window; any other change starts the window afresh."""
         owned(principal, definition_id)
-        d = store.update(definition_id, body)
-        assert d is not None
-        return out(d)
+        definition = store.update(definition_id, body)
+        assert definition is not None
+        return out(definition)
 
     @router.delete("/alert-definitions/{definition_id}", status_code=204, tags=["alerts"])
     def delete_definition(definition_id: Id, principal: User) -> Response:
