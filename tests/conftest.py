@@ -2,4 +2,14 @@
 (real exporters, nfcapd, vendor packets), ``live/`` (a running server, real SMTP and syslog),
 ``web/`` (a real browser); shared helpers are in ``support/``."""
 
+import pytest
+
 from .support.server import server  # noqa: E402, F401  (a fixture: a live ``sluice serve``)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_directory(tmp_path, monkeypatch):
+    """Every test runs in its own temporary directory: whatever a command writes relative to
+    where it runs (``sluice serve`` without ``--data-dir`` creates ``var/``) stays out of the
+    checkout."""
+    monkeypatch.chdir(tmp_path)
