@@ -197,15 +197,15 @@ def load(path: Path | None = None, **overrides: Any) -> Settings:
             continue
         node = flag_values
         *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for part in parents:
+            node = node.setdefault(part, {})
         node[leaf] = value
 
     token = _file_values.set(file_values)
     try:
         return Settings(**flag_values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in exc.errors())
         source = f" (file {path}, SLUICE_* environment, flags)" if path else " (SLUICE_* environment, flags)"
         raise ConfigError(f"invalid configuration{source}: {problems}") from None
     finally:

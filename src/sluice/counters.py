@@ -20,23 +20,27 @@ class Counters:
         self._lock = threading.Lock()
 
     def inc(self, name: str, amount: float = 1, **labels: object) -> None:
-        key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
+        key = (name, tuple(sorted((label, str(value)) for label, value in labels.items())))
         self._values[key] += amount
 
     def set(self, name: str, value: float, **labels: object) -> None:
-        key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
+        key = (name, tuple(sorted((label, str(value)) for label, value in labels.items())))
         self._values[key] = value
 
     def forget(self, name: str) -> None:
         """Drop every label set of ``name`` (gauges whose subjects come and go)."""
         with self._lock:
-            for key in [k for k in self._values if k[0] == name]:
+            for key in [existing for existing in self._values if existing[0] == name]:
                 del self._values[key]
 
     def get(self, name: str, **labels: object) -> float:
         """Sum of ``name`` over every label set that includes the given labels."""
-        want = {(k, str(v)) for k, v in labels.items()}
-        return sum(v for (n, lk), v in list(self._values.items()) if n == name and want <= set(lk))
+        want = {(label, str(value)) for label, value in labels.items()}
+        return sum(
+            value
+            for (metric, labels_of), value in list(self._values.items())
+            if metric == name and want <= set(labels_of)
+        )
 
     def snapshot(self) -> dict[tuple[str, LabelKey], float]:
         with self._lock:

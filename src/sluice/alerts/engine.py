@@ -64,14 +64,14 @@ class _Exceptions:
 class DefinitionState:
     """A definition with its compiled prefilter, exceptions and window."""
 
-    def __init__(self, d: Definition, exact_limit: int = 10_000, max_pairs: int = 16_000_000):
-        self.definition = d
-        self.signature = d.window_signature()
-        self.prefilter: Node | None = parse(d.prefilter) if d.prefilter else None
-        step = step_seconds(d.interval_s)
+    def __init__(self, definition: Definition, exact_limit: int = 10_000, max_pairs: int = 16_000_000):
+        self.definition = definition
+        self.signature = definition.window_signature()
+        self.prefilter: Node | None = parse(definition.prefilter) if definition.prefilter else None
+        step = step_seconds(definition.interval_s)
         self.step_ms = step * 1000
-        self.n_buckets = d.interval_s // step
-        if d.metric.is_distinct:
+        self.n_buckets = definition.interval_s // step
+        if definition.metric.is_distinct:
             self.window: SumWindow | DistinctWindow = DistinctWindow(
                 self.step_ms, self.n_buckets, exact_limit, max_pairs
             )
@@ -80,15 +80,15 @@ class DefinitionState:
         self.counted = np.empty(0, np.uint64)  # (entity, session) pairs counted in this period
         self.counted_bucket = -1
         self.bucket = -1
-        self.update(d)
+        self.update(definition)
 
-    def update(self, d: Definition) -> None:
+    def update(self, definition: Definition) -> None:
         """Take a new version of the definition whose window signature is unchanged."""
-        self.definition = d
-        ex = d.exceptions
+        self.definition = definition
+        ex = definition.exceptions
         overrides = [(ipaddress.ip_network(o.cidr), o.threshold) for o in ex.thresholds]
         self.exceptions = _Exceptions(
-            addresses=[AddressRange.of(ipaddress.ip_network(a)) for a in ex.addresses],
+            addresses=[AddressRange.of(ipaddress.ip_network(address)) for address in ex.addresses],
             ports=np.array(ex.ports, np.uint16),
             countries=np.array([c.encode() for c in ex.countries], "S2"),
             # prefix length in 128-bit terms, so IPv4 and IPv6 CIDRs compare by specificity
@@ -160,40 +160,46 @@ class AlertEngine:
         with self.lock:
             new: dict[int, DefinitionState] = {}
             failures: dict[int, Failure] = {}
-            for d in definitions:
-                if not d.enabled:
+            for definition in definitions:
+                if not definition.enabled:
                     continue
-                failed = self.failures.get(d.id)
-                if failed is not None and failed.definition == d:  # unchanged: waits for its retry
-                    failures[d.id] = failed
+                failed = self.failures.get(definition.id)
+                if failed is not None and failed.definition == definition:  # unchanged: waits for its retry
+                    failures[definition.id] = failed
                     continue
-                old = self.states.get(d.id)
+                old = self.states.get(definition.id)
                 try:
-                    if old is not None and old.signature == d.window_signature():
-                        old.update(d)
-                        new[d.id] = old
+                    if old is not None and old.signature == definition.window_signature():
+                        old.update(definition)
+                        new[definition.id] = old
                     else:
-                        new[d.id] = DefinitionState(d, self.exact_limit, self.max_pairs)
+                        new[definition.id] = DefinitionState(definition, self.exact_limit, self.max_pairs)
                 except Exception as exc:
-                    failures[d.id] = self._failure(d, "could not be prepared", exc)
+                    failures[definition.id] = self._failure(definition, "could not be prepared", exc)
             self.states = new
             self.failures = failures
 
-    def _failure(self, d: Definition, what: str, exc: BaseException) -> Failure:
+    def _failure(self, definition: Definition, what: str, exc: BaseException) -> Failure:
         detail = f"{type(exc).__name__}: {exc}"[:300]
-        log.error("alert definition failed; the others go on", definition=d.id, user=d.user_id, what=what, error=detail)
+        log.error(
+            "alert definition failed; the others go on",
+            definition=definition.id,
+            user=definition.user_id,
+            what=what,
+            error=detail,
+        )
         self.stats["definition_failures"] += 1
         return Failure(
-            d,
+            definition,
             f"{what} ({detail}); it is skipped until it is changed, and retried every "
             f"{FAILED_RETRY_MS // 60_000} minutes",
             int(self.clock() * 1000),
         )
 
-    def _set_aside(self, st: DefinitionState, what: str, exc: BaseException) -> None:
-        d = st.definition
-        self.failures[d.id] = self._failure(d, what, exc)
-        self.states.pop(d.id, None)
+    def _set_aside(self, state: DefinitionState, what: str, exc: BaseException) -> None:
+        definition = state.definition
+        self.failures[definition.id] = self._failure(definition, what, exc)
+        self.states.pop(definition.id, None)
 
     def _retry_failed(self, now_ms: int) -> None:
         """Failed definitions whose retry time has come start again, with an empty window."""
@@ -226,8 +232,8 @@ class AlertEngine:
             rows_by_kind: dict[EntityType, EntityRows | None] = {}
             shared = BatchKeys(sessions)
             events: list[AlertEvent] = []
-            for st in list(self.states.values()):
-                kind = st.definition.entity
+            for state in list(self.states.values()):
+                kind = state.definition.entity
                 if kind not in rows_by_kind:
                     try:
                         rows_by_kind[kind] = self._entity_rows(kind, sessions, new, now_ms, shared)
@@ -240,14 +246,14 @@ class AlertEngine:
                     continue
                 try:
                     pre = None
-                    if st.prefilter is not None:
-                        text = st.definition.prefilter
+                    if state.prefilter is not None:
+                        text = state.definition.prefilter
                         pre = masks.get(text)
                         if pre is None:
-                            pre = masks[text] = evaluate(st.prefilter, sessions)
-                    events.extend(self._evaluate_one(st, rows, pre, now_ms, now_us or now_ms * 1000))
+                            pre = masks[text] = evaluate(state.prefilter, sessions)
+                    events.extend(self._evaluate_one(state, rows, pre, now_ms, now_us or now_ms * 1000))
                 except Exception as exc:
-                    self._set_aside(st, "evaluation failed", exc)
+                    self._set_aside(state, "evaluation failed", exc)
             self.stats["events"] += len(events)
             return events
 
@@ -282,56 +288,56 @@ class AlertEngine:
         rows.first = first[rows.uniq]
         return rows
 
-    def _row_mask(self, st: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
-        d = st.definition
-        mask = rows.role(d.metric)
+    def _row_mask(self, state: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
+        definition = state.definition
+        mask = rows.role(definition.metric)
         if pre is not None:
             mask = mask & rows.session_col_of(pre)
-        ex = st.exceptions
+        ex = state.exceptions
         if len(ex.ports):
             mask = mask & ~np.isin(rows.session_col("srv_port"), ex.ports)
         for col in rows.own_addresses() if ex.addresses else ():
-            for r in ex.addresses:
-                mask = mask & ~in_range(col, r)
+            for address_range in ex.addresses:
+                mask = mask & ~in_range(col, address_range)
         for col in rows.own_countries() if len(ex.countries) else ():
             mask = mask & ~np.isin(col, ex.countries)
         return mask
 
-    def _thresholds(self, st: DefinitionState, rows: EntityRows, rep: np.ndarray) -> np.ndarray:
+    def _thresholds(self, state: DefinitionState, rows: EntityRows, rep: np.ndarray) -> np.ndarray:
         """Threshold per entity (``rep``: one row of each), overrides by CIDR applied."""
-        d = st.definition
-        thr = np.full(len(rep), d.threshold, np.int64)
-        for r, _, value in st.exceptions.thresholds:  # least specific first: the most specific wins
+        definition = state.definition
+        thr = np.full(len(rep), definition.threshold, np.int64)
+        for address_range, _, value in state.exceptions.thresholds:  # least specific first: the most specific wins
             hit = np.zeros(len(rep), bool)
             for col in rows.own_addresses():
-                hit |= in_range(col[rep], r)
+                hit |= in_range(col[rep], address_range)
             thr[hit] = value
         return thr
 
     def _evaluate_one(
-        self, st: DefinitionState, rows: EntityRows, pre: np.ndarray | None, now_ms: int, time_us: int
+        self, state: DefinitionState, rows: EntityRows, pre: np.ndarray | None, now_ms: int, time_us: int
     ) -> list[AlertEvent]:
-        d = st.definition
-        mask = self._row_mask(st, rows, pre)
+        definition = state.definition
+        mask = self._row_mask(state, rows, pre)
         if not mask.any():
             return []
-        bucket = now_ms // st.step_ms
+        bucket = now_ms // state.step_ms
         n_uniq = len(rows.uniq)
-        if d.metric.is_distinct:
+        if definition.metric.is_distinct:
             concerned = np.bincount(rows.inv, weights=mask, minlength=n_uniq) > 0
             sel = np.flatnonzero(mask)
-            st.window.add(rows.ids[sel], rows.peers(d.metric)[sel], bucket)
+            state.window.add(rows.ids[sel], rows.peers(definition.metric)[sel], bucket)
             local = np.flatnonzero(concerned)
         else:
-            amounts = np.bincount(rows.inv, weights=np.where(mask, rows.values(d.metric), 0), minlength=n_uniq)
-            if d.metric.value.startswith("sessions"):  # rows may concern an entity and add nothing
+            amounts = np.bincount(rows.inv, weights=np.where(mask, rows.values(definition.metric), 0), minlength=n_uniq)
+            if definition.metric.value.startswith("sessions"):  # rows may concern an entity and add nothing
                 local = np.flatnonzero(np.bincount(rows.inv, weights=mask, minlength=n_uniq))
             else:  # the role is "adds something": the entities concerned are those with a sum
                 local = np.flatnonzero(amounts)
-            st.window.add(rows.uniq[local], amounts[local].astype(np.int64), bucket)
+            state.window.add(rows.uniq[local], amounts[local].astype(np.int64), bucket)
         gids = rows.uniq[local]
-        values = st.window.value(gids)
-        thresholds = self._thresholds(st, rows, rows.first[local])
+        values = state.window.value(gids)
+        thresholds = self._thresholds(state, rows, rows.first[local])
         over = values > thresholds
         if not over.any():
             return []
@@ -341,15 +347,15 @@ class AlertEngine:
         hit_rows = np.flatnonzero(mask & over_local[rows.inv])
         sid = rows.sessions["session_id"][rows.session_row[hit_rows]]
         pair, first_of_pair = distinct_first(combine(rows.ids[hit_rows].astype(np.uint64), sid))
-        if st.counted_bucket != bucket:
-            st.counted, st.counted_bucket = np.empty(0, np.uint64), bucket
-        at = np.searchsorted(st.counted, pair)
+        if state.counted_bucket != bucket:
+            state.counted, state.counted_bucket = np.empty(0, np.uint64), bucket
+        at = np.searchsorted(state.counted, pair)
         fresh = (
-            (at >= len(st.counted)) | (st.counted[np.minimum(at, max(len(st.counted) - 1, 0))] != pair)
-            if len(st.counted)
+            (at >= len(state.counted)) | (state.counted[np.minimum(at, max(len(state.counted) - 1, 0))] != pair)
+            if len(state.counted)
             else np.ones(len(pair), bool)
         )
-        st.counted = np.insert(st.counted, at[fresh], pair[fresh])  # stays sorted
+        state.counted = np.insert(state.counted, at[fresh], pair[fresh])  # stays sorted
         pair_rows = hit_rows[first_of_pair[fresh]]
         increments = np.bincount(rows.inv[pair_rows], minlength=n_uniq)
         events = []
@@ -360,12 +366,12 @@ class AlertEngine:
             text = rows.text(int(rows.first[li]))
             events.append(
                 AlertEvent(
-                    d.id,
-                    d.user_id,
-                    d.entity,
+                    definition.id,
+                    definition.user_id,
+                    definition.entity,
                     text,
-                    alert_message(d.metric, d.entity, text),
-                    d.severity.value,
+                    alert_message(definition.metric, definition.entity, text),
+                    definition.severity.value,
                     inc,
                     int(thr),
                     int(value),
@@ -377,14 +383,14 @@ class AlertEngine:
     # -- time -----------------------------------------------------------------------------
 
     def _advance(self, now_ms: int) -> None:
-        for st in list(self.states.values()):
-            bucket = now_ms // st.step_ms
-            if bucket != st.bucket:
+        for state in list(self.states.values()):
+            bucket = now_ms // state.step_ms
+            if bucket != state.bucket:
                 try:
-                    st.window.advance(bucket)
+                    state.window.advance(bucket)
                 except Exception as exc:
-                    self._set_aside(st, "its window could not slide", exc)
-                st.bucket = bucket
+                    self._set_aside(state, "its window could not slide", exc)
+                state.bucket = bucket
         if now_ms - self._last_reclaim_ms > 60_000:
             self._reclaim(now_ms)
             self._last_reclaim_ms = now_ms
@@ -392,14 +398,14 @@ class AlertEngine:
     def _reclaim(self, now_ms: int) -> None:
         """Give back the ids of entities that no window holds any more."""
         for kind, index in self.indexes.items():
-            windows = [st for st in self.states.values() if st.definition.entity is kind]
-            horizon = max((st.definition.interval_s * 1000 + st.step_ms for st in windows), default=0)
+            windows = [state for state in self.states.values() if state.definition.entity is kind]
+            horizon = max((state.definition.interval_s * 1000 + state.step_ms for state in windows), default=0)
             seen = self.last_seen[kind]
             ids = index.live_ids()
             old = ids[seen[ids] < now_ms - horizon]
-            for st in windows:
+            for state in windows:
                 if len(old):
-                    old = old[st.window.value(old) == 0]
+                    old = old[state.window.value(old) == 0]
             index.remove(old)
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -407,7 +413,7 @@ class AlertEngine:
     def memory(self) -> dict[str, int]:
         """Bytes held: per definition (its window), and by the shared entity indexes."""
         with self.lock:
-            out = {f"definition:{i}": st.nbytes() for i, st in self.states.items()}
+            out = {f"definition:{definition_id}": state.nbytes() for definition_id, state in self.states.items()}
             for kind, index in self.indexes.items():
                 out[f"index:{kind.value}"] = index.nbytes() + self.last_seen[kind].nbytes
             return out
@@ -419,5 +425,5 @@ class AlertEngine:
 
     def active_entities(self, definition_id: int) -> int:
         with self.lock:
-            st = self.states.get(definition_id)
-            return 0 if st is None else len(st.window.active_ids())
+            state = self.states.get(definition_id)
+            return 0 if state is None else len(state.window.active_ids())

@@ -27,8 +27,8 @@ def address_keys(addr16: np.ndarray) -> np.ndarray:
 class BatchKeys:
     """Per-batch values several entity types share, computed once and only when needed."""
 
-    def __init__(self, s: SessionBatch):
-        self.sessions = s
+    def __init__(self, sessions: SessionBatch):
+        self.sessions = sessions
 
     @cached_property
     def cln(self) -> np.ndarray:
@@ -40,19 +40,19 @@ class BatchKeys:
 
     @cached_property
     def port(self) -> np.ndarray:
-        s = self.sessions
-        return (s["protocol"].astype(np.uint64) << np.uint64(16)) | s["srv_port"].astype(np.uint64)
+        sessions = self.sessions
+        return (sessions["protocol"].astype(np.uint64) << np.uint64(16)) | sessions["srv_port"].astype(np.uint64)
 
 
 class EntityRows:
     """A batch of sessions as rows of one entity type: keys, sides and values. Endpoint
     types have rows ``0..n-1`` for the client sides and ``n..2n-1`` for the server sides."""
 
-    def __init__(self, kind: EntityType, s: SessionBatch, new: np.ndarray, shared: BatchKeys):
+    def __init__(self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, shared: BatchKeys):
         self.kind = kind
-        self.sessions = s
+        self.sessions = sessions
         self.shared = shared
-        n = len(s)
+        n = len(sessions)
         self.n_sessions = n
         self.new_session = new
         self.valid: np.ndarray | None = None  # None: every row
@@ -64,9 +64,11 @@ class EntityRows:
             if kind is EntityType.HOST:
                 self.keys = np.concatenate([shared.cln, shared.srv])
             elif kind is EntityType.COUNTRY:
-                self.keys = np.concatenate([s["cln_country"], s["srv_country"]]).view(">u2").astype(np.uint64)
+                self.keys = (
+                    np.concatenate([sessions["cln_country"], sessions["srv_country"]]).view(">u2").astype(np.uint64)
+                )
             else:
-                asn = np.concatenate([s["cln_asn"], s["srv_asn"]])
+                asn = np.concatenate([sessions["cln_asn"], sessions["srv_asn"]])
                 self.keys = asn.astype(np.uint64)
                 self.valid = asn != 0  # sessions without an AS number do not count for ASN alerts
         else:
@@ -92,11 +94,11 @@ class EntityRows:
 
     def _sides(self, what: str) -> tuple[np.ndarray, np.ndarray]:
         """(own, other) per row; for host pairs and ports: (client side, server side)."""
-        c = self.sessions[f"cln_{what}"].astype(np.int64)
-        v = self.sessions[f"srv_{what}"].astype(np.int64)
+        client_side = self.sessions[f"cln_{what}"].astype(np.int64)
+        server_side = self.sessions[f"srv_{what}"].astype(np.int64)
         if self.kind.is_endpoint:
-            return np.concatenate([c, v]), np.concatenate([v, c])
-        return c, v
+            return np.concatenate([client_side, server_side]), np.concatenate([server_side, client_side])
+        return client_side, server_side
 
     def values(self, metric: AlertMetric) -> np.ndarray:
         """What each row adds to ``metric``."""
@@ -142,25 +144,25 @@ class EntityRows:
         return self.session_col_of(sh.port)
 
     def own_addresses(self) -> list[np.ndarray]:
-        s = self.sessions
+        sessions = self.sessions
         if self.kind.is_endpoint:
             return [self.own_addr]
         if self.kind is EntityType.HOST_PAIR:
-            return [s["cln_addr"], s["srv_addr"]]
-        return [s["srv_addr"]]
+            return [sessions["cln_addr"], sessions["srv_addr"]]
+        return [sessions["srv_addr"]]
 
     def own_countries(self) -> list[np.ndarray]:
-        s = self.sessions
+        sessions = self.sessions
         if self.kind.is_endpoint:
             return [self.own_country]
         if self.kind is EntityType.HOST_PAIR:
-            return [s["cln_country"], s["srv_country"]]
-        return [s["srv_country"]]
+            return [sessions["cln_country"], sessions["srv_country"]]
+        return [sessions["srv_country"]]
 
     def text(self, row: int) -> str:
         """The entity of one row as text (used once per alerting entity)."""
-        s = self.sessions
-        r = int(self.session_row[row])
+        sessions = self.sessions
+        session = int(self.session_row[row])
         if self.kind is EntityType.HOST:
             return addr_text(bytes(self.own_addr[row]))
         if self.kind is EntityType.COUNTRY:
@@ -168,6 +170,7 @@ class EntityRows:
         if self.kind is EntityType.ASN:
             return str(int(self.keys[row]))
         if self.kind is EntityType.HOST_PAIR:
-            return f"{addr_text(bytes(s['cln_addr'][r]))} -> {addr_text(bytes(s['srv_addr'][r]))}"
-        proto = int(s["protocol"][r])
-        return f"{int(s['srv_port'][r])}/{PROTOCOL_NAMES.get(proto, str(proto))}"
+            client, server = sessions["cln_addr"][session], sessions["srv_addr"][session]
+            return f"{addr_text(bytes(client))} -> {addr_text(bytes(server))}"
+        proto = int(sessions["protocol"][session])
+        return f"{int(sessions['srv_port'][session])}/{PROTOCOL_NAMES.get(proto, str(proto))}"

@@ -63,13 +63,13 @@ class DeliveryWorker:
                 continue
             assert prefs is not None
             digest = self.channel.name == "email" and prefs.email_digest and len(items) >= DIGEST_MIN
-            groups = [items] if digest else [[i] for i in items]
-            for k, group in enumerate(groups):
+            groups = [items] if digest else [[item] for item in items]
+            for position, group in enumerate(groups):
                 try:
-                    self.channel.deliver([i.notice for i in group], prefs, system)
+                    self.channel.deliver([item.notice for item in group], prefs, system)
                 except DeliveryError as exc:
                     # the user's destination is down: the rest of theirs waits for the retry too
-                    rest = [i for g in groups[k:] for i in g]
+                    rest = [item for later in groups[position:] for item in later]
                     self.counters.inc("notification_failures_total", len(rest), channel=self.channel.name)
                     self.outbox.failed(rest, str(exc))
                     log.warning(
@@ -79,6 +79,6 @@ class DeliveryWorker:
                         notifications=len(rest),
                     )
                     break
-                self.outbox.delivered([i.id for i in group])
+                self.outbox.delivered([item.id for item in group])
                 self.counters.inc("notifications_delivered_total", len(group), channel=self.channel.name)
         return len(due)

@@ -217,14 +217,14 @@ def tokenize(text: str) -> list[Token]:
     tokens = []
     pos = 0
     while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
+        match = _TOKEN.match(text, pos)
+        if match is None:
             raise FilterError(text, pos, f"unexpected character {text[pos]!r}")
-        if m.lastgroup == "quoted":
-            tokens.append(Token("word", m.group()[1:-1], pos))
-        elif m.lastgroup != "space":
-            tokens.append(Token(m.lastgroup or "", m.group(), pos))
-        pos = m.end()
+        if match.lastgroup == "quoted":
+            tokens.append(Token("word", match.group()[1:-1], pos))
+        elif match.lastgroup != "space":
+            tokens.append(Token(match.lastgroup or "", match.group(), pos))
+        pos = match.end()
     tokens.append(Token("end", "", len(text)))
     return tokens
 

@@ -145,17 +145,17 @@ def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
     """SQL for a ranked report over ``source`` (a table expression of session rows)."""
     cond, params = _where(spec.where, spec.start_ms, spec.end_ms)
     names = ENTITY_COLUMNS[spec.entity]
-    m, d = spec.metric, spec.direction
+    metric, direction = spec.metric, spec.direction
     if spec.entity in _ENDPOINT:
         cln, srv = _ENDPOINT[spec.entity]
-        if m in (Metric.BYTES, Metric.PACKETS):
+        if metric in (Metric.BYTES, Metric.PACKETS):
             # sums: aggregate each side on its own, then merge the (much smaller) results
             parts, part_params = endpoint_sum_parts(spec, source)
             return merge_sums(parts, names[0], spec.top), part_params
         # counts of distinct things: one row per (session row, side) in the entity's role(s)
         side = "SELECT {e} AS e0, session_id, {peer} AS peer, srv_port AS port FROM {src} WHERE {cond}"
         parts, part_params = [], []
-        for client in {Direction.SENDER: [1], Direction.RECEIVER: [0], Direction.EITHER: [1, 0]}[d]:
+        for client in {Direction.SENDER: [1], Direction.RECEIVER: [0], Direction.EITHER: [1, 0]}[direction]:
             parts.append(
                 side.format(
                     e=(cln if client else srv)[0], peer="srv_addr" if client else "cln_addr", src=source, cond=cond
@@ -166,27 +166,27 @@ def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
             Metric.SESSIONS: "count(DISTINCT session_id)",
             Metric.UNIQUE_HOSTS: "count(DISTINCT peer)",
             Metric.UNIQUE_PORTS: "count(DISTINCT port)",
-        }[m]
+        }[metric]
         sql = (
             f"SELECT e0 AS {names[0]}, {value} AS value FROM ({' UNION ALL '.join(parts)}) AS sides "
             f"GROUP BY e0 ORDER BY value DESC, e0 LIMIT {int(spec.top)}"
         )
         return sql, part_params
     cols = _FIXED[spec.entity]
-    if m is Metric.UNIQUE_HOSTS and spec.entity is Entity.HOST_PAIR:
+    if metric is Metric.UNIQUE_HOSTS and spec.entity is Entity.HOST_PAIR:
         raise ValueError("unique hosts of a host pair is always 2: choose another metric")
     value = {
-        Metric.BYTES: _directional("cln_bytes", "srv_bytes", d),
-        Metric.PACKETS: _directional("cln_pkts", "srv_pkts", d),
+        Metric.BYTES: _directional("cln_bytes", "srv_bytes", direction),
+        Metric.PACKETS: _directional("cln_pkts", "srv_pkts", direction),
         Metric.SESSIONS: "count(DISTINCT session_id)",
         Metric.UNIQUE_HOSTS: {
             Direction.SENDER: "count(DISTINCT cln_addr)",
             Direction.RECEIVER: "count(DISTINCT srv_addr)",
             Direction.EITHER: "count(DISTINCT cln_addr) + count(DISTINCT srv_addr)",
-        }[d],
+        }[direction],
         Metric.UNIQUE_PORTS: "count(DISTINCT srv_port)",
-    }[m]
-    select = ", ".join(f"{c} AS {n}" for c, n in zip(cols, names, strict=True))
+    }[metric]
+    select = ", ".join(f"{column} AS {name}" for column, name in zip(cols, names, strict=True))
     group = ", ".join(cols)
     sql = (
         f"SELECT {select}, {value} AS value FROM {source} WHERE {cond} GROUP BY {group} "
