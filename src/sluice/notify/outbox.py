@@ -81,20 +81,11 @@ class Outbox:
             return
         now = now_us()
         definition = session.get(AlertDefinitionRow, row.definition_id)
-        user = session.get(User, row.user_id)
-        notice = self.notice(row, definition.title if definition else "", user.username if user else "", change)
+        notice = self._notice_of(session, row, definition, change)
         # the dashboard hears of every change (a busy record at most once a stream gap)
         if change != UPDATED or now - self._stream_last.get(row.id, 0) >= self.stream_min_gap_s * 1e6:
             self._stream_last[row.id] = now
-            session.add(
-                AlertStreamRow(
-                    user_id=row.user_id,
-                    alert_id=row.id,
-                    change=change,
-                    payload=json.dumps(notice.payload()),
-                    created_us=now,
-                )
-            )
+            _add_stream_row(session, row, notice, now)
         if change == UPDATED:
             # still triggering: tell again once per re-notify interval (default: the window)
             renotify_s = (
@@ -126,17 +117,13 @@ class Outbox:
     def stream_event(self, session: Session, row: AlertRecordRow, change: str) -> None:
         """A stream event for changes that notify no one (acknowledged, deleted)."""
         definition = session.get(AlertDefinitionRow, row.definition_id)
+        _add_stream_row(session, row, self._notice_of(session, row, definition, change), now_us())
+
+    def _notice_of(
+        self, session: Session, row: AlertRecordRow, definition: Optional[AlertDefinitionRow], change: str
+    ) -> Notice:
         user = session.get(User, row.user_id)
-        notice = self.notice(row, definition.title if definition else "", user.username if user else "", change)
-        session.add(
-            AlertStreamRow(
-                user_id=row.user_id,
-                alert_id=row.id,
-                change=change,
-                payload=json.dumps(notice.payload()),
-                created_us=now_us(),
-            )
-        )
+        return self.notice(row, definition.title if definition else "", user.username if user else "", change)
 
     def notice(self, row: AlertRecordRow, title: str, username: str, change: str) -> Notice:
         return Notice.of(row, username, title, change=change, link=self.link)
@@ -254,6 +241,19 @@ class Outbox:
                 delete(NotificationRow).where(NotificationRow.state == DELIVERED, NotificationRow.created_us < cutoff)
             )
             session.execute(delete(AlertStreamRow).where(AlertStreamRow.created_us < cutoff))
+
+
+def _add_stream_row(session: Session, row: AlertRecordRow, notice: Notice, created_us: int) -> None:
+    """What the dashboards' live stream replays: the change and the alert as it is now."""
+    session.add(
+        AlertStreamRow(
+            user_id=row.user_id,
+            alert_id=row.id,
+            change=notice.change,
+            payload=json.dumps(notice.payload()),
+            created_us=created_us,
+        )
+    )
 
 
 def _interval_s(definition: Optional[AlertDefinitionRow]) -> int:
