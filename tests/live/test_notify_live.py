@@ -15,11 +15,12 @@ import httpx
 
 from sluice.alerts.records import AlertOut, alert_line
 
+from ..support.exporters import export
 from ..support.interop import free_tcp_port, free_udp_port
 from ..support.notifyhelp import Rsyslog, SmtpServer
 from ..support.pcapgen import scan_pcap
 from ..support.server import ADMIN, ns2, start_server
-from ..support.exporters import export
+from ..support.waiting import wait_until
 
 
 def start(tmp_path, http: int, netflow: int) -> subprocess.Popen:
@@ -43,16 +44,6 @@ def scan(tmp_path, netflow: int, name: str, target: str = "10.9.0.10", ports: in
     work.mkdir()
     scan_pcap(work / "t.pcap", target, ports, time.time() - 5)
     export(work, "softflowd", "9", netflow)
-
-
-def wait(predicate, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Stream:
@@ -131,8 +122,8 @@ def test_kill_9_between_outbox_write_and_delivery_delivers_once_after_restart(tm
             c.post("/api/v1/alert-definitions", json={"title": "scan", "metric": "unique_ports", "entity": "host",
                                                       "threshold": 50, "interval": "5m", "severity": "HIGH"})
             scan(tmp_path, netflow, "a", ports=60)
-            pending = wait(lambda: [n for n in c.get("/api/v1/notifications").json() if n["attempts"] >= 1],
-                           what="a failed delivery attempt")
+            pending = wait_until(lambda: [n for n in c.get("/api/v1/notifications").json() if n["attempts"] >= 1],
+                                 what="a failed delivery attempt")
             assert all(n["state"] == "pending" and "Connection refused" in n["last_error"] for n in pending)
             expected = len(c.get("/api/v1/notifications", params={"state": "pending"}).json())
             assert expected == 2  # the scanner and the target
@@ -165,7 +156,7 @@ def test_stream_resumes_from_the_last_event_id_without_gaps(tmp_path):
                                                       "threshold": 50, "interval": "5m"})
             first = Stream(http)
             scan(tmp_path, netflow, "a", ports=60)
-            wait(lambda: len(first.events) >= 2, what="two stream events")
+            wait_until(lambda: len(first.events) >= 2, what="two stream events")
             first.close()
             seen = list(first.events)
             last_id = seen[-1][0]
@@ -176,7 +167,7 @@ def test_stream_resumes_from_the_last_event_id_without_gaps(tmp_path):
             c.post("/api/v1/alerts/acknowledge", json={"ids": [a["id"] for a in alerts]})
             c.delete(f"/api/v1/alerts/{alerts[0]['id']}")
             resumed = Stream(http, last_event_id=str(last_id))
-            wait(lambda: len(resumed.events) >= 3, what="the missed events")
+            wait_until(lambda: len(resumed.events) >= 3, what="the missed events")
             time.sleep(0.5)
             resumed.close()
             changes = [(e["change"], e["alert"]["id"]) for _, e in resumed.events]
@@ -222,7 +213,7 @@ def test_one_alert_reaches_mail_syslog_stream_and_cli_alike(tmp_path):
             scan(tmp_path, netflow, "a", ports=70)
             mails = smtp.wait_for(3)
             lines = syslog.lines(2)
-            wait(lambda: len(stream.events) >= 2, what="stream events")
+            wait_until(lambda: len(stream.events) >= 2, what="stream events")
             stream.close()
             alerts = {a["entity"]: a for a in me.get("/api/v1/alerts").json()}
         assert set(alerts) == {"10.5.0.66", "10.9.0.10"}

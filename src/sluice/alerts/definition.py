@@ -15,7 +15,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from ..query.filter import FilterError, Node, parse
+from ..query.filter import MAX_LENGTH, FilterError, Node, parse
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
@@ -187,7 +187,7 @@ class DefinitionIn(BaseModel):
 
     title: str = Field(..., min_length=1, max_length=200)
     description: str = Field("", max_length=4000)
-    prefilter: str = Field("", max_length=10_000, description="filter language; blank: all sessions")
+    prefilter: str = Field("", max_length=MAX_LENGTH, description="filter language; blank: all sessions")
     metric: AlertMetric
     entity: EntityType
     threshold: int = Field(..., ge=0, le=2**62, description="alert when the metric exceeds this")

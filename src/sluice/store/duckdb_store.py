@@ -395,8 +395,7 @@ class DuckDBStore(FlowStore):
             del self._rollups[day]
 
     def _used_bytes(self) -> int:
-        row = self._con.execute("SELECT used_blocks * block_size FROM pragma_database_size()").fetchone()
-        return int(row[0]) if row else 0
+        return int(_scalar(self._con, "SELECT used_blocks * block_size FROM pragma_database_size()") or 0)
 
     def stats(self) -> StoreStats:
         days = sorted(self._days)

@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 from fastapi import APIRouter, HTTPException, Query, status
 
 from ...counters import Counters
+from ...query.filter import MAX_LENGTH
 from ...query.reports import Direction, Entity, Metric, ReportSpec, SeriesSpec
 from ...store.base import FlowStore, TimeRange
 from ..auth import User
 from .common import PREFIX, UNPROCESSABLE, json_rows, parse_filter, time_frame
 
-FilterText = Annotated[Optional[str], Query(max_length=10_000)]
+FilterText = Annotated[Optional[str], Query(max_length=MAX_LENGTH)]
 
 
 def build_data_router(
