@@ -1,15 +1,30 @@
 #!/usr/bin/env python3
-"""Ingest benchmark: Sluice against nfcapd (Debian nfdump) on the same traffic and sender.
+"""Whole-server ingest benchmark: ``sluice serve`` against nfcapd (Debian nfdump), same sender.
 
-For NetFlow v5, v9 and IPFIX (30 records per datagram), one sender process paces the same
-pre-encoded datagrams over loopback at a ladder of rates, first to ``nfcapd`` and then to
-``sluice serve``; each rung starts a fresh collector. The sender runs on CPU 0 and the
-collector under test on CPU 1 (the same for both), so that neither measures the scheduler. For each collector and protocol it
-reports the highest rate at which >= 99.9 % of the flows sent were received and decoded,
-the ratio Sluice / nfcapd, CPU time per million flows and peak RSS. A rung that loses flows
-is tried once more before the ladder stops, for both collectors alike.
+What it measures is the server an operator runs: collector -> sessions -> enrichment ->
+DuckDB store (no alert definitions), fed over loopback UDP. For each export protocol
+(NetFlow v5, v9, IPFIX; 30 records a datagram) and each traffic shape:
+
+- **new**: every record a new TCP conversation (random client ports, 5,000 clients x 60,000
+  servers, current timestamps) - what a router on a busy network exports. The sender loops
+  over a pool of distinct conversations three times ``max_sessions`` (1 M) long, so a
+  conversation has been forgotten by the time it comes round again: the tracker lives at its
+  bound, evicting on every batch (its steady state).
+- **recurring**: 60,000 conversations, looped (long-lived sessions updated again and again).
+
+one sender process paces pre-encoded datagrams at a ladder of rates, to nfcapd and then to
+Sluice (a fresh collector per rung, the sender on CPU 0, the collector on CPU 1). A rung is
+**lossless** when >= 99.9 % of the flows sent were decoded *and* every session row the
+tracker made was stored. The figure per collector is the highest lossless rate; beside it,
+CPU seconds per million flows (all the collector's threads) and peak RSS. Rungs last
+``--seconds`` (default 60: long enough for the tracker to reach its bound at the lower
+rungs; shorter rungs measure a tracker still filling, which flatters it).
+
+``--workers 1,2`` runs Sluice once per worker count (``sluice serve --workers N``; with N > 1
+the collector is not pinned, it gets every core but the sender's).
 
 Run: ``make bench`` or ``.venv/bin/python bench/ingest.py [--quick] [--json FILE]``.
+Results go to ``bench/results/ingest.json`` with ``--json``.
 """
 
 from __future__ import annotations
@@ -35,29 +50,45 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from sluice.flows.schema import FlowBatch  # noqa: E402
 from sluice.simulate.encode import IpfixEncoder, NetflowV5Encoder, NetflowV9Encoder  # noqa: E402
-from sluice.simulate.traffic import TrafficModel  # noqa: E402
 
 RECORDS_PER_DATAGRAM = 30
 THRESHOLD = 0.999
 ATTEMPTS = 2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+MAX_SESSIONS = 1_000_000
+SENDER_CPU, COLLECTOR_CPU = 0, 1  # one core each, so the scheduler does not make them share
 
 
 @dataclass
 class Rung:
     collector: str
     protocol: str
+    shape: str
+    workers: int
     target_flows_per_s: float
+    seconds: float
     sent_flows: int
-    send_rate: float  # flows/s actually achieved by the sender
-    received_flows: int
+    send_rate: float  # flows/s the sender achieved
+    decoded_flows: int
+    session_rows: int  # rows the tracker made
+    stored_rows: int  # rows in the store after the drain
+    socket_drops: int
     cpu_s: float
     peak_rss_mb: float
 
     @property
     def ratio(self) -> float:
-        return self.received_flows / self.sent_flows if self.sent_flows else 0.0
+        return self.decoded_flows / self.sent_flows if self.sent_flows else 0.0
+
+    @property
+    def lossless(self) -> bool:
+        return self.ratio >= THRESHOLD and self.stored_rows >= self.session_rows
+
+    @property
+    def cpu_per_m(self) -> float:
+        return self.cpu_s / max(self.decoded_flows, 1) * 1e6
 
 
 def free_port(kind: int) -> int:
@@ -66,76 +97,112 @@ def free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
-def datagrams_for(protocol: str, n_flows: int) -> list[bytes]:
-    model = TrafficModel(seed=11, ipv6_share=0.0, scan_every_s=0, exfil_every_s=0)
-    flows = model.conversations(1_700_000_000_000, 1_700_000_060_000, n_flows / 120)
+def ipv4_mapped(ints: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(ints), 16), np.uint8)
+    out[:, 10] = out[:, 11] = 0xFF
+    out[:, 12:] = ints.astype(">u4").view(np.uint8).reshape(-1, 4)
+    return out
+
+
+def conversations(shape: str, now_ms: int, seed: int = 11) -> FlowBatch:
+    """The pool the sender loops over: distinct TCP conversations, client to server."""
+    rng = np.random.default_rng(seed)
+    n = 3 * MAX_SESSIONS if shape == "new" else 60_000
+    # distinct (client, client port, server, server port): draw extra and keep the first of each
+    draw = int(n * 1.05)
+    client = rng.integers(0, 5000, draw)
+    server = rng.integers(0, 60000, draw)
+    cport = rng.integers(1024, 65536, draw)
+    sport = rng.choice(np.array([80, 443, 22, 53]), draw)
+    key = (client.astype(np.uint64) << 40) | (server.astype(np.uint64) << 18) | (cport.astype(np.uint64) << 2)
+    key |= np.searchsorted([22, 53, 80, 443], sport).astype(np.uint64)
+    _, first = np.unique(key, return_index=True)
+    pick = np.sort(first)[:n]
+    rng.shuffle(pick)
+    m = len(pick)
+    return FlowBatch.build(
+        m, src_addr=ipv4_mapped(0x0A010000 + client[pick]), dst_addr=ipv4_mapped(0x0A100000 + server[pick]),
+        src_port=cport[pick], dst_port=sport[pick], protocol=6, tcp_flags=0x1B, bytes=1500, packets=6,
+        time_start_ms=now_ms - 200, time_end_ms=now_ms, sampling_rate=1, input_if=1, output_if=2,
+    )
+
+
+def datagrams_for(protocol: str, shape: str, now_ms: int) -> list[bytes]:
     encoder = {"netflow5": NetflowV5Encoder(), "netflow9": NetflowV9Encoder(template_every=20),
                "ipfix": IpfixEncoder(template_every=20)}[protocol]
-    out = encoder.encode(flows, 1_700_000_060_000, per_datagram=RECORDS_PER_DATAGRAM)
-    full = [d for d in out]
-    return full
+    return encoder.encode(conversations(shape, now_ms), now_ms, per_datagram=RECORDS_PER_DATAGRAM)
 
 
-def flows_in(datagrams: list[bytes], protocol: str) -> list[int]:
-    """Records carried by each datagram (the header says so for v5; count sets for v9/IPFIX)."""
-    from sluice.collect.decoder import Datagram, Decoder
-
-    d = Decoder()
-    counts = []
-    for dg in datagrams:
-        counts.append(len(d.decode([Datagram(dg, "127.0.0.1", 1, 0.0)]).flows))
-    return counts
-
-
-def send(port: int, datagrams: list[bytes], counts: list[int], rate: float, seconds: float) -> tuple[int, float]:
-    """Send at ``rate`` flows/s for ``seconds``; returns (flows sent, achieved flows/s)."""
+def send(port: int, datagrams: list[bytes], rate: float, seconds: float) -> tuple[int, float]:
+    """Send at ``rate`` flows/s for ``seconds``; returns (flows sent, flows/s achieved)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     sock.connect(("127.0.0.1", port))
-    per_datagram = float(np.mean(counts))
-    total_datagrams = int(rate * seconds / per_datagram)
-    dg_rate = rate / per_datagram
-    sent = flows = 0
-    n = len(datagrams)
+    total = int(rate * seconds / RECORDS_PER_DATAGRAM)
+    dg_rate = rate / RECORDS_PER_DATAGRAM
+    sent, n = 0, len(datagrams)
     start = time.perf_counter()
-    while sent < total_datagrams:
-        due = min(int((time.perf_counter() - start) * dg_rate) + 1, total_datagrams)
+    while sent < total:
+        due = min(int((time.perf_counter() - start) * dg_rate) + 1, total)
         while sent < due:
-            i = sent % n
             try:
-                sock.send(datagrams[i])
+                sock.send(datagrams[sent % n])
             except (BlockingIOError, ConnectionRefusedError):
                 pass  # counted as sent: the collector's socket is the one that must keep up
-            flows += counts[i]
             sent += 1
     elapsed = time.perf_counter() - start
     sock.close()
-    return flows, flows / elapsed
+    return sent * RECORDS_PER_DATAGRAM, sent * RECORDS_PER_DATAGRAM / elapsed
 
 
-SENDER_CPU, COLLECTOR_CPU = 0, 1  # one core each, so the scheduler does not make them share
-
-
-def on_collector_cpu() -> None:
-    if os.cpu_count() and os.cpu_count() > 1:
-        os.sched_setaffinity(0, {COLLECTOR_CPU})
+def pin(cpu: int | None) -> None:
+    if cpu is not None and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {cpu})
 
 
 def proc_cpu_s(pid: int) -> float:
+    """CPU time of a process and its children that have ended (workers, when they exit)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
 
 
-def proc_peak_rss_mb(pid: int) -> float:
-    m = re.search(r"VmHWM:\s+(\d+) kB", open(f"/proc/{pid}/status").read())
-    return int(m.group(1)) / 1024 if m else 0.0
+def tree_cpu_s(pid: int) -> float:
+    """CPU time of a process and its live descendants."""
+    total = proc_cpu_s(pid)
+    for child in children(pid):
+        try:
+            fields = open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except OSError:
+            pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out + [g for c in out for g in children(c)]
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    total = 0.0
+    for p in [pid, *children(pid)]:
+        try:
+            m = re.search(r"VmHWM:\s+(\d+) kB", open(f"/proc/{p}/status").read())
+            total += int(m.group(1)) / 1024 if m else 0.0
+        except OSError:
+            pass
+    return total
 
 
 class Nfcapd:
     name = "nfcapd"
 
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
+    def __init__(self, workdir: Path, workers: int):
         self.port = free_port(socket.SOCK_DGRAM)
         flowdir = workdir / f"nfcapd-{self.port}"
         flowdir.mkdir()
@@ -143,159 +210,176 @@ class Nfcapd:
         self.proc = subprocess.Popen([binary, "-p", str(self.port), "-b", "127.0.0.1", "-w", str(flowdir),
                                       "-t", "3600", "-B", str(32 << 20)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     preexec_fn=on_collector_cpu)
+                                     preexec_fn=lambda: pin(COLLECTOR_CPU))
         time.sleep(0.5)
 
-    def flows(self) -> int | None:
+    def counts(self) -> dict[str, int] | None:
         return None  # known only at exit, from nfcapd's own summary line
 
-    def stop(self) -> int:
+    def stop(self) -> dict[str, int]:
         self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
+        out, _ = self.proc.communicate(timeout=60)
         m = re.search(r"Flows: (\d+)", out)
         if not m:
             raise RuntimeError(f"nfcapd printed no summary:\n{out}")
-        return int(m.group(1))
+        flows = int(m.group(1))  # nfcapd writes every flow it decodes to its file
+        return {"flows": flows, "rows": flows, "stored": flows, "drops": 0}
 
 
 class Sluice:
     name = "sluice"
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, workers: int):
         self.port = free_port(socket.SOCK_DGRAM)
         self.http = free_port(socket.SOCK_STREAM)
         binary = str(Path(sys.executable).parent / "sluice")
+        extra = ["--workers", str(workers)] if workers else []
+        data = workdir / f"sluice-{self.port}"
         self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1", "--netflow-port", str(self.port), "--ipfix-port", "0",
-             "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(self.http),
-             "--data-dir", str(workdir / "var")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=on_collector_cpu)
-        for _ in range(100):
+            [binary, "serve", "--no-simulate", "--listen", "127.0.0.1", "--netflow-port", str(self.port),
+             "--ipfix-port", "0", "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(self.http),
+             "--data-dir", str(data), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=(lambda: pin(COLLECTOR_CPU)) if workers <= 1 else (lambda: os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2))) if (os.cpu_count() or 1) > 1 else None))
+        for _ in range(300):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.http}/healthz", timeout=1)
                 break
             except OSError:
                 time.sleep(0.1)
 
-    def flows(self) -> int:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5).read().decode()
-        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith("sluice_flows_total")))
+    def counts(self) -> dict[str, int]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=10).read().decode()
 
-    def stop(self) -> int:
-        flows = self.flows()
+        def total(name: str) -> int:
+            return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith(name + "{") or line.startswith(name + " ")))
+
+        return {"flows": total("sluice_flows_total"), "rows": total("sluice_session_rows_total"),
+                "stored": total("sluice_store_rows"), "drops": total("sluice_socket_drops")}
+
+    def stop(self) -> dict[str, int]:
+        counts = self.counts()
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
-        return flows
+        self.proc.wait(60)
+        return counts
 
 
-def run_rung(kind: type, workdir: Path, protocol: str, datagrams: list[bytes], counts: list[int],
+def run_rung(kind: type, workdir: Path, protocol: str, shape: str, workers: int, datagrams: list[bytes],
              rate: float, seconds: float) -> Rung:
-    collector = kind(workdir)
-    cpu0 = proc_cpu_s(collector.proc.pid)
-    sent, achieved = send(collector.port, datagrams, counts, rate, seconds)
-    # let the collector drain its socket buffer; stop when its count stops moving
-    last, stable = -1, 0
-    for _ in range(50):
-        time.sleep(0.1)
-        now = collector.flows()
+    collector = kind(workdir, workers)
+    cpu0 = tree_cpu_s(collector.proc.pid)
+    sent, achieved = send(collector.port, datagrams, rate, seconds)
+    # let the collector drain its socket buffer and write its queue: wait until nothing moves
+    last, stable = None, 0
+    for _ in range(300):
+        time.sleep(0.2)
+        now = collector.counts()
         if now is None:
             time.sleep(1.0)
             break
         stable = stable + 1 if now == last else 0
         last = now
-        if stable >= 3:
+        if stable >= 5 and now["stored"] >= now["rows"]:
             break
-    cpu = proc_cpu_s(collector.proc.pid) - cpu0
-    rss = proc_peak_rss_mb(collector.proc.pid)
-    received = collector.stop()
-    return Rung(collector.name, protocol, rate, sent, achieved, received, cpu, rss)
+    cpu = tree_cpu_s(collector.proc.pid) - cpu0
+    rss = tree_peak_rss_mb(collector.proc.pid)
+    c = collector.stop()
+    return Rung(collector.name, protocol, shape, workers, rate, seconds, sent, achieved, c["flows"], c["rows"],
+                c["stored"], c["drops"], cpu, rss)
 
 
 def machine() -> dict[str, object]:
-    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     nfcapd_version = subprocess.run(["nfcapd", "-V"], capture_output=True, text=True)
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "kernel": platform.release(),
             "nfcapd": (nfcapd_version.stdout + nfcapd_version.stderr).strip().splitlines()[0]}
 
 
+def ladder(kind: type, workdir: Path, protocol: str, shape: str, workers: int, datagrams: list[bytes],
+           rates: list[float], seconds: float, results: list[Rung]) -> Rung | None:
+    best = None
+    for rate in rates:
+        # a rung that loses flows gets one more attempt (for either collector alike): a single
+        # hiccup of a shared 2-core machine should not end the ladder
+        for _ in range(ATTEMPTS):
+            rung = run_rung(kind, workdir, protocol, shape, workers, datagrams, rate, seconds)
+            results.append(rung)
+            if rung.lossless:
+                break
+        ok = rung.lossless and rung.send_rate >= 0.95 * rate
+        verdict = "ok" if ok else "LOSS" if not rung.lossless else "sender-limited"
+        label = kind.name + (f" x{workers}" if kind is Sluice and workers else "")
+        print(f"  {protocol:9} {shape:9} {label:10} target {rate / 1e6:5.2f} M/s  sent {rung.send_rate / 1e6:5.2f} M/s  "
+              f"decoded {rung.ratio * 100:7.3f} %  stored {rung.stored_rows:>10,}/{rung.session_rows:<10,}  "
+              f"cpu {rung.cpu_per_m:5.2f} s/M  peak RSS {rung.peak_rss_mb:6.0f} MB  {verdict}", flush=True)
+        if ok:
+            best = rung
+        else:
+            break
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short rungs, fewer rates (a smoke run)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds of traffic per rung")
+    parser.add_argument("--quick", action="store_true", help="10 s rungs, v5 only, few rates (a smoke run)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds of traffic per rung")
     parser.add_argument("--protocols", default="netflow5,netflow9,ipfix")
-    parser.add_argument("--rates", default="250000,500000,1000000,1500000,2000000,2500000,3000000,4000000",
+    parser.add_argument("--shapes", default="new,recurring")
+    parser.add_argument("--rates", default="100000,250000,500000,750000,1000000,1500000,2000000,3000000",
                         help="comma-separated ladder of flows/s")
+    parser.add_argument("--nfcapd-rates", help="ladder for nfcapd (default: the same)")
+    parser.add_argument("--workers", default="1", help="comma-separated Sluice worker counts, e.g. 1,2")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
-    seconds = args.seconds
+    nf_rates = [float(r) for r in args.nfcapd_rates.split(",")] if args.nfcapd_rates else rates
+    seconds, protocols, shapes = args.seconds, args.protocols.split(","), args.shapes.split(",")
     if args.quick:
-        rates, seconds = [250000, 1000000], 1.0
+        rates, nf_rates, seconds, protocols = [100000, 250000, 500000], [500000, 1000000], 10.0, ["netflow5"]
     if not shutil.which("nfcapd"):
         print("nfcapd not found: install Debian's nfdump (make debian-deps)", file=sys.stderr)
         return 2
-
-    if (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {SENDER_CPU})
+    pin(SENDER_CPU)
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, numpy {info['numpy']}; "
-          f"{info['nfcapd']}")
+          f"{info['nfcapd']}; {seconds:.0f} s per rung")
     results: list[Rung] = []
     summary = []
+    worker_counts = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for protocol in args.protocols.split(","):
-            datagrams = datagrams_for(protocol, 600_000)
-            counts = flows_in(datagrams, protocol)
-            best: dict[str, Rung | None] = {}
-            for kind in (Nfcapd, Sluice):
-                best[kind.name] = None
-                for rate in rates:
-                    # a rung that loses flows gets one more attempt (for either collector alike):
-                    # a single hiccup of a shared 2-core machine should not end the ladder
-                    for attempt in range(ATTEMPTS):
-                        rung = run_rung(kind, workdir, protocol, datagrams, counts, rate, seconds)
-                        results.append(rung)
-                        if rung.ratio >= THRESHOLD:
-                            break
-                    ok = rung.ratio >= THRESHOLD and rung.send_rate >= 0.95 * rate
-                    print(f"  {protocol:9} {kind.name:7} target {rate / 1e6:5.2f} M/s  sent {rung.send_rate / 1e6:5.2f} M/s  "
-                          f"received {rung.ratio * 100:7.3f} %  cpu {rung.cpu_s / max(rung.received_flows, 1) * 1e6:5.2f} s/M  "
-                          f"peak RSS {rung.peak_rss_mb:6.1f} MB  {'ok' if ok else 'LOSS' if rung.ratio < THRESHOLD else 'sender-limited'}",
-                          flush=True)
-                    if ok:
-                        best[kind.name] = rung
-                    elif rung.ratio < THRESHOLD:
-                        break
-            nf, sl = best["nfcapd"], best["sluice"]
-            ratio = (sl.target_flows_per_s / nf.target_flows_per_s) if nf and sl else float("nan")
-            summary.append({
-                "protocol": protocol,
-                "nfcapd_max_flows_per_s": nf.target_flows_per_s if nf else 0,
-                "sluice_max_flows_per_s": sl.target_flows_per_s if sl else 0,
-                "ratio_sluice_over_nfcapd": ratio,
-                "nfcapd_cpu_s_per_M": nf.cpu_s / nf.received_flows * 1e6 if nf else None,
-                "sluice_cpu_s_per_M": sl.cpu_s / sl.received_flows * 1e6 if sl else None,
-                "nfcapd_peak_rss_mb": nf.peak_rss_mb if nf else None,
-                "sluice_peak_rss_mb": sl.peak_rss_mb if sl else None,
-            })
-    print("\nhighest rate with >= 99.9 % of flows received and decoded (30 records/datagram, one sender):")
-    print(f"  {'protocol':9}  {'nfcapd':>12}  {'sluice':>12}  {'sluice/nfcapd':>13}  {'cpu s/M nf':>10}  "
-          f"{'cpu s/M sl':>10}  {'RSS MB nf':>9}  {'RSS MB sl':>9}")
+        for protocol in protocols:
+            for shape in shapes:
+                datagrams = datagrams_for(protocol, shape, int(time.time() * 1000))
+                nf = ladder(Nfcapd, workdir, protocol, shape, 0, datagrams, nf_rates, seconds, results)
+                for workers in worker_counts:
+                    sl = ladder(Sluice, workdir, protocol, shape, workers, datagrams, rates, seconds, results)
+                    summary.append({
+                        "protocol": protocol, "shape": shape, "workers": workers,
+                        "nfcapd_max_flows_per_s": nf.target_flows_per_s if nf else 0,
+                        "sluice_max_flows_per_s": sl.target_flows_per_s if sl else 0,
+                        "ratio_sluice_over_nfcapd": sl.target_flows_per_s / nf.target_flows_per_s if nf and sl else None,
+                        "nfcapd_cpu_s_per_M": nf.cpu_per_m if nf else None,
+                        "sluice_cpu_s_per_M": sl.cpu_per_m if sl else None,
+                        "nfcapd_peak_rss_mb": nf.peak_rss_mb if nf else None,
+                        "sluice_peak_rss_mb": sl.peak_rss_mb if sl else None,
+                    })
+    print(f"\nwhole server, highest lossless rate ({THRESHOLD:.1%} decoded, every session row stored; "
+          f"{seconds:.0f} s rungs, 30 records/datagram):")
+    print(f"  {'protocol':9}  {'traffic':9}  {'workers':>7}  {'nfcapd':>9}  {'sluice':>9}  {'ratio':>6}  "
+          f"{'CPU-s/M nf':>10}  {'CPU-s/M sl':>10}  {'RSS MB nf':>9}  {'RSS MB sl':>9}")
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for s in summary:
-        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-        print(f"  {s['protocol']:9}  {s['nfcapd_max_flows_per_s'] / 1e6:10.2f} M  {s['sluice_max_flows_per_s'] / 1e6:10.2f} M  "
-              f"{s['ratio_sluice_over_nfcapd']:12.2f}x  {fmt(s['nfcapd_cpu_s_per_M'], '10.2f')}  "
-              f"{fmt(s['sluice_cpu_s_per_M'], '10.2f')}  {fmt(s['nfcapd_peak_rss_mb'], '9.1f')}  "
-              f"{fmt(s['sluice_peak_rss_mb'], '9.1f')}")
-    top = max(rates)
-    if any(s["sluice_max_flows_per_s"] >= top or s["nfcapd_max_flows_per_s"] >= top for s in summary):
-        print(f"  (a collector that passed {top / 1e6:.1f} M/s may go higher: extend --rates)")
+        print(f"  {s['protocol']:9}  {s['shape']:9}  {s['workers']:>7}  {s['nfcapd_max_flows_per_s'] / 1e6:7.2f} M  "
+              f"{s['sluice_max_flows_per_s'] / 1e6:7.2f} M  {fmt(s['ratio_sluice_over_nfcapd'], '5.2f')}x  "
+              f"{fmt(s['nfcapd_cpu_s_per_M'], '10.2f')}  {fmt(s['sluice_cpu_s_per_M'], '10.2f')}  "
+              f"{fmt(s['nfcapd_peak_rss_mb'], '9.0f')}  {fmt(s['sluice_peak_rss_mb'], '9.0f')}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "summary": summary,
-                                         "rungs": [asdict(r) | {"ratio": r.ratio} for r in results]}, indent=2))
+        args.json.write_text(json.dumps({"machine": info, "seconds_per_rung": seconds, "summary": summary,
+                                         "rungs": [asdict(r) | {"ratio": r.ratio, "lossless": r.lossless}
+                                                   for r in results]}, indent=2))
     return 0
 
 

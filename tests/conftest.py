@@ -2,7 +2,14 @@
 (real exporters, nfcapd, vendor packets), ``live/`` (a running server, real SMTP and syslog),
 ``web/`` (a real browser); shared helpers are in ``support/``."""
 
+import os
+import tempfile
+
 import pytest
+
+# the session tracker's compiled loops (numba) are cached here for the whole run, shared by
+# the servers the tests start, instead of beside the sources in the checkout
+os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="sluice-numba-"))
 
 from .support.server import server  # noqa: E402, F401  (a fixture: a live ``sluice serve``)
 

@@ -163,3 +163,60 @@ def test_many_sessions_in_one_batch_are_exact():
     assert len(out) == n
     assert int(out["cln_bytes"].sum() + out["srv_bytes"].sum()) == int(batch["bytes"].sum())
     assert set(addr_text(bytes(a)) for a in out["srv_addr"]) == {"10.200.0.1"}
+
+
+def test_the_session_index_finds_every_live_key_under_churn():
+    """The index deletes by shifting entries back (no tombstones): after any mix of inserts and
+    deletes, around the table's wrap-around too, every live key is found at its row and no
+    deleted key is."""
+    from sluice.flows import session_table as table
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        size = 64
+        index_keys, index_rows = np.zeros(size, np.uint64), np.zeros(size, np.int64)
+        # home slots crowded around the end of the table, so probes wrap to its start
+        homes = rng.choice([60, 61, 62, 63, 0, 1, 2, 30], 30)
+        keys = np.unique((rng.integers(1, 2**40, 30).astype(np.uint64) << np.uint64(6)) | homes.astype(np.uint64))
+        live: dict[int, int] = {}
+        for row, key in enumerate(keys):
+            slot = table._slot(index_keys, key)
+            assert index_keys[slot] == 0
+            index_keys[slot], index_rows[slot] = key, row
+            live[int(key)] = row
+            if rng.random() < 0.4:  # delete a random live key now and then
+                gone = int(rng.choice(list(live)))
+                table._unindex(index_keys, index_rows, np.uint64(gone))
+                del live[gone]
+        for key in keys:
+            slot = table._slot(index_keys, key)
+            if int(key) in live:
+                assert index_keys[slot] == key and index_rows[slot] == live[int(key)], trial
+            else:
+                assert index_keys[slot] == 0, trial
+        assert int((index_keys != 0).sum()) == len(live)
+
+
+def test_sessions_survive_heavy_churn_with_consistent_ids():
+    """Conversations coming and going over and over (rows and index slots reused): a
+    conversation keeps its session exactly while it is not idle, and the count is exact."""
+    rng = np.random.default_rng(8)
+    t = SessionTracker(idle_timeout_s=0.05, first_id=1)
+    last_seen: dict[bytes, tuple[int, int]] = {}  # client address -> (session id, last update)
+    now, renewed = T0, 0
+    for _ in range(80):
+        now += int(rng.integers(1, 40))
+        picks = set(rng.integers(0, 2000, 300).tolist())
+        out = t.update(flows(*[(f"10.1.{p >> 8}.{p & 255}", 40000, "10.2.0.1", 443, 6, ACK, 100, 1) for p in picks]), now)
+        ids = {bytes(a): sid for a, sid in zip(out["cln_addr"], out["session_id"].tolist(), strict=True)}
+        assert len(ids) == len(picks)  # one delta row per conversation touched
+        for addr, sid in ids.items():
+            before = last_seen.get(addr)
+            if before is not None:
+                idle = now - before[1] > 50
+                assert (sid != before[0]) == idle
+                renewed += idle
+            last_seen[addr] = (sid, now)
+    stats = t.stats
+    assert renewed > 100 and stats.sessions_ended_idle >= renewed
+    assert len(t) == stats.sessions_started - stats.sessions_ended_idle - stats.sessions_ended_active

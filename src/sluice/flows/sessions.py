@@ -39,10 +39,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .schema import FlowBatch, SessionBatch, address_words
+from . import session_table as table
+from .schema import FlowBatch, SessionBatch
 
-SYN, ACK = 0x02, 0x10
-ICMP_PROTOCOLS = (1, 58)
 # ICMP (type) and ICMPv6 types whose sender is the client, and their replies
 ICMP_REQUESTS = np.array([8, 13, 15, 10, 17, 128, 133, 135], np.int64)
 ICMP_REPLIES = np.array([0, 14, 16, 9, 18, 129, 134, 136], np.int64)
@@ -57,28 +56,24 @@ class TrackerStats:
     flows_deduplicated: int = 0
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a well-spread 64-bit hash step (numpy uint64 arithmetic wraps)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 @dataclass
 class _State:
-    """Live sessions, one row each (dense), plus a sorted index of their keys."""
+    """Live sessions in fixed rows (``live`` marks them), their index, and the free rows."""
 
     cap: int = 0
-    n: int = 0
     cols: dict[str, np.ndarray] = field(default_factory=dict)
-    sorted_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    sorted_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    index_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    index_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    free: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: per row, -1 or its slot in the batch being worked on (the kernels reset it after use)
+    slot_of_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: the kernels' counters (``session_table.LIVE`` …)
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(6, np.int64))
 
 
 _STATE_COLUMNS = {
     "key": np.uint64,
+    "live": np.bool_,
     "session_id": np.uint64,
     "started_ms": np.int64,
     "updated_ms": np.int64,
@@ -99,16 +94,12 @@ _STATE_COLUMNS = {
 }
 
 
-def _exporter_keys(addr16: np.ndarray) -> np.ndarray:
-    """One integer per exporter address (IPv4 exactly; IPv6 folded, collisions negligible)."""
-    hi, lo = address_words(addr16)
-    return lo ^ (hi * np.uint64(0x9E3779B97F4A7C15))
-
-
 #: how often ``update`` runs a full expiry pass (the maintenance round runs one too)
 EXPIRE_EVERY_MS = 1000
 #: a tracker past ``max_sessions`` forgets the least recently updated down to this share of it
 EVICT_TO = 0.9
+#: the index is kept at most this full (linear probing stays short below one half)
+MAX_INDEX_LOAD = 0.5
 
 
 class SessionTracker:
@@ -124,7 +115,6 @@ class SessionTracker:
         self.active_ms = int(active_timeout_s * 1000)
         self.max_sessions = max_sessions
         self.dedupe = dedupe_exporters
-        self.stats = TrackerStats()
         self._state = _State()
         self._grow(1024)
         # ids unique across restarts as long as the clock moves on: start at now << 22
@@ -133,10 +123,22 @@ class SessionTracker:
 
             first_id = int(time.time() * 1000) << 22
         self._next_id = first_id
+        self._started = 0
         self._last_expire_ms = -EXPIRE_EVERY_MS
 
     def __len__(self) -> int:
-        return self._state.n
+        return int(self._state.counts[table.LIVE])
+
+    @property
+    def stats(self) -> TrackerStats:
+        counts = self._state.counts
+        return TrackerStats(
+            sessions_started=self._started,
+            sessions_ended_idle=int(counts[table.ENDED_IDLE]),
+            sessions_ended_active=int(counts[table.ENDED_ACTIVE]),
+            sessions_evicted=int(counts[table.EVICTED]),
+            flows_deduplicated=int(counts[table.DEDUPLICATED]),
+        )
 
     @property
     def next_session_id(self) -> int:
@@ -146,7 +148,8 @@ class SessionTracker:
 
     def memory_bytes(self) -> int:
         st = self._state
-        return sum(c.nbytes for c in st.cols.values()) + st.sorted_keys.nbytes + st.sorted_rows.nbytes
+        arrays = [*st.cols.values(), st.index_keys, st.index_rows, st.free, st.slot_of_row]
+        return sum(a.nbytes for a in arrays)
 
     # -- the public step ---------------------------------------------------------------------
 
@@ -158,274 +161,184 @@ class SessionTracker:
             self.expire(now_ms)
         if not len(flows):
             return SessionBatch.empty()
-        keys, a_is_src, icmp = self._keys(flows)
-        rows = self._find_or_add(keys, flows, a_is_src, icmp, now_ms)
-        if self.dedupe:
-            same = self._state.cols["exporter_key"][rows] == _exporter_keys(flows["exporter_addr"])
-            dropped = int((~same).sum())
-            if dropped:
-                self.stats.flows_deduplicated += dropped
-                keep = np.flatnonzero(same)
-                flows, rows, a_is_src = flows.take(keep), rows[keep], a_is_src[keep]
-                if not len(flows):
-                    return SessionBatch.empty()
+        self._make_room(len(flows))
+        st, c = self._state, self._state.cols
+        keys, a_is_src = table.conversation_keys(
+            flows["src_addr"],
+            flows["dst_addr"],
+            flows["src_port"],
+            flows["dst_port"],
+            flows["protocol"],
+            flows["exporter_addr"],
+            not self.dedupe,
+        )
+        rows, started = table.assign(
+            keys,
+            table.exporter_keys(flows["exporter_addr"]),
+            now_ms,
+            self.idle_ms,
+            self.active_ms,
+            self.dedupe,
+            st.index_keys,
+            st.index_rows,
+            c["key"],
+            c["started_ms"],
+            c["updated_ms"],
+            c["exporter_key"],
+            c["live"],
+            st.free,
+            st.counts,
+        )
+        if len(started):
+            self._start(flows, rows, started, a_is_src)
         out = self._deltas(flows, rows, a_is_src)
-        self._state.cols["updated_ms"][rows] = now_ms
         self._enforce_capacity()
         return out
 
     def expire(self, now_ms: int) -> None:
         """Forget sessions idle for longer than the idle timeout, or older than the active one."""
-        st = self._state
+        st, c = self._state, self._state.cols
         self._last_expire_ms = now_ms
-        if not st.n:
-            return
-        updated = st.cols["updated_ms"][: st.n]
-        started = st.cols["started_ms"][: st.n]
-        idle = now_ms - updated > self.idle_ms
-        old = (now_ms - started > self.active_ms) & ~idle
-        if idle.any() or old.any():
-            self.stats.sessions_ended_idle += int(idle.sum())
-            self.stats.sessions_ended_active += int(old.sum())
-            self._compact(~(idle | old))
+        table.expire(
+            now_ms,
+            self.idle_ms,
+            self.active_ms,
+            st.index_keys,
+            st.index_rows,
+            c["key"],
+            c["started_ms"],
+            c["updated_ms"],
+            c["live"],
+            st.free,
+            st.counts,
+        )
 
     # -- internals -------------------------------------------------------------------------
 
-    def _keys(self, flows: FlowBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        proto = flows["protocol"].astype(np.uint64)
-        icmp = np.isin(flows["protocol"], ICMP_PROTOCOLS)
-        sport = np.where(icmp, 0, flows["src_port"]).astype(np.uint64)
-        dport = np.where(icmp, 0, flows["dst_port"]).astype(np.uint64)
-        s_hi, s_lo = address_words(flows["src_addr"])
-        d_hi, d_lo = address_words(flows["dst_addr"])
-        # canonical endpoint order: A = the lower (address, port)
-        a_is_src = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sport <= dport))))
-        a_hi, a_lo, a_port = (
-            np.where(a_is_src, s_hi, d_hi),
-            np.where(a_is_src, s_lo, d_lo),
-            np.where(a_is_src, sport, dport),
+    def _start(self, flows: FlowBatch, rows: np.ndarray, started: np.ndarray, a_is_src: np.ndarray) -> None:
+        """Fill the rows of the sessions this batch started; orientation from its flows."""
+        st, c = self._state, self._state.cols
+        k = len(started)
+        representative = np.empty(k, np.int64)
+        rep_src_is_client = table.orient(
+            rows,
+            started,
+            a_is_src,
+            flows["src_addr"],
+            flows["dst_addr"],
+            flows["src_port"],
+            flows["dst_port"],
+            flows["protocol"],
+            flows["tcp_flags"],
+            flows["time_start_ms"],
+            ICMP_REQUESTS,
+            ICMP_REPLIES,
+            st.slot_of_row,
+            c["a_client"],
+            c["cln_addr"],
+            c["srv_addr"],
+            c["cln_port"],
+            c["srv_port"],
+            representative,
         )
-        b_hi, b_lo, b_port = (
-            np.where(a_is_src, d_hi, s_hi),
-            np.where(a_is_src, d_lo, s_lo),
-            np.where(a_is_src, dport, sport),
-        )
-        h = _mix(a_hi ^ np.uint64(0x9E3779B97F4A7C15))
-        for word in (a_lo, b_hi, b_lo, (a_port << np.uint64(24)) | (b_port << np.uint64(8)) | proto):
-            h = _mix(h ^ word)
-        if not self.dedupe:
-            e_hi, e_lo = address_words(flows["exporter_addr"])
-            h = _mix(_mix(h ^ e_hi) ^ e_lo)
-        h[h == 0] = 1  # 0 never names a session
-        return h, a_is_src, icmp
-
-    def _find_or_add(
-        self, keys: np.ndarray, flows: FlowBatch, a_is_src: np.ndarray, icmp: np.ndarray, now_ms: int
-    ) -> np.ndarray:
-        """The state row of each flow's session, starting sessions for new keys."""
-        st = self._state
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        row_of_uniq = np.empty(len(uniq), np.int64)
-        found = np.zeros(len(uniq), bool)
-        if len(st.sorted_keys):
-            pos = np.minimum(np.searchsorted(st.sorted_keys, uniq), len(st.sorted_keys) - 1)
-            found = st.sorted_keys[pos] == uniq
-            row_of_uniq[found] = st.sorted_rows[pos[found]]
-            # a session found here may have timed out since the last expiry pass: end it
-            # first, so that this flow starts a new one, exactly as with a pass per batch
-            r = row_of_uniq[found]
-            stale = (now_ms - st.cols["updated_ms"][r] > self.idle_ms) | (
-                now_ms - st.cols["started_ms"][r] > self.active_ms
-            )
-            if stale.any():
-                self.expire(now_ms)
-                return self._find_or_add(keys, flows, a_is_src, icmp, now_ms)
-        new = np.flatnonzero(~found)
-        if len(new):
-            row_of_uniq[new] = self._add(uniq[new], new, inverse, flows, a_is_src, icmp, now_ms)
-        return row_of_uniq[inverse]
-
-    def _add(
-        self,
-        new_keys: np.ndarray,
-        new_uniq: np.ndarray,
-        inverse: np.ndarray,
-        flows: FlowBatch,
-        a_is_src: np.ndarray,
-        icmp: np.ndarray,
-        now_ms: int,
-    ) -> np.ndarray:
-        """Start sessions for keys not seen before; orientation from this batch's flows."""
-        st = self._state
-        k = len(new_keys)
-        # which unique key each flow belongs to, restricted to the new ones
-        slot_of_uniq = np.full(int(inverse.max()) + 1, -1, np.int64)
-        slot_of_uniq[new_uniq] = np.arange(k)
-        slot = slot_of_uniq[inverse]
-        mine = np.flatnonzero(slot >= 0)
-        slot_m = slot[mine]
-        flags = flows["tcp_flags"][mine].astype(np.int64)
-        proto = flows["protocol"][mine]
-        start = flows["time_start_ms"][mine]
-        src_is_a = a_is_src[mine]
-
-        # evidence per new session that side A (or B) is the client: votes +1 for A, -1 for B
-        def vote(mask: np.ndarray, src_is_client: np.ndarray) -> np.ndarray:
-            sign = np.where(src_is_client == src_is_a, 1, -1)  # src is client and src is A -> A
-            v = np.zeros(k, np.int64)
-            np.add.at(v, slot_m[mask], sign[mask])
-            return v
-
-        syn_only = (proto == 6) & ((flags & SYN) != 0) & ((flags & ACK) == 0)
-        syn_vote = vote(syn_only, np.ones(len(mine), bool))
-        icmp_type = flows["dst_port"][mine].astype(np.int64) >> 8
-        is_icmp = icmp[mine]
-        req = is_icmp & np.isin(icmp_type, ICMP_REQUESTS)
-        rep = is_icmp & np.isin(icmp_type, ICMP_REPLIES)
-        icmp_vote = vote(req | rep, req)
-        # earliest flow of each new session (ties: wire order)
-        order = np.lexsort((np.arange(len(mine)), start, slot_m))
-        first_of_slot = order[np.concatenate([[True], slot_m[order][1:] != slot_m[order][:-1]])]
-        earliest_src_is_a = np.empty(k, bool)
-        earliest_src_is_a[slot_m[first_of_slot]] = src_is_a[first_of_slot]
-        sel = mine[first_of_slot]  # one representative flow per new session
-        src_port = np.where(icmp[sel], 0, flows["src_port"][sel]).astype(np.int64)
-        dst_port = np.where(icmp[sel], 0, flows["dst_port"][sel]).astype(np.int64)
-        a_port = np.where(a_is_src[sel], src_port, dst_port)
-        b_port = np.where(a_is_src[sel], dst_port, src_port)
-        # the lower port is the server's (a well-known port, < 1024, is always the lower one)
-        port_says_a_client = a_port > b_port
-        ports_decide = a_port != b_port
-        a_client = np.where(
-            syn_vote != 0,
-            syn_vote > 0,
-            np.where(icmp_vote != 0, icmp_vote > 0, np.where(ports_decide, port_says_a_client, earliest_src_is_a)),
-        )
-        rep_src_is_client = a_client == a_is_src[sel]
-        rep_src, rep_dst = flows["src_addr"][sel], flows["dst_addr"][sel]
-        cln_addr = np.where(rep_src_is_client[:, None], rep_src, rep_dst)
-        srv_addr = np.where(rep_src_is_client[:, None], rep_dst, rep_src)
-        cln_port = np.where(rep_src_is_client, src_port, dst_port)
-        srv_port = np.where(rep_src_is_client, dst_port, src_port)
-        # ICMP: the server "port" is the request's type/code, when a request was seen
-        req_code = np.zeros(k, np.int64)
-        if req.any():
-            np.maximum.at(req_code, slot_m[req], flows["dst_port"][mine][req].astype(np.int64))
-        srv_port = np.where(icmp[sel], req_code, srv_port)
-
-        rows = self._reserve(k)
-        c = st.cols
-        c["key"][rows] = new_keys
-        c["session_id"][rows] = self._next_id + np.arange(k, dtype=np.uint64)
+        sel = representative
+        c["session_id"][started] = self._next_id + np.arange(k, dtype=np.uint64)
         self._next_id += k
-        c["started_ms"][rows] = now_ms
-        c["updated_ms"][rows] = now_ms
-        c["exporter"][rows] = flows["exporter_addr"][sel]
-        c["exporter_key"][rows] = _exporter_keys(flows["exporter_addr"][sel])
-        c["a_client"][rows] = a_client
-        c["cln_addr"][rows] = cln_addr
-        c["srv_addr"][rows] = srv_addr
-        c["cln_port"][rows] = cln_port
-        c["srv_port"][rows] = srv_port
-        c["protocol"][rows] = flows["protocol"][sel]
-        c["input_if"][rows] = flows["input_if"][sel]
-        c["output_if"][rows] = flows["output_if"][sel]
+        self._started += k
+        c["exporter"][started] = flows["exporter_addr"][sel]
+        c["protocol"][started] = flows["protocol"][sel]
+        c["input_if"][started] = flows["input_if"][sel]
+        c["output_if"][started] = flows["output_if"][sel]
         # AS numbers as the exporter reported them (an ASN database may refine them later)
-        c["cln_asn"][rows] = np.where(rep_src_is_client, flows["src_as"][sel], flows["dst_as"][sel])
-        c["srv_asn"][rows] = np.where(rep_src_is_client, flows["dst_as"][sel], flows["src_as"][sel])
-        self.stats.sessions_started += k
-        # keep the key index sorted
-        order_new = np.argsort(new_keys)
-        at = np.searchsorted(st.sorted_keys, new_keys[order_new])
-        st.sorted_keys = np.insert(st.sorted_keys, at, new_keys[order_new])
-        st.sorted_rows = np.insert(st.sorted_rows, at, rows[order_new])
-        return rows
+        src_as, dst_as = flows["src_as"][sel], flows["dst_as"][sel]
+        c["cln_asn"][started] = np.where(rep_src_is_client, src_as, dst_as)
+        c["srv_asn"][started] = np.where(rep_src_is_client, dst_as, src_as)
 
     def _deltas(self, flows: FlowBatch, rows: np.ndarray, a_is_src: np.ndarray) -> SessionBatch:
         """One row per touched session: what each side sent in this batch."""
         c = self._state.cols
-        src_is_client = a_is_src == c["a_client"][rows]
-        order = np.argsort(rows, kind="stable")
-        r = rows[order]
-        starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
-        touched = r[starts]
-
-        def per_session(values: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
-            return ufunc.reduceat(values[order], starts)
-
-        zero = np.uint64(0)
-        b = flows["bytes"].astype(np.uint64)
-        p = flows["packets"].astype(np.uint64)
-        cl = src_is_client
-        n = len(touched)
+        touched, start, end, cln_bytes, srv_bytes, cln_pkts, srv_pkts, flags, sampling = table.deltas(
+            rows,
+            a_is_src,
+            c["a_client"],
+            flows["time_start_ms"],
+            flows["time_end_ms"],
+            flows["bytes"],
+            flows["packets"],
+            flows["tcp_flags"],
+            flows["sampling_rate"],
+            self._state.slot_of_row,
+        )
+        if not len(touched):
+            return SessionBatch.empty()
         return SessionBatch.build(
-            n,
+            len(touched),
             session_id=c["session_id"][touched],
-            start_ms=per_session(flows["time_start_ms"], np.minimum),
-            end_ms=per_session(flows["time_end_ms"], np.maximum),
+            start_ms=start,
+            end_ms=end,
             exporter_addr=c["exporter"][touched],
             protocol=c["protocol"][touched],
             cln_addr=c["cln_addr"][touched],
             srv_addr=c["srv_addr"][touched],
             cln_port=c["cln_port"][touched],
             srv_port=c["srv_port"][touched],
-            cln_bytes=per_session(np.where(cl, b, zero), np.add),
-            srv_bytes=per_session(np.where(cl, zero, b), np.add),
-            cln_pkts=per_session(np.where(cl, p, zero), np.add),
-            srv_pkts=per_session(np.where(cl, zero, p), np.add),
-            tcp_flags=per_session(flows["tcp_flags"].astype(np.uint16), np.bitwise_or),
+            cln_bytes=cln_bytes,
+            srv_bytes=srv_bytes,
+            cln_pkts=cln_pkts,
+            srv_pkts=srv_pkts,
+            tcp_flags=flags,
             input_if=c["input_if"][touched],
             output_if=c["output_if"][touched],
             cln_asn=c["cln_asn"][touched],
             srv_asn=c["srv_asn"][touched],
-            sampling_rate=per_session(flows["sampling_rate"].astype(np.uint32), np.maximum),
+            sampling_rate=sampling,
             cln_country=b"ZZ",
             srv_country=b"ZZ",
         )
 
-    def _reserve(self, k: int) -> np.ndarray:
+    def _make_room(self, flows: int) -> None:
+        """A free row for every flow of the batch (each may start a session), and an index
+        that stays at most half full with all of them."""
         st = self._state
-        if st.n + k > st.cap:
-            self._grow(max(st.cap * 2, st.n + k))
-        rows = np.arange(st.n, st.n + k)
-        st.n += k
-        return rows
+        live = len(self)
+        if st.cap - live < flows:
+            self._grow(max(st.cap * 2, live + flows))
+        if live + flows > MAX_INDEX_LOAD * len(st.index_keys):
+            size = 1 << int(np.ceil(np.log2((live + flows) / MAX_INDEX_LOAD + 1)))
+            st.index_keys = np.zeros(size, np.uint64)
+            st.index_rows = np.zeros(size, np.int64)
+            table.reindex(st.index_keys, st.index_rows, st.cols["key"], st.cols["live"])
 
     def _grow(self, cap: int) -> None:
         st = self._state
+        old_cap, live = st.cap, len(self)
         cols = {}
         for name, spec in _STATE_COLUMNS.items():
             dtype, width = spec if isinstance(spec, tuple) else (spec, None)
             arr = np.zeros((cap, width) if width else cap, dtype)
             if name in st.cols:
-                arr[: st.n] = st.cols[name][: st.n]
+                arr[:old_cap] = st.cols[name]
             cols[name] = arr
-        st.cols, st.cap = cols, cap
-
-    def _compact(self, keep: np.ndarray) -> None:
-        """Keep the rows where ``keep`` is true. The key index stays sorted without a sort:
-        the removed rows' entries are dropped and the others renumbered."""
-        st = self._state
-        idx = np.flatnonzero(keep)
-        for col in st.cols.values():
-            col[: len(idx)] = col[idx]
-        st.n = len(idx)
-        new_row = np.cumsum(keep) - 1  # where each kept row moved to
-        live = keep[st.sorted_rows]
-        st.sorted_keys = st.sorted_keys[live]
-        st.sorted_rows = new_row[st.sorted_rows[live]]
+        free = np.empty(cap, np.int64)
+        n_free = old_cap - live
+        free[:n_free] = st.free[:n_free]
+        free[n_free : n_free + cap - old_cap] = np.arange(cap - 1, old_cap - 1, -1)  # low rows on top
+        slot_of_row = np.full(cap, -1, np.int64)
+        st.cols, st.cap, st.free, st.slot_of_row = cols, cap, free, slot_of_row
+        if not len(st.index_keys):
+            st.index_keys = np.zeros(2048, np.uint64)
+            st.index_rows = np.zeros(2048, np.int64)
 
     def _enforce_capacity(self) -> None:
-        st = self._state
-        if st.n <= self.max_sessions:
+        live = len(self)
+        if live <= self.max_sessions:
             return
         # forget the least recently updated sessions, down to EVICT_TO of the bound: one pass
         # over the table then serves many batches of new conversations, instead of every one
-        over = st.n - int(self.max_sessions * EVICT_TO)
-        updated = st.cols["updated_ms"][: st.n]
-        victims = np.argpartition(updated, over - 1)[:over]
-        keep = np.ones(st.n, bool)
-        keep[victims] = False
-        self.stats.sessions_evicted += over
-        self._compact(keep)
+        st, c = self._state, self._state.cols
+        over = live - int(self.max_sessions * EVICT_TO)
+        updated = c["updated_ms"][c["live"]]
+        cutoff = int(np.partition(updated, over - 1)[over - 1])
+        table.evict(
+            over, cutoff, st.index_keys, st.index_rows, c["key"], c["updated_ms"], c["live"], st.free, st.counts
+        )

@@ -1,0 +1,439 @@
+"""The session tracker's table: live sessions in fixed rows, found by an open-addressing hash.
+
+The per-flow work of the tracker (find a conversation's session, start it if new, decide its
+orientation, add the flow to the batch's delta row) is a loop with a branch per flow, which
+numpy can only express as sorts and many passes over the batch. These loops are compiled
+with numba instead: one pass over a batch, no sort, no temporary per column.
+
+- **Rows** hold one live session each; ended sessions return their row to a free list, so no
+  row ever moves (nothing to renumber, no compaction).
+- **The index** maps a session key (a well-mixed 64-bit hash, 0 meaning empty) to its row:
+  linear probing at a load of at most one half; deletion shifts the following entries back
+  instead of leaving tombstones, so probe lengths stay short however many sessions churn.
+
+The kernels keep the loop and nothing else; ``sessions.SessionTracker`` owns the rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_ZERO = np.uint64(0)
+_ONE = np.uint64(1)
+_EIGHT = np.uint64(8)
+
+SYN, ACK = 0x02, 0x10
+
+#: ``TableStats`` slots, one int64 each (kernels update them in place)
+LIVE, ENDED_IDLE, ENDED_ACTIVE, EVICTED, DEDUPLICATED, NEXT_ID = range(6)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mix(x: np.uint64) -> np.uint64:
+    """splitmix64 finaliser: a well-spread 64-bit hash step (uint64 arithmetic wraps)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _word(addr: np.ndarray, i: int, first: int) -> np.uint64:
+    """Eight bytes of a 16-byte address as one big-endian integer."""
+    w = _ZERO
+    for b in range(first, first + 8):
+        w = (w << _EIGHT) | np.uint64(addr[i, b])
+    return w
+
+
+@njit(cache=True, nogil=True)
+def exporter_keys(exporter: np.ndarray) -> np.ndarray:
+    """One integer per exporter address (IPv4 exactly; IPv6 folded, collisions negligible)."""
+    n = exporter.shape[0]
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        out[i] = _word(exporter, i, 8) ^ (_word(exporter, i, 0) * _GOLDEN)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def conversation_keys(
+    src: np.ndarray,
+    dst: np.ndarray,
+    src_port: np.ndarray,
+    dst_port: np.ndarray,
+    protocol: np.ndarray,
+    exporter: np.ndarray,
+    with_exporter: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(key, whether the source is canonical endpoint A) per flow.
+
+    A is the lower (address, port) of the two endpoints, so both directions of a conversation
+    get the same key; ICMP keys have no ports (a request and its reply differ in type/code).
+    """
+    n = src.shape[0]
+    keys = np.empty(n, np.uint64)
+    a_is_src = np.empty(n, np.bool_)
+    for i in range(n):
+        p = protocol[i]
+        icmp = p == 1 or p == 58
+        sp = _ZERO if icmp else np.uint64(src_port[i])
+        dp = _ZERO if icmp else np.uint64(dst_port[i])
+        s_hi, s_lo = _word(src, i, 0), _word(src, i, 8)
+        d_hi, d_lo = _word(dst, i, 0), _word(dst, i, 8)
+        a_src = s_hi < d_hi or (s_hi == d_hi and (s_lo < d_lo or (s_lo == d_lo and sp <= dp)))
+        if a_src:
+            a_hi, a_lo, a_port, b_hi, b_lo, b_port = s_hi, s_lo, sp, d_hi, d_lo, dp
+        else:
+            a_hi, a_lo, a_port, b_hi, b_lo, b_port = d_hi, d_lo, dp, s_hi, s_lo, sp
+        h = _mix(a_hi ^ _GOLDEN)
+        h = _mix(h ^ a_lo)
+        h = _mix(h ^ b_hi)
+        h = _mix(h ^ b_lo)
+        h = _mix(h ^ ((a_port << np.uint64(24)) | (b_port << _EIGHT) | np.uint64(p)))
+        if with_exporter:
+            h = _mix(_mix(h ^ _word(exporter, i, 0)) ^ _word(exporter, i, 8))
+        keys[i] = h if h != _ZERO else _ONE  # 0 marks an empty index slot
+        a_is_src[i] = a_src
+    return keys, a_is_src
+
+
+# -- the index ------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _slot(index_keys: np.ndarray, key: np.uint64) -> np.int64:
+    """The slot holding ``key``, or the empty slot where it would go."""
+    mask = index_keys.shape[0] - 1
+    s = np.int64(key & np.uint64(mask))
+    while index_keys[s] != key and index_keys[s] != _ZERO:
+        s = (s + 1) & mask
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _unindex(index_keys: np.ndarray, index_rows: np.ndarray, key: np.uint64) -> None:
+    """Remove ``key``, shifting back the entries after it that probed past its slot."""
+    mask = index_keys.shape[0] - 1
+    hole = _slot(index_keys, key)
+    if index_keys[hole] == _ZERO:
+        return
+    j = hole
+    while True:
+        j = (j + 1) & mask
+        k = index_keys[j]
+        if k == _ZERO:
+            break
+        home = np.int64(k & np.uint64(mask))
+        # the entry at j may fill the hole unless its home lies cyclically in (hole, j]
+        if (hole < j and hole < home <= j) or (hole > j and (home > hole or home <= j)):
+            continue
+        index_keys[hole] = k
+        index_rows[hole] = index_rows[j]
+        hole = j
+    index_keys[hole] = _ZERO
+
+
+@njit(cache=True, nogil=True)
+def reindex(index_keys: np.ndarray, index_rows: np.ndarray, key: np.ndarray, live: np.ndarray) -> None:
+    """Fill an empty index with every live row (after the index grew)."""
+    for r in range(live.shape[0]):
+        if live[r]:
+            s = _slot(index_keys, key[r])
+            index_keys[s] = key[r]
+            index_rows[s] = r
+
+
+@njit(cache=True, nogil=True)
+def _end(
+    r: int,
+    index_keys: np.ndarray,
+    index_rows: np.ndarray,
+    key: np.ndarray,
+    live: np.ndarray,
+    free: np.ndarray,
+    stats: np.ndarray,
+) -> None:
+    _unindex(index_keys, index_rows, key[r])
+    live[r] = False
+    free[free.shape[0] - stats[LIVE]] = r  # push: the free stack is ``free[:cap - live]``
+    stats[LIVE] -= 1
+
+
+@njit(cache=True, nogil=True)
+def assign(
+    keys: np.ndarray,
+    flow_exporters: np.ndarray,
+    now_ms: int,
+    idle_ms: int,
+    active_ms: int,
+    dedupe: bool,
+    index_keys: np.ndarray,
+    index_rows: np.ndarray,
+    key: np.ndarray,
+    started: np.ndarray,
+    updated: np.ndarray,
+    exporter_key: np.ndarray,
+    live: np.ndarray,
+    free: np.ndarray,
+    stats: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row of each flow's session (-1: a duplicate from a second exporter, dropped), and
+    the rows this batch started, in the order their first flow came.
+
+    A session found but timed out (idle or active) is ended here and a new one started, as a
+    full expiry pass before the batch would. The caller guarantees a free row per flow.
+    """
+    n = keys.shape[0]
+    cap = live.shape[0]
+    rows = np.empty(n, np.int64)
+    started_rows = np.empty(n, np.int64)
+    n_started = 0
+    for i in range(n):
+        k = keys[i]
+        s = _slot(index_keys, k)
+        r = -1
+        if index_keys[s] == k:
+            r = index_rows[s]
+            if now_ms - updated[r] > idle_ms or now_ms - started[r] > active_ms:
+                if now_ms - updated[r] > idle_ms:
+                    stats[ENDED_IDLE] += 1
+                else:
+                    stats[ENDED_ACTIVE] += 1
+                _end(r, index_keys, index_rows, key, live, free, stats)
+                r = -1
+                s = _slot(index_keys, k)
+        if r < 0:
+            r = free[cap - stats[LIVE] - 1]  # pop the free stack
+            stats[LIVE] += 1
+            live[r] = True
+            index_keys[s] = k
+            index_rows[s] = r
+            key[r] = k
+            started[r] = now_ms
+            exporter_key[r] = flow_exporters[i]
+            started_rows[n_started] = r
+            n_started += 1
+        if dedupe and exporter_key[r] != flow_exporters[i]:
+            stats[DEDUPLICATED] += 1
+            rows[i] = -1
+            continue
+        updated[r] = now_ms
+        rows[i] = r
+    return rows, started_rows[:n_started]
+
+
+@njit(cache=True, nogil=True)
+def orient(
+    rows: np.ndarray,
+    started_rows: np.ndarray,
+    a_is_src: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    src_port: np.ndarray,
+    dst_port: np.ndarray,
+    protocol: np.ndarray,
+    tcp_flags: np.ndarray,
+    time_start_ms: np.ndarray,
+    icmp_requests: np.ndarray,
+    icmp_replies: np.ndarray,
+    slot_of_row: np.ndarray,
+    a_client: np.ndarray,
+    cln_addr: np.ndarray,
+    srv_addr: np.ndarray,
+    cln_port: np.ndarray,
+    srv_port: np.ndarray,
+    representative: np.ndarray,
+) -> np.ndarray:
+    """Decide each new session's client from its flows in this batch (the rules are in
+    ``sessions``'s docstring) and fill its endpoints; returns, per new session, whether the
+    representative (earliest) flow's source is the client."""
+    k = started_rows.shape[0]
+    syn_vote = np.zeros(k, np.int64)
+    icmp_vote = np.zeros(k, np.int64)
+    req_code = np.zeros(k, np.int64)
+    first = np.full(k, -1, np.int64)
+    for j in range(k):
+        slot_of_row[started_rows[j]] = j
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r < 0:
+            continue
+        j = slot_of_row[r]
+        if j < 0:
+            continue
+        if first[j] < 0 or time_start_ms[i] < time_start_ms[first[j]]:
+            first[j] = i
+        p = protocol[i]
+        a_src = a_is_src[i]
+        if p == 6 and (tcp_flags[i] & SYN) != 0 and (tcp_flags[i] & ACK) == 0:
+            syn_vote[j] += 1 if a_src else -1  # the sender of a bare SYN is the client
+        elif p == 1 or p == 58:
+            icmp_type = int(dst_port[i]) >> 8
+            is_request = False
+            for t in icmp_requests:
+                if icmp_type == t:
+                    is_request = True
+            is_reply = False
+            for t in icmp_replies:
+                if icmp_type == t:
+                    is_reply = True
+            if is_request:
+                icmp_vote[j] += 1 if a_src else -1
+                req_code[j] = max(req_code[j], int(dst_port[i]))
+            elif is_reply:
+                icmp_vote[j] += -1 if a_src else 1
+    rep_src_is_client = np.empty(k, np.bool_)
+    for j in range(k):
+        r = started_rows[j]
+        slot_of_row[r] = -1
+        f = first[j]
+        representative[j] = f
+        p = protocol[f]
+        icmp = p == 1 or p == 58
+        sp = 0 if icmp else int(src_port[f])
+        dp = 0 if icmp else int(dst_port[f])
+        a_port, b_port = (sp, dp) if a_is_src[f] else (dp, sp)
+        if syn_vote[j] != 0:
+            a_cl = syn_vote[j] > 0
+        elif icmp_vote[j] != 0:
+            a_cl = icmp_vote[j] > 0
+        elif a_port != b_port:
+            a_cl = a_port > b_port  # the lower port is the server's
+        else:
+            a_cl = a_is_src[f]  # the sender of the earliest flow is the client
+        a_client[r] = a_cl
+        src_cl = a_cl == a_is_src[f]
+        rep_src_is_client[j] = src_cl
+        if src_cl:
+            cln_addr[r, :] = src[f, :]
+            srv_addr[r, :] = dst[f, :]
+            cln_port[r], srv_port[r] = sp, dp
+        else:
+            cln_addr[r, :] = dst[f, :]
+            srv_addr[r, :] = src[f, :]
+            cln_port[r], srv_port[r] = dp, sp
+        if icmp:
+            srv_port[r] = req_code[j]  # the request's type * 256 + code, when one was seen
+    return rep_src_is_client
+
+
+@njit(cache=True, nogil=True)
+def deltas(
+    rows: np.ndarray,
+    a_is_src: np.ndarray,
+    a_client: np.ndarray,
+    time_start_ms: np.ndarray,
+    time_end_ms: np.ndarray,
+    flow_bytes: np.ndarray,
+    flow_packets: np.ndarray,
+    tcp_flags: np.ndarray,
+    sampling_rate: np.ndarray,
+    slot_of_row: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """One row per session the batch touched (in order of first touch): its state row, the
+    time span, what each side sent, the flags seen and the highest sampling rate."""
+    n = rows.shape[0]
+    touched = np.empty(n, np.int64)
+    start = np.empty(n, np.int64)
+    end = np.empty(n, np.int64)
+    cln_bytes = np.zeros(n, np.uint64)
+    srv_bytes = np.zeros(n, np.uint64)
+    cln_pkts = np.zeros(n, np.uint64)
+    srv_pkts = np.zeros(n, np.uint64)
+    flags = np.zeros(n, np.uint16)
+    sampling = np.zeros(n, np.uint32)
+    m = 0
+    for i in range(n):
+        r = rows[i]
+        if r < 0:
+            continue
+        o = slot_of_row[r]
+        if o < 0:
+            o = m
+            m += 1
+            slot_of_row[r] = o
+            touched[o] = r
+            start[o] = time_start_ms[i]
+            end[o] = time_end_ms[i]
+        else:
+            start[o] = min(start[o], time_start_ms[i])
+            end[o] = max(end[o], time_end_ms[i])
+        if a_is_src[i] == a_client[r]:
+            cln_bytes[o] += flow_bytes[i]
+            cln_pkts[o] += flow_packets[i]
+        else:
+            srv_bytes[o] += flow_bytes[i]
+            srv_pkts[o] += flow_packets[i]
+        flags[o] |= tcp_flags[i]
+        sampling[o] = max(sampling[o], sampling_rate[i])
+    for o in range(m):
+        slot_of_row[touched[o]] = -1
+    return (
+        touched[:m],
+        start[:m],
+        end[:m],
+        cln_bytes[:m],
+        srv_bytes[:m],
+        cln_pkts[:m],
+        srv_pkts[:m],
+        flags[:m],
+        sampling[:m],
+    )
+
+
+@njit(cache=True, nogil=True)
+def expire(
+    now_ms: int,
+    idle_ms: int,
+    active_ms: int,
+    index_keys: np.ndarray,
+    index_rows: np.ndarray,
+    key: np.ndarray,
+    started: np.ndarray,
+    updated: np.ndarray,
+    live: np.ndarray,
+    free: np.ndarray,
+    stats: np.ndarray,
+) -> None:
+    """End every session idle for longer than the idle timeout, or older than the active one."""
+    for r in range(live.shape[0]):
+        if not live[r]:
+            continue
+        if now_ms - updated[r] > idle_ms:
+            stats[ENDED_IDLE] += 1
+        elif now_ms - started[r] > active_ms:
+            stats[ENDED_ACTIVE] += 1
+        else:
+            continue
+        _end(r, index_keys, index_rows, key, live, free, stats)
+
+
+@njit(cache=True, nogil=True)
+def evict(
+    count: int,
+    cutoff_ms: int,
+    index_keys: np.ndarray,
+    index_rows: np.ndarray,
+    key: np.ndarray,
+    updated: np.ndarray,
+    live: np.ndarray,
+    free: np.ndarray,
+    stats: np.ndarray,
+) -> None:
+    """Forget ``count`` sessions: every one last updated before ``cutoff_ms``, then as many
+    updated at ``cutoff_ms`` as still needed (the caller chose the cutoff so that they suffice)."""
+    left = count
+    for last_pass in (False, True):
+        for r in range(live.shape[0]):
+            if left == 0:
+                break
+            if live[r] and (updated[r] < cutoff_ms or (last_pass and updated[r] == cutoff_ms)):
+                _end(r, index_keys, index_rows, key, live, free, stats)
+                left -= 1
+    stats[EVICTED] += count - left
