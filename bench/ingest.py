@@ -329,12 +329,13 @@ def main() -> int:
     parser.add_argument("--shapes", default="new,recurring")
     parser.add_argument("--rates", default="100000,250000,500000,750000,1000000,1500000,2000000,3000000",
                         help="comma-separated ladder of flows/s")
-    parser.add_argument("--nfcapd-rates", help="ladder for nfcapd (default: the same)")
+    parser.add_argument("--nfcapd-rates", help="ladder for nfcapd (default: the same; 'none' skips it)")
     parser.add_argument("--workers", default="1", help="comma-separated Sluice worker counts, e.g. 1,2")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
-    nf_rates = [float(r) for r in args.nfcapd_rates.split(",")] if args.nfcapd_rates else rates
+    nf_rates = rates if not args.nfcapd_rates else [] if args.nfcapd_rates == "none" else [
+        float(r) for r in args.nfcapd_rates.split(",")]
     seconds, protocols, shapes = args.seconds, args.protocols.split(","), args.shapes.split(",")
     if args.quick:
         rates, nf_rates, seconds, protocols = [100000, 250000, 500000], [500000, 1000000], 10.0, ["netflow5"]

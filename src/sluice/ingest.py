@@ -31,6 +31,7 @@ class Ingest:
     def __init__(self, settings: Settings, counters: Counters, store: FlowStore | None = None):
         sessions_settings = settings.sessions
         self.counters = counters
+        SessionTracker.warm_up()
         self.tracker = SessionTracker(
             sessions_settings.idle_timeout_s,
             sessions_settings.active_timeout_s,

@@ -414,10 +414,13 @@ def expire(
         _end(r, index_keys, index_rows, key, live, free, stats)
 
 
+#: a spread of update times (ms) up to this is ranked by a histogram, beyond it by sorting
+_HISTOGRAM_SPAN_MS = 1 << 22
+
+
 @njit(cache=True, nogil=True)
-def evict(
+def evict_oldest(
     count: int,
-    cutoff_ms: int,
     index_keys: np.ndarray,
     index_rows: np.ndarray,
     key: np.ndarray,
@@ -426,14 +429,41 @@ def evict(
     free: np.ndarray,
     stats: np.ndarray,
 ) -> None:
-    """Forget ``count`` sessions: every one last updated before ``cutoff_ms``, then as many
-    updated at ``cutoff_ms`` as still needed (the caller chose the cutoff so that they suffice)."""
-    left = count
-    for last_pass in (False, True):
+    """Forget the ``count`` least recently updated sessions (ties: the lowest rows)."""
+    if count <= 0:
+        return
+    # the update time of the count-th oldest: update times repeat (one per batch), so a
+    # histogram of them ranks a million sessions in one pass without sorting
+    lo, hi, n = np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0
+    for r in range(live.shape[0]):
+        if live[r]:
+            lo, hi, n = min(lo, updated[r]), max(hi, updated[r]), n + 1
+    count = min(count, n)
+    if hi - lo < _HISTOGRAM_SPAN_MS:
+        histogram = np.zeros(hi - lo + 1, np.int64)
         for r in range(live.shape[0]):
-            if left == 0:
+            if live[r]:
+                histogram[updated[r] - lo] += 1
+        older, cutoff = 0, lo
+        for v in range(hi - lo + 1):
+            if older + histogram[v] >= count:
+                cutoff = lo + v
                 break
-            if live[r] and (updated[r] < cutoff_ms or (last_pass and updated[r] == cutoff_ms)):
-                _end(r, index_keys, index_rows, key, live, free, stats)
-                left -= 1
-    stats[EVICTED] += count - left
+            older += histogram[v]
+    else:
+        times = np.empty(n, np.int64)
+        j = 0
+        for r in range(live.shape[0]):
+            if live[r]:
+                times[j] = updated[r]
+                j += 1
+        times.sort()
+        cutoff = times[count - 1]
+        older = np.searchsorted(times, cutoff)
+    at_cutoff = count - older  # of the sessions updated exactly at the cutoff, this many go
+    for r in range(live.shape[0]):
+        if live[r] and (updated[r] < cutoff or (updated[r] == cutoff and at_cutoff > 0)):
+            if updated[r] == cutoff:
+                at_cutoff -= 1
+            _end(r, index_keys, index_rows, key, live, free, stats)
+    stats[EVICTED] += count

@@ -41,6 +41,7 @@ import numpy as np
 
 from . import session_table as table
 from .schema import FlowBatch, SessionBatch
+from .session_table import SYN
 
 # ICMP (type) and ICMPv6 types whose sender is the client, and their replies
 ICMP_REQUESTS = np.array([8, 13, 15, 10, 17, 128, 133, 135], np.int64)
@@ -128,6 +129,14 @@ class SessionTracker:
 
     def __len__(self) -> int:
         return int(self._state.counts[table.LIVE])
+
+    @staticmethod
+    def warm_up() -> None:
+        """Compile (or load from numba's cache) every loop now, rather than on the first
+        batch, while flows wait in the socket buffer."""
+        scratch = SessionTracker(max_sessions=1, first_id=1)
+        for now_ms in (0, 10_000_000):  # the second batch finds, times out and evicts
+            scratch.update(FlowBatch.build(2, src_port=[1, 2], protocol=6, tcp_flags=SYN), now_ms)
 
     @property
     def stats(self) -> TrackerStats:
@@ -302,7 +311,8 @@ class SessionTracker:
         st = self._state
         live = len(self)
         if st.cap - live < flows:
-            self._grow(max(st.cap * 2, live + flows))
+            # doubling, but not far past the bound: a full tracker needs max_sessions + a batch
+            self._grow(max(live + flows, min(st.cap * 2, int(self.max_sessions * 1.1) + flows)))
         if live + flows > MAX_INDEX_LOAD * len(st.index_keys):
             size = 1 << int(np.ceil(np.log2((live + flows) / MAX_INDEX_LOAD + 1)))
             st.index_keys = np.zeros(size, np.uint64)
@@ -337,8 +347,4 @@ class SessionTracker:
         # over the table then serves many batches of new conversations, instead of every one
         st, c = self._state, self._state.cols
         over = live - int(self.max_sessions * EVICT_TO)
-        updated = c["updated_ms"][c["live"]]
-        cutoff = int(np.partition(updated, over - 1)[over - 1])
-        table.evict(
-            over, cutoff, st.index_keys, st.index_rows, c["key"], c["updated_ms"], c["live"], st.free, st.counts
-        )
+        table.evict_oldest(over, st.index_keys, st.index_rows, c["key"], c["updated_ms"], c["live"], st.free, st.counts)
