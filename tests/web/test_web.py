@@ -230,6 +230,75 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
         sim.wait(30)
 
 
+def test_an_overloaded_server_says_so_in_metrics_status_and_on_the_dashboard(browser, tmp_path):
+    """Pushed past capacity (a flood far faster than it decodes, into a small socket buffer),
+    the server sheds load: the kernel's drops are counted, the status and the dashboard say
+    "overloaded" with the flows lost per second, and memory stays bounded."""
+    import socket
+    import threading
+
+    import numpy as np
+
+    from sluice.flows.schema import FlowBatch
+    from sluice.simulate.encode import NetflowV5Encoder
+
+    from ..support.interop import free_tcp_port, free_udp_port
+    from ..support.server import metrics, start_server
+
+    http, netflow = free_tcp_port(), free_udp_port()
+    proc = start_server(tmp_path, http, netflow, SLUICE_COLLECT__RECEIVE_BUFFER_BYTES="65536")
+    base = f"http://127.0.0.1:{http}"
+    stop = threading.Event()
+    try:
+        rng, now_ms = np.random.default_rng(4), int(time.time() * 1000)
+        n = 60_000
+        addr = lambda ints: np.concatenate(  # noqa: E731
+            [np.tile(np.array([0] * 10 + [255, 255], np.uint8), (n, 1)),
+             ints.astype(">u4").view(np.uint8).reshape(-1, 4)], axis=1)
+        flows = FlowBatch.build(n, src_addr=addr(0x0A010000 + rng.integers(0, 5000, n)),
+                                dst_addr=addr(0x0A100000 + rng.integers(0, 60000, n)),
+                                src_port=rng.integers(1024, 65536, n), dst_port=443, protocol=6, tcp_flags=0x1B,
+                                bytes=1500, packets=6, time_start_ms=now_ms - 200, time_end_ms=now_ms)
+        datagrams = NetflowV5Encoder().encode(flows, now_ms)
+
+        def flood() -> None:  # as fast as this process sends, until the checks are done
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.connect(("127.0.0.1", netflow))
+                while not stop.is_set():
+                    for d in datagrams:
+                        sock.send(d)
+
+        flooding = threading.Thread(target=flood, daemon=True)
+        flooding.start()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            status = httpx.get(base + "/api/v1/status", auth=ADMIN, timeout=5).json()
+            if status["overload"]["overloaded"]:
+                break
+            time.sleep(0.5)
+        overload = status["overload"]
+        assert overload["overloaded"] and overload["datagrams_dropped"] > 0, overload
+        assert overload["flows_lost_per_second"] > 0 and "flows/s lost" in overload["message"]
+        values = metrics(http)
+        assert sum(v for k, v in values.items() if k.startswith("sluice_socket_drops")) > 0
+        assert values["sluice_overloaded"] == 1 and values["sluice_flows_lost_per_second"] > 0
+        assert status["flows"] > 0
+        peak_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{proc.pid}/status").read_text()).group(1))
+        assert peak_kb < 2 * 2**20, peak_kb  # the issue's bound: 2 GiB
+
+        page = browser.new_page()
+        login(page, base, ADMIN)
+        banner = page.locator("#overload")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text(re.compile(r"overloaded: about [\d,]+ flows/s lost"))
+        expect(page.locator("section.widget[data-type=status]")).to_contain_text("flows/s lost")
+        page.close()
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(30)
+
+
 # -- the routes behind the page, without a browser ---------------------------------------------
 
 def test_pages_send_strangers_to_the_login_page_and_layouts_are_per_user(tmp_path):

@@ -23,6 +23,7 @@ from ..config import CollectSettings
 from ..flows.schema import FlowBatch
 from ..lifecycle import Worker
 from .decoder import Datagram, Decoder
+from .overload import OverloadMeter
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +47,7 @@ class Collector:
         self.sinks = sinks
         self.listeners: list[Listener] = []
         self._worker = Worker("sluice-collector", self.run, join_timeout_s=5)
+        self.overload = OverloadMeter(self.counters)
         self._warned_buffer = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -123,6 +125,7 @@ class Collector:
             now = time.monotonic()
             if now - last_maintenance > 1.0:
                 self._update_socket_drops()
+                self.overload.sample()
                 self.decoder.pending.expire(time.time())
                 last_maintenance = now
             if not ready:

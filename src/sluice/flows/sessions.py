@@ -136,7 +136,7 @@ class SessionTracker:
         batch, while flows wait in the socket buffer."""
         scratch = SessionTracker(max_sessions=1, first_id=1)
         for now_ms in (0, 10_000_000):  # the second batch finds, times out and evicts
-            scratch.update(FlowBatch.build(2, src_port=[1, 2], protocol=6, tcp_flags=SYN), now_ms)
+            scratch.update(FlowBatch.build(2, src_port=np.array([1, 2]), protocol=6, tcp_flags=SYN), now_ms)
 
     @property
     def stats(self) -> TrackerStats:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from ...collect.overload import overload_status
 from ...counters import Counters
 from ...query.filter import MAX_LENGTH
 from ...query.reports import Direction, Entity, Metric, ReportSpec, SeriesSpec
@@ -42,6 +43,7 @@ def build_data_router(
             "decode_errors": total("decode_errors_total"),
             "socket_drops": total("socket_drops"),
             "sessions_live": total("sessions_live"),
+            "overload": overload_status(counters),
             "storage": None
             if stats is None
             else {

@@ -193,7 +193,9 @@
     const dl = (pairs) => el("table", {}, el("tbody", {}, pairs.map(([k, v]) => el("tr", {}, el("th", {scope: "row"}, k), el("td", {class: "num"}, v)))));
     body.replaceChildren(
       dl([["Flow rate", fmtNum(s.flows_per_second) + " flows/s"], ["Flows", fmtNum(s.flows)], ["Datagrams", fmtNum(s.datagrams)],
-          ["Decode errors", fmtNum(s.decode_errors)], ["Socket drops", fmtNum(s.socket_drops)], ["Live sessions", fmtNum(s.sessions_live)],
+          ["Decode errors", fmtNum(s.decode_errors)], ["Socket drops", fmtNum(s.socket_drops)],
+          ["Overload", s.overload.overloaded ? `about ${fmtNum(s.overload.flows_lost_per_second)} flows/s lost` : "none"],
+          ["Live sessions", fmtNum(s.sessions_live)],
           ["Stored session rows", fmtNum(st.rows || 0)], ["Storage size", fmtBytes(st.bytes_on_disk || 0)],
           ["Oldest data", st.oldest_ms ? fmtMs(st.oldest_ms) : "—"],
           ["Retention", s.retention_days ? `${s.retention_days} days` : "—"]]),
@@ -202,6 +204,16 @@
           .map(h => el("th", {scope: "col"}, h)))),
         el("tbody", {}, exporters.map(e => el("tr", {}, el("td", {}, e.exporter), el("td", {}, e.protocol), el("td", {class: "num"}, fmtNum(e.flows)),
           el("td", {}, e.last_datagram_ms ? fmtMs(e.last_datagram_ms) : "—"), el("td", {class: "num"}, fmtNum(e.sequence_gaps)))))));
+  }
+
+  // the server sheds load when it cannot keep up: say so above every widget, whatever the layout
+  async function checkOverload() {
+    const banner = document.getElementById("overload");
+    try {
+      const o = (await api("GET", "/api/v1/status")).overload;
+      banner.textContent = o.message;
+      banner.hidden = !o.overloaded;
+    } catch (e) { /* the next check tries again */ }
   }
 
   // -- start --------------------------------------------------------------------------------
@@ -218,5 +230,7 @@
     render();
     document.getElementById("add-widget").disabled = false;  // only once the saved layout is in
     setInterval(() => box.querySelectorAll('section:not([data-type="alerts"])').forEach(s => s.refresh()), 15000);
+    checkOverload();
+    setInterval(checkOverload, 5000);
   })();
 })();
