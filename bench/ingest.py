@@ -20,8 +20,9 @@ CPU seconds per million flows (all the collector's threads) and peak RSS. Rungs 
 ``--seconds`` (default 60: long enough for the tracker to reach its bound at the lower
 rungs; shorter rungs measure a tracker still filling, which flatters it).
 
-``--workers 1,2`` runs Sluice once per worker count (``sluice serve --workers N``; with N > 1
-the collector is not pinned, it gets every core but the sender's).
+``--workers 1,2`` runs Sluice once per worker count (``sluice serve --workers N``). With one
+worker the server is pinned to one core, as nfcapd is; with N > 1 it may use every core,
+the sender's included (on a 2-core machine the sender then takes part of one).
 
 Run: ``make bench`` or ``.venv/bin/python bench/ingest.py [--quick] [--json FILE]``.
 Results go to ``bench/results/ingest.json`` with ``--json``.
@@ -240,7 +241,10 @@ class Sluice:
              "--ipfix-port", "0", "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(self.http),
              "--data-dir", str(data), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=(lambda: pin(COLLECTOR_CPU)) if workers <= 1 else (lambda: os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2))) if (os.cpu_count() or 1) > 1 else None))
+            # one worker: pinned like nfcapd; several: every core (on a 2-core machine that
+            # includes the sender's: the figure is then what the machine as a whole keeps)
+            preexec_fn=(lambda: pin(COLLECTOR_CPU)) if workers <= 1 else (
+                lambda: os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))))
         for _ in range(300):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.http}/healthz", timeout=1)

@@ -68,6 +68,13 @@ class SessionSettings(BaseModel):
         1_000_000, ge=1000, description="live sessions tracked at most (least recently seen go first)"
     )
     dedupe_exporters: bool = Field(True, description="count a conversation reported by several exporters once")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="session worker processes, each tracking its share of the conversations "
+        "(0: one per core the server may use; 1: inside the server process)",
+    )
 
 
 class EnrichSettings(BaseModel):

@@ -1,8 +1,11 @@
 """The ingest pipeline behind the collector: flows -> sessions -> enrichment -> store.
 
 Called once per decoded batch, on the collector's thread; every stage works on whole
-batches. A maintenance thread flushes the store every ``flush_interval_s``, ends idle
-sessions and applies retention.
+batches. With one session worker the sessions and enrichment run right there; with more
+(``sessions.workers``, one per core by default) the batch is sharded over worker processes
+(flows/shards.py) and their session batches come back on reader threads. Either way every
+session batch goes to the store's queue and to the listeners (alerts). A maintenance thread
+flushes the store every ``flush_interval_s``, ends idle sessions and applies retention.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from .config import Settings
 from .counters import Counters
 from .flows.enrich import Enricher
 from .flows.schema import FlowBatch, SessionBatch
-from .flows.sessions import SessionTracker
+from .flows.sessions import SessionTracker, TrackerStats
+from .flows.shards import ShardedSessions, default_workers
 from .lifecycle import Worker
 from .store.base import FlowStore
 from .store.duckdb_store import DuckDBStore
@@ -31,16 +35,21 @@ class Ingest:
     def __init__(self, settings: Settings, counters: Counters, store: FlowStore | None = None):
         sessions_settings = settings.sessions
         self.counters = counters
-        SessionTracker.warm_up()
-        self.tracker = SessionTracker(
-            sessions_settings.idle_timeout_s,
-            sessions_settings.active_timeout_s,
-            sessions_settings.max_sessions,
-            sessions_settings.dedupe_exporters,
-        )
+        self.workers = sessions_settings.workers or default_workers()
+        # built here in any case: it prepares the geo lookup cache the workers then load
         self.enricher = Enricher(
             settings.enrich.country_mmdb, settings.enrich.asn_mmdb, cache_dir=Path(settings.data_dir) / "cache"
         )
+        self.tracker: SessionTracker | None = None
+        self.shards: ShardedSessions | None = None  # started with the server, when workers > 1
+        SessionTracker.warm_up()  # the loops the shards' split uses too
+        if self.workers == 1:
+            self.tracker = SessionTracker(
+                sessions_settings.idle_timeout_s,
+                sessions_settings.active_timeout_s,
+                sessions_settings.max_sessions,
+                sessions_settings.dedupe_exporters,
+            )
         self.store = store if store is not None else DuckDBStore(Path(settings.data_dir) / "sessions.duckdb")
         self.settings = settings
         self._lock = threading.Lock()  # the tracker is used by the collector and by maintenance
@@ -57,23 +66,34 @@ class Ingest:
 
     def __call__(self, flows: FlowBatch) -> None:
         now_ms = int(time.time() * 1000)
+        if self.shards is not None:
+            self.shards.submit(flows, now_ms)
+            return
+        assert self.tracker is not None
         with self._lock:
             first_new = self.tracker.next_session_id
             sessions = self.tracker.update(flows, now_ms)
-        if not len(sessions):
-            return
-        sessions = self.enricher(sessions)
+        if len(sessions):
+            self._deliver(self.enricher(sessions), sessions["session_id"] >= np.uint64(first_new))
+
+    def _deliver(self, sessions: SessionBatch, new: np.ndarray) -> None:
+        """A session batch (``new``: the sessions it started) to the store and the listeners."""
         self.store.append(sessions)
         self.counters.inc("session_rows_total", len(sessions))
-        if self.listeners:
-            new = sessions["session_id"] >= np.uint64(first_new)
-            for listener in self.listeners:
-                listener(sessions, new)
+        for listener in self.listeners:
+            listener(sessions, new)
 
     def start(self) -> None:
+        if self.workers > 1 and self.shards is None:
+            s = self.settings
+            self.shards = ShardedSessions(
+                self.workers, s.sessions, s.enrich, Path(s.data_dir) / "cache", self._deliver, self.counters
+            )
         self._worker.start()
 
     def stop(self) -> None:
+        if self.shards is not None:
+            self.shards.stop()  # the workers hand on what they hold before the store closes
         self._worker.stop()
         self.store.close()
 
@@ -108,8 +128,11 @@ class Ingest:
         st = self.settings.store
         self.store.flush()
         now_ms = int(time.time() * 1000)
-        with self._lock:
-            self.tracker.expire(now_ms)
+        if self.shards is not None:
+            self.shards.expire(now_ms)
+        elif self.tracker is not None:
+            with self._lock:
+                self.tracker.expire(now_ms)
         if retention:
             max_bytes = int(st.max_size_gb * 2**30) if st.max_size_gb else None
             days = self.retention_days() or st.retention_days
@@ -119,16 +142,29 @@ class Ingest:
             self.store.maintain(now_ms)
         self._export_gauges()
 
+    def _tracker_totals(self) -> tuple[int, int, TrackerStats]:
+        """Live sessions, memory and statistics of the tracker, or of every worker's together."""
+        if self.shards is None:
+            assert self.tracker is not None
+            return len(self.tracker), self.tracker.memory_bytes(), self.tracker.stats
+        reports = self.shards.reports()
+        total = TrackerStats()
+        for report in reports:
+            if report.stats is not None:
+                for name in vars(total):
+                    setattr(total, name, getattr(total, name) + getattr(report.stats, name))
+        return sum(r.live for r in reports), sum(r.memory_bytes for r in reports), total
+
     def _export_gauges(self) -> None:
-        tracker_stats = self.tracker.stats
+        live, memory, tracker_stats = self._tracker_totals()
         counters = self.counters
         # flow rate over the last round (about a second)
         now, flows = time.monotonic(), counters.get("flows_total")
         if self._last_rate_sample is not None and now > self._last_rate_sample[0]:
             counters.set("flows_per_second", (flows - self._last_rate_sample[1]) / (now - self._last_rate_sample[0]))
         self._last_rate_sample = (now, flows)
-        counters.set("sessions_live", len(self.tracker))
-        counters.set("sessions_tracker_bytes", self.tracker.memory_bytes())
+        counters.set("sessions_live", live)
+        counters.set("sessions_tracker_bytes", memory)
         counters.set("sessions_started_total", tracker_stats.sessions_started)
         counters.set("sessions_evicted_total", tracker_stats.sessions_evicted)
         counters.set("flows_deduplicated_total", tracker_stats.flows_deduplicated)

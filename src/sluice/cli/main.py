@@ -91,6 +91,16 @@ def serve(
     data_dir: Annotated[
         Optional[Path], typer.Option(help="Where Sluice keeps its databases. (default: var)", show_default=False)
     ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Session worker processes, each tracking its share of the conversations; 1 = inside the "
+            "server process. (default: one per core)",
+            show_default=False,
+            min=1,
+            max=256,
+        ),
+    ] = None,
     log_level: Annotated[
         Optional[str], typer.Option(help="debug, info, warning or error. (default: warning)", show_default=False)
     ] = None,
@@ -124,6 +134,7 @@ def serve(
             "http.tls_cert": tls_cert,
             "http.tls_key": tls_key,
             "data_dir": data_dir,
+            "sessions.workers": workers,
             "log_level": log_level,
             "log_format": log_format,
         },

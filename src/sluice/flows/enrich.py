@@ -107,7 +107,7 @@ class RangeTable:
         return out
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # session workers may prepare it at once
         np.savez(tmp, **{k: getattr(self, k) for k in self.__dataclass_fields__})
         os.replace(tmp, path)
 

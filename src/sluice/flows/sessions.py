@@ -111,6 +111,7 @@ class SessionTracker:
         max_sessions: int = 1_000_000,
         dedupe_exporters: bool = True,
         first_id: int | None = None,
+        id_step: int = 1,
     ):
         self.idle_ms = int(idle_timeout_s * 1000)
         self.active_ms = int(active_timeout_s * 1000)
@@ -124,6 +125,9 @@ class SessionTracker:
 
             first_id = int(time.time() * 1000) << 22
         self._next_id = first_id
+        # several trackers (session workers) share one id space: worker i of n starts at
+        # base + i and steps by n
+        self._id_step = id_step
         self._started = 0
         self._last_expire_ms = -EXPIRE_EVERY_MS
 
@@ -251,8 +255,8 @@ class SessionTracker:
             representative,
         )
         sel = representative
-        c["session_id"][started] = self._next_id + np.arange(k, dtype=np.uint64)
-        self._next_id += k
+        c["session_id"][started] = self._next_id + np.arange(k, dtype=np.uint64) * np.uint64(self._id_step)
+        self._next_id += k * self._id_step
         self._started += k
         c["exporter"][started] = flows["exporter_addr"][sel]
         c["protocol"][started] = flows["protocol"][sel]

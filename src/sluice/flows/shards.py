@@ -1,0 +1,254 @@
+"""The sessions stage on several cores: flows sharded by conversation, one tracker per worker.
+
+Session assembly and enrichment are Python (numpy and compiled loops) and hold the
+interpreter lock, so one process uses one core for them. With ``workers`` > 1 each runs in
+a worker process of its own:
+
+- the collector's batch is split by a hash of the **conversation key without the exporter**,
+  so every flow of a conversation - both directions, from every exporter that reports it -
+  reaches the same worker: one conversation is one session, and exporter de-duplication
+  holds as with one tracker;
+- every worker gets the batch's clock, so timeouts end the same sessions as one tracker
+  would; session ids stay unique (worker i of n hands out base + i, base + i + n, ...);
+- a reader thread per worker hands the session batches on (store, alerts) as they come.
+
+A worker that dies is started again (its shard's live sessions start anew, counted in
+``session_worker_restarts_total``); a worker that falls behind makes the collector wait,
+and the kernel's socket buffer then takes - and counts - the excess (see collect/overload).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from ..config import EnrichSettings, SessionSettings
+from ..counters import Counters
+from . import session_table
+from .enrich import Enricher
+from .schema import FlowBatch, SessionBatch
+from .sessions import SessionTracker, TrackerStats
+
+log = structlog.get_logger(__name__)
+
+Deliver = Callable[[SessionBatch, np.ndarray], None]
+
+
+def shard_of(flows: FlowBatch, shards: int) -> np.ndarray:
+    """The worker of each flow: its conversation key (both directions, any exporter) mod n."""
+    keys, _ = session_table.conversation_keys(
+        flows["src_addr"],
+        flows["dst_addr"],
+        flows["src_port"],
+        flows["dst_port"],
+        flows["protocol"],
+        flows["exporter_addr"],
+        False,
+    )
+    return (keys % np.uint64(shards)).astype(np.int64)
+
+
+@dataclass
+class WorkerReport:
+    """What a worker's tracker holds, sent with every reply."""
+
+    live: int = 0
+    memory_bytes: int = 0
+    stats: TrackerStats | None = None
+
+
+def _send(conn: Connection, message: tuple[Any, ...]) -> None:
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _report(tracker: SessionTracker) -> WorkerReport:
+    return WorkerReport(len(tracker), tracker.memory_bytes(), tracker.stats)
+
+
+def _worker_main(
+    conn: Connection,
+    index: int,
+    count: int,
+    first_id: int,
+    sessions: SessionSettings,
+    enrich: EnrichSettings,
+    cache_dir: Path,
+) -> None:
+    """A worker process: flows in, enriched session deltas out, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers itself
+    SessionTracker.warm_up()
+    tracker = SessionTracker(
+        sessions.idle_timeout_s,
+        sessions.active_timeout_s,
+        # the bound is the server's: each worker holds its share of the conversations
+        max(1, sessions.max_sessions // count),
+        sessions.dedupe_exporters,
+        first_id=first_id + index,
+        id_step=count,
+    )
+    enricher = Enricher(enrich.country_mmdb, enrich.asn_mmdb, cache_dir=cache_dir)
+    _send(conn, ("ready", _report(tracker)))
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return  # the server went away
+        kind = message[0]
+        if kind == "flows":
+            _, columns, now_ms = message
+            first_new = tracker.next_session_id
+            out = tracker.update(FlowBatch(columns), now_ms)
+            if len(out):
+                out = enricher(out)
+                new = out["session_id"] >= np.uint64(first_new)
+                _send(conn, ("sessions", out.columns, new, _report(tracker)))
+            else:  # every flow a duplicate, say: the counts still changed
+                _send(conn, ("report", _report(tracker)))
+        elif kind == "expire":
+            tracker.expire(message[1])
+            enricher.refresh()
+            _send(conn, ("report", _report(tracker)))
+        elif kind == "stop":
+            return
+
+
+class _Worker:
+    def __init__(self, pool: ShardedSessions, index: int):
+        self.pool, self.index = pool, index
+        self.report = WorkerReport()
+        self.send_lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        pool = self.pool
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_worker_main,
+            args=(child, self.index, pool.count, pool.first_id, pool.sessions, pool.enrich, pool.cache_dir),
+            name=f"sluice-sessions-{self.index}",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        message = pickle.loads(self.conn.recv_bytes())  # "ready": compiled and listening
+        self.report = message[1]
+        self.reader = threading.Thread(target=self._read, name=f"sluice-sessions-{self.index}-reader", daemon=True)
+        self.reader.start()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self.send_lock:
+            try:
+                _send(self.conn, message)
+            except (BrokenPipeError, OSError):
+                if not self.pool.stopping:
+                    self._restart()
+
+    def _read(self) -> None:
+        conn = self.conn
+        while True:
+            try:
+                message = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                if not self.pool.stopping and conn is self.conn:
+                    log.error("a session worker died; starting it again", worker=self.index)
+                    threading.Thread(target=self._restart_locked, daemon=True).start()
+                return
+            if message[0] == "sessions":
+                _, columns, new, self.report = message
+                try:
+                    self.pool.deliver(SessionBatch(columns), new)
+                except Exception:  # the next batch goes on; the store and alerts count their own failures
+                    log.exception("handing session batch on failed", worker=self.index)
+                    self.pool.counters.inc("sink_errors_total")
+            else:
+                self.report = message[1]
+
+    def _restart_locked(self) -> None:
+        with self.send_lock:
+            self._restart()
+
+    def _restart(self) -> None:
+        self.pool.counters.inc("session_worker_restarts_total")
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self._start()
+
+    def stop(self) -> None:
+        with self.send_lock:
+            try:
+                _send(self.conn, ("stop",))
+            except OSError:
+                pass
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+        self.reader.join(5)
+        self.conn.close()
+
+
+class ShardedSessions:
+    """``count`` worker processes, each a tracker and an enricher for its share of the
+    conversations; ``deliver`` receives their session batches (from reader threads)."""
+
+    def __init__(
+        self,
+        count: int,
+        sessions: SessionSettings,
+        enrich: EnrichSettings,
+        cache_dir: Path,
+        deliver: Deliver,
+        counters: Counters,
+    ):
+        self.count = count
+        self.sessions, self.enrich, self.cache_dir = sessions, enrich, cache_dir
+        self.deliver = deliver
+        self.counters = counters
+        self.first_id = int(time.time() * 1000) << 22
+        self.stopping = False
+        self.workers = [_Worker(self, i) for i in range(count)]
+        log.info("session workers started", workers=count, pids=[w.process.pid for w in self.workers])
+
+    def submit(self, flows: FlowBatch, now_ms: int) -> None:
+        """Hand each worker its share of a batch (waits while a worker's pipe is full)."""
+        shard = shard_of(flows, self.count)
+        order = np.argsort(shard, kind="stable")  # keeps each conversation's flows in wire order
+        bounds = np.searchsorted(shard[order], np.arange(self.count + 1))
+        for i, worker in enumerate(self.workers):
+            part = order[bounds[i] : bounds[i + 1]]
+            if len(part):
+                worker.send(("flows", flows.take(part).columns, now_ms))
+
+    def expire(self, now_ms: int) -> None:
+        for worker in self.workers:
+            worker.send(("expire", now_ms))
+
+    def reports(self) -> list[WorkerReport]:
+        return [worker.report for worker in self.workers]
+
+    def stop(self) -> None:
+        self.stopping = True
+        for worker in self.workers:
+            worker.stop()
+
+
+def default_workers() -> int:
+    """One worker per core the server may run on."""
+    return len(os.sched_getaffinity(0))

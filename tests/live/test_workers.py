@@ -1,0 +1,150 @@
+"""Session workers (``sluice serve --workers N``): the same traffic gives the same sessions,
+reports and alerts with one worker and with several, and a worker that dies is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from sluice.flows.schema import FlowBatch
+from sluice.simulate.encode import NetflowV9Encoder
+from sluice.simulate.traffic import TrafficModel
+
+from ..support.interop import free_tcp_port, free_udp_port
+from ..support.server import ADMIN, ADMIN_ENV, SLUICE, metrics
+from ..support.waiting import wait_until
+
+
+def start(tmp_path: Path, name: str, workers: int) -> tuple[subprocess.Popen, int, int]:
+    http, netflow = free_tcp_port(), free_udp_port()
+    proc = subprocess.Popen(
+        [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
+         "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
+         "--data-dir", str(tmp_path / name), "--workers", str(workers), "--log-level", "info"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ADMIN_ENV)
+    wait_until(lambda: _answers(http), timeout=60, what=f"{name} to start")
+    return proc, http, netflow
+
+
+def _answers(http: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def traffic(now_ms: int) -> list[bytes]:
+    """Two minutes of the simulator's traffic (both directions of TCP, UDP and ICMP
+    conversations, a port scan), as NetFlow v9 datagrams."""
+    model = TrafficModel(seed=21, opening_events=True)
+    flows = FlowBatch.concat([model.conversations(now_ms - 120_000 + i * 1000, now_ms - 119_000 + i * 1000, 300)
+                              for i in range(120)])
+    return NetflowV9Encoder(template_every=10).encode(flows, now_ms, per_datagram=20)
+
+
+def send(datagrams: list[bytes], port: int, source: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        for i, d in enumerate(datagrams):
+            sock.sendto(d, ("127.0.0.1", port))
+            if i % 200 == 199:
+                time.sleep(0.01)  # an exporter's pace, not a flood: nothing may be dropped
+
+
+def totals(http: int) -> dict[str, float]:
+    values = metrics(http)
+    pick = lambda prefix: sum(v for k, v in values.items() if k.startswith(prefix))  # noqa: E731
+    return {name: pick(f"sluice_{name}") for name in
+            ("flows_total", "session_rows_total", "store_rows", "sessions_started_total",
+             "flows_deduplicated_total", "socket_drops")}
+
+
+def test_one_worker_and_two_give_the_same_sessions_reports_and_alerts(tmp_path):
+    servers = {n: start(tmp_path, f"w{n}", n) for n in (1, 2)}
+    try:
+        definitions = [
+            {"title": "chatty", "metric": "sessions_initiated", "entity": "host", "threshold": 40, "interval": "1h"},
+            {"title": "scanner", "metric": "unique_ports", "entity": "host", "threshold": 50, "interval": "1h"},
+            {"title": "big", "metric": "bytes_total", "entity": "host", "threshold": 2_000_000, "interval": "1h"},
+        ]
+        for _, http, _ in servers.values():
+            for d in definitions:
+                assert httpx.post(f"http://127.0.0.1:{http}/api/v1/alert-definitions", json=d, auth=ADMIN,
+                                  timeout=10).status_code == 201
+        datagrams = traffic(int(time.time() * 1000))
+        # the same conversations from a second exporter: de-duplicated, with one worker or two
+        for _, _, netflow in servers.values():
+            send(datagrams, netflow, "127.0.0.1")
+            send(datagrams[: len(datagrams) // 2], netflow, "127.0.0.2")
+
+        def settled(http: int) -> bool:
+            t = totals(http)
+            return t["store_rows"] == t["session_rows_total"] > 0
+        for _, http, _ in servers.values():
+            wait_until(lambda: settled(http), timeout=60, what="every session row stored")
+        one, two = (totals(servers[n][1]) for n in (1, 2))
+        assert one["socket_drops"] == two["socket_drops"] == 0
+        assert one["flows_total"] == two["flows_total"] > 0
+        assert one["flows_deduplicated_total"] == two["flows_deduplicated_total"] > 0
+        assert one["sessions_started_total"] == two["sessions_started_total"] > 0
+
+        def answers(http: int) -> dict[str, object]:
+            c = httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=30)
+            frame = {"start_ms": int(time.time() * 1000) - 3_600_000, "end_ms": int(time.time() * 1000) + 60_000}
+            out: dict[str, object] = {}
+            for entity, metric in [("host", "bytes"), ("host", "sessions"), ("port", "packets"),
+                                   ("host_pair", "bytes"), ("host", "unique_ports")]:
+                out[f"{entity}/{metric}"] = c.get("/api/v1/reports", params={
+                    "entity": entity, "metric": metric, "top": 1000, **frame}).json()
+            # sessions summed by their fixed client/server orientation
+            rows = c.get("/api/v1/sessions", params={"limit": 100_000, **frame}).json()
+            sums: dict[tuple, list[int]] = {}
+            for r in rows:
+                key = (r["cln_addr"], r["cln_port"], r["srv_addr"], r["srv_port"], r["protocol"])
+                total = sums.setdefault(key, [0, 0])
+                total[0] += r["cln_bytes"]
+                total[1] += r["srv_bytes"]
+            out["sessions"] = sums
+            out["alerts"] = sorted((a["title"], a["entity"]) for a in c.get("/api/v1/alerts").json())
+            c.close()
+            return out
+
+        # alerts are evaluated a moment after the rows arrive: wait until both have the same
+        wait_until(lambda: answers(servers[1][1])["alerts"] == answers(servers[2][1])["alerts"] != [],
+                   timeout=30, what="the same alerts on both servers")
+        a1, a2 = answers(servers[1][1]), answers(servers[2][1])
+        assert a1["sessions"] == a2["sessions"] and len(a1["sessions"]) > 1000
+        for name in a1:
+            assert a1[name] == a2[name], name
+        assert {title for title, _ in a1["alerts"]} == {"chatty", "scanner", "big"}
+    finally:
+        for proc, _, _ in servers.values():
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+
+
+def test_a_session_worker_that_dies_is_started_again(tmp_path):
+    proc, http, netflow = start(tmp_path, "w", 2)
+    try:
+        children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert workers, children
+        os.kill(workers[-1], signal.SIGKILL)
+        wait_until(lambda: metrics(http).get("sluice_session_worker_restarts_total", 0) >= 1, timeout=30,
+                   what="the worker to be started again")
+        datagrams = traffic(int(time.time() * 1000))
+        send(datagrams, netflow, "127.0.0.1")
+        wait_until(lambda: totals(http)["store_rows"] == totals(http)["session_rows_total"] > 0, timeout=60,
+                   what="rows stored after the restart")
+        t = totals(http)
+        assert t["flows_total"] > 0 and t["sessions_started_total"] > 0
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
