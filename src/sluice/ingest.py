@@ -69,7 +69,8 @@ class Ingest:
         if self.shards is not None:
             self.shards.submit(flows, now_ms)
             return
-        assert self.tracker is not None
+        if self.tracker is None:
+            raise RuntimeError("session workers not started: call Ingest.start() first")
         with self._lock:
             first_new = self.tracker.next_session_id
             sessions = self.tracker.update(flows, now_ms)
@@ -144,10 +145,9 @@ class Ingest:
 
     def _tracker_totals(self) -> tuple[int, int, TrackerStats]:
         """Live sessions, memory and statistics of the tracker, or of every worker's together."""
-        if self.shards is None:
-            assert self.tracker is not None
+        if self.tracker is not None:
             return len(self.tracker), self.tracker.memory_bytes(), self.tracker.stats
-        reports = self.shards.reports()
+        reports = self.shards.reports() if self.shards is not None else []  # workers not started yet
         total = TrackerStats()
         for report in reports:
             if report.stats is not None:

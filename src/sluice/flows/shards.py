@@ -129,9 +129,13 @@ class _Worker:
         self.pool, self.index = pool, index
         self.report = WorkerReport()
         self.send_lock = threading.Lock()
-        self._start()
+        self._spawn()
 
     def _start(self) -> None:
+        self._spawn()
+        self.wait_ready()
+
+    def _spawn(self) -> None:
         pool = self.pool
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self.conn, child = context.Pipe()
@@ -143,7 +147,15 @@ class _Worker:
         )
         self.process.start()
         child.close()
-        message = pickle.loads(self.conn.recv_bytes())  # "ready": compiled and listening
+
+    def wait_ready(self) -> None:
+        try:
+            message = pickle.loads(self.conn.recv_bytes())  # "ready": compiled and listening
+        except (EOFError, OSError):
+            raise RuntimeError(
+                f"session worker {self.index} exited while starting (exit code {self.process.exitcode}); "
+                "its error is in the log above, or run with --workers 1"
+            ) from None
         self.report = message[1]
         self.reader = threading.Thread(target=self._read, name=f"sluice-sessions-{self.index}-reader", daemon=True)
         self.reader.start()
@@ -223,7 +235,9 @@ class ShardedSessions:
         self.counters = counters
         self.first_id = int(time.time() * 1000) << 22
         self.stopping = False
-        self.workers = [_Worker(self, i) for i in range(count)]
+        self.workers = [_Worker(self, i) for i in range(count)]  # they start side by side
+        for worker in self.workers:
+            worker.wait_ready()
         log.info("session workers started", workers=count, pids=[w.process.pid for w in self.workers])
 
     def submit(self, flows: FlowBatch, now_ms: int) -> None:
