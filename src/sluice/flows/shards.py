@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import threading
 import time
@@ -57,7 +58,8 @@ def shard_of(flows: FlowBatch, shards: int) -> np.ndarray:
         flows["exporter_addr"],
         False,
     )
-    return (keys % np.uint64(shards)).astype(np.int64)
+    # small integers: numpy's stable sort of 8/16-bit keys is a radix sort, one pass
+    return (keys % np.uint64(shards)).astype(np.uint8 if shards < 256 else np.uint16)
 
 
 @dataclass
@@ -124,12 +126,21 @@ def _worker_main(
             return
 
 
+#: batches waiting for a worker at most; beyond, the collector waits (and the kernel buffers)
+OUTBOX_BATCHES = 4
+
+
 class _Worker:
     def __init__(self, pool: ShardedSessions, index: int):
         self.pool, self.index = pool, index
         self.report = WorkerReport()
         self.send_lock = threading.Lock()
+        # a thread of its own writes to the pipe: the collector hands a batch over and goes
+        # on reading its sockets while the worker is still busy with the previous one
+        self.outbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue(OUTBOX_BATCHES)
         self._spawn()
+        self.sender = threading.Thread(target=self._write, name=f"sluice-sessions-{index}-writer", daemon=True)
+        self.sender.start()
 
     def _start(self) -> None:
         self._spawn()
@@ -161,12 +172,17 @@ class _Worker:
         self.reader.start()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        with self.send_lock:
-            try:
-                _send(self.conn, message)
-            except (BrokenPipeError, OSError):
-                if not self.pool.stopping:
-                    self._restart()
+        """Queue a message for the worker (waits while OUTBOX_BATCHES are queued)."""
+        self.outbox.put(message)
+
+    def _write(self) -> None:
+        while (message := self.outbox.get()) is not None:
+            with self.send_lock:
+                try:
+                    _send(self.conn, message)
+                except (BrokenPipeError, OSError):
+                    if not self.pool.stopping:
+                        self._restart()
 
     def _read(self) -> None:
         conn = self.conn
@@ -204,11 +220,9 @@ class _Worker:
         self._start()
 
     def stop(self) -> None:
-        with self.send_lock:
-            try:
-                _send(self.conn, ("stop",))
-            except OSError:
-                pass
+        self.outbox.put(("stop",))  # after every batch queued before it
+        self.outbox.put(None)
+        self.sender.join(10)
         self.process.join(10)
         if self.process.is_alive():
             self.process.kill()
