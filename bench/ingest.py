@@ -205,7 +205,7 @@ class Nfcapd:
 
     def __init__(self, workdir: Path, workers: int):
         self.port = free_port(socket.SOCK_DGRAM)
-        flowdir = workdir / f"nfcapd-{self.port}"
+        self.data = flowdir = workdir / f"nfcapd-{self.port}"
         flowdir.mkdir()
         binary = shutil.which("nfcapd") or "/usr/bin/nfcapd"
         self.proc = subprocess.Popen([binary, "-p", str(self.port), "-b", "127.0.0.1", "-w", str(flowdir),
@@ -219,7 +219,13 @@ class Nfcapd:
 
     def stop(self) -> dict[str, int]:
         self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=60)
+        try:
+            out, _ = self.proc.communicate(timeout=300)  # it writes its file out first
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            print("  (nfcapd did not exit within 300 s of SIGTERM: rung counted as lost)", flush=True)
+            return {"flows": 0, "rows": 0, "stored": 0, "drops": 0}
         m = re.search(r"Flows: (\d+)", out)
         if not m:
             raise RuntimeError(f"nfcapd printed no summary:\n{out}")
@@ -235,7 +241,7 @@ class Sluice:
         self.http = free_port(socket.SOCK_STREAM)
         binary = str(Path(sys.executable).parent / "sluice")
         extra = ["--workers", str(workers)] if workers else []
-        data = workdir / f"sluice-{self.port}"
+        self.data = data = workdir / f"sluice-{self.port}"
         self.proc = subprocess.Popen(
             [binary, "serve", "--no-simulate", "--listen", "127.0.0.1", "--netflow-port", str(self.port),
              "--ipfix-port", "0", "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(self.http),
@@ -289,6 +295,9 @@ def run_rung(kind: type, workdir: Path, protocol: str, shape: str, workers: int,
     cpu = tree_cpu_s(collector.proc.pid) - cpu0
     rss = tree_peak_rss_mb(collector.proc.pid)
     c = collector.stop()
+    # a rung of new conversations leaves gigabytes (nfcapd's files above all): the next rung
+    # must not run on a filling disk
+    shutil.rmtree(collector.data, ignore_errors=True)
     return Rung(collector.name, protocol, shape, workers, rate, seconds, sent, achieved, c["flows"], c["rows"],
                 c["stored"], c["drops"], cpu, rss)
 
@@ -335,7 +344,9 @@ def main() -> int:
                         help="comma-separated ladder of flows/s")
     parser.add_argument("--nfcapd-rates", help="ladder for nfcapd (default: the same; 'none' skips it)")
     parser.add_argument("--workers", default="1", help="comma-separated Sluice worker counts, e.g. 1,2")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="also write the results here (after every ladder)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other protocol/traffic/worker results already in --json")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     nf_rates = rates if not args.nfcapd_rates else [] if args.nfcapd_rates == "none" else [
@@ -351,8 +362,27 @@ def main() -> int:
     print(f"machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, numpy {info['numpy']}; "
           f"{info['nfcapd']}; {seconds:.0f} s per rung")
     results: list[Rung] = []
-    summary = []
+    summary: list[dict[str, object]] = []
+    kept: list[dict[str, object]] = []
+    kept_rungs: list[dict[str, object]] = []
+    if args.merge and args.json and args.json.exists():
+        previous = json.loads(args.json.read_text())
+        kept, kept_rungs = previous.get("summary", []), previous.get("rungs", [])
     worker_counts = [int(w) for w in args.workers.split(",")]
+
+    def save() -> None:
+        if not args.json:
+            return
+        done = {(s["protocol"], s["shape"], s["workers"]) for s in summary}
+        nfcapd_done = {(s["protocol"], s["shape"]) for s in summary}
+        rungs = [asdict(r) | {"ratio": r.ratio, "lossless": r.lossless} for r in results]
+        old_rungs = [r for r in kept_rungs if (r["protocol"], r["shape"], r["workers"]) not in done
+                     and not (r["collector"] == "nfcapd" and (r["protocol"], r["shape"]) in nfcapd_done)]
+        args.json.write_text(json.dumps({
+            "machine": info, "seconds_per_rung": seconds,
+            "summary": [s for s in kept if (s["protocol"], s["shape"], s["workers"]) not in done] + summary,
+            "rungs": old_rungs + rungs}, indent=2))
+
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for protocol in protocols:
@@ -371,6 +401,7 @@ def main() -> int:
                         "nfcapd_peak_rss_mb": nf.peak_rss_mb if nf else None,
                         "sluice_peak_rss_mb": sl.peak_rss_mb if sl else None,
                     })
+                    save()
     print(f"\nwhole server, highest lossless rate ({THRESHOLD:.1%} decoded, every session row stored; "
           f"{seconds:.0f} s rungs, 30 records/datagram):")
     print(f"  {'protocol':9}  {'traffic':9}  {'workers':>7}  {'nfcapd':>9}  {'sluice':>9}  {'ratio':>6}  "
@@ -381,10 +412,6 @@ def main() -> int:
               f"{s['sluice_max_flows_per_s'] / 1e6:7.2f} M  {fmt(s['ratio_sluice_over_nfcapd'], '5.2f')}x  "
               f"{fmt(s['nfcapd_cpu_s_per_M'], '10.2f')}  {fmt(s['sluice_cpu_s_per_M'], '10.2f')}  "
               f"{fmt(s['nfcapd_peak_rss_mb'], '9.0f')}  {fmt(s['sluice_peak_rss_mb'], '9.0f')}")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "seconds_per_rung": seconds, "summary": summary,
-                                         "rungs": [asdict(r) | {"ratio": r.ratio, "lossless": r.lossless}
-                                                   for r in results]}, indent=2))
     return 0
 
 
