@@ -42,8 +42,8 @@ class Ingest:
         )
         self.tracker: SessionTracker | None = None
         self.shards: ShardedSessions | None = None  # started with the server, when workers > 1
-        SessionTracker.warm_up()  # the loops the shards' split uses too
         if self.workers == 1:
+            SessionTracker.warm_up()
             self.tracker = SessionTracker(
                 sessions_settings.idle_timeout_s,
                 sessions_settings.active_timeout_s,

@@ -28,8 +28,9 @@ _EIGHT = np.uint64(8)
 
 SYN, ACK = 0x02, 0x10
 
-#: ``TableStats`` slots, one int64 each (kernels update them in place)
-LIVE, ENDED_IDLE, ENDED_ACTIVE, EVICTED, DEDUPLICATED, NEXT_ID = range(6)
+#: the tracker's counters: slots of one int64 array that the kernels update in place
+LIVE, ENDED_IDLE, ENDED_ACTIVE, EVICTED, DEDUPLICATED = range(5)
+COUNTERS = 5
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -200,11 +201,9 @@ def assign(
         r = -1
         if index_keys[s] == k:
             r = index_rows[s]
-            if now_ms - updated[r] > idle_ms or now_ms - started[r] > active_ms:
-                if now_ms - updated[r] > idle_ms:
-                    stats[ENDED_IDLE] += 1
-                else:
-                    stats[ENDED_ACTIVE] += 1
+            idle = now_ms - updated[r] > idle_ms
+            if idle or now_ms - started[r] > active_ms:
+                stats[ENDED_IDLE if idle else ENDED_ACTIVE] += 1
                 _end(r, index_keys, index_rows, key, live, free, stats)
                 r = -1
                 s = _slot(index_keys, k)

@@ -61,7 +61,6 @@ class TrackerStats:
 class _State:
     """Live sessions in fixed rows (``live`` marks them), their index, and the free rows."""
 
-    cap: int = 0
     cols: dict[str, np.ndarray] = field(default_factory=dict)
     index_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     index_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -69,7 +68,12 @@ class _State:
     #: per row, -1 or its slot in the batch being worked on (the kernels reset it after use)
     slot_of_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     #: the kernels' counters (``session_table.LIVE`` …)
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(6, np.int64))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(table.COUNTERS, np.int64))
+
+    @property
+    def cap(self) -> int:
+        """Rows allocated, live or free."""
+        return len(self.free)
 
 
 _STATE_COLUMNS = {
@@ -93,6 +97,20 @@ _STATE_COLUMNS = {
     "a_client": np.bool_,
     "exporter_key": np.uint64,  # the exporter address as one integer, for the dedupe check
 }
+
+
+def conversation_keys(flows: FlowBatch, with_exporter: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(key, whether the source is canonical endpoint A) per flow: both directions of a
+    conversation share a key; ``with_exporter`` makes each exporter's reports a key of their own."""
+    return table.conversation_keys(
+        flows["src_addr"],
+        flows["dst_addr"],
+        flows["src_port"],
+        flows["dst_port"],
+        flows["protocol"],
+        flows["exporter_addr"],
+        with_exporter,
+    )
 
 
 #: how often ``update`` runs a full expiry pass (the maintenance round runs one too)
@@ -176,15 +194,7 @@ class SessionTracker:
             return SessionBatch.empty()
         self._make_room(len(flows))
         st, c = self._state, self._state.cols
-        keys, a_is_src = table.conversation_keys(
-            flows["src_addr"],
-            flows["dst_addr"],
-            flows["src_port"],
-            flows["dst_port"],
-            flows["protocol"],
-            flows["exporter_addr"],
-            not self.dedupe,
-        )
+        keys, a_is_src = conversation_keys(flows, with_exporter=not self.dedupe)
         rows, started = table.assign(
             keys,
             table.exporter_keys(flows["exporter_addr"]),
@@ -338,7 +348,7 @@ class SessionTracker:
         free[:n_free] = st.free[:n_free]
         free[n_free : n_free + cap - old_cap] = np.arange(cap - 1, old_cap - 1, -1)  # low rows on top
         slot_of_row = np.full(cap, -1, np.int64)
-        st.cols, st.cap, st.free, st.slot_of_row = cols, cap, free, slot_of_row
+        st.cols, st.free, st.slot_of_row = cols, free, slot_of_row
         if not len(st.index_keys):
             st.index_keys = np.zeros(2048, np.uint64)
             st.index_rows = np.zeros(2048, np.int64)

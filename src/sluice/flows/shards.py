@@ -37,10 +37,9 @@ import structlog
 
 from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
-from . import session_table
 from .enrich import Enricher
 from .schema import FlowBatch, SessionBatch
-from .sessions import SessionTracker, TrackerStats
+from .sessions import SessionTracker, TrackerStats, conversation_keys
 
 log = structlog.get_logger(__name__)
 
@@ -49,15 +48,7 @@ Deliver = Callable[[SessionBatch, np.ndarray], None]
 
 def shard_of(flows: FlowBatch, shards: int) -> np.ndarray:
     """The worker of each flow: its conversation key (both directions, any exporter) mod n."""
-    keys, _ = session_table.conversation_keys(
-        flows["src_addr"],
-        flows["dst_addr"],
-        flows["src_port"],
-        flows["dst_port"],
-        flows["protocol"],
-        flows["exporter_addr"],
-        False,
-    )
+    keys, _ = conversation_keys(flows, with_exporter=False)
     # small integers: numpy's stable sort of 8/16-bit keys is a radix sort, one pass
     return (keys % np.uint64(shards)).astype(np.uint8 if shards < 256 else np.uint16)
 
@@ -178,11 +169,13 @@ class _Worker:
     def _write(self) -> None:
         while (message := self.outbox.get()) is not None:
             with self.send_lock:
+                conn = self.conn
                 try:
-                    _send(self.conn, message)
+                    _send(conn, message)
+                    continue
                 except (BrokenPipeError, OSError):
-                    if not self.pool.stopping:
-                        self._restart()
+                    pass
+            self._restart(conn)
 
     def _read(self) -> None:
         conn = self.conn
@@ -192,7 +185,7 @@ class _Worker:
             except (EOFError, OSError):
                 if not self.pool.stopping and conn is self.conn:
                     log.error("a session worker died; starting it again", worker=self.index)
-                    threading.Thread(target=self._restart_locked, daemon=True).start()
+                    threading.Thread(target=self._restart, args=(conn,), daemon=True).start()
                 return
             if message[0] == "sessions":
                 _, columns, new, self.report = message
@@ -204,20 +197,21 @@ class _Worker:
             else:
                 self.report = message[1]
 
-    def _restart_locked(self) -> None:
+    def _restart(self, dead: Connection) -> None:
+        """Start the worker again, once, however many threads saw ``dead`` fail (the reader
+        and the writer both may)."""
         with self.send_lock:
-            self._restart()
-
-    def _restart(self) -> None:
-        self.pool.counters.inc("session_worker_restarts_total")
-        try:
-            self.conn.close()
-        except OSError:
-            pass
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(5)
-        self._start()
+            if self.conn is not dead or self.pool.stopping:
+                return
+            self.pool.counters.inc("session_worker_restarts_total")
+            try:
+                dead.close()
+            except OSError:
+                pass
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(5)
+            self._start()
 
     def stop(self) -> None:
         self.outbox.put(("stop",))  # after every batch queued before it
@@ -249,6 +243,7 @@ class ShardedSessions:
         self.counters = counters
         self.first_id = int(time.time() * 1000) << 22
         self.stopping = False
+        shard_of(FlowBatch.build(1), count)  # compile the split now, not on the first batch
         self.workers = [_Worker(self, i) for i in range(count)]  # they start side by side
         for worker in self.workers:
             worker.wait_ready()
