@@ -125,7 +125,8 @@ class Ingest:
                 self.counters.inc("maintenance_errors_total")
 
     def maintenance_round(self, retention: bool = True) -> None:
-        """Flush, end idle sessions; with ``retention``, also apply retention and build rollups."""
+        """Flush, end idle sessions, let the store tidy up (merge files, build rollups); with
+        ``retention``, also apply retention."""
         st = self.settings.store
         self.store.flush()
         now_ms = int(time.time() * 1000)
@@ -140,7 +141,7 @@ class Ingest:
             result = self.store.retain(now_ms, days * 86400, max_bytes)
             if result.rows_deleted:
                 log.info("retention", rows=result.rows_deleted, days_dropped=result.partitions_dropped)
-            self.store.maintain(now_ms)
+        self.store.maintain(now_ms)
         self._export_gauges()
 
     def _tracker_totals(self) -> tuple[int, int, TrackerStats]:

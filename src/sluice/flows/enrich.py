@@ -168,7 +168,7 @@ def _country(record: object) -> bytes | None:
         value: object = record
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, str) and len(value) == 2 and value.isalpha():
+        if isinstance(value, str) and len(value) == 2 and value.isascii() and value.isalpha():
             return value.upper().encode("ascii")
     return None
 

@@ -169,9 +169,10 @@ class ColumnBatch:
                 buf = pa.py_buffer(np.ascontiguousarray(col).tobytes())
                 arrays.append(pa.Array.from_buffers(pa.binary(16), n, [None, buf]))
             elif dt is COUNTRY:
-                buf = pa.py_buffer(np.ascontiguousarray(col, "S2").tobytes())
-                codes = pa.Array.from_buffers(pa.binary(2), n, [None, buf])
-                arrays.append(codes.cast(pa.binary()).cast(pa.string()))
+                # every code is two bytes: a string array's offsets are 0, 2, 4 ... (no casts)
+                data = pa.py_buffer(np.ascontiguousarray(col, "S2").tobytes())
+                offsets = pa.py_buffer(np.arange(0, 2 * n + 1, 2, dtype=np.int32))
+                arrays.append(pa.Array.from_buffers(pa.string(), n, [None, offsets, data]))
             else:
                 arrays.append(pa.array(col, type=_ARROW_TYPES[dt]))
         return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(dict(fields)))

@@ -1,23 +1,26 @@
-"""The embedded session store: one DuckDB file, one table per UTC day.
+"""The embedded session store: DuckDB queries over the day-partitioned Parquet segments of
+``segments.py`` (next to the DuckDB file, in ``<name>.segments/``), with the host rollups in
+the DuckDB file.
 
-- **Addresses** are stored as 128-bit integers (UHUGEINT): fixed-size keys insert, compress
-  and group faster than 16-byte blobs. They go in as two 64-bit halves and come out as the
-  16-byte binary of the session schema; filters pass address bounds as integers.
-- **Appends** are Arrow batches inserted without per-row Python; ``append`` queues them and
-  ``flush`` writes everything queued in one transaction (the server flushes every second), so a
-  crash loses at most the unflushed second and never leaves a half-written batch.
-- **Time partitioning**: a row goes to the table of its end time's day
-  (``sessions_YYYYMMDD``); a query opens only the days its time frame overlaps, and within a
-  day DuckDB's per-row-group min/max skip what lies outside the frame (rows arrive in time order).
+- **Addresses** are 128-bit integers (UHUGEINT) to every query: fixed-size keys that compare,
+  group and hash fast. Parquet has no such type, so files hold each address as two 64-bit
+  halves, joined as the files are read; results turn them back into the 16-byte binary of the
+  session schema; filters pass address bounds as UHUGEINT values.
+- **Appends** are Arrow batches written without per-row Python; ``append`` queues them and
+  ``flush`` writes everything queued at once (the server flushes every second, and whenever a
+  million rows are queued), so a crash loses at most the unflushed second and never leaves a
+  half-written flush.
+- **Time partitioning**: a row goes to the directory of its end time's day; a query reads
+  only the files whose time bounds (kept in their names) meet its frame, and within a file
+  DuckDB's per-row-group min/max skip the rest (rows arrive in time order).
 - **Retention** drops whole days, oldest first, and trims the oldest remaining day to the
-  cutoff; by size, it drops the oldest days until the data fits. DuckDB reuses the freed space
-  (the file does not shrink, it stops growing).
-- **Durability**: DuckDB's write-ahead log makes every flush atomic; a database killed mid-write
-  opens again with whole flushes only.
+  cutoff; by size, it drops the oldest days until the data fits.
 - **Rollups**: once a UTC day is over, ``build_rollups`` sums it per host (bytes and packets
-  sent and received) into ``hosts_YYYYMMDD``; an unfiltered host traffic report then reads
-  those sums for the whole days in its frame and raw rows only for the partial days at its
-  edges. Nothing is added to the insert path. A day that receives late rows is rebuilt.
+  sent and received) into ``hosts_YYYYMMDD`` in the DuckDB file; an unfiltered host traffic
+  report then reads those sums for the whole days in its frame and raw rows only for the
+  partial days at its edges. A day that receives late rows is rebuilt.
+- **Earlier stores** kept sessions in DuckDB tables (``sessions_YYYYMMDD``); opening one
+  moves each table into a segment file, once.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -50,6 +52,7 @@ from ..query.reports import (
 )
 from ..query.sql import compile_filter
 from .base import FlowStore, RetentionResult, StoreStats, TimeRange
+from .segments import Segment, SegmentFiles
 
 log = structlog.get_logger(__name__)
 
@@ -66,17 +69,44 @@ _DUCK_TYPES = {
     pa.binary(16): "UHUGEINT",
     pa.string(): "VARCHAR",
 }
-_COLUMNS_SQL = ", ".join(f"{field.name} {_DUCK_TYPES[field.type]} NOT NULL" for field in SESSION_SCHEMA)
 ADDRESS_COLUMNS = [field.name for field in SESSION_SCHEMA if field.type == pa.binary(16)]
 _LOW64 = "18446744073709551615::UHUGEINT"
-# incoming rows carry each address as two 64-bit halves
-_INSERT_SELECT = ", ".join(
-    f"(({name}__hi::UHUGEINT) << 64) | {name}__lo" if name in ADDRESS_COLUMNS else name for name in SESSION_SCHEMA.names
+# files hold each address as two 64-bit halves: the columns of the session schema from them
+_FILE_SELECT = ", ".join(
+    f"(({name}__hi::UHUGEINT) << 64) | {name}__lo AS {name}" if name in ADDRESS_COLUMNS else name
+    for name in SESSION_SCHEMA.names
 )
 
 
+#: how segment files are written (pyarrow's options), chosen by measurement on the session
+#: rows of bench/store_query.py against DuckDB's own tables (0.60 CPU-s per M rows appended,
+#: 36 bytes a row): LZ4 pages, dictionaries only for the few-valued columns, deltas for the
+#: time-ordered ones - 0.26 CPU-s per M, 31 bytes a row, scans 1.4-2.3x DuckDB's tables. (zstd
+#: saves a third of the space for a fifth more CPU and slower scans; dictionaries on every
+#: column cost 60 % more.)
+_FEW_VALUED = [
+    "protocol",
+    "tcp_flags",
+    "srv_port",
+    "cln_country",
+    "srv_country",
+    "cln_asn",
+    "srv_asn",
+    "input_if",
+    "output_if",
+    "sampling_rate",
+    "exporter_addr__hi",
+    "exporter_addr__lo",
+]
+WRITE_OPTIONS: dict[str, object] = {
+    "compression": "lz4",
+    "use_dictionary": _FEW_VALUED,
+    "column_encoding": {name: "DELTA_BINARY_PACKED" for name in ("session_id", "start_ms", "end_ms")},
+}
+
+
 def _split_addresses(batch: SessionBatch) -> pa.Table:
-    """A session batch as the Arrow table the store inserts: addresses as (hi, lo) halves."""
+    """A session batch as the Arrow table the store writes: addresses as (hi, lo) halves."""
     arrow = batch.to_arrow(skip=frozenset(ADDRESS_COLUMNS))
     columns, names = [], []
     for name in SESSION_SCHEMA.names:
@@ -136,16 +166,6 @@ _ADDRESS_RESULTS = {Entity.HOST: ("address",), Entity.HOST_PAIR: ("client", "ser
 _MAX_MS = 253_402_300_799_000  # 9999-12-31: the last day a partition can be named
 
 
-def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
-    """The one value a one-row query answers (None for no row)."""
-    row = con.execute(sql).fetchone()
-    return row[0] if row else None
-
-
-def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    return int(_scalar(con, f"SELECT count(*) FROM {table}") or 0)
-
-
 def _day(ms: int) -> str:
     """The partition day of a time; times beyond what a calendar can name are clamped."""
     ms = min(max(ms, 0), _MAX_MS)
@@ -160,28 +180,52 @@ class DuckDBStore(FlowStore):
     def __init__(self, path: Path | str, flush_rows: int = 1_000_000, threads: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.files = SegmentFiles(self.path.with_name(self.path.name + ".segments"), WRITE_OPTIONS)
         self._con = duckdb.connect(str(self.path))
         # DuckDB counts the machine's cores; a server confined to fewer (taskset, cgroup
         # cpuset) would have its threads fight over them
         self._con.execute(f"SET threads = {int(threads or len(os.sched_getaffinity(0)))}")
+        self._con.execute("SET parquet_metadata_cache = true")  # files never change once written
         self._lock = threading.Lock()  # the queue
-        self._write = threading.Lock()  # the writer connection: flush, retention, close
+        self._write = threading.Lock()  # writing: flush, retention, compaction, rollups, close
         self._queue: list[SessionBatch] = []
         self._queued_rows = 0
         self.flush_rows = flush_rows
         self.write_errors = 0
-        self._days: set[str] = set(self._list_days())
+        self._migrate_tables()
         self._con.execute("CREATE TABLE IF NOT EXISTS rollup_days (day VARCHAR PRIMARY KEY, source_rows BIGINT)")
         #: day -> raw rows the day's host rollup was built from
         self._rollups: dict[str, int] = dict(self._con.execute("SELECT day, source_rows FROM rollup_days").fetchall())
+
+    @property
+    def _days(self) -> set[str]:
+        return set(self.files.days())
+
+    def _migrate_tables(self) -> None:
+        """Move the day tables of an earlier store into segment files (each day once: a crash
+        between writing a day's file and dropping its table redoes that day's file)."""
+        rows = self._con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()
+        for day in sorted(m.group(1) for (name,) in rows if (m := _PARTITION.match(name))):
+            columns = ", ".join(_address_out(n) if n in ADDRESS_COLUMNS else n for n in SESSION_SCHEMA.names)
+            tmp = self.files.root / f"migrate-{day}.parquet.tmp"
+            tmp.unlink(missing_ok=True)  # from a migration cut short
+            path = str(tmp).replace("'", "''")
+            self._con.execute(
+                f"COPY (SELECT {columns} FROM sessions_{day}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)"
+            )
+            self.files.adopt(day, tmp)
+            self._con.execute(f"DROP TABLE sessions_{day}")
+            self._con.execute("CHECKPOINT")
+            log.info("moved a day of sessions into a segment file", day=day)
 
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, sessions: SessionBatch) -> None:
         """Queue rows for the next flush. With ``on_full`` set, a full queue asks that
-        callback (a writer thread) to flush, so the caller does not wait for the database;
-        only a queue twice over full is flushed here, to bound memory. (An insert costs about
-        half as much per row at a million rows as at a hundred thousand: flushes are large.)"""
+        callback (a writer thread) to flush, so the caller does not wait for the disk; only a
+        queue twice over full is flushed here, to bound memory."""
         if not len(sessions):
             return
         with self._lock:
@@ -205,50 +249,42 @@ class DuckDBStore(FlowStore):
         table = _split_addresses(SessionBatch.concat(batches))
         day_of_row = (table.column("end_ms").to_numpy() // DAY_MS).astype(np.int64)
         days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
-        con = self._con
-        created: list[str] = []
+        parts = {
+            _day(day_number * DAY_MS): table if len(days) == 1 else table.filter(pa.array(day_of_row == day_number))
+            for day_number in days.tolist()
+        }
         try:
-            con.execute("BEGIN TRANSACTION")
-            for day_number in days.tolist():
-                day = _day(day_number * DAY_MS)
-                if day not in self._days:
-                    con.execute(f"CREATE TABLE IF NOT EXISTS sessions_{day} ({_COLUMNS_SQL})")
-                    created.append(day)
-                self._forget_rollup(day)  # late rows: the day's sums must be rebuilt
-                part = table if len(days) == 1 else table.filter(pa.array(day_of_row == day_number))
-                con.register("incoming", part)
-                con.execute(f"INSERT INTO sessions_{day} SELECT {_INSERT_SELECT} FROM incoming")
-                con.unregister("incoming")
-            con.execute("COMMIT")
-            # only now may queries (on other connections) name the new days' tables
-            self._days.update(created)
-        except duckdb.Error as exc:  # e.g. disk full: the transaction is rolled back, nothing half-written
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
+            self.files.write(parts)
+        except OSError as exc:  # e.g. disk full: nothing of this flush is kept
             self.write_errors += 1
             log.error("could not store sessions; batch dropped", rows=table.num_rows, error=str(exc))
-            self._days = set(self._list_days())
             return 0
+        for day in parts:
+            self._forget_rollup(day)  # late rows: the day's sums must be rebuilt
         return table.num_rows
-
-    def _list_days(self) -> list[str]:
-        rows = self._con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
-        ).fetchall()
-        return sorted(m.group(1) for (name,) in rows if (m := _PARTITION.match(name)))
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _source(self, start_ms: int, end_ms: int, exclude: frozenset[str] = frozenset()) -> str:
-        """The partitions a time frame can touch (less ``exclude``), as one table expression."""
+    def _source(
+        self, snapshot: dict[str, list[Segment]], start_ms: int, end_ms: int, exclude: frozenset[str] = frozenset()
+    ) -> str:
+        """The files of ``snapshot`` a time frame can touch (less the days in ``exclude``), as
+        one table expression with the session schema's columns."""
         first, last = _day(start_ms), _day(min(end_ms, _MAX_MS) + DAY_MS)  # rows end up to a day after they start
-        days = [day for day in sorted(self._days) if first <= day <= last and day not in exclude]
-        if not days:
+        paths = [
+            self.files.path(segment)
+            for day in sorted(snapshot)
+            if first <= day <= last and day not in exclude
+            for segment in snapshot[day]
+            if segment.overlaps(start_ms, end_ms)
+        ]
+        return self._files_source(paths)
+
+    def _files_source(self, paths: list[Path]) -> str:
+        if not paths:
             return self._empty_source()
-        union = " UNION ALL ".join(f"SELECT * FROM sessions_{day}" for day in days)
-        return f"({union}) AS sessions"
+        files = ", ".join("'" + str(path).replace("'", "''") + "'" for path in paths)
+        return f"(SELECT {_FILE_SELECT} FROM read_parquet([{files}])) AS sessions"
 
     def _empty_source(self) -> str:
         cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES[field.type]}) AS {field.name}" for field in SESSION_SCHEMA)
@@ -271,12 +307,13 @@ class DuckDBStore(FlowStore):
         if where is not None:
             sql, more = compile_filter(where)
             cond, params = f"{cond} AND {sql}", params + more
-        source = self._source(time_range.start_ms, time_range.end_ms)
-        table = self._query(
-            f"SELECT * FROM {source} WHERE {cond} ORDER BY end_ms DESC LIMIT {int(limit)}",
-            params,
-            tuple(ADDRESS_COLUMNS),
-        )
+        with self.files.reading() as snapshot:
+            source = self._source(snapshot, time_range.start_ms, time_range.end_ms)
+            table = self._query(
+                f"SELECT * FROM {source} WHERE {cond} ORDER BY end_ms DESC LIMIT {int(limit)}",
+                params,
+                tuple(ADDRESS_COLUMNS),
+            )
         return table.select(SESSION_SCHEMA.names).cast(SESSION_SCHEMA)
 
     def report(self, spec: ReportSpec, use_rollups: bool = True) -> pa.Table:
@@ -288,10 +325,12 @@ class DuckDBStore(FlowStore):
         ):
             rolled = self._rolled_days(spec.start_ms, spec.end_ms)
             if rolled:
-                sql, params = self._rollup_report_sql(spec, rolled)
-                return self._ordered(self._query(sql, params, ("address",)), spec)
-        sql, params = report_sql(spec, self._source(spec.start_ms, spec.end_ms))
-        return self._ordered(self._query(sql, params, _ADDRESS_RESULTS.get(spec.entity, ())), spec)
+                with self.files.reading() as snapshot:
+                    sql, params = self._rollup_report_sql(snapshot, spec, rolled)
+                    return self._ordered(self._query(sql, params, ("address",)), spec)
+        with self.files.reading() as snapshot:
+            sql, params = report_sql(spec, self._source(snapshot, spec.start_ms, spec.end_ms))
+            return self._ordered(self._query(sql, params, _ADDRESS_RESULTS.get(spec.entity, ())), spec)
 
     @staticmethod
     def _ordered(table: pa.Table, spec: ReportSpec) -> pa.Table:
@@ -309,7 +348,9 @@ class DuckDBStore(FlowStore):
                 rolled.append(day)
         return rolled
 
-    def _rollup_report_sql(self, spec: ReportSpec, rolled: list[str]) -> tuple[str, list[object]]:
+    def _rollup_report_sql(
+        self, snapshot: dict[str, list[Segment]], spec: ReportSpec, rolled: list[str]
+    ) -> tuple[str, list[object]]:
         """Host traffic from the rollups of whole days, plus raw rows for the other days."""
         unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
         value = {
@@ -318,10 +359,15 @@ class DuckDBStore(FlowStore):
             "either": f"sum(sent_{unit}) + sum(recv_{unit})",
         }[spec.direction.value]
         parts = [f"SELECT host AS e0, {value} AS v FROM hosts_{day} GROUP BY host" for day in rolled]
-        edge_parts, params = endpoint_sum_parts(spec, self._source(spec.start_ms, spec.end_ms, frozenset(rolled)))
+        edge_parts, params = endpoint_sum_parts(
+            spec, self._source(snapshot, spec.start_ms, spec.end_ms, frozenset(rolled))
+        )
         return merge_sums(parts + edge_parts, "address", spec.top), params
 
     def maintain(self, now_ms: int) -> None:
+        """Merge small files, and sum finished days per host. (Merging runs beside flushes,
+        which only add files; retention runs on the same thread as this.)"""
+        self.files.compact(_day(now_ms))
         self.build_rollups(now_ms)
 
     def build_rollups(self, now_ms: int) -> int:
@@ -329,13 +375,14 @@ class DuckDBStore(FlowStore):
         Returns the days built."""
         today = _day(now_ms)
         built = 0
-        with self._write:
-            for day in sorted(self._days):
+        with self._write, self.files.reading() as snapshot:
+            for day in sorted(snapshot):
                 if day >= today:
                     continue
-                rows = _count(self._con, f"sessions_{day}")
+                rows = sum(segment.rows for segment in snapshot[day])
                 if self._rollups.get(day) == rows:
                     continue
+                source = self._files_source([self.files.path(segment) for segment in snapshot[day]])
                 con = self._con
                 con.execute("BEGIN TRANSACTION")
                 con.execute(f"DROP TABLE IF EXISTS hosts_{day}")
@@ -343,10 +390,10 @@ class DuckDBStore(FlowStore):
                 con.execute(f"""INSERT INTO hosts_{day}
                     SELECT host, sum(sb), sum(rb), sum(sp), sum(rp) FROM (
                         SELECT cln_addr AS host, sum(cln_bytes) AS sb, sum(srv_bytes) AS rb, sum(cln_pkts) AS sp,
-                               sum(srv_pkts) AS rp FROM sessions_{day} GROUP BY cln_addr
+                               sum(srv_pkts) AS rp FROM {source} GROUP BY cln_addr
                         UNION ALL
                         SELECT srv_addr, sum(srv_bytes), sum(cln_bytes), sum(srv_pkts), sum(cln_pkts)
-                        FROM sessions_{day} GROUP BY srv_addr) GROUP BY host""")
+                        FROM {source} GROUP BY srv_addr) GROUP BY host""")
                 con.execute("INSERT OR REPLACE INTO rollup_days VALUES (?, ?)", [day, rows])
                 con.execute("COMMIT")
                 self._rollups[day] = rows
@@ -354,8 +401,9 @@ class DuckDBStore(FlowStore):
         return built
 
     def timeseries(self, spec: SeriesSpec) -> pa.Table:
-        sql, params = series_sql(spec, self._source(spec.start_ms, spec.end_ms))
-        return self._query(sql, params)
+        with self.files.reading() as snapshot:
+            sql, params = series_sql(spec, self._source(snapshot, spec.start_ms, spec.end_ms))
+            return self._query(sql, params)
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -367,26 +415,23 @@ class DuckDBStore(FlowStore):
         deleted = dropped = 0
         if max_age_s is not None:
             cutoff = now_ms - int(max_age_s * 1000)
-            for day in sorted(self._days):
+            for day in self.files.days():
                 if _day_start_ms(day) + DAY_MS <= cutoff:  # the whole day is older
                     deleted += self._drop(day)
                     dropped += 1
                 elif _day_start_ms(day) < cutoff:
-                    result = self._con.execute(f"DELETE FROM sessions_{day} WHERE end_ms < ?", [cutoff]).fetchone()
-                    deleted += int(result[0]) if result else 0
-                    self._forget_rollup(day)
+                    trimmed = self.files.trim(day, cutoff)
+                    if trimmed:
+                        deleted += trimmed
+                        self._forget_rollup(day)
         if max_bytes is not None:
-            while len(self._days) > 1 and self._used_bytes() > max_bytes:
-                deleted += self._drop(min(self._days))
+            while len(days := self.files.days()) > 1 and self._used_bytes() > max_bytes:
+                deleted += self._drop(days[0])
                 dropped += 1
-        if deleted:
-            self._con.execute("CHECKPOINT")
         return RetentionResult(deleted, dropped)
 
     def _drop(self, day: str) -> int:
-        self._days.discard(day)  # queries stop naming the day before its table goes
-        rows = _count(self._con, f"sessions_{day}")
-        self._con.execute(f"DROP TABLE sessions_{day}")
+        rows = self.files.drop_day(day)
         self._forget_rollup(day)
         return rows
 
@@ -397,21 +442,16 @@ class DuckDBStore(FlowStore):
             del self._rollups[day]
 
     def _used_bytes(self) -> int:
-        return int(_scalar(self._con, "SELECT used_blocks * block_size FROM pragma_database_size()") or 0)
+        database = sum(os.path.getsize(file) for file in (self.path, Path(f"{self.path}.wal")) if file.exists())
+        return self.files.size() + database
 
     def stats(self) -> StoreStats:
-        days = sorted(self._days)
-        cursor = self._con.cursor()
-        try:
-            rows = sum(_count(cursor, f"sessions_{day}") for day in days)
-            oldest = newest = None
-            if days:
-                oldest = _scalar(cursor, f"SELECT min(start_ms) FROM sessions_{days[0]}")
-                newest = _scalar(cursor, f"SELECT max(end_ms) FROM sessions_{days[-1]}")
-        finally:
-            cursor.close()
-        size = sum(os.path.getsize(file) for file in (self.path, Path(f"{self.path}.wal")) if file.exists())
-        return StoreStats(rows, size, oldest, newest, len(days))
+        with self.files.reading() as snapshot:
+            days = sorted(snapshot)
+            rows = sum(segment.rows for segments in snapshot.values() for segment in segments)
+            oldest = min(segment.min_start for segment in snapshot[days[0]]) if days else None
+            newest = max(segment.max_end for segment in snapshot[days[-1]]) if days else None
+        return StoreStats(rows, self._used_bytes(), oldest, newest, len(days))
 
     def close(self) -> None:
         with self._write:

@@ -1,0 +1,195 @@
+"""The session store's Parquet segment files: what a crash can leave behind is found and
+put right at open, small files are merged without changing an answer, files a query is
+reading stay until it ends, and a store of the earlier layout (DuckDB day tables) moves in."""
+
+import shutil
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from sluice.query.reports import Direction, Entity, Metric, ReportSpec
+from sluice.store.base import TimeRange
+from sluice.store.duckdb_store import ADDRESS_COLUMNS, DAY_MS, DuckDBStore, _split_addresses
+from sluice.store.segments import MERGE_FILES, SegmentFiles
+from tests.unit.test_store import T0, random_sessions
+
+EVERYTHING = TimeRange(0, T0 + 400 * DAY_MS)
+
+
+def answers(store: DuckDBStore) -> tuple:
+    """Everything a user could see, in a comparable form."""
+    rows = store.sessions(EVERYTHING, limit=10**6).sort_by(
+        [("session_id", "ascending"), ("end_ms", "ascending"), ("cln_bytes", "ascending")]
+    )
+    report = store.report(
+        ReportSpec(Entity.HOST, Metric.BYTES, Direction.EITHER, 0, T0 + 400 * DAY_MS, top=100), use_rollups=False
+    )
+    return rows.to_pylist(), report.to_pylist(), store.stats().rows
+
+
+def one_day(n: int, seed: int) -> object:
+    return random_sessions(n, seed, start_ms=T0 + 3_600_000, span_ms=3_600_000)
+
+
+def test_small_files_are_merged_and_every_answer_stays_the_same(tmp_path):
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    for i in range(MERGE_FILES + 3):  # a quiet exporter: a small flush a second
+        store.append(one_day(50, i))
+        store.flush()
+    (day,) = store.files.days()
+    assert len(store.files.segments(day)) == MERGE_FILES + 3
+    before = answers(store)
+    store.maintain(now_ms=T0 + 3_600_000)  # the day is today: runs of MERGE_FILES are merged
+    segments = store.files.segments(day)
+    assert len(segments) == 1 and segments[0].rows == (MERGE_FILES + 3) * 50
+    assert answers(store) == before
+    files_on_disk = sorted(p.name for p in (store.files.root / day).iterdir())
+    assert files_on_disk == [segments[0].name], "the merged inputs are gone from disk"
+    store.close()
+    reopened = DuckDBStore(tmp_path / "s.duckdb")
+    assert answers(reopened) == before
+    reopened.close()
+
+
+def test_a_merge_cut_short_leaves_no_duplicate(tmp_path):
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    for i in range(3):
+        store.append(one_day(40, i))
+        store.flush()
+    before = answers(store)
+    (day,) = store.files.days()
+    saved = tmp_path / "saved"
+    shutil.copytree(store.files.root / day, saved)
+    store.maintain(now_ms=T0 + 5 * DAY_MS)  # an old day: any run of two small files is merged
+    assert len(store.files.segments(day)) == 1
+    store.close()
+    # the crash: the merged file was renamed in, its inputs not yet removed
+    for file in saved.iterdir():
+        shutil.copy(file, store.files.root / day / file.name)
+    reopened = DuckDBStore(tmp_path / "s.duckdb")
+    assert len(reopened.files.segments(day)) == 1
+    assert answers(reopened) == before
+    reopened.close()
+
+
+def test_a_flush_cut_short_is_removed_whole(tmp_path):
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    store.append(random_sessions(300, 1))  # three days: three files
+    store.flush()
+    before = answers(store)
+    day = store.files.days()[0]
+    last = store.files.segments(day)[-1]
+    store.close()
+    # the crash: a later flush's file renamed in but the flush never committed, and a half-written one
+    uncommitted = last.__class__(
+        day, last.first + 1, last.last + 1, 0, *[getattr(last, f) for f in ("rows", "min_start", "min_end", "max_end")]
+    )
+    shutil.copy(store.files.root / day / last.name, store.files.root / day / uncommitted.name)
+    (store.files.root / day / "junk.parquet.tmp").write_bytes(b"half")
+    reopened = DuckDBStore(tmp_path / "s.duckdb")
+    assert answers(reopened) == before
+    assert sorted(p.name for p in (reopened.files.root / day).iterdir()) == [last.name]
+    # and the next flush does not reuse the number of the one cut short
+    reopened.append(one_day(10, 7))
+    assert reopened.flush() == 10
+    assert reopened.stats().rows == before[2] + 10
+    reopened.close()
+
+
+def test_a_rewrite_cut_short_keeps_the_newer_generation(tmp_path):
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    store.append(one_day(500, 3))
+    store.flush()
+    (day,) = store.files.days()
+    (original,) = store.files.segments(day)
+    kept = tmp_path / "original.parquet"
+    shutil.copy(store.files.root / day / original.name, kept)
+    cutoff = (original.min_end + original.max_end) // 2
+    deleted = store.files.trim(day, cutoff)
+    assert 0 < deleted < 500
+    after = answers(store)
+    store.close()
+    shutil.copy(kept, store.files.root / day / original.name)  # the crash: the old file not yet removed
+    reopened = DuckDBStore(tmp_path / "s.duckdb")
+    (segment,) = reopened.files.segments(day)
+    assert segment.gen == 1 and segment.rows == 500 - deleted and answers(reopened) == after
+    reopened.close()
+
+
+def test_files_a_query_is_reading_stay_until_it_ends(tmp_path):
+    files = SegmentFiles(tmp_path / "segments")
+    store_rows = _split_addresses(one_day(20, 1))
+    files.write({"20231115": store_rows})
+    with files.reading() as snapshot:
+        (segment,) = snapshot["20231115"]
+        assert files.drop_day("20231115") == 20
+        assert files.days() == [] and files.path(segment).exists(), "still being read"
+    assert not files.path(segment).exists()
+
+
+def test_a_store_of_the_earlier_layout_moves_into_files_once(tmp_path):
+    batch = random_sessions(900, 5)
+    path = tmp_path / "old.duckdb"
+    incoming = _split_addresses(batch)
+    day_of_row = batch["end_ms"] // DAY_MS
+    days = {datetime.fromtimestamp(n * 86400, UTC).strftime("%Y%m%d"): n for n in sorted(set(day_of_row.tolist()))}
+
+    def old_day_table(con, day: str) -> None:  # how the earlier store kept a day: UHUGEINT addresses
+        columns = ", ".join(
+            f"{f.name} {_DUCK[f.type] if f.name not in ADDRESS_COLUMNS else 'UHUGEINT'} NOT NULL"
+            for f in batch.to_arrow().schema
+        )
+        select = ", ".join(
+            f"(({n}__hi::UHUGEINT) << 64) | {n}__lo" if n in ADDRESS_COLUMNS else n for n in batch.COLUMNS
+        )
+        part = incoming.filter(np.asarray(day_of_row == days[day]))  # noqa: F841  (read by DuckDB)
+        con.execute(f"CREATE TABLE sessions_{day} ({columns})")
+        con.execute(f"INSERT INTO sessions_{day} SELECT {select} FROM part")
+
+    con = duckdb.connect(str(path))
+    for day in days:
+        old_day_table(con, day)
+    con.close()
+    fresh = DuckDBStore(tmp_path / "fresh.duckdb")
+    fresh.append(batch)
+    fresh.flush()
+    want = answers(fresh)
+    fresh.close()
+
+    store = DuckDBStore(path)
+    assert answers(store) == want and store.files.days() == sorted(days)
+    store.close()
+    con = duckdb.connect(str(path))
+    assert not con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'sessions_%'").fetchall()
+    # a crash after a day's file was written but before its table was dropped: done again, once
+    old_day_table(con, min(days))
+    con.close()
+    again = DuckDBStore(path)
+    assert answers(again) == want
+    again.close()
+
+
+_DUCK = {
+    pa.uint8(): "UTINYINT",
+    pa.uint16(): "USMALLINT",
+    pa.uint32(): "UINTEGER",
+    pa.uint64(): "UBIGINT",
+    pa.int64(): "BIGINT",
+    pa.string(): "VARCHAR",
+}
+
+
+def test_a_damaged_commit_record_keeps_every_file(tmp_path):
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    store.append(random_sessions(200, 2))
+    store.flush()
+    before = answers(store)
+    store.close()
+    (store.files.root / "committed").write_text("garbage\n")
+    reopened = DuckDBStore(tmp_path / "s.duckdb")
+    assert answers(reopened) == before
+    reopened.append(one_day(5, 1))
+    assert reopened.flush() == 5 and reopened.stats().rows == before[2] + 5
+    reopened.close()
