@@ -19,11 +19,20 @@ def flows(*rows) -> FlowBatch:
     start = np.array([r[8] if len(r) > 8 else T0 for r in rows], np.int64)
     exporter = [r[9] if len(r) > 9 else "192.0.2.1" for r in rows]
     return FlowBatch.build(
-        n, src_addr=np.array([list(addr_bytes(r[0])) for r in rows], np.uint8),
+        n,
+        src_addr=np.array([list(addr_bytes(r[0])) for r in rows], np.uint8),
         dst_addr=np.array([list(addr_bytes(r[2])) for r in rows], np.uint8),
         exporter_addr=np.array([list(addr_bytes(e)) for e in exporter], np.uint8),
-        src_port=col(1, np.uint16), dst_port=col(3, np.uint16), protocol=col(4, np.uint8), tcp_flags=col(5, np.uint16),
-        bytes=col(6, np.uint64), packets=col(7, np.uint64), time_start_ms=start, time_end_ms=start + 10, sampling_rate=1)
+        src_port=col(1, np.uint16),
+        dst_port=col(3, np.uint16),
+        protocol=col(4, np.uint8),
+        tcp_flags=col(5, np.uint16),
+        bytes=col(6, np.uint64),
+        packets=col(7, np.uint64),
+        time_start_ms=start,
+        time_end_ms=start + 10,
+        sampling_rate=1,
+    )
 
 
 def totals(batches: list[SessionBatch]) -> dict:
@@ -35,41 +44,74 @@ def totals(batches: list[SessionBatch]) -> dict:
         base = (r["cln_addr"], r["cln_port"], r["srv_addr"], r["srv_port"], r["protocol"])
         if prev is not None:
             assert prev[:5] == base, "a session's orientation never changes"
-            out[k] = base + tuple(a + b for a, b in zip(prev[5:], (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"])))
+            out[k] = base + tuple(
+                a + b for a, b in zip(prev[5:], (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"]))
+            )
         else:
             out[k] = base + (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"])
     return out
 
 
-@pytest.mark.parametrize("rows, client, server", [
-    # no SYN-only evidence: the well-known port is the server, whichever flow comes first
-    ([("10.0.0.2", 443, "10.0.0.1", 40000, 6, SYN | ACK, 5000, 5), ("10.0.0.1", 40000, "10.0.0.2", 443, 6, SYN | ACK, 300, 4)],
-     ("10.0.0.1", 40000), ("10.0.0.2", 443)),
-    # a SYN without ACK decides, even against the port rule (client on a low port)
-    ([("10.0.0.9", 80, "10.0.0.8", 5000, 6, SYN, 60, 1)], ("10.0.0.9", 80), ("10.0.0.8", 5000)),
-    # both ephemeral: the lower port is the server
-    ([("10.0.0.1", 30000, "10.0.0.2", 50000, 17, 0, 100, 1)], ("10.0.0.2", 50000), ("10.0.0.1", 30000)),
-    # both well-known: the lower port is the server
-    ([("10.0.0.1", 53, "10.0.0.2", 123, 17, 0, 100, 1)], ("10.0.0.2", 123), ("10.0.0.1", 53)),
-    # equal ports: the sender of the earliest flow is the client
-    ([("10.0.0.5", 123, "10.0.0.4", 123, 17, 0, 80, 1, T0 + 5), ("10.0.0.4", 123, "10.0.0.5", 123, 17, 0, 80, 1, T0)],
-     ("10.0.0.4", 123), ("10.0.0.5", 123)),
-    # no ports at all (GRE): first seen
-    ([("10.0.0.7", 0, "10.0.0.6", 0, 47, 0, 1000, 2)], ("10.0.0.7", 0), ("10.0.0.6", 0)),
-    # ICMP echo: the request's sender is the client, the request's type/code the server port
-    ([("10.0.0.3", 0, "10.0.0.1", 0x0000, 1, 0, 84, 1, T0 + 1), ("10.0.0.1", 0, "10.0.0.3", 0x0800, 1, 0, 84, 1, T0 + 2)],
-     ("10.0.0.1", 0), ("10.0.0.3", 0x0800)),
-    # IPv6
-    ([("2001:db8::2", 22, "2001:db8::1", 50022, 6, ACK | PSH, 900, 3)], ("2001:db8::1", 50022), ("2001:db8::2", 22)),
-    # no SYN: the lower port is the server, pinned at the well-known edge (1023/1024) and above it
-    ([("10.0.0.4", 1024, "10.0.0.5", 1023, 6, ACK, 700, 2)], ("10.0.0.4", 1024), ("10.0.0.5", 1023)),
-    ([("10.0.0.5", 1023, "10.0.0.4", 1024, 6, ACK, 700, 2)], ("10.0.0.4", 1024), ("10.0.0.5", 1023)),
-    ([("10.0.0.6", 1025, "10.0.0.7", 1024, 6, ACK, 700, 2)], ("10.0.0.6", 1025), ("10.0.0.7", 1024)),
-    ([("10.0.0.7", 1024, "10.0.0.6", 1025, 6, ACK, 700, 2)], ("10.0.0.6", 1025), ("10.0.0.7", 1024)),
-    # a host talking to itself: the ports tell the sides apart
-    ([("10.0.0.1", 443, "10.0.0.1", 40000, 6, ACK, 5000, 5), ("10.0.0.1", 40000, "10.0.0.1", 443, 6, ACK, 300, 4)],
-     ("10.0.0.1", 40000), ("10.0.0.1", 443)),
-])
+@pytest.mark.parametrize(
+    "rows, client, server",
+    [
+        # no SYN-only evidence: the well-known port is the server, whichever flow comes first
+        (
+            [
+                ("10.0.0.2", 443, "10.0.0.1", 40000, 6, SYN | ACK, 5000, 5),
+                ("10.0.0.1", 40000, "10.0.0.2", 443, 6, SYN | ACK, 300, 4),
+            ],
+            ("10.0.0.1", 40000),
+            ("10.0.0.2", 443),
+        ),
+        # a SYN without ACK decides, even against the port rule (client on a low port)
+        ([("10.0.0.9", 80, "10.0.0.8", 5000, 6, SYN, 60, 1)], ("10.0.0.9", 80), ("10.0.0.8", 5000)),
+        # both ephemeral: the lower port is the server
+        ([("10.0.0.1", 30000, "10.0.0.2", 50000, 17, 0, 100, 1)], ("10.0.0.2", 50000), ("10.0.0.1", 30000)),
+        # both well-known: the lower port is the server
+        ([("10.0.0.1", 53, "10.0.0.2", 123, 17, 0, 100, 1)], ("10.0.0.2", 123), ("10.0.0.1", 53)),
+        # equal ports: the sender of the earliest flow is the client
+        (
+            [
+                ("10.0.0.5", 123, "10.0.0.4", 123, 17, 0, 80, 1, T0 + 5),
+                ("10.0.0.4", 123, "10.0.0.5", 123, 17, 0, 80, 1, T0),
+            ],
+            ("10.0.0.4", 123),
+            ("10.0.0.5", 123),
+        ),
+        # no ports at all (GRE): first seen
+        ([("10.0.0.7", 0, "10.0.0.6", 0, 47, 0, 1000, 2)], ("10.0.0.7", 0), ("10.0.0.6", 0)),
+        # ICMP echo: the request's sender is the client, the request's type/code the server port
+        (
+            [
+                ("10.0.0.3", 0, "10.0.0.1", 0x0000, 1, 0, 84, 1, T0 + 1),
+                ("10.0.0.1", 0, "10.0.0.3", 0x0800, 1, 0, 84, 1, T0 + 2),
+            ],
+            ("10.0.0.1", 0),
+            ("10.0.0.3", 0x0800),
+        ),
+        # IPv6
+        (
+            [("2001:db8::2", 22, "2001:db8::1", 50022, 6, ACK | PSH, 900, 3)],
+            ("2001:db8::1", 50022),
+            ("2001:db8::2", 22),
+        ),
+        # no SYN: the lower port is the server, pinned at the well-known edge (1023/1024) and above it
+        ([("10.0.0.4", 1024, "10.0.0.5", 1023, 6, ACK, 700, 2)], ("10.0.0.4", 1024), ("10.0.0.5", 1023)),
+        ([("10.0.0.5", 1023, "10.0.0.4", 1024, 6, ACK, 700, 2)], ("10.0.0.4", 1024), ("10.0.0.5", 1023)),
+        ([("10.0.0.6", 1025, "10.0.0.7", 1024, 6, ACK, 700, 2)], ("10.0.0.6", 1025), ("10.0.0.7", 1024)),
+        ([("10.0.0.7", 1024, "10.0.0.6", 1025, 6, ACK, 700, 2)], ("10.0.0.6", 1025), ("10.0.0.7", 1024)),
+        # a host talking to itself: the ports tell the sides apart
+        (
+            [
+                ("10.0.0.1", 443, "10.0.0.1", 40000, 6, ACK, 5000, 5),
+                ("10.0.0.1", 40000, "10.0.0.1", 443, 6, ACK, 300, 4),
+            ],
+            ("10.0.0.1", 40000),
+            ("10.0.0.1", 443),
+        ),
+    ],
+)
 def test_orientation(rows, client, server):
     out = SessionTracker().update(flows(*rows), T0)
     (session,) = totals([out]).values()
@@ -83,8 +125,13 @@ def test_orientation(rows, client, server):
 
 def test_both_directions_fold_into_one_session_with_per_side_counts():
     t = SessionTracker()
-    out = t.update(flows(("10.0.0.1", 40000, "10.0.0.2", 443, 6, SYN | ACK | PSH, 300, 4),
-                         ("10.0.0.2", 443, "10.0.0.1", 40000, 6, SYN | ACK | PSH, 5000, 5)), T0)
+    out = t.update(
+        flows(
+            ("10.0.0.1", 40000, "10.0.0.2", 443, 6, SYN | ACK | PSH, 300, 4),
+            ("10.0.0.2", 443, "10.0.0.1", 40000, 6, SYN | ACK | PSH, 5000, 5),
+        ),
+        T0,
+    )
     assert len(out) == 1
     r = out.to_records()[0]
     assert (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"]) == (300, 5000, 4, 5)
@@ -93,8 +140,10 @@ def test_both_directions_fold_into_one_session_with_per_side_counts():
 
 def test_exporter_updates_of_a_long_session_fold_across_batches():
     t = SessionTracker(idle_timeout_s=120)
-    batches = [t.update(flows(("10.0.0.1", 40000, "10.0.0.2", 443, 6, ACK, 1000 * i, i, T0 + 60_000 * i)), T0 + 60_000 * i)
-               for i in range(1, 5)]
+    batches = [
+        t.update(flows(("10.0.0.1", 40000, "10.0.0.2", 443, 6, ACK, 1000 * i, i, T0 + 60_000 * i)), T0 + 60_000 * i)
+        for i in range(1, 5)
+    ]
     sessions = totals(batches)
     assert len(sessions) == 1
     assert list(sessions.values())[0][5] == 1000 * (1 + 2 + 3 + 4)
@@ -207,7 +256,9 @@ def test_sessions_survive_heavy_churn_with_consistent_ids():
     for _ in range(80):
         now += int(rng.integers(1, 40))
         picks = set(rng.integers(0, 2000, 300).tolist())
-        out = t.update(flows(*[(f"10.1.{p >> 8}.{p & 255}", 40000, "10.2.0.1", 443, 6, ACK, 100, 1) for p in picks]), now)
+        out = t.update(
+            flows(*[(f"10.1.{p >> 8}.{p & 255}", 40000, "10.2.0.1", 443, 6, ACK, 100, 1) for p in picks]), now
+        )
         ids = {bytes(a): sid for a, sid in zip(out["cln_addr"], out["session_id"].tolist(), strict=True)}
         assert len(ids) == len(picks)  # one delta row per conversation touched
         for addr, sid in ids.items():
@@ -220,3 +271,17 @@ def test_sessions_survive_heavy_churn_with_consistent_ids():
     stats = t.stats
     assert renewed > 100 and stats.sessions_ended_idle >= renewed
     assert len(t) == stats.sessions_started - stats.sessions_ended_idle - stats.sessions_ended_active
+
+
+def test_a_tracker_fills_to_its_bound_without_growing():
+    """Room for the bound is made at the start: growing a large table stalled a batch long
+    enough to overflow a socket buffer (0.1-0.2 s at half a million sessions)."""
+    t = SessionTracker(max_sessions=5000, first_id=1)
+    state = t._state
+    arrays = (state.cols["key"], state.index_keys)
+    for i in range(30):
+        t.update(
+            flows(*[(f"10.{i}.{j >> 8}.{j & 255}", 40000, "10.9.9.9", 80, 6, ACK, 100, 1) for j in range(400)]), T0 + i
+        )
+    assert len(t) <= 5000 and t.stats.sessions_evicted > 0  # it reached its bound
+    assert state.cols["key"] is arrays[0] and state.index_keys is arrays[1], "no array was reallocated"

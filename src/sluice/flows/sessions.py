@@ -119,6 +119,9 @@ EXPIRE_EVERY_MS = 1000
 EVICT_TO = 0.9
 #: the index is kept at most this full (linear probing stays short below one half)
 MAX_INDEX_LOAD = 0.5
+#: flows of a batch the tracker has room for from the start, beyond its bound (a larger
+#: batch grows the table)
+PREALLOCATED_BATCH = 65_536
 
 
 class SessionTracker:
@@ -136,7 +139,10 @@ class SessionTracker:
         self.max_sessions = max_sessions
         self.dedupe = dedupe_exporters
         self._state = _State()
-        self._grow(1024)
+        # room for the bound and a batch from the start: growing a table of a million
+        # sessions stalls a batch for a fifth of a second, long enough to overflow a socket
+        # buffer. (Rows are zeroed lazily by the kernel and become resident as they fill.)
+        self._grow(max(1024, int(max_sessions * 1.1) + min(max_sessions, PREALLOCATED_BATCH)))
         # ids unique across restarts as long as the clock moves on: start at now << 22
         if first_id is None:
             import time
@@ -350,8 +356,11 @@ class SessionTracker:
         slot_of_row = np.full(cap, -1, np.int64)
         st.cols, st.free, st.slot_of_row = cols, free, slot_of_row
         if not len(st.index_keys):
-            st.index_keys = np.zeros(2048, np.uint64)
-            st.index_rows = np.zeros(2048, np.int64)
+            # written now, not lazily: first touches at random slots would fault a page each
+            # (the first batch of new conversations took 0.18 s)
+            size = 1 << int(np.ceil(np.log2(cap / MAX_INDEX_LOAD + 1)))
+            st.index_keys = np.full(size, 0, np.uint64)
+            st.index_rows = np.full(size, 0, np.int64)
 
     def _enforce_capacity(self) -> None:
         live = len(self)
