@@ -147,8 +147,7 @@ class Collector:
             self._process(batch)
         selector.close()
 
-    def _drain(self, batch: list[Datagram], max_batch: int, received: float) -> int:
-        got = 0
+    def _drain(self, batch: list[Datagram], max_batch: int, received: float) -> None:
         for listener in self.listeners:
             recv = listener.sock.recvfrom
             while len(batch) < max_batch:
@@ -163,8 +162,6 @@ class Collector:
                 if host.startswith("::ffff:"):
                     host = host[7:]
                 batch.append(Datagram(data, host, addr[1], received))
-                got += 1
-        return got
 
     def _process(self, batch: list[Datagram]) -> None:
         if not batch:

@@ -142,7 +142,7 @@ class SessionTracker:
         # room for the bound and a batch from the start: growing a table of a million
         # sessions stalls a batch for a fifth of a second, long enough to overflow a socket
         # buffer. (Rows are zeroed lazily by the kernel and become resident as they fill.)
-        self._grow(max(1024, int(max_sessions * 1.1) + min(max_sessions, PREALLOCATED_BATCH)))
+        self._grow(max(1024, self._full_rows + min(max_sessions, PREALLOCATED_BATCH)))
         # ids unique across restarts as long as the clock moves on: start at now << 22
         if first_id is None:
             import time
@@ -325,6 +325,11 @@ class SessionTracker:
             srv_country=b"ZZ",
         )
 
+    @property
+    def _full_rows(self) -> int:
+        """Rows a tracker at its bound may need (eviction lets it pass the bound a little)."""
+        return int(self.max_sessions * 1.1)
+
     def _make_room(self, flows: int) -> None:
         """A free row for every flow of the batch (each may start a session), and an index
         that stays at most half full with all of them."""
@@ -332,7 +337,7 @@ class SessionTracker:
         live = len(self)
         if st.cap - live < flows:
             # doubling, but not far past the bound: a full tracker needs max_sessions + a batch
-            self._grow(max(live + flows, min(st.cap * 2, int(self.max_sessions * 1.1) + flows)))
+            self._grow(max(live + flows, min(st.cap * 2, self._full_rows + flows)))
         if live + flows > MAX_INDEX_LOAD * len(st.index_keys):
             size = 1 << int(np.ceil(np.log2((live + flows) / MAX_INDEX_LOAD + 1)))
             st.index_keys = np.zeros(size, np.uint64)

@@ -207,8 +207,8 @@ class DuckDBStore(FlowStore):
         rows = self._con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
         ).fetchall()
+        columns = ", ".join(_address_out(n) if n in ADDRESS_COLUMNS else n for n in SESSION_SCHEMA.names)
         for day in sorted(m.group(1) for (name,) in rows if (m := _PARTITION.match(name))):
-            columns = ", ".join(_address_out(n) if n in ADDRESS_COLUMNS else n for n in SESSION_SCHEMA.names)
             tmp = self.files.root / f"migrate-{day}.parquet.tmp"
             tmp.unlink(missing_ok=True)  # from a migration cut short
             path = str(tmp).replace("'", "''")
@@ -253,14 +253,14 @@ class DuckDBStore(FlowStore):
             _day(day_number * DAY_MS): table if len(days) == 1 else table.filter(pa.array(day_of_row == day_number))
             for day_number in days.tolist()
         }
+        for day in parts:
+            self._forget_rollup(day)  # late rows: the day's sums must be rebuilt (before they show)
         try:
             self.files.write(parts)
         except OSError as exc:  # e.g. disk full: nothing of this flush is kept
             self.write_errors += 1
             log.error("could not store sessions; batch dropped", rows=table.num_rows, error=str(exc))
             return 0
-        for day in parts:
-            self._forget_rollup(day)  # late rows: the day's sums must be rebuilt
         return table.num_rows
 
     # -- reading ---------------------------------------------------------------------------

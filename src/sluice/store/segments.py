@@ -214,9 +214,7 @@ class SegmentFiles:
         try:
             for day, table in parts.items():
                 (self.root / day).mkdir(exist_ok=True)
-                segment = Segment(day, seq, seq, 0, table.num_rows, *_time_bounds(table))
-                tmp = self.root / day / f"{segment.name}.tmp"
-                written.append((tmp, replace(segment, size=_write_parquet(table, tmp, self.write_options))))
+                written.append(self._write_tmp(Segment(day, seq, seq, 0, table.num_rows, *_time_bounds(table)), table))
             for tmp, segment in written:
                 tmp.rename(self.path(segment))
             self._commit(seq)
@@ -232,8 +230,7 @@ class SegmentFiles:
     def adopt(self, day: str, source: Path) -> None:
         """Take in a finished file (a migrated day) as the day's first segment, replacing any
         earlier copy."""
-        table = pq.ParquetFile(source)
-        rows = table.metadata.num_rows
+        rows = pq.ParquetFile(source).metadata.num_rows
         bounds = _time_bounds(pq.read_table(source, columns=["start_ms", "end_ms"])) if rows else (0, 0, 0)
         segment = Segment(day, MIGRATED_SEQ, MIGRATED_SEQ, 0, rows, *bounds, source.stat().st_size)
         (self.root / day).mkdir(exist_ok=True)
@@ -241,10 +238,6 @@ class SegmentFiles:
         with self._lock:
             kept = [s for s in self._index.get(day, []) if s.first != MIGRATED_SEQ]
             self._index[day] = sorted([segment, *kept], key=lambda s: s.first)
-
-    def has_migrated(self, day: str) -> bool:
-        with self._lock:
-            return any(s.first == MIGRATED_SEQ for s in self._index.get(day, ()))
 
     # -- rewriting -------------------------------------------------------------------------
 
@@ -308,13 +301,15 @@ class SegmentFiles:
     def _small_run(segments: list[Segment], at_least: int) -> list[Segment]:
         """The first run of consecutive small files long enough to merge (capped in rows)."""
         run: list[Segment] = []
+        rows = 0
         for segment in segments:
-            if segment.rows < SMALL_ROWS and sum(s.rows for s in run) + segment.rows <= MERGED_ROWS:
+            if segment.rows < SMALL_ROWS and rows + segment.rows <= MERGED_ROWS:
                 run.append(segment)
+                rows += segment.rows
                 continue
             if len(run) >= at_least:
                 return run
-            run = [segment] if segment.rows < SMALL_ROWS else []
+            run, rows = ([segment], segment.rows) if segment.rows < SMALL_ROWS else ([], 0)
         return run if len(run) >= at_least else []
 
     def _merge(self, day: str, run: list[Segment]) -> None:
@@ -322,13 +317,17 @@ class SegmentFiles:
         merged = Segment(day, run[0].first, run[-1].last, 0, table.num_rows, *_time_bounds(table))
         self._swap(day, run, self._rewrite(merged, table))
 
-    def _rewrite(self, segment: Segment, table: pa.Table) -> Segment:
-        """Write a file that takes the place of others (they go by ``_swap``)."""
+    def _write_tmp(self, segment: Segment, table: pa.Table) -> tuple[Path, Segment]:
+        """Write ``table`` under the segment's temporary name; the segment gains its size."""
         tmp = self.root / segment.day / f"{segment.name}.tmp"
         try:
-            segment = replace(segment, size=_write_parquet(table, tmp, self.write_options))
-            tmp.rename(self.path(segment))
+            return tmp, replace(segment, size=_write_parquet(table, tmp, self.write_options))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _rewrite(self, segment: Segment, table: pa.Table) -> Segment:
+        """Write a file that takes the place of others (they go by ``_swap``)."""
+        tmp, segment = self._write_tmp(segment, table)
+        tmp.rename(self.path(segment))
         return segment
