@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="where Sluice keeps its databases")
     log_level: LogLevel = Field("warning", description="debug, info, warning or error")
     log_format: Literal["console", "json"] = Field("console", description="console key=value or JSON lines")
+    huge_pages: bool = Field(
+        False, description="let numpy ask for transparent huge pages for large arrays (see docs/configuration.md)"
+    )
     collect: CollectSettings = Field(default_factory=CollectSettings)
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     enrich: EnrichSettings = Field(default_factory=EnrichSettings)

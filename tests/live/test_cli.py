@@ -170,6 +170,25 @@ def test_config_check_layers_file_environment_and_defaults(tmp_path):
     assert settings["log_level"] == "info"
 
 
+def test_numpy_huge_pages_are_off_unless_asked_for(monkeypatch):
+    import numpy as np
+
+    from sluice.config import Settings
+    from sluice.server import use_huge_pages
+
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "")  # restored after the test
+    set_madvise = np._core.multiarray._set_madvise_hugepage
+    before = set_madvise(True)
+    try:
+        use_huge_pages(Settings().huge_pages)
+        assert set_madvise(False) is False  # the previous state: off
+        assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0"  # and so in worker processes
+        use_huge_pages(True)
+        assert set_madvise(True) is True and os.environ["NUMPY_MADVISE_HUGEPAGE"] == "1"
+    finally:
+        set_madvise(before)
+
+
 def test_help_documents_every_serve_option():
     out = sluice("serve", "--help", env=dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb"))
     for option in ("--config", "--listen", "--netflow-port", "--ipfix-port", "--sflow-port", "--http-port",

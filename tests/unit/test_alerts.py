@@ -15,6 +15,7 @@ import pytest
 from sluice.alerts.definition import AlertMetric, Definition, DefinitionIn, EntityType
 from sluice.alerts import persist
 from sluice.alerts.engine import AlertEngine
+from sluice.alerts.runner import EngineRunner
 from sluice.flows.schema import SessionBatch, addr_bytes
 
 from ..support.alertref import Reference, Sess
@@ -222,6 +223,20 @@ def test_memory_is_reported_and_entities_are_given_back():
     assert len(engine.indexes[EntityType.HOST]) == 3001
     engine.evaluate(*batch([]), T0 + 10 * 60_000)  # long after the window: ids are reclaimed
     assert len(engine.indexes[EntityType.HOST]) == 0
+
+
+def test_a_backlog_is_worked_off_in_bounded_evaluations():
+    engine = AlertEngine()
+    engine.set_definitions([defn(threshold=10**9)])
+    runner = EngineRunner(engine, on_events=lambda events: None, max_rows=250, clock=lambda: T0 / 1000)
+    for k in range(5):
+        runner.submit(*batch([one(sid=100 * k + i) for i in range(100)]))
+    evaluated = []
+    while runner.pending_rows():
+        before = engine.stats["rows_evaluated"]
+        runner.run_once()
+        evaluated.append(engine.stats["rows_evaluated"] - before)
+    assert evaluated == [200, 200, 100]  # whole batches, never more than max_rows at once
 
 
 @pytest.mark.parametrize("payload, complaint", [

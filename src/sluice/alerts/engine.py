@@ -29,9 +29,9 @@ import structlog
 from ..flows.schema import SessionBatch
 from ..query.evaluate import evaluate, in_range
 from ..query.filter import AddressRange, Node, parse
-from .definition import Definition, EntityType, alert_message, step_seconds
+from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
 from .entities import BatchKeys, EntityRows
-from .keyindex import KeyIndex, combine, distinct_first
+from .keyindex import KeyIndex, combine, distinct_first, group_rows
 from .window import DistinctWindow, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -140,6 +140,7 @@ class AlertEngine:
         self.failures: dict[int, Failure] = {}
         self.indexes: dict[EntityType, KeyIndex] = {}
         self.last_seen: dict[EntityType, np.ndarray] = {}
+        self._scratch: dict[EntityType, np.ndarray] = {}  # per entity type, for ``group_rows``
         self.stats = {
             "rows_evaluated": 0,
             "rows_dropped": 0,
@@ -151,6 +152,24 @@ class AlertEngine:
         }
         self.lock = threading.RLock()  # evaluation, definition changes, persistence, API reads
         self._last_reclaim_ms = 0
+
+    @staticmethod
+    def warm_up() -> None:
+        """Compile (or load from numba's cache) the engine's loops now, at start, rather than
+        on the first evaluation, which would hold the ingest thread up for seconds."""
+        engine = AlertEngine()
+        engine.set_definitions(
+            Definition(
+                id=i, user_id=0, title="warm-up", entity=EntityType.HOST, metric=metric, interval="1m", threshold=1
+            )
+            for i, metric in enumerate((AlertMetric.BYTES_SENT, AlertMetric.UNIQUE_HOSTS), 1)
+        )
+        sessions = SessionBatch.build(2, session_id=np.array([1, 2], np.uint64), cln_bytes=5, cln_pkts=1)
+        # two batches in one step, the step closed (its chunks merged), then the window gone
+        for now_ms in (1_000, 1_001, 3_000, 200_000):
+            engine.evaluate(sessions, np.ones(2, bool), now_ms)
+        KeyIndex(16).get_or_add(np.arange(64, dtype=np.uint64))  # a table that grows
+        KeyIndex.from_state({"ids": np.arange(2), "keys": np.arange(1, 3, dtype=np.uint64)})  # and one restored
 
     # -- definitions ----------------------------------------------------------------------
 
@@ -276,16 +295,11 @@ class AlertEngine:
             seen = self.last_seen[kind] = np.concatenate([seen, np.zeros(index.id_capacity - len(seen), np.int64)])
         seen[ids if rows.valid is None else ids[rows.valid]] = now_ms
         rows.ids = ids
-        # a compact numbering of this batch's entities, shared by every definition of the
-        # type: scatter over the dense ids rather than sort
-        present = np.bincount(ids, minlength=index.id_capacity)
-        rows.uniq = np.flatnonzero(present)
-        local = np.empty(index.id_capacity, np.int64)
-        local[rows.uniq] = np.arange(len(rows.uniq))
-        rows.inv = local[ids]
-        first = np.empty(index.id_capacity, np.int64)
-        first[ids[::-1]] = np.arange(len(ids) - 1, -1, -1)  # the last write wins: each id's first row
-        rows.first = first[rows.uniq]
+        # a compact numbering of this batch's entities, shared by every definition of the type
+        scratch = self._scratch.get(kind)
+        if scratch is None or len(scratch) < index.id_capacity:
+            scratch = self._scratch[kind] = np.empty(index.id_capacity, np.int64)
+        rows.uniq, rows.inv, rows.first = group_rows(ids, scratch)
         return rows
 
     def _row_mask(self, state: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
@@ -323,20 +337,20 @@ class AlertEngine:
             return []
         bucket = now_ms // state.step_ms
         n_uniq = len(rows.uniq)
-        if definition.metric.is_distinct:
+        window = state.window  # distinct metrics have a DistinctWindow, the others a SumWindow
+        if isinstance(window, DistinctWindow):
             concerned = np.bincount(rows.inv, weights=mask, minlength=n_uniq) > 0
             sel = np.flatnonzero(mask)
-            state.window.add(rows.ids[sel], rows.peers(definition.metric)[sel], bucket)
+            window.add(rows.ids[sel], rows.peers(definition.metric)[sel], bucket)
             local = np.flatnonzero(concerned)
+            values = window.value(rows.uniq[local])
         else:
-            amounts = np.bincount(rows.inv, weights=np.where(mask, rows.values(definition.metric), 0), minlength=n_uniq)
-            if definition.metric.value.startswith("sessions"):  # rows may concern an entity and add nothing
-                local = np.flatnonzero(np.bincount(rows.inv, weights=mask, minlength=n_uniq))
-            else:  # the role is "adds something": the entities concerned are those with a sum
-                local = np.flatnonzero(amounts)
-            state.window.add(rows.uniq[local], amounts[local].astype(np.int64), bucket)
-        gids = rows.uniq[local]
-        values = state.window.value(gids)
+            # a session row may concern an entity and add nothing; for the other metrics the
+            # role is "adds something": the entities concerned are those with a sum
+            local, values = window.fold(
+                rows.inv, rows.uniq, mask, rows.values(definition.metric),
+                definition.metric.value.startswith("sessions"), bucket,
+            )  # fmt: skip
         thresholds = self._thresholds(state, rows, rows.first[local])
         over = values > thresholds
         if not over.any():

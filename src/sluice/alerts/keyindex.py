@@ -2,20 +2,27 @@
 
 The alert windows keep their per-entity state in plain arrays indexed by a dense id; this
 table gives each entity (a hashed address, a port, a country …) its id. Open addressing
-with linear probing at a load of at most 0.7, every probe round vectorised over the
-keys still looking: a batch of a million keys costs a few numpy passes, not a Python loop
-per key. Ids are reused after ``remove``; the table is rebuilt when deletions pile up.
+with linear probing at a load of at most one half. The loops over a batch's keys are
+compiled with numba (one pass, no temporaries, the GIL released): as numpy passes they were
+the largest cost of alerting on new conversations, where most keys are new. Deletion shifts
+the following entries back instead of leaving tombstones, so probe runs stay short however
+many entities come and go; freed ids are handed out again.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 _EMPTY = np.uint64(0)
+_ONE = np.uint64(1)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
+
+# counters: slots of one int64 array that the kernels update in place
+_NEXT, _FREE, _LIVE, _MAX = range(4)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -60,22 +67,196 @@ def pair_key(small: np.ndarray, key: np.ndarray) -> np.ndarray:
     return key * np.uint64(0x9E3779B97F4A7C15) + small.astype(np.uint64)
 
 
+@njit(cache=True, nogil=True)
+def group_rows(ids: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct ids in order of first appearance, each row's position among them, each
+    distinct id's first row), in one pass. ``scratch`` is any int64 array longer than the
+    largest id; what it holds is overwritten, so it need not be cleared between calls."""
+    n = ids.shape[0]
+    for r in range(n):
+        scratch[ids[r]] = -1
+    uniq = np.empty(n, np.int64)
+    first = np.empty(n, np.int64)
+    inv = np.empty(n, np.int64)
+    k = 0
+    for r in range(n):
+        i = ids[r]
+        if scratch[i] < 0:
+            scratch[i] = k
+            uniq[k] = i
+            first[k] = r
+            k += 1
+        inv[r] = scratch[i]
+    return uniq[:k], inv, first[:k]
+
+
+# -- the table's kernels ---------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _home(key: np.uint64, shift: np.uint64) -> np.int64:
+    # Fibonacci hashing: the top bits of key x 2^64/phi; even sequential keys spread evenly
+    return np.int64((key * _GOLDEN) >> shift)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _slot(t_keys: np.ndarray, key: np.uint64, shift: np.uint64) -> np.int64:
+    """The slot holding ``key``, or the empty slot where it would go."""
+    mask = t_keys.shape[0] - 1
+    s = _home(key, shift)
+    while t_keys[s] != key and t_keys[s] != _EMPTY:
+        s = (s + 1) & mask
+    return s
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _clean(key: np.uint64) -> np.uint64:
+    return key if key != _EMPTY else _ONE  # 0 marks an empty slot
+
+
+@njit(cache=True, nogil=True)
+def _lookup(t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64, keys: np.ndarray) -> np.ndarray:
+    out = np.empty(keys.shape[0], np.int64)
+    for i in range(keys.shape[0]):
+        s = _slot(t_keys, _clean(keys[i]), shift)
+        out[i] = t_ids[s] if t_keys[s] != _EMPTY else -1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _get_or_add(
+    t_keys: np.ndarray,
+    t_ids: np.ndarray,
+    shift: np.uint64,
+    keys_by_id: np.ndarray,
+    live: np.ndarray,
+    free: np.ndarray,
+    counters: np.ndarray,
+    keys: np.ndarray,
+    ids: np.ndarray,
+    added: np.ndarray,
+    start: int,
+    max_live: int,
+) -> int:
+    """Fill ``ids`` (and ``added``) from row ``start`` on, adding absent keys (a freed id
+    first, else the next new one). Stops at the first row that needs more room - table
+    slots beyond ``max_live`` live keys, or ids beyond the id arrays - and returns it (the
+    number of rows when done)."""
+    n = keys.shape[0]
+    for i in range(start, n):
+        key = _clean(keys[i])
+        s = _slot(t_keys, key, shift)
+        if t_keys[s] != _EMPTY:
+            ids[i] = t_ids[s]
+            continue
+        if counters[_FREE] == 0 and counters[_NEXT] >= counters[_MAX]:
+            ids[i] = -1  # full: the caller counts the drop
+            continue
+        if counters[_LIVE] >= max_live or (counters[_FREE] == 0 and counters[_NEXT] >= live.shape[0]):
+            return i
+        if counters[_FREE] > 0:
+            counters[_FREE] -= 1
+            new = free[counters[_FREE]]
+        else:
+            new = counters[_NEXT]
+            counters[_NEXT] += 1
+        t_keys[s] = key
+        t_ids[s] = new
+        keys_by_id[new] = key
+        live[new] = True
+        counters[_LIVE] += 1
+        ids[i] = new
+        added[i] = True
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _remove(
+    t_keys: np.ndarray,
+    t_ids: np.ndarray,
+    shift: np.uint64,
+    keys_by_id: np.ndarray,
+    live: np.ndarray,
+    free: np.ndarray,
+    counters: np.ndarray,
+    ids: np.ndarray,
+) -> None:
+    mask = t_keys.shape[0] - 1
+    for i in range(ids.shape[0]):
+        e = ids[i]
+        if e < 0 or e >= counters[_NEXT] or not live[e]:
+            continue
+        hole = _slot(t_keys, keys_by_id[e], shift)
+        # shift back the entries after the hole that probed past it
+        j = hole
+        while True:
+            j = (j + 1) & mask
+            k = t_keys[j]
+            if k == _EMPTY:
+                break
+            home = _home(k, shift)
+            # the entry at j may fill the hole unless its home lies cyclically in (hole, j]
+            if (hole < j and hole < home <= j) or (hole > j and (home > hole or home <= j)):
+                continue
+            t_keys[hole] = k
+            t_ids[hole] = t_ids[j]
+            hole = j
+        t_keys[hole] = _EMPTY
+        live[e] = False
+        free[counters[_FREE]] = e
+        counters[_FREE] += 1
+        counters[_LIVE] -= 1
+
+
+@njit(cache=True, nogil=True)
+def _fill(t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64, keys_by_id: np.ndarray, live: np.ndarray) -> None:
+    """Put every live id into an empty table (after it grew)."""
+    for e in range(live.shape[0]):
+        if live[e]:
+            s = _slot(t_keys, keys_by_id[e], shift)
+            t_keys[s] = keys_by_id[e]
+            t_ids[s] = e
+
+
+def _grown(arr: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros(size, arr.dtype)
+    out[: len(arr)] = arr
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _refill(old_keys: np.ndarray, old_ids: np.ndarray, t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64) -> None:
+    """Move every key of a table into an empty one twice its size. Homes are the top bits of
+    the hash, so a key's home in the larger table is twice its old one (or one more): taking
+    the old slots in order writes the new table front to back, which keeps the caches warm,
+    where taking the keys in id order would land each one at random."""
+    for s in range(old_keys.shape[0]):
+        key = old_keys[s]
+        if key != _EMPTY:
+            slot = _slot(t_keys, key, shift)
+            t_keys[slot] = key
+            t_ids[slot] = old_ids[s]
+
+
 class KeyIndex:
+    """Dense ids for 64-bit keys: ``get_or_add``, ``lookup``, ``remove``; at most ``max_ids``."""
+
+    #: the table is rebuilt twice as large beyond this load; linear probing stays short below it
+    MAX_LOAD = 0.5
+
     def __init__(self, capacity: int = 1024, max_ids: int = 1 << 26):
         self.max_ids = max_ids
         self._ids_cap = max(16, capacity)
         self.keys_by_id = np.zeros(self._ids_cap, np.uint64)
         self.live = np.zeros(self._ids_cap, bool)
-        self._free: list[np.ndarray] = []
-        self._next = 0  # ids below this have been handed out at least once
-        self._n = 0
-        self._deleted = 0
+        self._free = np.zeros(self._ids_cap, np.int64)  # a stack: ``_free[:counters[_FREE]]``
+        self._counters = np.array([0, 0, 0, max_ids], np.int64)
         self._alloc_table(self._table_size_for(self._ids_cap))
 
     # -- public ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self._n
+        return int(self._counters[_LIVE])
 
     @property
     def id_capacity(self) -> int:
@@ -83,59 +264,37 @@ class KeyIndex:
         return self._ids_cap
 
     def nbytes(self) -> int:
-        return (
-            self.t_keys.nbytes
-            + self.t_ids.nbytes
-            + self.keys_by_id.nbytes
-            + self.live.nbytes
-            + sum(f.nbytes for f in self._free)
-        )
+        return self.t_keys.nbytes + self.t_ids.nbytes + self.keys_by_id.nbytes + self.live.nbytes + self._free.nbytes
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The id of each key, -1 where absent."""
-        return self._lookup(self._sanitise(keys))
-
-    def _lookup(self, keys: np.ndarray) -> np.ndarray:
-        slots, found = self._probe(keys)
-        out = self.t_ids[slots].astype(np.int64)
-        out[~found | (out < 0)] = -1  # absent, or a tombstone: the key was removed
-        return out
+        return _lookup(self.t_keys, self.t_ids, self._shift, np.asarray(keys, np.uint64))
 
     def get_or_add(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, added): the id of each key, adding absent keys; ``added`` marks keys that
         were new (each new key marked once, at its first position). Ids are -1 where the
         table is full (``max_ids``)."""
-        keys = self._sanitise(keys)
-        ids = self._lookup(keys)
-        missing = np.flatnonzero(ids < 0)
+        keys = np.asarray(keys, np.uint64)
+        ids = np.empty(len(keys), np.int64)
         added = np.zeros(len(keys), bool)
-        if len(missing):
-            uniq, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
-            new_ids = self._insert(uniq)
-            ids[missing] = new_ids[inverse.reshape(-1)]
-            ok = new_ids >= 0
-            added[missing[first[ok]]] = True
-        return ids, added
+        at = 0
+        while True:
+            at = _get_or_add(
+                self.t_keys, self.t_ids, self._shift, self.keys_by_id, self.live, self._free, self._counters,
+                keys, ids, added, at, int(self.MAX_LOAD * len(self.t_keys)),
+            )  # fmt: skip
+            if at == len(keys):
+                return ids, added
+            self._make_room()
 
     def remove(self, ids: np.ndarray) -> None:
         """Forget these ids (their keys become absent; the ids may be handed out again)."""
-        ids = distinct(np.asarray(ids, np.int64))
-        ids = ids[(ids >= 0) & (ids < self._next)]
-        ids = ids[self.live[ids]]
-        if not len(ids):
-            return
-        slots, found = self._probe(self.keys_by_id[ids])
-        # a tombstone: the key stays (so probes run on past it), the id is gone
-        self.t_ids[slots[found]] = -2
-        self.live[ids] = False
-        self._n -= len(ids)
-        self._deleted += len(ids)
-        self._free.append(ids)
-        if self._deleted > len(self.t_keys) // 5:
-            self._rehash(len(self.t_keys))
+        ids = np.asarray(ids, np.int64)
+        if len(ids):
+            _remove(self.t_keys, self.t_ids, self._shift, self.keys_by_id, self.live, self._free, self._counters, ids)
 
     def live_ids(self) -> np.ndarray:
-        return np.flatnonzero(self.live[: self._next])
+        return np.flatnonzero(self.live[: self._counters[_NEXT]])
 
     def state(self) -> dict[str, np.ndarray]:
         """What a snapshot needs: the live ids and their keys."""
@@ -147,141 +306,41 @@ class KeyIndex:
         ids, keys = state["ids"].astype(np.int64), state["keys"].astype(np.uint64)
         top = int(ids.max()) + 1 if len(ids) else 0
         index = cls(max(1024, top), max_ids)
-        index._next = top
         index.keys_by_id[ids] = keys
         index.live[ids] = True
-        index._n = len(ids)
         gaps = np.setdiff1d(np.arange(top), ids)
-        if len(gaps):
-            index._free.append(gaps)
-        index._rehash(index._table_size_for(max(index._ids_cap, 2 * len(ids))))
+        index._free[: len(gaps)] = gaps[::-1]  # the stack hands out the lowest gap first
+        index._counters[:] = (top, len(gaps), len(ids), max_ids)
+        index._rebuild(index._table_size_for(max(len(ids), index._ids_cap)))
         return index
 
     # -- internals ------------------------------------------------------------------------
 
-    @staticmethod
-    def _sanitise(keys: np.ndarray) -> np.ndarray:
-        # 0 marks an empty slot: key 0 becomes 1 (one pass, where np.where takes three)
-        return np.maximum(np.asarray(keys, np.uint64), np.uint64(1))
-
-    #: the table is rebuilt larger beyond this load; linear probing stays short below it
-    MAX_LOAD = 0.7
-
-    @staticmethod
-    def _table_size_for(n: int) -> int:
-        return 1 << max(4, int(n / 0.55).bit_length())
+    @classmethod
+    def _table_size_for(cls, n: int) -> int:
+        return 1 << max(4, int(n / cls.MAX_LOAD).bit_length())
 
     def _alloc_table(self, size: int) -> None:
         self.t_keys = np.zeros(size, np.uint64)
-        self.t_ids = np.full(size, -1, np.int32)  # ids stay below max_ids (< 2**31)
-        self._mask = np.uint64(size - 1)
+        # read only where a key is: left unset, its pages cost nothing until used
+        self.t_ids = np.empty(size, np.int32)  # ids stay below max_ids (< 2**31)
         self._shift = np.uint64(64 - (size.bit_length() - 1))
 
-    def _home(self, keys: np.ndarray) -> np.ndarray:
-        """Each key's first slot: Fibonacci hashing (the top bits of key x 2^64/phi), two
-        passes where a full mixer takes ten; even sequential keys spread evenly."""
-        return ((keys * _GOLDEN) >> self._shift).astype(np.int64)
-
-    def _probe(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(slot, found) per key: the key's slot, or the first empty slot of its probe run."""
-        slots = self._home(keys)
-        # the first probe settles most keys (load <= 1/2): do it on the whole array
-        tk = self.t_keys[slots]
-        found = tk == keys
-        pending = np.flatnonzero(~found & (tk != _EMPTY))
-        mask = int(self._mask)
-        while len(pending):
-            s = (slots[pending] + 1) & mask
-            slots[pending] = s
-            tk = self.t_keys[s]
-            hit = tk == keys[pending]
-            found[pending[hit]] = True
-            pending = pending[~(hit | (tk == _EMPTY))]
-        return slots, found
-
-    def _take_ids(self, k: int) -> np.ndarray:
-        out = []
-        while k and self._free:
-            f = self._free.pop()
-            take, rest = f[:k], f[k:]
-            if len(rest):
-                self._free.append(rest)
-            out.append(take)
-            k -= len(take)
-        if k:
-            k = min(k, self.max_ids - self._next)
-            out.append(np.arange(self._next, self._next + k))
-            self._next += k
-        ids = np.concatenate(out) if out else np.empty(0, np.int64)
-        if self._next > self._ids_cap:
-            cap = max(self._next, self._ids_cap + self._ids_cap // 4)
-            self.keys_by_id = np.concatenate([self.keys_by_id, np.zeros(cap - self._ids_cap, np.uint64)])
-            self.live = np.concatenate([self.live, np.zeros(cap - self._ids_cap, bool)])
-            self._ids_cap = cap
-        return ids.astype(np.int64)
-
-    def _insert(self, keys: np.ndarray) -> np.ndarray:
-        """Add distinct absent keys; their new ids (-1 for those beyond ``max_ids``)."""
-        ids = np.full(len(keys), -1, np.int64)
-        got = self._take_ids(len(keys))
-        ids[: len(got)] = got
-        keep = ids >= 0
-        keys, got = keys[keep], ids[keep]
-        # a key removed earlier still has its slot (a tombstone): revive it there
-        slots, found = self._probe(keys)
-        if found.any():
-            self.t_ids[slots[found]] = got[found]
-            self.keys_by_id[got[found]] = keys[found]
-            self.live[got[found]] = True
-            self._n += int(found.sum())
-            self._deleted -= int(found.sum())
-            keys, got = keys[~found], got[~found]
-        if self._n + self._deleted + len(keys) > self.MAX_LOAD * len(self.t_keys):
-            self._n += len(keys)
-            self.keys_by_id[got] = keys
-            self.live[got] = True
-            self._rehash(self._table_size_for(self._n))
-            return ids
-        self._place(keys, got)
-        self._n += len(keys)
-        self.keys_by_id[got] = keys
-        self.live[got] = True
-        return ids
-
-    def _place(self, keys: np.ndarray, ids: np.ndarray) -> None:
-        """Write distinct keys known to be absent into empty slots, settling collisions."""
-        mask = int(self._mask)
-        slots, _ = self._probe(keys)
-        pending = np.arange(len(keys))
-        while len(pending):
-            s = slots[pending]
-            # several keys may have found the same empty slot: scatter them all, the last
-            # write wins the slot, the others probe on
-            self.t_keys[s] = keys[pending]
-            won = self.t_keys[s] == keys[pending]
-            self.t_ids[s[won]] = ids[pending[won]]
-            lose = pending[~won]
-            if not len(lose):
-                break
-            start = (slots[lose] + 1) & mask
-            sub_slots, _ = self._probe_from(keys[lose], start)
-            slots[lose] = sub_slots
-            pending = lose
-
-    def _probe_from(self, keys: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        slots = start.copy()
-        pending = np.arange(len(keys))
-        mask = int(self._mask)
-        while len(pending):
-            tk = self.t_keys[slots[pending]]
-            stop = tk == _EMPTY
-            pending = pending[~stop]
-            slots[pending] = (slots[pending] + 1) & mask
-        return slots, np.zeros(len(keys), bool)
-
-    def _rehash(self, size: int) -> None:
-        ids = self.live_ids()
+    def _rebuild(self, size: int) -> None:
         self._alloc_table(size)
-        self._deleted = 0
-        if len(ids):
-            self._place(self.keys_by_id[ids], ids)
+        _fill(self.t_keys, self.t_ids, self._shift, self.keys_by_id, self.live)
+
+    def _make_room(self) -> None:
+        """More ids or a larger table, whichever ran out."""
+        nxt, n_free, n_live, _ = self._counters.tolist()
+        if n_free == 0 and nxt >= self._ids_cap:
+            # doubling: zeroed pages cost memory only once an id reaches them
+            cap = min(self.max_ids, 2 * self._ids_cap)
+            self.keys_by_id = _grown(self.keys_by_id, cap)
+            self.live = _grown(self.live, cap)
+            self._free = _grown(self._free, cap)
+            self._ids_cap = cap
+        if n_live >= int(self.MAX_LOAD * len(self.t_keys)):
+            old_keys, old_ids = self.t_keys, self.t_ids
+            self._alloc_table(2 * len(old_keys))
+            _refill(old_keys, old_ids, self.t_keys, self.t_ids, self._shift)

@@ -22,7 +22,7 @@ log = structlog.get_logger(__name__)
 class EngineRunner:
     """Runs the engine on its own thread: batches queue up and are evaluated together every
     ``interval_s`` (or sooner when ``max_rows`` wait), so that the per-evaluation costs
-    are shared by many small collector batches."""
+    are shared by many small collector batches; one evaluation takes at most ``max_rows``."""
 
     engine: AlertEngine
     on_events: Callable[[list[AlertEvent]], None]
@@ -63,9 +63,15 @@ class EngineRunner:
 
     def run_once(self) -> list[AlertEvent]:
         with self._cv:
-            batches = list(self._pending)
-            self._pending.clear()
-            self._pending_rows = 0
+            # at most ``max_rows`` at a time (a batch is never split): a backlog is worked
+            # off in several evaluations, so their temporaries stay bounded
+            batches: list[tuple[SessionBatch, np.ndarray]] = []
+            rows = 0
+            while self._pending and (not batches or rows + len(self._pending[0][0]) <= self.max_rows):
+                batch = self._pending.popleft()
+                batches.append(batch)
+                rows += len(batch[0])
+            self._pending_rows -= rows
         now = self.clock()
         now_ms = int(now * 1000)
         if batches:

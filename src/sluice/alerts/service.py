@@ -28,6 +28,7 @@ class AlertService:
         self.settings = settings
         self.counters = counters
         self.store = AlertStore(db)
+        AlertEngine.warm_up()
         self.engine = AlertEngine(
             settings.exact_distinct_limit, settings.max_pairs_per_definition, settings.max_entities
         )

@@ -15,6 +15,7 @@ when the bucket leaves the window.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from .keyindex import KeyIndex, distinct, mix64, pair_key
 
@@ -23,10 +24,12 @@ HLL_M = 1 << HLL_P
 _ALPHA = 0.7213 / (1 + 1.079 / HLL_M)
 
 
-def _grow(arr: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
+def _grow(arr: np.ndarray, size: int) -> np.ndarray:
+    """``arr`` at least ``size`` long, the new part zero. Doubling: a zeroed page costs
+    memory only once an id reaches it, and fewer steps mean fewer copies."""
     if len(arr) >= size:
         return arr
-    out = np.full(max(size, len(arr) + len(arr) // 4), fill, arr.dtype)  # modest steps: these get big
+    out = np.zeros(max(size, 2 * len(arr)), arr.dtype)
     out[: len(arr)] = arr
     return out
 
@@ -62,6 +65,126 @@ def hll_cells(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return reg, rank
 
 
+@njit(cache=True, nogil=True)
+def _sum_by_id(ids: np.ndarray, amounts: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct ids, the sum of each one's amounts) in one pass; ``scratch``: any int64
+    array longer than the largest id."""
+    n = ids.shape[0]
+    for i in range(n):
+        scratch[ids[i]] = -1
+    uniq = np.empty(n, np.int32)
+    sums = np.zeros(n, np.int64)
+    k = 0
+    for i in range(n):
+        e = ids[i]
+        if scratch[e] < 0:
+            scratch[e] = k
+            uniq[k] = e
+            k += 1
+        sums[scratch[e]] += amounts[i]
+    return uniq[:k], sums[:k]
+
+
+@njit(cache=True, nogil=True)
+def _fold_sums(
+    inv: np.ndarray,
+    uniq: np.ndarray,
+    mask: np.ndarray,
+    amounts: np.ndarray,
+    every_concerned: bool,
+    values: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add the masked rows' amounts to their entities (``inv``: each row's entity among
+    ``uniq``, the batch's distinct ids) in ``values``. Returns the entities concerned (as
+    positions in ``uniq``: every one with a masked row if ``every_concerned``, else those
+    whose sum is not zero), what each added, and each one's new value."""
+    n_uniq = uniq.shape[0]
+    acc = np.zeros(n_uniq, np.int64)
+    hit = np.zeros(n_uniq, np.bool_)
+    for r in range(inv.shape[0]):
+        if mask[r]:
+            acc[inv[r]] += amounts[r]
+            hit[inv[r]] = True
+    local = np.empty(n_uniq, np.int64)
+    k = 0
+    for j in range(n_uniq):
+        if hit[j] and (every_concerned or acc[j] != 0):
+            local[k] = j
+            k += 1
+    local = local[:k]
+    added = np.empty(k, np.int64)
+    now = np.empty(k, np.int64)
+    for i in range(k):
+        j = local[i]
+        e = uniq[j]
+        values[e] += acc[j]
+        added[i] = acc[j]
+        now[i] = values[e]
+    return local, added, now
+
+
+@njit(cache=True, nogil=True)
+def _note_pairs(
+    pids: np.ndarray,
+    added: np.ndarray,
+    entity: np.ndarray,
+    bucket: int,
+    exact_limit: int,
+    values: np.ndarray,
+    pair_entity: np.ndarray,
+    pair_bucket: np.ndarray,
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Count each new (entity, peer) pair for its entity and move every pair seen to
+    ``bucket``. Returns the pairs moved (each once: the bucket's ring lists them), the rows
+    dropped because the pair table was full, and the entities (with repeats) whose count
+    went beyond ``exact_limit``."""
+    moved = np.empty(pids.shape[0], np.int32)
+    over = np.empty(pids.shape[0], np.int64)
+    k = 0
+    n_over = 0
+    dropped = 0
+    for i in range(pids.shape[0]):
+        p = pids[i]
+        if p < 0:
+            dropped += 1
+            continue
+        if added[i]:
+            e = entity[i]
+            pair_entity[p] = e
+            pair_bucket[p] = -1
+            values[e] += 1
+            if values[e] > exact_limit:
+                over[n_over] = e
+                n_over += 1
+        if pair_bucket[p] != bucket:
+            pair_bucket[p] = bucket
+            moved[k] = p
+            k += 1
+    return moved[:k], dropped, over[:n_over]
+
+
+@njit(cache=True, nogil=True)
+def _expire_pairs(
+    pids: np.ndarray,
+    bucket: int,
+    live: np.ndarray,
+    values: np.ndarray,
+    pair_entity: np.ndarray,
+    pair_bucket: np.ndarray,
+) -> np.ndarray:
+    """Pairs of the ring of ``bucket`` not seen since: uncounted; returns them (once each)."""
+    gone = np.empty(pids.shape[0], np.int64)
+    k = 0
+    for i in range(pids.shape[0]):
+        p = pids[i]
+        if live[p] and pair_bucket[p] == bucket:
+            values[pair_entity[p]] -= 1
+            pair_bucket[p] = -1  # a pair listed twice goes once
+            gone[k] = p
+            k += 1
+    return gone[:k]
+
+
 class _Window:
     """What both kinds of window share: one value per entity id, grown as ids appear."""
 
@@ -85,34 +208,41 @@ class SumWindow(_Window):
         self.values = np.zeros(1024, np.int64)
         self._ring: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
 
-    def add(self, ids: np.ndarray, amounts: np.ndarray, bucket: int) -> None:
-        """Add ``amounts`` (ids distinct) to the bucket ``bucket``."""
-        if not len(ids):
-            return
-        self.values = _grow(self.values, int(ids.max()) + 1)
-        self.values[ids] += amounts
-        self._ring.setdefault(bucket, []).append((ids.astype(np.int32), _compact(amounts)))
+    def fold(
+        self,
+        inv: np.ndarray,
+        uniq: np.ndarray,
+        mask: np.ndarray,
+        amounts: np.ndarray,
+        every_concerned: bool,
+        bucket: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add a batch's masked rows to the bucket ``bucket`` (see ``_fold_sums``); returns
+        (the entities concerned, as positions in ``uniq``; their values now)."""
+        if len(uniq):
+            self.values = _grow(self.values, int(uniq.max()) + 1)
+        local, added, now = _fold_sums(inv, uniq, mask, amounts, every_concerned, self.values)
+        if len(local):
+            self._ring.setdefault(bucket, []).append((uniq[local].astype(np.int32), _compact(added)))
+        return local, now
 
     def advance(self, bucket: int) -> None:
         """``bucket`` is now the newest: take back what left the window, compact closed buckets."""
         oldest = bucket - self.n_buckets + 1
         for b in [b for b in self._ring if b < oldest]:
-            ids, amounts = self._merged(self._ring.pop(b))
-            np.subtract.at(self.values, ids.astype(np.int64), amounts.astype(np.int64))
+            for ids, amounts in self._ring.pop(b):  # ids are distinct within a chunk
+                self.values[ids] -= amounts
         for b, chunks in self._ring.items():
             if b < bucket and len(chunks) > 1:
                 self._ring[b] = [self._merged(chunks)]
 
-    @staticmethod
-    def _merged(chunks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    def _merged(self, chunks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         if len(chunks) == 1:
             return chunks[0]
         ids = np.concatenate([c[0] for c in chunks])
-        amounts = np.concatenate([c[1] for c in chunks])
-        order = np.argsort(ids, kind="stable")
-        ids, amounts = ids[order], amounts[order].astype(np.int64)
-        starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
-        return ids[starts], _compact(np.add.reduceat(amounts, starts))
+        amounts = np.concatenate([c[1].astype(np.int64) for c in chunks])
+        uniq, sums = _sum_by_id(ids, amounts, np.empty(len(self.values), np.int64))
+        return uniq, _compact(sums)
 
     def nbytes(self) -> int:
         return self.values.nbytes + sum(a.nbytes + b.nbytes for chunks in self._ring.values() for a, b in chunks)
@@ -177,35 +307,25 @@ class DistinctWindow(_Window):
                 self._sketch_add(entity[sketched], keys[sketched], bucket)
                 entity, keys = entity[~sketched], keys[~sketched]
         pids, added = self.pairs.get_or_add(keys)
-        self.pairs_dropped += int((pids < 0).sum())
-        ok = pids >= 0
-        pids, entity, added = pids[ok], entity[ok], added[ok]
         cap = self.pairs.id_capacity
         self.pair_entity = _grow(self.pair_entity, cap)
-        self.pair_bucket = _grow(self.pair_bucket, cap, -1)
-        new = pids[added]
-        self.pair_entity[new] = entity[added]
-        self.pair_bucket[new] = -1
-        np.add.at(self.values, entity[added], 1)
-        moved = distinct(pids[self.pair_bucket[pids] != bucket])
+        self.pair_bucket = _grow(self.pair_bucket, cap)  # set when a pair is added
+        moved, dropped, over = _note_pairs(
+            pids, added, entity, bucket, self.exact_limit, self.values, self.pair_entity, self.pair_bucket
+        )
+        self.pairs_dropped += dropped
         if len(moved):
-            self.pair_bucket[moved] = bucket
-            self._ring.setdefault(bucket, []).append(moved.astype(np.int32))
-        over = distinct(entity[added])
-        over = over[self.values[over] > self.exact_limit]
-        for e in over.tolist():  # once per entity that outgrows exact counting
+            self._ring.setdefault(bucket, []).append(moved)
+        for e in np.unique(over).tolist():  # once per entity that outgrows exact counting
             self._to_sketch(int(e))
 
     def advance(self, bucket: int) -> None:
         oldest = bucket - self.n_buckets + 1
         for b in [b for b in self._ring if b < oldest]:
-            pids = distinct(np.concatenate(self._ring.pop(b)).astype(np.int64))
-            pids = pids[self.pairs.live[pids]]
-            gone = pids[self.pair_bucket[pids] == b]  # not seen again since
-            if len(gone):
-                np.subtract.at(self.values, self.pair_entity[gone].astype(np.int64), 1)
-                self.pair_bucket[gone] = -1
-                self.pairs.remove(gone)
+            gone = _expire_pairs(
+                np.concatenate(self._ring.pop(b)), b, self.pairs.live, self.values, self.pair_entity, self.pair_bucket
+            )
+            self.pairs.remove(gone)
         if self.sketch_slot:
             self._refresh_sketches(bucket)
 

@@ -1,0 +1,69 @@
+"""The alert engine's key index and batch grouping against plain-Python models."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sluice.alerts.keyindex import KeyIndex, group_rows
+
+
+def test_the_index_agrees_with_a_dict_under_churn():
+    rng = np.random.default_rng(3)
+    index = KeyIndex(16, max_ids=5_000)
+    model: dict[int, int] = {}
+    for round_ in range(300):
+        # keys from a small range (many repeats, key 0 included) and a large one
+        keys = np.concatenate([rng.integers(0, 3_000, 200), rng.integers(0, 2**64, 50, dtype=np.uint64)]).astype(
+            np.uint64
+        )
+        ids, added = index.get_or_add(keys)
+        seen_new: set[int] = set()
+        for key, got, new in zip(keys.tolist(), ids.tolist(), added.tolist(), strict=True):
+            key = key or 1  # 0 is stored as 1
+            if key in model:
+                assert got == model[key] and not new
+            elif got < 0:  # full: never marked added, never remembered
+                assert not new and len(model) >= index.max_ids
+            else:
+                assert new and key not in seen_new
+                seen_new.add(key)
+                model[key] = got
+        live = set(model.values())
+        assert len(live) == len(model) == len(index)  # ids are distinct among live keys
+        assert max(live) < index.id_capacity
+        if round_ % 3 == 2:  # forget a random third
+            gone = [k for k in model if rng.random() < 0.33]
+            index.remove(np.array([model[k] for k in gone], np.int64))
+            for k in gone:
+                del model[k]
+        probe = np.array(list(model) + rng.integers(0, 2**64, 20, dtype=np.uint64).tolist(), np.uint64)
+        expected = [model.get(int(k), -1) for k in probe.tolist()]
+        assert index.lookup(probe).tolist() == expected
+    assert set(index.live_ids().tolist()) == set(model.values())
+    restored = KeyIndex.from_state(index.state(), max_ids=index.max_ids)
+    keys = np.array(list(model), np.uint64)
+    assert restored.lookup(keys).tolist() == [model[k] for k in model]
+    ids, added = restored.get_or_add(np.array([2**63 + 5], np.uint64))
+    assert added.all() and int(ids[0]) not in model.values()  # a freed or new id, not a live one
+
+
+def test_removed_ids_are_handed_out_again_and_the_bound_holds():
+    index = KeyIndex(16, max_ids=100)
+    ids, _ = index.get_or_add(np.arange(1, 151, dtype=np.uint64))
+    assert (ids[:100] >= 0).all() and (ids[100:] == -1).all()
+    index.remove(ids[:40])
+    again, added = index.get_or_add(np.arange(1000, 1050, dtype=np.uint64))
+    assert added[:40].all() and set(again[:40].tolist()) == set(ids[:40].tolist())
+    assert (again[40:] == -1).all() and len(index) == 100
+
+
+def test_group_rows_matches_numpy():
+    rng = np.random.default_rng(4)
+    scratch = np.full(1000, 12345, np.int64)  # stale contents must not matter
+    for n in (0, 1, 7, 5_000):
+        ids = rng.integers(0, 1000, n)
+        uniq, inv, first = group_rows(ids, scratch)
+        assert sorted(uniq.tolist()) == np.unique(ids).tolist()
+        assert (uniq[inv] == ids).all()
+        assert (ids[first] == uniq).all()
+        assert all(int(f) == int(np.flatnonzero(ids == u)[0]) for u, f in zip(uniq, first, strict=True))
