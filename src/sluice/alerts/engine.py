@@ -339,11 +339,7 @@ class AlertEngine:
         n_uniq = len(rows.uniq)
         window = state.window  # distinct metrics have a DistinctWindow, the others a SumWindow
         if isinstance(window, DistinctWindow):
-            concerned = np.bincount(rows.inv, weights=mask, minlength=n_uniq) > 0
-            sel = np.flatnonzero(mask)
-            window.add(rows.ids[sel], rows.peers(definition.metric)[sel], bucket)
-            local = np.flatnonzero(concerned)
-            values = window.value(rows.uniq[local])
+            local, values = window.fold(rows.inv, rows.uniq, rows.ids, mask, rows.peers(definition.metric), bucket)
         else:
             # a session row may concern an entity and add nothing; for the other metrics the
             # role is "adds something": the entities concerned are those with a sum

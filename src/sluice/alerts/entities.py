@@ -138,10 +138,15 @@ class EntityRows:
         return out if self.valid is None else out & self.valid
 
     def peers(self, metric: AlertMetric) -> np.ndarray:
-        sh = self.shared
-        if metric is AlertMetric.UNIQUE_HOSTS:
-            return np.concatenate([sh.srv, sh.cln]) if self.kind.is_endpoint else sh.cln
-        return self.session_col_of(sh.port)
+        """Each row's peer key for a distinct metric (unique hosts: the other side's address)."""
+        key = "peers:" + metric.value
+        if key not in self._cache:
+            sh = self.shared
+            if metric is AlertMetric.UNIQUE_HOSTS:
+                self._cache[key] = np.concatenate([sh.srv, sh.cln]) if self.kind.is_endpoint else sh.cln
+            else:
+                self._cache[key] = self.session_col_of(sh.port)
+        return self._cache[key]
 
     def own_addresses(self) -> list[np.ndarray]:
         sessions = self.sessions

@@ -61,12 +61,6 @@ def ordered_pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * _GOLDEN) ^ (b * np.uint64(0xC2B2AE3D27D4EB4F))
 
 
-def pair_key(small: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """A cheap key for (a small id below 2**32, a 64-bit key): one multiply and an add.
-    Distinct pairs collide only by chance (the table mixes the result before using it)."""
-    return key * np.uint64(0x9E3779B97F4A7C15) + small.astype(np.uint64)
-
-
 @njit(cache=True, nogil=True)
 def group_rows(ids: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distinct ids in order of first appearance, each row's position among them, each

@@ -17,8 +17,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .keyindex import KeyIndex, distinct, mix64, pair_key
+from .keyindex import KeyIndex, distinct, mix64
 
+#: the key of an (entity id, peer key) pair is peer x this + id: one multiply and an add;
+#: distinct pairs collide only by chance (the table mixes keys before using them)
+_PAIR_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 HLL_P = 8
 HLL_M = 1 << HLL_P
 _ALPHA = 0.7213 / (1 + 1.079 / HLL_M)
@@ -121,6 +124,27 @@ def _fold_sums(
         added[i] = acc[j]
         now[i] = values[e]
     return local, added, now
+
+
+@njit(cache=True, nogil=True)
+def _masked_pairs(
+    inv: np.ndarray, ids: np.ndarray, mask: np.ndarray, peers: np.ndarray, n_uniq: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The masked rows as (entity id, pair key), and which of the batch's entities (positions
+    in its distinct ids) have one."""
+    n = inv.shape[0]
+    entity = np.empty(n, np.int64)
+    keys = np.empty(n, np.uint64)
+    concerned = np.zeros(n_uniq, np.bool_)
+    k = 0
+    for r in range(n):
+        if mask[r]:
+            e = ids[r]
+            entity[k] = e
+            keys[k] = peers[r] * _PAIR_MULTIPLIER + np.uint64(e)
+            concerned[inv[r]] = True
+            k += 1
+    return entity[:k], keys[:k], concerned
 
 
 @njit(cache=True, nogil=True)
@@ -294,13 +318,21 @@ class DistinctWindow(_Window):
 
     # -- updates --------------------------------------------------------------------------
 
-    def add(self, entity: np.ndarray, peer: np.ndarray, bucket: int) -> None:
-        """Rows of (entity id, peer key) seen in ``bucket``."""
+    def fold(
+        self, inv: np.ndarray, uniq: np.ndarray, ids: np.ndarray, mask: np.ndarray, peers: np.ndarray, bucket: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add a batch's masked rows (``ids``: each row's entity id, ``peers``: its peer's key)
+        to the bucket ``bucket``; returns (the entities concerned, as positions in ``uniq``,
+        the batch's distinct ids (``inv`` places each row among them); their values now)."""
+        entity, keys, concerned = _masked_pairs(inv, ids, mask, peers, len(uniq))
+        self._add_pairs(entity, keys, bucket)
+        local = np.flatnonzero(concerned)
+        return local, self.value(uniq[local])
+
+    def _add_pairs(self, entity: np.ndarray, keys: np.ndarray, bucket: int) -> None:
         if not len(entity):
             return
         self.values = _grow(self.values, int(entity.max()) + 1)
-        entity = entity.astype(np.int64)
-        keys = pair_key(entity, peer.astype(np.uint64))
         if self.sketch_slot:
             sketched = np.isin(entity, np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)))
             if sketched.any():
