@@ -247,10 +247,10 @@ def banner(settings: Settings, simulating: bool, generated_password: str | None 
 
 def use_huge_pages(on: bool) -> None:
     """Whether numpy asks the kernel for transparent huge pages (``madvise``) for each array of
-    4 MB or more; numpy does by default. Off, measured on the benchmark machine (a VM), one
-    core kept 1.0 M new conversations a second at 0.88 CPU-s per M where on it lost 20 % at
-    1.24, and alerting cost a quarter less: the kernel's work to find and clear a huge page
-    on the first touch of each array outweighed the fewer TLB misses."""
+    4 MB or more; numpy does by default. Off by default: on the benchmark machine (a VM) the
+    kernel's work to find and clear a huge page at the first touch of each array cost more
+    than the TLB misses it saves. One core kept 1.0 M new conversations a second in 5 of 7
+    paired runs with it off and in 1 of 7 with it on, and alerting cost a quarter less."""
     os.environ["NUMPY_MADVISE_HUGEPAGE"] = "1" if on else "0"  # worker processes read it at import
     multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
     set_madvise = getattr(multiarray, "_set_madvise_hugepage", None)
