@@ -214,6 +214,34 @@ def test_state_survives_a_restart(tmp_path):
     assert changed.evaluate(*batch([one(sid=5000, sport=5000)]), T0 + 3000) == []
 
 
+def test_a_snapshot_is_the_state_of_one_moment(tmp_path, monkeypatch):
+    """The snapshot is written after the engine's lock is released, while evaluation goes
+    on: what it writes must not change under it."""
+    defs = [defn(id=1, threshold=10**9), defn(id=2, metric="unique_ports", threshold=10**9)]
+    engine = AlertEngine()
+    engine.set_definitions(defs)
+    engine.evaluate(*batch([one(sid=i, sport=i + 1, cbytes=100) for i in range(50)]), T0)
+    real_savez = np.savez
+
+    def evaluate_meanwhile(*args, **kwargs):  # a batch evaluated between the lock and the write
+        engine.evaluate(*batch([one(sid=1000 + i, sport=1000 + i, cbytes=7) for i in range(30)]), T0 + 1000)
+        real_savez(*args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", evaluate_meanwhile)
+    persist.save(engine, tmp_path / "alerts.npz")
+    monkeypatch.setattr(np, "savez", real_savez)
+    restored = AlertEngine()
+    restored.set_definitions(defs)
+    assert persist.load(restored, tmp_path / "alerts.npz")
+    host = restored.indexes[EntityType.HOST].lookup(np.array([0xFFFF0A000001], np.uint64))
+    assert restored.states[1].window.values[host].tolist() == [50 * 100]  # not 50 * 100 + 30 * 7
+    assert restored.states[2].window.values[host].tolist() == [50]  # distinct ports: not 80
+    # and the restored windows take back exactly what they hold when it leaves them
+    restored.evaluate(*batch([]), T0 + 60 * 60_000)
+    assert restored.states[1].window.values[host].tolist() == [0]
+    assert restored.states[2].window.values[host].tolist() == [0]
+
+
 def test_memory_is_reported_and_entities_are_given_back():
     engine = AlertEngine()
     engine.set_definitions([defn(threshold=10**9, interval="1m")])

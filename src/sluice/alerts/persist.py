@@ -17,13 +17,15 @@ log = structlog.get_logger(__name__)
 
 
 def save(engine: AlertEngine, path: Path) -> None:
-    """Write the whole state to ``path`` (atomically: a crash leaves the previous file)."""
+    """Write the whole state to ``path`` (atomically: a crash leaves the previous file). The
+    arrays are taken under the engine's lock as copies, never views of what evaluation changes
+    in place: the file is written after the lock is released, while evaluation goes on."""
     with engine.lock:
         arrays: dict[str, np.ndarray] = {}
         for kind, index in engine.indexes.items():
             for name, array in index.state().items():
                 arrays[f"index.{kind.value}.{name}"] = array
-            arrays[f"index.{kind.value}.last_seen"] = engine.last_seen[kind]
+            arrays[f"index.{kind.value}.last_seen"] = engine.last_seen[kind].copy()
         for definition_id, state in engine.states.items():
             arrays[f"def.{definition_id}.signature"] = np.frombuffer(state.signature.encode(), np.uint8)
             arrays[f"def.{definition_id}.meta"] = np.array([state.bucket, state.counted_bucket], np.int64)

@@ -275,7 +275,7 @@ class SumWindow(_Window):
         buckets = sorted(self._ring)
         merged = [self._merged(self._ring[b]) for b in buckets]
         return {
-            "values": self.values,
+            "values": self.values.copy(),  # evaluation changes it in place
             "ring_buckets": np.array(buckets, np.int64),
             "ring_sizes": np.array([len(m[0]) for m in merged], np.int64),
             "ring_ids": np.concatenate([m[0] for m in merged]) if merged else np.empty(0, np.int64),
@@ -434,15 +434,15 @@ class DistinctWindow(_Window):
     def state(self) -> dict[str, np.ndarray]:
         pairs = self.pairs.state()
         return {
-            "values": self.values,
+            "values": self.values.copy(),  # evaluation changes it in place
             "pair_ids": pairs["ids"],
             "pair_keys": pairs["keys"],
             "pair_entity": self.pair_entity[pairs["ids"]],
             "pair_bucket": self.pair_bucket[pairs["ids"]],
             "sketch_entities": np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)),
             "sketch_slots": np.fromiter(self.sketch_slot.values(), np.int64, len(self.sketch_slot)),
-            "regs": self._regs,
-            "reg_bucket": self._reg_bucket,
+            "regs": self._regs.copy(),
+            "reg_bucket": self._reg_bucket.copy(),
         }
 
     def load(self, state: dict[str, np.ndarray]) -> None:
