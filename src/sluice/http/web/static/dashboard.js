@@ -118,8 +118,30 @@
                   openMenu(r.left + 20, r.bottom);
                 }},
         el("td", {colspan: 8}, rows.length ? "" : "No alerts yet.")));
+    const place = focusPlace(body);
     body.replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, trs, empties)),
       el("p", {}, el("a", {href: "/alerts/new"}, "Schedule new alert…")));
+    restoreFocus(body, place);
+  }
+
+  // A live update redraws the table: the keyboard focus, if it was in it, goes back to the
+  // same place (the same empty row, or the same alert's button), not to the page's start.
+  function focusPlace(body) {
+    const focused = body.contains(document.activeElement) ? document.activeElement : null;
+    const row = focused && focused.closest("tr");
+    if (!row) return null;
+    if (row.classList.contains("empty")) return {empty: [...body.querySelectorAll("tr.empty")].indexOf(row)};
+    return row.dataset.alert ? {alert: row.dataset.alert} : null;
+  }
+
+  function restoreFocus(body, place) {
+    if (!place) return;
+    if (place.empty !== undefined) {
+      const empties = body.querySelectorAll("tr.empty");
+      empties[Math.min(place.empty, empties.length - 1)]?.focus();
+    } else {
+      body.querySelector(`tr[data-alert="${place.alert}"] button`)?.focus();
+    }
   }
 
   async function acknowledge(id) {
