@@ -10,8 +10,6 @@ flushes the store every ``flush_interval_s``, ends idle sessions and applies ret
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,14 +24,11 @@ from .flows.enrich import Enricher
 from .flows.schema import FlowBatch, SessionBatch
 from .flows.sessions import SessionTracker, TrackerStats
 from .flows.shards import ShardedSessions, default_workers
-from .lifecycle import Worker
+from .lifecycle import Worker, lower_priority
 from .store.base import FlowStore
 from .store.duckdb_store import DuckDBStore
 
 log = structlog.get_logger(__name__)
-
-#: how much lower than the receive loop the store's writing runs (a nice value)
-MAINTENANCE_NICENESS = 10
 
 
 class Ingest:
@@ -110,8 +105,7 @@ class Ingest:
         # Writing a second's sessions takes a fifth of a second of CPU at once; at the same
         # priority it would take that share from the receive loop, and on one busy core the
         # socket buffer overflows meanwhile. Yielding to it, the writing fills the gaps.
-        with contextlib.suppress(OSError, AttributeError):  # Linux: a thread has its own nice value
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MAINTENANCE_NICENESS)
+        lower_priority()
         last_retention = 0.0
         interval = self.settings.store.flush_interval_s
         next_round = time.monotonic() + interval

@@ -9,6 +9,8 @@ name, and ``workers()`` reports every worker of the process (for status pages an
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -19,6 +21,17 @@ import structlog
 log = structlog.get_logger(__name__)
 
 _ALL: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+#: how much lower than the receive loop and alert evaluation the bulk writing (the store's
+#: files, the alert-state snapshots) runs: a nice value
+BACKGROUND_NICENESS = 10
+
+
+def lower_priority() -> None:
+    """Give the calling thread the ``BACKGROUND_NICENESS`` (Linux: a thread has its own nice
+    value); elsewhere, nothing. It cannot be raised back without privileges."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
 
 
 class Worker:

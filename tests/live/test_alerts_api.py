@@ -288,6 +288,48 @@ def test_alert_routes_access(tmp_path, method, path, body, who, role):
     flow_store.close()
 
 
+def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monkeypatch):
+    """The periodic snapshot is taken under the engine's lock and written by a thread of
+    lower priority; a restarted service restores it."""
+    import os
+    import threading
+
+    import numpy as np
+
+    from sluice.alerts import persist
+    from sluice.alerts.service import AlertService
+    from sluice.config import AlertSettings
+    from sluice.counters import Counters
+    from sluice.flows.schema import SessionBatch, addr_bytes
+    from sluice.lifecycle import BACKGROUND_NICENESS
+
+    db = open_state(tmp_path)
+    alice = Users(db).create("alice", "alice-password")
+    service = AlertService(db, AlertSettings(), tmp_path, Counters())
+    service.store.create(alice.id, DefinitionIn(title="t", metric="bytes_sent", entity="host",
+                                                           threshold=10**9, interval="5m"))
+    service.reload()
+    sessions = SessionBatch.build(1, session_id=np.array([1], np.uint64),
+                                  cln_addr=np.array([list(addr_bytes("10.7.0.1"))], np.uint8), cln_bytes=1234)
+    service.submit(sessions, np.ones(1, bool))
+    service.runner.run_once()
+    niceness = []
+    real_write = persist.write
+
+    def write(arrays, path):
+        niceness.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        real_write(arrays, path)
+
+    monkeypatch.setattr(persist, "write", write)
+    service.save_in_background()
+    service._writer.join()
+    expected = max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICENESS)  # a nice value is absolute
+    assert niceness == [("sluice-alert-state-write", expected)]
+    restarted = AlertService(db, AlertSettings(), tmp_path, Counters())
+    (state,) = restarted.engine.states.values()
+    assert state.window.values.max() == 1234  # the client's bytes sent, restored from the file
+
+
 def test_triggers_survive_a_failing_state_database(tmp_path, monkeypatch):
     """The database refuses a write: the triggers are kept and written within seconds, even
     when no new trigger comes to carry them."""

@@ -17,9 +17,14 @@ log = structlog.get_logger(__name__)
 
 
 def save(engine: AlertEngine, path: Path) -> None:
-    """Write the whole state to ``path`` (atomically: a crash leaves the previous file). The
-    arrays are taken under the engine's lock as copies, never views of what evaluation changes
-    in place: the file is written after the lock is released, while evaluation goes on."""
+    """Write the whole state to ``path`` (atomically: a crash leaves the previous file)."""
+    write(snapshot(engine), path)
+
+
+def snapshot(engine: AlertEngine) -> dict[str, np.ndarray]:
+    """The whole state as arrays, taken under the engine's lock as copies, never views of
+    what evaluation changes in place: they are written after the lock is released, while
+    evaluation goes on."""
     with engine.lock:
         arrays: dict[str, np.ndarray] = {}
         for kind, index in engine.indexes.items():
@@ -32,6 +37,11 @@ def save(engine: AlertEngine, path: Path) -> None:
             arrays[f"def.{definition_id}.counted"] = state.counted
             for name, array in state.window.state().items():
                 arrays[f"def.{definition_id}.w.{name}"] = array
+    return arrays
+
+
+def write(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Write a ``snapshot`` to ``path`` atomically."""
     tmp = path.with_suffix(".tmp.npz")
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(tmp, allow_pickle=False, **arrays)

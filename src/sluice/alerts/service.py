@@ -13,7 +13,7 @@ import structlog
 from ..config import AlertSettings
 from ..counters import Counters
 from ..flows.schema import SessionBatch
-from ..lifecycle import Worker
+from ..lifecycle import Worker, lower_priority
 from ..state.db import StateDB
 from . import persist
 from .engine import AlertEngine, AlertEvent
@@ -43,6 +43,7 @@ class AlertService:
         self._record_lock = threading.Lock()
         self._last_snapshot = time.monotonic()
         self._worker = Worker("sluice-alert-state", self._housekeeping)
+        self._writer: threading.Thread | None = None  # the snapshot being written, if any
         self.store.on_definitions.append(self.reload)
         self.reload()
         if persist.load(self.engine, self.state_path):
@@ -89,8 +90,29 @@ class AlertService:
         self.save()
 
     def save(self) -> None:
+        """Save the state now (at a stop), after any snapshot still being written."""
+        if self._writer is not None:
+            self._writer.join()
+        self._write(persist.snapshot(self.engine))
+
+    def save_in_background(self) -> None:
+        """A snapshot taken now, under the engine's lock, and written by a thread of its own at
+        background priority: writing a gigabyte takes seconds of CPU that the receive loop and
+        evaluation need more. While one is still being written, another is not started."""
+        if self._writer is not None and self._writer.is_alive():
+            return
+        arrays = persist.snapshot(self.engine)
+
+        def write() -> None:
+            lower_priority()
+            self._write(arrays)
+
+        self._writer = threading.Thread(target=write, name="sluice-alert-state-write", daemon=True)
+        self._writer.start()
+
+    def _write(self, arrays: dict[str, np.ndarray]) -> None:
         try:
-            persist.save(self.engine, self.state_path)
+            persist.write(arrays, self.state_path)
         except OSError as exc:
             log.error("alert state not saved", path=str(self.state_path), error=str(exc))
             self.counters.inc("alert_state_save_errors_total")
@@ -101,7 +123,7 @@ class AlertService:
                 self._record([])
             self.export_gauges()
             if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
-                self.save()
+                self.save_in_background()
                 self._last_snapshot = time.monotonic()
 
     def export_gauges(self) -> None:
