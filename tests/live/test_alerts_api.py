@@ -316,12 +316,17 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
     niceness = []
     real_write = persist.write
 
+    release = threading.Event()
+
     def write(arrays, path):
         niceness.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        release.wait(10)  # still being written while the test asks for another
         real_write(arrays, path)
 
     monkeypatch.setattr(persist, "write", write)
-    service.save_in_background()
+    assert service.save_in_background()
+    assert not service.save_in_background()  # one at a time (the first is still being written)
+    release.set()
     service._writer.join()
     expected = max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICENESS)  # a nice value is absolute
     assert niceness == [("sluice-alert-state-write", expected)]

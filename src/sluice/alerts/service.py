@@ -95,12 +95,12 @@ class AlertService:
             self._writer.join()
         self._write(persist.snapshot(self.engine))
 
-    def save_in_background(self) -> None:
+    def save_in_background(self) -> bool:
         """A snapshot taken now, under the engine's lock, and written by a thread of its own at
         background priority: writing a gigabyte takes seconds of CPU that the receive loop and
-        evaluation need more. While one is still being written, another is not started."""
+        evaluation need more. While one is still being written, another is not started (False)."""
         if self._writer is not None and self._writer.is_alive():
-            return
+            return False
         arrays = persist.snapshot(self.engine)
 
         def write() -> None:
@@ -109,6 +109,7 @@ class AlertService:
 
         self._writer = threading.Thread(target=write, name="sluice-alert-state-write", daemon=True)
         self._writer.start()
+        return True
 
     def _write(self, arrays: dict[str, np.ndarray]) -> None:
         try:
@@ -122,8 +123,8 @@ class AlertService:
             if self._unrecorded:
                 self._record([])
             self.export_gauges()
-            if time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s:
-                self.save_in_background()
+            due = time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
+            if due and self.save_in_background():  # else: tried again each second until it starts
                 self._last_snapshot = time.monotonic()
 
     def export_gauges(self) -> None:
