@@ -31,7 +31,7 @@ from ..query.evaluate import evaluate, in_range
 from ..query.filter import AddressRange, Node, parse
 from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
 from .entities import BatchKeys, EntityRows
-from .keyindex import KeyIndex, combine, distinct_first, group_rows
+from .keyindex import KeyIndex, combine, distinct_first, group_rows, grown
 from .window import DistinctWindow, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -292,7 +292,7 @@ class AlertEngine:
             ids = np.where(full, 0, ids)
         seen = self.last_seen[kind]
         if len(seen) < index.id_capacity:
-            seen = self.last_seen[kind] = np.concatenate([seen, np.zeros(index.id_capacity - len(seen), np.int64)])
+            seen = self.last_seen[kind] = grown(seen, index.id_capacity)
         seen[ids if rows.valid is None else ids[rows.valid]] = now_ms
         rows.ids = ids
         # a compact numbering of this batch's entities, shared by every definition of the type

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..flows.session_table import home_between
+
 _EMPTY = np.uint64(0)
 _ONE = np.uint64(1)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -188,9 +190,7 @@ def _remove(
             k = t_keys[j]
             if k == _EMPTY:
                 break
-            home = _home(k, shift)
-            # the entry at j may fill the hole unless its home lies cyclically in (hole, j]
-            if (hole < j and hole < home <= j) or (hole > j and (home > hole or home <= j)):
+            if home_between(hole, j, _home(k, shift)):  # it cannot move before its home
                 continue
             t_keys[hole] = k
             t_ids[hole] = t_ids[j]
@@ -212,7 +212,9 @@ def _fill(t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64, keys_by_id: n
             t_ids[s] = e
 
 
-def _grown(arr: np.ndarray, size: int) -> np.ndarray:
+def grown(arr: np.ndarray, size: int) -> np.ndarray:
+    """``arr`` lengthened to ``size`` (at least its length), the new part zero: zeroed pages
+    cost memory only once something is written to them."""
     out = np.zeros(size, arr.dtype)
     out[: len(arr)] = arr
     return out
@@ -330,9 +332,9 @@ class KeyIndex:
         if n_free == 0 and nxt >= self._ids_cap:
             # doubling: zeroed pages cost memory only once an id reaches them
             cap = min(self.max_ids, 2 * self._ids_cap)
-            self.keys_by_id = _grown(self.keys_by_id, cap)
-            self.live = _grown(self.live, cap)
-            self._free = _grown(self._free, cap)
+            self.keys_by_id = grown(self.keys_by_id, cap)
+            self.live = grown(self.live, cap)
+            self._free = grown(self._free, cap)
             self._ids_cap = cap
         if n_live >= int(self.MAX_LOAD * len(self.t_keys)):
             old_keys, old_ids = self.t_keys, self.t_ids

@@ -11,7 +11,7 @@ import structlog
 
 from .definition import EntityType
 from .engine import AlertEngine
-from .keyindex import KeyIndex
+from .keyindex import KeyIndex, grown
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +66,7 @@ def load(engine: AlertEngine, path: Path) -> bool:
                 )
                 seen = data[prefix + "last_seen"]
                 cap = engine.indexes[kind].id_capacity
-                engine.last_seen[kind] = np.concatenate([seen, np.zeros(max(0, cap - len(seen)), np.int64)])
+                engine.last_seen[kind] = grown(seen.astype(np.int64), max(cap, len(seen)))
         for definition_id, state in engine.states.items():
             prefix = f"def.{definition_id}."
             if prefix + "signature" not in data or bytes(data[prefix + "signature"]).decode() != state.signature:

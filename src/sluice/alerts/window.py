@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .keyindex import KeyIndex, distinct, mix64
+from .keyindex import KeyIndex, distinct, group_rows, grown, mix64
 
 #: the key of an (entity id, peer key) pair is peer x this + id: one multiply and an add;
 #: distinct pairs collide only by chance (the table mixes keys before using them)
@@ -28,13 +28,8 @@ _ALPHA = 0.7213 / (1 + 1.079 / HLL_M)
 
 
 def _grow(arr: np.ndarray, size: int) -> np.ndarray:
-    """``arr`` at least ``size`` long, the new part zero. Doubling: a zeroed page costs
-    memory only once an id reaches it, and fewer steps mean fewer copies."""
-    if len(arr) >= size:
-        return arr
-    out = np.zeros(max(size, 2 * len(arr)), arr.dtype)
-    out[: len(arr)] = arr
-    return out
+    """``arr`` at least ``size`` long, the new part zero; doubling, so that few steps copy."""
+    return arr if len(arr) >= size else grown(arr, max(size, 2 * len(arr)))
 
 
 def _compact(amounts: np.ndarray) -> np.ndarray:
@@ -70,22 +65,12 @@ def hll_cells(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @njit(cache=True, nogil=True)
 def _sum_by_id(ids: np.ndarray, amounts: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct ids, the sum of each one's amounts) in one pass; ``scratch``: any int64
-    array longer than the largest id."""
-    n = ids.shape[0]
-    for i in range(n):
-        scratch[ids[i]] = -1
-    uniq = np.empty(n, np.int32)
-    sums = np.zeros(n, np.int64)
-    k = 0
-    for i in range(n):
-        e = ids[i]
-        if scratch[e] < 0:
-            scratch[e] = k
-            uniq[k] = e
-            k += 1
-        sums[scratch[e]] += amounts[i]
-    return uniq[:k], sums[:k]
+    """(distinct ids, the sum of each one's amounts); ``scratch`` as for ``group_rows``."""
+    uniq, inv, _ = group_rows(ids, scratch)
+    sums = np.zeros(uniq.shape[0], np.int64)
+    for i in range(inv.shape[0]):
+        sums[inv[i]] += amounts[i]
+    return uniq, sums
 
 
 @njit(cache=True, nogil=True)
@@ -266,7 +251,7 @@ class SumWindow(_Window):
         ids = np.concatenate([c[0] for c in chunks])
         amounts = np.concatenate([c[1].astype(np.int64) for c in chunks])
         uniq, sums = _sum_by_id(ids, amounts, np.empty(len(self.values), np.int64))
-        return uniq, _compact(sums)
+        return uniq.astype(np.int32), _compact(sums)  # the ring keeps ids as int32
 
     def nbytes(self) -> int:
         return self.values.nbytes + sum(a.nbytes + b.nbytes for chunks in self._ring.values() for a, b in chunks)

@@ -117,6 +117,13 @@ def _slot(index_keys: np.ndarray, key: np.uint64) -> np.int64:
     return s
 
 
+@njit(cache=True, nogil=True, inline="always")
+def home_between(hole: int | np.int64, j: int | np.int64, home: int | np.int64) -> bool | np.bool_:
+    """Whether ``home`` lies cyclically in (hole, j]: then the entry at slot ``j`` must stay,
+    when deletion shifts entries back into the ``hole`` (linear probing without tombstones)."""
+    return (hole < j and hole < home <= j) or (hole > j and (home > hole or home <= j))
+
+
 @njit(cache=True, nogil=True)
 def _unindex(index_keys: np.ndarray, index_rows: np.ndarray, key: np.uint64) -> None:
     """Remove ``key``, shifting back the entries after it that probed past its slot."""
@@ -130,9 +137,7 @@ def _unindex(index_keys: np.ndarray, index_rows: np.ndarray, key: np.uint64) -> 
         k = index_keys[j]
         if k == _ZERO:
             break
-        home = np.int64(k & np.uint64(mask))
-        # the entry at j may fill the hole unless its home lies cyclically in (hole, j]
-        if (hole < j and hole < home <= j) or (hole > j and (home > hole or home <= j)):
+        if home_between(hole, j, np.int64(k & np.uint64(mask))):  # it cannot move before its home
             continue
         index_keys[hole] = k
         index_rows[hole] = index_rows[j]
