@@ -106,6 +106,14 @@ class AlertSettings(BaseModel):
         description="(entity, peer) pairs one unique-hosts/ports definition keeps at most (about 40 bytes each)",
     )
     max_entities: int = Field(16_000_000, ge=1000, description="distinct entities per type tracked at most")
+    step_bytes_per_definition: int = Field(
+        64 << 20,
+        ge=1 << 16,
+        description=(
+            "bytes one sum definition keeps for its window's past steps (a value per entity and step) at most; "
+            "beyond, its oldest steps are held as one amount per entity spread evenly over them (approximate)"
+        ),
+    )
     max_pending_rows: int = Field(
         4_000_000,
         ge=10_000,

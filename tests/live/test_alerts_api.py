@@ -196,11 +196,12 @@ def test_alerts_end_to_end_api_cli_and_ns2(server, tmp_path):
 
         # the definition reports its window; it survives a restart of the server
         d = me.get(f"/api/v1/alert-definitions/{def_id}").json()
-        assert d["active_entities"] >= 2 and d["state_bytes"] > 0
+        assert d["active_entities"] >= 2 and d["state_bytes"] > 0 and d["spread_steps"] == 0
         defs = subprocess.run([SLUICE, "alerts", "definitions", *login], capture_output=True, text=True, timeout=60)
         assert "port scan" in defs.stdout
     metrics = httpx.get(f"http://{srv}/metrics").text
     assert "sluice_alert_definitions_active 1.0" in metrics and f'sluice_alert_state_bytes{{definition="{def_id}"}}' in metrics
+    assert f'sluice_alert_window_spread_steps{{definition="{def_id}"}} 0.0' in metrics
 
 
 def test_window_state_survives_a_server_restart(tmp_path):

@@ -64,7 +64,13 @@ class _Exceptions:
 class DefinitionState:
     """A definition with its compiled prefilter, exceptions and window."""
 
-    def __init__(self, definition: Definition, exact_limit: int = 10_000, max_pairs: int = 16_000_000):
+    def __init__(
+        self,
+        definition: Definition,
+        exact_limit: int = 10_000,
+        max_pairs: int = 16_000_000,
+        max_step_bytes: int = 64 << 20,
+    ):
         self.definition = definition
         self.signature = definition.window_signature()
         self.prefilter: Node | None = parse(definition.prefilter) if definition.prefilter else None
@@ -76,7 +82,7 @@ class DefinitionState:
                 self.step_ms, self.n_buckets, exact_limit, max_pairs
             )
         else:
-            self.window = SumWindow(self.step_ms, self.n_buckets)
+            self.window = SumWindow(self.step_ms, self.n_buckets, max_step_bytes)
         self.counted = np.empty(0, np.uint64)  # (entity, session) pairs counted in this period
         self.counted_bucket = -1
         self.bucket = -1
@@ -131,9 +137,11 @@ class AlertEngine:
         max_pairs: int = 16_000_000,
         max_entities: int = 1 << 24,
         clock: Callable[[], float] = time.time,
+        max_step_bytes: int = 64 << 20,
     ):
         self.exact_limit = exact_limit
         self.max_pairs = max_pairs
+        self.max_step_bytes = max_step_bytes
         self.max_entities = max_entities
         self.clock = clock
         self.states: dict[int, DefinitionState] = {}
@@ -192,11 +200,14 @@ class AlertEngine:
                         old.update(definition)
                         new[definition.id] = old
                     else:
-                        new[definition.id] = DefinitionState(definition, self.exact_limit, self.max_pairs)
+                        new[definition.id] = self._prepare(definition)
                 except Exception as exc:
                     failures[definition.id] = self._failure(definition, "could not be prepared", exc)
             self.states = new
             self.failures = failures
+
+    def _prepare(self, definition: Definition) -> DefinitionState:
+        return DefinitionState(definition, self.exact_limit, self.max_pairs, self.max_step_bytes)
 
     def _failure(self, definition: Definition, what: str, exc: BaseException) -> Failure:
         detail = f"{type(exc).__name__}: {exc}"[:300]
@@ -226,7 +237,7 @@ class AlertEngine:
             if now_ms - failed.at_ms < FAILED_RETRY_MS:
                 continue
             try:
-                self.states[definition_id] = DefinitionState(failed.definition, self.exact_limit, self.max_pairs)
+                self.states[definition_id] = self._prepare(failed.definition)
                 del self.failures[definition_id]
             except Exception as exc:
                 self.failures[definition_id] = self._failure(failed.definition, "could not be prepared", exc)
@@ -432,6 +443,12 @@ class AlertEngine:
         """Why a definition is set aside, or None if it is being evaluated (or disabled)."""
         with self.lock:
             return self.failures.get(definition_id)
+
+    def spread_steps(self, definition_id: int) -> int:
+        """How many of a definition's window steps are held as an even spread (0: exact)."""
+        with self.lock:
+            state = self.states.get(definition_id)
+            return state.window.spread_steps() if state is not None and isinstance(state.window, SumWindow) else 0
 
     def active_entities(self, definition_id: int) -> int:
         with self.lock:

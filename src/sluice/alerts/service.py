@@ -30,7 +30,10 @@ class AlertService:
         self.store = AlertStore(db)
         AlertEngine.warm_up()
         self.engine = AlertEngine(
-            settings.exact_distinct_limit, settings.max_pairs_per_definition, settings.max_entities
+            settings.exact_distinct_limit,
+            settings.max_pairs_per_definition,
+            settings.max_entities,
+            max_step_bytes=settings.step_bytes_per_definition,
         )
         self.runner = EngineRunner(
             self.engine,
@@ -138,9 +141,11 @@ class AlertService:
         c.set("alert_entities_dropped_total", stats["entities_dropped"])
         c.set("alert_rows_pending", self.runner.pending_rows())
         c.forget("alert_state_bytes")
+        c.forget("alert_window_spread_steps")
         for part, size in self.engine.memory().items():
             kind, _, name = part.partition(":")
             if kind == "definition":
                 c.set("alert_state_bytes", size, definition=name)
+                c.set("alert_window_spread_steps", self.engine.spread_steps(int(name)), definition=name)
             else:
                 c.set("alert_index_bytes", size, entity=name)

@@ -4,24 +4,33 @@ Entities are dense ids (``KeyIndex``); a window keeps, per id, the value over th
 (buckets) still inside the window, and what each bucket added so that it can be taken back
 when the bucket leaves the window.
 
-- ``SumWindow``: bits, bytes, packets, sessions - exact integer sums.
+- ``SumWindow``: bits, bytes, packets, sessions - exact integer sums while the window's past
+  steps fit in its byte budget; beyond it, the oldest steps are held as one amount per entity
+  spread evenly over the steps it came from (see ``SumWindow.advance``).
 - ``DistinctWindow``: unique hosts / ports - exact while an entity has at most
   ``exact_limit`` distinct peers in its window: every (entity, peer) pair is kept with the
   last bucket it was seen in. An entity beyond that moves to a HyperLogLog sketch per bucket
   (256 registers: about 6.5 % standard error), which can be merged across buckets and across
-  collector nodes by taking register maxima.
+  collector nodes by taking register maxima. A pair costs the same whatever the number of
+  steps: expiry scans the pairs' last steps instead of keeping a list per step.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import structlog
 from numba import njit
 
 from .keyindex import KeyIndex, distinct, group_rows, grown, mix64
 
-#: the key of an (entity id, peer key) pair is peer x this + id: one multiply and an add;
-#: distinct pairs collide only by chance (the table mixes keys before using them)
+log = structlog.get_logger(__name__)
+
+#: the key of an (entity id, peer key) pair is peer x this + id + 1: one multiply and two
+#: adds; distinct pairs collide only by chance (the table mixes keys before using them). The
+#: + 1 keeps peer 0 of entity 0 off key 0, which the table stores as key 1 (peer 0 of entity 1)
 _PAIR_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+#: saved with the pairs: snapshots of pairs keyed otherwise are not restored
+PAIR_KEY_VERSION = 2
 HLL_P = 8
 HLL_M = 1 << HLL_P
 _ALPHA = 0.7213 / (1 + 1.079 / HLL_M)
@@ -81,11 +90,13 @@ def _fold_sums(
     amounts: np.ndarray,
     every_concerned: bool,
     values: np.ndarray,
+    step_amounts: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Add the masked rows' amounts to their entities (``inv``: each row's entity among
-    ``uniq``, the batch's distinct ids) in ``values``. Returns the entities concerned (as
-    positions in ``uniq``: every one with a masked row if ``every_concerned``, else those
-    whose sum is not zero), what each added, and each one's new value."""
+    ``uniq``, the batch's distinct ids) in ``values`` and in ``step_amounts`` (what each
+    added in the open step). Returns the entities concerned (as positions in ``uniq``:
+    every one with a masked row if ``every_concerned``, else those whose sum is not zero),
+    each one's new value, and the ids that added something for the first time in the step."""
     n_uniq = uniq.shape[0]
     acc = np.zeros(n_uniq, np.int64)
     hit = np.zeros(n_uniq, np.bool_)
@@ -94,21 +105,23 @@ def _fold_sums(
             acc[inv[r]] += amounts[r]
             hit[inv[r]] = True
     local = np.empty(n_uniq, np.int64)
+    now = np.empty(n_uniq, np.int64)
+    first = np.empty(n_uniq, np.int32)
     k = 0
+    n_first = 0
     for j in range(n_uniq):
         if hit[j] and (every_concerned or acc[j] != 0):
+            e = uniq[j]
+            if acc[j] != 0:
+                if step_amounts[e] == 0:  # amounts are never negative: 0 means not yet in the step
+                    first[n_first] = e
+                    n_first += 1
+                step_amounts[e] += acc[j]
+                values[e] += acc[j]
             local[k] = j
+            now[k] = values[e]
             k += 1
-    local = local[:k]
-    added = np.empty(k, np.int64)
-    now = np.empty(k, np.int64)
-    for i in range(k):
-        j = local[i]
-        e = uniq[j]
-        values[e] += acc[j]
-        added[i] = acc[j]
-        now[i] = values[e]
-    return local, added, now
+    return local[:k], now[:k], first[:n_first]
 
 
 @njit(cache=True, nogil=True)
@@ -126,7 +139,7 @@ def _masked_pairs(
         if mask[r]:
             e = ids[r]
             entity[k] = e
-            keys[k] = peers[r] * _PAIR_MULTIPLIER + np.uint64(e)
+            keys[k] = peers[r] * _PAIR_MULTIPLIER + np.uint64(e + 1)
             concerned[inv[r]] = True
             k += 1
     return entity[:k], keys[:k], concerned
@@ -142,14 +155,11 @@ def _note_pairs(
     values: np.ndarray,
     pair_entity: np.ndarray,
     pair_bucket: np.ndarray,
-) -> tuple[np.ndarray, int, np.ndarray]:
-    """Count each new (entity, peer) pair for its entity and move every pair seen to
-    ``bucket``. Returns the pairs moved (each once: the bucket's ring lists them), the rows
-    dropped because the pair table was full, and the entities (with repeats) whose count
-    went beyond ``exact_limit``."""
-    moved = np.empty(pids.shape[0], np.int32)
+) -> tuple[int, np.ndarray]:
+    """Count each new (entity, peer) pair for its entity and mark every pair seen in
+    ``bucket``. Returns the rows dropped because the pair table was full, and the entities
+    (with repeats) whose count went beyond ``exact_limit``."""
     over = np.empty(pids.shape[0], np.int64)
-    k = 0
     n_over = 0
     dropped = 0
     for i in range(pids.shape[0]):
@@ -160,38 +170,34 @@ def _note_pairs(
         if added[i]:
             e = entity[i]
             pair_entity[p] = e
-            pair_bucket[p] = -1
             values[e] += 1
             if values[e] > exact_limit:
                 over[n_over] = e
                 n_over += 1
-        if pair_bucket[p] != bucket:
-            pair_bucket[p] = bucket
-            moved[k] = p
-            k += 1
-    return moved[:k], dropped, over[:n_over]
+        pair_bucket[p] = bucket
+    return dropped, over[:n_over]
 
 
 @njit(cache=True, nogil=True)
 def _expire_pairs(
-    pids: np.ndarray,
-    bucket: int,
-    live: np.ndarray,
-    values: np.ndarray,
-    pair_entity: np.ndarray,
-    pair_bucket: np.ndarray,
+    live: np.ndarray, oldest: int, values: np.ndarray, pair_entity: np.ndarray, pair_bucket: np.ndarray
 ) -> np.ndarray:
-    """Pairs of the ring of ``bucket`` not seen since: uncounted; returns them (once each)."""
-    gone = np.empty(pids.shape[0], np.int64)
+    """Pairs last seen before the bucket ``oldest``: uncounted; returns them. One pass over
+    the table at each step, so that a pair costs no memory per step it is seen in."""
+    gone = np.empty(live.shape[0], np.int64)
     k = 0
-    for i in range(pids.shape[0]):
-        p = pids[i]
-        if live[p] and pair_bucket[p] == bucket:
+    for p in range(live.shape[0]):
+        if live[p] and 0 <= pair_bucket[p] < oldest:
             values[pair_entity[p]] -= 1
-            pair_bucket[p] = -1  # a pair listed twice goes once
+            pair_bucket[p] = -1
             gone[k] = p
             k += 1
     return gone[:k]
+
+
+def _spread_share(amounts: np.ndarray, leaving: int, span: int) -> np.ndarray:
+    """``amounts * leaving // span`` without overflowing int64 (amounts can be bits over days)."""
+    return amounts // span * leaving + amounts % span * leaving // span
 
 
 class _Window:
@@ -209,13 +215,33 @@ class _Window:
 
 
 class SumWindow(_Window):
-    """Exact sliding sums per entity id."""
+    """Sliding sums per entity id: exact while the past steps fit in ``max_step_bytes``.
 
-    def __init__(self, step_ms: int, n_buckets: int):
+    The ring keeps, per step, what each entity added in it, to take back when the step leaves
+    the window. When the closed steps outgrow the budget, the oldest are folded into the
+    *spread* part: one amount per entity, taken to have arrived evenly over the steps it
+    covers, and taken back in that proportion as those steps leave. Totals are kept (all of
+    it leaves by the time its newest step does); a value may leave up to the spread's span
+    early or late when an entity's traffic was uneven. ``spread_steps`` says how many of the
+    window's steps are held that way now (0: exact)."""
+
+    def __init__(self, step_ms: int, n_buckets: int, max_step_bytes: int = 64 << 20):
         self.step_ms = step_ms
         self.n_buckets = n_buckets
+        self.max_step_bytes = max_step_bytes
         self.values = np.zeros(1024, np.int64)
+        # closed steps: per bucket, (ids, what each added) chunks
         self._ring: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        # the open step: what each id added in it, and the ids that did (each once)
+        self._open_bucket = -1
+        self._step_amounts = np.zeros(1024, np.int64)
+        self._step_ids: list[np.ndarray] = []
+        # the spread part: distinct ids, what each has left, and the buckets it covers
+        self.spread_ids = np.empty(0, np.int64)
+        self.spread_amounts = np.empty(0, np.int64)
+        self.spread_from = 0
+        self.spread_to = -1  # empty while spread_to < spread_from
+        self.steps_spread = 0  # steps folded into the spread part so far
 
     def fold(
         self,
@@ -228,22 +254,85 @@ class SumWindow(_Window):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Add a batch's masked rows to the bucket ``bucket`` (see ``_fold_sums``); returns
         (the entities concerned, as positions in ``uniq``; their values now)."""
+        if bucket != self._open_bucket:
+            self._close_step()
+            self._open_bucket = bucket
         if len(uniq):
-            self.values = _grow(self.values, int(uniq.max()) + 1)
-        local, added, now = _fold_sums(inv, uniq, mask, amounts, every_concerned, self.values)
-        if len(local):
-            self._ring.setdefault(bucket, []).append((uniq[local].astype(np.int32), _compact(added)))
+            size = int(uniq.max()) + 1
+            self.values = _grow(self.values, size)
+            self._step_amounts = _grow(self._step_amounts, size)
+        local, now, first = _fold_sums(inv, uniq, mask, amounts, every_concerned, self.values, self._step_amounts)
+        if len(first):
+            self._step_ids.append(first)
         return local, now
 
+    def _open_chunk(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The open step as a ring chunk (copies), or None if nothing was added in it."""
+        if not self._step_ids:
+            return None
+        ids = np.concatenate(self._step_ids)
+        return ids, _compact(self._step_amounts[ids])
+
+    def _close_step(self) -> None:
+        """The open step goes to the ring as one chunk."""
+        chunk = self._open_chunk()
+        if chunk is not None:
+            self._ring.setdefault(self._open_bucket, []).append(chunk)
+            self._step_amounts[chunk[0]] = 0
+            self._step_ids = []
+
     def advance(self, bucket: int) -> None:
-        """``bucket`` is now the newest: take back what left the window, compact closed buckets."""
+        """``bucket`` is now the newest: take back what left the window, compact closed
+        buckets, and keep the closed ones within the byte budget."""
+        if self._open_bucket < bucket:
+            self._close_step()
         oldest = bucket - self.n_buckets + 1
+        self._expire_spread(oldest)
         for b in [b for b in self._ring if b < oldest]:
             for ids, amounts in self._ring.pop(b):  # ids are distinct within a chunk
                 self.values[ids] -= amounts
-        for b, chunks in self._ring.items():
-            if b < bucket and len(chunks) > 1:
-                self._ring[b] = [self._merged(chunks)]
+        closed = sorted(b for b in self._ring if b < bucket)
+        for b in closed:
+            if len(self._ring[b]) > 1:
+                self._ring[b] = [self._merged(self._ring[b])]
+        ring_bytes = sum(ids.nbytes + amounts.nbytes for b in closed for ids, amounts in self._ring[b])
+        for b in closed:  # oldest first
+            if ring_bytes <= self.max_step_bytes:
+                break
+            ids, amounts = self._ring.pop(b)[0]
+            ring_bytes -= ids.nbytes + amounts.nbytes
+            self._spread(b, ids, amounts, oldest)
+
+    def _spread(self, b: int, ids: np.ndarray, amounts: np.ndarray, oldest: int) -> None:
+        """Fold the closed bucket ``b`` (older ones are already folded) into the spread part."""
+        if self.spread_to < self.spread_from:
+            self.spread_from = max(b, oldest)
+        self.spread_to = b
+        merged_ids = np.concatenate([self.spread_ids, ids.astype(np.int64)])
+        merged_amounts = np.concatenate([self.spread_amounts, amounts.astype(np.int64)])
+        self.spread_ids, self.spread_amounts = _sum_by_id(
+            merged_ids, merged_amounts, np.empty(len(self.values), np.int64)
+        )
+        self.steps_spread += 1
+
+    def _expire_spread(self, oldest: int) -> None:
+        """Take back the spread part's share of the buckets that left the window."""
+        if self.spread_to < self.spread_from or oldest <= self.spread_from:
+            return
+        span = self.spread_to - self.spread_from + 1
+        leaving = min(oldest, self.spread_to + 1) - self.spread_from
+        share = _spread_share(self.spread_amounts, leaving, span)
+        self.values[self.spread_ids] -= share
+        self.spread_amounts = self.spread_amounts - share
+        self.spread_from += leaving
+        keep = self.spread_amounts != 0
+        self.spread_ids, self.spread_amounts = self.spread_ids[keep], self.spread_amounts[keep]
+        if self.spread_to < self.spread_from:
+            self.spread_ids, self.spread_amounts = np.empty(0, np.int64), np.empty(0, np.int64)
+
+    def spread_steps(self) -> int:
+        """How many of the window's steps are held as an even spread now (0: all exact)."""
+        return max(0, self.spread_to - self.spread_from + 1)
 
     def _merged(self, chunks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         if len(chunks) == 1:
@@ -254,17 +343,26 @@ class SumWindow(_Window):
         return uniq.astype(np.int32), _compact(sums)  # the ring keeps ids as int32
 
     def nbytes(self) -> int:
-        return self.values.nbytes + sum(a.nbytes + b.nbytes for chunks in self._ring.values() for a, b in chunks)
+        ring = sum(a.nbytes + b.nbytes for chunks in self._ring.values() for a, b in chunks)
+        step = self._step_amounts.nbytes + sum(ids.nbytes for ids in self._step_ids)
+        return self.values.nbytes + ring + step + self.spread_ids.nbytes + self.spread_amounts.nbytes
 
     def state(self) -> dict[str, np.ndarray]:
-        buckets = sorted(self._ring)
-        merged = [self._merged(self._ring[b]) for b in buckets]
+        ring = {b: list(chunks) for b, chunks in self._ring.items()}
+        chunk = self._open_chunk()
+        if chunk is not None:
+            ring.setdefault(self._open_bucket, []).append(chunk)
+        buckets = sorted(ring)
+        merged = [self._merged(ring[b]) for b in buckets]
         return {
             "values": self.values.copy(),  # evaluation changes it in place
             "ring_buckets": np.array(buckets, np.int64),
             "ring_sizes": np.array([len(m[0]) for m in merged], np.int64),
             "ring_ids": np.concatenate([m[0] for m in merged]) if merged else np.empty(0, np.int64),
             "ring_amounts": np.concatenate([m[1] for m in merged]) if merged else np.empty(0, np.int64),
+            "spread_ids": self.spread_ids.copy(),
+            "spread_amounts": self.spread_amounts.copy(),
+            "spread_span": np.array([self.spread_from, self.spread_to, self.steps_spread], np.int64),
         }
 
     def load(self, state: dict[str, np.ndarray]) -> None:
@@ -272,7 +370,11 @@ class SumWindow(_Window):
         offsets = np.concatenate([[0], np.cumsum(state["ring_sizes"])]).astype(np.int64)
         for i, b in enumerate(state["ring_buckets"].tolist()):
             sl = slice(offsets[i], offsets[i + 1])
-            self._ring[int(b)] = [(state["ring_ids"][sl].astype(np.int64), state["ring_amounts"][sl].astype(np.int64))]
+            self._ring[int(b)] = [(state["ring_ids"][sl].astype(np.int32), _compact(state["ring_amounts"][sl]))]
+        if "spread_span" in state:  # snapshots from before the byte budget have none
+            self.spread_ids = state["spread_ids"].astype(np.int64)
+            self.spread_amounts = state["spread_amounts"].astype(np.int64)
+            self.spread_from, self.spread_to, self.steps_spread = (int(v) for v in state["spread_span"])
 
 
 class DistinctWindow(_Window):
@@ -294,7 +396,6 @@ class DistinctWindow(_Window):
         self.pairs = KeyIndex(1024, max_ids=max_pairs)
         self.pair_entity = np.zeros(1024, np.int32)
         self.pair_bucket = np.zeros(1024, np.int64)
-        self._ring: dict[int, list[np.ndarray]] = {}
         self.pairs_dropped = 0  # pairs not kept because the pair table was full
         # sketches: entity id -> slot; registers per (ring position, slot)
         self.sketch_slot: dict[int, int] = {}
@@ -327,22 +428,18 @@ class DistinctWindow(_Window):
         cap = self.pairs.id_capacity
         self.pair_entity = _grow(self.pair_entity, cap)
         self.pair_bucket = _grow(self.pair_bucket, cap)  # set when a pair is added
-        moved, dropped, over = _note_pairs(
+        dropped, over = _note_pairs(
             pids, added, entity, bucket, self.exact_limit, self.values, self.pair_entity, self.pair_bucket
         )
         self.pairs_dropped += dropped
-        if len(moved):
-            self._ring.setdefault(bucket, []).append(moved)
         for e in np.unique(over).tolist():  # once per entity that outgrows exact counting
             self._to_sketch(int(e))
 
     def advance(self, bucket: int) -> None:
         oldest = bucket - self.n_buckets + 1
-        for b in [b for b in self._ring if b < oldest]:
-            gone = _expire_pairs(
-                np.concatenate(self._ring.pop(b)), b, self.pairs.live, self.values, self.pair_entity, self.pair_bucket
-            )
-            self.pairs.remove(gone)
+        n = min(len(self.pairs.live), len(self.pair_bucket))
+        gone = _expire_pairs(self.pairs.live[:n], oldest, self.values, self.pair_entity, self.pair_bucket)
+        self.pairs.remove(gone)
         if self.sketch_slot:
             self._refresh_sketches(bucket)
 
@@ -406,15 +503,8 @@ class DistinctWindow(_Window):
     # -- bookkeeping ----------------------------------------------------------------------
 
     def nbytes(self) -> int:
-        ring = sum(a.nbytes for chunks in self._ring.values() for a in chunks)
-        return (
-            self.values.nbytes
-            + self.pairs.nbytes()
-            + self.pair_entity.nbytes
-            + self.pair_bucket.nbytes
-            + ring
-            + self._regs.nbytes
-        )
+        pairs = self.pairs.nbytes() + self.pair_entity.nbytes + self.pair_bucket.nbytes
+        return self.values.nbytes + pairs + self._regs.nbytes
 
     def state(self) -> dict[str, np.ndarray]:
         pairs = self.pairs.state()
@@ -422,6 +512,7 @@ class DistinctWindow(_Window):
             "values": self.values.copy(),  # evaluation changes it in place
             "pair_ids": pairs["ids"],
             "pair_keys": pairs["keys"],
+            "pair_key_version": np.array([PAIR_KEY_VERSION], np.int64),
             "pair_entity": self.pair_entity[pairs["ids"]],
             "pair_bucket": self.pair_bucket[pairs["ids"]],
             "sketch_entities": np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)),
@@ -431,6 +522,9 @@ class DistinctWindow(_Window):
         }
 
     def load(self, state: dict[str, np.ndarray]) -> None:
+        if int(state.get("pair_key_version", [1])[0]) != PAIR_KEY_VERSION:
+            log.warning("alert window of distinct counts saved by an older version; it starts empty")
+            return
         self.values = state["values"].astype(np.int64).copy()
         self.pairs = KeyIndex.from_state(
             {"ids": state["pair_ids"], "keys": state["pair_keys"]}, max_ids=self.pairs.max_ids
@@ -441,8 +535,6 @@ class DistinctWindow(_Window):
         ids = state["pair_ids"].astype(np.int64)
         self.pair_entity[ids] = state["pair_entity"]
         self.pair_bucket[ids] = state["pair_bucket"]
-        for b in np.unique(state["pair_bucket"]).tolist():
-            self._ring[int(b)] = [ids[state["pair_bucket"] == b]]
         self.sketch_slot = dict(zip(state["sketch_entities"].tolist(), state["sketch_slots"].tolist(), strict=True))
         if state["regs"].shape[0] == self.n_buckets:
             self._regs = state["regs"].copy()

@@ -49,6 +49,10 @@ HELP = {
     "alert_events_dropped_total": "Triggers given up after the state database failed for long (the oldest first)",
     "alert_state_bytes": "Memory of each alert definition's window state",
     "alert_index_bytes": "Memory of the entity tables shared by alert definitions, per entity type",
+    "alert_window_spread_steps": (
+        "Steps of an alert definition's window held as an even spread because its past steps outgrew "
+        "alerts.step_bytes_per_definition (0: exact)"
+    ),
     "alert_state_save_errors_total": "Failures saving the alert window state to disk",
     "notifications": "Notifications in the outbox, per channel and state (pending, delivered, dead)",
     "notifications_delivered_total": "Notifications delivered, per channel",

@@ -26,6 +26,13 @@ TimeMs = Annotated[Optional[int], Query(ge=0, le=2**53, description="millisecond
 class DefinitionOut(Definition):
     active_entities: int = Field(0, description="entities with data in the window now")
     state_bytes: int = Field(0, description="memory the window state takes")
+    spread_steps: int = Field(
+        0,
+        description=(
+            "oldest steps of the window held as an even spread, because its past steps outgrew "
+            "alerts.step_bytes_per_definition (0: the window is exact)"
+        ),
+    )
     status: Literal["active", "disabled", "failed"] = Field(
         "active", description="failed: set aside (the others go on) until changed or retried; see error"
     )
@@ -63,6 +70,7 @@ def build_alerts_router(users: Users, store: AlertStore, engine: Optional[AlertE
             **definition.model_dump(),
             active_entities=active,
             state_bytes=mem,
+            spread_steps=engine.spread_steps(definition.id) if engine else 0,
             status=status,
             error=failure.reason if failure else None,
         )
