@@ -195,9 +195,39 @@ def _expire_pairs(
     return gone[:k]
 
 
-def _spread_share(amounts: np.ndarray, leaving: int, span: int) -> np.ndarray:
-    """``amounts * leaving // span`` without overflowing int64 (amounts can be bits over days)."""
-    return amounts // span * leaving + amounts % span * leaving // span
+@njit(cache=True, nogil=True)
+def _spread_fold(ids: np.ndarray, amounts: np.ndarray, spread: np.ndarray, spread_ids: np.ndarray, n: int) -> int:
+    """Add a closed step's chunk to the spread amounts; ``spread_ids[:n]`` lists the ids
+    with an amount (each once). Returns the new n."""
+    for i in range(ids.shape[0]):
+        e = ids[i]
+        if amounts[i] == 0:
+            continue
+        if spread[e] == 0:  # amounts are never negative: 0 means not listed
+            spread_ids[n] = e
+            n += 1
+        spread[e] += amounts[i]
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _spread_expire(
+    spread_ids: np.ndarray, n: int, spread: np.ndarray, values: np.ndarray, leaving: int, span: int
+) -> int:
+    """Take back ``leaving`` of ``span`` steps' share of each spread amount (``a * leaving //
+    span``, computed so as not to overflow: amounts can be bits over days); returns how many
+    ids still have an amount, listed first in ``spread_ids``."""
+    k = 0
+    for i in range(n):
+        e = spread_ids[i]
+        a = spread[e]
+        share = a // span * leaving + a % span * leaving // span
+        values[e] -= share
+        spread[e] = a - share
+        if a - share != 0:
+            spread_ids[k] = e
+            k += 1
+    return k
 
 
 class _Window:
@@ -236,9 +266,11 @@ class SumWindow(_Window):
         self._open_bucket = -1
         self._step_amounts = np.zeros(1024, np.int64)
         self._step_ids: list[np.ndarray] = []
-        # the spread part: distinct ids, what each has left, and the buckets it covers
-        self.spread_ids = np.empty(0, np.int64)
-        self.spread_amounts = np.empty(0, np.int64)
+        # the spread part: what each id has left (``_spread_ids[:_n_spread]`` lists those
+        # with an amount), and the buckets it covers
+        self._spread_left = np.zeros(1024, np.int64)
+        self._spread_ids = np.zeros(1024, np.int32)
+        self._n_spread = 0
         self.spread_from = 0
         self.spread_to = -1  # empty while spread_to < spread_from
         self.steps_spread = 0  # steps folded into the spread part so far
@@ -301,18 +333,16 @@ class SumWindow(_Window):
                 break
             ids, amounts = self._ring.pop(b)[0]
             ring_bytes -= ids.nbytes + amounts.nbytes
-            self._spread(b, ids, amounts, oldest)
+            self._fold_into_spread(b, ids, amounts, oldest)
 
-    def _spread(self, b: int, ids: np.ndarray, amounts: np.ndarray, oldest: int) -> None:
+    def _fold_into_spread(self, b: int, ids: np.ndarray, amounts: np.ndarray, oldest: int) -> None:
         """Fold the closed bucket ``b`` (older ones are already folded) into the spread part."""
         if self.spread_to < self.spread_from:
             self.spread_from = max(b, oldest)
         self.spread_to = b
-        merged_ids = np.concatenate([self.spread_ids, ids.astype(np.int64)])
-        merged_amounts = np.concatenate([self.spread_amounts, amounts.astype(np.int64)])
-        self.spread_ids, self.spread_amounts = _sum_by_id(
-            merged_ids, merged_amounts, np.empty(len(self.values), np.int64)
-        )
+        self._spread_left = _grow(self._spread_left, len(self.values))
+        self._spread_ids = _grow(self._spread_ids, len(self.values))
+        self._n_spread = _spread_fold(ids, amounts, self._spread_left, self._spread_ids, self._n_spread)
         self.steps_spread += 1
 
     def _expire_spread(self, oldest: int) -> None:
@@ -321,14 +351,8 @@ class SumWindow(_Window):
             return
         span = self.spread_to - self.spread_from + 1
         leaving = min(oldest, self.spread_to + 1) - self.spread_from
-        share = _spread_share(self.spread_amounts, leaving, span)
-        self.values[self.spread_ids] -= share
-        self.spread_amounts = self.spread_amounts - share
+        self._n_spread = _spread_expire(self._spread_ids, self._n_spread, self._spread_left, self.values, leaving, span)
         self.spread_from += leaving
-        keep = self.spread_amounts != 0
-        self.spread_ids, self.spread_amounts = self.spread_ids[keep], self.spread_amounts[keep]
-        if self.spread_to < self.spread_from:
-            self.spread_ids, self.spread_amounts = np.empty(0, np.int64), np.empty(0, np.int64)
 
     def spread_steps(self) -> int:
         """How many of the window's steps are held as an even spread now (0: all exact)."""
@@ -345,7 +369,7 @@ class SumWindow(_Window):
     def nbytes(self) -> int:
         ring = sum(a.nbytes + b.nbytes for chunks in self._ring.values() for a, b in chunks)
         step = self._step_amounts.nbytes + sum(ids.nbytes for ids in self._step_ids)
-        return self.values.nbytes + ring + step + self.spread_ids.nbytes + self.spread_amounts.nbytes
+        return self.values.nbytes + ring + step + self._spread_left.nbytes + self._spread_ids.nbytes
 
     def state(self) -> dict[str, np.ndarray]:
         ring = {b: list(chunks) for b, chunks in self._ring.items()}
@@ -360,8 +384,8 @@ class SumWindow(_Window):
             "ring_sizes": np.array([len(m[0]) for m in merged], np.int64),
             "ring_ids": np.concatenate([m[0] for m in merged]) if merged else np.empty(0, np.int64),
             "ring_amounts": np.concatenate([m[1] for m in merged]) if merged else np.empty(0, np.int64),
-            "spread_ids": self.spread_ids.copy(),
-            "spread_amounts": self.spread_amounts.copy(),
+            "spread_ids": self._spread_ids[: self._n_spread].astype(np.int64),
+            "spread_amounts": self._spread_left[self._spread_ids[: self._n_spread]],
             "spread_span": np.array([self.spread_from, self.spread_to, self.steps_spread], np.int64),
         }
 
@@ -372,8 +396,12 @@ class SumWindow(_Window):
             sl = slice(offsets[i], offsets[i + 1])
             self._ring[int(b)] = [(state["ring_ids"][sl].astype(np.int32), _compact(state["ring_amounts"][sl]))]
         if "spread_span" in state:  # snapshots from before the byte budget have none
-            self.spread_ids = state["spread_ids"].astype(np.int64)
-            self.spread_amounts = state["spread_amounts"].astype(np.int64)
+            ids = state["spread_ids"].astype(np.int64)
+            self._spread_left = np.zeros(len(self.values), np.int64)
+            self._spread_left[ids] = state["spread_amounts"]
+            self._spread_ids = np.zeros(len(self.values), np.int32)
+            self._spread_ids[: len(ids)] = ids
+            self._n_spread = len(ids)
             self.spread_from, self.spread_to, self.steps_spread = (int(v) for v in state["spread_span"])
 
 
