@@ -10,7 +10,9 @@ a worker process of its own:
   holds as with one tracker;
 - every worker gets the batch's clock, so timeouts end the same sessions as one tracker
   would; session ids stay unique (worker i of n hands out base + i, base + i + n, ...);
-- a reader thread per worker hands the session batches on (store, alerts) as they come.
+- a reader thread per worker hands the session batches on (store, alerts) as they come;
+- the batches travel through shared memory (``batch_ring``), the pipe carries only where
+  they are.
 
 A worker that dies is started again (its shard's live sessions start anew, counted in
 ``session_worker_restarts_total``); a worker that falls behind makes the collector wait,
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ import structlog
 
 from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
+from .batch_ring import BatchRing, RingClosed, pack, unpack
 from .enrich import Enricher
 from .schema import FlowBatch, SessionBatch
 from .sessions import SessionTracker, TrackerStats, conversation_keys
@@ -81,6 +85,8 @@ def _worker_main(
 ) -> None:
     """A worker process: flows in, enriched session deltas out, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers itself
+    flows_in, sessions_out = BatchRing(recv_handle(conn)), BatchRing(recv_handle(conn))  # sent first
+    server = os.getppid()
     SessionTracker.warm_up()
     tracker = SessionTracker(
         sessions.idle_timeout_s,
@@ -100,13 +106,19 @@ def _worker_main(
             return  # the server went away
         kind = message[0]
         if kind == "flows":
-            _, columns, now_ms = message
+            _, payload, now_ms = message
             first_new = tracker.next_session_id
-            out = tracker.update(FlowBatch(columns), now_ms)
+            out = tracker.update(FlowBatch(unpack(flows_in, payload)), now_ms)
             if len(out):
                 out = enricher(out)
-                new = out["session_id"] >= np.uint64(first_new)
-                _send(conn, ("sessions", out.columns, new, _report(tracker)))
+                columns = {**out.columns, _NEW: out["session_id"] >= np.uint64(first_new)}
+                try:
+                    _send(
+                        conn,
+                        ("sessions", pack(sessions_out, columns, lambda: os.getppid() == server), _report(tracker)),
+                    )
+                except RingClosed:
+                    return  # the server went away
             else:  # every flow a duplicate, say: the counts still changed
                 _send(conn, ("report", _report(tracker)))
         elif kind == "expire":
@@ -119,6 +131,8 @@ def _worker_main(
 
 #: batches waiting for a worker at most; beyond, the collector waits (and the kernel buffers)
 OUTBOX_BATCHES = 4
+#: the column of a session batch from a worker that marks the sessions it started
+_NEW = "_new"
 
 
 class _Worker:
@@ -141,6 +155,7 @@ class _Worker:
         pool = self.pool
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self.conn, child = context.Pipe()
+        self.to_worker, self.from_worker = BatchRing.create(), BatchRing.create()
         self.process = context.Process(
             target=_worker_main,
             args=(child, self.index, pool.count, pool.first_id, pool.sessions, pool.enrich, pool.cache_dir),
@@ -149,6 +164,8 @@ class _Worker:
         )
         self.process.start()
         child.close()
+        for ring in (self.to_worker, self.from_worker):
+            send_handle(self.conn, ring.fd, self.process.pid)
 
     def wait_ready(self) -> None:
         try:
@@ -171,14 +188,17 @@ class _Worker:
             with self.send_lock:
                 conn = self.conn
                 try:
+                    if message[0] == "flows":
+                        _, columns, now_ms = message
+                        message = ("flows", pack(self.to_worker, columns, self.process.is_alive), now_ms)
                     _send(conn, message)
                     continue
-                except (BrokenPipeError, OSError):
+                except (BrokenPipeError, OSError, RingClosed):
                     pass
             self._restart(conn)
 
     def _read(self) -> None:
-        conn = self.conn
+        conn, ring = self.conn, self.from_worker
         while True:
             try:
                 message = pickle.loads(conn.recv_bytes())
@@ -188,7 +208,9 @@ class _Worker:
                     threading.Thread(target=self._restart, args=(conn,), daemon=True).start()
                 return
             if message[0] == "sessions":
-                _, columns, new, self.report = message
+                _, payload, self.report = message
+                columns = unpack(ring, payload)
+                new = columns.pop(_NEW)
                 try:
                     self.pool.deliver(SessionBatch(columns), new)
                 except Exception:  # the next batch goes on; the store and alerts count their own failures
@@ -208,6 +230,8 @@ class _Worker:
                 dead.close()
             except OSError:
                 pass
+            self.to_worker.close()
+            self.from_worker.close()
             if self.process.is_alive():
                 self.process.kill()
             self.process.join(5)
@@ -222,6 +246,8 @@ class _Worker:
             self.process.kill()
         self.reader.join(5)
         self.conn.close()
+        self.to_worker.close()
+        self.from_worker.close()
 
 
 class ShardedSessions:

@@ -1,0 +1,55 @@
+"""Batches between the server and its session workers through shared memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from sluice.flows.batch_ring import BatchRing, RingClosed, pack, unpack
+from sluice.flows.schema import SessionBatch
+
+
+def columns(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    batch = SessionBatch.build(
+        n, session_id=rng.integers(0, 2**63, n, dtype=np.uint64),
+        cln_addr=rng.integers(0, 256, (n, 16), dtype=np.uint8), cln_country=np.array([b"NL", b"US"] * n, "S2")[:n],
+        cln_bytes=rng.integers(0, 2**40, n, dtype=np.uint64))  # fmt: skip
+    return {**batch.columns, "_new": rng.random(n) < 0.5}
+
+
+def test_batches_come_out_as_they_went_in_across_many_wraps_of_the_ring():
+    ring = BatchRing.create(1 << 20)
+    consumer = BatchRing(ring.fd, 1 << 20)  # the other process maps the same file
+    for i in range(200):  # about 40 times round the ring
+        sent = columns(int(np.random.default_rng(i).integers(0, 1500)), i)
+        got = unpack(consumer, pack(ring, sent))
+        assert got.keys() == sent.keys()
+        for name in sent:
+            assert got[name].dtype == sent[name].dtype and np.array_equal(got[name], sent[name]), name
+    ring.close()
+
+
+def test_a_batch_larger_than_the_ring_goes_whole_through_the_pipe_instead():
+    ring = BatchRing.create(1 << 16)
+    sent = columns(5000, 1)
+    payload = pack(ring, sent)
+    assert payload[0] == "inline"
+    assert np.array_equal(unpack(ring, payload)["session_id"], sent["session_id"])
+
+
+def test_the_producer_waits_for_the_consumer_and_gives_up_when_it_is_gone():
+    ring = BatchRing.create(1 << 20)
+    consumer = BatchRing(ring.fd, 1 << 20)
+    first = ring.put(columns(4000, 1))  # about 0.55 MB of the 1 MB
+    done = threading.Event()
+    threading.Thread(target=lambda: (ring.put(columns(4000, 2)), done.set()), daemon=True).start()
+    time.sleep(0.2)
+    assert not done.is_set()  # no room until the first is taken
+    consumer.take(first)
+    assert done.wait(5)
+    with pytest.raises(RingClosed):  # the third never fits: the consumer is gone
+        ring.put(columns(4000, 3), alive=lambda: False)
