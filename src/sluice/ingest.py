@@ -80,6 +80,10 @@ class Ingest:
     def _deliver(self, sessions: SessionBatch, new: np.ndarray) -> None:
         """A session batch (``new``: the sessions it started) to the store and the listeners."""
         self.store.append(sessions)
+        self._tell(sessions, new)
+
+    def _tell(self, sessions: SessionBatch, new: np.ndarray) -> None:
+        """A session batch to the listeners (its rows are stored by the worker that made it)."""
         self.counters.inc("session_rows_total", len(sessions))
         for listener in self.listeners:
             listener(sessions, new)
@@ -87,9 +91,11 @@ class Ingest:
     def start(self) -> None:
         if self.workers > 1 and self.shards is None:
             s = self.settings
+            stager = self.store.staging()  # the workers write their own rows' files where the store can take them
             self.shards = ShardedSessions(
-                self.workers, s.sessions, s.enrich, Path(s.data_dir) / "cache", self._deliver, self.counters
-            )
+                self.workers, s.sessions, s.enrich, Path(s.data_dir) / "cache",
+                self._tell if stager is not None else self._deliver, self.counters, stager, self.store.adopt,
+            )  # fmt: skip
         self._worker.start()
 
     def stop(self) -> None:
@@ -176,6 +182,7 @@ class Ingest:
         stats = self.store.stats()
         counters.set("store_rows", stats.rows)
         counters.set("store_bytes", stats.bytes_on_disk)
-        counters.set("store_write_errors_total", getattr(self.store, "write_errors", 0))
+        worker_errors = sum(report.write_errors for report in self.shards.reports()) if self.shards else 0
+        counters.set("store_write_errors_total", getattr(self.store, "write_errors", 0) + worker_errors)
         if stats.oldest_ms is not None:
             counters.set("store_oldest_seconds", stats.oldest_ms / 1000)

@@ -193,3 +193,50 @@ def test_a_damaged_commit_record_keeps_every_file(tmp_path):
     reopened.append(one_day(5, 1))
     assert reopened.flush() == 5 and reopened.stats().rows == before[2] + 5
     reopened.close()
+
+
+def test_files_a_worker_wrote_are_adopted_as_one_flush_with_the_same_answers(tmp_path):
+    """Session workers write their own rows' files into the staging area; the server adopts
+    them. The answers are those of the same rows appended and flushed by the store itself."""
+    rows = [one_day(300, 1), random_sessions(200, 2, start_ms=T0 + DAY_MS - 60_000, span_ms=120_000)]  # two days
+    appended = DuckDBStore(tmp_path / "a.duckdb")
+    for batch in rows:
+        appended.append(batch)
+    appended.flush()
+    staged = DuckDBStore(tmp_path / "s.duckdb")
+    stager = staged.staging()
+    files = stager.write(rows, stager.directory, "w0-1-1")
+    assert len(files) == 2 and sorted(f.day for f in files) == sorted(staged._days | appended._days)
+    assert staged.stats().rows == 0  # written, not yet stored
+    assert staged.adopt(files) == 500
+    assert answers(staged) == answers(appended)
+    assert not list(stager.directory.iterdir())  # moved into place
+    staged.close()
+    reopened = DuckDBStore(tmp_path / "s.duckdb")
+    assert answers(reopened) == answers(appended)
+
+
+def test_staged_files_never_adopted_are_removed_at_open(tmp_path):
+    """A crash between a worker's write and the server's adoption: those rows are lost like
+    an unflushed second, and their files do not linger or show."""
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    stager = store.staging()
+    stager.write([one_day(100, 3)], stager.directory, "w1-1-1")
+    store.close()
+    reopened = DuckDBStore(tmp_path / "s.duckdb")
+    assert reopened.stats().rows == 0
+    assert not list(reopened.staging().directory.iterdir())
+
+
+def test_a_worker_whose_files_cannot_be_written_counts_it_and_goes_on(tmp_path):
+    from dataclasses import replace
+
+    from sluice.flows.shards import _OwnFiles
+
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    files = _OwnFiles(replace(store.staging(), directory=tmp_path / "no-such-directory"), 0, 2)
+    files.add(one_day(100, 4))
+    assert files.flush() == [] and files.write_errors == 1  # the rows are lost, and counted
+    files.stager = store.staging()
+    files.add(one_day(100, 5))
+    assert store.adopt(files.flush()) == 100 and files.write_errors == 1

@@ -12,7 +12,10 @@ a worker process of its own:
   would; session ids stay unique (worker i of n hands out base + i, base + i + n, ...);
 - a reader thread per worker hands the session batches on (store, alerts) as they come;
 - the batches travel through shared memory (``batch_ring``), the pipe carries only where
-  they are.
+  they are;
+- where the store takes files written elsewhere (``FlowStore.staging``), each worker writes
+  its own rows' files at every flush and the server only adopts them, so that one process
+  does not encode every row; the session batches still come back, for the alerts.
 
 A worker that dies is started again (its shard's live sessions start anew, counted in
 ``session_worker_restarts_total``); a worker that falls behind makes the collector wait,
@@ -40,6 +43,7 @@ import structlog
 
 from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
+from ..store.base import Stager
 from .batch_ring import BatchRing, RingClosed, pack, unpack
 from .enrich import Enricher
 from .schema import FlowBatch, SessionBatch
@@ -64,14 +68,47 @@ class WorkerReport:
     live: int = 0
     memory_bytes: int = 0
     stats: TrackerStats | None = None
+    write_errors: int = 0  # flushes of its own files that failed (their rows are lost)
 
 
 def _send(conn: Connection, message: tuple[Any, ...]) -> None:
     conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _report(tracker: SessionTracker) -> WorkerReport:
-    return WorkerReport(len(tracker), tracker.memory_bytes(), tracker.stats)
+class _OwnFiles:
+    """A worker's rows waiting for its next flush into the store's staging area."""
+
+    def __init__(self, stager: Stager, index: int, count: int):
+        self.stager, self.index = stager, index
+        self.flush_rows = max(1, stager.flush_rows // count)
+        self.batches: list[SessionBatch] = []
+        self.rows = 0
+        self.flushes = 0
+        self.write_errors = 0
+
+    def add(self, sessions: SessionBatch) -> bool:
+        """Keep a batch for the next flush; True when enough rows wait for one now."""
+        self.batches.append(sessions)
+        self.rows += len(sessions)
+        return self.rows >= self.flush_rows
+
+    def flush(self) -> list[Any]:
+        """The files of the rows waiting (none if none wait, or if writing failed)."""
+        batches, self.batches, self.rows = self.batches, [], 0
+        if not batches:
+            return []
+        self.flushes += 1
+        try:
+            return self.stager.write(batches, self.stager.directory, f"w{self.index}-{os.getpid()}-{self.flushes}")
+        except OSError as exc:  # e.g. disk full: the server counts it from the report
+            self.write_errors += 1
+            log.error("could not write sessions; rows dropped", rows=sum(len(b) for b in batches), error=str(exc))
+            return []
+
+
+def _report(tracker: SessionTracker, files: _OwnFiles | None = None) -> WorkerReport:
+    errors = files.write_errors if files is not None else 0
+    return WorkerReport(len(tracker), tracker.memory_bytes(), tracker.stats, errors)
 
 
 def _worker_main(
@@ -82,6 +119,7 @@ def _worker_main(
     sessions: SessionSettings,
     enrich: EnrichSettings,
     cache_dir: Path,
+    stager: Stager | None,
 ) -> None:
     """A worker process: flows in, enriched session deltas out, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers itself
@@ -98,6 +136,7 @@ def _worker_main(
         id_step=count,
     )
     enricher = Enricher(enrich.country_mmdb, enrich.asn_mmdb, cache_dir=cache_dir)
+    files = _OwnFiles(stager, index, count) if stager is not None else None
     _send(conn, ("ready", _report(tracker)))
     while True:
         try:
@@ -113,19 +152,22 @@ def _worker_main(
                 out = enricher(out)
                 columns = {**out.columns, _NEW: out["session_id"] >= np.uint64(first_new)}
                 try:
-                    _send(
-                        conn,
-                        ("sessions", pack(sessions_out, columns, lambda: os.getppid() == server), _report(tracker)),
-                    )
+                    payload = pack(sessions_out, columns, lambda: os.getppid() == server)
                 except RingClosed:
                     return  # the server went away
+                _send(conn, ("sessions", payload, _report(tracker, files)))
+                if files is not None and files.add(out):
+                    _send(conn, ("staged", files.flush(), _report(tracker, files)))
             else:  # every flow a duplicate, say: the counts still changed
-                _send(conn, ("report", _report(tracker)))
-        elif kind == "expire":
+                _send(conn, ("report", _report(tracker, files)))
+        elif kind == "expire":  # once per flush interval
             tracker.expire(message[1])
             enricher.refresh()
-            _send(conn, ("report", _report(tracker)))
+            staged = files.flush() if files is not None else []
+            _send(conn, ("staged", staged, _report(tracker, files)))
         elif kind == "stop":
+            if files is not None:
+                _send(conn, ("staged", files.flush(), _report(tracker, files)))
             return
 
 
@@ -158,7 +200,16 @@ class _Worker:
         self.to_worker, self.from_worker = BatchRing.create(), BatchRing.create()
         self.process = context.Process(
             target=_worker_main,
-            args=(child, self.index, pool.count, pool.first_id, pool.sessions, pool.enrich, pool.cache_dir),
+            args=(
+                child,
+                self.index,
+                pool.count,
+                pool.first_id,
+                pool.sessions,
+                pool.enrich,
+                pool.cache_dir,
+                pool.stager,
+            ),  # fmt: skip
             name=f"sluice-sessions-{self.index}",
             daemon=True,
         )
@@ -216,6 +267,14 @@ class _Worker:
                 except Exception:  # the next batch goes on; the store and alerts count their own failures
                     log.exception("handing session batch on failed", worker=self.index)
                     self.pool.counters.inc("sink_errors_total")
+            elif message[0] == "staged":
+                _, files, self.report = message
+                try:
+                    if files and self.pool.adopt is not None:
+                        self.pool.adopt(files)
+                except Exception:
+                    log.exception("adopting a worker's session files failed", worker=self.index)
+                    self.pool.counters.inc("sink_errors_total")
             else:
                 self.report = message[1]
 
@@ -262,10 +321,15 @@ class ShardedSessions:
         cache_dir: Path,
         deliver: Deliver,
         counters: Counters,
+        stager: Stager | None = None,
+        adopt: Callable[[list[Any]], object] | None = None,
     ):
+        """``deliver`` gets every session batch; with a ``stager`` the workers also write
+        them to files themselves and ``adopt`` gets those files."""
         self.count = count
         self.sessions, self.enrich, self.cache_dir = sessions, enrich, cache_dir
         self.deliver = deliver
+        self.stager, self.adopt = stager, adopt
         self.counters = counters
         self.first_id = int(time.time() * 1000) << 22
         self.stopping = False

@@ -9,6 +9,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -44,6 +46,19 @@ class RetentionResult:
     partitions_dropped: int
 
 
+@dataclass(frozen=True)
+class Stager:
+    """How session workers write their own rows' files for ``FlowStore.adopt``: ``write(
+    batches, directory, name)`` returns the files written (a module-level function: it
+    travels to the worker processes by name), into ``directory``; a worker gathers about
+    ``flush_rows`` (shared out among the workers) before it writes, else it writes at every
+    flush interval."""
+
+    write: Callable[[list[SessionBatch], Path, str], list[Any]]
+    directory: Path
+    flush_rows: int
+
+
 class FlowStore(ABC):
     """Append-only session storage with time-bounded queries, reports and retention."""
 
@@ -74,6 +89,15 @@ class FlowStore(ABC):
     @abstractmethod
     def retain(self, now_ms: int, max_age_s: float | None = None, max_bytes: int | None = None) -> RetentionResult:
         """Delete what is older than ``max_age_s``, then the oldest data until under ``max_bytes``."""
+
+    def staging(self) -> Stager | None:
+        """How session workers may write files for ``adopt`` themselves; None: they cannot,
+        and hand their rows to ``append``."""
+        return None
+
+    def adopt(self, files: list[Any]) -> int:
+        """Take in, as one flush, files that ``staging().write`` wrote; returns their rows."""
+        raise NotImplementedError(f"{type(self).__name__} does not take staged files")
 
     def maintain(self, now_ms: int) -> None:  # noqa: B027  (optional: most stores have nothing to do)
         """Periodic housekeeping beyond retention (e.g. building rollups); by default none."""

@@ -51,8 +51,8 @@ from ..query.reports import (
     series_sql,
 )
 from ..query.sql import compile_filter
-from .base import FlowStore, RetentionResult, StoreStats, TimeRange
-from .segments import Segment, SegmentFiles
+from .base import FlowStore, RetentionResult, Stager, StoreStats, TimeRange
+from .segments import Segment, SegmentFiles, StagedFile
 
 log = structlog.get_logger(__name__)
 
@@ -176,6 +176,27 @@ def _day_start_ms(day: str) -> int:
     return int(datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC).timestamp() * 1000)
 
 
+def _day_parts(table: pa.Table) -> dict[str, pa.Table]:
+    """The rows of a flush by the day of their end time."""
+    day_of_row = (table.column("end_ms").to_numpy() // DAY_MS).astype(np.int64)
+    days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
+    return {
+        _day(day_number * DAY_MS): table if len(days) == 1 else table.filter(pa.array(day_of_row == day_number))
+        for day_number in days.tolist()
+    }
+
+
+def stage_sessions(batches: list[SessionBatch], directory: Path, name: str) -> list[StagedFile]:
+    """Write session rows as the files of one flush into ``directory`` (the store's staging
+    area), named after ``name``, for ``DuckDBStore.adopt``: a session worker encodes its own
+    rows, so that the server's one process does not encode everyone's."""
+    table = _split_addresses(SessionBatch.concat(batches))
+    return [
+        StagedFile.write(day, part, directory / f"{name}.{day}.parquet", WRITE_OPTIONS)
+        for day, part in _day_parts(table).items()
+    ]
+
+
 class DuckDBStore(FlowStore):
     def __init__(self, path: Path | str, flush_rows: int = 1_000_000, threads: int | None = None):
         self.path = Path(path)
@@ -247,12 +268,7 @@ class DuckDBStore(FlowStore):
         if not batches:
             return 0
         table = _split_addresses(SessionBatch.concat(batches))
-        day_of_row = (table.column("end_ms").to_numpy() // DAY_MS).astype(np.int64)
-        days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
-        parts = {
-            _day(day_number * DAY_MS): table if len(days) == 1 else table.filter(pa.array(day_of_row == day_number))
-            for day_number in days.tolist()
-        }
+        parts = _day_parts(table)
         for day in parts:
             self._forget_rollup(day)  # late rows: the day's sums must be rebuilt (before they show)
         try:
@@ -262,6 +278,21 @@ class DuckDBStore(FlowStore):
             log.error("could not store sessions; batch dropped", rows=table.num_rows, error=str(exc))
             return 0
         return table.num_rows
+
+    def staging(self) -> Stager:
+        return Stager(stage_sessions, self.files.staging, max(1, self.flush_rows))
+
+    def adopt(self, files: list[StagedFile]) -> int:
+        with self._write:
+            for day in {file.day for file in files}:
+                self._forget_rollup(day)  # late rows: the day's sums must be rebuilt (before they show)
+            try:
+                self.files.adopt_staged(files)
+            except OSError as exc:
+                self.write_errors += 1
+                log.error("could not store staged sessions; dropped", rows=sum(f.rows for f in files), error=str(exc))
+                return 0
+        return sum(file.rows for file in files)
 
     # -- reading ---------------------------------------------------------------------------
 

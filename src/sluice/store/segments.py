@@ -18,11 +18,15 @@ DuckDB queries the files directly, and a file can be written by any process.
   another file of its day covers is the leftover of a merge cut short, and goes.
 - **Readers** take a snapshot of the index; files leave the index at once but are unlinked
   only when no query is reading.
+- **Staged files**: session workers write their rows' files themselves into ``.staging``
+  (Parquet encoding is most of a flush's work) and the server adopts them as one flush; at
+  open, staged files never adopted (a crash) are removed, like an unflushed second.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -48,6 +52,8 @@ MERGE_FILES = 16
 MERGED_ROWS = 2_000_000
 #: the sequence number of files migrated from an older store layout (one per day)
 MIGRATED_SEQ = 0
+#: where session workers write the files the server then adopts
+STAGING = ".staging"
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,28 @@ def _write_parquet(table: pa.Table, path: Path, options: dict[str, object]) -> i
     return path.stat().st_size
 
 
+@dataclass(frozen=True)
+class StagedFile:
+    """A finished file of one day's session rows, written outside the store, to adopt."""
+
+    day: str
+    path: str
+    rows: int
+    min_start: int
+    min_end: int
+    max_end: int
+    size: int
+
+    @classmethod
+    def write(cls, day: str, table: pa.Table, path: Path, options: dict[str, object]) -> StagedFile:
+        try:
+            size = _write_parquet(table, path, options)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return cls(day, str(path), table.num_rows, *_time_bounds(table), size)
+
+
 def _time_bounds(table: pa.Table) -> tuple[int, int, int]:
     start = table.column("start_ms").to_numpy()
     end = table.column("end_ms").to_numpy()
@@ -121,6 +149,9 @@ class SegmentFiles:
         self._doomed: list[Path] = []
         self._committed = self._read_committed()
         self._recover()
+        self.staging = root / STAGING
+        shutil.rmtree(self.staging, ignore_errors=True)  # staged and never adopted: a crash
+        self.staging.mkdir()
         if self._committed == 2**62:
             self._committed = max((s.last for segments in self._index.values() for s in segments), default=0)
         self._next_seq = self._committed + 1
@@ -215,6 +246,26 @@ class SegmentFiles:
             for day, table in parts.items():
                 (self.root / day).mkdir(exist_ok=True)
                 written.append(self._write_tmp(Segment(day, seq, seq, 0, table.num_rows, *_time_bounds(table)), table))
+        except BaseException:
+            for tmp, _ in written:
+                tmp.unlink(missing_ok=True)
+            raise
+        self._place(seq, written)
+
+    def adopt_staged(self, files: list[StagedFile]) -> None:
+        """Take in files written into ``staging`` (by a session worker) as one flush."""
+        seq = self._next_seq
+        self._next_seq += 1
+        placed = []
+        for file in files:
+            (self.root / file.day).mkdir(exist_ok=True)
+            rows, bounds = file.rows, (file.min_start, file.min_end, file.max_end)
+            placed.append((Path(file.path), Segment(file.day, seq, seq, 0, rows, *bounds, file.size)))
+        self._place(seq, placed)
+
+    def _place(self, seq: int, written: list[tuple[Path, Segment]]) -> None:
+        """Move a flush's finished files into place and commit it: all of it or nothing."""
+        try:
             for tmp, segment in written:
                 tmp.rename(self.path(segment))
             self._commit(seq)
