@@ -60,6 +60,10 @@ class Ingest:
         self.store.on_full = self._flush_now.set
         #: later stages (alerts) receive each session batch, with a mask of the sessions it started
         self.listeners: list[Callable[[SessionBatch, np.ndarray], None]] = []
+        #: whether the listeners want the batches now: with workers that store their own rows,
+        #: batches nobody wants stay in the workers, and ``on_unseen_rows`` gets their count
+        self.wants_sessions: Callable[[], bool] = lambda: bool(self.listeners)
+        self.on_unseen_rows: list[Callable[[int], None]] = []
         #: retention in days set at run time (system settings), None: the configuration's
         self.retention_days: Callable[[], float | None] = lambda: None
         self._last_rate_sample: tuple[float, float] | None = None
@@ -82,6 +86,12 @@ class Ingest:
         self.store.append(sessions)
         self._tell(sessions, new)
 
+    def _unseen(self, rows: int) -> None:
+        """Rows a worker made and stored that nobody wanted to see."""
+        self.counters.inc("session_rows_total", rows)
+        for listener in self.on_unseen_rows:
+            listener(rows)
+
     def _tell(self, sessions: SessionBatch, new: np.ndarray) -> None:
         """A session batch to the listeners (its rows are stored by the worker that made it)."""
         self.counters.inc("session_rows_total", len(sessions))
@@ -95,6 +105,7 @@ class Ingest:
             self.shards = ShardedSessions(
                 self.workers, s.sessions, s.enrich, Path(s.data_dir) / "cache",
                 self._tell if stager is not None else self._deliver, self.counters, stager, self.store.adopt,
+                lambda: self.wants_sessions(), self._unseen,
             )  # fmt: skip
         self._worker.start()
 

@@ -57,6 +57,8 @@ class Server:
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
         self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters)
         self.ingest.listeners.append(self.alerts.submit)
+        self.ingest.wants_sessions = self.alerts.wants_sessions
+        self.ingest.on_unseen_rows.append(self.alerts.skip)
         notify_settings = settings.notify
         tls = (
             ssl.create_default_context(cafile=str(notify_settings.smtp_ca_file))

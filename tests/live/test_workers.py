@@ -148,3 +148,30 @@ def test_a_session_worker_that_dies_is_started_again(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
+
+
+def test_workers_keep_the_rows_nobody_wants_and_hand_them_over_once_a_definition_does(tmp_path):
+    """Workers store their own rows; without alert definitions the batches stay with them and
+    only their number comes back - still every row counted, stored and (as nothing) evaluated.
+    Once a definition exists, the batches come back and alert."""
+    proc, http, netflow = start(tmp_path, "w2", 2)
+    try:
+        datagrams = traffic(int(time.time() * 1000))
+        send(datagrams[: len(datagrams) // 2], netflow, "127.0.0.1")
+
+        def counts() -> tuple[float, float, float]:
+            values = metrics(http)
+            return (values.get("sluice_session_rows_total", 0), values.get("sluice_store_rows", 0),
+                    values.get("sluice_alert_rows_evaluated_total", 0))
+        wait_until(lambda: counts()[0] > 0 and len(set(counts())) == 1, timeout=60,
+                   what="every row counted, stored and evaluated")
+        assert httpx.post(f"http://127.0.0.1:{http}/api/v1/alert-definitions", auth=ADMIN, timeout=10, json={
+            "title": "chatty", "metric": "sessions_initiated", "entity": "host", "threshold": 20,
+            "interval": "1h"}).status_code == 201
+        send(datagrams[len(datagrams) // 2:], netflow, "127.0.0.1")
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{http}/api/v1/alerts", auth=ADMIN, timeout=10).json() != [],
+                   timeout=60, what="an alert from the second half")
+        wait_until(lambda: len(set(counts())) == 1, timeout=60, what="every row counted, stored and evaluated")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)

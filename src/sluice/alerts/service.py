@@ -56,6 +56,14 @@ class AlertService:
         """Take the definitions from the database (after any change through the API)."""
         self.engine.set_definitions(self.store.definitions())
 
+    def wants_sessions(self) -> bool:
+        """Whether there is anything to evaluate session batches against."""
+        return bool(self.engine.states)
+
+    def skip(self, rows: int) -> None:
+        """Rows not handed over because no definition wanted them: evaluated, as nothing."""
+        self.engine.stats["rows_evaluated"] += rows
+
     def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
         """The ingest listener: queue a batch for evaluation (nothing to do without definitions;
         the count of evaluated rows still moves, so "every row evaluated" stays true)."""

@@ -15,7 +15,8 @@ a worker process of its own:
   they are;
 - where the store takes files written elsewhere (``FlowStore.staging``), each worker writes
   its own rows' files at every flush and the server only adopts them, so that one process
-  does not encode every row; the session batches still come back, for the alerts.
+  does not encode every row; the session batches come back only while something (the
+  alerts) wants them, otherwise just their number.
 
 A worker that dies is started again (its shard's live sessions start anew, counted in
 ``session_worker_restarts_total``); a worker that falls behind makes the collector wait,
@@ -145,17 +146,20 @@ def _worker_main(
             return  # the server went away
         kind = message[0]
         if kind == "flows":
-            _, payload, now_ms = message
+            _, payload, now_ms, wanted = message
             first_new = tracker.next_session_id
             out = tracker.update(FlowBatch(unpack(flows_in, payload)), now_ms)
             if len(out):
                 out = enricher(out)
-                columns = {**out.columns, _NEW: out["session_id"] >= np.uint64(first_new)}
-                try:
-                    payload = pack(sessions_out, columns, lambda: os.getppid() == server)
-                except RingClosed:
-                    return  # the server went away
-                _send(conn, ("sessions", payload, _report(tracker, files)))
+                if wanted or files is None:
+                    columns = {**out.columns, _NEW: out["session_id"] >= np.uint64(first_new)}
+                    try:
+                        payload = pack(sessions_out, columns, lambda: os.getppid() == server)
+                    except RingClosed:
+                        return  # the server went away
+                    _send(conn, ("sessions", payload, _report(tracker, files)))
+                else:  # stored here, and nobody else wants them: only their number goes back
+                    _send(conn, ("rows", len(out), _report(tracker, files)))
                 if files is not None and files.add(out):
                     _send(conn, ("staged", files.flush(), _report(tracker, files)))
             else:  # every flow a duplicate, say: the counts still changed
@@ -240,8 +244,8 @@ class _Worker:
                 conn = self.conn
                 try:
                     if message[0] == "flows":
-                        _, columns, now_ms = message
-                        message = ("flows", pack(self.to_worker, columns, self.process.is_alive), now_ms)
+                        _, columns, now_ms, wanted = message
+                        message = ("flows", pack(self.to_worker, columns, self.process.is_alive), now_ms, wanted)
                     _send(conn, message)
                     continue
                 except (BrokenPipeError, OSError, RingClosed):
@@ -267,6 +271,10 @@ class _Worker:
                 except Exception:  # the next batch goes on; the store and alerts count their own failures
                     log.exception("handing session batch on failed", worker=self.index)
                     self.pool.counters.inc("sink_errors_total")
+            elif message[0] == "rows":
+                _, rows, self.report = message
+                if self.pool.unseen is not None:
+                    self.pool.unseen(rows)
             elif message[0] == "staged":
                 _, files, self.report = message
                 try:
@@ -323,13 +331,17 @@ class ShardedSessions:
         counters: Counters,
         stager: Stager | None = None,
         adopt: Callable[[list[Any]], object] | None = None,
+        wanted: Callable[[], bool] = lambda: True,
+        unseen: Callable[[int], None] | None = None,
     ):
         """``deliver`` gets every session batch; with a ``stager`` the workers also write
-        them to files themselves and ``adopt`` gets those files."""
+        them to files themselves and ``adopt`` gets those files, and while ``wanted`` says
+        no, the batches stay in the workers and ``unseen`` gets their number of rows."""
         self.count = count
         self.sessions, self.enrich, self.cache_dir = sessions, enrich, cache_dir
         self.deliver = deliver
         self.stager, self.adopt = stager, adopt
+        self.wanted, self.unseen = wanted, unseen
         self.counters = counters
         self.first_id = int(time.time() * 1000) << 22
         self.stopping = False
@@ -341,13 +353,14 @@ class ShardedSessions:
 
     def submit(self, flows: FlowBatch, now_ms: int) -> None:
         """Hand each worker its share of a batch (waits while a worker's pipe is full)."""
+        wanted = self.stager is None or self.wanted()  # without a stager the store needs them
         shard = shard_of(flows, self.count)
         order = np.argsort(shard, kind="stable")  # keeps each conversation's flows in wire order
         bounds = np.searchsorted(shard[order], np.arange(self.count + 1))
         for i, worker in enumerate(self.workers):
             part = order[bounds[i] : bounds[i + 1]]
             if len(part):
-                worker.send(("flows", flows.take(part).columns, now_ms))
+                worker.send(("flows", flows.take(part).columns, now_ms, wanted))
 
     def expire(self, now_ms: int) -> None:
         for worker in self.workers:
