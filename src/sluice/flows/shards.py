@@ -37,14 +37,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
 
 from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
-from ..store.base import Stager
 from .batch_ring import BatchRing, RingClosed, pack, unpack
 from .enrich import Enricher
 from .schema import FlowBatch, SessionBatch
@@ -53,6 +52,19 @@ from .sessions import SessionTracker, TrackerStats, conversation_keys
 log = structlog.get_logger(__name__)
 
 Deliver = Callable[[SessionBatch, np.ndarray], None]
+
+
+class Stager(Protocol):
+    """How a worker writes its own rows' files (the store's ``staging()``, store/base.py)."""
+
+    @property
+    def write(self) -> Callable[[list[SessionBatch], Path, str], list[Any]]: ...
+
+    @property
+    def directory(self) -> Path: ...
+
+    @property
+    def flush_rows(self) -> int: ...
 
 
 def shard_of(flows: FlowBatch, shards: int) -> np.ndarray:
