@@ -193,7 +193,7 @@ class Ingest:
         stats = self.store.stats()
         counters.set("store_rows", stats.rows)
         counters.set("store_bytes", stats.bytes_on_disk)
-        worker_errors = sum(report.write_errors for report in self.shards.reports()) if self.shards else 0
+        worker_errors = self.shards.write_errors() if self.shards is not None else 0
         counters.set("store_write_errors_total", getattr(self.store, "write_errors", 0) + worker_errors)
         if stats.oldest_ms is not None:
             counters.set("store_oldest_seconds", stats.oldest_ms / 1000)

@@ -197,6 +197,7 @@ class _Worker:
     def __init__(self, pool: ShardedSessions, index: int):
         self.pool, self.index = pool, index
         self.report = WorkerReport()
+        self.write_errors_before = 0  # of the processes this worker had before a restart
         self.send_lock = threading.Lock()
         # a thread of its own writes to the pipe: the collector hands a batch over and goes
         # on reading its sockets while the worker is still busy with the previous one
@@ -305,6 +306,8 @@ class _Worker:
             if self.conn is not dead or self.pool.stopping:
                 return
             self.pool.counters.inc("session_worker_restarts_total")
+            self.write_errors_before += self.report.write_errors  # a new process counts from 0
+            self.report = WorkerReport()  # until the new process's first report
             try:
                 dead.close()
             except OSError:
@@ -380,6 +383,10 @@ class ShardedSessions:
 
     def reports(self) -> list[WorkerReport]:
         return [worker.report for worker in self.workers]
+
+    def write_errors(self) -> int:
+        """Flushes of the workers' own files that failed, restarts included."""
+        return sum(worker.write_errors_before + worker.report.write_errors for worker in self.workers)
 
     def stop(self) -> None:
         self.stopping = True

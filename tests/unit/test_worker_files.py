@@ -1,0 +1,42 @@
+"""Session workers that write their own rows' files: a failed write is counted, and the
+count outlives the worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from sluice.config import EnrichSettings, SessionSettings
+from sluice.counters import Counters
+from sluice.flows.shards import ShardedSessions
+from sluice.simulate.traffic import TrafficModel
+from sluice.store.duckdb_store import DuckDBStore
+
+from ..support.waiting import wait_until
+
+
+def test_a_failed_write_of_a_workers_files_is_counted_across_its_restart(tmp_path):
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    unwritable = replace(store.staging(), directory=tmp_path / "no-such-directory")
+    counters = Counters()
+    pool = ShardedSessions(2, SessionSettings(), EnrichSettings(), tmp_path / "cache", lambda s, n: None, counters,
+                           unwritable, store.adopt, lambda: False, lambda rows: None)
+    try:
+        now = int(time.time() * 1000)
+        pool.submit(TrafficModel(seed=3).conversations(now - 10_000, now, 500), now)
+        pool.expire(now)  # a flush: each worker with rows tries to write them, and cannot
+        wait_until(lambda: pool.write_errors() >= 1, timeout=30, what="the failed write reported")
+        errors = pool.write_errors()
+        victim = next(w for w in pool.workers if w.report.write_errors)
+        os.kill(victim.process.pid, signal.SIGKILL)
+        wait_until(lambda: counters.get("session_worker_restarts_total") == 1 and victim.process.is_alive(),
+                   timeout=60, what="the worker started again")
+        assert pool.write_errors() == errors  # meanwhile too
+        wait_until(lambda: victim.report.stats is not None, timeout=60, what="a report from the new process")
+        assert victim.report.write_errors == 0 and pool.write_errors() == errors
+    finally:
+        pool.stop()
+        store.close()
