@@ -67,8 +67,8 @@ class AlertService:
     def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
         """The ingest listener: queue a batch for evaluation (nothing to do without definitions;
         the count of evaluated rows still moves, so "every row evaluated" stays true)."""
-        if not self.engine.states:
-            self.engine.stats["rows_evaluated"] += len(sessions)
+        if not self.wants_sessions():
+            self.skip(len(sessions))
             return
         self.runner.submit(sessions, new)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -176,8 +177,9 @@ def _day_start_ms(day: str) -> int:
     return int(datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC).timestamp() * 1000)
 
 
-def _day_parts(table: pa.Table) -> dict[str, pa.Table]:
-    """The rows of a flush by the day of their end time."""
+def _day_parts(batches: list[SessionBatch]) -> dict[str, pa.Table]:
+    """The rows of a flush as the store writes them, by the day of their end time."""
+    table = _split_addresses(SessionBatch.concat(batches))
     day_of_row = (table.column("end_ms").to_numpy() // DAY_MS).astype(np.int64)
     days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
     return {
@@ -190,10 +192,9 @@ def stage_sessions(batches: list[SessionBatch], directory: Path, name: str) -> l
     """Write session rows as the files of one flush into ``directory`` (the store's staging
     area), named after ``name``, for ``DuckDBStore.adopt``: a session worker encodes its own
     rows, so that the server's one process does not encode everyone's."""
-    table = _split_addresses(SessionBatch.concat(batches))
     return [
         StagedFile.write(day, part, directory / f"{name}.{day}.parquet", WRITE_OPTIONS)
-        for day, part in _day_parts(table).items()
+        for day, part in _day_parts(batches).items()
     ]
 
 
@@ -267,32 +268,29 @@ class DuckDBStore(FlowStore):
             batches, self._queue, self._queued_rows = self._queue, [], 0
         if not batches:
             return 0
-        table = _split_addresses(SessionBatch.concat(batches))
-        parts = _day_parts(table)
-        for day in parts:
+        parts = _day_parts(batches)
+        return self._keep(parts, sum(part.num_rows for part in parts.values()), lambda: self.files.write(parts))
+
+    def _keep(self, days: Iterable[str], rows: int, write: Callable[[], None]) -> int:
+        """Make a flush of ``rows`` in ``days`` durable by ``write`` (all of it, or on an
+        error, counted, nothing); returns the rows kept. Called with the writing lock held."""
+        for day in days:
             self._forget_rollup(day)  # late rows: the day's sums must be rebuilt (before they show)
         try:
-            self.files.write(parts)
+            write()
         except OSError as exc:  # e.g. disk full: nothing of this flush is kept
             self.write_errors += 1
-            log.error("could not store sessions; batch dropped", rows=table.num_rows, error=str(exc))
+            log.error("could not store sessions; batch dropped", rows=rows, error=str(exc))
             return 0
-        return table.num_rows
+        return rows
 
     def staging(self) -> Stager:
         return Stager(stage_sessions, self.files.staging, max(1, self.flush_rows))
 
     def adopt(self, files: list[StagedFile]) -> int:
         with self._write:
-            for day in {file.day for file in files}:
-                self._forget_rollup(day)  # late rows: the day's sums must be rebuilt (before they show)
-            try:
-                self.files.adopt_staged(files)
-            except OSError as exc:
-                self.write_errors += 1
-                log.error("could not store staged sessions; dropped", rows=sum(f.rows for f in files), error=str(exc))
-                return 0
-        return sum(file.rows for file in files)
+            rows = sum(file.rows for file in files)
+            return self._keep({file.day for file in files}, rows, lambda: self.files.adopt_staged(files))
 
     # -- reading ---------------------------------------------------------------------------
 

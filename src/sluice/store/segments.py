@@ -98,14 +98,19 @@ class Segment:
 
 
 def _write_parquet(table: pa.Table, path: Path, options: dict[str, object]) -> int:
-    """Write ``table`` to ``path`` durably with pyarrow's writer ``options``; returns its size."""
-    pq.write_table(table, str(path), row_group_size=ROW_GROUP, **options)
-    fd = os.open(path, os.O_RDONLY)
+    """Write ``table`` to ``path`` durably with pyarrow's writer ``options``; returns its size.
+    A write that fails leaves no file behind."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path.stat().st_size
+        pq.write_table(table, str(path), row_group_size=ROW_GROUP, **options)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path.stat().st_size
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -122,11 +127,7 @@ class StagedFile:
 
     @classmethod
     def write(cls, day: str, table: pa.Table, path: Path, options: dict[str, object]) -> StagedFile:
-        try:
-            size = _write_parquet(table, path, options)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+        size = _write_parquet(table, path, options)
         return cls(day, str(path), table.num_rows, *_time_bounds(table), size)
 
 
@@ -371,11 +372,7 @@ class SegmentFiles:
     def _write_tmp(self, segment: Segment, table: pa.Table) -> tuple[Path, Segment]:
         """Write ``table`` under the segment's temporary name; the segment gains its size."""
         tmp = self.root / segment.day / f"{segment.name}.tmp"
-        try:
-            return tmp, replace(segment, size=_write_parquet(table, tmp, self.write_options))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        return tmp, replace(segment, size=_write_parquet(table, tmp, self.write_options))
 
     def _rewrite(self, segment: Segment, table: pa.Table) -> Segment:
         """Write a file that takes the place of others (they go by ``_swap``)."""
