@@ -225,7 +225,7 @@ def test_window_state_survives_a_server_restart(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
-    assert (tmp_path / "var" / "alert-state.npz").exists()
+    assert (tmp_path / "var" / "alert-state.bin").exists()
     proc = start_server(tmp_path, http, netflow)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=10) as c:
@@ -289,10 +289,10 @@ def test_alert_routes_access(tmp_path, method, path, body, who, role):
     flow_store.close()
 
 
-def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monkeypatch):
-    """The periodic snapshot is taken under the engine's lock and written by a thread of
-    lower priority; a restarted service restores it."""
-    import os
+def test_snapshots_are_written_by_their_own_thread_and_restore(tmp_path, monkeypatch):
+    """The periodic snapshot is written by a thread of its own, one at a time; a restarted
+    service restores it. A state file of the earlier form is restored, and removed once the
+    new one is written."""
     import threading
 
     import numpy as np
@@ -302,7 +302,6 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
     from sluice.config import AlertSettings
     from sluice.counters import Counters
     from sluice.flows.schema import SessionBatch, addr_bytes
-    from sluice.lifecycle import BACKGROUND_NICENESS
 
     db = open_state(tmp_path)
     alice = Users(db).create("alice", "alice-password")
@@ -314,26 +313,33 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
                                   cln_addr=np.array([list(addr_bytes("10.7.0.1"))], np.uint8), cln_bytes=1234)
     service.submit(sessions, np.ones(1, bool))
     service.runner.run_once()
-    niceness = []
-    real_write = persist.write
-
+    writers = []
+    real_save = persist.save
     release = threading.Event()
 
-    def write(arrays, path):
-        niceness.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    def save(engine, path):
+        writers.append(threading.current_thread().name)
         release.wait(10)  # still being written while the test asks for another
-        real_write(arrays, path)
+        real_save(engine, path)
 
-    monkeypatch.setattr(persist, "write", write)
+    monkeypatch.setattr(persist, "save", save)
     assert service.save_in_background()
     assert not service.save_in_background()  # one at a time (the first is still being written)
     release.set()
     service._writer.join()
-    expected = max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICENESS)  # a nice value is absolute
-    assert niceness == [("sluice-alert-state-write", expected)]
+    assert writers == ["sluice-alert-state-write"]
     restarted = AlertService(db, AlertSettings(), tmp_path, Counters())
     (state,) = restarted.engine.states.values()
     assert state.window.values.max() == 1234  # the client's bytes sent, restored from the file
+    # the earlier form: an archive of the same arrays under its own name
+    with restarted.engine.lock:
+        np.savez(tmp_path / persist.LEGACY_STATE_FILE, **{n: np.array(a) for n, a in persist._arrays(restarted.engine)})
+    (tmp_path / persist.STATE_FILE).unlink()
+    upgraded = AlertService(db, AlertSettings(), tmp_path, Counters())
+    (state,) = upgraded.engine.states.values()
+    assert state.window.values.max() == 1234
+    upgraded.save()
+    assert (tmp_path / persist.STATE_FILE).exists() and not (tmp_path / persist.LEGACY_STATE_FILE).exists()
 
 
 def test_triggers_survive_a_failing_state_database(tmp_path, monkeypatch):

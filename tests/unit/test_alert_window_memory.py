@@ -83,10 +83,10 @@ def test_the_spread_part_survives_a_restart(tmp_path):
         sessions = [one(cln=f"10.2.{i // 256}.{i % 256}", sid=step * 10_000 + i, cbytes=10) for i in range(5000)]
         engine.evaluate(*batch(sessions), now + step * 1000)
     assert engine.spread_steps(1) > 0
-    persist.save(engine, tmp_path / "a.npz")
+    persist.save(engine, tmp_path / "a.bin")
     restored = AlertEngine(max_step_bytes=1 << 16)
     restored.set_definitions([definition])
-    assert persist.load(restored, tmp_path / "a.npz")
+    assert persist.load(restored, tmp_path / "a.bin")
     before, after = engine.states[1].window, restored.states[1].window
     assert restored.spread_steps(1) == engine.spread_steps(1)
     assert np.array_equal(before.values, after.values)

@@ -200,39 +200,51 @@ def test_state_survives_a_restart(tmp_path):
     engine = AlertEngine()
     engine.set_definitions([d])
     engine.evaluate(*batch([one(sid=i, sport=i + 1) for i in range(600)]), T0)
-    persist.save(engine, tmp_path / "alerts.npz")
+    persist.save(engine, tmp_path / "alerts.bin")
     restarted = AlertEngine()
     restarted.set_definitions([d])
-    assert persist.load(restarted, tmp_path / "alerts.npz")
+    assert persist.load(restarted, tmp_path / "alerts.bin")
     events = restarted.evaluate(*batch([one(sid=1000 + i, sport=1000 + i) for i in range(401)]), T0 + 2000)
     # both ends saw 1001 distinct server ports: 600 before the restart, 401 after
     assert sorted((e.entity, e.value) for e in events) == [("10.0.0.1", 1001), ("10.0.0.2", 1001)]
     # a changed definition starts afresh
     changed = AlertEngine()
     changed.set_definitions([defn(threshold=1000, metric="unique_ports", entity="host", prefilter="PROTO == tcp")])
-    persist.load(changed, tmp_path / "alerts.npz")
+    persist.load(changed, tmp_path / "alerts.bin")
     assert changed.evaluate(*batch([one(sid=5000, sport=5000)]), T0 + 3000) == []
 
 
 def test_a_snapshot_is_the_state_of_one_moment(tmp_path, monkeypatch):
-    """The snapshot is written after the engine's lock is released, while evaluation goes
-    on: what it writes must not change under it."""
+    """The snapshot is written from the live arrays: a batch evaluated meanwhile (on another
+    thread) waits until they are written, and is not half in the file."""
+    import threading
+
     defs = [defn(id=1, threshold=10**9), defn(id=2, metric="unique_ports", threshold=10**9)]
     engine = AlertEngine()
     engine.set_definitions(defs)
     engine.evaluate(*batch([one(sid=i, sport=i + 1, cbytes=100) for i in range(50)]), T0)
-    real_savez = np.savez
+    real_put = persist._put
+    meanwhile: list[threading.Thread] = []
 
-    def evaluate_meanwhile(*args, **kwargs):  # a batch evaluated between the lock and the write
-        engine.evaluate(*batch([one(sid=1000 + i, sport=1000 + i, cbytes=7) for i in range(30)]), T0 + 1000)
-        real_savez(*args, **kwargs)
+    def put_while_evaluating(f, name, array):
+        if not meanwhile:  # a batch arrives while the first array is being written
+            t = threading.Thread(target=lambda: engine.evaluate(
+                *batch([one(sid=1000 + i, sport=1000 + i, cbytes=7) for i in range(30)]), T0 + 1000))
+            meanwhile.append(t)
+            t.start()
+            t.join(0.3)
+            assert t.is_alive()  # it waits for the lock
+        real_put(f, name, array)
 
-    monkeypatch.setattr(np, "savez", evaluate_meanwhile)
-    persist.save(engine, tmp_path / "alerts.npz")
-    monkeypatch.setattr(np, "savez", real_savez)
+    monkeypatch.setattr(persist, "_put", put_while_evaluating)
+    persist.save(engine, tmp_path / "alerts.bin")
+    meanwhile[0].join(10)
+    assert not meanwhile[0].is_alive()
+    host_live = engine.indexes[EntityType.HOST].lookup(np.array([0xFFFF0A000001], np.uint64))
+    assert engine.states[1].window.values[host_live].tolist() == [50 * 100 + 30 * 7]  # evaluated after
     restored = AlertEngine()
     restored.set_definitions(defs)
-    assert persist.load(restored, tmp_path / "alerts.npz")
+    assert persist.load(restored, tmp_path / "alerts.bin")
     host = restored.indexes[EntityType.HOST].lookup(np.array([0xFFFF0A000001], np.uint64))
     assert restored.states[1].window.values[host].tolist() == [50 * 100]  # not 50 * 100 + 30 * 7
     assert restored.states[2].window.values[host].tolist() == [50]  # distinct ports: not 80
@@ -240,6 +252,32 @@ def test_a_snapshot_is_the_state_of_one_moment(tmp_path, monkeypatch):
     restored.evaluate(*batch([]), T0 + 60 * 60_000)
     assert restored.states[1].window.values[host].tolist() == [0]
     assert restored.states[2].window.values[host].tolist() == [0]
+
+
+def test_a_state_file_of_the_earlier_form_is_read_and_a_damaged_one_is_not(tmp_path):
+    """Files saved before the state file had its own form (a NumPy archive) still restore; a
+    truncated or foreign file is refused with a warning, and the engine starts empty."""
+    d = defn(threshold=10**9)
+    engine = AlertEngine()
+    engine.set_definitions([d])
+    engine.evaluate(*batch([one(sid=i, cbytes=100) for i in range(20)]), T0)
+    with engine.lock:
+        np.savez(tmp_path / "old.npz", allow_pickle=False, **{n: np.array(a) for n, a in persist._arrays(engine)})
+    persist.save(engine, tmp_path / "new.bin")
+    host = np.array([0xFFFF0A000001], np.uint64)
+    for name in ("old.npz", "new.bin"):
+        restored = AlertEngine()
+        restored.set_definitions([d])
+        assert persist.load(restored, tmp_path / name)
+        assert restored.states[1].window.values[restored.indexes[EntityType.HOST].lookup(host)].tolist() == [2000]
+    whole = (tmp_path / "new.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "other.bin").write_bytes(b"not a state file at all")
+    for name in ("cut.bin", "other.bin", "missing.bin"):
+        restored = AlertEngine()
+        restored.set_definitions([d])
+        assert not persist.load(restored, tmp_path / name)
+        assert EntityType.HOST not in restored.indexes
 
 
 def test_memory_is_reported_and_entities_are_given_back():

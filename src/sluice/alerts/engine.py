@@ -165,7 +165,7 @@ class AlertEngine:
     def warm_up() -> None:
         """Compile (or load from numba's cache) the engine's loops now, at start, rather than
         on the first evaluation, which would hold the ingest thread up for seconds."""
-        engine = AlertEngine()
+        engine = AlertEngine(max_step_bytes=0)  # no byte budget: every closed step is spread
         engine.set_definitions(
             Definition(
                 id=i, user_id=0, title="warm-up", entity=EntityType.HOST, metric=metric, interval="1m", threshold=1
@@ -173,8 +173,9 @@ class AlertEngine:
             for i, metric in enumerate((AlertMetric.BYTES_SENT, AlertMetric.UNIQUE_HOSTS), 1)
         )
         sessions = SessionBatch.build(2, session_id=np.array([1, 2], np.uint64), cln_bytes=5, cln_pkts=1)
-        # two batches in one step, the step closed (its chunks merged), then the window gone
-        for now_ms in (1_000, 1_001, 3_000, 200_000):
+        # two batches in one step, the step closed (its chunks merged and spread), the spread
+        # part taken back as its steps leave, then the window gone
+        for now_ms in (1_000, 1_001, 3_000, 5_000, 62_000, 200_000):
             engine.evaluate(sessions, np.ones(2, bool), now_ms)
         KeyIndex(16).get_or_add(np.arange(64, dtype=np.uint64))  # a table that grows
         KeyIndex.from_state({"ids": np.arange(2), "keys": np.arange(1, 3, dtype=np.uint64)})  # and one restored

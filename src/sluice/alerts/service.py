@@ -13,7 +13,7 @@ import structlog
 from ..config import AlertSettings
 from ..counters import Counters
 from ..flows.schema import SessionBatch
-from ..lifecycle import Worker, lower_priority
+from ..lifecycle import Worker
 from ..state.db import StateDB
 from . import persist
 from .engine import AlertEngine, AlertEvent
@@ -41,7 +41,8 @@ class AlertService:
             interval_s=settings.evaluate_interval_ms / 1000,
             max_pending_rows=settings.max_pending_rows,
         )
-        self.state_path = Path(data_dir) / "alert-state.npz"
+        self.state_path = Path(data_dir) / persist.STATE_FILE
+        self._legacy_state_path = Path(data_dir) / persist.LEGACY_STATE_FILE
         self._unrecorded: list[AlertEvent] = []
         self._record_lock = threading.Lock()
         self._last_snapshot = time.monotonic()
@@ -49,8 +50,10 @@ class AlertService:
         self._writer: threading.Thread | None = None  # the snapshot being written, if any
         self.store.on_definitions.append(self.reload)
         self.reload()
-        if persist.load(self.engine, self.state_path):
-            log.info("alert state restored", path=str(self.state_path))
+        for path in (self.state_path, self._legacy_state_path):
+            if persist.load(self.engine, path):
+                log.info("alert state restored", path=str(path))
+                break
 
     def reload(self) -> None:
         """Take the definitions from the database (after any change through the API)."""
@@ -104,27 +107,23 @@ class AlertService:
         """Save the state now (at a stop), after any snapshot still being written."""
         if self._writer is not None:
             self._writer.join()
-        self._write(persist.snapshot(self.engine))
+        self._save()
 
     def save_in_background(self) -> bool:
-        """A snapshot taken now, under the engine's lock, and written by a thread of its own at
-        background priority: writing a gigabyte takes seconds of CPU that the receive loop and
-        evaluation need more. While one is still being written, another is not started (False)."""
+        """Save the state from a thread of its own (the caller does not wait for the disk).
+        It runs at normal priority: evaluation waits for it while the arrays are written, and
+        at a lower one it would wait longer. While one is still being written, another is not
+        started (False)."""
         if self._writer is not None and self._writer.is_alive():
             return False
-        arrays = persist.snapshot(self.engine)
-
-        def write() -> None:
-            lower_priority()
-            self._write(arrays)
-
-        self._writer = threading.Thread(target=write, name="sluice-alert-state-write", daemon=True)
+        self._writer = threading.Thread(target=self._save, name="sluice-alert-state-write", daemon=True)
         self._writer.start()
         return True
 
-    def _write(self, arrays: dict[str, np.ndarray]) -> None:
+    def _save(self) -> None:
         try:
-            persist.write(arrays, self.state_path)
+            persist.save(self.engine, self.state_path)
+            self._legacy_state_path.unlink(missing_ok=True)  # superseded: never restored over the new one
         except OSError as exc:
             log.error("alert state not saved", path=str(self.state_path), error=str(exc))
             self.counters.inc("alert_state_save_errors_total")

@@ -342,7 +342,10 @@ class SumWindow(_Window):
         self.spread_to = b
         self._spread_left = _grow(self._spread_left, len(self.values))
         self._spread_ids = _grow(self._spread_ids, len(self.values))
-        self._n_spread = _spread_fold(ids, amounts, self._spread_left, self._spread_ids, self._n_spread)
+        # one type of amounts (the ring keeps them in the smallest that holds them): numba
+        # compiles a loop once per argument types, and a compilation costs seconds of CPU
+        wide = amounts.astype(np.int64, copy=False)
+        self._n_spread = _spread_fold(ids, wide, self._spread_left, self._spread_ids, self._n_spread)
         self.steps_spread += 1
 
     def _expire_spread(self, oldest: int) -> None:
@@ -372,6 +375,7 @@ class SumWindow(_Window):
         return self.values.nbytes + ring + step + self._spread_left.nbytes + self._spread_ids.nbytes
 
     def state(self) -> dict[str, np.ndarray]:
+        """What a snapshot needs; views of live arrays among them: written under the engine's lock."""
         ring = {b: list(chunks) for b, chunks in self._ring.items()}
         chunk = self._open_chunk()
         if chunk is not None:
@@ -379,7 +383,7 @@ class SumWindow(_Window):
         buckets = sorted(ring)
         merged = [self._merged(ring[b]) for b in buckets]
         return {
-            "values": self.values.copy(),  # evaluation changes it in place
+            "values": self.values,
             "ring_buckets": np.array(buckets, np.int64),
             "ring_sizes": np.array([len(m[0]) for m in merged], np.int64),
             "ring_ids": np.concatenate([m[0] for m in merged]) if merged else np.empty(0, np.int64),
@@ -535,9 +539,10 @@ class DistinctWindow(_Window):
         return self.values.nbytes + pairs + self._regs.nbytes
 
     def state(self) -> dict[str, np.ndarray]:
+        """What a snapshot needs; views of live arrays among them: written under the engine's lock."""
         pairs = self.pairs.state()
         return {
-            "values": self.values.copy(),  # evaluation changes it in place
+            "values": self.values,
             "pair_ids": pairs["ids"],
             "pair_keys": pairs["keys"],
             "pair_key_version": np.array([PAIR_KEY_VERSION], np.int64),
@@ -545,8 +550,8 @@ class DistinctWindow(_Window):
             "pair_bucket": self.pair_bucket[pairs["ids"]],
             "sketch_entities": np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)),
             "sketch_slots": np.fromiter(self.sketch_slot.values(), np.int64, len(self.sketch_slot)),
-            "regs": self._regs.copy(),
-            "reg_bucket": self._reg_bucket.copy(),
+            "regs": self._regs,
+            "reg_bucket": self._reg_bucket,
         }
 
     def load(self, state: dict[str, np.ndarray]) -> None:
