@@ -22,8 +22,8 @@ log = structlog.get_logger(__name__)
 
 _ALL: weakref.WeakSet[Worker] = weakref.WeakSet()
 
-#: how much lower than the receive loop and alert evaluation the bulk writing of the store's
-#: files runs: a nice value
+#: how much lower than the receive loop and alert evaluation the bulk writing (the store's
+#: files, the alert-state snapshots) runs: a nice value
 BACKGROUND_NICENESS = 10
 
 

@@ -289,10 +289,12 @@ def test_alert_routes_access(tmp_path, method, path, body, who, role):
     flow_store.close()
 
 
-def test_snapshots_are_written_by_their_own_thread_and_restore(tmp_path, monkeypatch):
-    """The periodic snapshot is written by a thread of its own, one at a time; a restarted
+def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monkeypatch):
+    """The periodic snapshot is written by a thread of its own at background priority (the
+    receive loop comes first), one at a time; a restarted
     service restores it. A state file of the earlier form is restored, and removed once the
     new one is written."""
+    import os
     import threading
 
     import numpy as np
@@ -302,6 +304,7 @@ def test_snapshots_are_written_by_their_own_thread_and_restore(tmp_path, monkeyp
     from sluice.config import AlertSettings
     from sluice.counters import Counters
     from sluice.flows.schema import SessionBatch, addr_bytes
+    from sluice.lifecycle import BACKGROUND_NICENESS
 
     db = open_state(tmp_path)
     alice = Users(db).create("alice", "alice-password")
@@ -318,7 +321,8 @@ def test_snapshots_are_written_by_their_own_thread_and_restore(tmp_path, monkeyp
     release = threading.Event()
 
     def save(engine, path):
-        writers.append(threading.current_thread().name)
+        writers.append((threading.current_thread().name,
+                        os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
         release.wait(10)  # still being written while the test asks for another
         real_save(engine, path)
 
@@ -327,7 +331,8 @@ def test_snapshots_are_written_by_their_own_thread_and_restore(tmp_path, monkeyp
     assert not service.save_in_background()  # one at a time (the first is still being written)
     release.set()
     service._writer.join()
-    assert writers == ["sluice-alert-state-write"]
+    expected = max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICENESS)  # a nice value is absolute
+    assert writers == [("sluice-alert-state-write", expected)]
     restarted = AlertService(db, AlertSettings(), tmp_path, Counters())
     (state,) = restarted.engine.states.values()
     assert state.window.values.max() == 1234  # the client's bytes sent, restored from the file

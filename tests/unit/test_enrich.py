@@ -104,3 +104,31 @@ def test_embedded_default_country_data_works_offline():
     e = Enricher()
     got = e.countries(addrs("8.8.8.8", "1.0.16.1", "2001:4860::8888", "10.0.0.1"))
     assert got.tolist() == [b"US", b"JP", b"US", b"XP"]
+
+
+def test_ipv4_lookups_through_the_prefix_index_agree_with_a_plain_search():
+    """The /16 index narrows each IPv4 search: the answers are those of a search over every
+    range, for random tables (ranges of every size, gaps, ranges across /16 boundaries) and
+    keys at and around every range's ends, 0 and 2^32 - 1."""
+    from sluice.flows.enrich import AddressKeys, RangeTable, _search
+
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        n = int(rng.integers(1, 3000))
+        cuts = np.unique(rng.integers(0, 1 << 32, 2 * n, dtype=np.uint64))
+        if trial % 3 == 0:  # few, wide ranges: many /16s share one
+            cuts = np.unique(rng.integers(0, 1 << 32, 8, dtype=np.uint64))
+        starts, ends = cuts[0::2][: len(cuts) // 2], cuts[1::2][: len(cuts) // 2]
+        keep = rng.random(len(starts)) < 0.8  # leave gaps
+        starts, ends = starts[keep], ends[keep]
+        values = rng.integers(1, 1000, len(starts)).astype(np.uint32)
+        empty = np.empty(0, np.uint64)
+        table = RangeTable(starts, ends, values, empty, empty, np.empty(0, np.uint32))
+        edges = np.concatenate([starts, ends]).astype(np.int64)
+        probes = np.concatenate([edges - 1, edges, edges + 1, rng.integers(0, 1 << 32, 5000), [0, (1 << 32) - 1]])
+        probes = np.clip(probes, 0, (1 << 32) - 1).astype(np.uint64)
+        addr16 = np.zeros((len(probes), 16), np.uint8)
+        addr16[:, 10:12] = 0xFF
+        addr16[:, 12:] = probes.astype(">u4").view(np.uint8).reshape(-1, 4)
+        got = table.lookup_keys(AddressKeys.of(addr16), 0)
+        assert np.array_equal(got, _search(starts, ends, values, probes, 0)), trial

@@ -13,7 +13,7 @@ import structlog
 from ..config import AlertSettings
 from ..counters import Counters
 from ..flows.schema import SessionBatch
-from ..lifecycle import Worker
+from ..lifecycle import Worker, lower_priority
 from ..state.db import StateDB
 from . import persist
 from .engine import AlertEngine, AlertEvent
@@ -110,13 +110,18 @@ class AlertService:
         self._save()
 
     def save_in_background(self) -> bool:
-        """Save the state from a thread of its own (the caller does not wait for the disk).
-        It runs at normal priority: evaluation waits for it while the arrays are written, and
-        at a lower one it would wait longer. While one is still being written, another is not
-        started (False)."""
+        """Save the state from a thread of its own, at background priority: writing a state of
+        a gigabyte or more takes a second or more of CPU, which the receive loop needs first.
+        Evaluation waits for it meanwhile (the rows queue, up to ``max_pending_rows``) and
+        catches up. While one is still being written, another is not started (False)."""
         if self._writer is not None and self._writer.is_alive():
             return False
-        self._writer = threading.Thread(target=self._save, name="sluice-alert-state-write", daemon=True)
+
+        def save() -> None:
+            lower_priority()
+            self._save()
+
+        self._writer = threading.Thread(target=save, name="sluice-alert-state-write", daemon=True)
         self._writer.start()
         return True
 

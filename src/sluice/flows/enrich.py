@@ -4,7 +4,8 @@ MMDB files (MaxMind GeoLite2 / GeoIP2, IPinfo, DB-IP, ip-location-db: anything
 ``maxminddb`` reads) are walked once into sorted range arrays: IPv4 ranges on 32-bit keys,
 IPv6 ranges on the first 64 bits (prefixes longer than /64 are widened to their /64, a
 granularity no country or AS allocation goes below in practice). A lookup is then one
-``np.searchsorted`` per batch. The arrays are cached beside the data directory (``.npz``, keyed
+``np.searchsorted`` per batch (IPv4: a binary search among the few ranges that can hold the
+address's /16, which an index finds in one read). The arrays are cached beside the data directory (``.npz``, keyed
 by the file's size and modification time), and the files are re-read when they change, without
 a restart.
 
@@ -22,12 +23,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import structlog
+from numba import njit
 from numpy.typing import DTypeLike
 
 from .schema import SessionBatch, address_words
@@ -79,6 +81,15 @@ class RangeTable:
     v6_start: np.ndarray
     v6_end: np.ndarray
     v6_value: np.ndarray
+    # derived: per /16 of IPv4, the first and one past the last range that can hold its addresses
+    v4_lo: np.ndarray = field(init=False, repr=False)
+    v4_hi: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        prefixes = np.arange(1 << 16, dtype=np.uint64) << np.uint64(16)
+        self.v4_lo = np.maximum(np.searchsorted(self.v4_start, prefixes, side="right") - 1, 0).astype(np.int64)
+        self.v4_hi = np.searchsorted(self.v4_start, prefixes + np.uint64(1 << 16), side="left").astype(np.int64)
+        _find_v4(self.v4_start, self.v4_end, self.v4_lo, self.v4_hi, np.empty(0, np.uint64))  # compiled now
 
     @classmethod
     def from_networks(cls, networks: Sequence[tuple[NetworkLike, object]], dtype: DTypeLike) -> RangeTable:
@@ -102,19 +113,24 @@ class RangeTable:
 
     def lookup_keys(self, keys: AddressKeys, default: object) -> np.ndarray:
         out = np.empty(keys.n, dtype=self.v4_value.dtype)
-        out[keys.v4_rows] = _search(self.v4_start, self.v4_end, self.v4_value, keys.v4, default)
+        if len(self.v4_start):
+            found = _find_v4(self.v4_start, self.v4_end, self.v4_lo, self.v4_hi, keys.v4)
+            fallback = np.asarray(default, dtype=self.v4_value.dtype)
+            out[keys.v4_rows] = np.where(found >= 0, self.v4_value[np.maximum(found, 0)], fallback)
+        else:
+            out[keys.v4_rows] = default
         out[keys.v6_rows] = _search(self.v6_start, self.v6_end, self.v6_value, keys.v6, default)
         return out
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # session workers may prepare it at once
-        np.savez(tmp, **{k: getattr(self, k) for k in self.__dataclass_fields__})
+        np.savez(tmp, **{k: getattr(self, k) for k in _TABLE_ARRAYS})
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> RangeTable:
         with np.load(path, allow_pickle=False) as z:
-            return cls(**{k: z[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: z[k] for k in _TABLE_ARRAYS})
 
 
 @dataclass
@@ -144,6 +160,30 @@ def _flatten(entries: list[tuple[int, int, object]], dtype: DTypeLike) -> tuple[
     if len(starts) > 1:  # clip each range's end to just before the next range starts
         ends[:-1] = np.minimum(ends[:-1], np.maximum(starts[1:], np.uint64(1)) - np.uint64(1))
     return starts, ends, values
+
+
+_TABLE_ARRAYS = ("v4_start", "v4_end", "v4_value", "v6_start", "v6_end", "v6_value")
+
+
+@njit(cache=True, nogil=True)
+def _find_v4(starts: np.ndarray, ends: np.ndarray, lo: np.ndarray, hi: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The range holding each IPv4 key (-1: none): the last range starting at or before it,
+    searched for among ``starts[lo[p]:hi[p]]``, the candidates of its /16 ``p``."""
+    out = np.empty(keys.shape[0], np.int64)
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        p = k >> np.uint64(16)
+        a = lo[p]
+        b = hi[p]
+        while a < b:
+            m = (a + b) >> 1
+            if starts[m] <= k:
+                a = m + 1
+            else:
+                b = m
+        j = a - 1
+        out[i] = j if j >= 0 and starts[j] <= k and k <= ends[j] else -1
+    return out
 
 
 def _search(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, keys: np.ndarray, default: object) -> np.ndarray:
