@@ -251,7 +251,7 @@ class Sluice:
             # includes the sender's: the figure is then what the machine as a whole keeps)
             preexec_fn=(lambda: pin(COLLECTOR_CPU)) if workers <= 1 else (
                 lambda: os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))))
-        for _ in range(300):
+        for _ in range(1200):  # a first start compiles the numba loops: tens of seconds on a busy machine
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.http}/healthz", timeout=1)
                 break

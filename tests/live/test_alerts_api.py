@@ -338,7 +338,10 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
     assert state.window.values.max() == 1234  # the client's bytes sent, restored from the file
     # the earlier form: an archive of the same arrays under its own name
     with restarted.engine.lock:
-        np.savez(tmp_path / persist.LEGACY_STATE_FILE, **{n: np.array(a) for n, a in persist._arrays(restarted.engine)})
+        arrays = {n: np.array(a) for n, a in persist._index_arrays(restarted.engine)}
+        for definition_id, state in restarted.engine.states.items():
+            arrays.update({n: np.array(a) for n, a in persist._definition_arrays(definition_id, state)})
+        np.savez(tmp_path / persist.LEGACY_STATE_FILE, **arrays)
     (tmp_path / persist.STATE_FILE).unlink()
     upgraded = AlertService(db, AlertSettings(), tmp_path, Counters())
     (state,) = upgraded.engine.states.values()

@@ -17,10 +17,11 @@ docs/alerts.md).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,6 +161,7 @@ class AlertEngine:
         }
         self.lock = threading.RLock()  # evaluation, definition changes, persistence, API reads
         self._last_reclaim_ms = 0
+        self._ids_kept = 0  # snapshots being written: no entity id is given back meanwhile
 
     @staticmethod
     def warm_up() -> None:
@@ -413,9 +415,21 @@ class AlertEngine:
                 except Exception as exc:
                     self._set_aside(state, "its window could not slide", exc)
                 state.bucket = bucket
-        if now_ms - self._last_reclaim_ms > 60_000:
+        if now_ms - self._last_reclaim_ms > 60_000 and not self._ids_kept:
             self._reclaim(now_ms)
             self._last_reclaim_ms = now_ms
+
+    @contextlib.contextmanager
+    def ids_kept(self) -> Iterator[None]:
+        """No entity id is given back while inside (a snapshot written window by window: the
+        indexes, written last, must hold every id of the windows written before them)."""
+        with self.lock:
+            self._ids_kept += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._ids_kept -= 1
 
     def _reclaim(self, now_ms: int) -> None:
         """Give back the ids of entities that no window holds any more."""

@@ -2,15 +2,16 @@
 at start for the definitions whose window signature is unchanged (``DATA_DIR/alert-state.bin``).
 
 The file is a sequence of ``.npy`` records (NumPy's array format), a name and its array, after
-a line that says what it is. It is written straight from the live arrays while evaluation
-waits: into the page cache that takes about as long as copying them did, without a second copy
-of a state of a gigabyte or more in memory and without the seconds of CPU an archive's
-checksums cost. Files of the earlier ``.npz`` form are still read.
+a line that says what it is. It is written straight from the live arrays, window by window,
+while evaluation waits for that window: into the page cache that takes about as long as
+copying them did, without a second copy of a state of a gigabyte or more in memory and
+without the seconds of CPU an archive's checksums cost. Files of the earlier ``.npz`` form are still read.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -19,7 +20,7 @@ import numpy as np
 import structlog
 
 from .definition import EntityType
-from .engine import AlertEngine
+from .engine import AlertEngine, DefinitionState
 from .keyindex import KeyIndex, grown
 
 log = structlog.get_logger(__name__)
@@ -29,18 +30,29 @@ STATE_FILE = "alert-state.bin"
 LEGACY_STATE_FILE = "alert-state.npz"
 MAGIC = b"\x93SLUICE ALERT STATE 1\n"
 _ZIP_MAGIC = b"PK\x03\x04"
+_BETWEEN_WINDOWS_S = 0.002
 
 
 def save(engine: AlertEngine, path: Path) -> None:
     """Write the whole state to ``path`` atomically (a crash leaves the previous file).
-    Evaluation waits while the arrays are written; not while they reach the disk."""
+
+    Each window is written under the engine's lock, the entity indexes last, and evaluation
+    goes on between them: each window is the state of one moment (those written later may
+    hold a little more traffic), and no window holds the lock for longer than its own write.
+    No entity id is given back meanwhile, so every id a window holds is in the indexes."""
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f, engine.ids_kept():
             f.write(MAGIC)
+            for definition_id in list(engine.states):
+                with engine.lock:
+                    state = engine.states.get(definition_id)
+                    for name, array in _definition_arrays(definition_id, state) if state is not None else ():
+                        _put(f, name, array)
+                time.sleep(_BETWEEN_WINDOWS_S)  # a thread waiting for the lock takes it now
             with engine.lock:
-                for name, array in _arrays(engine):
+                for name, array in _index_arrays(engine):
                     _put(f, name, array)
             f.flush()
             os.fsync(f.fileno())
@@ -50,19 +62,22 @@ def save(engine: AlertEngine, path: Path) -> None:
         raise
 
 
-def _arrays(engine: AlertEngine) -> Iterator[tuple[str, np.ndarray]]:
-    """The state as named arrays, views of the live ones where it can: to be written before the
-    engine's lock is released."""
+def _index_arrays(engine: AlertEngine) -> Iterator[tuple[str, np.ndarray]]:
+    """The entity indexes as named arrays (views of the live ones where it can: to be written
+    before the engine's lock is released)."""
     for kind, index in engine.indexes.items():
         for name, array in index.state().items():
             yield f"index.{kind.value}.{name}", array
         yield f"index.{kind.value}.last_seen", engine.last_seen[kind]
-    for definition_id, state in engine.states.items():
-        yield f"def.{definition_id}.signature", np.frombuffer(state.signature.encode(), np.uint8)
-        yield f"def.{definition_id}.meta", np.array([state.bucket, state.counted_bucket], np.int64)
-        yield f"def.{definition_id}.counted", state.counted
-        for name, array in state.window.state().items():
-            yield f"def.{definition_id}.w.{name}", array
+
+
+def _definition_arrays(definition_id: int, state: DefinitionState) -> Iterator[tuple[str, np.ndarray]]:
+    """One definition's window as named arrays (as ``_index_arrays``)."""
+    yield f"def.{definition_id}.signature", np.frombuffer(state.signature.encode(), np.uint8)
+    yield f"def.{definition_id}.meta", np.array([state.bucket, state.counted_bucket], np.int64)
+    yield f"def.{definition_id}.counted", state.counted
+    for name, array in state.window.state().items():
+        yield f"def.{definition_id}.w.{name}", array
 
 
 def _put(f: BinaryIO, name: str, array: np.ndarray) -> None:
