@@ -20,3 +20,22 @@ def _run_in_a_temporary_directory(tmp_path, monkeypatch):
     where it runs (``sluice serve`` without ``--data-dir`` creates ``var/``) stays out of the
     checkout."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the run (Debian's package, started in a temporary directory)."""
+    from .support.postgres import Postgres
+
+    server = Postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request):
+    """A test that takes this runs on both state database engines: None (SQLite in the data
+    directory, the default) or the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").new_database()

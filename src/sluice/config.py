@@ -122,6 +122,45 @@ class AlertSettings(BaseModel):
     snapshot_interval_s: float = Field(30.0, gt=0, description="how often the window state is saved to disk")
 
 
+class StateSettings(BaseModel):
+    url: Optional[str] = Field(
+        None,
+        description=(
+            "the state database (users, definitions, alert records, the outbox) as an SQLAlchemy URL: "
+            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE for PostgreSQL; unset: DATA_DIR/state.db (SQLite)"
+        ),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        from sqlalchemy.engine import make_url  # here: the command line's start-up does not pay for it
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL: write postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE, or leave it unset"
+            ) from None
+        if url.drivername not in STATE_DRIVERS:
+            raise ValueError(
+                f"{url.drivername}:// is not supported: use postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE "
+                "(PostgreSQL) or sqlite:///PATH"
+            )
+        if url.drivername.startswith("postgresql") and not url.database:
+            raise ValueError(
+                "names no database: end it with /DATABASE, e.g. postgresql+psycopg://sluice@db:5432/sluice"
+            )
+        return value
+
+
+#: the state database engines Sluice runs on (SQLAlchemy driver names)
+STATE_DRIVERS = ("sqlite", "postgresql+psycopg")
+
+
 class NotifySettings(BaseModel):
     dead_after_s: float = Field(
         86_400.0,
@@ -173,6 +212,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    state: StateSettings = Field(default_factory=StateSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -53,7 +53,7 @@ class Server:
         self.collector = Collector(collect, self.decoder, [self.ingest])
         self.app: FastAPI | None = None
         self.simulator: Simulator | None = None
-        self.users = Users(open_state(settings.data_dir))
+        self.users = Users(open_state(settings.data_dir, settings.state.url))
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
         self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters)
         self.ingest.listeners.append(self.alerts.submit)
@@ -73,6 +73,7 @@ class Server:
             dead_after_s=notify_settings.dead_after_s,
             tls_context=tls,
             poll_s=notify_settings.poll_s,
+            node=f"{socket.gethostname()}:{settings.data_dir.resolve()}",  # the same across restarts
         )
         prefs = Preferences(self.users.db)
         self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live

@@ -44,8 +44,8 @@ def event(definition_id: int, entity: str, count: int, t_us: int, severity: str 
 
 
 @pytest.fixture
-def store(tmp_path):
-    db = open_state(tmp_path)
+def store(tmp_path, state_url):
+    db = open_state(tmp_path, state_url)
     users = Users(db)
     users.create("alice", "alice-password")
     return AlertStore(db)
@@ -263,12 +263,12 @@ ALERT_ROUTES = [  # (method, path, body, who may: any user, the owner (bob) or a
 
 @pytest.mark.parametrize("method, path, body, who", ALERT_ROUTES)
 @pytest.mark.parametrize("role", ["anonymous", "owner", "other_user", "admin"])
-def test_alert_routes_access(tmp_path, method, path, body, who, role):
+def test_alert_routes_access(tmp_path, method, path, body, who, role, state_url):
     from fastapi.testclient import TestClient
 
     from ..support.app import ADMIN as A, ALICE, BOB, make_app
 
-    app, users, flow_store = make_app(tmp_path)
+    app, users, flow_store = make_app(tmp_path, state_url)
     alerts = AlertStore(users.db)
     bob = users.get("bob")
     d = alerts.create(bob.id, DefinitionIn(title="bob's", metric="bytes_sent", entity="host", threshold=1))

@@ -45,8 +45,8 @@ ROLES = ["anonymous", "owner", "other_user", "admin"]
 
 @pytest.mark.parametrize("method, path, body, who", ROUTES)
 @pytest.mark.parametrize("role", ROLES)
-def test_access_control_matrix(tmp_path, method, path, body, who, role):
-    app, users, store = make_app(tmp_path)
+def test_access_control_matrix(tmp_path, method, path, body, who, role, state_url):
+    app, users, store = make_app(tmp_path, state_url)
     with TestClient(app) as client:
         auth = {"anonymous": None, "owner": BOB, "other_user": ALICE, "admin": ADMIN}[role]
         r = client.request(method, path, json=body, auth=auth, follow_redirects=False)
@@ -177,8 +177,8 @@ PREF_ROUTES = [
 
 @pytest.mark.parametrize("method, path, body, who", PREF_ROUTES)
 @pytest.mark.parametrize("role", ROLES)
-def test_preference_routes_access(tmp_path, method, path, body, who, role):
-    test_access_control_matrix(tmp_path, method, path, body, who, role)
+def test_preference_routes_access(tmp_path, method, path, body, who, role, state_url):
+    test_access_control_matrix(tmp_path, method, path, body, who, role, state_url)
 
 
 def test_preferences_are_per_user_and_validated(api):
@@ -281,3 +281,28 @@ def test_bodies_that_cannot_be_parsed_safely_get_clear_errors(api):
     r = client.post("/api/v1/login", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert client.post("/api/v1/login", json={"username": ALICE[0], "password": ALICE[1]}).status_code == 200
+
+
+def test_the_api_answers_503_while_postgresql_is_down_and_recovers(tmp_path, postgres):
+    """The state database (PostgreSQL) stops: requests that need it get 503 with the reason in
+    one line, not a 500 and not a hang; when it is back, the same requests succeed."""
+    app, users, store = make_app(tmp_path, postgres.new_database())
+    try:
+        with TestClient(app) as client:
+            assert client.get("/api/v1/me", auth=ALICE).status_code == 200
+            postgres.stop("immediate")  # as if it died
+            try:
+                started = time.time()
+                r = client.get("/api/v1/me", auth=ALICE)
+                assert r.status_code == 503, r.text
+                assert time.time() - started < 30
+                detail = r.json()["detail"]
+                assert detail.startswith("state database unavailable (") and "\n" not in detail
+                assert "Connection refused" in detail or "connection" in detail.lower()
+                assert r.headers["retry-after"] == "5"
+            finally:
+                postgres.start()
+            assert client.get("/api/v1/me", auth=ALICE).status_code == 200
+            assert client.get("/api/v1/alerts", auth=ALICE).status_code == 200
+    finally:
+        store.close()

@@ -170,6 +170,25 @@ def test_config_check_layers_file_environment_and_defaults(tmp_path):
     assert settings["log_level"] == "info"
 
 
+def test_config_check_validates_the_state_database_url_in_one_line(tmp_path):
+    """``[state] url``: PostgreSQL (postgresql+psycopg://…) or SQLite; anything else is named
+    in one line with what to write instead; the password is never printed."""
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text("[state]\nurl = 'postgresql+psycopg://sluice:s3cret-pw@db.example:5432/sluice'\n")
+    out = sluice("config", "check", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["state"]["url"] == "postgresql+psycopg://sluice:***@db.example:5432/sluice"
+    assert "s3cret-pw" not in out.stdout
+    for url, expected in [("mysql://u:p@h/d", "mysql:// is not supported: use postgresql+psycopg://"),
+                          ("postgresql+psycopg://u@h:5432", "names no database"),
+                          ("not a url at all", "not a database URL")]:
+        cfg.write_text(f"[state]\nurl = '{url}'\n")
+        out = sluice("config", "check", "--config", str(cfg))
+        assert out.returncode == 2, out.stdout
+        [line] = out.stderr.strip().splitlines()
+        assert "state.url" in line and expected in line, line
+
+
 def test_numpy_huge_pages_are_off_unless_asked_for(monkeypatch):
     import numpy as np
 

@@ -32,6 +32,7 @@ from sluice.state.users import Users
 
 from ..support.interop import free_tcp_port
 from ..support.notifyhelp import Rsyslog, SmtpServer, self_signed
+from ..support.waiting import wait_until
 
 HOSTILE = 'evil\r\nBcc: victim@example.org\r\n\r\n<script>"]\\|=x'
 
@@ -39,8 +40,8 @@ HOSTILE = 'evil\r\nBcc: victim@example.org\r\n\r\n<script>"]\\|=x'
 class World:
     """A state database with one user, alert records, the outbox and its channels."""
 
-    def __init__(self, tmp_path, tls_context=None, backoff_first_s=0.2, dead_after_s=3600.0):
-        self.db = open_state(tmp_path / "state")
+    def __init__(self, tmp_path, tls_context=None, backoff_first_s=0.2, dead_after_s=3600.0, state_url=None):
+        self.db = open_state(tmp_path / "state", state_url)
         self.users = Users(self.db)
         self.alice = self.users.create("alice", "alice-password")
         self.prefs = Preferences(self.db)
@@ -151,8 +152,8 @@ def test_no_auth_without_credentials_even_when_offered(tmp_path):
         smtp.stop()
 
 
-def test_smtp_down_for_a_while_then_delivered_once(tmp_path):
-    w = World(tmp_path, backoff_first_s=1.5)  # long enough that the next round is surely early
+def test_smtp_down_for_a_while_then_delivered_once(tmp_path, state_url):
+    w = World(tmp_path, backoff_first_s=1.5, state_url=state_url)  # long enough that the next round is surely early
     port = free_tcp_port()
     w.smtp(port)
     w.user_prefs(email_to="alice@example.org")
@@ -175,8 +176,8 @@ def test_smtp_down_for_a_while_then_delivered_once(tmp_path):
         smtp.stop()
 
 
-def test_undeliverable_notifications_die_with_their_last_error(tmp_path):
-    w = World(tmp_path, backoff_first_s=0.1, dead_after_s=0.5)
+def test_undeliverable_notifications_die_with_their_last_error(tmp_path, state_url):
+    w = World(tmp_path, backoff_first_s=0.1, dead_after_s=0.5, state_url=state_url)
     w.smtp(free_tcp_port())
     w.user_prefs(email_to="alice@example.org")
     w.trigger()
@@ -189,8 +190,8 @@ def test_undeliverable_notifications_die_with_their_last_error(tmp_path):
     assert w.counters.get("notification_failures_total", channel="email") == n.attempts
 
 
-def test_repeats_are_limited_to_one_per_renotify_interval(tmp_path):
-    w = World(tmp_path)
+def test_repeats_are_limited_to_one_per_renotify_interval(tmp_path, state_url):
+    w = World(tmp_path, state_url=state_url)
     w.smtp(free_tcp_port())
     w.user_prefs(email_to="alice@example.org")
     w.trigger()
@@ -211,8 +212,8 @@ def test_repeats_are_limited_to_one_per_renotify_interval(tmp_path):
     assert sorted(n.change for n in w.notifications()) == ["created", "repeat", "retriggered"]
 
 
-def test_a_digest_when_many_alerts_are_due_at_once(tmp_path):
-    w = World(tmp_path)
+def test_a_digest_when_many_alerts_are_due_at_once(tmp_path, state_url):
+    w = World(tmp_path, state_url=state_url)
     smtp = SmtpServer().start()
     try:
         w.smtp(smtp.port)
@@ -227,6 +228,74 @@ def test_a_digest_when_many_alerts_are_due_at_once(tmp_path):
         assert {n.state for n in w.notifications()} == {DELIVERED}
     finally:
         smtp.stop()
+
+
+def test_several_workers_sharing_the_database_deliver_each_notification_once(tmp_path, state_url):
+    """Four delivery workers on the same channel, each with its own outbox and node name (as
+    the nodes of a cluster sharing one PostgreSQL): 120 notifications are claimed, never by two,
+    and each reaches the SMTP server exactly once."""
+    import threading
+
+    w = World(tmp_path, state_url=state_url)
+    smtp = SmtpServer().start()
+    try:
+        w.smtp(smtp.port)
+        w.user_prefs(email_to="alice@example.org")
+        entities = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(120)]
+        for entity in entities:
+            w.trigger(entity)
+        outboxes = [Outbox(w.db, [w.email], node=f"node-{k}") for k in range(4)]
+        workers = [DeliveryWorker(outbox, w.email, Counters(), poll_s=0.05) for outbox in outboxes]
+        claims: list[list[int]] = [[] for _ in workers]
+        for k, outbox in enumerate(outboxes):  # record what each one claims
+            real_due = outbox.due
+
+            def due(channel, limit=200, real_due=real_due, k=k):
+                items = real_due(channel, limit=7)  # small claims: many rounds, many chances to collide
+                claims[k].extend(item.id for item in items)
+                return items
+
+            outbox.due = due
+        start = threading.Barrier(len(workers))
+        threads = [threading.Thread(target=lambda wk=wk: (start.wait(), [wk.run_once() for _ in range(40)]))
+                   for wk in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        msgs = smtp.wait_for(len(entities), timeout=30)
+        time.sleep(0.5)
+        subjects = [m["Subject"] for m in smtp.messages]
+        assert len(subjects) == len(entities) and len(set(subjects)) == len(entities)  # each once
+        assert sorted(m["Subject"].rsplit(" ", 1)[1].rstrip(".") for m in msgs) == sorted(entities)
+        claimed = [i for per_worker in claims for i in per_worker]
+        assert len(claimed) == len(set(claimed)) == len(entities)  # no notification claimed twice
+        assert sum(1 for per_worker in claims if per_worker) >= 2  # the work was shared
+        assert {n.state for n in w.notifications()} == {DELIVERED}
+    finally:
+        smtp.stop()
+
+
+def test_a_claim_outlives_its_dead_worker_only_until_its_node_restarts_or_its_lease_ends(tmp_path, state_url):
+    """A worker killed after claiming: another node leaves the notification alone (it may be
+    being delivered), the same node restarted takes it back at once, and after the lease anyone
+    may take it."""
+    from sluice.notify import outbox as outbox_module
+    from sluice.state.models import NotificationRow
+
+    w = World(tmp_path, state_url=state_url)
+    w.smtp(free_tcp_port())
+    w.user_prefs(email_to="alice@example.org")
+    w.trigger()
+    dead = Outbox(w.db, [w.email], node="node-a")
+    [taken] = dead.due("email")  # ... and the process dies before delivering
+    assert Outbox(w.db, [w.email], node="node-b").due("email") == []
+    assert Outbox(w.db, [w.email], node="node-_").due("email") == []  # "_" is no wildcard: not node-a
+    restarted = Outbox(w.db, [w.email], node="node-a")
+    assert [d.id for d in restarted.due("email")] == [taken.id]
+    with w.db.session() as s:  # the restarted node dies too; its lease runs out
+        s.get(NotificationRow, taken.id).claimed_until_us = outbox_module.now_us() - 1
+    assert [d.id for d in Outbox(w.db, [w.email], node="node-b").due("email")] == [taken.id]
 
 
 def test_blank_smtp_host_to_address_or_syslog_host_turns_the_channel_off(tmp_path):
@@ -360,8 +429,10 @@ def test_an_unreachable_syslog_collector_does_not_hold_up_mail(tmp_path):
         for i in range(3):
             w.trigger(f"10.0.0.{i + 1}")
         assert len(smtp.wait_for(3)) == 3
-        states = {(n.channel, n.state) for n in w.notifications()}
-        assert states == {("email", DELIVERED), ("syslog", PENDING)}
+        # the mails are accepted before their rows are marked delivered: wait for the marks
+        wait_until(lambda: {(n.channel, n.state, n.attempts > 0) for n in w.notifications()},
+                   lambda states: states == {("email", DELIVERED, False), ("syslog", PENDING, True)},
+                   what="mail delivered and syslog tried")
         assert all("Connection refused" in n.last_error for n in w.notifications() if n.channel == "syslog")
     finally:
         for worker in w.workers.values():

@@ -23,8 +23,9 @@ from ..support.server import ADMIN, ns2, start_server
 from ..support.waiting import wait_until
 
 
-def start(tmp_path, http: int, netflow: int) -> subprocess.Popen:
-    return start_server(tmp_path, http, netflow, SLUICE_NOTIFY__POLL_S="0.2")  # retries come round quickly
+def start(tmp_path, http: int, netflow: int, state_url: str | None = None) -> subprocess.Popen:
+    env = {"SLUICE_STATE__URL": state_url} if state_url else {}
+    return start_server(tmp_path, http, netflow, SLUICE_NOTIFY__POLL_S="0.2", **env)  # retries come round quickly
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -111,9 +112,9 @@ def test_saving_preferences_sends_a_test_mail_and_reports_failure(tmp_path):
         smtp.stop()
 
 
-def test_kill_9_between_outbox_write_and_delivery_delivers_once_after_restart(tmp_path):
+def test_kill_9_between_outbox_write_and_delivery_delivers_once_after_restart(tmp_path, state_url):
     http, netflow, smtp_port = free_tcp_port(), free_udp_port(), free_tcp_port()
-    proc = start(tmp_path, http, netflow)
+    proc = start(tmp_path, http, netflow, state_url)
     try:
         with client(http) as c:
             c.put("/api/v1/settings", json={"smtp_host": "127.0.0.1", "smtp_port": smtp_port,
@@ -131,7 +132,7 @@ def test_kill_9_between_outbox_write_and_delivery_delivers_once_after_restart(tm
         proc.kill()  # kill -9: the notifications are written, not delivered
         proc.wait(10)
     smtp = SmtpServer(port=smtp_port).start()
-    proc = start(tmp_path, http, netflow)
+    proc = start(tmp_path, http, netflow, state_url)
     try:
         msgs = smtp.wait_for(expected, timeout=40)
         assert len(msgs) == expected
@@ -142,6 +143,15 @@ def test_kill_9_between_outbox_write_and_delivery_delivers_once_after_restart(tm
         with client(http) as c:
             states = {n["state"] for n in c.get("/api/v1/notifications").json()}
             assert states == {"delivered"}
+        if state_url:  # the server kept them in PostgreSQL, not in a file of its own
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(state_url)
+            with engine.connect() as con:
+                rows = con.execute(sqlalchemy.text("SELECT state, count(*) FROM notifications GROUP BY state")).all()
+            engine.dispose()
+            assert dict(rows)["delivered"] >= expected
+            assert not (tmp_path / "var" / "state.db").exists()
     finally:
         stop(proc)
         smtp.stop()

@@ -16,8 +16,9 @@ ALICE = ("alice", "alice-password-1")
 BOB = ("bob", "bob-password-12")
 
 
-def make_app(tmp_path):
-    users = Users(open_state(tmp_path / "state"))
+def make_app(tmp_path, state_url=None):
+    """``state_url``: the state database (None: SQLite in the data directory)."""
+    users = Users(open_state(tmp_path / "state", state_url))
     assert users.ensure_admin(ADMIN[1]) is None  # password given: nothing generated
     users.create(*ALICE)
     users.create(*BOB)

@@ -147,7 +147,12 @@ def serve(
 def config_check(config: ConfigOpt = None) -> None:
     """Validate the configuration (file + environment) and print the effective settings."""
     settings = _load(config)
-    typer.echo(settings.model_dump_json(indent=2))
+    shown = settings.model_dump(mode="json")
+    if settings.state.url:  # never print a password
+        from sqlalchemy.engine import make_url
+
+        shown["state"]["url"] = make_url(settings.state.url).render_as_string(hide_password=True)
+    typer.echo(json.dumps(shown, indent=2))
 
 
 def _users(config: Optional[Path]) -> Users:
@@ -155,7 +160,7 @@ def _users(config: Optional[Path]) -> Users:
     from ..state.users import Users
 
     settings = _load(config)
-    return Users(open_state(settings.data_dir))
+    return Users(open_state(settings.data_dir, settings.state.url))
 
 
 def _password(given: Optional[str]) -> str:

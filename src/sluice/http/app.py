@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Optional
 
-from fastapi import FastAPI, Response
+import structlog
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+from sqlalchemy.exc import OperationalError
 
 from .. import __version__
 from ..alerts.records import AlertStore
@@ -31,6 +34,8 @@ from .metrics import CountersCollector
 from .web.dashboards import Dashboards
 from .web.pages import STATIC, build_web_router
 
+log = structlog.get_logger(__name__)
+
 
 def create_app(
     counters: Counters,
@@ -47,6 +52,7 @@ def create_app(
     app.state.auth = auth  # what the User / Admin route parameters authenticate with
     app.add_middleware(BodyLimit)
     app.add_exception_handler(RequestValidationError, validation_errors)
+    app.add_exception_handler(OperationalError, state_unavailable)
     app.include_router(build_account_router(users, auth, secure_cookies))
     app.include_router(build_data_router(store, counters, retention_days))
     app.include_router(build_settings_router(Preferences(users.db), notify))
@@ -74,3 +80,19 @@ def create_app(
         }
 
     return app
+
+
+async def state_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 when the state database cannot be reached or is busy (PostgreSQL down, a network
+    cut), with the driver's reason in one line: the client may retry (``Retry-After``)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = (lines[0] if lines else type(exc).__name__)[:300]
+    log.warning("state database unavailable", path=request.url.path, reason=reason)
+    return JSONResponse(
+        status_code=503,
+        content={
+            "detail": f"state database unavailable ({reason}); Sluice reconnects by itself: "
+            "check that the database server is running and reachable, then retry"
+        },
+        headers={"Retry-After": "5"},
+    )

@@ -7,18 +7,27 @@ itself. A crash therefore loses no notification and invents none. Workers (``wor
 take due notifications per channel, deliver them, and mark them delivered; failures are
 retried with exponential backoff until ``dead_after_s``, then marked dead with the last
 error kept.
+
+Several workers may share the database (nodes of a cluster on PostgreSQL): a worker *claims*
+the notifications it takes, in one statement (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite
+has one writer at a time), so no two take the same one. A claim lasts ``CLAIM_LEASE_S``: if
+its worker dies, another takes the notification after that; a node that restarts gives back
+its own earlier claims at once.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..alerts.definition import INTERVALS
@@ -39,6 +48,9 @@ from .message import REPEAT, Notice
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 #: retries: 5 s, 10 s, 20 s … at most 10 minutes apart
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 5.0, 600.0
+#: how long a claimed notification stays its worker's: longer than any delivery takes (the
+#: channels' timeouts are tens of seconds), short enough that a dead worker's wait is bounded
+CLAIM_LEASE_S = 300.0
 
 
 def now_us() -> int:
@@ -63,8 +75,14 @@ class Outbox:
         dead_after_s: float = 86_400.0,
         stream_min_gap_s: float = 1.0,
         backoff_first_s: float = BACKOFF_FIRST_S,
+        node: str | None = None,
     ):
+        """``node`` names this process's place among the workers sharing the database, the
+        same across its restarts (default: the host name)."""
         self.db = db
+        self.node = node or socket.gethostname()
+        self.claimant = f"{self.node}/{os.getpid()}/{secrets.token_hex(4)}"
+        self._give_back_earlier_claims()
         self.backoff_first_s = backoff_first_s
         self.channels = list(channels)
         self.link = link
@@ -136,28 +154,70 @@ class Outbox:
     # -- delivery ---------------------------------------------------------------------------
 
     def due(self, channel: str, limit: int = 200) -> list[Due]:
+        """Claim up to ``limit`` notifications of ``channel`` that are due, for this worker."""
+        now = now_us()
+        free = select(NotificationRow.id).where(
+            NotificationRow.channel == channel,
+            NotificationRow.state == PENDING,
+            NotificationRow.next_attempt_us <= now,
+            or_(NotificationRow.claimed_until_us.is_(None), NotificationRow.claimed_until_us < now),
+        )
+        with self.db.session() as session:
+            session.execute(
+                update(NotificationRow)
+                .where(
+                    NotificationRow.id.in_(
+                        free.order_by(NotificationRow.id).limit(limit).with_for_update(skip_locked=True)
+                    )
+                )
+                .values(claimed_by=self.claimant, claimed_until_us=now + int(CLAIM_LEASE_S * 1e6))
+                .execution_options(synchronize_session=False)
+            )
         with self.db.session() as session:
             rows = session.scalars(
                 select(NotificationRow)
                 .where(
+                    NotificationRow.claimed_by == self.claimant,
                     NotificationRow.channel == channel,
                     NotificationRow.state == PENDING,
-                    NotificationRow.next_attempt_us <= now_us(),
                 )
                 .order_by(NotificationRow.id)
-                .limit(limit)
             ).all()
             return [
                 Due(row.id, row.user_id, Notice.from_payload(json.loads(row.payload)), row.attempts, row.created_us)
                 for row in rows
             ]
 
+    def release(self, items: Iterable[Due]) -> None:
+        """Give back claimed notifications this worker did not get to (it is stopping)."""
+        ids = [item.id for item in items]
+        if ids:
+            with self.db.session() as session:
+                session.execute(
+                    update(NotificationRow)
+                    .where(NotificationRow.id.in_(ids), NotificationRow.claimed_by == self.claimant)
+                    .values(claimed_by=None, claimed_until_us=None)
+                )
+
+    def _give_back_earlier_claims(self) -> None:
+        """Claims of this node's earlier processes (killed before they delivered): free now,
+        not after their lease."""
+        with self.db.session() as session:
+            session.execute(
+                update(NotificationRow)
+                .where(
+                    NotificationRow.state == PENDING,
+                    NotificationRow.claimed_by.startswith(self.node + "/", autoescape=True),
+                )
+                .values(claimed_by=None, claimed_until_us=None)
+            )
+
     def delivered(self, ids: Iterable[int]) -> None:
         with self.db.session() as session:
             session.execute(
                 update(NotificationRow)
                 .where(NotificationRow.id.in_(list(ids)), NotificationRow.state == PENDING)
-                .values(state=DELIVERED, delivered_us=now_us())
+                .values(state=DELIVERED, delivered_us=now_us(), claimed_by=None, claimed_until_us=None)
             )
 
     def failed(self, items: Iterable[Due], error: str) -> None:
@@ -170,6 +230,7 @@ class Outbox:
                     continue
                 row.attempts += 1
                 row.last_error = error[:2000]
+                row.claimed_by, row.claimed_until_us = None, None
                 wait_s = min(self.backoff_first_s * 2 ** (row.attempts - 1), BACKOFF_MAX_S)
                 if (now - row.created_us) / 1e6 + wait_s > self.dead_after_s:
                     row.state = DEAD
@@ -182,7 +243,7 @@ class Outbox:
             session.execute(
                 update(NotificationRow)
                 .where(NotificationRow.id.in_([i.id for i in items]))
-                .values(state=DEAD, last_error=reason)
+                .values(state=DEAD, last_error=reason, claimed_by=None, claimed_until_us=None)
             )
 
     def context(self, user_id: int) -> tuple[Optional[UserPreferences], SystemSettings]:

@@ -35,11 +35,13 @@ class NotifyService:
         dead_after_s: float = 86_400.0,
         tls_context: Optional[ssl.SSLContext] = None,
         poll_s: float = 1.0,
+        node: Optional[str] = None,
     ):
+        """``node``: this server among those sharing the state database (see ``Outbox``)."""
         self.counters = counters
         self.email = EmailChannel(tls_context)
         self.channels: list[Channel] = [self.email, SyslogChannel(), WebhookChannel()]
-        self.outbox = Outbox(db, self.channels, link=link, dead_after_s=dead_after_s)
+        self.outbox = Outbox(db, self.channels, link=link, dead_after_s=dead_after_s, node=node)
         alerts.on_change.append(self.outbox.on_change)
         alerts.after_commit.append(self.outbox.committed)
         self.workers = [DeliveryWorker(self.outbox, ch, counters, poll_s) for ch in self.channels]

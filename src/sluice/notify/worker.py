@@ -54,8 +54,10 @@ class DeliveryWorker:
         by_user: dict[int, list[Due]] = defaultdict(list)
         for item in due:
             by_user[item.user_id].append(item)
-        for user_id, items in by_user.items():
-            if self._worker.stopping.is_set():
+        users = list(by_user.items())
+        for position, (user_id, items) in enumerate(users):
+            if self._worker.stopping.is_set():  # the rest goes back, for the next start or another node
+                self.outbox.release(item for _, rest in users[position:] for item in rest)
                 break
             prefs, system = self.outbox.context(user_id)
             if self.channel.destination(prefs, system) is None:

@@ -1,4 +1,5 @@
-"""Opening the state database: SQLAlchemy engine, schema kept current by Alembic migrations."""
+"""Opening the state database: SQLAlchemy engine, schema kept current by Alembic migrations.
+SQLite in the data directory by default; PostgreSQL (``[state] url``) when several nodes share it."""
 
 from __future__ import annotations
 
@@ -13,12 +14,20 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT_S = 5
 
 
 class StateDB:
     def __init__(self, url: str):
         self.url = url
-        self.engine: Engine = create_engine(url, future=True)
+        if url.startswith("postgresql"):
+            # a connection the server dropped (a restart, a failover) is noticed before use; a
+            # server that does not answer fails a request within seconds, not minutes
+            self.engine: Engine = create_engine(
+                url, future=True, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+            )
+        else:
+            self.engine = create_engine(url, future=True)
         if url.startswith("sqlite"):
 
             @event.listens_for(self.engine, "connect")

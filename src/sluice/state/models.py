@@ -147,6 +147,9 @@ class NotificationRow(Base):
     next_attempt_us: Mapped[int] = mapped_column(BigInteger)
     delivered_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # taken for delivery by one worker (node/pid/random) until this time; after it, by anyone
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    claimed_until_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class AlertStreamRow(Base):
