@@ -384,6 +384,36 @@ def test_triggers_survive_a_failing_state_database(tmp_path, monkeypatch):
         service.stop()
 
 
+def test_triggers_survive_postgresql_going_down(tmp_path, postgres):
+    """The state database is PostgreSQL and it stops: the triggers are kept (counted as
+    record errors) and written once it is back, without a restart of Sluice."""
+    from sluice.alerts.service import AlertService
+    from sluice.config import AlertSettings
+    from sluice.counters import Counters
+
+    db = open_state(tmp_path, postgres.new_database())
+    Users(db).create("alice", "alice-password")
+    counters = Counters()
+    service = AlertService(db, AlertSettings(), tmp_path, counters)
+    d = service.store.create(1, DefinitionIn(title="x", metric="bytes_sent", entity="host", threshold=1))
+    service.start()
+    try:
+        postgres.stop("immediate")
+        try:
+            service._record([event(d.id, "10.0.0.1", 3, 1_900_000_000_000_000)])  # as the engine thread would
+            assert counters.get("alert_record_errors_total") >= 1
+        finally:
+            postgres.start()
+        deadline = time.time() + 15
+        while time.time() < deadline and not service.store.alerts(1):
+            time.sleep(0.2)
+        [a] = service.store.alerts(1)
+        assert a.v1 == 3 and a.entity == "10.0.0.1"
+    finally:
+        service.stop()
+        db.engine.dispose()
+
+
 def test_a_failing_definition_is_shown_as_failed_and_stops_nobody(tmp_path):
     """The hardening review: a 1,110-term prefilter was accepted, then broke alerting for every
     user. Now the API refuses it (422 with the limit); one saved before the limit (written to
