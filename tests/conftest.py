@@ -39,3 +39,14 @@ def state_url(request):
     if request.param == "sqlite":
         return None
     return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(scope="session")
+def clickhouse():
+    """A two-shard ClickHouse cluster for the run (Debian's clickhouse-server, started in a
+    temporary directory)."""
+    from .support.clickhouse import ClickHouseCluster
+
+    cluster = ClickHouseCluster()
+    yield cluster
+    cluster.close()

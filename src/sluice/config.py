@@ -7,6 +7,7 @@ or ``SLUICE_HTTP__PORT=9641``. See docs/configuration.md for every setting.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -86,6 +87,33 @@ class StoreSettings(BaseModel):
     retention_days: float = Field(30.0, gt=0, description="sessions older than this are deleted")
     max_size_gb: Optional[float] = Field(None, gt=0, description="oldest days are deleted beyond this size")
     flush_interval_s: float = Field(1.0, gt=0, le=60, description="how often queued sessions are written")
+    backend: Literal["duckdb", "clickhouse"] = Field(
+        "duckdb", description="where sessions are kept: the embedded store in DATA_DIR, or a ClickHouse cluster"
+    )
+    clickhouse_servers: list[str] = Field(
+        default_factory=list,
+        description="every server of the ClickHouse cluster as host:port (native protocol), in its shards' order",
+    )
+    clickhouse_cluster: str = Field("sluice", description="the cluster's name in the servers' remote_servers")
+    clickhouse_database: str = Field("sluice", description="the database Sluice creates its tables in")
+
+    @model_validator(mode="after")
+    def _clickhouse_complete(self) -> StoreSettings:
+        if self.backend != "clickhouse":
+            return self
+        if not self.clickhouse_servers:
+            raise ValueError(
+                'backend "clickhouse" needs clickhouse_servers: every server as host:port, '
+                'e.g. ["ch1:9000", "ch2:9000"]'
+            )
+        for server in self.clickhouse_servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"clickhouse_servers: {server!r} is not host:port (the native port, e.g. 9000)")
+        for key in ("clickhouse_cluster", "clickhouse_database"):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", getattr(self, key)):
+                raise ValueError(f"{key}: {getattr(self, key)!r} may hold letters, digits and _ only")
+        return self
 
 
 class AlertSettings(BaseModel):

@@ -25,8 +25,8 @@ from .flows.schema import FlowBatch, SessionBatch
 from .flows.sessions import SessionTracker, TrackerStats
 from .flows.shards import ShardedSessions, default_workers
 from .lifecycle import Worker, lower_priority
+from .store.backends import open_store
 from .store.base import FlowStore
-from .store.duckdb_store import DuckDBStore
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +50,7 @@ class Ingest:
                 sessions_settings.max_sessions,
                 sessions_settings.dedupe_exporters,
             )
-        self.store = store if store is not None else DuckDBStore(Path(settings.data_dir) / "sessions.duckdb")
+        self.store = store if store is not None else open_store(settings)
         self.settings = settings
         self._lock = threading.Lock()  # the tracker is used by the collector and by maintenance
         self._worker = Worker("sluice-maintenance", self._maintain, wake=self._wake_maintenance)

@@ -189,6 +189,24 @@ def test_config_check_validates_the_state_database_url_in_one_line(tmp_path):
         assert "state.url" in line and expected in line, line
 
 
+def test_config_check_validates_the_clickhouse_store_in_one_line(tmp_path):
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text("[store]\nbackend = 'clickhouse'\nclickhouse_servers = ['ch1:9000', 'ch2:9000']\n")
+    out = sluice("config", "check", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["store"]["clickhouse_servers"] == ["ch1:9000", "ch2:9000"]
+    for body, expected in [("backend = 'clickhouse'", "needs clickhouse_servers"),
+                           ("backend = 'clickhouse'\nclickhouse_servers = ['ch1']", "'ch1' is not host:port"),
+                           ("backend = 'clickhouse'\nclickhouse_servers = ['ch1:9000']\nclickhouse_database = 'a-b'",
+                            "may hold letters, digits and _ only"),
+                           ("backend = 'cassandra'", "store.backend")]:
+        cfg.write_text(f"[store]\n{body}\n")
+        out = sluice("config", "check", "--config", str(cfg))
+        assert out.returncode == 2, out.stdout
+        [line] = out.stderr.strip().splitlines()
+        assert expected in line, line
+
+
 def test_numpy_huge_pages_are_off_unless_asked_for(monkeypatch):
     import numpy as np
 

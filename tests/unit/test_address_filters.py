@@ -61,9 +61,19 @@ BATCH = SessionBatch.build(
 FRAME = (T0, T0 + N * 1000 + 1000)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = DuckDBStore(tmp_path_factory.mktemp("addr") / "sessions.duckdb")
+@pytest.fixture(scope="module", params=["duckdb", "clickhouse"])
+def store(request, tmp_path_factory):
+    """The data in either store backend (ClickHouse: the test run's two-shard cluster)."""
+    if request.param == "duckdb":
+        s = DuckDBStore(tmp_path_factory.mktemp("addr") / "sessions.duckdb")
+    else:
+        import os
+
+        from sluice.store.clickhouse_store import ClickHouseStore
+
+        from ..support.clickhouse import CLUSTER
+
+        s = ClickHouseStore(request.getfixturevalue("clickhouse").addresses, CLUSTER, database=f"addr{os.getpid()}")
     s.append(BATCH)
     s.flush()
     yield s

@@ -286,3 +286,39 @@ def test_nesting_is_bounded():
         assert f"more than {MAX_DEPTH} levels" in info.value.message and info.value.position == MAX_DEPTH
     with pytest.raises(FilterError, match="longer than 10,000 characters"):
         parse("PORT == 1 " + " " * 10_000)
+
+
+@pytest.fixture(scope="module")
+def clickhouse_store(clickhouse):
+    """A store in the test run's two-shard ClickHouse cluster, for the filter examples."""
+    import os
+
+    from sluice.store.clickhouse_store import ClickHouseStore
+
+    from ..support.clickhouse import CLUSTER
+
+    store = ClickHouseStore(clickhouse.addresses, CLUSTER, database=f"filters{os.getpid()}")
+    yield store
+    store.close()
+
+
+_slots = iter(range(1, 10**6))
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(batch=sessions(), text=filters)
+def test_clickhouse_sql_selects_the_same_sessions(clickhouse_store, batch, text):
+    """The filter in ClickHouse's dialect (no 128-bit integers: sums of two counters compared
+    without overflow; ^| as a count of true operands) selects what the reference does, through
+    the store and the cluster's Distributed table. Each example has a second of its own."""
+    from sluice.store.base import TimeRange
+
+    start = 1_700_000_000_000 + next(_slots) * 1000
+    batch = SessionBatch({**batch.columns, "start_ms": np.full(len(batch), start, np.int64),
+                          "end_ms": np.full(len(batch), start, np.int64)})
+    clickhouse_store.append(batch)
+    clickhouse_store.flush()
+    want = {r["session_id"] for r in _rows(batch) if _reference(text, r)}
+    got = clickhouse_store.sessions(TimeRange(start, start + 1), parse(text), limit=10**6)
+    assert set(got.column("session_id").to_pylist()) == want, text

@@ -49,6 +49,30 @@ def store(tmp_path):
     s.close()
 
 
+_databases = itertools.count(1)
+
+
+def open_store(kind: str, tmp_path, request):
+    """A fresh store of either backend: the embedded one, or a database of its own in the
+    test run's two-shard ClickHouse cluster."""
+    if kind == "duckdb":
+        return DuckDBStore(tmp_path / "sessions.duckdb")
+    from sluice.store.clickhouse_store import ClickHouseStore
+
+    from ..support.clickhouse import CLUSTER
+
+    cluster = request.getfixturevalue("clickhouse")
+    return ClickHouseStore(cluster.addresses, CLUSTER, database=f"t{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture(params=["duckdb", "clickhouse"])
+def any_store(request, tmp_path):
+    """The test runs against both store backends."""
+    s = open_store(request.param, tmp_path, request)
+    yield s
+    s.close()
+
+
 def test_append_partitions_by_day_and_reports_stats(store):
     batch = random_sessions(3000, 1)
     store.append(batch)
@@ -77,7 +101,8 @@ def test_a_query_reads_only_the_files_its_frame_can_touch(store):
     assert got == len(want) > 0
 
 
-def test_sessions_by_time_and_filter(store):
+def test_sessions_by_time_and_filter(any_store):
+    store = any_store
     batch = random_sessions(2000, 3)
     store.append(batch)
     store.flush()
@@ -129,8 +154,9 @@ def _reference_report(rows, entity, metric, direction):
 @pytest.mark.parametrize("entity, metric, direction", [
     (e, m, d) for e, m, d in itertools.product(Entity, Metric, Direction)
     if not (e is Entity.HOST_PAIR and m is Metric.UNIQUE_HOSTS)])
-def test_reports_match_a_plain_reference(tmp_path, entity, metric, direction):
-    store = DuckDBStore(tmp_path / "r.duckdb")
+@pytest.mark.parametrize("backend", ["duckdb", "clickhouse"])
+def test_reports_match_a_plain_reference(tmp_path, request, backend, entity, metric, direction):
+    store = open_store(backend, tmp_path, request)
     batch = random_sessions(600, 4)
     store.append(batch)
     store.flush()
@@ -154,7 +180,8 @@ def test_reports_match_a_plain_reference(tmp_path, entity, metric, direction):
     assert values == sorted(values, reverse=True)
 
 
-def test_top_n_and_a_time_series(store):
+def test_top_n_and_a_time_series(any_store):
+    store = any_store
     batch = random_sessions(5000, 5, span_ms=DAY_MS)
     store.append(batch)
     store.flush()
@@ -281,3 +308,60 @@ def test_queries_never_see_a_day_whose_table_is_not_committed(tmp_path):
         reader.join()
         store.close()
     assert errors == [], errors[:3]
+
+
+def test_clickhouse_rows_are_spread_over_the_shards_and_days_dropped_on_each(tmp_path, request):
+    """Every shard holds part of the rows (sharded by session id), the Distributed table
+    answers for all of them, and retention drops a day on every shard."""
+    store = open_store("clickhouse", tmp_path, request)
+    try:
+        batch = random_sessions(4000, 6, span_ms=4 * DAY_MS)
+        store.append(batch)
+        assert store.flush() == 4000
+        per_shard = [c.execute(f"SELECT count() FROM {store.database}.sessions_local")[0][0] for c in store._clients]
+        assert sum(per_shard) == 4000 and min(per_shard) > 500
+        st = store.stats()
+        assert st.rows == 4000 and st.partitions >= 4 and st.bytes_on_disk > 0
+        assert (st.oldest_ms, st.newest_ms) == (int(batch["start_ms"].min()), int(batch["end_ms"].max()))
+        now, max_age_ms = T0 + 5 * DAY_MS, int(2.5 * DAY_MS)
+        day_end = (batch["end_ms"] // DAY_MS + 1) * DAY_MS
+        kept = int((day_end > now - max_age_ms).sum())
+        result = store.retain(now, max_age_s=max_age_ms / 1000)
+        assert result.rows_deleted == 4000 - kept > 0 and result.partitions_dropped >= 2
+        assert store.stats().rows == kept
+        for client in store._clients:  # the days are gone from each shard
+            [(oldest,)] = client.execute(f"SELECT min(end_ms) FROM {store.database}.sessions_local")
+            assert (oldest // DAY_MS + 1) * DAY_MS > now - max_age_ms
+    finally:
+        store.close()
+
+
+def test_clickhouse_answers_several_threads_while_it_writes(tmp_path, request):
+    """The API's threads query while the writer inserts: a ClickHouse connection runs one
+    query at a time, so each thread has its own (sharing one failed with a server error)."""
+    import threading
+
+    store = open_store("clickhouse", tmp_path, request)
+    errors: list[Exception] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(15):
+                store.sessions(TimeRange(T0, T0 + 3 * DAY_MS), limit=200)
+                store.stats()
+        except Exception as exc:  # noqa: BLE001  (any error is the failure)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for k in range(10):
+            store.append(random_sessions(500, 100 + k))
+            store.flush()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        assert store.stats().rows == 5000
+    finally:
+        store.close()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .filter import Node
-from .sql import compile_filter
+from .sql import Dialect, compile_filter
 
 
 class Entity(str, Enum):
@@ -133,24 +133,26 @@ def _directional(sent: str, received: str, direction: Direction) -> str:
     }[direction]
 
 
-def _where(spec_where: Node | None, start_ms: int, end_ms: int) -> tuple[str, list[object]]:
+def _where(
+    spec_where: Node | None, start_ms: int, end_ms: int, dialect: Dialect = Dialect.DUCKDB
+) -> tuple[str, list[object]]:
     cond, params = "end_ms >= ? AND start_ms < ?", list[object]([start_ms, end_ms])
     if spec_where is not None:
-        sql, more = compile_filter(spec_where)
+        sql, more = compile_filter(spec_where, dialect)
         cond, params = f"{cond} AND {sql}", params + more
     return cond, params
 
 
-def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
+def report_sql(spec: ReportSpec, source: str, dialect: Dialect = Dialect.DUCKDB) -> tuple[str, list[object]]:
     """SQL for a ranked report over ``source`` (a table expression of session rows)."""
-    cond, params = _where(spec.where, spec.start_ms, spec.end_ms)
+    cond, params = _where(spec.where, spec.start_ms, spec.end_ms, dialect)
     names = ENTITY_COLUMNS[spec.entity]
     metric, direction = spec.metric, spec.direction
     if spec.entity in _ENDPOINT:
         cln, srv = _ENDPOINT[spec.entity]
         if metric in (Metric.BYTES, Metric.PACKETS):
             # sums: aggregate each side on its own, then merge the (much smaller) results
-            parts, part_params = endpoint_sum_parts(spec, source)
+            parts, part_params = endpoint_sum_parts(spec, source, dialect)
             return merge_sums(parts, names[0], spec.top), part_params
         # counts of distinct things: one row per (session row, side) in the entity's role(s)
         side = "SELECT {e} AS e0, session_id, {peer} AS peer, srv_port AS port FROM {src} WHERE {cond}"
@@ -195,10 +197,12 @@ def report_sql(spec: ReportSpec, source: str) -> tuple[str, list[object]]:
     return sql, params
 
 
-def endpoint_sum_parts(spec: ReportSpec, source: str) -> tuple[list[str], list[object]]:
+def endpoint_sum_parts(
+    spec: ReportSpec, source: str, dialect: Dialect = Dialect.DUCKDB
+) -> tuple[list[str], list[object]]:
     """Per-side partial sums (columns ``e0``, ``v``) of an endpoint traffic report, one query
     per side; merged by :func:`merge_sums` (stores may add partial sums of their own)."""
-    cond, params = _where(spec.where, spec.start_ms, spec.end_ms)
+    cond, params = _where(spec.where, spec.start_ms, spec.end_ms, dialect)
     cln, srv = _ENDPOINT[spec.entity]
     unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
     parts = []
@@ -218,8 +222,8 @@ def merge_sums(parts: list[str], name: str, top: int) -> str:
     )
 
 
-def series_sql(spec: SeriesSpec, source: str) -> tuple[str, list[object]]:
-    cond, params = _where(spec.where, spec.start_ms, spec.end_ms)
+def series_sql(spec: SeriesSpec, source: str, dialect: Dialect = Dialect.DUCKDB) -> tuple[str, list[object]]:
+    cond, params = _where(spec.where, spec.start_ms, spec.end_ms, dialect)
     bucket = int(spec.bucket())
     value = {
         Metric.BYTES: "sum(cln_bytes) + sum(srv_bytes)",
@@ -229,8 +233,9 @@ def series_sql(spec: SeriesSpec, source: str) -> tuple[str, list[object]]:
         Metric.UNIQUE_PORTS: "count(DISTINCT srv_port)",
     }[spec.metric]
     # rows are bucketed by their end time, clamped into the frame
+    div = "intDiv(greatest(end_ms, ?), {b})" if dialect is Dialect.CLICKHOUSE else "(greatest(end_ms, ?) // {b})"
     sql = (
-        f"SELECT (greatest(end_ms, ?) // {bucket}) * {bucket} AS bucket_ms, {value} AS value "
+        f"SELECT {div.format(b=bucket)} * {bucket} AS bucket_ms, {value} AS value "
         f"FROM {source} WHERE {cond} GROUP BY bucket_ms ORDER BY bucket_ms"
     )
     return sql, [spec.start_ms] + params

@@ -1,0 +1,50 @@
+"""``sluice serve`` on the other store backend: sessions in a two-shard ClickHouse cluster
+(Debian's clickhouse-server, started by the tests), from a real exporter through the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import httpx
+
+from ..support.exporters import export
+from ..support.interop import free_tcp_port, free_udp_port
+from ..support.pcapgen import scan_pcap
+from ..support.server import ADMIN, start_server
+from ..support.waiting import wait_until_steady
+
+
+def test_a_server_keeps_its_sessions_in_a_clickhouse_cluster(tmp_path, clickhouse):
+    from clickhouse_driver import Client
+
+    http, netflow = free_tcp_port(), free_udp_port()
+    database = f"live{os.getpid()}"
+    proc = start_server(tmp_path, http, netflow, SLUICE_STORE__BACKEND="clickhouse",
+                        SLUICE_STORE__CLICKHOUSE_SERVERS=json.dumps(clickhouse.addresses),
+                        SLUICE_STORE__CLICKHOUSE_DATABASE=database)
+    try:
+        work = tmp_path / "a"
+        work.mkdir()
+        scan_pcap(work / "t.pcap", "10.9.0.10", 70, time.time() - 5)  # 70 sessions, one port each
+        export(work, "softflowd", "9", netflow)
+        with httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=10) as c:
+            rows = wait_until_steady(lambda: c.get("/api/v1/sessions", params={"limit": 1000}).json(),
+                                     what="the exported sessions")
+            scanned = [r for r in rows if r["srv_addr"] == "10.9.0.10"]
+            assert len({r["srv_port"] for r in scanned}) == 70
+            [top] = c.get("/api/v1/reports", params={"entity": "host", "metric": "unique_ports",
+                                                      "direction": "receiver", "top": 1}).json()
+            assert top == {"address": "10.9.0.10", "value": 70}
+            low = c.get("/api/v1/sessions", params={"filter": "SRVIP == 10.9.0.10 && SRVPORT < 1010",
+                                                     "limit": 1000}).json()
+            assert sorted({r["srv_port"] for r in low}) == list(range(1000, 1010))  # the scan's ports 1000-1069
+        assert not (tmp_path / "var" / "sessions.duckdb").exists()  # nothing went to the embedded store
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    per_shard = [Client(host="127.0.0.1", port=int(a.rsplit(":", 1)[1])).execute(
+        f"SELECT count() FROM {database}.sessions_local")[0][0] for a in clickhouse.addresses]
+    assert sum(per_shard) >= 70 and min(per_shard) > 0  # the rows are spread over both shards
