@@ -365,3 +365,43 @@ def test_clickhouse_answers_several_threads_while_it_writes(tmp_path, request):
         assert store.stats().rows == 5000
     finally:
         store.close()
+
+
+def test_a_clickhouse_shard_that_is_down_is_counted_answered_503_and_taken_back(tmp_path, request):
+    """A shard down when the store starts and while it writes: collection goes on (the other
+    shard's rows are stored, the lost ones counted), queries answer 503 naming the shard,
+    and when it is back its tables are created and its rows stored again."""
+    from fastapi.testclient import TestClient
+
+    from sluice.counters import Counters
+    from sluice.http.app import create_app
+    from sluice.state.db import open_state
+    from sluice.state.users import Users
+    from sluice.store.base import StoreUnavailable
+
+    cluster = request.getfixturevalue("clickhouse")
+    down = cluster.servers[1]
+    down.kill()
+    try:
+        store = open_store("clickhouse", tmp_path, request)  # starts without the second shard
+        first = random_sessions(2000, 21)
+        store.append(first)
+        kept = store.flush()
+        assert 0 < kept < 2000 and store.write_errors == 1
+        with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{down.port}|Connection refused"):
+            store.sessions(TimeRange(T0, T0 + 3 * DAY_MS))
+        users = Users(open_state(tmp_path / "state"))
+        users.create("alice", "alice-password")
+        with TestClient(create_app(Counters(), users, [("netflow", 2055)], store)) as client:
+            r = client.get("/api/v1/sessions", params={"start_ms": T0, "end_ms": T0 + DAY_MS},
+                           auth=("alice", "alice-password"))
+            assert r.status_code == 503, r.text
+            assert r.json()["detail"].startswith("session store unavailable (ClickHouse ")
+            assert "\n" not in r.json()["detail"] and r.headers["retry-after"] == "5"
+    finally:
+        down.start()
+    second = random_sessions(2000, 22)
+    store.append(second)
+    assert store.flush() == 2000  # its tables were created when it answered again
+    assert store.stats().rows == kept + 2000
+    store.close()

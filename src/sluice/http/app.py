@@ -21,7 +21,7 @@ from ..counters import Counters
 from ..notify.service import NotifyService
 from ..state.preferences import Preferences
 from ..state.users import LoginThrottle, Users
-from ..store.base import FlowStore
+from ..store.base import FlowStore, StoreUnavailable
 from .api.account import build_account_router
 from .api.alerts import build_alerts_router
 from .api.data import build_data_router
@@ -53,6 +53,7 @@ def create_app(
     app.add_middleware(BodyLimit)
     app.add_exception_handler(RequestValidationError, validation_errors)
     app.add_exception_handler(OperationalError, state_unavailable)
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
     app.include_router(build_account_router(users, auth, secure_cookies))
     app.include_router(build_data_router(store, counters, retention_days))
     app.include_router(build_settings_router(Preferences(users.db), notify))
@@ -94,5 +95,16 @@ async def state_unavailable(request: Request, exc: Exception) -> JSONResponse:
             "detail": f"state database unavailable ({reason}); Sluice reconnects by itself: "
             "check that the database server is running and reachable, then retry"
         },
+        headers={"Retry-After": "5"},
+    )
+
+
+async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 when the session store's servers cannot answer (a ClickHouse shard down): the
+    reason in one line, and ``Retry-After``."""
+    log.warning("session store unavailable", path=request.url.path, reason=str(exc))
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"session store unavailable ({exc}): check that every store server is running, then retry"},
         headers={"Retry-After": "5"},
     )

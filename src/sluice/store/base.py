@@ -19,6 +19,11 @@ from ..query.filter import Node
 from ..query.reports import ReportSpec, SeriesSpec
 
 
+class StoreUnavailable(RuntimeError):
+    """The store's servers cannot answer now (a ClickHouse shard down, a network cut): the
+    message says which and why, in one line; the API answers 503 with it."""
+
+
 @dataclass(frozen=True)
 class TimeRange:
     """Half-open [start_ms, end_ms): a session row belongs when its span overlaps it."""

@@ -27,7 +27,7 @@ from ..flows.schema import ADDR, COUNTRY, SESSION_COLUMNS, SESSION_SCHEMA, Sessi
 from ..query.filter import Node
 from ..query.reports import ENTITY_COLUMNS, ReportSpec, SeriesSpec, report_sql, series_sql
 from ..query.sql import Dialect, compile_filter
-from .base import FlowStore, RetentionResult, StoreStats, TimeRange
+from .base import FlowStore, RetentionResult, StoreStats, StoreUnavailable, TimeRange
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +101,7 @@ class ClickHouseStore(FlowStore):
         self._queue: list[SessionBatch] = []
         self._queued_rows = 0
         self.write_errors = 0
+        self._schema_missing = set(range(len(self.servers)))  # servers not reached yet
         self._create_schema()
 
     @property
@@ -116,17 +117,28 @@ class ClickHouseStore(FlowStore):
     # -- schema ----------------------------------------------------------------------------
 
     def _create_schema(self) -> None:
+        """Create the tables on every server not done yet; a server that does not answer is
+        tried again at the next flush (the server starts, and collects, without it)."""
         db = self.database
-        for client in self._clients:
-            client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
-            client.execute(
-                f"CREATE TABLE IF NOT EXISTS {db}.sessions_local ({_COLUMNS_DDL}) ENGINE = MergeTree() "
-                "PARTITION BY toYYYYMMDD(toDateTime(intDiv(end_ms, 1000))) ORDER BY (end_ms, session_id)"
-            )
-            client.execute(
-                f"CREATE TABLE IF NOT EXISTS {db}.sessions AS {db}.sessions_local "
-                f"ENGINE = Distributed({self.cluster}, {db}, sessions_local, session_id)"
-            )
+        for i in sorted(self._schema_missing):
+            client = self._clients[i]
+            try:
+                client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
+                client.execute(
+                    f"CREATE TABLE IF NOT EXISTS {db}.sessions_local ({_COLUMNS_DDL}) ENGINE = MergeTree() "
+                    "PARTITION BY toYYYYMMDD(toDateTime(intDiv(end_ms, 1000))) ORDER BY (end_ms, session_id)"
+                )
+                client.execute(
+                    f"CREATE TABLE IF NOT EXISTS {db}.sessions AS {db}.sessions_local "
+                    f"ENGINE = Distributed({self.cluster}, {db}, sessions_local, session_id)"
+                )
+                self._schema_missing.discard(i)
+            except Exception as exc:  # down or unreachable: collection goes on
+                log.error(
+                    "ClickHouse server not reached; its tables are created when it answers",
+                    server=self.servers[i],
+                    error=_first_line(exc),
+                )
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -150,6 +162,8 @@ class ClickHouseStore(FlowStore):
                 batches, self._queue, self._queued_rows = self._queue, [], 0
             if not batches:
                 return 0
+            if self._schema_missing:
+                self._create_schema()
             rows = SessionBatch.concat(batches)
             shard = (rows["session_id"] % np.uint64(len(self._clients))).astype(np.int64)
             kept = 0
@@ -171,15 +185,24 @@ class ClickHouseStore(FlowStore):
                         "could not store sessions on a ClickHouse shard",
                         server=self.servers[i],
                         rows=len(part),
-                        error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                        error=_first_line(exc),
                     )
             return kept
 
     # -- reading ---------------------------------------------------------------------------
 
+    def _ask(self, server: int, sql: str, params: dict[str, object] | None = None, **options: Any) -> Any:
+        """Run a query on one server; a server or shard that cannot answer is StoreUnavailable."""
+        try:
+            return self._clients[server].execute(sql, params, **options)
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise StoreUnavailable(f"ClickHouse {self.servers[server]}: {_first_line(exc)}") from exc
+            raise
+
     def _query(self, sql: str, params: list[object]) -> pa.Table:
         text, values = _bind(sql, params)
-        data, types = self._clients[0].execute(text, values, columnar=True, with_column_types=True)
+        data, types = self._ask(0, text, values, columnar=True, with_column_types=True)
         arrays, names = [], []
         for (name, ch_type), column in zip(types, data or [[] for _ in types], strict=True):
             names.append(name)
@@ -212,8 +235,9 @@ class ClickHouseStore(FlowStore):
     def _partitions(self) -> list[tuple[int, str, int, int, int]]:
         """(server, partition id, rows, bytes, newest end) of every active part group."""
         out = []
-        for i, client in enumerate(self._clients):
-            rows = client.execute(
+        for i in range(len(self.servers)):
+            rows = self._ask(
+                i,
                 "SELECT partition_id, sum(rows), sum(bytes_on_disk) FROM system.parts "
                 "WHERE database = %(db)s AND table = 'sessions_local' AND active GROUP BY partition_id",
                 {"db": self.database},
@@ -250,8 +274,8 @@ class ClickHouseStore(FlowStore):
             return RetentionResult(deleted, len(doomed))
 
     def stats(self) -> StoreStats:
-        [(rows, oldest, newest)] = self._clients[0].execute(
-            f"SELECT count(), min(start_ms), max(end_ms) FROM {self.database}.sessions"
+        [(rows, oldest, newest)] = self._ask(
+            0, f"SELECT count(), min(start_ms), max(end_ms) FROM {self.database}.sessions"
         )
         parts = self._partitions()
         return StoreStats(
@@ -268,6 +292,28 @@ class ClickHouseStore(FlowStore):
             for clients in self._opened:
                 for client in clients:
                     client.disconnect()
+
+
+def _first_line(exc: BaseException) -> str:
+    """A driver's error in one line: its lines up to any stack trace, joined."""
+    lines = []
+    for line in str(exc).splitlines():
+        if line.strip().startswith("Stack trace"):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return " ".join(lines)[:300] or type(exc).__name__
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """A connection that failed, or a shard the server could not reach for a Distributed query
+    (errors 210 NETWORK_ERROR, 209 SOCKET_TIMEOUT, 279 ALL_CONNECTION_TRIES_FAILED, 32
+    ATTEMPT_TO_READ_AFTER_EOF): not a mistake in the query."""
+    from clickhouse_driver import errors
+
+    if isinstance(exc, (OSError, EOFError, errors.NetworkError, errors.SocketTimeoutError)):
+        return True
+    return getattr(exc, "code", None) in (32, 209, 210, 279)
 
 
 def _client(host: str, port: int) -> Any:
