@@ -8,12 +8,18 @@ median latency (3 runs) of: top-10 hosts by bytes over the last hour and over ev
 filtered report, and a time series. Targets: >= 2 M inserts/s, last hour < 0.5 s, everything
 < 3 s, bytes per session <= nfcapd's.
 
-Run: ``.venv/bin/python bench/store_query.py [--sessions N] [--quick]``.
+With ``--backend clickhouse`` the same sessions go to a two-shard ClickHouse cluster started
+for the run (Debian's clickhouse-server, two servers on loopback ports, as the tests start
+it), and the same queries run through its Distributed table; CPU then counts the servers'
+too. ``--backend both`` runs one after the other, side by side.
+
+Run: ``.venv/bin/python bench/store_query.py [--sessions N] [--quick] [--backend duckdb|clickhouse|both]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import re
@@ -31,6 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # tests/support: the ClickHouse cluster, as the tests start it
 
 from sluice.flows.enrich import Enricher  # noqa: E402
 from sluice.flows.schema import FlowBatch, SessionBatch  # noqa: E402
@@ -130,6 +137,11 @@ def timed(fn, runs: int = 3) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+def proc_cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=100_000_000)
@@ -137,13 +149,39 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=2_000_000, help="sessions sent to nfcapd for the size ratio")
     parser.add_argument("--quick", action="store_true", help="2 M sessions")
     parser.add_argument("--dir", type=Path, help="where to put the database (default: a temporary directory)")
+    parser.add_argument("--backend", choices=["duckdb", "clickhouse", "both"], default="duckdb")
     args = parser.parse_args()
+    for backend in ["duckdb", "clickhouse"] if args.backend == "both" else [args.backend]:
+        run(args, backend)
+    return 0
+
+
+def run(args: argparse.Namespace, backend: str) -> None:
+    logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)  # not each refused try while a server starts
     total = 2_000_000 if args.quick else args.sessions
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, numpy {np.__version__}")
+    print(f"== backend: {backend}")
     workdir = Path(tempfile.mkdtemp(dir=args.dir))
+    cluster = None
+    server_cpu = lambda: 0.0  # noqa: E731
     try:
-        store = DuckDBStore(workdir / "sessions.duckdb", flush_rows=10**9)
+        if backend == "clickhouse":
+            from sluice.store.clickhouse_store import ClickHouseStore
+            from tests.support.clickhouse import CLUSTER, ClickHouseCluster
+
+            cluster = ClickHouseCluster()
+            pids = [server.proc.pid for server in cluster.servers]
+            server_cpu = lambda: sum(proc_cpu_s(pid) for pid in pids)  # noqa: E731
+
+            def open_store() -> object:
+                return ClickHouseStore(cluster.addresses, CLUSTER, database="bench", flush_rows=10**9)
+        else:
+
+            def open_store() -> object:
+                return DuckDBStore(workdir / "sessions.duckdb", flush_rows=10**9)
+
+        store = open_store()
         enricher = Enricher()
         rng = np.random.default_rng(42)
         chunks = max(total // args.chunk, 1)
@@ -158,24 +196,27 @@ def main() -> int:
             enrich_s += time.perf_counter() - t
             if sample is None:
                 sample = batch.take(np.arange(min(args.sample, len(batch))))
-            t, c = time.perf_counter(), time.process_time()
+            t, c, sc = time.perf_counter(), time.process_time(), server_cpu()
             store.append(batch)
             store.flush()
             insert_s += time.perf_counter() - t
-            insert_cpu_s += time.process_time() - c  # every thread's: DuckDB's or pyarrow's too
+            # every thread's (DuckDB's or pyarrow's too), and the ClickHouse servers'
+            insert_cpu_s += time.process_time() - c + server_cpu() - sc
             if (k + 1) % 10 == 0:
                 print(f"  {(k + 1) * args.chunk / 1e6:.0f} M sessions stored", flush=True)
-        store.close()
         rows = chunks * args.chunk
-        store = DuckDBStore(workdir / "sessions.duckdb")
-        t = time.perf_counter()
-        days = store.build_rollups(END_MS + DAY_MS)  # as the server's maintenance does once a day is over
-        rollup_s = time.perf_counter() - t
+        if backend == "duckdb":
+            store.close()
+            store = DuckDBStore(workdir / "sessions.duckdb")
+            t = time.perf_counter()
+            days = store.build_rollups(END_MS + DAY_MS)  # as the server's maintenance does once a day is over
+            rollup_s = time.perf_counter() - t
         stats = store.stats()
         per_session = stats.bytes_on_disk / stats.rows
         print(f"inserted {rows / 1e6:.0f} M sessions: {rows / insert_s / 1e6:.2f} M sessions/s, "
               f"{insert_cpu_s / rows * 1e6:.2f} CPU-s per M (enrichment {2 * rows / enrich_s / 1e6:.1f} M lookups/s, not included)")
-        print(f"daily host rollups: {days} days summed in {rollup_s:.1f} s (off the insert path, once per day)")
+        if backend == "duckdb":
+            print(f"daily host rollups: {days} days summed in {rollup_s:.1f} s (off the insert path, once per day)")
         nf_per_session, nf_flows = nfcapd_bytes_per_session(sample, workdir)
         print(f"bytes on disk per session: sluice {per_session:.1f}, nfcapd -y (LZ4, two flows per session) "
               f"{nf_per_session:.1f}  -> ratio {per_session / nf_per_session:.2f} "
@@ -190,10 +231,12 @@ def main() -> int:
             ("top-10 hosts by bytes, last hour", lambda: store.report(last_hour), 0.5),
             ("top-10 hosts by bytes, everything", lambda: store.report(everything), 3.0),
             ("top-10 hosts by bytes sent, 7 days less 1 h", lambda: store.report(everything_sent), None),
-            ("same, everything, raw rows (no rollups)", lambda: store.report(everything, use_rollups=False), None),
             ("top-10 ports by sessions, last day, filtered", lambda: store.report(filtered), None),
             ("bytes time series, last day (auto buckets)", lambda: store.timeseries(series), None),
         ]
+        if backend == "duckdb":
+            results.insert(3, ("same, everything, raw rows (no rollups)",
+                               lambda: store.report(everything, use_rollups=False), None))
         print(f"query latency over {stats.rows / 1e6:.0f} M sessions (median of 3):")
         for name, fn, target in results:
             seconds, table = timed(fn)
@@ -201,8 +244,9 @@ def main() -> int:
             print(f"  {name:48} {seconds:7.3f} s  {table.num_rows} rows{verdict}")
         store.close()
     finally:
+        if cluster is not None:
+            cluster.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":
