@@ -133,9 +133,10 @@ def _directional(sent: str, received: str, direction: Direction) -> str:
     }[direction]
 
 
-def _where(
+def frame_condition(
     spec_where: Node | None, start_ms: int, end_ms: int, dialect: Dialect = Dialect.DUCKDB
 ) -> tuple[str, list[object]]:
+    """The SQL condition of rows overlapping [start_ms, end_ms) and passing the filter."""
     cond, params = "end_ms >= ? AND start_ms < ?", list[object]([start_ms, end_ms])
     if spec_where is not None:
         sql, more = compile_filter(spec_where, dialect)
@@ -145,7 +146,7 @@ def _where(
 
 def report_sql(spec: ReportSpec, source: str, dialect: Dialect = Dialect.DUCKDB) -> tuple[str, list[object]]:
     """SQL for a ranked report over ``source`` (a table expression of session rows)."""
-    cond, params = _where(spec.where, spec.start_ms, spec.end_ms, dialect)
+    cond, params = frame_condition(spec.where, spec.start_ms, spec.end_ms, dialect)
     names = ENTITY_COLUMNS[spec.entity]
     metric, direction = spec.metric, spec.direction
     if spec.entity in _ENDPOINT:
@@ -202,7 +203,7 @@ def endpoint_sum_parts(
 ) -> tuple[list[str], list[object]]:
     """Per-side partial sums (columns ``e0``, ``v``) of an endpoint traffic report, one query
     per side; merged by :func:`merge_sums` (stores may add partial sums of their own)."""
-    cond, params = _where(spec.where, spec.start_ms, spec.end_ms, dialect)
+    cond, params = frame_condition(spec.where, spec.start_ms, spec.end_ms, dialect)
     cln, srv = _ENDPOINT[spec.entity]
     unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
     parts = []
@@ -223,7 +224,7 @@ def merge_sums(parts: list[str], name: str, top: int) -> str:
 
 
 def series_sql(spec: SeriesSpec, source: str, dialect: Dialect = Dialect.DUCKDB) -> tuple[str, list[object]]:
-    cond, params = _where(spec.where, spec.start_ms, spec.end_ms, dialect)
+    cond, params = frame_condition(spec.where, spec.start_ms, spec.end_ms, dialect)
     bucket = int(spec.bucket())
     value = {
         Metric.BYTES: "sum(cln_bytes) + sum(srv_bytes)",

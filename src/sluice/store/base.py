@@ -6,6 +6,7 @@ sees a database connection or writes SQL against it. Results are Arrow tables.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,37 @@ class Stager:
     write: Callable[[list[SessionBatch], Path, str], list[Any]]
     directory: Path
     flush_rows: int
+
+
+class SessionQueue:
+    """Session batches waiting for a store's next flush, and when to ask for one: with the
+    store's ``on_full`` set, a full queue asks that callback (a writer thread) to flush, so the
+    caller does not wait for the disk; only a queue twice over full is flushed by the caller,
+    to bound memory."""
+
+    def __init__(self, flush_rows: int):
+        self.flush_rows = flush_rows
+        self._lock = threading.Lock()
+        self._batches: list[SessionBatch] = []
+        self._rows = 0
+
+    def add(self, sessions: SessionBatch, flush: Callable[[], object], on_full: Callable[[], None] | None) -> None:
+        if not len(sessions):
+            return
+        with self._lock:
+            self._batches.append(sessions)
+            self._rows += len(sessions)
+            queued = self._rows
+        if queued >= self.flush_rows * (2 if on_full is not None else 1):
+            flush()
+        elif queued >= self.flush_rows and on_full is not None:
+            on_full()
+
+    def take(self) -> list[SessionBatch]:
+        """Everything queued, for a flush; the queue is empty after."""
+        with self._lock:
+            batches, self._batches, self._rows = self._batches, [], 0
+        return batches
 
 
 class FlowStore(ABC):

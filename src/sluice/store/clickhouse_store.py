@@ -25,9 +25,9 @@ import structlog
 
 from ..flows.schema import ADDR, COUNTRY, SESSION_COLUMNS, SESSION_SCHEMA, SessionBatch
 from ..query.filter import Node
-from ..query.reports import ENTITY_COLUMNS, ReportSpec, SeriesSpec, report_sql, series_sql
-from ..query.sql import Dialect, compile_filter
-from .base import FlowStore, RetentionResult, StoreStats, StoreUnavailable, TimeRange
+from ..query.reports import ENTITY_COLUMNS, ReportSpec, SeriesSpec, frame_condition, report_sql, series_sql
+from ..query.sql import Dialect
+from .base import FlowStore, RetentionResult, SessionQueue, StoreStats, StoreUnavailable, TimeRange
 
 log = structlog.get_logger(__name__)
 
@@ -89,17 +89,14 @@ class ClickHouseStore(FlowStore):
         self.servers = list(servers)
         self.cluster = _check_name("cluster", cluster)
         self.database = _check_name("database", database)
-        self.flush_rows = flush_rows
         self._connect = connect or _client
         self._addresses = [_host_port(server) for server in self.servers]
         # a connection runs one query at a time: each thread (the writer, the API's) has its own
         self._local = threading.local()
         self._opened: list[list[Any]] = []
         self._opened_lock = threading.Lock()
-        self._lock = threading.Lock()  # the queue
         self._write = threading.Lock()  # writing and DDL
-        self._queue: list[SessionBatch] = []
-        self._queued_rows = 0
+        self.queue = SessionQueue(flush_rows)
         self.write_errors = 0
         self._schema_missing = set(range(len(self.servers)))  # servers not reached yet
         self._create_schema()
@@ -143,23 +140,12 @@ class ClickHouseStore(FlowStore):
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, sessions: SessionBatch) -> None:
-        """Queue rows for the next flush (as the embedded store: ``on_full`` asks a writer
-        thread to flush; only a queue twice over full is flushed here)."""
-        if not len(sessions):
-            return
-        with self._lock:
-            self._queue.append(sessions)
-            self._queued_rows += len(sessions)
-            queued = self._queued_rows
-        if queued >= self.flush_rows * (2 if self.on_full is not None else 1):
-            self.flush()
-        elif queued >= self.flush_rows and self.on_full is not None:
-            self.on_full()
+        """Queue rows for the next flush (``SessionQueue``)."""
+        self.queue.add(sessions, self.flush, self.on_full)
 
     def flush(self) -> int:
         with self._write:
-            with self._lock:
-                batches, self._queue, self._queued_rows = self._queue, [], 0
+            batches = self.queue.take()
             if not batches:
                 return 0
             if self._schema_missing:
@@ -210,10 +196,7 @@ class ClickHouseStore(FlowStore):
         return pa.Table.from_arrays(arrays, names=names)
 
     def sessions(self, time_range: TimeRange, where: Node | None = None, limit: int = 1000) -> pa.Table:
-        cond, params = "end_ms >= ? AND start_ms < ?", list[object]([time_range.start_ms, time_range.end_ms])
-        if where is not None:
-            sql, more = compile_filter(where, Dialect.CLICKHOUSE)
-            cond, params = f"{cond} AND {sql}", params + more
+        cond, params = frame_condition(where, time_range.start_ms, time_range.end_ms, Dialect.CLICKHOUSE)
         columns = ", ".join(SESSION_SCHEMA.names)
         table = self._query(
             f"SELECT {columns} FROM {self.database}.sessions WHERE {cond} ORDER BY end_ms DESC LIMIT {int(limit)}",

@@ -47,12 +47,12 @@ from ..query.reports import (
     ReportSpec,
     SeriesSpec,
     endpoint_sum_parts,
+    frame_condition,
     merge_sums,
     report_sql,
     series_sql,
 )
-from ..query.sql import compile_filter
-from .base import FlowStore, RetentionResult, Stager, StoreStats, TimeRange
+from .base import FlowStore, RetentionResult, SessionQueue, Stager, StoreStats, TimeRange
 from .segments import Segment, SegmentFiles, StagedFile
 
 log = structlog.get_logger(__name__)
@@ -208,11 +208,8 @@ class DuckDBStore(FlowStore):
         # cpuset) would have its threads fight over them
         self._con.execute(f"SET threads = {int(threads or len(os.sched_getaffinity(0)))}")
         self._con.execute("SET parquet_metadata_cache = true")  # files never change once written
-        self._lock = threading.Lock()  # the queue
         self._write = threading.Lock()  # writing: flush, retention, compaction, rollups, close
-        self._queue: list[SessionBatch] = []
-        self._queued_rows = 0
-        self.flush_rows = flush_rows
+        self.queue = SessionQueue(flush_rows)
         self.write_errors = 0
         self._migrate_tables()
         self._con.execute("CREATE TABLE IF NOT EXISTS rollup_days (day VARCHAR PRIMARY KEY, source_rows BIGINT)")
@@ -245,27 +242,15 @@ class DuckDBStore(FlowStore):
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, sessions: SessionBatch) -> None:
-        """Queue rows for the next flush. With ``on_full`` set, a full queue asks that
-        callback (a writer thread) to flush, so the caller does not wait for the disk; only a
-        queue twice over full is flushed here, to bound memory."""
-        if not len(sessions):
-            return
-        with self._lock:
-            self._queue.append(sessions)
-            self._queued_rows += len(sessions)
-            queued = self._queued_rows
-        if queued >= self.flush_rows * (2 if self.on_full is not None else 1):
-            self.flush()
-        elif queued >= self.flush_rows and self.on_full is not None:
-            self.on_full()
+        """Queue rows for the next flush (``SessionQueue``)."""
+        self.queue.add(sessions, self.flush, self.on_full)
 
     def flush(self) -> int:
         with self._write:
             return self._flush()
 
     def _flush(self) -> int:
-        with self._lock:
-            batches, self._queue, self._queued_rows = self._queue, [], 0
+        batches = self.queue.take()
         if not batches:
             return 0
         parts = _day_parts(batches)
@@ -285,7 +270,7 @@ class DuckDBStore(FlowStore):
         return rows
 
     def staging(self) -> Stager:
-        return Stager(stage_sessions, self.files.staging, max(1, self.flush_rows))
+        return Stager(stage_sessions, self.files.staging, max(1, self.queue.flush_rows))
 
     def adopt(self, files: list[StagedFile]) -> int:
         with self._write:
@@ -332,10 +317,7 @@ class DuckDBStore(FlowStore):
         return _join_addresses(table) if addresses else table
 
     def sessions(self, time_range: TimeRange, where: Node | None = None, limit: int = 1000) -> pa.Table:
-        cond, params = "end_ms >= ? AND start_ms < ?", list[object]([time_range.start_ms, time_range.end_ms])
-        if where is not None:
-            sql, more = compile_filter(where)
-            cond, params = f"{cond} AND {sql}", params + more
+        cond, params = frame_condition(where, time_range.start_ms, time_range.end_ms)
         with self.files.reading() as snapshot:
             source = self._source(snapshot, time_range.start_ms, time_range.end_ms)
             table = self._query(
