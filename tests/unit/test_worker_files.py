@@ -15,7 +15,7 @@ from sluice.flows.shards import ShardedSessions
 from sluice.simulate.traffic import TrafficModel
 from sluice.store.duckdb_store import DuckDBStore
 
-from ..support.waiting import wait_until
+from ..support.waiting import wait_until, wait_until_steady
 
 
 def test_a_failed_write_of_a_workers_files_is_counted_across_its_restart(tmp_path):
@@ -29,7 +29,9 @@ def test_a_failed_write_of_a_workers_files_is_counted_across_its_restart(tmp_pat
         pool.submit(TrafficModel(seed=3).conversations(now - 10_000, now, 500), now)
         pool.expire(now)  # a flush: each worker with rows tries to write them, and cannot
         wait_until(lambda: pool.write_errors() >= 1, timeout=30, what="the failed write reported")
-        errors = pool.write_errors()
+        # both workers may fail, and report at their own pace: the count before the kill is
+        # the settled one (read at the first report, a second worker's came in "meanwhile")
+        errors = wait_until_steady(pool.write_errors, steady_s=1.0, timeout=30, what="every failed write reported")
         victim = next(w for w in pool.workers if w.report.write_errors)
         os.kill(victim.process.pid, signal.SIGKILL)
         wait_until(lambda: counters.get("session_worker_restarts_total") == 1 and victim.process.is_alive(),
