@@ -96,6 +96,12 @@ class StoreSettings(BaseModel):
     )
     clickhouse_cluster: str = Field("sluice", description="the cluster's name in the servers' remote_servers")
     clickhouse_database: str = Field("sluice", description="the database Sluice creates its tables in")
+    clickhouse_spool_gb: float = Field(
+        4.0,
+        gt=0,
+        description="local disk (DATA_DIR/clickhouse-spool) for sessions waiting for a shard that is down; "
+        "beyond it they are dropped and counted",
+    )
 
     @model_validator(mode="after")
     def _clickhouse_complete(self) -> StoreSettings:

@@ -26,7 +26,7 @@ from .flows.sessions import SessionTracker, TrackerStats
 from .flows.shards import ShardedSessions, default_workers
 from .lifecycle import Worker, lower_priority
 from .store.backends import open_store
-from .store.base import FlowStore
+from .store.base import FlowStore, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -159,9 +159,12 @@ class Ingest:
         if retention:
             max_bytes = int(st.max_size_gb * 2**30) if st.max_size_gb else None
             days = self.retention_days() or st.retention_days
-            result = self.store.retain(now_ms, days * 86400, max_bytes)
-            if result.rows_deleted:
-                log.info("retention", rows=result.rows_deleted, days_dropped=result.partitions_dropped)
+            try:
+                result = self.store.retain(now_ms, days * 86400, max_bytes)
+                if result.rows_deleted:
+                    log.info("retention", rows=result.rows_deleted, days_dropped=result.partitions_dropped)
+            except StoreUnavailable as exc:  # applied at the next retention round
+                log.warning("retention postponed: the store cannot answer", error=str(exc))
         self.store.maintain(now_ms)
         self._export_gauges()
 
@@ -190,10 +193,15 @@ class Ingest:
         counters.set("sessions_started_total", tracker_stats.sessions_started)
         counters.set("sessions_evicted_total", tracker_stats.sessions_evicted)
         counters.set("flows_deduplicated_total", tracker_stats.flows_deduplicated)
-        stats = self.store.stats()
-        counters.set("store_rows", stats.rows)
-        counters.set("store_bytes", stats.bytes_on_disk)
         worker_errors = self.shards.write_errors() if self.shards is not None else 0
         counters.set("store_write_errors_total", getattr(self.store, "write_errors", 0) + worker_errors)
+        for name, value in self.store.gauges().items():
+            counters.set(f"store_{name}", value)
+        try:
+            stats = self.store.stats()
+        except StoreUnavailable:  # a shard down: the figures that need it keep their last values
+            return
+        counters.set("store_rows", stats.rows)
+        counters.set("store_bytes", stats.bytes_on_disk)
         if stats.oldest_ms is not None:
             counters.set("store_oldest_seconds", stats.oldest_ms / 1000)

@@ -43,6 +43,8 @@ class ClickHouseServer:
   <http_port>{self.http_port}</http_port>
   <interserver_http_port>{self.interserver_port}</interserver_http_port>
   <listen_host>127.0.0.1</listen_host>
+  <!-- not UTC: Sluice's days and buckets must not depend on the server's time zone -->
+  <timezone>Asia/Kolkata</timezone>
   <path>{d}/data/</path>
   <tmp_path>{d}/tmp/</tmp_path>
   <user_files_path>{d}/user_files/</user_files_path>
@@ -56,6 +58,8 @@ class ClickHouseServer:
 """)
 
     def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return  # running
         binary = require_tool("clickhouse-server")
         self.proc = subprocess.Popen([binary, f"--config-file={self.config}"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)

@@ -177,6 +177,26 @@ class ColumnBatch:
                 arrays.append(pa.array(col, type=_ARROW_TYPES[dt]))
         return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(dict(fields)))
 
+    @classmethod
+    def from_arrow(cls: type[B], table: pa.Table | pa.RecordBatch) -> B:
+        """The inverse of ``to_arrow``: every column of ``COLUMNS``, by name."""
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        n = table.num_rows
+        out: dict[str, np.ndarray] = {}
+        for name, dt in cls.COLUMNS.items():
+            column = table.column(name).combine_chunks()
+            if dt is ADDR:
+                if column.type != pa.binary(16):
+                    raise ValueError(f"column {name}: {column.type}, not 16-byte addresses")
+                data = np.frombuffer(column.buffers()[1], np.uint8)
+                out[name] = data[column.offset * 16 : (column.offset + n) * 16].reshape(n, 16).copy()
+            elif dt is COUNTRY:
+                out[name] = _country_codes(column)
+            else:
+                out[name] = column.to_numpy(zero_copy_only=False).astype(_numpy_dtype(dt), copy=False)
+        return cls(out)
+
     def to_records(self) -> list[dict[str, object]]:
         """Rows as dicts with addresses as text: for display and tests, not the hot path."""
         n = len(self)
@@ -194,6 +214,18 @@ class ColumnBatch:
             for row, v in zip(rows, values, strict=True):
                 row[name] = v
         return rows
+
+
+def _country_codes(column: pa.Array) -> np.ndarray:
+    """A string column of two-letter codes as numpy ``S2``: straight from its buffer when every
+    value is two bytes (as ``to_arrow`` writes them), else value by value."""
+    n = len(column)
+    if n and column.null_count == 0:
+        offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset : column.offset + n + 1]
+        if (np.diff(offsets) == 2).all():
+            data = np.frombuffer(column.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+            return data.view("S2").copy()
+    return np.array([v or "" for v in column.to_pylist()], "S2")
 
 
 class FlowBatch(ColumnBatch):

@@ -139,6 +139,10 @@ class FlowStore(ABC):
     def maintain(self, now_ms: int) -> None:  # noqa: B027  (optional: most stores have nothing to do)
         """Periodic housekeeping beyond retention (e.g. building rollups); by default none."""
 
+    def gauges(self) -> dict[str, float]:
+        """Figures of the backend for ``/metrics`` (as ``sluice_store_<name>``); by default none."""
+        return {}
+
     @abstractmethod
     def stats(self) -> StoreStats:
         """Rows, bytes on disk, oldest and newest time."""

@@ -4,9 +4,16 @@ queries), and a ``sessions`` Distributed table over all of them answers every qu
 
 Rows are sharded here, by session id (a session's rows stay together), and inserted in
 batches over the native protocol (``clickhouse-driver``, columnar numpy) into each shard's
-local table. Addresses are ``FixedString(16)`` (IPv4 as ``::ffff:a.b.c.d``): compared byte by
-byte they order like the 128-bit numbers they are, which the oldest servers this runs on
-(18.16, Debian 12) have no type for. Reports and time series are the embedded store's SQL
+local table. Rows a shard cannot take go to a bounded spool on local disk (``spool.py``) and
+are replayed when it answers again, exactly once: every insert carries a random batch id in
+the ``batch_id`` column, and an insert is at most one block of the driver, which the server
+stores as one part per day partition, whole or not at all; so before a replay, counting the
+batch's rows per day on the shard tells which days of an insert whose outcome was unknown
+(the connection broke before the acknowledgement) are already there.
+
+Addresses are ``FixedString(16)`` (IPv4 as ``::ffff:a.b.c.d``): compared byte by byte they
+order like the 128-bit numbers they are, which the oldest servers this runs on (18.16,
+Debian 12) have no type for. Reports and time series are the embedded store's SQL
 (``query/reports.py``) in the ClickHouse dialect; their answers are the same row for row.
 
 The cluster's DDL is run on each server in turn (``ON CLUSTER`` needs ZooKeeper).
@@ -15,7 +22,9 @@ The cluster's DDL is run on each server in turn (``ON CLUSTER`` needs ZooKeeper)
 from __future__ import annotations
 
 import re
+import secrets
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,10 +37,19 @@ from ..query.filter import Node
 from ..query.reports import ENTITY_COLUMNS, ReportSpec, SeriesSpec, frame_condition, report_sql, series_sql
 from ..query.sql import Dialect
 from .base import FlowStore, RetentionResult, SessionQueue, StoreStats, StoreUnavailable, TimeRange
+from .spool import Spool, SpoolEntry
 
 log = structlog.get_logger(__name__)
 
 DAY_MS = 86_400_000
+#: rows per insert at most: one block of the driver (its ``insert_block_size`` is 1,048,576)
+INSERT_ROWS = 1_000_000
+#: a shard that failed is tried again after this long, doubled after each failure up to the maximum
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
+#: spooled entries replayed per flush at most, so that a long outage's backlog does not hold
+#: the writer (new rows still go straight to the shard)
+REPLAY_ENTRIES = 8
 
 _TYPES: dict[object, str] = {
     np.uint8: "UInt8",
@@ -42,7 +60,8 @@ _TYPES: dict[object, str] = {
     ADDR: "FixedString(16)",
     COUNTRY: "FixedString(2)",
 }
-_COLUMNS_DDL = ", ".join(f"{name} {_TYPES[dtype]}" for name, dtype in SESSION_COLUMNS.items())
+_COLUMNS_DDL = ", ".join(f"{name} {_TYPES[dtype]}" for name, dtype in SESSION_COLUMNS.items()) + ", batch_id UInt64"
+_INSERT_COLUMNS = ", ".join([*SESSION_COLUMNS, "batch_id"])
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -81,9 +100,12 @@ class ClickHouseStore(FlowStore):
         database: str = "sluice",
         flush_rows: int = 1_000_000,
         connect: Callable[[str, int], Any] | None = None,
+        spool: Spool | None = None,
+        retry_first_s: float = RETRY_FIRST_S,
     ):
         """``servers``: every server of the cluster as ``host:port`` (native protocol), in the
-        order of the cluster's shards; ``cluster``: its name in their ``remote_servers``."""
+        order of the cluster's shards; ``cluster``: its name in their ``remote_servers``;
+        ``spool``: where rows wait for a shard that is down (None: they are dropped and counted)."""
         if not servers:
             raise ValueError("a ClickHouse store needs at least one server (host:port)")
         self.servers = list(servers)
@@ -97,9 +119,22 @@ class ClickHouseStore(FlowStore):
         self._opened_lock = threading.Lock()
         self._write = threading.Lock()  # writing and DDL
         self.queue = SessionQueue(flush_rows)
-        self.write_errors = 0
+        self.write_errors = 0  # inserts that failed (their rows spooled, or dropped without a spool)
+        self.spool = spool
+        self.dropped_rows = 0  # rows neither stored nor spooled (no spool given)
+        self.replayed_rows = 0  # spooled rows stored on their shard
+        self.replay_found_rows = 0  # spooled rows found already stored (an acknowledgement lost)
+        self._retry_first_s = retry_first_s
+        self._retry_delay = [retry_first_s] * len(self.servers)
+        self._retry_at = [0.0] * len(self.servers)  # a shard is skipped (spooled for) until then
         self._schema_missing = set(range(len(self.servers)))  # servers not reached yet
-        self._create_schema()
+        with self._write:
+            self._create_schema()
+        if spool is not None:
+            orphans = [shard for shard in spool.shards() if shard >= len(self.servers)]
+            if orphans:
+                log.error("the spool holds rows of shards the configuration no longer lists; they stay "
+                          "in the spool until it does", shards=orphans, directory=str(spool.directory))  # fmt: skip
 
     @property
     def _clients(self) -> list[Any]:
@@ -115,27 +150,59 @@ class ClickHouseStore(FlowStore):
 
     def _create_schema(self) -> None:
         """Create the tables on every server not done yet; a server that does not answer is
-        tried again at the next flush (the server starts, and collects, without it)."""
+        tried again when its retry is due (the server starts, and collects, without it)."""
         db = self.database
         for i in sorted(self._schema_missing):
+            if self._is_down(i):
+                continue
             client = self._clients[i]
             try:
                 client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
                 client.execute(
                     f"CREATE TABLE IF NOT EXISTS {db}.sessions_local ({_COLUMNS_DDL}) ENGINE = MergeTree() "
-                    "PARTITION BY toYYYYMMDD(toDateTime(intDiv(end_ms, 1000))) ORDER BY (end_ms, session_id)"
+                    # the UTC day number: days do not depend on the server's time zone
+                    f"PARTITION BY intDiv(end_ms, {DAY_MS}) ORDER BY (end_ms, session_id)"
                 )
                 client.execute(
                     f"CREATE TABLE IF NOT EXISTS {db}.sessions AS {db}.sessions_local "
                     f"ENGINE = Distributed({self.cluster}, {db}, sessions_local, session_id)"
                 )
+                self._add_batch_id(client)
                 self._schema_missing.discard(i)
             except Exception as exc:  # down or unreachable: collection goes on
-                log.error(
-                    "ClickHouse server not reached; its tables are created when it answers",
-                    server=self.servers[i],
-                    error=_first_line(exc),
-                )
+                self._failed(i, exc, "ClickHouse server not reached; its tables are created when it answers")
+
+    def _add_batch_id(self, client: Any) -> None:
+        """Tables created before inserts carried a batch id get the column (0 in old rows)."""
+        db = self.database
+        for table in ("sessions_local", "sessions"):
+            [(has,)] = client.execute(
+                "SELECT count() FROM system.columns WHERE database = %(db)s AND table = %(t)s AND name = 'batch_id'",
+                {"db": db, "t": table},
+            )
+            if not has:
+                client.execute(f"ALTER TABLE {db}.{table} ADD COLUMN batch_id UInt64")
+
+    def _is_down(self, shard: int) -> bool:
+        return time.monotonic() < self._retry_at[shard]
+
+    def _takes(self, shard: int) -> bool:
+        """Whether to send the shard rows now: its tables exist and no retry is pending."""
+        return not self._is_down(shard) and shard not in self._schema_missing
+
+    def _failed(self, shard: int, exc: BaseException, message: str) -> None:
+        """Skip the shard for a while (longer after each failure in a row)."""
+        first = self._retry_delay[shard] == self._retry_first_s
+        self._retry_at[shard] = time.monotonic() + self._retry_delay[shard]
+        self._retry_delay[shard] = min(RETRY_MAX_S, self._retry_delay[shard] * 2)
+        if first:  # once per outage, not at every retry
+            log.error(message, server=self.servers[shard], error=_first_line(exc))
+
+    def _answered(self, shard: int) -> None:
+        if self._retry_delay[shard] != self._retry_first_s:
+            log.info("ClickHouse shard answers again", server=self.servers[shard])
+        self._retry_delay[shard] = self._retry_first_s
+        self._retry_at[shard] = 0.0
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -144,36 +211,107 @@ class ClickHouseStore(FlowStore):
         self.queue.add(sessions, self.flush, self.on_full)
 
     def flush(self) -> int:
+        """Insert what is queued, each shard's share in inserts of at most ``INSERT_ROWS``;
+        what a shard does not take is spooled. Then replay some of the spool. Returns the
+        rows stored now (spooled ones not counted)."""
         with self._write:
             batches = self.queue.take()
-            if not batches:
-                return 0
             if self._schema_missing:
                 self._create_schema()
-            rows = SessionBatch.concat(batches)
-            shard = (rows["session_id"] % np.uint64(len(self._clients))).astype(np.int64)
-            kept = 0
-            for i, client in enumerate(self._clients):
-                part = rows.take(np.flatnonzero(shard == i))
-                if not len(part):
+            stored = 0
+            if batches:
+                rows = SessionBatch.concat(batches)
+                shard = (rows["session_id"] % np.uint64(len(self.servers))).astype(np.int64)
+                for i in range(len(self.servers)):
+                    part = rows.take(np.flatnonzero(shard == i))
+                    for start in range(0, len(part), INSERT_ROWS):
+                        stored += self._store(i, part.take(np.arange(start, min(start + INSERT_ROWS, len(part)))))
+            self._replay()
+            return stored
+
+    def _insert(self, shard: int, rows: SessionBatch, batch_id: int) -> None:
+        self._clients[shard].execute(
+            f"INSERT INTO {self.database}.sessions_local ({_INSERT_COLUMNS}) VALUES",
+            [*_columns(rows), np.full(len(rows), batch_id, np.uint64)],
+            columnar=True,
+            types_check=False,
+        )
+
+    def _store(self, shard: int, rows: SessionBatch) -> int:
+        """Insert one batch into its shard, or spool it; the rows stored."""
+        batch_id = secrets.randbits(63)
+        if self._takes(shard):
+            try:
+                self._insert(shard, rows, batch_id)
+                self._answered(shard)
+                return len(rows)
+            except Exception as exc:  # down, or the outcome unknown: the spool (and its replay) decides
+                self.write_errors += 1
+                self._failed(shard, exc, "a ClickHouse shard did not take sessions; they go to the spool")
+        if self.spool is None or not self.spool.put(shard, batch_id, rows):
+            if self.spool is None:
+                self.dropped_rows += len(rows)
+            log.error("session rows dropped: the shard is down and the spool is full or missing",
+                      server=self.servers[shard], rows=len(rows))  # fmt: skip
+        return 0
+
+    def _replay(self) -> None:
+        """Store some spooled entries of the shards that are up (oldest first)."""
+        if self.spool is None:
+            return
+        budget = REPLAY_ENTRIES
+        for shard in self.spool.shards():
+            while budget and shard < len(self.servers) and self._takes(shard):
+                entry = self.spool.oldest(shard)
+                if entry is None:
+                    break
+                budget -= 1
+                try:
+                    rows = self.spool.read(entry)
+                except Exception as exc:  # a damaged file: not replayed, its rows counted as dropped
+                    self.spool.set_aside(entry, _first_line(exc))
                     continue
                 try:
-                    client.execute(
-                        f"INSERT INTO {self.database}.sessions_local VALUES",
-                        _columns(part),
-                        columnar=True,
-                        types_check=False,
-                    )
-                    kept += len(part)
-                except Exception as exc:  # a shard that is down: counted (a local spool is to come)
-                    self.write_errors += 1
-                    log.error(
-                        "could not store sessions on a ClickHouse shard",
-                        server=self.servers[i],
-                        rows=len(part),
-                        error=_first_line(exc),
-                    )
-            return kept
+                    self._replay_entry(shard, entry, rows)
+                except Exception as exc:
+                    self._failed(shard, exc, "a ClickHouse shard did not take spooled sessions; they stay spooled")
+                    break
+                self._answered(shard)
+                self.spool.remove(entry)
+
+    def _replay_entry(self, shard: int, entry: SpoolEntry, rows: SessionBatch) -> None:
+        """Insert the rows of the entry's days that its shard does not hold yet."""
+        end = rows["end_ms"]
+        found = dict(
+            self._clients[shard].execute(
+                f"SELECT intDiv(end_ms, {DAY_MS}) AS day, count() FROM {self.database}.sessions_local "
+                "WHERE end_ms >= %(lo)s AND end_ms <= %(hi)s AND batch_id = %(batch)s GROUP BY day",
+                {"lo": int(end.min()), "hi": int(end.max()), "batch": entry.batch_id},
+            )
+        )
+        day = end // DAY_MS
+        missing = ~np.isin(day, np.array(list(found), np.int64))
+        for d, n in found.items():
+            expected = int(np.count_nonzero(day == d))
+            if int(n) != expected:  # cannot happen if a day's rows of one insert are one part
+                log.error("a replayed batch was partly stored; left as found", server=self.servers[shard],
+                          day=int(d), stored=int(n), rows=expected)  # fmt: skip
+        if missing.any():
+            self._insert(shard, rows.take(np.flatnonzero(missing)), entry.batch_id)
+        self.replayed_rows += int(np.count_nonzero(missing))
+        self.replay_found_rows += len(rows) - int(np.count_nonzero(missing))
+
+    def gauges(self) -> dict[str, float]:
+        spool = self.spool
+        return {
+            "spool_rows": spool.rows if spool else 0,
+            "spool_bytes": spool.bytes if spool else 0,
+            "spooled_rows_total": spool.spooled_rows if spool else 0,
+            "replayed_rows_total": self.replayed_rows,
+            "replay_found_rows_total": self.replay_found_rows,
+            "dropped_rows_total": self.dropped_rows + (spool.dropped_rows if spool else 0),
+            "shards_down": sum(not self._takes(i) for i in range(len(self.servers))),
+        }
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -235,7 +373,7 @@ class ClickHouseStore(FlowStore):
         cluster holds more than ``max_bytes``."""
         with self._write:
             parts = self._partitions()
-            days = sorted({p[1] for p in parts})
+            days = sorted({p[1] for p in parts}, key=_day_end_ms)
             doomed: set[str] = set()
             if max_age_s is not None:
                 doomed |= {day for day in days if _day_end_ms(day) <= now_ms - max_age_s * 1000}
@@ -336,8 +474,11 @@ def _arrow(column: np.ndarray, ch_type: str) -> pa.Array:
 
 
 def _day_end_ms(partition_id: str) -> int:
-    """The end of a day partition (``YYYYMMDD``), in ms since the epoch."""
-    from datetime import UTC, datetime
+    """The end of a day partition (the UTC day number), in ms since the epoch; tables created
+    before days were numbered have ``YYYYMMDD`` partitions (the server's time zone, taken as UTC)."""
+    if len(partition_id) == 8:
+        from datetime import UTC, datetime
 
-    day = datetime.strptime(partition_id, "%Y%m%d").replace(tzinfo=UTC)
-    return int(day.timestamp() * 1000) + DAY_MS
+        day = datetime.strptime(partition_id, "%Y%m%d").replace(tzinfo=UTC)
+        return int(day.timestamp() * 1000) + DAY_MS
+    return (int(partition_id) + 1) * DAY_MS
