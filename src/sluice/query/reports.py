@@ -199,11 +199,22 @@ def report_sql(spec: ReportSpec, source: str, dialect: Dialect = Dialect.DUCKDB)
 
 
 def endpoint_sum_parts(
-    spec: ReportSpec, source: str, dialect: Dialect = Dialect.DUCKDB
+    spec: ReportSpec,
+    source: str,
+    dialect: Dialect = Dialect.DUCKDB,
+    end_ranges: list[tuple[int, int | None]] | None = None,
 ) -> tuple[list[str], list[object]]:
     """Per-side partial sums (columns ``e0``, ``v``) of an endpoint traffic report, one query
-    per side; merged by :func:`merge_sums` (stores may add partial sums of their own)."""
+    per side; merged by :func:`merge_sums` (stores may add partial sums of their own).
+    ``end_ranges``: only rows whose end lies in one of these [lo, hi) (hi None: unbounded),
+    as a store that sums the other rows itself asks."""
     cond, params = frame_condition(spec.where, spec.start_ms, spec.end_ms, dialect)
+    if end_ranges is not None:
+        ranges = []
+        for lo, hi in end_ranges:
+            ranges.append("end_ms >= ?" if hi is None else "(end_ms >= ? AND end_ms < ?)")
+            params += [lo] if hi is None else [lo, hi]
+        cond = f"{cond} AND ({' OR '.join(ranges) or '0 = 1'})"
     cln, srv = _ENDPOINT[spec.entity]
     unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
     parts = []

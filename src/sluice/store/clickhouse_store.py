@@ -16,6 +16,14 @@ order like the 128-bit numbers they are, which the oldest servers this runs on (
 Debian 12) have no type for. Reports and time series are the embedded store's SQL
 (``query/reports.py``) in the ClickHouse dialect; their answers are the same row for row.
 
+Host rollups, as in the embedded store: once a UTC day is over (and a grace period for the
+sessions still ending in it), each shard sums its rows of the day per host into
+``hosts_local`` (a ``SummingMergeTree``, with ``hosts`` the Distributed table over it), with
+the number of rows summed. A rollup is current while twice that number (each row counts for
+its client and its server) equals the day's rows in the shard's parts; an unfiltered host
+traffic report reads the current rollups of the whole days in its frame and raw rows for
+the rest, and a stale day (late rows, a replayed spool) is rebuilt.
+
 The cluster's DDL is run on each server in turn (``ON CLUSTER`` needs ZooKeeper).
 """
 
@@ -34,7 +42,18 @@ import structlog
 
 from ..flows.schema import ADDR, COUNTRY, SESSION_COLUMNS, SESSION_SCHEMA, SessionBatch
 from ..query.filter import Node
-from ..query.reports import ENTITY_COLUMNS, ReportSpec, SeriesSpec, frame_condition, report_sql, series_sql
+from ..query.reports import (
+    ENTITY_COLUMNS,
+    Entity,
+    Metric,
+    ReportSpec,
+    SeriesSpec,
+    endpoint_sum_parts,
+    frame_condition,
+    merge_sums,
+    report_sql,
+    series_sql,
+)
 from ..query.sql import Dialect
 from .base import FlowStore, RetentionResult, SessionQueue, StoreStats, StoreUnavailable, TimeRange
 from .spool import Spool, SpoolEntry
@@ -47,6 +66,8 @@ INSERT_ROWS = 1_000_000
 #: a shard that failed is tried again after this long, doubled after each failure up to the maximum
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
+#: a day's rollup is built this long after its end: sessions still ending in it arrive meanwhile
+ROLLUP_GRACE_MS = 15 * 60_000
 #: spooled entries replayed per flush at most, so that a long outage's backlog does not hold
 #: the writer (new rows still go straight to the shard)
 REPLAY_ENTRIES = 8
@@ -166,6 +187,15 @@ class ClickHouseStore(FlowStore):
                 client.execute(
                     f"CREATE TABLE IF NOT EXISTS {db}.sessions AS {db}.sessions_local "
                     f"ENGINE = Distributed({self.cluster}, {db}, sessions_local, session_id)"
+                )
+                client.execute(
+                    f"CREATE TABLE IF NOT EXISTS {db}.hosts_local (day UInt32, host FixedString(16), "
+                    "sent_bytes UInt64, recv_bytes UInt64, sent_pkts UInt64, recv_pkts UInt64, sides UInt64) "
+                    "ENGINE = SummingMergeTree() PARTITION BY day ORDER BY (day, host)"
+                )
+                client.execute(
+                    f"CREATE TABLE IF NOT EXISTS {db}.hosts AS {db}.hosts_local "
+                    f"ENGINE = Distributed({self.cluster}, {db}, hosts_local)"
                 )
                 self._add_batch_id(client)
                 self._schema_missing.discard(i)
@@ -342,10 +372,111 @@ class ClickHouseStore(FlowStore):
         )
         return table.cast(SESSION_SCHEMA)
 
-    def report(self, spec: ReportSpec) -> pa.Table:
+    def report(self, spec: ReportSpec, use_rollups: bool = True) -> pa.Table:
         sql, params = report_sql(spec, f"{self.database}.sessions", Dialect.CLICKHOUSE)
+        if (
+            use_rollups
+            and spec.where is None
+            and spec.entity is Entity.HOST
+            and spec.metric in (Metric.BYTES, Metric.PACKETS)
+        ):
+            rolled = self._rolled_days(spec.start_ms, spec.end_ms)
+            if rolled:
+                sql, params = self._rollup_report_sql(spec, rolled)
         table = self._query(sql, params)
         return table.select([*ENTITY_COLUMNS[spec.entity], "value"])
+
+    def _rollup_state(self, shard: int, first: int, last: int) -> tuple[dict[int, int], dict[int, int]]:
+        """For the days ``first`` .. ``last``: the shard's rows per day (from its parts) and the
+        rows its rollup of each day summed."""
+        db = self.database
+        rows: dict[int, int] = {}
+        for pid, n in self._ask(
+            shard,
+            "SELECT partition_id, sum(rows) FROM system.parts WHERE database = %(db)s "
+            "AND table = 'sessions_local' AND active GROUP BY partition_id",
+            {"db": db},
+        ):
+            day = pid.decode() if isinstance(pid, bytes) else str(pid)
+            if len(day) != 8 and first <= int(day) <= last:  # YYYYMMDD: an earlier layout, never rolled up
+                rows[int(day)] = int(n)
+        summed = {
+            int(day): int(sides) // 2
+            for day, sides in self._ask(
+                shard,
+                f"SELECT day, sum(sides) FROM {db}.hosts_local WHERE day >= %(first)s AND day <= %(last)s GROUP BY day",
+                {"first": first, "last": last},
+            )
+        }
+        return rows, summed
+
+    def _rolled_days(self, start_ms: int, end_ms: int) -> list[int]:
+        """Days wholly inside [start_ms, end_ms) whose rollup is current on every shard."""
+        first, last = -(-start_ms // DAY_MS), end_ms // DAY_MS - 1
+        if last < first:
+            return []
+        current = set(range(first, last + 1))
+        for shard in range(len(self.servers)):
+            rows, summed = self._rollup_state(shard, first, last)
+            current -= {day for day in current if rows.get(day, 0) != summed.get(day, 0)}
+        return sorted(current)
+
+    def _rollup_report_sql(self, spec: ReportSpec, rolled: list[int]) -> tuple[str, list[object]]:
+        """Host traffic from the rollups of whole days, plus raw rows ending on other days."""
+        unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
+        value = {
+            "sender": f"sum(sent_{unit})",
+            "receiver": f"sum(recv_{unit})",
+            "either": f"sum(sent_{unit}) + sum(recv_{unit})",
+        }[spec.direction.value]
+        days = ", ".join(str(day) for day in rolled)
+        rolled_part = f"SELECT host AS e0, {value} AS v FROM {self.database}.hosts WHERE day IN ({days}) GROUP BY host"
+        raw: list[tuple[int, int | None]] = []
+        lo = spec.start_ms
+        for day in rolled:
+            if lo < day * DAY_MS:
+                raw.append((lo, day * DAY_MS))
+            lo = (day + 1) * DAY_MS
+        raw.append((lo, None))
+        parts, params = endpoint_sum_parts(spec, f"{self.database}.sessions", Dialect.CLICKHOUSE, raw)
+        return merge_sums([rolled_part, *parts], "address", spec.top), params
+
+    def maintain(self, now_ms: int) -> None:
+        self.build_rollups(now_ms)
+
+    def build_rollups(self, now_ms: int) -> int:
+        """On every shard that answers, sum each finished day (its end and the grace period
+        past) per host where not yet done or stale. Returns the (shard, day) rollups built."""
+        last = (now_ms - ROLLUP_GRACE_MS) // DAY_MS - 1
+        built = 0
+        with self._write:
+            for shard in range(len(self.servers)):
+                if not self._takes(shard):
+                    continue
+                try:
+                    rows, summed = self._rollup_state(shard, 0, last)
+                    for day in sorted(set(rows) | set(summed)):
+                        if rows.get(day, 0) != summed.get(day, 0):
+                            self._build_rollup(shard, day)
+                            built += 1
+                except StoreUnavailable as exc:
+                    self._failed(shard, exc, "a ClickHouse shard did not answer for its rollups")
+        return built
+
+    def _build_rollup(self, shard: int, day: int) -> None:
+        db, lo, hi = self.database, day * DAY_MS, (day + 1) * DAY_MS
+        self._ask(shard, f"ALTER TABLE {db}.hosts_local DROP PARTITION {day}")
+        sides = " UNION ALL ".join(
+            f"SELECT {own}_addr AS host, sum({own}_bytes) AS sb, sum({other}_bytes) AS rb, sum({own}_pkts) AS sp, "
+            f"sum({other}_pkts) AS rp, count() AS n FROM {db}.sessions_local "
+            f"WHERE end_ms >= {lo} AND end_ms < {hi} GROUP BY host"
+            for own, other in (("cln", "srv"), ("srv", "cln"))
+        )
+        self._ask(
+            shard,
+            f"INSERT INTO {db}.hosts_local SELECT toUInt32({day}), host, sum(sb), sum(rb), sum(sp), sum(rp), sum(n) "
+            f"FROM ({sides}) GROUP BY host",
+        )
 
     def timeseries(self, spec: SeriesSpec) -> pa.Table:
         sql, params = series_sql(spec, f"{self.database}.sessions", Dialect.CLICKHOUSE)
@@ -388,9 +519,10 @@ class ClickHouseStore(FlowStore):
             deleted = 0
             for server, day, rows, _, _ in parts:
                 if day in doomed:
-                    self._clients[server].execute(
-                        f"ALTER TABLE {self.database}.sessions_local DROP PARTITION {int(day)}"
-                    )
+                    client = self._clients[server]
+                    client.execute(f"ALTER TABLE {self.database}.sessions_local DROP PARTITION {int(day)}")
+                    if len(day) != 8:  # its rollup (days of an earlier layout have none)
+                        client.execute(f"ALTER TABLE {self.database}.hosts_local DROP PARTITION {int(day)}")
                     deleted += rows
             return RetentionResult(deleted, len(doomed))
 
