@@ -485,13 +485,15 @@ class ClickHouseStore(FlowStore):
     # -- upkeep ----------------------------------------------------------------------------
 
     def _partitions(self) -> list[tuple[int, str, int, int, int]]:
-        """(server, partition id, rows, bytes, newest end) of every active part group."""
+        """(server, partition id, session rows, bytes with the day's rollup, newest end) of
+        every day on every server."""
         out = []
         for i in range(len(self.servers)):
             rows = self._ask(
                 i,
-                "SELECT partition_id, sum(rows), sum(bytes_on_disk) FROM system.parts "
-                "WHERE database = %(db)s AND table = 'sessions_local' AND active GROUP BY partition_id",
+                "SELECT partition_id, sum(if(table = 'sessions_local', rows, 0)), sum(bytes_on_disk) "
+                "FROM system.parts WHERE database = %(db)s AND table IN ('sessions_local', 'hosts_local') "
+                "AND active GROUP BY partition_id",
                 {"db": self.database},
             )
             for pid, n, size in rows:
