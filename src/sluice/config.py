@@ -69,6 +69,13 @@ class SessionSettings(BaseModel):
         1_000_000, ge=1000, description="live sessions tracked at most (least recently seen go first)"
     )
     dedupe_exporters: bool = Field(True, description="count a conversation reported by several exporters once")
+    node_id: int = Field(
+        0,
+        ge=0,
+        le=255,
+        description="this server's number among the servers that share one store (a ClickHouse cluster): "
+        "session ids carry it, so theirs never collide; give each one its own",
+    )
     workers: int = Field(
         0,
         ge=0,

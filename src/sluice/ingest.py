@@ -22,7 +22,7 @@ from .config import Settings
 from .counters import Counters
 from .flows.enrich import Enricher
 from .flows.schema import FlowBatch, SessionBatch
-from .flows.sessions import SessionTracker, TrackerStats
+from .flows.sessions import SessionTracker, TrackerStats, first_session_id
 from .flows.shards import ShardedSessions, default_workers
 from .lifecycle import Worker, lower_priority
 from .store.backends import open_store
@@ -49,6 +49,7 @@ class Ingest:
                 sessions_settings.active_timeout_s,
                 sessions_settings.max_sessions,
                 sessions_settings.dedupe_exporters,
+                first_id=first_session_id(sessions_settings.node_id),
             )
         self.store = store if store is not None else open_store(settings)
         self.settings = settings

@@ -24,7 +24,7 @@ def test_a_server_keeps_its_sessions_in_a_clickhouse_cluster(tmp_path, clickhous
     database = f"live{os.getpid()}"
     proc = start_server(tmp_path, http, netflow, SLUICE_STORE__BACKEND="clickhouse",
                         SLUICE_STORE__CLICKHOUSE_SERVERS=json.dumps(clickhouse.addresses),
-                        SLUICE_STORE__CLICKHOUSE_DATABASE=database)
+                        SLUICE_STORE__CLICKHOUSE_DATABASE=database, SLUICE_SESSIONS__NODE_ID="5")
     try:
         work = tmp_path / "a"
         work.mkdir()
@@ -35,6 +35,7 @@ def test_a_server_keeps_its_sessions_in_a_clickhouse_cluster(tmp_path, clickhous
                                      what="the exported sessions")
             scanned = [r for r in rows if r["srv_addr"] == "10.9.0.10"]
             assert len({r["srv_port"] for r in scanned}) == 70
+            assert {r["session_id"] >> 56 for r in rows} == {5}  # the node's number: ids of servers sharing the cluster differ
             [top] = c.get("/api/v1/reports", params={"entity": "host", "metric": "unique_ports",
                                                       "direction": "receiver", "top": 1}).json()
             assert top == {"address": "10.9.0.10", "value": 70}

@@ -1,6 +1,8 @@
 """Session assembly: orientation rules, folding, timeouts, de-duplication, bounds, and the
 ground truth of a pcap exported by softflowd."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -285,3 +287,16 @@ def test_a_tracker_fills_to_its_bound_without_growing():
         )
     assert len(t) <= 5000 and t.stats.sessions_evicted > 0  # it reached its bound
     assert state.cols["key"] is arrays[0] and state.index_keys is arrays[1], "no array was reallocated"
+
+
+def test_session_ids_carry_the_node_and_count_from_the_start_time():
+    from sluice.flows.sessions import first_session_id
+
+    a, b = first_session_id(0), first_session_id(7, step=3)
+    assert a < 1 << 56 and b >> 56 == 7 and (b - (7 << 56)) % 3 == 0
+    # the counter part is milliseconds since 2020 shifted by 15 bits: now, within a minute
+    assert abs((a >> 15) - (time.time() * 1000 - 1_577_836_800_000)) < 60_000
+    time.sleep(0.002)
+    assert first_session_id(0) > a  # a restart counts on from a later start
+    with pytest.raises(ValueError, match="node id 256"):
+        first_session_id(256)

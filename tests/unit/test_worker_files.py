@@ -42,3 +42,37 @@ def test_a_failed_write_of_a_workers_files_is_counted_across_its_restart(tmp_pat
     finally:
         pool.stop()
         store.close()
+
+
+def test_a_worker_started_again_hands_out_new_session_ids(tmp_path):
+    """Its predecessor's ids are stored already: the new process counts from its start, in
+    its own residue among the workers, never from where the first process began."""
+    from sluice.flows.schema import SessionBatch
+
+    batches: list[SessionBatch] = []
+    counters = Counters()
+    pool = ShardedSessions(2, SessionSettings(), EnrichSettings(), tmp_path / "cache",
+                           lambda sessions, new: batches.append(sessions), counters)
+    try:
+        now = int(time.time() * 1000)
+        pool.submit(TrafficModel(seed=3).conversations(now - 10_000, now, 300), now)
+        wait_until_steady(lambda: sum(map(len, batches)), steady_s=1.0, timeout=60, what="the first sessions")
+        before = len(batches)
+        victim = pool.workers[0]
+        os.kill(victim.process.pid, signal.SIGKILL)
+        wait_until(lambda: counters.get("session_worker_restarts_total") == 1 and victim.process.is_alive(),
+                   timeout=60, what="the worker started again")
+        now = int(time.time() * 1000)
+        pool.submit(TrafficModel(seed=4).conversations(now - 10_000, now, 300), now)
+        wait_until_steady(lambda: sum(map(len, batches)), steady_s=1.0, timeout=60, what="the later sessions")
+    finally:
+        pool.stop()
+    first, later = SessionBatch.concat(batches[:before]), SessionBatch.concat(batches[before:])
+    assert len(first) > 100 and len(later) > 100
+    keys = lambda b: {(int(i), bytes(c), bytes(s), int(p), int(q)) for i, c, s, p, q in zip(  # noqa: E731
+        b["session_id"], b["cln_addr"], b["srv_addr"], b["cln_port"], b["srv_port"], strict=True)}
+    conversations_of: dict[int, set] = {}
+    for key in keys(first) | keys(later):
+        conversations_of.setdefault(key[0], set()).add(key[1:])
+    assert all(len(c) == 1 for c in conversations_of.values()), "an id given to two conversations"
+    assert {i % 2 for i in later["session_id"].tolist()} == {0, 1}  # each worker keeps its residue

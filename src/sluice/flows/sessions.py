@@ -124,6 +124,28 @@ MAX_INDEX_LOAD = 0.5
 PREALLOCATED_BATCH = 65_536
 
 
+#: session ids: the node's number in the top 8 bits, then milliseconds since 2020 (41 bits,
+#: until 2089) shifted by ``_ID_COUNTER_BITS``: a tracker counts up from the time it starts.
+_ID_EPOCH_MS = 1_577_836_800_000
+_ID_COUNTER_BITS = 15
+NODE_ID_BITS = 8
+
+
+def first_session_id(node_id: int = 0, step: int = 1) -> int:
+    """Where a tracker started now counts its session ids from. Unique across restarts while
+    the ids it hands out do not outrun the clock (32 million a second on average), and across
+    the servers sharing a store by their ``node_id``. A multiple of ``step``: trackers sharing
+    one node's id space (session workers) each take ids of their own residue modulo ``step``,
+    also when one of them starts again later."""
+    import time
+
+    if not 0 <= node_id < 1 << NODE_ID_BITS:
+        raise ValueError(f"node id {node_id}: use 0 to {(1 << NODE_ID_BITS) - 1}")
+    counter = (int(time.time() * 1000) - _ID_EPOCH_MS) << _ID_COUNTER_BITS
+    counter = -(-counter // step) * step
+    return (node_id << (64 - NODE_ID_BITS)) + counter
+
+
 class SessionTracker:
     def __init__(
         self,
@@ -143,12 +165,7 @@ class SessionTracker:
         # sessions stalls a batch for a fifth of a second, long enough to overflow a socket
         # buffer. (Rows are zeroed lazily by the kernel and become resident as they fill.)
         self._grow(max(1024, self._full_rows + min(max_sessions, PREALLOCATED_BATCH)))
-        # ids unique across restarts as long as the clock moves on: start at now << 22
-        if first_id is None:
-            import time
-
-            first_id = int(time.time() * 1000) << 22
-        self._next_id = first_id
+        self._next_id = first_session_id() if first_id is None else first_id
         # several trackers (session workers) share one id space: worker i of n starts at
         # base + i and steps by n
         self._id_step = id_step

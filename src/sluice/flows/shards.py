@@ -31,7 +31,6 @@ import pickle
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -47,7 +46,7 @@ from ..counters import Counters
 from .batch_ring import BatchRing, RingClosed, pack, unpack
 from .enrich import Enricher
 from .schema import FlowBatch, SessionBatch
-from .sessions import SessionTracker, TrackerStats, conversation_keys
+from .sessions import SessionTracker, TrackerStats, conversation_keys, first_session_id
 
 log = structlog.get_logger(__name__)
 
@@ -221,7 +220,8 @@ class _Worker:
                 child,
                 self.index,
                 pool.count,
-                pool.first_id,
+                # counted from now: a worker started again must not hand out its old ids again
+                first_session_id(pool.sessions.node_id, pool.count),
                 pool.sessions,
                 pool.enrich,
                 pool.cache_dir,
@@ -358,7 +358,6 @@ class ShardedSessions:
         self.stager, self.adopt = stager, adopt
         self.wanted, self.unseen = wanted, unseen
         self.counters = counters
-        self.first_id = int(time.time() * 1000) << 22
         self.stopping = False
         shard_of(FlowBatch.build(1), count)  # compile the split now, not on the first batch
         self.workers = [_Worker(self, i) for i in range(count)]  # they start side by side
