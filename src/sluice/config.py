@@ -222,9 +222,19 @@ class HttpSettings(BaseModel):
     public_url: Optional[str] = Field(
         None, description="the dashboard's address in notifications (default: http(s)://THIS-HOST:PORT/)"
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed "
+        "(the client address for login throttling and logs); none by default",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpSettings:
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"http.trusted_proxies: {proxy!r} is not an IP address or network") from None
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("http.tls_cert and http.tls_key go together: set both for HTTPS, or neither")
         for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):

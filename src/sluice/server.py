@@ -163,6 +163,10 @@ class Server:
             access_log=self.settings.log_level == "debug",
             lifespan="off",
             timeout_graceful_shutdown=5,
+            # X-Forwarded-For from anyone could pose as any client (uvicorn believes 127.0.0.1 by
+            # default): only from the configured proxies
+            proxy_headers=bool(http.trusted_proxies),
+            forwarded_allow_ips=",".join(http.trusted_proxies) or "",
             **tls,
         )
         _QuietExitServer(config).run(sockets=[sock])

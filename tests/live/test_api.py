@@ -32,6 +32,7 @@ ROUTES = [
     ("GET", "/api/v1/reports?entity=host&metric=bytes", None, "any"),
     ("GET", "/api/v1/timeseries?metric=bytes", None, "any"),
     ("POST", "/api/v1/tokens", {"name": "t"}, "any"),
+    ("GET", "/api/v1/tokens", None, "any"),
     ("GET", "/api/v1/users", None, "admin"),
     ("POST", "/api/v1/users", {"username": "carol", "password": "carol-password-1"}, "admin"),
     ("PATCH", "/api/v1/users/bob", {"password": "bob-password-99"}, "owner"),  # bob's own password
@@ -107,6 +108,35 @@ def test_cookie_login_needs_csrf_for_changes(api):
     assert client.get("/api/v1/me", headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
+def test_api_tokens_are_listed_revoked_expire_and_end_with_the_password(api):
+    client, _ = api
+    bearer = lambda t: {"Authorization": f"Bearer {t}"}  # noqa: E731
+    kept = client.post("/api/v1/tokens", json={"name": "cron"}, auth=BOB).json()
+    brief = client.post("/api/v1/tokens", json={"name": "brief", "expires_in_days": 2e-6}, auth=BOB).json()
+    assert kept["expires_at"] is None and brief["expires_at"] is not None
+    assert client.get("/api/v1/me", headers=bearer(kept["token"])).json()["username"] == "bob"
+    time.sleep(0.3)  # past the brief one's 0.17 s
+    r = client.get("/api/v1/me", headers=bearer(brief["token"]))
+    assert r.status_code == 401 and "unknown, expired or revoked" in r.json()["detail"]
+    listed = {t["name"]: t for t in client.get("/api/v1/tokens", auth=BOB).json()}
+    assert set(listed) == {"cron", "brief"} and "token" not in listed["cron"]
+    assert listed["brief"]["expired"] and not listed["cron"]["expired"]
+    assert listed["cron"]["last_used_at"] is not None and listed["brief"]["last_used_at"] is None
+    for bad in (0, -1, 5000, "soon"):
+        assert client.post("/api/v1/tokens", json={"expires_in_days": bad}, auth=BOB).status_code == 422
+    # another user neither sees nor revokes them
+    assert client.get("/api/v1/tokens", auth=ALICE).json() == []
+    assert client.delete(f"/api/v1/tokens/{kept['id']}", auth=ALICE).status_code == 404
+    assert client.delete(f"/api/v1/tokens/{kept['id']}", auth=BOB).status_code == 204
+    assert client.get("/api/v1/me", headers=bearer(kept["token"])).status_code == 401
+    assert client.delete(f"/api/v1/tokens/{kept['id']}", auth=BOB).status_code == 404
+    # a password reset by an administrator ends every token of the user
+    third = client.post("/api/v1/tokens", json={"name": "third"}, auth=BOB).json()["token"]
+    assert client.patch("/api/v1/users/bob", json={"password": "bob-password-new"}, auth=ADMIN).status_code == 200
+    assert client.get("/api/v1/me", headers=bearer(third)).status_code == 401
+    assert client.get("/api/v1/tokens", auth=("bob", "bob-password-new")).json() == []
+
+
 def test_login_throttling(api):
     client, _ = api
     for _ in range(5):
@@ -116,6 +146,69 @@ def test_login_throttling(api):
     assert "too many failed logins" in r.json()["detail"]
     assert client.get("/api/v1/me", auth=("bob", BOB[1])).status_code == 429  # Basic is throttled too
     assert client.get("/api/v1/me", auth=ALICE).status_code == 200  # others are not
+
+
+def test_made_up_names_from_one_address_are_throttled_and_other_addresses_are_not(tmp_path):
+    """Each made-up name costs a password check: one address gets 30 failures whatever the
+    names, then waits; a user's right password from another address still gets in."""
+    from sluice.state.users import LoginThrottle
+
+    app, users, store = make_app(tmp_path)
+    with TestClient(app, client=("192.0.2.50", 40000)) as sprayer, TestClient(app, client=("192.0.2.60", 40000)) as bob:
+        for i in range(LoginThrottle().client_attempts):
+            assert sprayer.get("/api/v1/me", auth=(f"nobody{i}", "guess-guess")).status_code == 401
+        r = sprayer.get("/api/v1/me", auth=("someone-else", "guess-guess"))
+        assert r.status_code == 429 and "too many failed logins from 192.0.2.50" in r.json()["detail"]
+        assert sprayer.get("/api/v1/me", auth=BOB).status_code == 429  # that address waits, for every name
+        assert bob.get("/api/v1/me", auth=BOB).status_code == 200
+    store.close()
+
+
+def test_password_checks_run_a_few_at_a_time_and_a_checked_password_is_remembered(tmp_path):
+    """24 requests at once with made-up names took 1.5 GB (64 MiB of argon2 each): at most
+    CONCURRENT_CHECKS run at once. A script's password, checked once, is not checked again for
+    a minute - unless it changed."""
+    import threading
+
+    from sluice.http import auth
+
+    app, users, store = make_app(tmp_path)
+    checking, most, calls = 0, 0, []
+    lock = threading.Lock()
+    real = users.authenticate
+
+    def counted(username, password):
+        nonlocal checking, most
+        with lock:
+            checking += 1
+            most = max(most, checking)
+            calls.append(username)
+        try:
+            time.sleep(0.05)  # room for the others to pile up
+            return real(username, password)
+        finally:
+            with lock:
+                checking -= 1
+
+    users.authenticate = counted
+    with TestClient(app) as client:
+        codes: list[int] = []
+        threads = [threading.Thread(target=lambda i=i: codes.append(
+            client.get("/api/v1/me", auth=(f"made-up-{i}", "guess-guess")).status_code)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert codes == [401] * 24 and 1 < most <= auth.CONCURRENT_CHECKS, most
+        calls.clear()
+        for _ in range(3):
+            assert client.get("/api/v1/me", auth=ALICE).json()["username"] == "alice"
+        assert calls == ["alice"]  # checked once
+        users.set_password("alice", "alice-password-new")
+        assert client.get("/api/v1/me", auth=ALICE).status_code == 401  # the remembered one is void
+        assert client.get("/api/v1/me", auth=("alice", "alice-password-new")).status_code == 200
+        assert client.get("/api/v1/me", auth=("alice", "alice-password-new2")).status_code == 401
+    store.close()
 
 
 def test_clear_errors_for_bad_input(api):
@@ -306,3 +399,30 @@ def test_the_api_answers_503_while_postgresql_is_down_and_recovers(tmp_path, pos
             assert client.get("/api/v1/alerts", auth=ALICE).status_code == 200
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_x_forwarded_for_is_believed_only_from_configured_proxies(tmp_path, trusted):
+    """A client could name itself in X-Forwarded-For and escape the login throttle; only a
+    proxy listed in http.trusted_proxies is believed."""
+    import httpx
+
+    from ..support.interop import free_tcp_port, free_udp_port
+    from ..support.server import ADMIN as SERVER_ADMIN
+    from ..support.server import start_server
+
+    http = free_tcp_port()
+    env = {"SLUICE_HTTP__TRUSTED_PROXIES": '["127.0.0.1"]'} if trusted else {}
+    proc = start_server(tmp_path, http, free_udp_port(), **env)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=10) as c:
+            for i in range(5):
+                r = c.get("/api/v1/me", auth=(SERVER_ADMIN[0], "wrong-password"),
+                          headers={"X-Forwarded-For": f"198.51.100.{i}"})
+                assert r.status_code == 401
+            r = c.get("/api/v1/me", auth=(SERVER_ADMIN[0], "wrong-password"), headers={"X-Forwarded-For": "198.51.100.9"})
+            # not trusted: all six came from 127.0.0.1, the sixth waits; trusted: six addresses
+            assert r.status_code == (401 if trusted else 429), r.text
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -219,6 +219,19 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
         op.get_by_role("button", name="Save").click()
         expect(op.locator("#prefs-result")).to_contain_text("A test mail went to operator@example.org")
         shot(op, "preferences-user")
+        # API tokens: made (shown once), used, listed, revoked
+        op.get_by_label("Name", exact=True).fill("nightly")
+        op.get_by_label("Expires after (days)").fill("30")
+        op.get_by_role("button", name="Make a token").click()
+        token = op.locator("#token-value").inner_text()
+        assert token.startswith("sl_")
+        expect(op.locator("#tokens")).to_contain_text("nightly")
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert op.request.get(base + "/api/v1/me", headers=bearer).json()["username"] == OPERATOR[0]
+        op.get_by_role("button", name="Revoke nightly").click()
+        expect(op.locator("#token-result")).to_contain_text("Revoked nightly.")
+        expect(op.locator("#tokens")).to_contain_text("No tokens.")
+        assert op.request.get(base + "/api/v1/me", headers=bearer).status == 401
         csrf = op.locator('meta[name="csrf-token"]').get_attribute("content")
         refused = op.request.put(base + "/api/v1/settings", data={"smtp_host": "evil.example.org"},
                                  headers={"X-CSRF-Token": csrf})

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import os
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
 from ..state.users import LoginThrottle, Users
+
+#: password checks (argon2, 64 MiB each) running at once at most; more wait for a turn
+CONCURRENT_CHECKS = max(2, min(4, os.cpu_count() or 2))
+#: how long a request waits for a turn before it is told to come back (503)
+CHECK_WAIT_S = 10.0
+#: a password checked once is taken as right for this long (scripts send it with each request)
+VERIFIED_TTL_S = 60.0
+VERIFIED_MAX = 10_000
 
 COOKIE = "sluice_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -35,9 +48,18 @@ def client_of(request: Request) -> str:
 
 
 class Authenticator:
+    """Checks passwords (argon2: 64 MiB and a few tens of ms each) with a bound on how many
+    run at once, remembers rightly checked ones for ``VERIFIED_TTL_S`` (keyed by a keyed hash,
+    never the password itself), and throttles failures per user name and client address and
+    per client address."""
+
     def __init__(self, users: Users, throttle: LoginThrottle):
         self.users = users
         self.throttle = throttle
+        self._turns = threading.BoundedSemaphore(CONCURRENT_CHECKS)
+        self._key = secrets.token_bytes(32)  # this process's: the cache means nothing elsewhere
+        self._verified: dict[bytes, tuple[int, str, float]] = {}  # key -> (user id, its hash, until)
+        self._verified_lock = threading.Lock()
 
     def check_throttle(self, username: str, client: str) -> None:
         wait = self.throttle.retry_after(username, client)
@@ -47,14 +69,53 @@ class Authenticator:
                 f"too many failed logins for {username!r}: try again in {int(wait) + 1} s",
                 headers={"Retry-After": str(int(wait) + 1)},
             )
+        wait = self.throttle.client_retry_after(client)
+        if wait > 0:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"too many failed logins from {client}: try again in {int(wait) + 1} s",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
 
     def password(self, username: str, password: str, client: str) -> Principal:
+        key = hmac.new(self._key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
+        remembered = self._remembered(key)
+        if remembered is not None:
+            return remembered
         self.check_throttle(username, client)
-        user = self.users.authenticate(username, password)
+        if not self._turns.acquire(timeout=CHECK_WAIT_S):
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "too many logins are being checked at once: try again in a few seconds",
+                headers={"Retry-After": "2"},
+            )
+        try:
+            user = self.users.authenticate(username, password)
+        finally:
+            self._turns.release()
         if user is None:
             self.throttle.failed(username, client)
             raise unauthorized("wrong user name or password")
         self.throttle.succeeded(username, client)
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[key] = (user.id, user.password_hash, time.monotonic() + VERIFIED_TTL_S)
+        return Principal(user.id, user.username, user.is_admin)
+
+    def _remembered(self, key: bytes) -> Principal | None:
+        """The user of a password checked within ``VERIFIED_TTL_S`` whose password has not
+        changed since (a change on another server sharing the database counts too)."""
+        with self._verified_lock:
+            entry = self._verified.get(key)
+        if entry is None:
+            return None
+        user_id, password_hash, until = entry
+        user = self.users.by_id(user_id) if time.monotonic() < until else None
+        if user is None or user.password_hash != password_hash:
+            with self._verified_lock:
+                self._verified.pop(key, None)
+            return None
         return Principal(user.id, user.username, user.is_admin)
 
     def __call__(self, request: Request) -> Principal:
@@ -63,7 +124,7 @@ class Authenticator:
         if scheme.lower() == "bearer" and value:
             user = self.users.by_token(value.strip())
             if user is None:
-                raise unauthorized("unknown or revoked API token")
+                raise unauthorized("unknown, expired or revoked API token")
             return Principal(user.id, user.username, user.is_admin)
         if scheme.lower() == "basic" and value:
             try:

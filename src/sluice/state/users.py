@@ -33,6 +33,11 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives times back without their zone; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def check_username(name: str) -> str:
     if not USERNAME.match(name or ""):
         raise UserError("a username is 1-64 letters, digits or . _ @ -")
@@ -94,7 +99,9 @@ class Users:
             if user is None:
                 raise UserError(f"no user {username!r}")
             user.password_hash = _hasher.hash(password)
-            session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))  # log out everywhere
+            # log out everywhere, and void the API tokens: a password reset ends every way in
+            session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+            session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
 
     def set_admin(self, username: str, is_admin: bool) -> User:
         with self.db.session() as session:
@@ -132,19 +139,49 @@ class Users:
 
     # -- API tokens ------------------------------------------------------------------------
 
-    def create_token(self, username: str, name: str = "cli") -> str:
+    def create_token(
+        self, username: str, name: str = "cli", expires_in_days: float | None = None
+    ) -> tuple[str, ApiToken]:
+        """A new bearer token (shown once: only its hash is kept) and its record;
+        ``expires_in_days`` None: until revoked or the password changes."""
         token = "sl_" + secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
         with self.db.session() as session:
             user = session.scalar(select(User).where(User.username == username))
             if user is None:
                 raise UserError(f"no user {username!r}")
-            session.add(ApiToken(user_id=user.id, name=name[:64], token_hash=_sha(token)))
-        return token
+            row = ApiToken(user_id=user.id, name=name[:64], token_hash=_sha(token), expires_at=expires)
+            session.add(row)
+            session.flush()  # its id
+        return token, row
+
+    def tokens(self, user_id: int) -> list[ApiToken]:
+        """The user's tokens, newest first (expired ones included, marked by their time)."""
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id.desc())
+            ).all()
+            session.expunge_all()
+            return list(rows)
+
+    def revoke_token(self, user_id: int, token_id: int) -> bool:
+        """Delete one of the user's tokens; False if the user has no such token."""
+        with self.db.session() as session:
+            done = session.execute(delete(ApiToken).where(ApiToken.user_id == user_id, ApiToken.id == token_id))
+            return bool(done.rowcount)  # type: ignore[attr-defined]
 
     def by_token(self, token: str) -> User | None:
         with self.db.session() as session:
             row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _sha(token)))
-            return session.get(User, row.user_id) if row else None
+            if row is None:
+                return None
+            now = datetime.now(UTC)
+            if row.expires_at is not None and _aware(row.expires_at) <= now:
+                return None
+            # when it was last used, to the minute (not a write per request)
+            if row.last_used_at is None or now - _aware(row.last_used_at) > timedelta(minutes=1):
+                row.last_used_at = now
+            return session.get(User, row.user_id)
 
     # -- web login sessions ----------------------------------------------------------------
 
@@ -168,8 +205,7 @@ class Users:
             row = session.get(LoginSession, _sha(session_id))
             if row is None:
                 return None
-            expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
-            if expires < datetime.now(UTC):
+            if _aware(row.expires_at) < datetime.now(UTC):
                 session.delete(row)
                 return None
             user = session.get(User, row.user_id)
@@ -181,32 +217,49 @@ class Users:
 
 
 class LoginThrottle:
-    """At most ``attempts`` failed logins per (user name, client) in ``window_s``; then wait."""
+    """At most ``attempts`` failed logins per (user name, client) in ``window_s``, and at most
+    ``client_attempts`` per client whatever the names (made-up names cost a password check
+    each too); then wait. A user is never locked out from the other addresses."""
 
-    def __init__(self, attempts: int = 5, window_s: float = 300.0):
+    def __init__(self, attempts: int = 5, window_s: float = 300.0, client_attempts: int = 30):
         self.attempts = attempts
+        self.client_attempts = client_attempts
         self.window_s = window_s
         self._failures: defaultdict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self._by_client: defaultdict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
+
+    def _wait(self, failures: deque[float] | None, attempts: int) -> float:
+        if not failures:
+            return 0.0
+        now = time.monotonic()
+        while failures and now - failures[0] > self.window_s:
+            failures.popleft()
+        if len(failures) < attempts:
+            return 0.0
+        return max(0.0, self.window_s - (now - failures[-attempts]))
 
     def retry_after(self, username: str, client: str) -> float:
         """Seconds to wait before another attempt is allowed (0: go ahead)."""
         with self._lock:
-            failures = self._failures.get((username, client))
-            if not failures:
-                return 0.0
-            now = time.monotonic()
-            while failures and now - failures[0] > self.window_s:
-                failures.popleft()
-            if len(failures) < self.attempts:
-                return 0.0
-            return max(0.0, self.window_s - (now - failures[0]))
+            return self._wait(self._failures.get((username, client)), self.attempts)
+
+    def client_retry_after(self, client: str) -> float:
+        """Seconds the client waits before another attempt with any name."""
+        with self._lock:
+            return self._wait(self._by_client.get(client), self.client_attempts)
 
     def failed(self, username: str, client: str) -> None:
         with self._lock:
-            if len(self._failures) > 100_000:  # bounded under a spraying attack
+            if len(self._failures) > 100_000 or len(self._by_client) > 100_000:  # bounded under a spraying attack
                 self._failures.clear()
-            self._failures[(username, client)].append(time.monotonic())
+                self._by_client.clear()
+            now = time.monotonic()
+            self._failures[(username, client)].append(now)
+            by_client = self._by_client[client]
+            by_client.append(now)
+            while len(by_client) > self.client_attempts:
+                by_client.popleft()
 
     def succeeded(self, username: str, client: str) -> None:
         with self._lock:

@@ -1,6 +1,9 @@
 """Signing in and out, who you are, and API tokens (``/api/v1/login``, ``/me``, ``/tokens``)."""
 
-from fastapi import APIRouter, Request, Response
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from pydantic import BaseModel, Field
 
 from ...state.users import Users
@@ -26,10 +29,28 @@ class Me(BaseModel):
 
 class TokenRequest(BaseModel):
     name: str = Field("cli", min_length=1, max_length=64)
+    expires_in_days: float | None = Field(
+        None, gt=0, le=3650, description="the token stops working after this many days (none: when revoked)"
+    )
 
 
 class TokenResult(BaseModel):
-    token: str
+    token: str = Field(description="shown this once: only its hash is kept")
+    id: int
+    expires_at: datetime | None
+
+
+class TokenInfo(BaseModel):
+    id: int
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = Field(description="to the minute")
+    expired: bool
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def build_account_router(users: Users, auth: Authenticator, secure_cookies: bool = False) -> APIRouter:
@@ -61,6 +82,31 @@ def build_account_router(users: Users, auth: Authenticator, secure_cookies: bool
 
     @router.post("/tokens", response_model=TokenResult)
     def new_token(body: TokenRequest, principal: User) -> TokenResult:
-        return TokenResult(token=users.create_token(principal.username, body.name))
+        """A bearer token for scripts; it ends when it expires, is revoked, or the password changes."""
+        token, row = users.create_token(principal.username, body.name, body.expires_in_days)
+        return TokenResult(token=token, id=row.id, expires_at=_utc(row.expires_at) if row.expires_at else None)
+
+    @router.get("/tokens", response_model=list[TokenInfo])
+    def list_tokens(principal: User) -> list[TokenInfo]:
+        """Your API tokens (never the tokens themselves)."""
+        now = datetime.now(UTC)
+        return [
+            TokenInfo(
+                id=t.id,
+                name=t.name,
+                created_at=_utc(t.created_at),
+                expires_at=_utc(t.expires_at) if t.expires_at else None,
+                last_used_at=_utc(t.last_used_at) if t.last_used_at else None,
+                expired=t.expires_at is not None and _utc(t.expires_at) <= now,
+            )
+            for t in users.tokens(principal.user_id)
+        ]
+
+    @router.delete("/tokens/{token_id}", status_code=204)
+    def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**63 - 1)], principal: User) -> Response:
+        """Revoke one of your tokens: it stops working at once."""
+        if not users.revoke_token(principal.user_id, token_id):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"you have no API token {token_id}")
+        return Response(status_code=204)
 
     return router

@@ -1,5 +1,5 @@
 // Preferences: the E-mail tab (SMTP for administrators; everyone's own To:), Syslog, Webhook.
-// Saving with a To: sends a test mail; its fate is shown.
+// Saving with a To: sends a test mail; its fate is shown. Below, the user's API tokens.
 "use strict";
 (() => {
   const {api, el} = Sluice;
@@ -45,6 +45,37 @@
     return t.sent ? [el("span", {class: "ok"}, ` A test mail went to ${t.to}.`)]
                   : [el("span", {class: "error"}, ` The test mail failed: ${t.error}`)];
   }
+
+  // API tokens: list, make (shown once), revoke
+  const when = t => t ? new Date(t).toLocaleString() : "";
+  async function listTokens() {
+    const rows = await api("GET", "/api/v1/tokens");
+    $("tokens").tBodies[0].replaceChildren(...(rows.length ? rows.map(t => el("tr", {},
+      el("td", {}, t.name), el("td", {}, when(t.created_at)),
+      el("td", {class: t.expired ? "error" : null}, t.expires_at ? when(t.expires_at) + (t.expired ? " (expired)" : "") : "never"),
+      el("td", {}, when(t.last_used_at) || "never"),
+      el("td", {}, el("button", {type: "button", "aria-label": `Revoke ${t.name}`, onclick: async () => {
+        try { await api("DELETE", `/api/v1/tokens/${t.id}`); $("token-result").replaceChildren(el("span", {class: "ok"}, `Revoked ${t.name}.`)); }
+        catch (e) { $("token-result").replaceChildren(el("span", {class: "error"}, "Not revoked: " + e.message)); }
+        listTokens();
+      }}, "Revoke"))))
+      : [el("tr", {}, el("td", {colspan: 5, class: "muted"}, "No tokens."))]));
+  }
+  listTokens();
+  $("token-new").addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const out = $("token-result");
+    try {
+      const body = {name: $("token_name").value};
+      if ($("token_days").value) body.expires_in_days = Number($("token_days").value);
+      const made = await api("POST", "/api/v1/tokens", body);
+      out.replaceChildren(el("span", {class: "ok"}, "Your new token (copy it now: it is not shown again): "),
+                          el("code", {id: "token-value"}, made.token));
+      listTokens();
+    } catch (e) {
+      out.replaceChildren(el("span", {class: "error"}, "No token made: " + e.message));
+    }
+  });
 
   $("prefs").addEventListener("submit", async ev => {
     ev.preventDefault();
