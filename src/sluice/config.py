@@ -202,6 +202,20 @@ class StateSettings(BaseModel):
 STATE_DRIVERS = ("sqlite", "postgresql+psycopg")
 
 
+#: where unprivileged users' notifications may not go by default: loopback, link-local,
+#: unspecified and multicast addresses (notify/destinations.py)
+DEFAULT_DENY = (
+    "127.0.0.0/8",
+    "::1/128",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "0.0.0.0/8",
+    "::/128",
+    "224.0.0.0/4",
+    "ff00::/8",
+)
+
+
 class NotifySettings(BaseModel):
     dead_after_s: float = Field(
         86_400.0,
@@ -212,6 +226,26 @@ class NotifySettings(BaseModel):
     smtp_ca_file: Optional[Path] = Field(
         None, description="PEM CA certificates the SMTP server's certificate is checked against (default: the system's)"
     )
+    destinations_allow: list[str] = Field(
+        default_factory=list,
+        description="networks unprivileged users' webhooks and syslog collectors may reach; set, nothing else; "
+        "an address in it is allowed even in destinations_deny",
+    )
+    destinations_deny: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DENY),
+        description="networks unprivileged users' webhooks and syslog collectors may not reach "
+        "(by default loopback, link-local, unspecified, multicast); this server's own ports are refused too",
+    )
+
+    @field_validator("destinations_allow", "destinations_deny")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP network, e.g. 10.0.0.0/8 or 192.0.2.7") from None
+        return value
 
 
 class HttpSettings(BaseModel):

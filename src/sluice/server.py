@@ -24,6 +24,7 @@ from .config import Settings
 from .counters import Counters
 from .http.app import create_app
 from .ingest import Ingest
+from .notify.destinations import DestinationPolicy
 from .notify.service import NotifyService
 from .state.db import open_state
 
@@ -59,7 +60,7 @@ class Server:
         self.ingest.listeners.append(self.alerts.submit)
         self.ingest.wants_sessions = self.alerts.wants_sessions
         self.ingest.on_unseen_rows.append(self.alerts.skip)
-        notify_settings = settings.notify
+        notify_settings, c = settings.notify, settings.collect
         tls = (
             ssl.create_default_context(cafile=str(notify_settings.smtp_ca_file))
             if notify_settings.smtp_ca_file
@@ -74,6 +75,12 @@ class Server:
             tls_context=tls,
             poll_s=notify_settings.poll_s,
             node=f"{socket.gethostname()}:{settings.data_dir.resolve()}",  # the same across restarts
+            policy=DestinationPolicy.of(
+                notify_settings.destinations_allow,
+                notify_settings.destinations_deny,
+                # its own ports: HTTP and the collector's
+                [settings.http.port, *(p for p in (c.netflow_port, c.ipfix_port, c.sflow_port) if p)],
+            ),
         )
         prefs = Preferences(self.users.db)
         self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live

@@ -137,6 +137,19 @@ def test_api_tokens_are_listed_revoked_expire_and_end_with_the_password(api):
     assert client.get("/api/v1/tokens", auth=("bob", "bob-password-new")).json() == []
 
 
+def test_unprivileged_users_may_not_point_notifications_at_loopback(api):
+    client, _ = api
+    r = client.put("/api/v1/preferences", json={"webhook_url": "http://127.0.0.1:9640/api/v1/users"}, auth=BOB)
+    assert r.status_code == 422
+    [err] = r.json()["detail"]
+    assert err["loc"][-1] == "webhook_url" and "loopback" in err["msg"] and "destinations_allow" in err["msg"]
+    r = client.put("/api/v1/preferences", json={"syslog_host": "169.254.169.254", "syslog_port": 80}, auth=BOB)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "syslog_host"
+    assert client.put("/api/v1/preferences", json={"syslog_host": "192.0.2.7"}, auth=BOB).status_code == 200
+    # an administrator chooses their own
+    assert client.put("/api/v1/preferences", json={"webhook_url": "http://127.0.0.1:9/x"}, auth=ADMIN).status_code == 200
+
+
 def test_login_throttling(api):
     client, _ = api
     for _ in range(5):

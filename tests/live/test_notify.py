@@ -29,18 +29,22 @@ from sluice.state.db import open_state
 from sluice.state.models import NotificationRow
 from sluice.state.preferences import FACILITIES, Preferences, PreferencesIn, SystemSettingsIn
 from sluice.state.users import Users
+from sluice.config import DEFAULT_DENY
+from sluice.notify.destinations import DestinationPolicy, DestinationRefused
 
 from ..support.interop import free_tcp_port
 from ..support.notifyhelp import Rsyslog, SmtpServer, self_signed
 from ..support.waiting import wait_until
 
+LOOPBACK_OK = DestinationPolicy.of(["127.0.0.0/8"], DEFAULT_DENY)
 HOSTILE = 'evil\r\nBcc: victim@example.org\r\n\r\n<script>"]\\|=x'
 
 
 class World:
     """A state database with one user, alert records, the outbox and its channels."""
 
-    def __init__(self, tmp_path, tls_context=None, backoff_first_s=0.2, dead_after_s=3600.0, state_url=None):
+    def __init__(self, tmp_path, tls_context=None, backoff_first_s=0.2, dead_after_s=3600.0, state_url=None,
+                 policy=None):
         self.db = open_state(tmp_path / "state", state_url)
         self.users = Users(self.db)
         self.alice = self.users.create("alice", "alice-password")
@@ -54,7 +58,9 @@ class World:
         self.alerts.on_change.append(self.outbox.on_change)
         self.alerts.after_commit.append(self.outbox.committed)
         self.counters = Counters()
-        self.workers = {ch.name: DeliveryWorker(self.outbox, ch, self.counters, poll_s=0.1)
+        # the test's collectors listen on loopback, which an administrator allows here (by
+        # default unprivileged users' destinations may not be loopback addresses)
+        self.workers = {ch.name: DeliveryWorker(self.outbox, ch, self.counters, poll_s=0.1, policy=policy or LOOPBACK_OK)
                         for ch in (self.email, self.syslog, self.webhook)}
         # the API refuses control characters in titles; this one goes straight into the
         # database, to show the channels defuse what might get there anyway
@@ -468,3 +474,87 @@ def test_webhook_posts_signed_json(tmp_path):
     assert headers["X-Sluice-Signature"] == "sha256=" + hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
     doc = json.loads(body)
     assert doc["event"] == "alert.created" and doc["alert"]["id"] == rid and doc["alert"]["v2"] == 1000
+
+
+# -- destinations of unprivileged users ------------------------------------------------------
+
+def test_an_unprivileged_users_loopback_destinations_are_refused_and_an_administrators_are_not(tmp_path):
+    """A webhook to the server's own API, or syslog to a loopback port, made the server connect
+    where only it may: refused for unprivileged users (the notification is given up, saying
+    why), delivered for an administrator."""
+    import socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(3)
+    w = World(tmp_path, policy=DestinationPolicy())
+    w.user_prefs(email_to="", syslog_host="127.0.0.1", syslog_port=listener.getsockname()[1])
+    w.trigger()
+    w.workers["syslog"].run_once()
+    [row] = w.notifications()
+    assert row.state == "dead" and row.last_error.startswith("destination refused: 127.0.0.1 (127.0.0.1) is a loopback")
+    assert w.counters.get("notifications_refused_total") == 1
+    w.users.set_admin("alice", True)
+    w.trigger(entity="10.0.0.2")
+    w.workers["syslog"].run_once()
+    assert b"10.0.0.2" in listener.recv(65536)  # an administrator's destination is theirs to choose
+    listener.close()
+
+
+def test_the_destination_policy():
+    policy = DestinationPolicy.of([], DEFAULT_DENY, own_ports=[9640, 2055])
+    for host, port in (("127.0.0.1", 514), ("localhost", 80), ("169.254.169.254", 80), ("::1", 514),
+                       ("0.0.0.0", 80), ("192.0.2.7", 9640)):
+        with pytest.raises(DestinationRefused):
+            policy.check(host, port)
+    policy.check("192.0.2.7", 514)  # an ordinary address and port
+    policy.check("no-such-host.invalid", 514)  # nothing to connect to: the delivery fails and retries
+    with pytest.raises(DestinationRefused, match="http:// or https://"):
+        policy.check_url("file:///etc/passwd")
+    with pytest.raises(DestinationRefused, match="loopback"):
+        policy.check_url("http://[::ffff:127.0.0.1]:8080/x")  # an IPv4 address in IPv6 clothing
+    allowed = DestinationPolicy.of(["10.0.0.0/8", "127.0.0.1"], DEFAULT_DENY)
+    allowed.check("127.0.0.1", 514) and allowed.check("10.1.2.3", 514)
+    with pytest.raises(DestinationRefused, match="not among the destinations"):
+        allowed.check("192.0.2.7", 514)
+
+
+def test_a_webhooks_error_response_is_not_shown_to_the_user(tmp_path):
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(b"internal-secret-token-123")
+
+        def log_message(self, *a):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        w = World(tmp_path)
+        w.user_prefs(webhook_url=f"http://127.0.0.1:{httpd.server_port}/hook")
+        w.trigger()
+        w.workers["webhook"].run_once()
+    finally:
+        httpd.shutdown()
+    [row] = w.notifications()
+    assert row.last_error.endswith("HTTP 500") and "secret" not in row.last_error
+
+
+def test_test_mails_are_limited_per_user(tmp_path):
+    from sluice.notify.service import TEST_MAILS, NotifyService
+
+    w = World(tmp_path)
+    smtp = SmtpServer().start()
+    try:
+        w.smtp(smtp.port)
+        service = NotifyService(w.db, w.alerts, Counters())
+        results = [service.test_mail(w.prefs.system(), "victim@example.org", w.alice.id) for _ in range(TEST_MAILS + 2)]
+        assert [r.sent for r in results] == [True] * TEST_MAILS + [False, False]
+        assert "at most 3 test mails in 10 minutes" in results[-1].error
+        assert len(smtp.wait_for(TEST_MAILS)) == TEST_MAILS
+        assert service.test_mail(w.prefs.system(), "me@example.org", w.alice.id + 1).sent  # another user's own
+    finally:
+        smtp.stop()

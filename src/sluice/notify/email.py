@@ -14,6 +14,7 @@ from typing import Optional
 from ..alerts.records import NOT_ACKNOWLEDGED
 from ..state.models import SystemSettings, UserPreferences
 from .channel import DeliveryError
+from .destinations import DestinationPolicy
 from .message import Notice, digest_subject, digest_text, mail_html, mail_subject, mail_text, one_line
 
 TIMEOUT_S = 15.0
@@ -30,6 +31,9 @@ class EmailChannel:
         if not system.smtp_host or prefs is None or not prefs.email_to:
             return None  # blank SMTP host: off for everyone; blank To:, off for this user
         return prefs.email_to
+
+    def check(self, prefs: UserPreferences, policy: DestinationPolicy) -> None:
+        """Mail goes to the administrators' SMTP server: nothing of the user's to check."""
 
     def deliver(self, notices: list[Notice], prefs: UserPreferences, system: SystemSettings) -> None:
         if len(notices) == 1:

@@ -246,6 +246,12 @@ class Outbox:
                 .values(state=DEAD, last_error=reason, claimed_by=None, claimed_until_us=None)
             )
 
+    def is_admin(self, user_id: int) -> bool:
+        """Administrators' destinations are not checked against the destination policy."""
+        with self.db.session() as session:
+            user = session.get(User, user_id)
+            return bool(user is not None and user.is_admin)
+
     def context(self, user_id: int) -> tuple[Optional[UserPreferences], SystemSettings]:
         with self.db.session() as session:
             prefs = session.get(UserPreferences, user_id)

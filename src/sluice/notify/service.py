@@ -4,6 +4,7 @@ delivery worker per channel, the test mail, and gauges for ``/metrics``."""
 from __future__ import annotations
 
 import ssl
+import threading
 import time
 from typing import Optional
 
@@ -16,6 +17,7 @@ from ..state.db import StateDB
 from ..state.models import SystemSettings
 from ..state.preferences import TestMail
 from .channel import Channel, DeliveryError
+from .destinations import DestinationPolicy
 from .email import EmailChannel
 from .outbox import Outbox
 from .syslog import SyslogChannel
@@ -23,6 +25,10 @@ from .webhook import WebhookChannel
 from .worker import DeliveryWorker
 
 log = structlog.get_logger(__name__)
+
+#: test mails per user at most in the window
+TEST_MAILS = 3
+TEST_MAIL_WINDOW_S = 600.0
 
 
 class NotifyService:
@@ -36,15 +42,20 @@ class NotifyService:
         tls_context: Optional[ssl.SSLContext] = None,
         poll_s: float = 1.0,
         node: Optional[str] = None,
+        policy: Optional[DestinationPolicy] = None,
     ):
-        """``node``: this server among those sharing the state database (see ``Outbox``)."""
+        """``node``: this server among those sharing the state database (see ``Outbox``);
+        ``policy``: where unprivileged users' notifications may go."""
         self.counters = counters
+        self.policy = policy or DestinationPolicy()
+        self._test_mails: dict[int, list[float]] = {}  # user -> when their test mails went
+        self._test_lock = threading.Lock()
         self.email = EmailChannel(tls_context)
         self.channels: list[Channel] = [self.email, SyslogChannel(), WebhookChannel()]
         self.outbox = Outbox(db, self.channels, link=link, dead_after_s=dead_after_s, node=node)
         alerts.on_change.append(self.outbox.on_change)
         alerts.after_commit.append(self.outbox.committed)
-        self.workers = [DeliveryWorker(self.outbox, ch, counters, poll_s) for ch in self.channels]
+        self.workers = [DeliveryWorker(self.outbox, ch, counters, poll_s, self.policy) for ch in self.channels]
         self._worker = Worker("sluice-notify", self._housekeeping)
 
     def start(self) -> None:
@@ -57,8 +68,21 @@ class NotifyService:
         for worker in self.workers:
             worker.stop()
 
-    def test_mail(self, system: SystemSettings, to: str) -> TestMail:
-        """Send the test mail now, through the same code as alert mail; its fate for the user."""
+    def test_mail(self, system: SystemSettings, to: str, user_id: int | None = None) -> TestMail:
+        """Send the test mail now, through the same code as alert mail; its fate for the user.
+        A user gets at most ``TEST_MAILS`` in ``TEST_MAIL_WINDOW_S`` (saving is not a way to
+        mail anyone, again and again)."""
+        if user_id is not None:
+            with self._test_lock:
+                now = time.monotonic()
+                sent = [t for t in self._test_mails.get(user_id, []) if now - t < TEST_MAIL_WINDOW_S]
+                if len(sent) >= TEST_MAILS:
+                    self._test_mails[user_id] = sent
+                    wait = int(TEST_MAIL_WINDOW_S - (now - sent[0])) + 1
+                    minutes = f"{TEST_MAIL_WINDOW_S / 60:.0f} minutes"
+                    error = f"not sent: at most {TEST_MAILS} test mails in {minutes} (saved; the next in {wait} s)"
+                    return TestMail(sent=False, to=to, error=error)
+                self._test_mails[user_id] = [*sent, now]
         if not to:
             return TestMail(sent=False, to="", error="no To: address: e-mail is off for you")
         if not system.smtp_host:

@@ -8,6 +8,7 @@ from typing import Optional
 
 from ..state.models import SystemSettings, UserPreferences
 from .channel import DeliveryError
+from .destinations import DestinationPolicy
 from .message import SYSLOG_FORMATS, Notice
 
 TIMEOUT_S = 5.0
@@ -23,6 +24,9 @@ class SyslogChannel:
         if prefs is None or not prefs.syslog_host:
             return None
         return f"{prefs.syslog_transport}://{prefs.syslog_host}:{prefs.syslog_port}"
+
+    def check(self, prefs: UserPreferences, policy: DestinationPolicy) -> None:
+        policy.check(prefs.syslog_host, prefs.syslog_port)
 
     def deliver(self, notices: list[Notice], prefs: UserPreferences, system: SystemSettings) -> None:
         fmt = SYSLOG_FORMATS[prefs.syslog_format]

@@ -12,6 +12,7 @@ import httpx
 
 from ..state.models import SystemSettings, UserPreferences
 from .channel import DeliveryError
+from .destinations import DestinationPolicy
 from .message import Notice, webhook_body
 
 TIMEOUT_S = 10.0
@@ -27,6 +28,9 @@ class WebhookChannel:
     def destination(self, prefs: Optional[UserPreferences], system: SystemSettings) -> Optional[str]:
         return prefs.webhook_url if prefs is not None and prefs.webhook_url else None
 
+    def check(self, prefs: UserPreferences, policy: DestinationPolicy) -> None:
+        policy.check_url(prefs.webhook_url)
+
     def deliver(self, notices: list[Notice], prefs: UserPreferences, system: SystemSettings) -> None:
         for notice in notices:
             body = json.dumps(webhook_body(notice), sort_keys=True).encode()
@@ -37,5 +41,5 @@ class WebhookChannel:
                 r = httpx.post(prefs.webhook_url, content=body, headers=headers, timeout=TIMEOUT_S)
             except httpx.HTTPError as exc:
                 raise DeliveryError(f"webhook {prefs.webhook_url}: {type(exc).__name__}: {exc}") from None
-            if r.status_code >= 300:
-                raise DeliveryError(f"webhook {prefs.webhook_url}: HTTP {r.status_code} {r.text[:200]}")
+            if r.status_code >= 300:  # the status only: the response's body is not the user's to read
+                raise DeliveryError(f"webhook {prefs.webhook_url}: HTTP {r.status_code}")

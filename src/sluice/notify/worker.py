@@ -11,6 +11,7 @@ import structlog
 from ..counters import Counters
 from ..lifecycle import Worker
 from .channel import Channel, DeliveryError
+from .destinations import DestinationPolicy, DestinationRefused
 from .outbox import Due, Outbox
 
 log = structlog.get_logger(__name__)
@@ -20,8 +21,16 @@ DIGEST_MIN = 2
 
 
 class DeliveryWorker:
-    def __init__(self, outbox: Outbox, channel: Channel, counters: Counters, poll_s: float = 1.0):
+    def __init__(
+        self,
+        outbox: Outbox,
+        channel: Channel,
+        counters: Counters,
+        poll_s: float = 1.0,
+        policy: DestinationPolicy | None = None,
+    ):
         self.outbox = outbox
+        self.policy = policy or DestinationPolicy()
         self.channel = channel
         self.counters = counters
         self.poll_s = poll_s
@@ -64,6 +73,13 @@ class DeliveryWorker:
                 self.outbox.cancel(items, f"{self.channel.name} was switched off for this user before delivery")
                 continue
             assert prefs is not None
+            if not self.outbox.is_admin(user_id):
+                try:
+                    self.channel.check(prefs, self.policy)
+                except DestinationRefused as exc:  # retrying would not help: given up, saying why
+                    self.counters.inc("notifications_refused_total", len(items), channel=self.channel.name)
+                    self.outbox.cancel(items, f"destination refused: {exc}")
+                    continue
             digest = self.channel.name == "email" and prefs.email_digest and len(items) >= DIGEST_MIN
             groups = [items] if digest else [[item] for item in items]
             for position, group in enumerate(groups):
