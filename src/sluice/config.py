@@ -171,6 +171,11 @@ class StateSettings(BaseModel):
             "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE for PostgreSQL; unset: DATA_DIR/state.db (SQLite)"
         ),
     )
+    secret_key_file: Optional[Path] = Field(
+        None,
+        description="the key that seals stored secrets (SMTP password, webhook secrets), made on first start "
+        "(default DATA_DIR/secret.key); servers sharing one state database need the same file",
+    )
 
     @field_validator("url")
     @classmethod

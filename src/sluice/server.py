@@ -22,6 +22,7 @@ from .collect.decoder import Decoder, DecoderConfig
 from .collect.listener import Collector
 from .config import Settings
 from .counters import Counters
+from .datadir import make_private
 from .http.app import create_app
 from .ingest import Ingest
 from .notify.destinations import DestinationPolicy
@@ -39,6 +40,7 @@ log = structlog.get_logger(__name__)
 class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
+        make_private(settings.data_dir)
         self.counters = Counters()
         collect = settings.collect
         self.decoder = Decoder(
@@ -54,7 +56,7 @@ class Server:
         self.collector = Collector(collect, self.decoder, [self.ingest])
         self.app: FastAPI | None = None
         self.simulator: Simulator | None = None
-        self.users = Users(open_state(settings.data_dir, settings.state.url))
+        self.users = Users(open_state(settings.data_dir, settings.state.url, settings.state.secret_key_file))
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
         self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters)
         self.ingest.listeners.append(self.alerts.submit)

@@ -13,6 +13,7 @@ import typer
 
 from .. import __version__
 from .. import config as config_mod
+from ..datadir import make_private
 from ..logs import configure as configure_logging
 from .alerts import alerts_app
 
@@ -160,7 +161,8 @@ def _users(config: Optional[Path]) -> Users:
     from ..state.users import Users
 
     settings = _load(config)
-    return Users(open_state(settings.data_dir, settings.state.url))
+    make_private(settings.data_dir)
+    return Users(open_state(settings.data_dir, settings.state.url, settings.state.secret_key_file))
 
 
 def _password(given: Optional[str]) -> str:

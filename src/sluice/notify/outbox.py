@@ -259,7 +259,11 @@ class Outbox:
                 smtp_host="", smtp_port=25, smtp_security="none", smtp_username="", smtp_password="", smtp_from=""
             )
             session.expunge_all()
-            return prefs, system
+        # detached copies: opening their secrets changes nothing stored
+        if prefs is not None:
+            prefs.webhook_secret = self.db.secrets.open(prefs.webhook_secret)
+        system.smtp_password = self.db.secrets.open(system.smtp_password)
+        return prefs, system
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import structlog
 
 from ..counters import Counters
 from ..lifecycle import Worker
+from ..state.secrets import SecretUnreadable
 from .channel import Channel, DeliveryError
 from .destinations import DestinationPolicy, DestinationRefused
 from .outbox import Due, Outbox
@@ -68,7 +69,11 @@ class DeliveryWorker:
             if self._worker.stopping.is_set():  # the rest goes back, for the next start or another node
                 self.outbox.release(item for _, rest in users[position:] for item in rest)
                 break
-            prefs, system = self.outbox.context(user_id)
+            try:
+                prefs, system = self.outbox.context(user_id)
+            except SecretUnreadable as exc:  # another server's key file: said, and retried later
+                self.outbox.failed(items, str(exc))
+                continue
             if self.channel.destination(prefs, system) is None:
                 self.outbox.cancel(items, f"{self.channel.name} was switched off for this user before delivery")
                 continue

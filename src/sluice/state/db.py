@@ -3,23 +3,30 @@ SQLite in the data directory by default; PostgreSQL (``[state] url``) when sever
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from .secrets import PREFIX as SEALED
+from .secrets import SecretBox
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT_S = 5
 
 
 class StateDB:
-    def __init__(self, url: str):
+    def __init__(self, url: str, secrets: SecretBox | None = None):
+        """``secrets``: what seals the secrets stored in it (None: a key of this process only,
+        for a database that lives as long as the process)."""
         self.url = url
+        self.secrets = secrets or SecretBox(os.urandom(32))
         if url.startswith("postgresql"):
             # a connection the server dropped (a restart, a failover) is noticed before use; a
             # server that does not answer fails a request within seconds, not minutes
@@ -60,11 +67,29 @@ class StateDB:
                 yield session
 
 
-def open_state(data_dir: Path, url: str | None = None) -> StateDB:
-    """The state database: ``url`` (e.g. PostgreSQL) or ``DATA_DIR/state.db`` (SQLite)."""
+def open_state(data_dir: Path, url: str | None = None, key_file: Path | None = None) -> StateDB:
+    """The state database: ``url`` (e.g. PostgreSQL) or ``DATA_DIR/state.db`` (SQLite), its
+    secrets sealed under ``key_file`` (default ``DATA_DIR/secret.key``, made on first start);
+    secrets stored in clear by an earlier version are sealed now."""
+    Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     if url is None:
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{Path(data_dir) / 'state.db'}"
-    db = StateDB(url)
+    db = StateDB(url, SecretBox.from_file(key_file or Path(data_dir) / "secret.key"))
     db.upgrade()
+    seal_stored_secrets(db)
     return db
+
+
+def seal_stored_secrets(db: StateDB) -> int:
+    """Seal the secrets stored in clear (before encryption at rest); returns how many."""
+    from .models import SystemSettings, UserPreferences
+
+    sealed = 0
+    with db.session() as session:
+        for model, column in ((SystemSettings, "smtp_password"), (UserPreferences, "webhook_secret")):
+            for row in session.scalars(select(model)):
+                value = getattr(row, column)
+                if value and not value.startswith(SEALED):
+                    setattr(row, column, db.secrets.seal(value))
+                    sealed += 1
+    return sealed

@@ -61,7 +61,7 @@ class SystemSettings(Base):
     smtp_port: Mapped[int] = mapped_column(Integer, default=25)
     smtp_security: Mapped[str] = mapped_column(String(16), default="none")  # none, starttls, tls
     smtp_username: Mapped[str] = mapped_column(String(255), default="")
-    smtp_password: Mapped[str] = mapped_column(String(255), default="")
+    smtp_password: Mapped[str] = mapped_column(String(1024), default="")  # sealed (state/secrets.py)
     smtp_from: Mapped[str] = mapped_column(String(255), default="")
     retention_days: Mapped[float | None] = mapped_column(nullable=True)  # None: the configuration's
 
@@ -78,7 +78,7 @@ class UserPreferences(Base):
     syslog_transport: Mapped[str] = mapped_column(String(8), default="udp")  # udp, tcp
     email_digest: Mapped[bool] = mapped_column(Boolean, default=False)  # many at once: one mail
     webhook_url: Mapped[str] = mapped_column(String(1000), default="")  # blank: no webhook
-    webhook_secret: Mapped[str] = mapped_column(String(255), default="")  # HMAC key
+    webhook_secret: Mapped[str] = mapped_column(String(1024), default="")  # HMAC key, sealed
 
 
 class AlertDefinitionRow(Base):

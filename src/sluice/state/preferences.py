@@ -162,6 +162,13 @@ class Preferences:
         self.db = db
 
     def system(self) -> SystemSettings:
+        """The system settings, the SMTP password opened (a detached copy: changing it
+        changes nothing stored)."""
+        row = self._system()
+        row.smtp_password = self.db.secrets.open(row.smtp_password)
+        return row
+
+    def _system(self) -> SystemSettings:
         with self.db.session() as session:
             row = session.get(SystemSettings, 1)
             if row is None:
@@ -182,8 +189,10 @@ class Preferences:
         with self.db.session() as session:
             row = session.get(SystemSettings, 1) or SystemSettings(id=1)
             for key, value in new.model_dump().items():
-                if key == "smtp_password" and value is None:
-                    continue  # not given: keep
+                if key == "smtp_password":
+                    if value is None:
+                        continue  # not given: keep
+                    value = self.db.secrets.seal(value)
                 setattr(row, key, value)
             session.add(row)
             return row
@@ -221,8 +230,10 @@ class Preferences:
         with self.db.session() as session:
             row = session.get(UserPreferences, user_id) or UserPreferences(user_id=user_id, webhook_secret="")
             for key, value in new.model_dump().items():
-                if key == "webhook_secret" and value is None:
-                    continue  # not given: keep
+                if key == "webhook_secret":
+                    if value is None:
+                        continue  # not given: keep
+                    value = self.db.secrets.seal(value)
                 setattr(row, key, value)
             session.add(row)
         return self.user(user_id)
