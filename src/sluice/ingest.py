@@ -30,6 +30,10 @@ from .store.base import FlowStore, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
+DAY_MS = 86_400_000
+#: how far ahead of the server's clock a flow's times may lie (exporters' clocks drift)
+FUTURE_MS = DAY_MS
+
 
 class Ingest:
     def __init__(self, settings: Settings, counters: Counters, store: FlowStore | None = None):
@@ -68,9 +72,13 @@ class Ingest:
         #: retention in days set at run time (system settings), None: the configuration's
         self.retention_days: Callable[[], float | None] = lambda: None
         self._last_rate_sample: tuple[float, float] | None = None
+        # how far back a flow's times may lie: the retention (kept current by maintenance,
+        # not read from the database for every batch)
+        self._kept_ms = int(settings.store.retention_days * DAY_MS)
 
     def __call__(self, flows: FlowBatch) -> None:
         now_ms = int(time.time() * 1000)
+        flows = self._in_time(flows, now_ms)
         if self.shards is not None:
             self.shards.submit(flows, now_ms)
             return
@@ -81,6 +89,29 @@ class Ingest:
             sessions = self.tracker.update(flows, now_ms)
         if len(sessions):
             self._deliver(self.enricher(sessions), sessions["session_id"] >= np.uint64(first_new))
+
+    def _in_time(self, flows: FlowBatch, now_ms: int) -> FlowBatch:
+        """The flows whose start and end lie within [now - retention, now + a day], start not
+        after end. An exporter's clock (or a forged datagram) may say 1970 or 9999: such a
+        flow would make a day that retention never reaches, or count in every report since
+        1970. The others are dropped and counted (``flows_out_of_range_total``)."""
+        start, end = flows["time_start_ms"], flows["time_end_ms"]
+        oldest, latest = now_ms - self._kept_ms, now_ms + FUTURE_MS
+        future = (end > latest) | (start > latest)
+        past = (start < oldest) | (end < oldest)
+        backwards = start > end
+        bad = future | past | backwards
+        if not bad.any():
+            return flows
+        for reason, mask in (
+            ("future", future),
+            ("past", past & ~future),
+            ("start_after_end", backwards & ~future & ~past),
+        ):
+            n = int(np.count_nonzero(mask))
+            if n:
+                self.counters.inc("flows_out_of_range_total", n, reason=reason)
+        return flows.take(np.flatnonzero(~bad))
 
     def _deliver(self, sessions: SessionBatch, new: np.ndarray) -> None:
         """A session batch (``new``: the sessions it started) to the store and the listeners."""
@@ -160,6 +191,7 @@ class Ingest:
         if retention:
             max_bytes = int(st.max_size_gb * 2**30) if st.max_size_gb else None
             days = self.retention_days() or st.retention_days
+            self._kept_ms = int(days * DAY_MS)
             try:
                 result = self.store.retain(now_ms, days * 86400, max_bytes)
                 if result.rows_deleted:

@@ -276,7 +276,16 @@ def use_huge_pages(on: bool) -> None:
 
 def run(settings: Settings, simulate: bool = False, simulate_rate: float = 200.0) -> int:
     use_huge_pages(settings.huge_pages)  # before the tracker makes room for its sessions
-    server = Server(settings)
+    try:
+        server = Server(settings)
+    except OSError as exc:  # a data directory that cannot be made or written (read-only, full, absent)
+        where = exc.filename or settings.data_dir
+        print(
+            f"sluice: cannot use the data directory {settings.data_dir} ({where}: {exc.strerror or exc}); "
+            "choose another with --data-dir, or make it writable for this user",
+            file=sys.stderr,
+        )
+        return 1
     try:
         http_socket = server.bind_http()
         server.start_collector()

@@ -439,3 +439,53 @@ def test_x_forwarded_for_is_believed_only_from_configured_proxies(tmp_path, trus
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_flows_timed_outside_retention_or_in_the_future_are_dropped_and_counted(tmp_path):
+    """Fuzzed exporters left day tables from 1970 to 9999 that retention never reached: flows
+    outside [now - retention, now + 1 day], or ending before they start, are dropped and
+    counted; the others are stored."""
+    from sluice.config import load
+    from sluice.flows.schema import FlowBatch
+    from sluice.ingest import Ingest
+
+    counters = Counters()
+    ingest = Ingest(load(None, **{"data_dir": str(tmp_path / "var"), "sessions.workers": 1}), counters)
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    starts = np.array([now - 1000, 0, now + 3 * day, now - 31 * day, now - 500, 253_402_300_799_000, now - 2000])
+    ends = np.array([now - 900, 5000, now + 3 * day, now - 31 * day + 10, now - 800, 253_402_300_799_000, now + day // 2])
+    ingest(FlowBatch.build(7, time_start_ms=starts, time_end_ms=ends, src_port=np.arange(1000, 1007), dst_port=80,
+                           protocol=6, bytes=100, packets=1, sampling_rate=1))
+    ingest.maintenance_round(retention=False)
+    assert ingest.store.stats().rows == 2  # the first, and the one ending within the next day
+    assert counters.get("flows_out_of_range_total", reason="future") == 2
+    assert counters.get("flows_out_of_range_total", reason="past") == 2
+    assert counters.get("flows_out_of_range_total", reason="start_after_end") == 1
+    ingest.stop()
+
+
+def test_a_full_disk_under_the_state_database_answers_507_in_one_line(tmp_path):
+    """It answered a bare 500. SQLite's page limit makes the same error a full disk does."""
+    from sqlalchemy import event, text
+
+    app, users, store = make_app(tmp_path)
+    engine = users.db.engine
+    with engine.connect() as conn:
+        pages = conn.execute(text("PRAGMA page_count")).scalar()
+
+    @event.listens_for(engine, "connect")
+    def _full(dbapi_connection, _record):
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    engine.dispose()  # the pooled connections go; new ones have no room to grow
+    with TestClient(app) as client:
+        r = None
+        for i in range(200):  # until the pages are used up
+            r = client.post("/api/v1/alert-definitions", auth=ALICE, json={
+                "title": f"definition {i} " + "x" * 150, "metric": "bytes_sent", "entity": "host", "threshold": 1})
+            if r.status_code != 201:
+                break
+        assert r.status_code == 507, r.text
+        assert "disk is full" in r.json()["detail"] and "\n" not in r.json()["detail"]
+    store.close()

@@ -157,6 +157,15 @@ def test_serve_reports_a_busy_port(tmp_path):
     assert "--netflow-port" in out.stderr
 
 
+def test_serve_says_in_one_line_when_the_data_directory_cannot_be_used(tmp_path):
+    """It printed a 60-line traceback; /proc refuses a new directory even to root."""
+    out = sluice("serve", "--data-dir", "/proc/sluice-data", "--listen", "127.0.0.1", "--netflow-port", "0",
+                 "--ipfix-port", "0", "--sflow-port", "0", "--http-port", str(free_tcp_port()), "--http-listen", "127.0.0.1")
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("sluice: cannot use the data directory /proc/sluice-data") and "--data-dir" in line
+
+
 def test_config_check_layers_file_environment_and_defaults(tmp_path):
     cfg = tmp_path / "sluice.toml"
     cfg.write_text("log_level = 'info'\n[collect]\nnetflow_port = 9995\nipfix_port = 9996\n")

@@ -89,6 +89,11 @@ async def state_unavailable(request: Request, exc: Exception) -> JSONResponse:
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     reason = (lines[0] if lines else type(exc).__name__)[:300]
     log.warning("state database unavailable", path=request.url.path, reason=reason)
+    if "disk is full" in reason or "No space left" in reason:  # SQLite / PostgreSQL wording
+        return JSONResponse(
+            status_code=507,
+            content={"detail": f"the state database's disk is full ({reason}): free space on it, then retry"},
+        )
     return JSONResponse(
         status_code=503,
         content={
