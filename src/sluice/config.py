@@ -261,6 +261,12 @@ class HttpSettings(BaseModel):
     public_url: Optional[str] = Field(
         None, description="the dashboard's address in notifications (default: http(s)://THIS-HOST:PORT/)"
     )
+    metrics_token: Optional[str] = Field(
+        None,
+        min_length=16,
+        description="with it, /metrics answers only 'Authorization: Bearer <token>' (Prometheus: "
+        "authorization.credentials); unset, /metrics is public, as Prometheus exporters usually are",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed "

@@ -104,6 +104,7 @@ class Server:
             alerts=self.alerts,
             notify=self.notify,
             retention_days=self.retention_in_force,
+            metrics_token=self.settings.http.metrics_token,
         )
 
     def start_simulator(self, conversations_per_s: float) -> None:

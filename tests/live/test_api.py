@@ -489,3 +489,33 @@ def test_a_full_disk_under_the_state_database_answers_507_in_one_line(tmp_path):
         assert r.status_code == 507, r.text
         assert "disk is full" in r.json()["detail"] and "\n" not in r.json()["detail"]
     store.close()
+
+
+
+def test_responses_carry_security_headers_and_there_is_no_swagger_from_a_cdn(api):
+    client, _ = api
+    for r in (client.get("/login"), client.get("/api/v1/me", auth=ALICE), client.get("/static/sluice.js")):
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-eval" not in csp
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in client.get("/login").text  # no inline script for the policy to refuse
+    assert client.get("/api/docs").status_code == 404
+    assert client.get("/api/openapi.json").json()["info"]["title"] == "Sluice"
+    assert client.get("/users", auth=ALICE).status_code == 403
+    assert client.get("/users", auth=ADMIN).status_code == 200
+
+
+def test_metrics_may_need_a_scrape_token(tmp_path):
+    from sluice.http.app import create_app
+
+    _, users, store = make_app(tmp_path)
+    token = "scrape-token-0123456789"
+    counters = Counters()
+    counters.inc("datagrams_total", 3, exporter="192.0.2.1", proto="ipfix")
+    with TestClient(create_app(counters, users, [], store, metrics_token=token)) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer wrong-token-0123456"}).status_code == 401
+        r = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and "sluice_" in r.text
+        assert client.get("/healthz").status_code == 200  # liveness stays open
+    store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Optional
 
@@ -29,7 +30,7 @@ from .api.notifications import build_notifications_router
 from .api.settings import build_settings_router
 from .api.users import build_users_router
 from .auth import Authenticator
-from .limits import BodyLimit, validation_errors
+from .limits import BodyLimit, SecurityHeaders, validation_errors
 from .metrics import CountersCollector
 from .web.dashboards import Dashboards
 from .web.pages import STATIC, build_web_router
@@ -46,11 +47,15 @@ def create_app(
     alerts: AlertService | None = None,
     notify: NotifyService | None = None,
     retention_days: Optional[Callable[[], float]] = None,
+    metrics_token: Optional[str] = None,
 ) -> FastAPI:
-    app = FastAPI(title="Sluice", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    # no Swagger UI: it loads its scripts from a CDN (and runs inline ones); the OpenAPI
+    # document is served for any viewer
+    app = FastAPI(title="Sluice", version=__version__, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     auth = Authenticator(users, LoginThrottle())
     app.state.auth = auth  # what the User / Admin route parameters authenticate with
     app.add_middleware(BodyLimit)
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(RequestValidationError, validation_errors)
     app.add_exception_handler(OperationalError, state_unavailable)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
@@ -68,7 +73,16 @@ def create_app(
     registry.register(CountersCollector(counters))
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        """Prometheus; with ``http.metrics_token`` set, only for ``Authorization: Bearer <it>``."""
+        if metrics_token:
+            sent = request.headers.get("authorization", "")
+            if not secrets.compare_digest(sent.encode(), f"Bearer {metrics_token}".encode()):
+                return JSONResponse(
+                    status_code=401,
+                    content={"detail": "/metrics needs the scrape token: Authorization: Bearer <http.metrics_token>"},
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["status"])

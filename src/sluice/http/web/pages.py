@@ -99,7 +99,11 @@ def build_web_router(auth: Authenticator, users: Users, dashboards: Dashboards) 
 
     @router.get("/users", include_in_schema=False)
     def users_page(request: Request) -> Response:
-        return page(request, "users.html", "Users")
+        response = page(request, "users.html", "Users")
+        user = getattr(response, "context", {}).get("user")
+        if user is not None and not user.is_admin:
+            response.status_code = 403  # the page says it is for administrators
+        return response
 
     # -- JSON the pages need ------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 (() => {
   const {api, el} = Sluice;
   const $ = k => document.getElementById(k);
+  const IS_ADMIN = $("prefs").dataset.isAdmin === "true";
   const tabs = ["email", "syslog", "webhook"];
   function show(name) {
     for (const t of tabs) {
