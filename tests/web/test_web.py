@@ -131,6 +131,7 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
         expect(urgent).not_to_contain_text("10.9.0.10")
         expect(everything).to_contain_text("10.9.0.10")
         assert page.evaluate("window.__noReload") is True  # it all came live, no reload
+        expect(everything.locator(".alerts-count")).to_have_text("4 alerts, 4 not acknowledged")
         shot(page, "dashboard")
 
         # acknowledge from the widget
@@ -155,6 +156,24 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
         everything.locator("tr.empty").first.click(button="right")
         page.get_by_role("menuitem", name="Schedule new alert…").click()
         expect(page).to_have_url(base + "/alerts/new")
+
+        # a hundred more alerts scroll inside the widget instead of growing the page
+        from sluice.alerts.definition import EntityType
+        from sluice.alerts.engine import AlertEvent
+        from sluice.alerts.records import AlertStore
+        from sluice.state.db import open_state
+
+        definition = next(d for d in api.get("/api/v1/alert-definitions").json() if d["title"] == "low scan")
+        AlertStore(open_state(tmp_path / "var")).apply([
+            AlertEvent(definition["id"], definition["user_id"], EntityType.HOST, f"10.77.0.{i}", f"Many {i}.", "LOW", 1, 50, 60,
+                       int(time.time() * 1_000_000)) for i in range(100)])
+        page.goto(base + "/")
+        everything = widget(page, "Everything")
+        expect(everything.locator(".alerts-count")).to_contain_text("104 alerts", timeout=20_000)
+        assert everything.bounding_box()["height"] < 900  # it was 7,900 pixels with ~100
+        state = everything.locator("td.state").first
+        assert state.evaluate("e => e.scrollWidth <= e.clientWidth")  # NOT-ACKNOWLEDGED is not cut
+        page.goto(base + "/alerts/new")
 
         # the editor: FlowTraq's sentence, the prefilter checked live
         page.get_by_label("Metric").select_option("sessions_initiated")

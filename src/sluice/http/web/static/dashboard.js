@@ -105,7 +105,7 @@
       el("td", {}, el("span", {class: `sev sev-${a.severity}`}, a.severity)),
       el("td", {}, a.entity), el("td", {class: "msg"}, a.message),
       el("td", {class: "num"}, fmtNum(a.v1)), el("td", {class: "num"}, fmtNum(a.v2)),
-      el("td", {}, fmtTime(a.last_trigger_us)), el("td", {}, a.state),
+      el("td", {}, fmtTime(a.last_trigger_us)), el("td", {class: "state"}, a.state),
       el("td", {}, a.state === "ACKNOWLEDGED" ? "" :
         el("button", {type: "button", "aria-label": `Acknowledge alert ${a.id}`, onclick: () => acknowledge(a.id)}, "Acknowledge"))));
     const empties = Array.from({length: Math.max(EMPTY_ROWS - rows.length, 1)}, () =>
@@ -118,8 +118,12 @@
                   openMenu(r.left + 20, r.bottom);
                 }},
         el("td", {colspan: 8}, rows.length ? "" : "No alerts yet.")));
+    const open = rows.filter(a => a.state !== "ACKNOWLEDGED").length;
     const place = focusPlace(body);
-    body.replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, trs, empties)),
+    // many alerts scroll inside the widget (its head stays), and the count says how many
+    body.replaceChildren(
+      el("p", {class: "muted alerts-count"}, `${fmtNum(rows.length)} alert${rows.length === 1 ? "" : "s"}, ${fmtNum(open)} not acknowledged`),
+      el("div", {class: "alerts-scroll"}, el("table", {}, el("thead", {}, head), el("tbody", {}, trs, empties))),
       el("p", {}, el("a", {href: "/alerts/new"}, "Schedule new alert…")));
     restoreFocus(body, place);
   }
