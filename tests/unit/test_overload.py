@@ -52,3 +52,21 @@ def test_a_second_with_every_datagram_dropped_uses_the_flows_per_datagram_seen_b
     counters.set("socket_drops", 0)
     meter.sample()
     assert counters.get("flows_lost_per_second") == 50 * 8 / WINDOW_S
+
+
+def test_a_sample_between_a_batchs_datagram_and_flow_counts_still_counts_the_loss():
+    """The decoder counts a batch's datagrams just before its flows: a sample in between saw
+    datagrams read and no flows, and said 0 flows lost while overloaded (a flaky browser test)."""
+    counters, now = Counters(), [100.0]
+    meter = OverloadMeter(counters, clock=lambda: now[0])
+    meter.sample()
+    now[0] += 1
+    counters.inc("datagrams_total", 1000, exporter="e", proto="netflow5")
+    counters.inc("flows_total", 30_000, exporter="e", proto="netflow5")
+    meter.sample()
+    now[0] += 1
+    counters.inc("datagrams_total", 100, exporter="e", proto="netflow5")  # its flows not counted yet
+    counters.set("socket_drops", 50, port=2055)
+    meter.sample()
+    assert counters.get("overloaded") == 1
+    assert counters.get("flows_lost_per_second") > 0  # at the flows per datagram seen so far

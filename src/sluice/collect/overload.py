@@ -42,8 +42,12 @@ class OverloadMeter:
             _, last_drops, last_datagrams, last_flows, last_alert_drops = self._last
             dropped = max(0.0, drops - last_drops)  # a socket re-opened starts from zero again
             read = datagrams - last_datagrams
-            # flows per datagram: of those read meanwhile, or of all read so far
-            per_datagram = (flows - last_flows) / read if read > 0 else flows / datagrams if datagrams else 0.0
+            # flows per datagram: of those read meanwhile, or of all read so far. (The decoder
+            # counts a batch's datagrams just before its flows: a sample between the two sees
+            # datagrams without flows, which is not a ratio of 0.)
+            per_datagram = (flows - last_flows) / read if read > 0 and flows > last_flows else 0.0
+            if per_datagram == 0.0 and datagrams:
+                per_datagram = flows / datagrams
             lost_rows = max(0.0, alert_drops - last_alert_drops)
             if dropped or lost_rows:
                 self._losses.append((now, dropped * per_datagram, lost_rows))
