@@ -62,20 +62,16 @@ class Authenticator:
         self._verified_lock = threading.Lock()
 
     def check_throttle(self, username: str, client: str) -> None:
-        wait = self.throttle.retry_after(username, client)
-        if wait > 0:
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                f"too many failed logins for {username!r}: try again in {int(wait) + 1} s",
-                headers={"Retry-After": str(int(wait) + 1)},
-            )
-        wait = self.throttle.client_retry_after(client)
-        if wait > 0:
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                f"too many failed logins from {client}: try again in {int(wait) + 1} s",
-                headers={"Retry-After": str(int(wait) + 1)},
-            )
+        for wait, whose in (
+            (self.throttle.retry_after(username, client), f"for {username!r}"),
+            (self.throttle.client_retry_after(client), f"from {client}"),
+        ):
+            if wait > 0:
+                raise HTTPException(
+                    status.HTTP_429_TOO_MANY_REQUESTS,
+                    f"too many failed logins {whose}: try again in {int(wait) + 1} s",
+                    headers={"Retry-After": str(int(wait) + 1)},
+                )
 
     def password(self, username: str, password: str, client: str) -> Principal:
         key = hmac.new(self._key, f"{username}\0{password}".encode(), hashlib.sha256).digest()

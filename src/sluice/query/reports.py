@@ -133,6 +133,18 @@ def _directional(sent: str, received: str, direction: Direction) -> str:
     }[direction]
 
 
+def rollups_answer(spec: ReportSpec) -> bool:
+    """Whether daily host rollups (bytes and packets sent and received per host) can answer
+    the report, for the whole days of its frame: unfiltered host traffic."""
+    return spec.where is None and spec.entity is Entity.HOST and spec.metric in (Metric.BYTES, Metric.PACKETS)
+
+
+def rollup_sum(spec: ReportSpec) -> str:
+    """The report's value over a rollup's columns (``sent_bytes`` … ``recv_pkts``)."""
+    unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
+    return _directional(f"sent_{unit}", f"recv_{unit}", spec.direction)
+
+
 def frame_condition(
     spec_where: Node | None, start_ms: int, end_ms: int, dialect: Dialect = Dialect.DUCKDB
 ) -> tuple[str, list[object]]:

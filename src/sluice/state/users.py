@@ -15,7 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 
 from .db import StateDB
-from .models import ApiToken, LoginSession, User
+from .models import ApiToken, LoginSession, User, as_utc
 
 _hasher = PasswordHasher()
 # verified against when a user does not exist, so both cases take the same time
@@ -31,11 +31,6 @@ class UserError(ValueError):
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite gives times back without their zone; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def check_username(name: str) -> str:
@@ -176,10 +171,10 @@ class Users:
             if row is None:
                 return None
             now = datetime.now(UTC)
-            if row.expires_at is not None and _aware(row.expires_at) <= now:
+            if row.expires_at is not None and as_utc(row.expires_at) <= now:
                 return None
             # when it was last used, to the minute (not a write per request)
-            if row.last_used_at is None or now - _aware(row.last_used_at) > timedelta(minutes=1):
+            if row.last_used_at is None or now - as_utc(row.last_used_at) > timedelta(minutes=1):
                 row.last_used_at = now
             return session.get(User, row.user_id)
 
@@ -205,7 +200,7 @@ class Users:
             row = session.get(LoginSession, _sha(session_id))
             if row is None:
                 return None
-            if _aware(row.expires_at) < datetime.now(UTC):
+            if as_utc(row.expires_at) < datetime.now(UTC):
                 session.delete(row)
                 return None
             user = session.get(User, row.user_id)

@@ -44,14 +44,14 @@ from ..flows.schema import ADDR, COUNTRY, SESSION_COLUMNS, SESSION_SCHEMA, Sessi
 from ..query.filter import Node
 from ..query.reports import (
     ENTITY_COLUMNS,
-    Entity,
-    Metric,
     ReportSpec,
     SeriesSpec,
     endpoint_sum_parts,
     frame_condition,
     merge_sums,
     report_sql,
+    rollup_sum,
+    rollups_answer,
     series_sql,
 )
 from ..query.sql import Dialect
@@ -373,16 +373,11 @@ class ClickHouseStore(FlowStore):
         return table.cast(SESSION_SCHEMA)
 
     def report(self, spec: ReportSpec, use_rollups: bool = True) -> pa.Table:
-        sql, params = report_sql(spec, f"{self.database}.sessions", Dialect.CLICKHOUSE)
-        if (
-            use_rollups
-            and spec.where is None
-            and spec.entity is Entity.HOST
-            and spec.metric in (Metric.BYTES, Metric.PACKETS)
-        ):
-            rolled = self._rolled_days(spec.start_ms, spec.end_ms)
-            if rolled:
-                sql, params = self._rollup_report_sql(spec, rolled)
+        rolled = self._rolled_days(spec.start_ms, spec.end_ms) if use_rollups and rollups_answer(spec) else []
+        if rolled:
+            sql, params = self._rollup_report_sql(spec, rolled)
+        else:
+            sql, params = report_sql(spec, f"{self.database}.sessions", Dialect.CLICKHOUSE)
         table = self._query(sql, params)
         return table.select([*ENTITY_COLUMNS[spec.entity], "value"])
 
@@ -390,16 +385,11 @@ class ClickHouseStore(FlowStore):
         """For the days ``first`` .. ``last``: the shard's rows per day (from its parts) and the
         rows its rollup of each day summed."""
         db = self.database
-        rows: dict[int, int] = {}
-        for pid, n in self._ask(
-            shard,
-            "SELECT partition_id, sum(rows) FROM system.parts WHERE database = %(db)s "
-            "AND table = 'sessions_local' AND active GROUP BY partition_id",
-            {"db": db},
-        ):
-            day = pid.decode() if isinstance(pid, bytes) else str(pid)
-            if len(day) != 8 and first <= int(day) <= last:  # YYYYMMDD: an earlier layout, never rolled up
-                rows[int(day)] = int(n)
+        rows = {
+            int(day): n
+            for day, n, _ in self._server_days(shard)
+            if not _earlier_layout(day) and first <= int(day) <= last  # an earlier layout's days: no rollups
+        }
         summed = {
             int(day): int(sides) // 2
             for day, sides in self._ask(
@@ -423,14 +413,10 @@ class ClickHouseStore(FlowStore):
 
     def _rollup_report_sql(self, spec: ReportSpec, rolled: list[int]) -> tuple[str, list[object]]:
         """Host traffic from the rollups of whole days, plus raw rows ending on other days."""
-        unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
-        value = {
-            "sender": f"sum(sent_{unit})",
-            "receiver": f"sum(recv_{unit})",
-            "either": f"sum(sent_{unit}) + sum(recv_{unit})",
-        }[spec.direction.value]
         days = ", ".join(str(day) for day in rolled)
-        rolled_part = f"SELECT host AS e0, {value} AS v FROM {self.database}.hosts WHERE day IN ({days}) GROUP BY host"
+        rolled_part = (
+            f"SELECT host AS e0, {rollup_sum(spec)} AS v FROM {self.database}.hosts WHERE day IN ({days}) GROUP BY host"
+        )
         raw: list[tuple[int, int | None]] = []
         lo = spec.start_ms
         for day in rolled:
@@ -487,19 +473,24 @@ class ClickHouseStore(FlowStore):
     def _partitions(self) -> list[tuple[int, str, int, int, int]]:
         """(server, partition id, session rows, bytes with the day's rollup, newest end) of
         every day on every server."""
-        out = []
-        for i in range(len(self.servers)):
-            rows = self._ask(
-                i,
-                "SELECT partition_id, sum(if(table = 'sessions_local', rows, 0)), sum(bytes_on_disk) "
-                "FROM system.parts WHERE database = %(db)s AND table IN ('sessions_local', 'hosts_local') "
-                "AND active GROUP BY partition_id",
-                {"db": self.database},
-            )
-            for pid, n, size in rows:
-                day = pid.decode() if isinstance(pid, bytes) else str(pid)  # strings come as bytes
-                out.append((i, day, int(n), int(size), _day_end_ms(day)))
-        return out
+        return [
+            (i, day, rows, size, _day_end_ms(day))
+            for i in range(len(self.servers))
+            for day, rows, size in self._server_days(i)
+        ]
+
+    def _server_days(self, server: int) -> list[tuple[str, int, int]]:
+        """(partition id, session rows, bytes with the day's rollup) of each day on a server,
+        from its active parts."""
+        found = self._ask(
+            server,
+            "SELECT partition_id, sum(if(table = 'sessions_local', rows, 0)), sum(bytes_on_disk) "
+            "FROM system.parts WHERE database = %(db)s AND table IN ('sessions_local', 'hosts_local') "
+            "AND active GROUP BY partition_id",
+            {"db": self.database},
+        )
+        # strings come as bytes
+        return [(pid.decode() if isinstance(pid, bytes) else str(pid), int(n), int(size)) for pid, n, size in found]
 
     def retain(self, now_ms: int, max_age_s: float | None = None, max_bytes: int | None = None) -> RetentionResult:
         """Drop whole days: those that ended before ``max_age_s``, then the oldest while the
@@ -523,7 +514,7 @@ class ClickHouseStore(FlowStore):
                 if day in doomed:
                     client = self._clients[server]
                     client.execute(f"ALTER TABLE {self.database}.sessions_local DROP PARTITION {int(day)}")
-                    if len(day) != 8:  # its rollup (days of an earlier layout have none)
+                    if not _earlier_layout(day):  # its rollup (days of an earlier layout have none)
                         client.execute(f"ALTER TABLE {self.database}.hosts_local DROP PARTITION {int(day)}")
                     deleted += rows
             return RetentionResult(deleted, len(doomed))
@@ -607,10 +598,15 @@ def _arrow(column: np.ndarray, ch_type: str) -> pa.Array:
     return pa.array(column)
 
 
+def _earlier_layout(partition_id: str) -> bool:
+    """A ``YYYYMMDD`` partition, of a table created before days were UTC day numbers."""
+    return len(partition_id) == 8
+
+
 def _day_end_ms(partition_id: str) -> int:
-    """The end of a day partition (the UTC day number), in ms since the epoch; tables created
-    before days were numbered have ``YYYYMMDD`` partitions (the server's time zone, taken as UTC)."""
-    if len(partition_id) == 8:
+    """The end of a day partition (the UTC day number), in ms since the epoch; an earlier
+    layout's ``YYYYMMDD`` day is in the server's time zone, taken as UTC."""
+    if _earlier_layout(partition_id):
         from datetime import UTC, datetime
 
         day = datetime.strptime(partition_id, "%Y%m%d").replace(tzinfo=UTC)

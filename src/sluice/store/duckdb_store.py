@@ -43,13 +43,14 @@ from ..query.filter import Node
 from ..query.reports import (
     ENTITY_COLUMNS,
     Entity,
-    Metric,
     ReportSpec,
     SeriesSpec,
     endpoint_sum_parts,
     frame_condition,
     merge_sums,
     report_sql,
+    rollup_sum,
+    rollups_answer,
     series_sql,
 )
 from .base import FlowStore, RetentionResult, SessionQueue, Stager, StoreStats, TimeRange
@@ -328,12 +329,7 @@ class DuckDBStore(FlowStore):
         return table.select(SESSION_SCHEMA.names).cast(SESSION_SCHEMA)
 
     def report(self, spec: ReportSpec, use_rollups: bool = True) -> pa.Table:
-        if (
-            use_rollups
-            and spec.where is None
-            and spec.entity is Entity.HOST
-            and spec.metric in (Metric.BYTES, Metric.PACKETS)
-        ):
+        if use_rollups and rollups_answer(spec):
             rolled = self._rolled_days(spec.start_ms, spec.end_ms)
             if rolled:
                 with self.files.reading() as snapshot:
@@ -363,12 +359,7 @@ class DuckDBStore(FlowStore):
         self, snapshot: dict[str, list[Segment]], spec: ReportSpec, rolled: list[str]
     ) -> tuple[str, list[object]]:
         """Host traffic from the rollups of whole days, plus raw rows for the other days."""
-        unit = "bytes" if spec.metric is Metric.BYTES else "pkts"
-        value = {
-            "sender": f"sum(sent_{unit})",
-            "receiver": f"sum(recv_{unit})",
-            "either": f"sum(sent_{unit}) + sum(recv_{unit})",
-        }[spec.direction.value]
+        value = rollup_sum(spec)
         parts = [f"SELECT host AS e0, {value} AS v FROM hosts_{day} GROUP BY host" for day in rolled]
         edge_parts, params = endpoint_sum_parts(
             spec, self._source(snapshot, spec.start_ms, spec.end_ms, frozenset(rolled))

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from pydantic import BaseModel, Field
 
+from ...state.models import as_utc
 from ...state.users import Users
 from ..auth import COOKIE, Authenticator, User, client_of
 from .common import PREFIX
@@ -49,10 +50,6 @@ class TokenInfo(BaseModel):
     expired: bool
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def build_account_router(users: Users, auth: Authenticator, secure_cookies: bool = False) -> APIRouter:
     router = APIRouter(prefix=PREFIX, tags=["auth"])
 
@@ -84,7 +81,7 @@ def build_account_router(users: Users, auth: Authenticator, secure_cookies: bool
     def new_token(body: TokenRequest, principal: User) -> TokenResult:
         """A bearer token for scripts; it ends when it expires, is revoked, or the password changes."""
         token, row = users.create_token(principal.username, body.name, body.expires_in_days)
-        return TokenResult(token=token, id=row.id, expires_at=_utc(row.expires_at) if row.expires_at else None)
+        return TokenResult(token=token, id=row.id, expires_at=as_utc(row.expires_at) if row.expires_at else None)
 
     @router.get("/tokens", response_model=list[TokenInfo])
     def list_tokens(principal: User) -> list[TokenInfo]:
@@ -94,10 +91,10 @@ def build_account_router(users: Users, auth: Authenticator, secure_cookies: bool
             TokenInfo(
                 id=t.id,
                 name=t.name,
-                created_at=_utc(t.created_at),
-                expires_at=_utc(t.expires_at) if t.expires_at else None,
-                last_used_at=_utc(t.last_used_at) if t.last_used_at else None,
-                expired=t.expires_at is not None and _utc(t.expires_at) <= now,
+                created_at=as_utc(t.created_at),
+                expires_at=as_utc(t.expires_at) if t.expires_at else None,
+                last_used_at=as_utc(t.last_used_at) if t.last_used_at else None,
+                expired=t.expires_at is not None and as_utc(t.expires_at) <= now,
             )
             for t in users.tokens(principal.user_id)
         ]
