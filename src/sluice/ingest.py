@@ -21,7 +21,7 @@ import structlog
 from .config import Settings
 from .counters import Counters
 from .flows.enrich import Enricher
-from .flows.schema import FlowBatch, SessionBatch
+from .flows.schema import Arrivals, FlowBatch, SessionBatch
 from .flows.sessions import SessionTracker, TrackerStats, first_session_id
 from .flows.shards import ShardedSessions, default_workers
 from .lifecycle import Worker, lower_priority
@@ -63,8 +63,8 @@ class Ingest:
         # the collector's thread only queues rows: the database write happens on the
         # maintenance thread, while the collector goes on reading its sockets
         self.store.on_full = self._flush_now.set
-        #: later stages (alerts) receive each session batch, with a mask of the sessions it started
-        self.listeners: list[Callable[[SessionBatch, np.ndarray], None]] = []
+        #: later stages (alerts) receive each session batch, with how its rows arrived
+        self.listeners: list[Callable[[SessionBatch, Arrivals], None]] = []
         #: whether the listeners want the batches now: with workers that store their own rows,
         #: batches nobody wants stay in the workers, and ``on_unseen_rows`` gets their count
         self.wants_sessions: Callable[[], bool] = lambda: bool(self.listeners)
@@ -85,10 +85,9 @@ class Ingest:
         if self.tracker is None:
             raise RuntimeError("session workers not started: call Ingest.start() first")
         with self._lock:
-            first_new = self.tracker.next_session_id
-            sessions = self.tracker.update(flows, now_ms)
+            sessions, arrivals = self.tracker.track(flows, now_ms)
         if len(sessions):
-            self._deliver(self.enricher(sessions), sessions["session_id"] >= np.uint64(first_new))
+            self._deliver(self.enricher(sessions), arrivals)
 
     def _in_time(self, flows: FlowBatch, now_ms: int) -> FlowBatch:
         """The flows whose start and end lie within [now - retention, now + a day], start not
@@ -113,10 +112,10 @@ class Ingest:
                 self.counters.inc("flows_out_of_range_total", n, reason=reason)
         return flows.take(np.flatnonzero(~bad))
 
-    def _deliver(self, sessions: SessionBatch, new: np.ndarray) -> None:
-        """A session batch (``new``: the sessions it started) to the store and the listeners."""
+    def _deliver(self, sessions: SessionBatch, arrivals: Arrivals) -> None:
+        """A session batch (and how its rows arrived) to the store and the listeners."""
         self.store.append(sessions)
-        self._tell(sessions, new)
+        self._tell(sessions, arrivals)
 
     def _unseen(self, rows: int) -> None:
         """Rows a worker made and stored that nobody wanted to see."""
@@ -124,11 +123,11 @@ class Ingest:
         for listener in self.on_unseen_rows:
             listener(rows)
 
-    def _tell(self, sessions: SessionBatch, new: np.ndarray) -> None:
+    def _tell(self, sessions: SessionBatch, arrivals: Arrivals) -> None:
         """A session batch to the listeners (its rows are stored by the worker that made it)."""
         self.counters.inc("session_rows_total", len(sessions))
         for listener in self.listeners:
-            listener(sessions, new)
+            listener(sessions, arrivals)
 
     def start(self) -> None:
         if self.workers > 1 and self.shards is None:

@@ -303,7 +303,7 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
     from sluice.alerts.service import AlertService
     from sluice.config import AlertSettings
     from sluice.counters import Counters
-    from sluice.flows.schema import SessionBatch, addr_bytes
+    from sluice.flows.schema import Arrivals, SessionBatch, addr_bytes
     from sluice.lifecycle import BACKGROUND_NICENESS
 
     db = open_state(tmp_path)
@@ -314,7 +314,7 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
     service.reload()
     sessions = SessionBatch.build(1, session_id=np.array([1], np.uint64),
                                   cln_addr=np.array([list(addr_bytes("10.7.0.1"))], np.uint8), cln_bytes=1234)
-    service.submit(sessions, np.ones(1, bool))
+    service.submit(sessions, Arrivals(np.ones(1, bool), np.zeros(1, np.int64)))
     service.runner.run_once()
     writers = []
     real_save = persist.save
@@ -427,7 +427,7 @@ def test_a_failing_definition_is_shown_as_failed_and_stops_nobody(tmp_path):
     from sluice.http.app import create_app
     from sluice.counters import Counters
     from sluice.config import AlertSettings
-    from sluice.flows.schema import SessionBatch, addr_bytes
+    from sluice.flows.schema import Arrivals, SessionBatch, addr_bytes
     from sluice.state.models import AlertDefinitionRow
 
     from ..support.app import ALICE, BOB, make_app
@@ -451,11 +451,11 @@ def test_a_failing_definition_is_shown_as_failed_and_stops_nobody(tmp_path):
         sessions = SessionBatch.build(n, session_id=np.arange(n, dtype=np.uint64), cln_addr=src,
                                       srv_addr=np.array([list(addr_bytes("10.8.0.1"))] * n, np.uint8), srv_port=80,
                                       protocol=6, cln_pkts=1)
-        service.submit(sessions, np.ones(n, bool))
+        service.submit(sessions, Arrivals(np.ones(n, bool), np.arange(n)))
         service.runner.run_once()
         mine = client.get("/api/v1/alerts", auth=ALICE).json()
         assert sorted(a["entity"] for a in mine) == [], "one session each: not over 1"
-        service.submit(sessions, np.ones(n, bool))  # a second session from each host: over 1
+        service.submit(sessions, Arrivals(np.ones(n, bool), np.arange(n, 2 * n)))  # a second session each: over 1
         service.runner.run_once()
         mine = client.get("/api/v1/alerts", auth=ALICE).json()
         assert sorted(a["entity"] for a in mine) == ["10.7.0.0", "10.7.0.1", "10.7.0.2"]

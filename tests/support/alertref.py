@@ -121,7 +121,9 @@ class Reference:
         self.keep = keep  # the prefilter, as a Python predicate over Sess
         self.step_ms = reference_step_s(d.interval_s) * 1000
         self.n = d.interval_s // reference_step_s(d.interval_s)
-        self.history: list[tuple[int, dict, object]] = []  # (bucket, row, contribution)
+        self.history: list[tuple[int, dict, object]] = []  # (bucket, row, what it adds)
+        # COUNT (docs/alerts.md): (entity, session, period) contributions, and those counted
+        self.contributions: dict[str, set[tuple[int, int]]] = defaultdict(set)
         self.counted: set[tuple[str, int, int]] = set()
 
     def excluded(self, row: dict) -> bool:
@@ -142,6 +144,7 @@ class Reference:
         return thr
 
     def evaluate(self, sessions: list[Sess], now_ms: int) -> list[tuple]:
+        """The events of a batch of sessions arriving at ``now_ms``."""
         bucket = now_ms // self.step_ms
         rows = []
         for s in sessions:
@@ -152,6 +155,7 @@ class Reference:
                 if concerns and not self.excluded(row):
                     rows.append(row)
                     self.history.append((bucket, row, c))
+                    self.contributions[row["entity"]].add((s.session_id, bucket))
         oldest = bucket - self.n + 1
         window = defaultdict(list)
         for b, row, c in self.history:
@@ -167,10 +171,11 @@ class Reference:
             thr = self.threshold(erows[0])
             if value <= thr:
                 continue
+            # over: every contribution in the window not counted yet counts now
             inc = 0
-            for row in erows:
-                key = (entity, row["session"].session_id, bucket)
-                if key not in self.counted:
+            for sid, b in self.contributions[entity]:
+                key = (entity, sid, b)
+                if b >= oldest and key not in self.counted:
                     self.counted.add(key)
                     inc += 1
             if inc:

@@ -16,7 +16,7 @@ from numba.core.registry import CPUDispatcher
 from sluice.alerts import engine as engine_module, keyindex, window
 from sluice.alerts.definition import AlertMetric, Definition, EntityType
 from sluice.alerts.engine import AlertEngine
-from sluice.flows.schema import SessionBatch, addr_bytes
+from sluice.flows.schema import Arrivals, SessionBatch, addr_bytes
 
 def signatures():
     out = {}
@@ -51,7 +51,7 @@ for k, scale in enumerate([1, 300, 70_000, 10**12] * 4):
                                cln_bytes=rng.integers(1, scale + 1, n).astype(np.uint64), srv_bytes=scale,
                                cln_pkts=1, srv_pkts=scale, cln_country=b"NL", srv_country=b"US",
                                cln_asn=64512, srv_asn=rng.integers(1, 50, n).astype(np.uint32))
-    engine.evaluate(batch, np.ones(n, bool), t0 + k * 70_000)
+    engine.evaluate(batch, Arrivals(np.ones(n, bool), np.arange(k * n, (k + 1) * n)), t0 + k * 70_000)
 print(json.dumps({"before": before, "after": signatures(), "spread": max(
     s.window.spread_steps() for s in engine.states.values() if hasattr(s.window, "spread_steps"))}))
 """

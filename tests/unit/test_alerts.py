@@ -16,14 +16,14 @@ from sluice.alerts.definition import AlertMetric, Definition, DefinitionIn, Enti
 from sluice.alerts import persist
 from sluice.alerts.engine import AlertEngine
 from sluice.alerts.runner import EngineRunner
-from sluice.flows.schema import SessionBatch, addr_bytes
+from sluice.flows.schema import Arrivals, SessionBatch, addr_bytes
 
 from ..support.alertref import Reference, Sess
 
 T0 = 1_700_000_000_000
 
 
-def batch(sessions: list[Sess]) -> tuple[SessionBatch, np.ndarray]:
+def batch(sessions: list[Sess]) -> tuple[SessionBatch, Arrivals]:
     n = len(sessions)
 
     def addrs(values):
@@ -38,7 +38,8 @@ def batch(sessions: list[Sess]) -> tuple[SessionBatch, np.ndarray]:
         cln_country=np.array([s.ccountry.encode() for s in sessions], "S2"),
         srv_country=np.array([s.scountry.encode() for s in sessions], "S2"),
         cln_asn=col("casn", np.uint32), srv_asn=col("sasn", np.uint32))
-    return b, np.array([s.new for s in sessions], bool)
+    # each session's tracker slot: its id (small, distinct among live sessions, as a tracker's)
+    return b, Arrivals(np.array([s.new for s in sessions], bool), col("session_id", np.int64))
 
 
 HOSTS = [f"10.0.0.{i}" for i in range(1, 9)] + ["2001:db8::1", "2001:db8::2", "2001:db8:1::7"]
@@ -119,7 +120,8 @@ def test_exactly_at_the_threshold_does_not_alert_one_more_does():
     engine.set_definitions([defn(threshold=1000)])
     assert engine.evaluate(*batch([one(sid=1, cbytes=600), one(sid=2, cbytes=400)]), T0) == []
     events = engine.evaluate(*batch([one(sid=3, cbytes=1)]), T0 + 1000)
-    assert [(e.entity, e.value, e.count) for e in events] == [("10.0.0.1", 1001, 1)]
+    # COUNT: the three sessions in the window when it crossed
+    assert [(e.entity, e.value, e.count) for e in events] == [("10.0.0.1", 1001, 3)]
 
 
 def test_a_session_spanning_two_alerting_periods_counts_twice():
@@ -185,7 +187,7 @@ def test_distinct_counts_switch_to_a_sketch_beyond_the_exact_bound():
         addrs[:, 13:16] = np.stack([(chunk >> 16) & 255, (chunk >> 8) & 255, chunk & 255], axis=1)
         b = SessionBatch.build(n, session_id=np.arange(n, dtype=np.uint64) + k * n, cln_addr=np.array(
             [list(addr_bytes("10.0.0.1"))] * n, np.uint8), srv_addr=addrs, srv_port=80, protocol=6, cln_bytes=1)
-        engine.evaluate(b, np.ones(n, bool), T0 + k * 60_000)
+        engine.evaluate(b, Arrivals(np.ones(n, bool), np.arange(n) + k * n), T0 + k * 60_000)
     st = engine.states[1]
     host_id = int(engine.indexes[EntityType.HOST].lookup(np.array([0xFFFF0A000001], np.uint64))[0])
     estimate = int(st.window.value(np.array([host_id]))[0])
@@ -430,3 +432,87 @@ def test_a_one_day_window_also_steps_by_one_minute():
     assert [e.count for e in engine.evaluate(*batch([one(sid=7, cbytes=1, sbytes=0, new=False)]), T_HOUR + 60_000)] == [
         1
     ]
+
+
+# -- COUNT does not depend on how rows are batched (issue 15, docs/alerts.md) --
+
+
+def totals(events) -> dict:
+    """Per (definition, entity): message, threshold and COUNT summed over its events."""
+    out: dict = {}
+    for d, entity, message, count, thr in events:
+        _, _, total = out.get((d, entity), (message, thr, 0))
+        out[(d, entity)] = (message, thr, total + count)
+    return out
+
+
+@pytest.mark.parametrize("entity, metric", COMBOS, ids=[f"{e.value}-{m.value}" for e, m in COMBOS])
+def test_count_is_the_same_for_every_batching_of_the_same_arrivals(entity, metric):
+    """The same rows, arriving at the same times, evaluated one arrival at a time, in random
+    runs of several (some spanning periods, as the evaluation thread's queue does), and all at
+    once: the same COUNT per alert record, and the reference's."""
+    rng = random.Random(zlib.crc32(f"batching {entity.value}/{metric.value}".encode()))
+    thr = THRESHOLDS[metric.value.split("_")[0]]
+    definitions = [Definition(id=1, user_id=1, title="1m", metric=metric, entity=entity, interval="1m", threshold=thr),
+                   Definition(id=2, user_id=1, title="5m", metric=metric, entity=entity, interval="5m",
+                              threshold=thr * 2, prefilter="PROTO == tcp")]
+    predicates = {1: lambda s: True, 2: lambda s: s.proto == 6}
+    live: list[Sess] = []
+    next_id = [0]
+    arrivals: list[tuple[int, list[Sess]]] = []  # (time, sessions)
+    now = T0
+    for _ in range(60):
+        now += rng.choice([0, 150, 400, 900, 2500, 7000, 70_000])  # same ms, within a period, across, past a window
+        arrivals.append((now, random_sessions(rng, live, next_id, rng.randint(0, 12))))
+    refs = [Reference(d, predicates[d.id]) for d in definitions]
+    want = totals((d, e, m, c, t) for at, sessions in arrivals for r in refs
+                  for d, e, m, c, _, t in r.evaluate(sessions, at))
+    assert want, "the traffic should have made some alerts"
+    for trial in range(4):
+        engine = AlertEngine()
+        engine.set_definitions(definitions)
+        got = []
+        i = 0
+        while i < len(arrivals):
+            k = len(arrivals) if trial == 3 else 1 if trial == 0 else rng.randint(1, 6)
+            run = arrivals[i : i + k]
+            i += k
+            rows = [s for _, sessions in run for s in sessions]
+            b, arr = batch(rows)
+            at = np.array([t for t, sessions in run for _ in sessions], np.int64)
+            got += [(e.definition_id, e.entity, e.message, e.count, e.threshold)
+                    for e in engine.evaluate(b, Arrivals(arr.new, arr.slot, at), run[-1][0])]
+        assert totals(got) == want, f"batching {trial}"
+
+
+def test_seventeen_sessions_count_seventeen_in_one_datagram_or_one_every_400_ms():
+    """FlowTraq's example (v1=17 v2=10, sessions initiated): one client's 17 sessions, through
+    the real session tracker, in one datagram or one every 400 ms over two periods."""
+    from sluice.flows.schema import FlowBatch
+    from sluice.flows.sessions import SessionTracker
+
+    definition = defn(metric="sessions_initiated", threshold=10, interval="5m")  # periods of 5 s
+    flows = FlowBatch.build(17, src_addr=np.array([list(addr_bytes("10.0.0.1"))] * 17, np.uint8),
+                            dst_addr=np.array([list(addr_bytes("10.0.0.2"))] * 17, np.uint8),
+                            src_port=np.arange(40000, 40017), dst_port=80, protocol=6, tcp_flags=2,
+                            bytes=60, packets=1, time_start_ms=T0, time_end_ms=T0)
+    for arrival in ([T0] * 17, [T0 + 3_000 + 400 * i for i in range(17)]):
+        tracker, engine = SessionTracker(), AlertEngine()
+        engine.set_definitions([definition])
+        events = []
+        for at in sorted(set(arrival)):
+            sessions, arrivals = tracker.track(flows.take(np.flatnonzero(np.array(arrival) == at)), at)
+            events += engine.evaluate(sessions, arrivals, at)
+        assert sum(e.count for e in events) == 17, arrival
+        assert {(e.entity, e.threshold) for e in events} == {("10.0.0.1", 10)}
+        assert max(e.value for e in events) == 17
+
+
+def test_a_row_evaluated_after_its_period_counts_in_its_own_with_the_slack():
+    """Rows wait in the evaluation queue; the clock moves the windows on only after the slack."""
+    engine = AlertEngine(arrival_slack_ms=2_000)
+    engine.set_definitions([defn(metric="sessions_initiated", threshold=1, interval="1m")])  # 1 s periods
+    b, arr = batch([one(sid=1), one(sid=2)])
+    events = engine.evaluate(b, Arrivals(arr.new, arr.slot, np.array([T0 + 900, T0 + 900])), T0 + 1_500)
+    assert [(e.count, e.value) for e in events] == [(2, 2)]
+    assert engine.states[1].bucket == (T0 + 900) // 1000  # the clock (+1.5 s) did not move it on

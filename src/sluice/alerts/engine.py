@@ -7,12 +7,19 @@ definition then needs only masks, ``bincount``s and lookups of its window. Nothi
 loops over sessions in Python; the loops are over definitions, exception entries and
 alerting entities.
 
-Windows run on the server's clock: data counts in the step (alerting period) in which it
-arrives, as with a rate meter, so that a record exported late by a router still counts once,
-when it arrives. An entity alerts when its window value *exceeds* its threshold (equal is not
-enough). COUNT: when a batch finds an entity over its threshold, each distinct session of
-that batch that concerns the entity counts once for the current alerting period (see
-docs/alerts.md).
+Windows run on the server's clock: a row counts in the step (alerting period) in which it
+arrived (``Arrivals.at_ms``, stamped when its flows were folded into sessions), as with a rate
+meter, so that a record exported late by a router still counts once, when it arrives. An
+entity alerts when its window value *exceeds* its threshold (equal is not enough).
+
+COUNT counts (session, period) pairs, the same however the rows were batched: a session
+*contributes* to an entity in a period when one of its rows arriving in that period concerns
+the entity (``contributions``: each session's first such row per period, remembered per
+tracker slot). When the entity is over its threshold in a period, every contribution in its
+window not counted yet counts: on crossing, those already in the window; then each new one
+while it stays over. Values only grow within a period (they fall when steps leave the window,
+at period boundaries), so whether an entity is over by a period's end, and what it counts, do
+not depend on when the evaluations ran (see docs/alerts.md).
 """
 
 from __future__ import annotations
@@ -27,13 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from ..flows.schema import SessionBatch
+from ..flows.schema import Arrivals, SessionBatch
 from ..query.evaluate import evaluate, in_range
 from ..query.filter import AddressRange, Node, parse
 from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
 from .entities import BatchKeys, EntityRows
-from .keyindex import KeyIndex, combine, distinct_first, group_rows, grown
-from .window import DistinctWindow, SumWindow
+from .keyindex import KeyIndex, distinct, group_rows, grown
+from .window import DistinctWindow, SumWindow, contributions
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +55,7 @@ class AlertEvent:
     entity: str  # canonical text: the alert record's key with the definition
     message: str
     severity: str
-    count: int  # new (session, period) pairs: added to the record's COUNT (v1)
+    count: int  # (session, period) pairs newly counted: added to the record's COUNT (v1)
     threshold: int  # v2: the threshold that applied to this entity
     value: int  # the window value that exceeded it
     time_us: int  # the trigger time (server clock, microseconds)
@@ -84,8 +91,13 @@ class DefinitionState:
             )
         else:
             self.window = SumWindow(self.step_ms, self.n_buckets, max_step_bytes)
-        self.counted = np.empty(0, np.uint64)  # (entity, session) pairs counted in this period
-        self.counted_bucket = -1
+        # COUNT: contributions ((session, period) pairs) per entity and step; per entity, the
+        # step through which its contributions are counted (+ 1; 0: none) and how many of that
+        # step's were; per tracker slot and side, the tag of the period it last contributed in
+        self.contrib = SumWindow(self.step_ms, self.n_buckets, max_step_bytes)
+        self.counted_to = np.zeros(1024, np.int64)
+        self.counted_amount = np.zeros(1024, np.int64)
+        self.memo = np.zeros((1024, 2), np.uint16)
         self.bucket = -1
         self.update(definition)
 
@@ -109,7 +121,57 @@ class DefinitionState:
         )
 
     def nbytes(self) -> int:
-        return self.window.nbytes() + self.counted.nbytes
+        counted = self.counted_to.nbytes + self.counted_amount.nbytes + self.memo.nbytes
+        return self.window.nbytes() + self.contrib.nbytes() + counted
+
+    def advance(self, bucket: int) -> None:
+        """``bucket`` is the newest step: both windows slide to it."""
+        self.window.advance(bucket)
+        self.contrib.advance(bucket)
+        self.bucket = bucket
+
+    def contributions(
+        self, arrivals: Arrivals, buckets: np.ndarray, mask: np.ndarray, ids: np.ndarray, sides: int
+    ) -> np.ndarray:
+        """Per entity row, 1 if it is its session's first for that side in its period (see
+        ``window.contributions``)."""
+        slots = arrivals.slot
+        if len(slots) and int(slots.max()) >= len(self.memo):
+            size = max(int(slots.max()) + 1, 2 * len(self.memo))
+            memo = np.zeros((size, 2), np.uint16)
+            memo[: len(self.memo)] = self.memo
+            self.memo = memo
+        # periods as tags 1..65535: a session lives at most the active timeout (at most 12 h),
+        # fewer periods than that, so one tag never stands for two periods of one session
+        tags = (buckets % 65535 + 1).astype(np.uint16)
+        return contributions(slots, arrivals.new, tags, mask, ids, sides, self.memo)
+
+    def count(self, ids: np.ndarray, bucket: int) -> np.ndarray:
+        """The entities ``ids`` are over their thresholds in step ``bucket``: how many of their
+        contributions count now - on crossing, every one in the window not counted before;
+        while over, those that came since the last count."""
+        size = int(ids.max()) + 1
+        if size > len(self.counted_to):
+            self.counted_to = grown(self.counted_to, max(size, 2 * len(self.counted_to)))
+            self.counted_amount = grown(self.counted_amount, len(self.counted_to))
+        through = self.counted_to[ids] - 1
+        in_step = self.contrib.open_amounts(ids)
+        out = np.where(through == bucket, in_step - self.counted_amount[ids], 0)
+        whole = through < bucket - self.n_buckets + 1  # nothing counted is still in the window
+        out[whole] = self.contrib.value(ids[whole])
+        since = (through < bucket) & ~whole  # counted until an earlier step in the window
+        if since.any():
+            earlier = self.contrib.amounts_in(ids[since], through[since] + 1, np.full(int(since.sum()), bucket - 1))
+            out[since] = in_step[since] + earlier
+        self.counted_to[ids] = bucket + 1
+        self.counted_amount[ids] = in_step
+        return out
+
+    def forget(self, ids: np.ndarray) -> None:
+        """Entity ids given back: what was counted for them no longer applies."""
+        ids = ids[ids < len(self.counted_to)]
+        self.counted_to[ids] = 0
+        self.counted_amount[ids] = 0
 
 
 @dataclass(frozen=True)
@@ -139,8 +201,12 @@ class AlertEngine:
         max_entities: int = 1 << 24,
         clock: Callable[[], float] = time.time,
         max_step_bytes: int = 64 << 20,
+        arrival_slack_ms: int = 0,
     ):
         self.exact_limit = exact_limit
+        #: the clock moves the windows on only this long after a step ends: rows stamped in it
+        #: and still queued then count in their own step, not in the next
+        self.arrival_slack_ms = arrival_slack_ms
         self.max_pairs = max_pairs
         self.max_step_bytes = max_step_bytes
         self.max_entities = max_entities
@@ -175,10 +241,15 @@ class AlertEngine:
             for i, metric in enumerate((AlertMetric.BYTES_SENT, AlertMetric.UNIQUE_HOSTS), 1)
         )
         sessions = SessionBatch.build(2, session_id=np.array([1, 2], np.uint64), cln_bytes=5, cln_pkts=1)
+        arrivals = Arrivals(np.ones(2, bool), np.arange(2))
         # two batches in one step, the step closed (its chunks merged and spread), the spread
-        # part taken back as its steps leave, then the window gone
+        # part taken back as its steps leave, then the window gone; a batch over two steps,
+        # and an entity over again after a gap (its count read from the closed steps)
         for now_ms in (1_000, 1_001, 3_000, 5_000, 62_000, 200_000):
-            engine.evaluate(sessions, np.ones(2, bool), now_ms)
+            engine.evaluate(sessions, arrivals, now_ms)
+        two_steps = Arrivals(np.zeros(2, bool), np.arange(2), np.array([201_000, 202_000]))
+        engine.evaluate(sessions, two_steps, 202_000)
+        engine.evaluate(sessions, arrivals, 230_000)
         KeyIndex(16).get_or_add(np.arange(64, dtype=np.uint64))  # a table that grows
         KeyIndex.from_state({"ids": np.arange(2), "keys": np.arange(1, 3, dtype=np.uint64)})  # and one restored
 
@@ -248,47 +319,53 @@ class AlertEngine:
     # -- evaluation -----------------------------------------------------------------------
 
     def evaluate(
-        self, sessions: SessionBatch, new: np.ndarray, now_ms: int, now_us: int | None = None
+        self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, now_us: int | None = None
     ) -> list[AlertEvent]:
-        """Fold a batch of session delta rows (``new``: the session started in this batch)
-        into every window at time ``now_ms``; the alert events it causes (stamped ``now_us``,
-        by default ``now_ms``)."""
+        """Fold a batch of session delta rows (and how they arrived) into every window, the
+        clock at ``now_ms``; the alert events it causes (stamped ``now_us``, by default
+        ``now_ms``)."""
         with self.lock:
             self.stats["evaluations"] += 1
             if self.failures:
                 self._retry_failed(now_ms)
-            self._advance(now_ms)
-            if not len(sessions) or not self.states:
-                return []
-            self.stats["rows_evaluated"] += len(sessions)
-            masks: dict[str, np.ndarray] = {}
-            rows_by_kind: dict[EntityType, EntityRows | None] = {}
-            shared = BatchKeys(sessions)
-            events: list[AlertEvent] = []
-            for state in list(self.states.values()):
-                kind = state.definition.entity
-                if kind not in rows_by_kind:
-                    try:
-                        rows_by_kind[kind] = self._entity_rows(kind, sessions, new, now_ms, shared)
-                    except Exception:  # not one definition's fault: this batch skips the entity type
-                        log.exception("alert entity rows failed", entity=kind.value)
-                        self.stats["evaluation_errors"] += 1
-                        rows_by_kind[kind] = None
-                rows = rows_by_kind[kind]
-                if rows is None:
-                    continue
-                try:
-                    pre = None
-                    if state.prefilter is not None:
-                        text = state.definition.prefilter
-                        pre = masks.get(text)
-                        if pre is None:
-                            pre = masks[text] = evaluate(state.prefilter, sessions)
-                    events.extend(self._evaluate_one(state, rows, pre, now_ms, now_us or now_ms * 1000))
-                except Exception as exc:
-                    self._set_aside(state, "evaluation failed", exc)
+            events = self._fold_rows(sessions, arrivals, now_ms, now_us or now_ms * 1000)
+            # then the clock: the rows (all stamped before now) moved the windows to their steps
+            self._advance(now_ms - self.arrival_slack_ms)
             self.stats["events"] += len(events)
             return events
+
+    def _fold_rows(self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, time_us: int) -> list[AlertEvent]:
+        if not len(sessions) or not self.states:
+            return []
+        at_ms = arrivals.at_ms if arrivals.at_ms is not None else np.full(len(sessions), now_ms, np.int64)
+        self.stats["rows_evaluated"] += len(sessions)
+        masks: dict[str, np.ndarray] = {}
+        rows_by_kind: dict[EntityType, EntityRows | None] = {}
+        shared = BatchKeys(sessions)
+        events: list[AlertEvent] = []
+        for state in list(self.states.values()):
+            kind = state.definition.entity
+            if kind not in rows_by_kind:
+                try:
+                    rows_by_kind[kind] = self._entity_rows(kind, sessions, arrivals.new, now_ms, shared)
+                except Exception:  # not one definition's fault: this batch skips the entity type
+                    log.exception("alert entity rows failed", entity=kind.value)
+                    self.stats["evaluation_errors"] += 1
+                    rows_by_kind[kind] = None
+            rows = rows_by_kind[kind]
+            if rows is None:
+                continue
+            try:
+                pre = None
+                if state.prefilter is not None:
+                    text = state.definition.prefilter
+                    pre = masks.get(text)
+                    if pre is None:
+                        pre = masks[text] = evaluate(state.prefilter, sessions)
+                events.extend(self._evaluate_one(state, rows, pre, arrivals, at_ms, time_us))
+            except Exception as exc:
+                self._set_aside(state, "evaluation failed", exc)
+        return events
 
     def _entity_rows(
         self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, now_ms: int, shared: BatchKeys
@@ -343,14 +420,35 @@ class AlertEngine:
         return thr
 
     def _evaluate_one(
-        self, state: DefinitionState, rows: EntityRows, pre: np.ndarray | None, now_ms: int, time_us: int
+        self,
+        state: DefinitionState,
+        rows: EntityRows,
+        pre: np.ndarray | None,
+        arrivals: Arrivals,
+        at_ms: np.ndarray,
+        time_us: int,
     ) -> list[AlertEvent]:
-        definition = state.definition
         mask = self._row_mask(state, rows, pre)
         if not mask.any():
             return []
-        bucket = now_ms // state.step_ms
-        n_uniq = len(rows.uniq)
+        # each row's period; a row that comes after its period was left counts in the current one
+        buckets = np.maximum(at_ms // state.step_ms, state.bucket)
+        contrib = state.contributions(arrivals, buckets, mask, rows.ids, 2 if rows.kind.is_endpoint else 1)
+        steps = distinct(buckets)
+        events = []
+        for bucket in steps.tolist():  # one, unless the batch spans a period's end
+            if bucket > state.bucket:
+                state.advance(bucket)
+            in_step = mask if len(steps) == 1 else mask & rows.session_col_of(buckets == bucket)
+            events.extend(self._fold(state, rows, in_step, contrib, bucket, time_us))
+        return events
+
+    def _fold(
+        self, state: DefinitionState, rows: EntityRows, mask: np.ndarray, contrib: np.ndarray, bucket: int, time_us: int
+    ) -> list[AlertEvent]:
+        """Fold the masked rows (all of step ``bucket``) into the windows; events for the
+        entities they take or find over their thresholds."""
+        definition = state.definition
         window = state.window  # distinct metrics have a DistinctWindow, the others a SumWindow
         if isinstance(window, DistinctWindow):
             local, values = window.fold(rows.inv, rows.uniq, rows.ids, mask, rows.peers(definition.metric), bucket)
@@ -361,31 +459,20 @@ class AlertEngine:
                 rows.inv, rows.uniq, mask, rows.values(definition.metric),
                 definition.metric.value.startswith("sessions"), bucket,
             )  # fmt: skip
+        state.contrib.fold(rows.inv, rows.uniq, mask, contrib, False, bucket)
+        if not len(local):
+            return []
         thresholds = self._thresholds(state, rows, rows.first[local])
         over = values > thresholds
         if not over.any():
             return []
-        # COUNT: distinct (entity, session) pairs of this batch, once per alerting period
-        over_local = np.zeros(n_uniq, bool)
-        over_local[local[over]] = True
-        hit_rows = np.flatnonzero(mask & over_local[rows.inv])
-        sid = rows.sessions["session_id"][rows.session_row[hit_rows]]
-        pair, first_of_pair = distinct_first(combine(rows.ids[hit_rows].astype(np.uint64), sid))
-        if state.counted_bucket != bucket:
-            state.counted, state.counted_bucket = np.empty(0, np.uint64), bucket
-        at = np.searchsorted(state.counted, pair)
-        fresh = (
-            (at >= len(state.counted)) | (state.counted[np.minimum(at, max(len(state.counted) - 1, 0))] != pair)
-            if len(state.counted)
-            else np.ones(len(pair), bool)
-        )
-        state.counted = np.insert(state.counted, at[fresh], pair[fresh])  # stays sorted
-        pair_rows = hit_rows[first_of_pair[fresh]]
-        increments = np.bincount(rows.inv[pair_rows], minlength=n_uniq)
+        over_local = local[over]
+        counts = state.count(rows.uniq[over_local], bucket)
         events = []
-        for li, value, thr in zip(local[over].tolist(), values[over].tolist(), thresholds[over].tolist(), strict=True):
-            inc = int(increments[li])
-            if inc == 0:
+        for li, value, thr, inc in zip(
+            over_local.tolist(), values[over].tolist(), thresholds[over].tolist(), counts.tolist(), strict=True
+        ):
+            if inc <= 0:
                 continue
             text = rows.text(int(rows.first[li]))
             events.append(
@@ -409,12 +496,11 @@ class AlertEngine:
     def _advance(self, now_ms: int) -> None:
         for state in list(self.states.values()):
             bucket = now_ms // state.step_ms
-            if bucket != state.bucket:
+            if bucket > state.bucket:  # never back: rows may have moved it on already
                 try:
-                    state.window.advance(bucket)
+                    state.advance(bucket)
                 except Exception as exc:
                     self._set_aside(state, "its window could not slide", exc)
-                state.bucket = bucket
         if now_ms - self._last_reclaim_ms > 60_000 and not self._ids_kept:
             self._reclaim(now_ms)
             self._last_reclaim_ms = now_ms
@@ -441,8 +527,10 @@ class AlertEngine:
             old = ids[seen[ids] < now_ms - horizon]
             for state in windows:
                 if len(old):
-                    old = old[state.window.value(old) == 0]
+                    old = old[(state.window.value(old) == 0) & (state.contrib.value(old) == 0)]
             index.remove(old)
+            for state in windows:
+                state.forget(old)
 
     # -- bookkeeping ----------------------------------------------------------------------
 

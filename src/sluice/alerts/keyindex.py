@@ -45,19 +45,6 @@ def distinct(x: np.ndarray) -> np.ndarray:
     return s[np.concatenate([[True], s[1:] != s[:-1]])]
 
 
-def distinct_first(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values, the index of the first occurrence of each)."""
-    order = np.argsort(x, kind="stable")
-    s = x[order]
-    starts = np.concatenate([[True], s[1:] != s[:-1]]) if len(s) else np.zeros(0, bool)
-    return s[starts], order[starts]
-
-
-def combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """One 64-bit key for a pair of keys (order matters)."""
-    return mix64(mix64(a) ^ (b + np.uint64(0x9E3779B97F4A7C15)))
-
-
 def ordered_pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A cheap key for an ordered pair of 64-bit keys (three passes; the table mixes it)."""
     return (a * _GOLDEN) ^ (b * np.uint64(0xC2B2AE3D27D4EB4F))

@@ -74,10 +74,13 @@ def _index_arrays(engine: AlertEngine) -> Iterator[tuple[str, np.ndarray]]:
 def _definition_arrays(definition_id: int, state: DefinitionState) -> Iterator[tuple[str, np.ndarray]]:
     """One definition's window as named arrays (as ``_index_arrays``)."""
     yield f"def.{definition_id}.signature", np.frombuffer(state.signature.encode(), np.uint8)
-    yield f"def.{definition_id}.meta", np.array([state.bucket, state.counted_bucket], np.int64)
-    yield f"def.{definition_id}.counted", state.counted
+    yield f"def.{definition_id}.meta", np.array([state.bucket], np.int64)
+    yield f"def.{definition_id}.counted_to", state.counted_to
+    yield f"def.{definition_id}.counted_amount", state.counted_amount
     for name, array in state.window.state().items():
         yield f"def.{definition_id}.w.{name}", array
+    for name, array in state.contrib.state().items():
+        yield f"def.{definition_id}.c.{name}", array
 
 
 def _put(f: BinaryIO, name: str, array: np.ndarray) -> None:
@@ -99,6 +102,10 @@ def read(path: Path) -> dict[str, np.ndarray]:
             name = bytes(np.lib.format.read_array(f, allow_pickle=False)).decode()
             arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
         return arrays
+
+
+def _part(data: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {name[len(prefix) :]: array for name, array in data.items() if name.startswith(prefix)}
 
 
 def load(engine: AlertEngine, path: Path) -> bool:
@@ -124,9 +131,12 @@ def load(engine: AlertEngine, path: Path) -> bool:
             prefix = f"def.{definition_id}."
             if prefix + "signature" not in data or bytes(data[prefix + "signature"]).decode() != state.signature:
                 continue
-            state.bucket, state.counted_bucket = (int(value) for value in data[prefix + "meta"])
-            state.counted = data[prefix + "counted"]
-            state.window.load(
-                {name[len(prefix) + 2 :]: array for name, array in data.items() if name.startswith(prefix + "w.")}
-            )
+            state.bucket = int(data[prefix + "meta"][0])
+            state.window.load(_part(data, prefix + "w."))
+            # COUNT's state: files from before 2026-12-03 have none (what they held was
+            # counted already; contributions count from now on)
+            if prefix + "counted_to" in data:
+                state.counted_to = data[prefix + "counted_to"].astype(np.int64)
+                state.counted_amount = data[prefix + "counted_amount"].astype(np.int64)
+                state.contrib.load(_part(data, prefix + "c."))
     return True

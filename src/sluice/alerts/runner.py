@@ -8,10 +8,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import structlog
 
-from ..flows.schema import SessionBatch
+from ..flows.schema import Arrivals, SessionBatch
 from ..lifecycle import Worker
 from .engine import AlertEngine, AlertEvent
 
@@ -35,13 +34,13 @@ class EngineRunner:
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _worker: Worker | None = None
 
-    def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
+    def submit(self, sessions: SessionBatch, arrivals: Arrivals) -> None:
         """Queue a batch (from the ingest thread); a full queue drops it, counted."""
         with self._cv:
             if self._pending_rows + len(sessions) > self.max_pending_rows:
                 self.engine.stats["rows_dropped"] += len(sessions)
                 return
-            self._pending.append((sessions, new))
+            self._pending.append((sessions, arrivals))
             self._pending_rows += len(sessions)
             if self._pending_rows >= self.max_rows:
                 self._cv.notify()
@@ -65,7 +64,7 @@ class EngineRunner:
         with self._cv:
             # at most ``max_rows`` at a time (a batch is never split): a backlog is worked
             # off in several evaluations, so their temporaries stay bounded
-            batches: list[tuple[SessionBatch, np.ndarray]] = []
+            batches: list[tuple[SessionBatch, Arrivals]] = []
             rows = 0
             while self._pending and (not batches or rows + len(self._pending[0][0]) <= self.max_rows):
                 batch = self._pending.popleft()
@@ -74,12 +73,9 @@ class EngineRunner:
             self._pending_rows -= rows
         now = self.clock()
         now_ms = int(now * 1000)
-        if batches:
-            sessions = SessionBatch.concat([b for b, _ in batches])
-            new = np.concatenate([n for _, n in batches])
-        else:
-            sessions, new = SessionBatch.empty(), np.zeros(0, bool)
-        events = self.engine.evaluate(sessions, new, now_ms, int(now * 1_000_000))
+        sessions = SessionBatch.concat([b for b, _ in batches])
+        arrivals = Arrivals.concat([a for _, a in batches], now_ms)
+        events = self.engine.evaluate(sessions, arrivals, now_ms, int(now * 1_000_000))
         if events:
             self.on_events(events)
         return events

@@ -7,12 +7,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import structlog
 
 from ..config import AlertSettings
 from ..counters import Counters
-from ..flows.schema import SessionBatch
+from ..flows.schema import Arrivals, SessionBatch
 from ..lifecycle import Worker, lower_priority
 from ..state.db import StateDB
 from . import persist
@@ -21,6 +20,10 @@ from .records import AlertStore
 from .runner import EngineRunner
 
 log = structlog.get_logger(__name__)
+
+
+#: see ``AlertEngine.arrival_slack_ms``
+ARRIVAL_SLACK_MS = 2_000
 
 
 class AlertService:
@@ -34,6 +37,9 @@ class AlertService:
             settings.max_pairs_per_definition,
             settings.max_entities,
             max_step_bytes=settings.step_bytes_per_definition,
+            # batches wait up to a tenth of a second for evaluation, and longer behind session
+            # workers under load: the clock moves a window on only this long after its step
+            arrival_slack_ms=ARRIVAL_SLACK_MS,
         )
         self.runner = EngineRunner(
             self.engine,
@@ -67,13 +73,13 @@ class AlertService:
         """Rows not handed over because no definition wanted them: evaluated, as nothing."""
         self.engine.stats["rows_evaluated"] += rows
 
-    def submit(self, sessions: SessionBatch, new: np.ndarray) -> None:
+    def submit(self, sessions: SessionBatch, arrivals: Arrivals) -> None:
         """The ingest listener: queue a batch for evaluation (nothing to do without definitions;
         the count of evaluated rows still moves, so "every row evaluated" stays true)."""
         if not self.wants_sessions():
             self.skip(len(sessions))
             return
-        self.runner.submit(sessions, new)
+        self.runner.submit(sessions, arrivals)
 
     def _record(self, events: list[AlertEvent]) -> None:
         """Write triggers to the alert records; if the database fails, keep them and retry

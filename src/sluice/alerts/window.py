@@ -230,6 +230,41 @@ def _spread_expire(
     return k
 
 
+@njit(cache=True, nogil=True)
+def contributions(
+    slot: np.ndarray,
+    new: np.ndarray,
+    tag: np.ndarray,
+    mask: np.ndarray,
+    ids: np.ndarray,
+    sides: int,
+    memo: np.ndarray,
+) -> np.ndarray:
+    """Which entity rows are a session's first in their alerting period for their entity.
+
+    Per session row ``i`` (in arrival order): its slot (``memo`` row), whether it started the
+    session (a slot taken by a new session forgets the old one's marks), and its period's tag;
+    the entity rows are ``i`` and, with two ``sides``, ``i + n`` (``ids``: their entities). A
+    masked entity row counts (1) unless its session already counted for that entity in that
+    period; ``memo`` keeps, per slot and side, the tag of the last period it counted in (both
+    sides of a session with one entity, two hosts of one country say, share the first)."""
+    n = slot.shape[0]
+    out = np.zeros(mask.shape[0], np.int64)
+    for i in range(n):
+        s = slot[i]
+        if new[i]:
+            memo[s, 0] = 0
+            memo[s, 1] = 0
+        t = tag[i]
+        for side in range(sides):
+            r = i + side * n
+            m = 0 if side == 0 or ids[i] == ids[r] else 1
+            if mask[r] and memo[s, m] != t:
+                memo[s, m] = t
+                out[r] = 1
+    return out
+
+
 class _Window:
     """What both kinds of window share: one value per entity id, grown as ids appear."""
 
@@ -356,6 +391,39 @@ class SumWindow(_Window):
         leaving = min(oldest, self.spread_to + 1) - self.spread_from
         self._n_spread = _spread_expire(self._spread_ids, self._n_spread, self._spread_left, self.values, leaving, span)
         self.spread_from += leaving
+
+    def open_amounts(self, ids: np.ndarray) -> np.ndarray:
+        """What each id added in the open step."""
+        self._step_amounts = _grow(self._step_amounts, int(ids.max()) + 1 if len(ids) else 0)
+        return self._step_amounts[ids]
+
+    def amounts_in(self, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """What each id added in the closed steps ``lo[i]..hi[i]`` (its own range each); a
+        range over the spread part gets its share of the spread amount."""
+        out = np.zeros(len(ids), np.int64)
+        todo = lo <= hi
+        if not todo.any():
+            return out
+        order = np.argsort(ids)
+        sorted_ids = ids[order]
+        for b, chunks in self._ring.items():
+            within = todo & (lo <= b) & (b <= hi)
+            if not within.any():
+                continue
+            for chunk_ids, amounts in chunks:
+                at = np.minimum(np.searchsorted(sorted_ids, chunk_ids), len(ids) - 1)
+                found = sorted_ids[at] == chunk_ids
+                who = order[at[found]]
+                keep = within[who]
+                np.add.at(out, who[keep], amounts[found][keep].astype(np.int64))
+        if self.spread_to >= self.spread_from:
+            first, last = np.maximum(lo, self.spread_from), np.minimum(hi, self.spread_to)
+            overlap = np.where(todo, np.maximum(last - first + 1, 0), 0)
+            if overlap.any():
+                span = self.spread_to - self.spread_from + 1
+                self._spread_left = _grow(self._spread_left, int(ids.max()) + 1)
+                out += self._spread_left[ids] * overlap // span
+        return out
 
     def spread_steps(self) -> int:
         """How many of the window's steps are held as an even spread now (0: all exact)."""

@@ -240,6 +240,46 @@ class SessionBatch(ColumnBatch):
     COLUMNS = SESSION_COLUMNS
 
 
+@dataclass(frozen=True)
+class Arrivals:
+    """How each row of a session batch arrived, for the alert windows (not stored):
+
+    - ``new``: the row started its session;
+    - ``slot``: the session's place in the tracker that made the row - a small integer, unique
+      among the live sessions of the server, taken again by a later session (whose first row
+      is new): what lets the alert engine remember per session, without a table of sessions;
+    - ``at_ms``: the server's time when the row's flows were folded in, which decides the
+      alerting period the row counts in (None: at the time of the evaluation).
+    """
+
+    new: np.ndarray
+    slot: np.ndarray
+    at_ms: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.new)
+
+    @classmethod
+    def empty(cls) -> Arrivals:
+        return cls(np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    @classmethod
+    def concat(cls, parts: list[Arrivals], default_at_ms: int) -> Arrivals:
+        """One for several batches in a row; parts without times get ``default_at_ms``."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls.empty()
+        return cls(
+            np.concatenate([p.new for p in parts]),
+            np.concatenate([p.slot for p in parts]).astype(np.int64, copy=False),
+            np.concatenate([p.at_ms if p.at_ms is not None else np.full(len(p), default_at_ms) for p in parts]),
+        )
+
+    def take(self, index: np.ndarray) -> Arrivals:
+        return Arrivals(self.new[index], self.slot[index], None if self.at_ms is None else self.at_ms[index])
+
+
 def address_words(addr16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, 16) addresses as their upper and lower 64 bits (native uint64): integers that
     compare, sort and hash like the addresses themselves."""

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import session_table as table
-from .schema import FlowBatch, SessionBatch
+from .schema import Arrivals, FlowBatch, SessionBatch
 from .session_table import SYN
 
 # ICMP (type) and ICMPv6 types whose sender is the client, and their replies
@@ -209,12 +209,21 @@ class SessionTracker:
 
     def update(self, flows: FlowBatch, now_ms: int) -> SessionBatch:
         """Fold a batch of flows in; return one delta row per session it touched."""
+        return self.track(flows, now_ms)[0]
+
+    def track(
+        self, flows: FlowBatch, now_ms: int, slot_step: int = 1, slot_offset: int = 0
+    ) -> tuple[SessionBatch, Arrivals]:
+        """``update``, and how each row arrived (``Arrivals``): the sessions it started, each
+        session's row in the tracker (as ``row * slot_step + slot_offset``: several trackers
+        give their sessions distinct slots) and ``now_ms``."""
+        first_new = self._next_id
         # a full expiry pass costs time in proportion to the live sessions: once a second is
         # enough to free memory; sessions this batch touches are checked exactly below
         if not self._last_expire_ms <= now_ms < self._last_expire_ms + EXPIRE_EVERY_MS:
             self.expire(now_ms)
         if not len(flows):
-            return SessionBatch.empty()
+            return SessionBatch.empty(), Arrivals.empty()
         self._make_room(len(flows))
         st, c = self._state, self._state.cols
         keys, a_is_src = conversation_keys(flows, with_exporter=not self.dedupe)
@@ -237,9 +246,12 @@ class SessionTracker:
         )
         if len(started):
             self._start(flows, rows, started, a_is_src)
-        out = self._deltas(flows, rows, a_is_src)
+        out, touched = self._deltas(flows, rows, a_is_src)
         self._enforce_capacity()
-        return out
+        # ids grow by the step from ``first_new``: the sessions started by this batch
+        new = out["session_id"] >= np.uint64(first_new)
+        slots = touched * slot_step + slot_offset
+        return out, Arrivals(new, slots, np.full(len(out), now_ms, np.int64))
 
     def expire(self, now_ms: int) -> None:
         """Forget sessions idle for longer than the idle timeout, or older than the active one."""
@@ -300,8 +312,9 @@ class SessionTracker:
         c["cln_asn"][started] = np.where(rep_src_is_client, src_as, dst_as)
         c["srv_asn"][started] = np.where(rep_src_is_client, dst_as, src_as)
 
-    def _deltas(self, flows: FlowBatch, rows: np.ndarray, a_is_src: np.ndarray) -> SessionBatch:
-        """One row per touched session: what each side sent in this batch."""
+    def _deltas(self, flows: FlowBatch, rows: np.ndarray, a_is_src: np.ndarray) -> tuple[SessionBatch, np.ndarray]:
+        """One row per touched session: what each side sent in this batch; and each one's
+        row in the tracker."""
         c = self._state.cols
         touched, start, end, cln_bytes, srv_bytes, cln_pkts, srv_pkts, flags, sampling = table.deltas(
             rows,
@@ -316,7 +329,7 @@ class SessionTracker:
             self._state.slot_of_row,
         )
         if not len(touched):
-            return SessionBatch.empty()
+            return SessionBatch.empty(), touched.astype(np.int64)
         return SessionBatch.build(
             len(touched),
             session_id=c["session_id"][touched],
@@ -340,7 +353,7 @@ class SessionTracker:
             sampling_rate=sampling,
             cln_country=b"ZZ",
             srv_country=b"ZZ",
-        )
+        ), touched.astype(np.int64)
 
     @property
     def _full_rows(self) -> int:

@@ -45,12 +45,12 @@ from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
 from .batch_ring import BatchRing, RingClosed, pack, unpack
 from .enrich import Enricher
-from .schema import FlowBatch, SessionBatch
+from .schema import Arrivals, FlowBatch, SessionBatch
 from .sessions import SessionTracker, TrackerStats, conversation_keys, first_session_id
 
 log = structlog.get_logger(__name__)
 
-Deliver = Callable[[SessionBatch, np.ndarray], None]
+Deliver = Callable[[SessionBatch, Arrivals], None]
 
 
 class Stager(Protocol):
@@ -158,12 +158,12 @@ def _worker_main(
         kind = message[0]
         if kind == "flows":
             _, payload, now_ms, wanted = message
-            first_new = tracker.next_session_id
-            out = tracker.update(FlowBatch(unpack(flows_in, payload)), now_ms)
+            # slots: row * count + index, distinct from every other worker's
+            out, arrivals = tracker.track(FlowBatch(unpack(flows_in, payload)), now_ms, count, index)
             if len(out):
                 out = enricher(out)
                 if wanted or files is None:
-                    columns = {**out.columns, _NEW: out["session_id"] >= np.uint64(first_new)}
+                    columns = {**out.columns, _NEW: arrivals.new, _SLOT: arrivals.slot, _AT: np.full(len(out), now_ms)}
                     try:
                         payload = pack(sessions_out, columns, lambda: os.getppid() == server)
                     except RingClosed:
@@ -188,8 +188,8 @@ def _worker_main(
 
 #: batches waiting for a worker at most; beyond, the collector waits (and the kernel buffers)
 OUTBOX_BATCHES = 4
-#: the column of a session batch from a worker that marks the sessions it started
-_NEW = "_new"
+#: the columns of a session batch from a worker that say how its rows arrived (``Arrivals``)
+_NEW, _SLOT, _AT = "_new", "_slot", "_at_ms"
 
 
 class _Worker:
@@ -278,9 +278,9 @@ class _Worker:
             if message[0] == "sessions":
                 _, payload, self.report = message
                 columns = unpack(ring, payload)
-                new = columns.pop(_NEW)
+                arrivals = Arrivals(columns.pop(_NEW), columns.pop(_SLOT), columns.pop(_AT))
                 try:
-                    self.pool.deliver(SessionBatch(columns), new)
+                    self.pool.deliver(SessionBatch(columns), arrivals)
                 except Exception:  # the next batch goes on; the store and alerts count their own failures
                     log.exception("handing session batch on failed", worker=self.index)
                     self.pool.counters.inc("sink_errors_total")
