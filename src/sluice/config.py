@@ -63,10 +63,7 @@ class SessionSettings(BaseModel):
         description="a session ends after this long without a flow; set it above your exporters' active timeout",
     )
     active_timeout_s: float = Field(
-        3600.0,
-        gt=0,
-        le=43_200,
-        description="a session older than this ends (the next flow starts a new one); at most 12 hours",
+        3600.0, gt=0, description="a session older than this ends (the next flow starts a new one)"
     )
     max_sessions: int = Field(
         1_000_000, ge=1000, description="live sessions tracked at most (least recently seen go first)"

@@ -14,12 +14,13 @@ entity alerts when its window value *exceeds* its threshold (equal is not enough
 
 COUNT counts (session, period) pairs, the same however the rows were batched: a session
 *contributes* to an entity in a period when one of its rows arriving in that period concerns
-the entity (``contributions``: each session's first such row per period, remembered per
-tracker slot). When the entity is over its threshold in a period, every contribution in its
-window not counted yet counts: on crossing, those already in the window; then each new one
-while it stays over. Values only grow within a period (they fall when steps leave the window,
-at period boundaries), so whether an entity is over by a period's end, and what it counts, do
-not depend on when the evaluations ran (see docs/alerts.md).
+the entity (``_contributions``: each session's first such row per period, told from when its
+rows and its sides' traffic last came, kept per tracker slot in ``SlotHistory``). When the
+entity is over its threshold in a period, every contribution in its window not counted yet
+counts: on crossing, those already in the window; then each new one while it stays over.
+Values only grow within a period (they fall when steps leave the window, at period
+boundaries), so whether an entity is over by a period's end, and what it counts, do not
+depend on when the evaluations ran (see docs/alerts.md).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from ..query.filter import AddressRange, Node, parse
 from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
 from .entities import BatchKeys, EntityRows
 from .keyindex import KeyIndex, distinct, group_rows, grown
-from .window import DistinctWindow, SumWindow, contributions
+from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
 log = structlog.get_logger(__name__)
 
@@ -93,11 +94,10 @@ class DefinitionState:
             self.window = SumWindow(self.step_ms, self.n_buckets, max_step_bytes)
         # COUNT: contributions ((session, period) pairs) per entity and step; per entity, the
         # step through which its contributions are counted (+ 1; 0: none) and how many of that
-        # step's were; per tracker slot and side, the tag of the period it last contributed in
+        # step's were
         self.contrib = SumWindow(self.step_ms, self.n_buckets, max_step_bytes)
         self.counted_to = np.zeros(1024, np.int64)
         self.counted_amount = np.zeros(1024, np.int64)
-        self.memo = np.zeros((1024, 2), np.uint16)
         self.bucket = -1
         self.update(definition)
 
@@ -121,7 +121,7 @@ class DefinitionState:
         )
 
     def nbytes(self) -> int:
-        counted = self.counted_to.nbytes + self.counted_amount.nbytes + self.memo.nbytes
+        counted = self.counted_to.nbytes + self.counted_amount.nbytes
         return self.window.nbytes() + self.contrib.nbytes() + counted
 
     def advance(self, bucket: int) -> None:
@@ -129,22 +129,6 @@ class DefinitionState:
         self.window.advance(bucket)
         self.contrib.advance(bucket)
         self.bucket = bucket
-
-    def contributions(
-        self, arrivals: Arrivals, buckets: np.ndarray, mask: np.ndarray, ids: np.ndarray, sides: int
-    ) -> np.ndarray:
-        """Per entity row, 1 if it is its session's first for that side in its period (see
-        ``window.contributions``)."""
-        slots = arrivals.slot
-        if len(slots) and int(slots.max()) >= len(self.memo):
-            size = max(int(slots.max()) + 1, 2 * len(self.memo))
-            memo = np.zeros((size, 2), np.uint16)
-            memo[: len(self.memo)] = self.memo
-            self.memo = memo
-        # periods as tags 1..65535: a session lives at most the active timeout (at most 12 h),
-        # fewer periods than that, so one tag never stands for two periods of one session
-        tags = (buckets % 65535 + 1).astype(np.uint16)
-        return contributions(slots, arrivals.new, tags, mask, ids, sides, self.memo)
 
     def count(self, ids: np.ndarray, bucket: int) -> np.ndarray:
         """The entities ``ids`` are over their thresholds in step ``bucket``: how many of their
@@ -172,6 +156,43 @@ class DefinitionState:
         ids = ids[ids < len(self.counted_to)]
         self.counted_to[ids] = 0
         self.counted_amount[ids] = 0
+
+
+class _Periods:
+    """The alerting periods of a batch's rows, per step length (definitions share a few), and
+    whether a row's session had an earlier row, or side traffic, in the row's period."""
+
+    def __init__(self, arrivals: Arrivals, now_ms: int):
+        self.arrivals = arrivals
+        n = len(arrivals)
+        self.at_ms = arrivals.at_ms if arrivals.at_ms is not None else np.full(n, now_ms, np.int64)
+        self.before = np.zeros((5, n), np.int64)  # ``SlotHistory.recall``
+        self._by_step: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._earlier: dict[tuple[int, int], np.ndarray] = {}
+
+    def of(self, step_ms: int, current: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(each row's period, the distinct periods, whether none was moved): a row that comes
+        after its period has been left counts in the ``current`` one."""
+        got = self._by_step.get(step_ms)
+        if got is None:
+            buckets = self.at_ms // step_ms
+            got = self._by_step[step_ms] = (buckets, distinct(buckets))
+        if len(got[1]) and got[1][0] < current:  # late rows: in the current period
+            buckets = np.maximum(got[0], current)
+            return buckets, distinct(buckets), False
+        return got[0], got[1], True
+
+    def earlier(self, step_ms: int, buckets: np.ndarray, what: int, shared: bool) -> np.ndarray:
+        """Per row: whether ``what`` (``LAST_ROW``, ``CLN_BYTES`` ...) happened before it in its
+        period (``shared``: ``buckets`` are the step's own, and the answer may be kept)."""
+        key = (step_ms, what)
+        if shared and key in self._earlier:
+            return self._earlier[key]
+        t = self.before[what]
+        out = (t > 0) & (t // step_ms == buckets)
+        if shared:
+            self._earlier[key] = out
+        return out
 
 
 @dataclass(frozen=True)
@@ -214,6 +235,7 @@ class AlertEngine:
         self.states: dict[int, DefinitionState] = {}
         self.failures: dict[int, Failure] = {}
         self.indexes: dict[EntityType, KeyIndex] = {}
+        self.history = SlotHistory()  # COUNT: per tracker slot, when its session's rows came
         self.last_seen: dict[EntityType, np.ndarray] = {}
         self._scratch: dict[EntityType, np.ndarray] = {}  # per entity type, for ``group_rows``
         self.stats = {
@@ -337,7 +359,8 @@ class AlertEngine:
     def _fold_rows(self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, time_us: int) -> list[AlertEvent]:
         if not len(sessions) or not self.states:
             return []
-        at_ms = arrivals.at_ms if arrivals.at_ms is not None else np.full(len(sessions), now_ms, np.int64)
+        periods = _Periods(arrivals, now_ms)
+        periods.before = self.history.recall(arrivals.slot, arrivals.new, periods.at_ms, sessions)
         self.stats["rows_evaluated"] += len(sessions)
         masks: dict[str, np.ndarray] = {}
         rows_by_kind: dict[EntityType, EntityRows | None] = {}
@@ -362,7 +385,7 @@ class AlertEngine:
                     pre = masks.get(text)
                     if pre is None:
                         pre = masks[text] = evaluate(state.prefilter, sessions)
-                events.extend(self._evaluate_one(state, rows, pre, arrivals, at_ms, time_us))
+                events.extend(self._evaluate_one(state, rows, pre, periods, time_us))
             except Exception as exc:
                 self._set_aside(state, "evaluation failed", exc)
         return events
@@ -394,10 +417,13 @@ class AlertEngine:
         return rows
 
     def _row_mask(self, state: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
-        definition = state.definition
-        mask = rows.role(definition.metric)
-        if pre is not None:
-            mask = mask & rows.session_col_of(pre)
+        """The rows that concern their entity: the role, the prefilter, the exceptions."""
+        return rows.role(state.definition.metric) & self._kept(state, rows, pre)
+
+    @staticmethod
+    def _kept(state: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
+        """The rows the prefilter and the exceptions keep."""
+        mask = rows.session_col_of(pre) if pre is not None else np.ones(len(rows.keys), bool)
         ex = state.exceptions
         if len(ex.ports):
             mask = mask & ~np.isin(rows.session_col("srv_port"), ex.ports)
@@ -424,27 +450,80 @@ class AlertEngine:
         state: DefinitionState,
         rows: EntityRows,
         pre: np.ndarray | None,
-        arrivals: Arrivals,
-        at_ms: np.ndarray,
+        periods: _Periods,
         time_us: int,
     ) -> list[AlertEvent]:
-        mask = self._row_mask(state, rows, pre)
+        kept = self._kept(state, rows, pre)
+        mask = rows.role(state.definition.metric) & kept
         if not mask.any():
             return []
-        # each row's period; a row that comes after its period was left counts in the current one
-        buckets = np.maximum(at_ms // state.step_ms, state.bucket)
-        contrib = state.contributions(arrivals, buckets, mask, rows.ids, 2 if rows.kind.is_endpoint else 1)
-        steps = distinct(buckets)
+        buckets, steps, shared = periods.of(state.step_ms, state.bucket)
+        contributing = self._contributions(state, rows, mask, kept, periods, buckets, shared)
         events = []
         for bucket in steps.tolist():  # one, unless the batch spans a period's end
             if bucket > state.bucket:
                 state.advance(bucket)
             in_step = mask if len(steps) == 1 else mask & rows.session_col_of(buckets == bucket)
-            events.extend(self._fold(state, rows, in_step, contrib, bucket, time_us))
+            events.extend(self._fold(state, rows, in_step, contributing, bucket, time_us))
         return events
 
+    @staticmethod
+    def _contributions(
+        state: DefinitionState,
+        rows: EntityRows,
+        mask: np.ndarray,
+        kept: np.ndarray,
+        periods: _Periods,
+        buckets: np.ndarray,
+        shared: bool,
+    ) -> np.ndarray:
+        """Per entity row, 1 if it is its session's first in its period that concerns the
+        entity. A row concerns it as the mask says: the prefilter, exceptions and entity type
+        are the same for every row of a session, the rest of the role is the traffic of a side
+        (traffic metrics) or any row (sessions, distinct counts); so an earlier row of the
+        period concerned the entity when the session had a row there, or that side's traffic
+        (and, where both ends are one entity, that side concerns it at all)."""
+        metric = state.definition.metric.value
+
+        def earlier(what: int) -> np.ndarray:
+            return periods.earlier(state.step_ms, buckets, what, shared)
+
+        if state.definition.metric.is_distinct or metric.startswith("sessions"):
+            client = server = earlier(LAST_ROW)
+        else:
+            cln, srv = (CLN_PKTS, SRV_PKTS) if metric.startswith("packets") else (CLN_BYTES, SRV_BYTES)
+            c, s = earlier(cln), earlier(srv)
+            direction = metric.rpartition("_")[2]
+            # the client side's row (a pair's or a port's one row: "sent" is the client's)
+            client = c if direction == "sent" else s if direction == "received" else c | s
+            server = s if direction == "sent" else c if direction == "received" else c | s
+        if not rows.kind.is_endpoint:
+            return mask & ~client
+        n = rows.n_sessions
+        same = rows.ids[:n] == rows.ids[n:]  # both ends one entity (two hosts of one country)
+        if same.any():
+            # what of each side concerns the entity whatever its traffic: kept, valid, its role
+            side = kept if rows.valid is None else kept & rows.valid
+            is_client = rows.session_col_of(np.ones(n, bool))
+            is_client[n:] = False
+            if metric == "sessions_initiated":
+                side = side & is_client
+            elif metric == "sessions_received":
+                side = side & ~is_client
+            either = (client & side[:n]) | (server & side[n:])
+            client, server = np.where(same, either, client), np.where(same, either, server)
+        out = mask & ~np.concatenate([client, server])
+        out[n:] &= ~(same & out[:n])  # such a session counts once for it
+        return out
+
     def _fold(
-        self, state: DefinitionState, rows: EntityRows, mask: np.ndarray, contrib: np.ndarray, bucket: int, time_us: int
+        self,
+        state: DefinitionState,
+        rows: EntityRows,
+        mask: np.ndarray,
+        contributing: np.ndarray,
+        bucket: int,
+        time_us: int,
     ) -> list[AlertEvent]:
         """Fold the masked rows (all of step ``bucket``) into the windows; events for the
         entities they take or find over their thresholds."""
@@ -452,14 +531,16 @@ class AlertEngine:
         window = state.window  # distinct metrics have a DistinctWindow, the others a SumWindow
         if isinstance(window, DistinctWindow):
             local, values = window.fold(rows.inv, rows.uniq, rows.ids, mask, rows.peers(definition.metric), bucket)
+            state.contrib.count(rows.inv, rows.uniq, mask, contributing, bucket)
         else:
             # a session row may concern an entity and add nothing; for the other metrics the
             # role is "adds something": the entities concerned are those with a sum
+            counted = np.zeros(len(rows.uniq), np.int64)  # contributions, summed in the same pass
             local, values = window.fold(
                 rows.inv, rows.uniq, mask, rows.values(definition.metric),
-                definition.metric.value.startswith("sessions"), bucket,
+                definition.metric.value.startswith("sessions"), bucket, contributing, counted,
             )  # fmt: skip
-        state.contrib.fold(rows.inv, rows.uniq, mask, contrib, False, bucket)
+            state.contrib.add_counts(counted, rows.uniq, bucket)
         if not len(local):
             return []
         thresholds = self._thresholds(state, rows, rows.first[local])
@@ -535,9 +616,11 @@ class AlertEngine:
     # -- bookkeeping ----------------------------------------------------------------------
 
     def memory(self) -> dict[str, int]:
-        """Bytes held: per definition (its window), and by the shared entity indexes."""
+        """Bytes held: per definition (its windows), by the shared entity indexes, and by what
+        COUNT keeps per tracker slot (``index:sessions``)."""
         with self.lock:
-            out = {f"definition:{definition_id}": state.nbytes() for definition_id, state in self.states.items()}
+            out = {f"definition:{i}": state.nbytes() for i, state in self.states.items()}
+            out["index:sessions"] = self.history.nbytes()
             for kind, index in self.indexes.items():
                 out[f"index:{kind.value}"] = index.nbytes() + self.last_seen[kind].nbytes
             return out

@@ -21,6 +21,7 @@ import numpy as np
 import structlog
 from numba import njit
 
+from ..flows.schema import SessionBatch
 from .keyindex import KeyIndex, distinct, group_rows, grown, mix64
 
 log = structlog.get_logger(__name__)
@@ -91,12 +92,16 @@ def _fold_sums(
     every_concerned: bool,
     values: np.ndarray,
     step_amounts: np.ndarray,
+    counts: np.ndarray,
+    counted: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Add the masked rows' amounts to their entities (``inv``: each row's entity among
     ``uniq``, the batch's distinct ids) in ``values`` and in ``step_amounts`` (what each
     added in the open step). Returns the entities concerned (as positions in ``uniq``:
     every one with a masked row if ``every_concerned``, else those whose sum is not zero),
-    each one's new value, and the ids that added something for the first time in the step."""
+    each one's new value, and the ids that added something for the first time in the step.
+    In the same pass, the masked rows' 0/1 ``counts`` summed per entity into ``counted``
+    (by position in ``uniq``): COUNT's contributions, at no second pass over the rows."""
     n_uniq = uniq.shape[0]
     acc = np.zeros(n_uniq, np.int64)
     hit = np.zeros(n_uniq, np.bool_)
@@ -104,6 +109,8 @@ def _fold_sums(
         if mask[r]:
             acc[inv[r]] += amounts[r]
             hit[inv[r]] = True
+            if counts[r]:
+                counted[inv[r]] += 1
     local = np.empty(n_uniq, np.int64)
     now = np.empty(n_uniq, np.int64)
     first = np.empty(n_uniq, np.int32)
@@ -122,6 +129,24 @@ def _fold_sums(
             now[k] = values[e]
             k += 1
     return local[:k], now[:k], first[:n_first]
+
+
+@njit(cache=True, nogil=True)
+def _add_counts(acc: np.ndarray, uniq: np.ndarray, values: np.ndarray, step_amounts: np.ndarray) -> np.ndarray:
+    """Add per-entity counts (``acc``, by position in ``uniq``) to the open step; returns the
+    ids that counted for the first time in the step."""
+    n_uniq = uniq.shape[0]
+    first = np.empty(n_uniq, np.int32)
+    n_first = 0
+    for j in range(n_uniq):
+        if acc[j]:
+            e = uniq[j]
+            if step_amounts[e] == 0:
+                first[n_first] = e
+                n_first += 1
+            step_amounts[e] += acc[j]
+            values[e] += acc[j]
+    return first[:n_first]
 
 
 @njit(cache=True, nogil=True)
@@ -230,39 +255,75 @@ def _spread_expire(
     return k
 
 
+#: what ``SlotHistory`` keeps per slot (int64 each, a slot's record one cache line)
+LAST_ROW, CLN_BYTES, CLN_PKTS, SRV_BYTES, SRV_PKTS = range(5)
+_HISTORY_WIDTH = 8
+
+
 @njit(cache=True, nogil=True)
-def contributions(
+def _recall(
     slot: np.ndarray,
     new: np.ndarray,
-    tag: np.ndarray,
-    mask: np.ndarray,
-    ids: np.ndarray,
-    sides: int,
-    memo: np.ndarray,
+    at_ms: np.ndarray,
+    cln_bytes: np.ndarray,
+    cln_pkts: np.ndarray,
+    srv_bytes: np.ndarray,
+    srv_pkts: np.ndarray,
+    table: np.ndarray,
 ) -> np.ndarray:
-    """Which entity rows are a session's first in their alerting period for their entity.
-
-    Per session row ``i`` (in arrival order): its slot (``memo`` row), whether it started the
-    session (a slot taken by a new session forgets the old one's marks), and its period's tag;
-    the entity rows are ``i`` and, with two ``sides``, ``i + n`` (``ids``: their entities). A
-    masked entity row counts (1) unless its session already counted for that entity in that
-    period; ``memo`` keeps, per slot and side, the tag of the last period it counted in (both
-    sides of a session with one entity, two hosts of one country say, share the first)."""
+    """Per session row (in arrival order): when its session's previous row arrived, and when
+    each side last sent bytes and packets before it (0: never); then this row is noted. A
+    slot taken by a new session forgets the old one's."""
     n = slot.shape[0]
-    out = np.zeros(mask.shape[0], np.int64)
+    out = np.zeros((5, n), np.int64)
     for i in range(n):
-        s = slot[i]
+        rec = table[slot[i]]
         if new[i]:
-            memo[s, 0] = 0
-            memo[s, 1] = 0
-        t = tag[i]
-        for side in range(sides):
-            r = i + side * n
-            m = 0 if side == 0 or ids[i] == ids[r] else 1
-            if mask[r] and memo[s, m] != t:
-                memo[s, m] = t
-                out[r] = 1
+            rec[:5] = 0
+        for k in range(5):
+            out[k, i] = rec[k]
+        t = at_ms[i]
+        rec[LAST_ROW] = t
+        if cln_bytes[i] > 0:
+            rec[CLN_BYTES] = t
+        if cln_pkts[i] > 0:
+            rec[CLN_PKTS] = t
+        if srv_bytes[i] > 0:
+            rec[SRV_BYTES] = t
+        if srv_pkts[i] > 0:
+            rec[SRV_PKTS] = t
     return out
+
+
+class SlotHistory:
+    """Per tracker slot, when its session's last row arrived and when each side last sent:
+    what tells whether a row is its session's first in an alerting period that concerns an
+    entity (COUNT), for every definition at once. One record a slot, read and written once per
+    row; marks per definition instead cost a memory access per row and definition."""
+
+    def __init__(self) -> None:
+        self.table = np.zeros((1024, _HISTORY_WIDTH), np.int64)
+
+    def recall(self, slot: np.ndarray, new: np.ndarray, at_ms: np.ndarray, sessions: SessionBatch) -> np.ndarray:
+        """The (5, n) times before each row (``LAST_ROW`` ...); the rows are noted."""
+        top = int(slot.max()) if len(slot) else -1
+        if top >= len(self.table):
+            table = np.zeros((max(top + 1, 2 * len(self.table)), _HISTORY_WIDTH), np.int64)
+            table[: len(self.table)] = self.table
+            self.table = table
+        return _recall(
+            slot,
+            new,
+            at_ms,
+            sessions["cln_bytes"],
+            sessions["cln_pkts"],
+            sessions["srv_bytes"],
+            sessions["srv_pkts"],
+            self.table,
+        )
+
+    def nbytes(self) -> int:
+        return self.table.nbytes
 
 
 class _Window:
@@ -318,9 +379,37 @@ class SumWindow(_Window):
         amounts: np.ndarray,
         every_concerned: bool,
         bucket: int,
+        counts: np.ndarray | None = None,
+        counted: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Add a batch's masked rows to the bucket ``bucket`` (see ``_fold_sums``); returns
-        (the entities concerned, as positions in ``uniq``; their values now)."""
+        """Add a batch's masked rows to the bucket ``bucket`` (see ``_fold_sums``: ``counts``
+        summed into ``counted`` on the way); returns (the entities concerned, as positions in
+        ``uniq``; their values now)."""
+        self._open(bucket, uniq)
+        if counts is None or counted is None:
+            counts, counted = np.zeros(len(inv), bool), np.zeros(len(uniq), np.int64)
+        local, now, first = _fold_sums(
+            inv, uniq, mask, amounts, every_concerned, self.values, self._step_amounts, counts, counted
+        )
+        if len(first):
+            self._step_ids.append(first)
+        return local, now
+
+    def count(self, inv: np.ndarray, uniq: np.ndarray, mask: np.ndarray, counts: np.ndarray, bucket: int) -> None:
+        """Add the masked rows' 0/1 ``counts`` (bool) to the bucket ``bucket``."""
+        acc = np.zeros(len(uniq), np.int64)
+        np.add.at(acc, inv[mask & counts], 1)
+        self.add_counts(acc, uniq, bucket)
+
+    def add_counts(self, acc: np.ndarray, uniq: np.ndarray, bucket: int) -> None:
+        """Add counts per entity (``acc``, by position in ``uniq``) to the bucket ``bucket``."""
+        self._open(bucket, uniq)
+        first = _add_counts(acc, uniq, self.values, self._step_amounts)
+        if len(first):
+            self._step_ids.append(first)
+
+    def _open(self, bucket: int, uniq: np.ndarray) -> None:
+        """``bucket`` is the open step; room for the ids ``uniq``."""
         if bucket != self._open_bucket:
             self._close_step()
             self._open_bucket = bucket
@@ -328,10 +417,6 @@ class SumWindow(_Window):
             size = int(uniq.max()) + 1
             self.values = _grow(self.values, size)
             self._step_amounts = _grow(self._step_amounts, size)
-        local, now, first = _fold_sums(inv, uniq, mask, amounts, every_concerned, self.values, self._step_amounts)
-        if len(first):
-            self._step_ids.append(first)
-        return local, now
 
     def _open_chunk(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The open step as a ring chunk (copies), or None if nothing was added in it."""
