@@ -95,7 +95,7 @@ class DefinitionState:
         # COUNT: contributions ((session, period) pairs) per entity and step; per entity, the
         # step through which its contributions are counted (+ 1; 0: none) and how many of that
         # step's were
-        self.contrib = SumWindow(self.step_ms, self.n_buckets, max_step_bytes)
+        self.contrib = SumWindow(self.step_ms, self.n_buckets, max_step_bytes, np.int32)
         self.counted_to = np.zeros(1024, np.int64)
         self.counted_amount = np.zeros(1024, np.int64)
         self.bucket = -1

@@ -351,20 +351,23 @@ class SumWindow(_Window):
     early or late when an entity's traffic was uneven. ``spread_steps`` says how many of the
     window's steps are held that way now (0: exact)."""
 
-    def __init__(self, step_ms: int, n_buckets: int, max_step_bytes: int = 64 << 20):
+    def __init__(self, step_ms: int, n_buckets: int, max_step_bytes: int = 64 << 20, dtype: type = np.int64) -> None:
         self.step_ms = step_ms
         self.n_buckets = n_buckets
         self.max_step_bytes = max_step_bytes
-        self.values = np.zeros(1024, np.int64)
+        #: of the per-entity arrays: counts (COUNT's contributions) fit in 32 bits, and a
+        #: definition of host pairs has an entry for every pair in its window
+        self.dtype = dtype
+        self.values = np.zeros(1024, dtype)
         # closed steps: per bucket, (ids, what each added) chunks
         self._ring: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         # the open step: what each id added in it, and the ids that did (each once)
         self._open_bucket = -1
-        self._step_amounts = np.zeros(1024, np.int64)
+        self._step_amounts: np.ndarray = np.zeros(1024, dtype)
         self._step_ids: list[np.ndarray] = []
         # the spread part: what each id has left (``_spread_ids[:_n_spread]`` lists those
         # with an amount), and the buckets it covers
-        self._spread_left = np.zeros(1024, np.int64)
+        self._spread_left: np.ndarray = np.zeros(1024, dtype)
         self._spread_ids = np.zeros(1024, np.int32)
         self._n_spread = 0
         self.spread_from = 0
@@ -547,14 +550,14 @@ class SumWindow(_Window):
         }
 
     def load(self, state: dict[str, np.ndarray]) -> None:
-        self.values = state["values"].astype(np.int64).copy()
+        self.values = state["values"].astype(self.dtype)
         offsets = np.concatenate([[0], np.cumsum(state["ring_sizes"])]).astype(np.int64)
         for i, b in enumerate(state["ring_buckets"].tolist()):
             sl = slice(offsets[i], offsets[i + 1])
             self._ring[int(b)] = [(state["ring_ids"][sl].astype(np.int32), _compact(state["ring_amounts"][sl]))]
         if "spread_span" in state:  # snapshots from before the byte budget have none
             ids = state["spread_ids"].astype(np.int64)
-            self._spread_left = np.zeros(len(self.values), np.int64)
+            self._spread_left = np.zeros(len(self.values), self.dtype)
             self._spread_left[ids] = state["spread_amounts"]
             self._spread_ids = np.zeros(len(self.values), np.int32)
             self._spread_ids[: len(ids)] = ids
