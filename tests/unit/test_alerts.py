@@ -207,8 +207,16 @@ def test_state_survives_a_restart(tmp_path):
     restarted.set_definitions([d])
     assert persist.load(restarted, tmp_path / "alerts.bin")
     events = restarted.evaluate(*batch([one(sid=1000 + i, sport=1000 + i) for i in range(401)]), T0 + 2000)
-    # both ends saw 1001 distinct server ports: 600 before the restart, 401 after
-    assert sorted((e.entity, e.value) for e in events) == [("10.0.0.1", 1001), ("10.0.0.2", 1001)]
+    # both ends saw 1001 distinct server ports: 600 before the restart, 401 after; COUNT: every
+    # session in the window (the contributions were saved too)
+    assert sorted((e.entity, e.value, e.count) for e in events) == [("10.0.0.1", 1001, 1001), ("10.0.0.2", 1001, 1001)]
+    # what was counted is saved as well: after another restart, only the new session counts
+    persist.save(restarted, tmp_path / "alerts.bin")
+    again = AlertEngine()
+    again.set_definitions([d])
+    assert persist.load(again, tmp_path / "alerts.bin")
+    events = again.evaluate(*batch([one(sid=3000, sport=3000)]), T0 + 2500)
+    assert sorted((e.entity, e.value, e.count) for e in events) == [("10.0.0.1", 1002, 1), ("10.0.0.2", 1002, 1)]
     # a changed definition starts afresh
     changed = AlertEngine()
     changed.set_definitions([defn(threshold=1000, metric="unique_ports", entity="host", prefilter="PROTO == tcp")])

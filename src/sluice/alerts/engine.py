@@ -139,7 +139,7 @@ class DefinitionState:
             self.counted_to = grown(self.counted_to, max(size, 2 * len(self.counted_to)))
             self.counted_amount = grown(self.counted_amount, len(self.counted_to))
         through = self.counted_to[ids] - 1
-        in_step = self.contrib.open_amounts(ids)
+        in_step = self.contrib.amounts_of(ids, bucket)
         out = np.where(through == bucket, in_step - self.counted_amount[ids], 0)
         whole = through < bucket - self.n_buckets + 1  # nothing counted is still in the window
         out[whole] = self.contrib.value(ids[whole])

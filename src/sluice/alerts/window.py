@@ -480,10 +480,14 @@ class SumWindow(_Window):
         self._n_spread = _spread_expire(self._spread_ids, self._n_spread, self._spread_left, self.values, leaving, span)
         self.spread_from += leaving
 
-    def open_amounts(self, ids: np.ndarray) -> np.ndarray:
-        """What each id added in the open step."""
+    def amounts_of(self, ids: np.ndarray, bucket: int) -> np.ndarray:
+        """What each id added in the step ``bucket``, the open one (restored from a snapshot,
+        part of it is held as a closed chunk)."""
         self._step_amounts = _grow(self._step_amounts, int(ids.max()) + 1 if len(ids) else 0)
-        return self._step_amounts[ids]
+        out = self._step_amounts[ids].astype(np.int64) if self._open_bucket == bucket else np.zeros(len(ids), np.int64)
+        if bucket in self._ring:
+            out += self.amounts_in(ids, np.full(len(ids), bucket), np.full(len(ids), bucket))
+        return out
 
     def amounts_in(self, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """What each id added in the closed steps ``lo[i]..hi[i]`` (its own range each); a
