@@ -416,10 +416,6 @@ class AlertEngine:
         rows.uniq, rows.inv, rows.first = group_rows(ids, scratch)
         return rows
 
-    def _row_mask(self, state: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
-        """The rows that concern their entity: the role, the prefilter, the exceptions."""
-        return rows.role(state.definition.metric) & self._kept(state, rows, pre)
-
     @staticmethod
     def _kept(state: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
         """The rows the prefilter and the exceptions keep."""
