@@ -162,11 +162,9 @@ class _Periods:
     """The alerting periods of a batch's rows, per step length (definitions share a few), and
     whether a row's session had an earlier row, or side traffic, in the row's period."""
 
-    def __init__(self, arrivals: Arrivals, now_ms: int):
-        self.arrivals = arrivals
-        n = len(arrivals)
-        self.at_ms = arrivals.at_ms if arrivals.at_ms is not None else np.full(n, now_ms, np.int64)
-        self.before = np.zeros((5, n), np.int64)  # ``SlotHistory.recall``
+    def __init__(self, at_ms: np.ndarray, before: np.ndarray):
+        self.at_ms = at_ms
+        self.before = before  # ``SlotHistory.recall``
         self._by_step: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._earlier: dict[tuple[int, int], np.ndarray] = {}
 
@@ -359,8 +357,8 @@ class AlertEngine:
     def _fold_rows(self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, time_us: int) -> list[AlertEvent]:
         if not len(sessions) or not self.states:
             return []
-        periods = _Periods(arrivals, now_ms)
-        periods.before = self.history.recall(arrivals.slot, arrivals.new, periods.at_ms, sessions)
+        at_ms = arrivals.at_ms if arrivals.at_ms is not None else np.full(len(sessions), now_ms, np.int64)
+        periods = _Periods(at_ms, self.history.recall(arrivals.slot, arrivals.new, at_ms, sessions))
         self.stats["rows_evaluated"] += len(sessions)
         masks: dict[str, np.ndarray] = {}
         rows_by_kind: dict[EntityType, EntityRows | None] = {}
@@ -498,14 +496,12 @@ class AlertEngine:
         n = rows.n_sessions
         same = rows.ids[:n] == rows.ids[n:]  # both ends one entity (two hosts of one country)
         if same.any():
-            # what of each side concerns the entity whatever its traffic: kept, valid, its role
-            side = kept if rows.valid is None else kept & rows.valid
-            is_client = rows.session_col_of(np.ones(n, bool))
-            is_client[n:] = False
-            if metric == "sessions_initiated":
-                side = side & is_client
-            elif metric == "sessions_received":
-                side = side & ~is_client
+            # what of each side concerns the entity whatever its traffic: kept, and its role
+            # where that does not depend on traffic (sessions), else a valid row
+            if metric.startswith("sessions"):
+                side = kept & rows.role(state.definition.metric)
+            else:
+                side = kept if rows.valid is None else kept & rows.valid
             either = (client & side[:n]) | (server & side[n:])
             client, server = np.where(same, either, client), np.where(same, either, server)
         out = mask & ~np.concatenate([client, server])

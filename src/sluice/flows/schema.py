@@ -276,9 +276,6 @@ class Arrivals:
             np.concatenate([p.at_ms if p.at_ms is not None else np.full(len(p), default_at_ms) for p in parts]),
         )
 
-    def take(self, index: np.ndarray) -> Arrivals:
-        return Arrivals(self.new[index], self.slot[index], None if self.at_ms is None else self.at_ms[index])
-
 
 def address_words(addr16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, 16) addresses as their upper and lower 64 bits (native uint64): integers that

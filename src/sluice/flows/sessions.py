@@ -194,12 +194,6 @@ class SessionTracker:
             flows_deduplicated=int(counts[table.DEDUPLICATED]),
         )
 
-    @property
-    def next_session_id(self) -> int:
-        """Ids are handed out in increasing order: rows with an id at or above this value,
-        read before an update, are sessions that update started."""
-        return self._next_id
-
     def memory_bytes(self) -> int:
         st = self._state
         arrays = [*st.cols.values(), st.index_keys, st.index_rows, st.free, st.slot_of_row]
@@ -248,7 +242,8 @@ class SessionTracker:
             self._start(flows, rows, started, a_is_src)
         out, touched = self._deltas(flows, rows, a_is_src)
         self._enforce_capacity()
-        # ids grow by the step from ``first_new``: the sessions started by this batch
+        # ids are handed out in increasing order: those from ``first_new`` on are the
+        # sessions this batch started
         new = out["session_id"] >= np.uint64(first_new)
         slots = touched * slot_step + slot_offset
         return out, Arrivals(new, slots, np.full(len(out), now_ms, np.int64))
