@@ -20,7 +20,7 @@ from sluice.alerts.records import (ACKED, ACKNOWLEDGED, CREATED, DELETED, NOT_AC
 from sluice.state.db import open_state
 from sluice.state.users import Users
 
-from ..support.pcapgen import Conversation, scan_pcap, write_pcap
+from ..support.pcapgen import Conversation, Packet, scan_pcap, write_pcap
 from ..support.waiting import wait_until_steady
 from ..support.server import ADMIN, SLUICE, ns2
 from ..support.exporters import export
@@ -470,3 +470,54 @@ def test_a_failing_definition_is_shown_as_failed_and_stops_nobody(tmp_path):
         fixed = client.put(f"/api/v1/alert-definitions/{bobs['id']}", json={**body, "prefilter": "PORT >= 0"}, auth=BOB)
         assert fixed.status_code == 200 and fixed.json()["status"] == "active"
     flow_store.close()
+
+
+def flood_pcap(path, target: str, sources: int, packets_each: int, base: float) -> None:
+    """UDP packets from ``sources`` hosts to ``target`` port 53, one direction, within a second."""
+    floods = []
+    for i in range(sources):
+        c = Conversation(f"10.7.0.{i + 1}", target, 40000 + i, 53, 17, base)
+        c.packets = [Packet(base + k / packets_each, c.client, target, c.cport, 53, 17, 32) for k in range(packets_each)]
+        floods.append(c)
+    write_pcap(path, floods)
+
+
+def test_a_flood_alerts_on_a_ten_second_window_with_a_threshold_per_second(server, tmp_path):
+    """Defined from the command line as a flood detector writes it, fed by softflowd: the
+    flooded host alerts with its rate, the one below the rate does not."""
+    ports, _ = server
+    srv = f"127.0.0.1:{ports['http']}"
+    login = ["--server", srv, "--user", ADMIN[0], "--password", ADMIN[1]]
+    out = subprocess.run([SLUICE, "alerts", "define", "--title", "UDP flood", "--metric", "packets_received",
+                          "--entity", "host", "--threshold", "100", "--per-second", "--interval", "10s",
+                          "--severity", "CRITICAL", *login], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    def_id = int(re.search(r"alert definition (\d+) created", out.stdout).group(1))
+    listed = subprocess.run([SLUICE, "alerts", "definitions", *login], capture_output=True, text=True, timeout=60)
+    assert "100/s" in listed.stdout and "10s" in listed.stdout
+    bad = subprocess.run([SLUICE, "alerts", "define", "--title", "x", "--metric", "unique_hosts", "--entity", "host",
+                          "--threshold", "5", "--per-second", *login], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not to unique_hosts" in bad.stderr
+    # 5 x 500 packets to 10.8.0.9 (over 1,000 in 10 s: 100 a second); 8 x 100 to 10.8.0.10
+    for n, (target, sources, each) in enumerate([("10.8.0.9", 5, 500), ("10.8.0.10", 8, 100)]):
+        work = tmp_path / f"f{n}"
+        work.mkdir()
+        flood_pcap(work / "t.pcap", target, sources, each, time.time() - 2)
+        export(work, "softflowd", "9", ports["netflow"])
+    with api(ports) as admin:
+        wait_for_alerts(admin, 1)
+
+        def flooded() -> tuple:
+            return tuple((r["entity"], r["value"], r["v1"]) for r in admin.get("/api/v1/alerts").json())
+
+        wait_until_steady(flooded, steady_s=1.0, what="the flood's alert to take in every session")
+        (alert,) = admin.get("/api/v1/alerts").json()
+        assert (alert["entity"], alert["alertdef"], alert["severity"], alert["v2"]) == ("10.8.0.9", def_id, "CRITICAL", 100)
+        assert alert["message"] == "Upper threshold exceeded on packets received per second for address 10.8.0.9."
+        # 2,500 packets in the window: 250 a second; COUNT: each of the 5 sessions once per
+        # one-second period it arrived in (their datagrams may straddle a second)
+        assert alert["value"] == 250 and 5 <= alert["v1"] <= 10
+        d = admin.get(f"/api/v1/alert-definitions/{def_id}").json()
+        assert d["per_second"] is True and d["interval"] == "10s"
+        line = ns2("ns2hostsb", "-s", srv, "-un", ADMIN[0], "-up", ADMIN[1], "-al").stdout
+        assert "packets received per second" in line and line.rstrip().endswith("v2=100")

@@ -218,6 +218,29 @@ def test_repeats_are_limited_to_one_per_renotify_interval(tmp_path, state_url):
     assert sorted(n.change for n in w.notifications()) == ["created", "repeat", "retriggered"]
 
 
+def test_a_ten_second_window_repeats_at_most_once_a_minute_by_default(tmp_path, state_url):
+    from sluice.state.models import AlertDefinitionRow, AlertRecordRow
+
+    w = World(tmp_path, state_url=state_url)
+    w.smtp(free_tcp_port())
+    w.user_prefs(email_to="alice@example.org")
+    with w.db.session() as s:
+        s.get(AlertDefinitionRow, w.definition.id).interval = "10s"
+    w.trigger()
+
+    def as_if_notified_ago(seconds: float) -> None:
+        with w.db.session() as s:
+            for row in s.query(AlertRecordRow):
+                row.last_notified_us = int((time.time() - seconds) * 1e6)
+
+    as_if_notified_ago(15)  # more than the window, less than a minute: not yet
+    w.trigger()
+    assert [n.change for n in w.notifications()] == ["created"]
+    as_if_notified_ago(61)
+    w.trigger()
+    assert sorted(n.change for n in w.notifications()) == ["created", "repeat"]
+
+
 def test_a_digest_when_many_alerts_are_due_at_once(tmp_path, state_url):
     w = World(tmp_path, state_url=state_url)
     smtp = SmtpServer().start()

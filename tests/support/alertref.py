@@ -32,10 +32,12 @@ _METRIC_WORDS = {"bits_sent": "bits sent", "bits_received": "bits received", "bi
 _PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmp6", 132: "sctp"}
 
 
-def reference_message(metric: AlertMetric, entity: EntityType, text: str) -> str:
+def reference_message(metric: AlertMetric, entity: EntityType, text: str, per_second: bool = False) -> str:
     words = _METRIC_WORDS[metric.value]
     if entity.value in ("host_pair", "port") and metric.value.startswith("sessions_"):
         words = "sessions"  # a pair or a port has no side that initiates
+    if per_second:
+        words += " per second"
     return f"Upper threshold exceeded on {words} for {_ENTITY_WORDS[entity.value]} {text}."
 
 
@@ -169,7 +171,11 @@ class Reference:
             values = window[entity]
             value = len(set(values)) if self.d.metric.is_distinct else sum(values)
             thr = self.threshold(erows[0])
-            if value <= thr:
+            if self.d.per_second:  # a rate: the window's total against the rate over the whole interval
+                if value <= thr * self.d.interval_s:
+                    continue
+                value = (value + self.d.interval_s - 1) // self.d.interval_s  # rounded up
+            elif value <= thr:
                 continue
             # over: every contribution in the window not counted yet counts now
             inc = 0
@@ -179,5 +185,6 @@ class Reference:
                     self.counted.add(key)
                     inc += 1
             if inc:
-                events.append((self.d.id, entity, reference_message(self.d.metric, self.d.entity, entity), inc, value, thr))
+                events.append((self.d.id, entity, reference_message(self.d.metric, self.d.entity, entity, self.d.per_second),
+                               inc, value, thr))
         return sorted(events)

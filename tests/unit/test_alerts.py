@@ -71,6 +71,17 @@ COMBOS = [(e, m) for e in EntityType for m in AlertMetric
           if not ((e, m) in {(EntityType.HOST_PAIR, AlertMetric.UNIQUE_HOSTS), (EntityType.PORT, AlertMetric.UNIQUE_PORTS)})]
 
 
+def short_window(definition_id: int, metric: AlertMetric, entity: EntityType) -> Definition:
+    """A flood detector's definition: a threshold per second over 10 s (one-second steps); a
+    distinct count (which has no rate) over 30 s."""
+    thr = THRESHOLDS[metric.value.split("_")[0]]
+    if metric.is_distinct:
+        return Definition(id=definition_id, user_id=1, title="30s", metric=metric, entity=entity, interval="30s",
+                          threshold=thr)
+    return Definition(id=definition_id, user_id=1, title="10s rate", metric=metric, entity=entity, interval="10s",
+                      threshold=max(1, thr // 5), per_second=True)
+
+
 @pytest.mark.parametrize("entity, metric", COMBOS, ids=[f"{e.value}-{m.value}" for e, m in COMBOS])
 def test_engine_matches_the_reference_on_random_traffic(entity, metric):
     rng = random.Random(zlib.crc32(f"{entity.value}/{metric.value}".encode()))  # the same in every process
@@ -85,8 +96,9 @@ def test_engine_matches_the_reference_on_random_traffic(entity, metric):
                                "thresholds": [{"cidr": "10.0.0.0/29", "threshold": 1},
                                               {"cidr": "10.0.0.4/30", "threshold": 10**9}]
                                if entity in (EntityType.HOST, EntityType.HOST_PAIR) else []}),
+        short_window(4, metric, entity),
     ]
-    predicates = {1: lambda s: True, 2: lambda s: s.sport != 53 and s.proto == 6, 3: lambda s: True}
+    predicates = {1: lambda s: True, 2: lambda s: s.sport != 53 and s.proto == 6, 3: lambda s: True, 4: lambda s: True}
     engine = AlertEngine()
     engine.set_definitions(definitions)
     refs = [Reference(d, predicates[d.id]) for d in definitions]
@@ -143,6 +155,34 @@ def test_the_window_slides():
     assert [e.value for e in engine.evaluate(*batch([one(sid=2, cbytes=300)]), T0 + 59_500)] == [1100]
     # 61 s after the first: those 800 bytes have left the window
     assert engine.evaluate(*batch([one(sid=3, cbytes=300)]), T0 + 61_000) == []
+
+
+def test_a_flood_over_ten_seconds_against_a_threshold_per_second():
+    """100,000 packets per second over 10 s: the window's total against 1,000,000; the
+    record speaks in rates; the window moves in one-second steps."""
+    engine = AlertEngine()
+    engine.set_definitions([defn(metric="packets_received", threshold=100_000, per_second=True, interval="10s")])
+    flood = lambda sid, pkts, new=True: Sess(sid, "10.7.0.1", "10.8.0.9", 40000, 53, 17, 0, 0, pkts, 0, new=new)  # noqa: E731
+    assert engine.evaluate(*batch([flood(1, 900_000)]), T0) == []  # 90,000 a second so far
+    events = engine.evaluate(*batch([flood(1, 100_001, new=False)]), T0 + 4_000)
+    assert [(e.entity, e.value, e.threshold, e.count, e.message) for e in events] == [
+        # 1,000,001 packets over 10 s, rounded up; COUNT: the session in two one-second periods
+        ("10.8.0.9", 100_001, 100_000, 2,
+         "Upper threshold exceeded on packets received per second for address 10.8.0.9.")]
+    # 10 s later the first 900,000 have left (one-second steps), the 100,001 have not
+    assert engine.evaluate(*batch([flood(1, 800_000, new=False)]), T0 + 10_000) == []
+    events = engine.evaluate(*batch([flood(1, 100_000, new=False)]), T0 + 10_500)
+    assert [(e.value, e.count) for e in events] == [(100_001, 1)]  # 1,000,001 again; a new period counts
+    assert engine.evaluate(*batch([flood(1, 1, new=False)]), T0 + 14_000) == []  # 100,001 left at 14 s
+
+
+def test_a_threshold_per_second_applies_to_cidr_overrides_too():
+    engine = AlertEngine()
+    engine.set_definitions([defn(metric="bytes_received", threshold=1000, per_second=True, interval="30s",
+                                 exceptions={"thresholds": [{"cidr": "10.8.0.0/16", "threshold": 10}]})])
+    events = engine.evaluate(*batch([one(cln="10.7.0.1", srv="10.8.0.9", cbytes=301, sbytes=0),
+                                     one(cln="10.7.0.2", srv="10.9.0.9", sid=2, cbytes=30_001, sbytes=0)]), T0)
+    assert sorted((e.entity, e.value, e.threshold) for e in events) == [("10.8.0.9", 11, 10), ("10.9.0.9", 1001, 1000)]
 
 
 def test_ipv6_entities_and_host_pairs():
@@ -348,6 +388,9 @@ def test_a_backlog_is_worked_off_in_bounded_evaluations():
     ({"exceptions": {"countries": ["USA"]}}, "two-letter"),
     ({"entity": "port", "exceptions": {"thresholds": [{"cidr": "10.0.0.0/8", "threshold": 5}]}}, "host and host_pair"),
     ({"severity": "URGENT"}, "severity"),
+    ({"metric": "unique_ports", "per_second": True}, "a threshold per second applies to bits, bytes, packets and sessions"),
+    ({"threshold": 2**60, "per_second": True, "interval": "10s"}, "out of range"),
+    ({"interval": "5s"}, "10s, 30s, 1m"),
 ])
 def test_bad_definitions_are_refused_with_the_reason(payload, complaint):
     base = {"title": "t", "metric": "bytes_sent", "entity": "host", "threshold": 5}
@@ -463,8 +506,9 @@ def test_count_is_the_same_for_every_batching_of_the_same_arrivals(entity, metri
     thr = THRESHOLDS[metric.value.split("_")[0]]
     definitions = [Definition(id=1, user_id=1, title="1m", metric=metric, entity=entity, interval="1m", threshold=thr),
                    Definition(id=2, user_id=1, title="5m", metric=metric, entity=entity, interval="5m",
-                              threshold=thr * 2, prefilter="PROTO == tcp")]
-    predicates = {1: lambda s: True, 2: lambda s: s.proto == 6}
+                              threshold=thr * 2, prefilter="PROTO == tcp"),
+                   short_window(3, metric, entity)]
+    predicates = {1: lambda s: True, 2: lambda s: s.proto == 6, 3: lambda s: True}
     live: list[Sess] = []
     next_id = [0]
     arrivals: list[tuple[int, list[Sess]]] = []  # (time, sessions)

@@ -195,8 +195,23 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
         assert len(busy) == 1 and (busy[0]["metric"], busy[0]["threshold"], busy[0]["interval"], busy[0]["severity"],
                                    busy[0]["prefilter"]) == ("sessions_initiated", 1000, "30m", "HIGH",
                                                              "SRVPORT == 443 && PROTO == tcp")
+        # a flood detector's sentence: a rate over a ten-second window
+        page.goto(base + "/alerts/new")
+        page.get_by_label("Metric").select_option("packets_received")
+        page.get_by_label("Threshold", exact=True).fill("100000")
+        page.get_by_label("Threshold unit").select_option("per second")
+        page.get_by_label("Interval").select_option("10s")
+        page.get_by_label("Title").fill("Flood")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator("#editor-result")).to_contain_text("Saved: alert definition")
+        flood = [d for d in api.get("/api/v1/alert-definitions").json() if d["title"] == "Flood"]
+        assert [(d["metric"], d["threshold"], d["per_second"], d["interval"]) for d in flood] == [
+            ("packets_received", 100000, True, "10s")]
+        page.goto(base + f"/alerts/{flood[0]['id']}/edit")
+        expect(page.get_by_label("Threshold unit")).to_have_value("1")  # the editor reads it back
         page.goto(base + "/alerts")
         expect(page.locator("#definitions")).to_contain_text("Busy client")
+        expect(page.locator("#definitions")).to_contain_text("per second over 10s")
         shot(page, "definitions")
 
         # preferences as the administrator: SMTP for everyone, a test mail on saving

@@ -1,7 +1,9 @@
 """Alert definitions (DESIGN.md §4): what a user asks to be told about, validated.
 
 *Trigger an alert when the number of [metric] for any one [entity] exceeds [threshold] over
-[interval]*, with a severity, a prefilter in the filter language, and per-entity exceptions:
+[interval]* - or, as flood detectors put it, exceeds [threshold] *per second* over [interval]
+(``per_second``: the window's total against the rate times the interval) - with a severity,
+a prefilter in the filter language, and per-entity exceptions:
 addresses/CIDRs, server ports and countries never alert, and CIDRs may carry their own
 threshold.
 """
@@ -68,6 +70,8 @@ class AlertMetric(str, Enum):
 
 #: the intervals a definition may use, by name, in seconds
 INTERVALS: dict[str, int] = {
+    "10s": 10,  # short windows (steps of one second) for floods, with a threshold per second
+    "30s": 30,
     "1m": 60,
     "5m": 300,
     "15m": 900,
@@ -115,13 +119,16 @@ def metric_words(metric: AlertMetric, entity: EntityType) -> str:
     return _METRIC_WORDS[metric]
 
 
-def alert_message(metric: AlertMetric, entity: EntityType, entity_text: str) -> str:
-    """``Upper threshold exceeded on <metric> for <entity type> <entity>.``"""
-    return f"Upper threshold exceeded on {metric_words(metric, entity)} for {ENTITY_WORDS[entity]} {entity_text}."
+def alert_message(metric: AlertMetric, entity: EntityType, entity_text: str, per_second: bool = False) -> str:
+    """``Upper threshold exceeded on <metric> for <entity type> <entity>.`` (a rate: ``<metric>
+    per second``)"""
+    words = metric_words(metric, entity) + (" per second" if per_second else "")
+    return f"Upper threshold exceeded on {words} for {ENTITY_WORDS[entity]} {entity_text}."
 
 
 def step_seconds(interval_s: int) -> int:
-    """Evaluation step (alerting period) of a window: T/60, never coarser than one minute."""
+    """Evaluation step (alerting period) of a window: T/60, never finer than one second nor
+    coarser than one minute."""
     return max(1, min(interval_s // 60, 60))
 
 
@@ -191,6 +198,11 @@ class DefinitionIn(BaseModel):
     metric: AlertMetric
     entity: EntityType
     threshold: int = Field(..., ge=0, le=2**62, description="alert when the metric exceeds this")
+    per_second: bool = Field(
+        False,
+        description="the threshold (and its CIDR overrides) is a rate: the metric per second, "
+        "averaged over the interval; alert values are then rates too",
+    )
     interval: str = Field("5m", description="window length: " + ", ".join(INTERVALS))
     severity: Severity = Severity.MEDIUM
     enabled: bool = True
@@ -255,7 +267,26 @@ class DefinitionIn(BaseModel):
             raise ValueError(f"metric {self.metric.value} does not apply to entity {self.entity.value}: {reason}")
         if self.exceptions.thresholds and self.entity not in (EntityType.HOST, EntityType.HOST_PAIR):
             raise ValueError("threshold overrides by CIDR apply to host and host_pair alerts only")
+        if self.per_second and self.metric.is_distinct:
+            raise ValueError(
+                f"a threshold per second applies to bits, bytes, packets and sessions, not to {self.metric.value}: "
+                "write the threshold as a count over the interval"
+            )
+        largest = max([self.threshold] + [o.threshold for o in self.exceptions.thresholds])
+        if self.per_second and largest * self.interval_s > 2**62:
+            raise ValueError(
+                f"a threshold of {largest} per second over {self.interval} is out of range (at most 2^62 in all)"
+            )
         return self
+
+    def window_threshold(self, threshold: int) -> int:
+        """What the window's total is held against: ``threshold`` times the interval for a rate."""
+        return threshold * self.interval_s if self.per_second else threshold
+
+    def reported(self, window_value: int) -> int:
+        """An alert's value as the user wrote the threshold: a rate is the window's total over
+        the interval, rounded up (so that a value above the threshold still reads above it)."""
+        return -(-window_value // self.interval_s) if self.per_second else window_value
 
     @property
     def interval_s(self) -> int:

@@ -429,14 +429,15 @@ class AlertEngine:
         return mask
 
     def _thresholds(self, state: DefinitionState, rows: EntityRows, rep: np.ndarray) -> np.ndarray:
-        """Threshold per entity (``rep``: one row of each), overrides by CIDR applied."""
+        """Threshold per entity (``rep``: one row of each), overrides by CIDR applied, as the
+        window's total is held against it (a rate times the interval)."""
         definition = state.definition
-        thr = np.full(len(rep), definition.threshold, np.int64)
+        thr = np.full(len(rep), definition.window_threshold(definition.threshold), np.int64)
         for address_range, _, value in state.exceptions.thresholds:  # least specific first: the most specific wins
             hit = np.zeros(len(rep), bool)
             for col in rows.own_addresses():
                 hit |= in_range(col[rep], address_range)
-            thr[hit] = value
+            thr[hit] = definition.window_threshold(value)
         return thr
 
     def _evaluate_one(
@@ -554,11 +555,11 @@ class AlertEngine:
                     definition.user_id,
                     definition.entity,
                     text,
-                    alert_message(definition.metric, definition.entity, text),
+                    alert_message(definition.metric, definition.entity, text, definition.per_second),
                     definition.severity.value,
                     inc,
-                    int(thr),
-                    int(value),
+                    int(thr) // definition.window_threshold(1),  # as written (a rate: per second)
+                    definition.reported(int(value)),
                     time_us,
                 )
             )

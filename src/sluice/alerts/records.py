@@ -123,6 +123,7 @@ def _definition(row: AlertDefinitionRow, username: str) -> Definition:
         metric=row.metric,
         entity=row.entity,
         threshold=row.threshold,
+        per_second=bool(row.per_second),
         interval=row.interval,
         severity=row.severity,
         enabled=row.enabled,
@@ -191,6 +192,7 @@ class AlertStore:
         row.title, row.description, row.prefilter = definition.title, definition.description, definition.prefilter
         row.metric, row.entity, row.threshold = definition.metric.value, definition.entity.value, definition.threshold
         row.interval, row.severity, row.enabled = definition.interval, definition.severity.value, definition.enabled
+        row.per_second = definition.per_second
         row.exceptions = definition.exceptions.model_dump_json()
         row.renotify_s = definition.renotify_s
 

@@ -60,6 +60,10 @@ def define(
     metric: Annotated[AlertMetric, typer.Option(help="what to count.")],
     entity: Annotated[EntityType, typer.Option(help="per what: host, host_pair, port, country, asn.")],
     threshold: Annotated[int, typer.Option(help="alert when the metric exceeds this.")],
+    per_second: Annotated[
+        bool,
+        typer.Option("--per-second", help="THRESHOLD is a rate: the metric per second over the interval."),
+    ] = False,
     interval: Annotated[str, typer.Option(help="window: " + ", ".join(INTERVALS) + ".")] = "5m",
     severity: Annotated[Severity, typer.Option(help="INFO, LOW, MEDIUM, HIGH or CRITICAL.")] = Severity.MEDIUM,
     prefilter: Annotated[str, typer.Option("--prefilter", "-q", help="only sessions matching this filter.")] = "",
@@ -82,12 +86,14 @@ def define(
     password: PassOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Define an alert: trigger when the number of METRIC for any one ENTITY exceeds THRESHOLD over INTERVAL."""
+    """Define an alert: trigger when the number of METRIC for any one ENTITY exceeds THRESHOLD (in all, or
+    per second with --per-second) over INTERVAL."""
     body = {
         "title": title,
         "metric": metric.value,
         "entity": entity.value,
         "threshold": threshold,
+        "per_second": per_second,
         "interval": interval,
         "severity": severity.value,
         "prefilter": prefilter,
@@ -124,7 +130,11 @@ def definitions(
             typer.echo(json.dumps(row))
         return
     header = ["id", "title", "metric", "entity", "threshold", "interval", "severity", "enabled", "prefilter"]
-    _print([[row[name] for name in header] for row in rows], header, argparse.Namespace(csv=False, csv_header=False))
+    table = [[row[name] for name in header] for row in rows]
+    for line, row in zip(table, rows, strict=True):
+        if row.get("per_second"):
+            line[header.index("threshold")] = f"{row['threshold']}/s"
+    _print(table, header, argparse.Namespace(csv=False, csv_header=False))
 
 
 @alerts_app.command("delete")

@@ -105,7 +105,8 @@ class Outbox:
             self._stream_last[row.id] = now
             _add_stream_row(session, row, notice, now)
         if change == UPDATED:
-            # still triggering: tell again once per re-notify interval (default: the window)
+            # still triggering: tell again once per re-notify interval (default: the window,
+            # at least a minute: a ten-second flood window must not mail every ten seconds)
             renotify_s = (
                 definition.renotify_s if definition is not None and definition.renotify_s else None
             ) or _interval_s(definition)
@@ -328,4 +329,4 @@ def _add_stream_row(session: Session, row: AlertRecordRow, notice: Notice, creat
 
 
 def _interval_s(definition: Optional[AlertDefinitionRow]) -> int:
-    return INTERVALS.get(definition.interval, 300) if definition is not None else 300
+    return max(60, INTERVALS.get(definition.interval, 300)) if definition is not None else 300

@@ -99,6 +99,7 @@ class AlertDefinitionRow(Base):
     metric: Mapped[str] = mapped_column(String(32))
     entity: Mapped[str] = mapped_column(String(16))
     threshold: Mapped[int] = mapped_column(BigInteger)
+    per_second: Mapped[bool] = mapped_column(Boolean, default=False)  # the threshold is a rate
     interval: Mapped[str] = mapped_column(String(8))
     severity: Mapped[str] = mapped_column(String(10))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)

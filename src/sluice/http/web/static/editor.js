@@ -22,6 +22,7 @@
     return {
       title: $("title").value, description: $("description").value, prefilter: $("prefilter").value,
       metric: $("metric").value, entity: $("entity").value, threshold: Number($("threshold").value),
+      per_second: $("per-second").value === "1",
       interval: $("interval").value, severity: $("severity").value, enabled: $("enabled").checked,
       renotify: $("renotify").value || null,
       exceptions: {addresses: list($("except-addresses").value), ports: list($("except-ports").value).map(Number),
@@ -45,6 +46,7 @@
     const d = await api("GET", `/api/v1/alert-definitions/${id}`);
     for (const k of ["title", "description", "prefilter", "metric", "entity", "threshold", "interval", "severity"]) $(k).value = d[k];
     $("enabled").checked = d.enabled;
+    $("per-second").value = d.per_second ? "1" : "";
     if (d.status === "failed") {  // set aside by the server: say why, so that it can be fixed
       $("definition-failed").textContent = "This definition is not being evaluated: " + d.error;
       $("definition-failed").hidden = false;
