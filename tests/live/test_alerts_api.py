@@ -21,7 +21,7 @@ from sluice.state.db import open_state
 from sluice.state.users import Users
 
 from ..support.pcapgen import Conversation, Packet, scan_pcap, write_pcap
-from ..support.waiting import wait_until_steady
+from ..support.waiting import wait_until, wait_until_steady
 from ..support.server import ADMIN, SLUICE, ns2
 from ..support.exporters import export
 
@@ -521,3 +521,54 @@ def test_a_flood_alerts_on_a_ten_second_window_with_a_threshold_per_second(serve
         assert d["per_second"] is True and d["interval"] == "10s"
         line = ns2("ns2hostsb", "-s", srv, "-un", ADMIN[0], "-up", ADMIN[1], "-al").stdout
         assert "packets received per second" in line and line.rstrip().endswith("v2=100")
+
+
+def test_a_watched_server_whose_sessions_stop_raises_a_lower_threshold_alert(server, tmp_path):
+    """Ground truth for lower thresholds: softflowd exports a DNS server's sessions twice,
+    6 s apart; "sessions received for 10.1.0.53 falls below 1 over 10 s" alerts only once
+    10 s have passed after the last of them, and a watched server that never answered alerts
+    as soon as its first window has been watched in full."""
+    ports, _ = server
+    srv = f"127.0.0.1:{ports['http']}"
+    login = ["--server", srv, "--user", ADMIN[0], "--password", ADMIN[1]]
+    out = subprocess.run([SLUICE, "alerts", "define", "--title", "DNS must answer", "--metric", "sessions_received",
+                          "--entity", "host", "--below", "--threshold", "1", "--interval", "10s",
+                          "--watch", "10.1.0.53", "--watch", "10.1.0.54", "--severity", "HIGH", *login],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    def_id = int(re.search(r"alert definition (\d+) created", out.stdout).group(1))
+    defined = time.time()
+    listed = subprocess.run([SLUICE, "alerts", "definitions", *login], capture_output=True, text=True, timeout=60)
+    assert "< 1" in listed.stdout and "10.1.0.53, 10.1.0.54" in listed.stdout
+    bad = subprocess.run([SLUICE, "alerts", "define", "--title", "x", "--metric", "sessions_received", "--entity",
+                          "host", "--below", "--threshold", "1", *login], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "a lower threshold needs the entities to watch" in bad.stderr
+
+    def answers(n: int) -> float:
+        work = tmp_path / f"dns{n}"
+        work.mkdir()
+        write_pcap(work / "t.pcap", [Conversation(f"10.2.0.{n * 10 + i}", "10.1.0.53", 40000 + i, 53, 17,
+                                                  time.time() - 1, exchanges=1).build() for i in range(3)])
+        export(work, "softflowd", "9", ports["netflow"])
+        return time.time()
+
+    answers(1)
+    time.sleep(max(0.0, defined + 6 - time.time()))
+    last_answer = answers(2)
+    with api(ports) as admin:
+        def records() -> dict:
+            return {r["entity"]: r for r in admin.get("/api/v1/alerts").json()}
+
+        silent = wait_until(records, lambda r: "10.1.0.54" in r, timeout=30, what="the silent server's alert")
+        assert "10.1.0.53" not in silent  # it answered within the window
+        assert silent["10.1.0.54"]["first_trigger_us"] / 1e6 >= defined + 10  # its first full window
+        both = wait_until(records, lambda r: "10.1.0.53" in r, timeout=30, what="the DNS server's alert")
+        dns = both["10.1.0.53"]
+        assert dns["message"] == "Lower threshold exceeded on sessions received for address 10.1.0.53."
+        assert (dns["alertdef"], dns["severity"], dns["v2"], dns["value"]) == (def_id, "HIGH", 1, 0)
+        assert dns["first_trigger_us"] / 1e6 >= last_answer + 10 - 1  # (periods of a second)
+        # COUNT: the periods below; it goes on counting while the server stays silent
+        first_count = dns["v1"]
+        later = wait_until(records, lambda r: r["10.1.0.53"]["v1"] >= first_count + 2, timeout=10,
+                           what="COUNT to grow by the periods spent below")
+        assert later["10.1.0.54"]["v1"] > later["10.1.0.53"]["v1"]

@@ -391,6 +391,15 @@ def test_a_backlog_is_worked_off_in_bounded_evaluations():
     ({"metric": "unique_ports", "per_second": True}, "a threshold per second applies to bits, bytes, packets and sessions"),
     ({"threshold": 2**60, "per_second": True, "interval": "10s"}, "out of range"),
     ({"interval": "5s"}, "10s, 30s, 1m"),
+    ({"threshold_type": "lower"}, "a lower threshold needs the entities to watch"),
+    ({"watch": ["10.0.0.1"]}, "watch is for lower thresholds"),
+    ({"threshold_type": "lower", "watch": ["10.0.0.1"], "exceptions": {"addresses": ["10.0.0.0/8"]}},
+     "leave out excepted addresses"),
+    ({"threshold_type": "lower", "watch": ["10.0.0.300"]}, "watched address '10.0.0.300' is not an IP address"),
+    ({"threshold_type": "lower", "entity": "port", "watch": ["53"]}, "like 53/udp"),
+    ({"threshold_type": "lower", "entity": "country", "watch": ["USA"]}, "two-letter"),
+    ({"threshold_type": "lower", "entity": "host_pair", "watch": ["10.0.0.1"]}, "is not two addresses"),
+    ({"threshold_type": "lower", "entity": "asn", "watch": ["AS0"]}, "is not an AS number"),
 ])
 def test_bad_definitions_are_refused_with_the_reason(payload, complaint):
     base = {"title": "t", "metric": "bytes_sent", "entity": "host", "threshold": 5}
@@ -568,3 +577,72 @@ def test_a_row_evaluated_after_its_period_counts_in_its_own_with_the_slack():
     events = engine.evaluate(b, Arrivals(arr.new, arr.slot, np.array([T0 + 900, T0 + 900])), T0 + 1_500)
     assert [(e.count, e.value) for e in events] == [(2, 2)]
     assert engine.states[1].bucket == (T0 + 900) // 1000  # the clock (+1.5 s) did not move it on
+
+
+# -- lower thresholds: watched entities that fall below ------------------------------------
+
+def lower(**kw) -> Definition:
+    return defn(**{"metric": "sessions_received", "threshold": 1, "interval": "10s", "threshold_type": "lower",
+                   "watch": ["10.0.0.2", "10.0.0.3"], **kw})
+
+
+def test_a_watched_server_whose_sessions_stop_alerts_once_its_window_is_below():
+    engine = AlertEngine()
+    engine.set_definitions([lower()])
+    got: dict[int, list] = {}
+    for t in range(0, 30):  # a tick a second; 10.0.0.2 gets a session at 0 s, 10.0.0.3 at 0, 5 and 12 s
+        rows = {0: [one(sid=1), one(sid=2, srv="10.0.0.3")], 5: [one(sid=3, srv="10.0.0.3")],
+                12: [one(sid=4, srv="10.0.0.3")]}.get(t, [])
+        for e in engine.evaluate(*batch(rows), T0 + t * 1000):
+            got.setdefault(t, []).append((e.entity, e.count, e.value, e.threshold, e.message))
+    # the first 10 s are the window's first fill: not judged; 10.0.0.2's session leaves its
+    # window at 10 s, so the period that ends at 11 s is its first below; 10.0.0.3's later
+    # sessions keep it up until 22 s
+    assert min(got) == 11 and all(entity == "10.0.0.2" for t in range(11, 23) for entity, *_ in got[t])
+    assert got[11] == [("10.0.0.2", 1, 0, 1, "Lower threshold exceeded on sessions received for address 10.0.0.2.")]
+    assert sorted(entity for entity, *_ in got[23]) == ["10.0.0.2", "10.0.0.3"]
+    assert sum(c for t in got for entity, c, *_ in got[t] if entity == "10.0.0.3") == 29 - 22
+
+
+def test_lower_count_is_the_periods_below_however_often_the_clock_ticked():
+    """COUNT of a lower threshold: one per period spent below, the same ticking every 100 ms
+    or once after a long quiet (the empty window's periods are counted at once)."""
+    totals_by: list[dict] = []
+    for tick_ms in (100, 7_000, 95_000):
+        engine = AlertEngine()
+        engine.set_definitions([lower(metric="bytes_received", threshold=500, interval="30s", watch=["10.0.0.2"])])
+        total: dict = {}
+        now = T0
+        engine.evaluate(*batch([one(sid=1, sbytes=0, cbytes=800)]), now)  # above at first
+        more = True
+        while now < T0 + 95_000:
+            now = min(now + tick_ms, T0 + 95_000)
+            rows = [one(sid=1, sbytes=0, cbytes=100, new=False)] if more and now >= T0 + 40_000 else []  # below
+            more = more and not rows
+            for e in engine.evaluate(*batch(rows), now):
+                count, _ = total.get(e.entity, (0, 0))
+                total[e.entity] = (count + e.count, e.value)
+        totals_by.append(total)
+    # periods from the one ending at 30 s (whose window was the first watched in full, and
+    # holds the 800 bytes) are judged; below from the next one through the last (95 s)
+    assert totals_by[0] == {"10.0.0.2": (95 - 31 + 1, 0)}
+    assert totals_by[1] == totals_by[0] and totals_by[2] == totals_by[0]
+
+
+def test_lower_thresholds_watch_ports_countries_asns_and_host_pairs():
+    engine = AlertEngine()
+    engine.set_definitions([
+        lower(id=1, entity="port", watch=["53/udp", "80/tcp"]),
+        lower(id=2, entity="country", metric="packets_received", watch=["nl"], threshold=1),
+        lower(id=3, entity="host_pair", metric="bytes_total", watch=["10.0.0.1  ->10.0.0.2", "10.0.0.2 -> 10.0.0.1"]),
+        lower(id=4, entity="asn", metric="sessions_initiated", watch=["AS64500", "64501"]),
+    ])
+    # a session 10.0.0.1 -> 10.0.0.2 port 80/tcp; the client in NL (AS 64500); nothing else
+    s = Sess(1, "10.0.0.1", "10.0.0.2", 40000, 80, 6, 100, 100, 1, 0, ccountry="NL", casn=64500)
+    events = []
+    for t in range(0, 11_000, 500):  # the first period judged (its window watched in full) ends at 10 s
+        events += engine.evaluate(*batch([s] if t == 0 else []), T0 + t)
+    below = {(e.definition_id, e.entity) for e in events}
+    # 53/udp has no sessions, 80/tcp has; NL sent but received no packets; a pair is (client,
+    # server): the other direction had none; AS 64500 initiated, 64501 not
+    assert below == {(1, "53/udp"), (2, "NL"), (3, "10.0.0.2 -> 10.0.0.1"), (4, "64501")}

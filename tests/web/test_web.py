@@ -209,9 +209,24 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
             ("packets_received", 100000, True, "10s")]
         page.goto(base + f"/alerts/{flood[0]['id']}/edit")
         expect(page.get_by_label("Threshold unit")).to_have_value("1")  # the editor reads it back
+        # a lower threshold: watched servers that must keep answering
+        page.goto(base + "/alerts/new")
+        page.get_by_label("Metric").select_option("sessions_received")
+        page.get_by_label("Threshold type").select_option("falls below")
+        expect(page.locator("#which-entities")).to_have_text("the watched")
+        page.get_by_label("Threshold", exact=True).fill("1")
+        page.get_by_label("Watched entities").fill("10.1.0.53, 10.1.0.54")
+        page.get_by_label("Title").fill("DNS must answer")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator("#editor-result")).to_contain_text("Saved: alert definition")
+        dns = [d for d in api.get("/api/v1/alert-definitions").json() if d["title"] == "DNS must answer"]
+        assert [(d["threshold_type"], d["watch"]) for d in dns] == [("lower", ["10.1.0.53", "10.1.0.54"])]
+        page.goto(base + f"/alerts/{dns[0]['id']}/edit")
+        expect(page.get_by_label("Watched entities")).to_have_value("10.1.0.53, 10.1.0.54")
         page.goto(base + "/alerts")
         expect(page.locator("#definitions")).to_contain_text("Busy client")
         expect(page.locator("#definitions")).to_contain_text("per second over 10s")
+        expect(page.locator("#definitions")).to_contain_text("host 10.1.0.53, 10.1.0.54 falls below 1 over")
         shot(page, "definitions")
 
         # preferences as the administrator: SMTP for everyone, a test mail on saving

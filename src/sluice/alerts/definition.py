@@ -5,7 +5,9 @@
 (``per_second``: the window's total against the rate times the interval) - with a severity,
 a prefilter in the filter language, and per-entity exceptions:
 addresses/CIDRs, server ports and countries never alert, and CIDRs may carry their own
-threshold.
+threshold. A *lower* threshold turns it round for a watched list of entities: *trigger an
+alert when the number of [metric] for [entity] falls below [threshold] over [interval]* (a
+server that must keep answering, a port, a country's traffic).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from ..query.filter import MAX_LENGTH, FilterError, Node, parse
+from ..query.filter import MAX_LENGTH, PROTOCOLS, FilterError, Node, parse
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
@@ -33,6 +35,15 @@ class Severity(str, Enum):
     @property
     def rank(self) -> int:
         return list(Severity).index(self)
+
+
+class ThresholdType(str, Enum):
+    UPPER = "upper"  # any one entity exceeds it
+    LOWER = "lower"  # a watched entity falls below it
+
+    @property
+    def word(self) -> str:
+        return "Upper" if self is ThresholdType.UPPER else "Lower"
 
 
 class EntityType(str, Enum):
@@ -119,11 +130,54 @@ def metric_words(metric: AlertMetric, entity: EntityType) -> str:
     return _METRIC_WORDS[metric]
 
 
-def alert_message(metric: AlertMetric, entity: EntityType, entity_text: str, per_second: bool = False) -> str:
-    """``Upper threshold exceeded on <metric> for <entity type> <entity>.`` (a rate: ``<metric>
-    per second``)"""
+def alert_message(
+    metric: AlertMetric,
+    entity: EntityType,
+    entity_text: str,
+    per_second: bool = False,
+    kind: ThresholdType = ThresholdType.UPPER,
+) -> str:
+    """``Upper threshold exceeded on <metric> for <entity type> <entity>.`` (``Lower`` for a
+    lower threshold; a rate: ``<metric> per second``)"""
     words = metric_words(metric, entity) + (" per second" if per_second else "")
-    return f"Upper threshold exceeded on {words} for {ENTITY_WORDS[entity]} {entity_text}."
+    return f"{kind.word} threshold exceeded on {words} for {ENTITY_WORDS[entity]} {entity_text}."
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"watched address {text!r} is not an IP address") from None
+
+
+def canonical_entity(entity: EntityType, text: str) -> str:
+    """A watched entity as the alert records name it: ``10.0.0.1``, ``10.0.0.1 -> 10.0.0.2``,
+    ``53/udp``, ``NL``, ``64500``; ValueError saying what a valid one looks like."""
+    if not isinstance(text, str) or _CONTROL.search(text) or not text.strip():
+        raise ValueError(f"watched {ENTITY_WORDS[entity]} {text!r} is blank or has control characters")
+    text = text.strip()
+    if entity is EntityType.HOST:
+        return _address(text)
+    if entity is EntityType.HOST_PAIR:
+        parts = [p for p in re.split(r"\s*(?:->|,|\s)\s*", text) if p]
+        if len(parts) != 2:
+            raise ValueError(f"watched host pair {text!r} is not two addresses (client first): 10.0.0.1 -> 10.0.0.2")
+        return f"{_address(parts[0])} -> {_address(parts[1])}"
+    if entity is EntityType.PORT:
+        number, _, proto = text.lower().partition("/")
+        proto_number = PROTOCOLS.get(proto) if not proto.isdigit() else int(proto)
+        if not number.isdigit() or int(number) > 65535 or proto_number is None or not 0 <= proto_number <= 255:
+            raise ValueError(f"watched port {text!r} is not a port and protocol, like 53/udp or 443/tcp")
+        names = {v: k for k, v in reversed(PROTOCOLS.items())}
+        return f"{int(number)}/{names.get(proto_number, str(proto_number))}"
+    if entity is EntityType.COUNTRY:
+        if not re.fullmatch(r"[A-Za-z]{2}", text):
+            raise ValueError(f"watched country {text!r} is not a two-letter code like US or NL")
+        return text.upper()
+    number = text.upper().removeprefix("AS")
+    if not number.isdigit() or not 0 < int(number) < 2**32:
+        raise ValueError(f"watched ASN {text!r} is not an AS number, like 64500 or AS64500")
+    return str(int(number))
 
 
 def step_seconds(interval_s: int) -> int:
@@ -197,7 +251,14 @@ class DefinitionIn(BaseModel):
     prefilter: str = Field("", max_length=MAX_LENGTH, description="filter language; blank: all sessions")
     metric: AlertMetric
     entity: EntityType
-    threshold: int = Field(..., ge=0, le=2**62, description="alert when the metric exceeds this")
+    threshold: int = Field(..., ge=0, le=2**62, description="alert when the metric exceeds this (falls below: lower)")
+    threshold_type: ThresholdType = Field(
+        ThresholdType.UPPER,
+        description="upper: any one entity exceeds the threshold; lower: a watched entity falls below it",
+    )
+    watch: list[str] = Field(
+        default_factory=list, max_length=1000, description="lower thresholds: the entities watched"
+    )
     per_second: bool = Field(
         False,
         description="the threshold (and its CIDR overrides) is a rate: the metric per second, "
@@ -267,6 +328,21 @@ class DefinitionIn(BaseModel):
             raise ValueError(f"metric {self.metric.value} does not apply to entity {self.entity.value}: {reason}")
         if self.exceptions.thresholds and self.entity not in (EntityType.HOST, EntityType.HOST_PAIR):
             raise ValueError("threshold overrides by CIDR apply to host and host_pair alerts only")
+        if self.threshold_type is ThresholdType.LOWER:
+            if not self.watch:
+                raise ValueError(
+                    "a lower threshold needs the entities to watch (watch: addresses, ports like 53/udp, "
+                    "countries or AS numbers): 'any one' entity below a threshold has no end"
+                )
+            ex = self.exceptions
+            if ex.addresses or ex.countries or ex.thresholds:
+                raise ValueError(
+                    "a lower threshold applies to its watched entities only: leave out excepted addresses, "
+                    "countries and per-CIDR thresholds (excepted server ports still apply)"
+                )
+            self.watch = list(dict.fromkeys(canonical_entity(self.entity, w) for w in self.watch))
+        elif self.watch:
+            raise ValueError("watch is for lower thresholds; an upper threshold applies to any one entity")
         if self.per_second and self.metric.is_distinct:
             raise ValueError(
                 f"a threshold per second applies to bits, bytes, packets and sessions, not to {self.metric.value}: "
@@ -308,6 +384,8 @@ class DefinitionIn(BaseModel):
                 self.interval,
                 self.prefilter,
                 self.exceptions.model_dump_json(exclude={"thresholds"}),
+                # a lower threshold's window holds its watched entities only
+                *([self.threshold_type.value, ",".join(self.watch)] if self.watch else []),
             ]
         )
 

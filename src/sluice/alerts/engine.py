@@ -21,6 +21,9 @@ counts: on crossing, those already in the window; then each new one while it sta
 Values only grow within a period (they fall when steps leave the window, at period
 boundaries), so whether an entity is over by a period's end, and what it counts, do not
 depend on when the evaluations ran (see docs/alerts.md).
+
+A lower threshold ("falls below") is judged as each period ends, for its watched entities
+only (``_step_to``): there, COUNT counts the periods spent below.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ import structlog
 from ..flows.schema import Arrivals, SessionBatch
 from ..query.evaluate import evaluate, in_range
 from ..query.filter import AddressRange, Node, parse
-from .definition import AlertMetric, Definition, EntityType, alert_message, step_seconds
-from .entities import BatchKeys, EntityRows
+from .definition import AlertMetric, Definition, EntityType, ThresholdType, alert_message, step_seconds
+from .entities import BatchKeys, EntityRows, watched_keys
 from .keyindex import KeyIndex, distinct, group_rows, grown
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
@@ -99,6 +102,12 @@ class DefinitionState:
         self.counted_to = np.zeros(1024, np.int64)
         self.counted_amount = np.zeros(1024, np.int64)
         self.bucket = -1
+        # a lower threshold: the watched entities' keys (its window holds only their rows), and
+        # since when (server clock) its window has been filled: it judges a period only when
+        # the whole window behind it was watched
+        self.lower = definition.threshold_type is ThresholdType.LOWER
+        self.watch_keys = watched_keys(definition.entity, definition.watch) if self.lower else None
+        self.observed_from_ms: int | None = None
         self.update(definition)
 
     def update(self, definition: Definition) -> None:
@@ -129,6 +138,11 @@ class DefinitionState:
         self.window.advance(bucket)
         self.contrib.advance(bucket)
         self.bucket = bucket
+
+    def first_judged(self) -> int:
+        """A lower threshold's first period whose whole window was watched."""
+        assert self.observed_from_ms is not None
+        return -(-self.observed_from_ms // self.step_ms) + self.n_buckets - 1
 
     def count(self, ids: np.ndarray, bucket: int) -> np.ndarray:
         """The entities ``ids`` are over their thresholds in step ``bucket``: how many of their
@@ -348,9 +362,13 @@ class AlertEngine:
             self.stats["evaluations"] += 1
             if self.failures:
                 self._retry_failed(now_ms)
-            events = self._fold_rows(sessions, arrivals, now_ms, now_us or now_ms * 1000)
+            for state in self.states.values():
+                if state.lower and state.observed_from_ms is None:
+                    state.observed_from_ms = now_ms
+            time_us = now_us or now_ms * 1000
+            events = self._fold_rows(sessions, arrivals, now_ms, time_us)
             # then the clock: the rows (all stamped before now) moved the windows to their steps
-            self._advance(now_ms - self.arrival_slack_ms)
+            events += self._advance(now_ms - self.arrival_slack_ms, time_us)
             self.stats["events"] += len(events)
             return events
 
@@ -450,14 +468,20 @@ class AlertEngine:
     ) -> list[AlertEvent]:
         kept = self._kept(state, rows, pre)
         mask = rows.role(state.definition.metric) & kept
+        if state.lower:
+            assert state.watch_keys is not None
+            mask &= np.isin(rows.keys, state.watch_keys)
         if not mask.any():
             return []
         buckets, steps, shared = periods.of(state.step_ms, state.bucket)
-        contributing = self._contributions(state, rows, mask, kept, periods, buckets, shared)
+        if state.lower:  # counts periods, not sessions
+            contributing = np.zeros(len(mask), bool)
+        else:
+            contributing = self._contributions(state, rows, mask, kept, periods, buckets, shared)
         events = []
         for bucket in steps.tolist():  # one, unless the batch spans a period's end
             if bucket > state.bucket:
-                state.advance(bucket)
+                events.extend(self._step_to(state, bucket, time_us))
             in_step = mask if len(steps) == 1 else mask & rows.session_col_of(buckets == bucket)
             events.extend(self._fold(state, rows, in_step, contributing, bucket, time_us))
         return events
@@ -534,7 +558,7 @@ class AlertEngine:
                 definition.metric.value.startswith("sessions"), bucket, contributing, counted,
             )  # fmt: skip
             state.contrib.add_counts(counted, rows.uniq, bucket)
-        if not len(local):
+        if not len(local) or state.lower:  # a lower threshold is judged as periods end
             return []
         thresholds = self._thresholds(state, rows, rows.first[local])
         over = values > thresholds
@@ -567,17 +591,80 @@ class AlertEngine:
 
     # -- time -----------------------------------------------------------------------------
 
-    def _advance(self, now_ms: int) -> None:
+    def _advance(self, now_ms: int, time_us: int) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
         for state in list(self.states.values()):
             bucket = now_ms // state.step_ms
             if bucket > state.bucket:  # never back: rows may have moved it on already
                 try:
-                    state.advance(bucket)
+                    events += self._step_to(state, bucket, time_us)
                 except Exception as exc:
                     self._set_aside(state, "its window could not slide", exc)
         if now_ms - self._last_reclaim_ms > 60_000 and not self._ids_kept:
             self._reclaim(now_ms)
             self._last_reclaim_ms = now_ms
+        return events
+
+    def _step_to(self, state: DefinitionState, bucket: int, time_us: int) -> list[AlertEvent]:
+        """Slide a definition's window to ``bucket``; a lower threshold first judges each period
+        that ends on the way: a watched entity whose window value over it is below the
+        threshold counts that period (COUNT: the periods spent below)."""
+        if not state.lower or state.bucket < 0:
+            state.advance(bucket)
+            return []
+        definition = state.definition
+        threshold = definition.window_threshold(definition.threshold)
+        assert state.watch_keys is not None
+        below = np.zeros(len(state.watch_keys), np.int64)  # periods, per watched entity
+        last = np.zeros(len(state.watch_keys), np.int64)  # the value of its last period below
+        first, e = state.first_judged(), state.bucket
+        while e < bucket:
+            values = self._watched_values(state)
+            if e >= first:
+                hit = values < threshold
+                below += hit
+                last = np.where(hit, values, last)
+            if not values.any():  # the window is empty and stays so: the periods to come are alike
+                rest = bucket - max(e + 1, first)
+                if rest > 0 and threshold > 0:
+                    below += rest
+                    last[:] = 0
+                break
+            e += 1
+            state.advance(e)
+        if state.bucket < bucket:
+            state.advance(bucket)
+        return [
+            AlertEvent(
+                definition.id,
+                definition.user_id,
+                definition.entity,
+                definition.watch[i],
+                alert_message(
+                    definition.metric,
+                    definition.entity,
+                    definition.watch[i],
+                    definition.per_second,
+                    ThresholdType.LOWER,
+                ),
+                definition.severity.value,
+                int(below[i]),
+                definition.threshold,
+                definition.reported(int(last[i])),
+                time_us,
+            )
+            for i in np.flatnonzero(below).tolist()
+        ]
+
+    def _watched_values(self, state: DefinitionState) -> np.ndarray:
+        """A lower threshold's window value for each watched entity (0 for one never seen)."""
+        index = self.indexes.get(state.definition.entity)
+        assert state.watch_keys is not None
+        if index is None:
+            return np.zeros(len(state.watch_keys), np.int64)
+        ids = index.lookup(state.watch_keys)
+        known = ids >= 0
+        return np.where(known, state.window.value(np.where(known, ids, 0)), 0).astype(np.int64)
 
     @contextlib.contextmanager
     def ids_kept(self) -> Iterator[None]:

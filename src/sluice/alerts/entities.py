@@ -12,8 +12,8 @@ from functools import cached_property
 
 import numpy as np
 
-from ..flows.schema import SessionBatch, addr_text, address_words
-from ..query.filter import PROTOCOL_NAMES
+from ..flows.schema import SessionBatch, addr_bytes, addr_text, address_words
+from ..query.filter import PROTOCOL_NAMES, PROTOCOLS
 from .definition import AlertMetric, EntityType
 from .keyindex import mix64, ordered_pair_key
 
@@ -22,6 +22,31 @@ def address_keys(addr16: np.ndarray) -> np.ndarray:
     """One 64-bit key per 16-byte address; IPv4 addresses map to themselves (exact)."""
     hi, lo = address_words(addr16)
     return lo ^ mix64(hi)
+
+
+def watched_keys(kind: EntityType, texts: list[str]) -> np.ndarray:
+    """The keys of entities given as their canonical text (``definition.canonical_entity``),
+    the same as ``EntityRows`` gives their rows."""
+
+    def addresses(values: list[str]) -> np.ndarray:
+        return address_keys(np.frombuffer(b"".join(addr_bytes(v) for v in values), np.uint8).reshape(-1, 16))
+
+    if not texts:
+        return np.empty(0, np.uint64)
+    if kind is EntityType.HOST:
+        return addresses(texts)
+    if kind is EntityType.HOST_PAIR:
+        pairs = [t.split(" -> ") for t in texts]
+        return ordered_pair_key(addresses([a for a, _ in pairs]), addresses([b for _, b in pairs]))
+    if kind is EntityType.PORT:
+        out = []
+        for t in texts:
+            port, _, proto = t.partition("/")
+            out.append((PROTOCOLS.get(proto, int(proto) if proto.isdigit() else 0) << 16) | int(port))
+        return np.array(out, np.uint64)
+    if kind is EntityType.COUNTRY:
+        return np.array([t.encode() for t in texts], "S2").view(">u2").astype(np.uint64)
+    return np.array([int(t) for t in texts], np.uint64)
 
 
 class BatchKeys:

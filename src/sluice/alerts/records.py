@@ -8,6 +8,7 @@ outbox writes there, so that a notification exists if and only if the change doe
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timezone
@@ -124,6 +125,8 @@ def _definition(row: AlertDefinitionRow, username: str) -> Definition:
         entity=row.entity,
         threshold=row.threshold,
         per_second=bool(row.per_second),
+        threshold_type=row.threshold_type or "upper",
+        watch=json.loads(row.watch or "[]"),
         interval=row.interval,
         severity=row.severity,
         enabled=row.enabled,
@@ -193,6 +196,7 @@ class AlertStore:
         row.metric, row.entity, row.threshold = definition.metric.value, definition.entity.value, definition.threshold
         row.interval, row.severity, row.enabled = definition.interval, definition.severity.value, definition.enabled
         row.per_second = definition.per_second
+        row.threshold_type, row.watch = definition.threshold_type.value, json.dumps(definition.watch)
         row.exceptions = definition.exceptions.model_dump_json()
         row.renotify_s = definition.renotify_s
 

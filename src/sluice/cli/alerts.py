@@ -64,6 +64,14 @@ def define(
         bool,
         typer.Option("--per-second", help="THRESHOLD is a rate: the metric per second over the interval."),
     ] = False,
+    below: Annotated[
+        bool,
+        typer.Option("--below", help="a lower threshold: alert when a watched entity falls below THRESHOLD."),
+    ] = False,
+    watch: Annotated[
+        Optional[list[str]],
+        typer.Option(help="with --below: an entity to watch (repeat): 10.0.0.1, 53/udp, NL, 64500."),
+    ] = None,
     interval: Annotated[str, typer.Option(help="window: " + ", ".join(INTERVALS) + ".")] = "5m",
     severity: Annotated[Severity, typer.Option(help="INFO, LOW, MEDIUM, HIGH or CRITICAL.")] = Severity.MEDIUM,
     prefilter: Annotated[str, typer.Option("--prefilter", "-q", help="only sessions matching this filter.")] = "",
@@ -87,13 +95,15 @@ def define(
     as_json: JsonOpt = False,
 ) -> None:
     """Define an alert: trigger when the number of METRIC for any one ENTITY exceeds THRESHOLD (in all, or
-    per second with --per-second) over INTERVAL."""
+    per second with --per-second) over INTERVAL; with --below, when a watched one falls below it."""
     body = {
         "title": title,
         "metric": metric.value,
         "entity": entity.value,
         "threshold": threshold,
         "per_second": per_second,
+        "threshold_type": "lower" if below else "upper",
+        "watch": watch or [],
         "interval": interval,
         "severity": severity.value,
         "prefilter": prefilter,
@@ -132,8 +142,11 @@ def definitions(
     header = ["id", "title", "metric", "entity", "threshold", "interval", "severity", "enabled", "prefilter"]
     table = [[row[name] for name in header] for row in rows]
     for line, row in zip(table, rows, strict=True):
-        if row.get("per_second"):
-            line[header.index("threshold")] = f"{row['threshold']}/s"
+        rate = "/s" if row.get("per_second") else ""
+        lower = row.get("threshold_type") == "lower"
+        line[header.index("threshold")] = f"{'< ' if lower else ''}{row['threshold']}{rate}"
+        if lower:  # the watched entities, where "any one" would be
+            line[header.index("entity")] = f"{row['entity']} {', '.join(row['watch'])}"
     _print(table, header, argparse.Namespace(csv=False, csv_header=False))
 
 

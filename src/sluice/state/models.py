@@ -100,6 +100,8 @@ class AlertDefinitionRow(Base):
     entity: Mapped[str] = mapped_column(String(16))
     threshold: Mapped[int] = mapped_column(BigInteger)
     per_second: Mapped[bool] = mapped_column(Boolean, default=False)  # the threshold is a rate
+    threshold_type: Mapped[str] = mapped_column(String(8), default="upper")  # or lower: falls below
+    watch: Mapped[str] = mapped_column(Text, default="[]")  # JSON: a lower threshold's entities
     interval: Mapped[str] = mapped_column(String(8))
     severity: Mapped[str] = mapped_column(String(10))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -7,7 +7,10 @@
     const defs = await api("GET", "/api/v1/alert-definitions");
     tbody.replaceChildren(...defs.map(d => el("tr", {"data-definition": d.id},
       el("td", {}, d.id), el("td", {}, d.title),
-      el("td", {}, `${d.metric.replace("_", " ")} for any one ${d.entity.replace("_", " ")} exceeds ${fmtNum(d.threshold)}${d.per_second ? " per second" : ""} over ${d.interval}` + (d.prefilter ? ` where ${d.prefilter}` : "")),
+      el("td", {}, `${d.metric.replace("_", " ")} for ` +
+        (d.threshold_type === "lower" ? `${d.entity.replace("_", " ")} ${d.watch.join(", ")} falls below`
+                                      : `any one ${d.entity.replace("_", " ")} exceeds`) +
+        ` ${fmtNum(d.threshold)}${d.per_second ? " per second" : ""} over ${d.interval}` + (d.prefilter ? ` where ${d.prefilter}` : "")),
       el("td", {}, el("span", {class: `sev sev-${d.severity}`}, d.severity)), el("td", {}, d.status === "failed" ? el("span", {class: "error", title: d.error}, "failed: " + d.error)
                                           : (d.enabled ? "yes" : "no")),
       el("td", {}, `${fmtNum(d.active_entities)} entities, ${fmtNum(Math.round(d.state_bytes / 1024))} kB`

@@ -18,11 +18,17 @@
   }
   $("prefilter").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(checkPrefilter, 250); });
 
+  // "for any one host exceeds" / "for the watched host(s) falls below"
+  const sentence = () => { $("which-entities").textContent = $("threshold-type").value === "lower" ? "the watched" : "any one"; };
+  $("threshold-type").addEventListener("change", sentence);
+
   function body() {
     return {
       title: $("title").value, description: $("description").value, prefilter: $("prefilter").value,
       metric: $("metric").value, entity: $("entity").value, threshold: Number($("threshold").value),
       per_second: $("per-second").value === "1",
+      threshold_type: $("threshold-type").value,
+      watch: $("watch").value.split(",").map(s => s.trim()).filter(Boolean),  // a pair: "a -> b"
       interval: $("interval").value, severity: $("severity").value, enabled: $("enabled").checked,
       renotify: $("renotify").value || null,
       exceptions: {addresses: list($("except-addresses").value), ports: list($("except-ports").value).map(Number),
@@ -47,6 +53,9 @@
     for (const k of ["title", "description", "prefilter", "metric", "entity", "threshold", "interval", "severity"]) $(k).value = d[k];
     $("enabled").checked = d.enabled;
     $("per-second").value = d.per_second ? "1" : "";
+    $("threshold-type").value = d.threshold_type;
+    sentence();
+    $("watch").value = d.watch.join(", ");
     if (d.status === "failed") {  // set aside by the server: say why, so that it can be fixed
       $("definition-failed").textContent = "This definition is not being evaluated: " + d.error;
       $("definition-failed").hidden = false;

@@ -1,4 +1,5 @@
-"""alert definitions may give their threshold per second (short windows against floods)
+"""alert definitions: thresholds per second (short windows against floods), and lower
+thresholds over a watched list of entities
 
 Revision ID: 0009
 Revises: 0008
@@ -16,8 +17,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("alert_definitions") as batch:
         batch.add_column(sa.Column("per_second", sa.Boolean, nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column("threshold_type", sa.String(8), nullable=False, server_default="upper"))
+        batch.add_column(sa.Column("watch", sa.Text, nullable=False, server_default="[]"))  # JSON
 
 
 def downgrade() -> None:
     with op.batch_alter_table("alert_definitions") as batch:
+        batch.drop_column("watch")
+        batch.drop_column("threshold_type")
         batch.drop_column("per_second")
