@@ -498,6 +498,20 @@ def test_a_flood_alerts_on_a_ten_second_window_with_a_threshold_per_second(serve
     bad = subprocess.run([SLUICE, "alerts", "define", "--title", "x", "--metric", "unique_hosts", "--entity", "host",
                           "--threshold", "5", "--per-second", *login], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not to unique_hosts" in bad.stderr
+    # a baseline from the command line (it learns for a day: the engine's tests simulate that)
+    base = subprocess.run([SLUICE, "alerts", "define", "--title", "Unusual senders", "--metric", "bytes_sent",
+                           "--entity", "host", "--baseline", "--threshold", "5", "--min-volume", "10000000",
+                           "--baseline-days", "3", "--interval", "1h", "--json", *login],
+                          capture_output=True, text=True, timeout=60)
+    assert base.returncode == 0, base.stderr
+    made = json.loads(base.stdout)
+    assert (made["threshold_type"], made["threshold"], made["min_volume"], made["baseline_days"]) == (
+        "baseline", 5, 10_000_000, 3)
+    listed = subprocess.run([SLUICE, "alerts", "definitions", *login], capture_output=True, text=True, timeout=60)
+    assert "5x usual, > 10000000" in listed.stdout
+    bad = subprocess.run([SLUICE, "alerts", "define", "--title", "x", "--metric", "bytes_sent", "--entity", "host",
+                          "--baseline", "--threshold", "5", *login], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "a baseline needs min_volume" in bad.stderr
     # 5 x 500 packets to 10.8.0.9 (over 1,000 in 10 s: 100 a second); 8 x 100 to 10.8.0.10
     for n, (target, sources, each) in enumerate([("10.8.0.9", 5, 500), ("10.8.0.10", 8, 100)]):
         work = tmp_path / f"f{n}"

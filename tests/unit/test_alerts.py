@@ -15,6 +15,7 @@ import pytest
 from sluice.alerts.definition import AlertMetric, Definition, DefinitionIn, EntityType
 from sluice.alerts import persist
 from sluice.alerts.engine import AlertEngine
+from sluice.alerts.entities import watched_keys
 from sluice.alerts.runner import EngineRunner
 from sluice.flows.schema import Arrivals, SessionBatch, addr_bytes
 
@@ -646,3 +647,87 @@ def test_lower_thresholds_watch_ports_countries_asns_and_host_pairs():
     # 53/udp has no sessions, 80/tcp has; NL sent but received no packets; a pair is (client,
     # server): the other direction had none; AS 64500 initiated, 64501 not
     assert below == {(1, "53/udp"), (2, "NL"), (3, "10.0.0.2 -> 10.0.0.1"), (4, "64501")}
+
+
+# -- baselines: K times an entity's usual value ---------------------------------------------
+
+MB = 1 << 20
+
+
+def baseline(**kw) -> Definition:
+    return defn(**{"metric": "bytes_sent", "threshold": 5, "interval": "1h", "threshold_type": "baseline",
+                   "min_volume": 20 * MB, **kw})
+
+
+def a_week_of_hours(engine: AlertEngine, start: int, hours: int, sends: dict[str, int]) -> list:
+    """Each host sends its bytes once an hour (new sessions), the clock ticking every 10 min."""
+    events = []
+    sid = 0  # tracker slots: a new session may take an ended one's
+    for h in range(hours):
+        for m in range(6):
+            now = start + h * 3_600_000 + m * 600_000
+            rows = []
+            if m == 0:
+                for host, size in sends.items():
+                    sid += 1
+                    rows.append(one(cln=host, srv="10.9.9.9", sid=sid, cbytes=size, sbytes=0))
+            events += engine.evaluate(*batch(rows), now)
+    return events
+
+
+def test_a_baseline_learns_each_hosts_usual_volume_and_alerts_at_k_times_it(tmp_path):
+    """10 MB an hour for a simulated week, then 80 MB: more than 5 times its usual value. A
+    host that always sends 80 MB does not alert; a new one above the minimum volume does."""
+    engine = AlertEngine()
+    engine.set_definitions([baseline()])
+    week = a_week_of_hours(engine, T0, 24 * 7, {"10.0.0.1": 10 * MB, "10.0.0.2": 80 * MB})
+    assert week == []  # a day of learning, then everyone as usual
+    state = engine.states[1]
+    assert state.samples in (24 * 7 - 1, 24 * 7)
+    # the state is saved and restored with what it learned
+    persist.save(engine, tmp_path / "state.bin")
+    restored = AlertEngine()
+    restored.set_definitions([baseline()])
+    persist.load(restored, tmp_path / "state.bin")
+    for e in (engine, restored):
+        after = T0 + 24 * 7 * 3_600_000
+        events = a_week_of_hours(e, after, 1, {"10.0.0.1": 80 * MB, "10.0.0.2": 80 * MB, "10.0.0.3": 21 * MB,
+                                               "10.0.0.4": 19 * MB})
+        got = {ev.entity: (ev.value, ev.threshold, ev.count, ev.message) for ev in events}
+        assert set(got) == {"10.0.0.1", "10.0.0.3"}
+        value, usual, count, message = got["10.0.0.1"]
+        # v2: the usual value, within rounding of the 10 MB it always sent
+        assert value == 80 * MB and abs(usual - 10 * MB) <= 1 and count == 1
+        assert message == f"Upper threshold exceeded on bytes sent for address 10.0.0.1: more than 5 times its usual {usual}."
+        assert got["10.0.0.3"][:2] == (21 * MB, 0)  # new: its usual is nothing, the minimum volume applies
+
+
+def test_a_baseline_does_not_alert_while_it_learns_and_forgets_slowly():
+    engine = AlertEngine()
+    engine.set_definitions([baseline(baseline_days=1, min_volume=MB)])
+    # 23 hours of 1 MB, then 80 MB: still learning (a day), no alert
+    assert a_week_of_hours(engine, T0, 23, {"10.0.0.1": MB}) == []
+    assert a_week_of_hours(engine, T0 + 23 * 3_600_000, 1, {"10.0.0.1": 80 * MB}) == []
+    # then quiet for two days: its usual value decays (time constant one day) but still
+    # matters (5 times it is above the minimum volume), so the host is kept with it
+    quiet = a_week_of_hours(engine, T0 + 24 * 3_600_000, 48, {})
+    assert quiet == []
+    ids = engine.indexes[EntityType.HOST].lookup(watched_keys(EntityType.HOST, ["10.0.0.1"]))
+    usual = engine.states[1].usual(ids)[0]
+    assert ids[0] >= 0 and MB / 5 < usual < 80 * MB / 5
+    # two more quiet weeks: 5 times it is below the minimum volume; the host is given back
+    a_week_of_hours(engine, T0 + 72 * 3_600_000, 24 * 14, {})
+    assert engine.indexes[EntityType.HOST].lookup(watched_keys(EntityType.HOST, ["10.0.0.1"]))[0] == -1
+
+
+@pytest.mark.parametrize("payload, complaint", [
+    ({"min_volume": 0}, "a baseline needs min_volume"),
+    ({"threshold": 0}, "how many times the usual value"),
+    ({"per_second": True}, "it has no rate"),
+])
+def test_bad_baselines_are_refused_with_the_reason(payload, complaint):
+    base = {"title": "t", "metric": "bytes_sent", "entity": "host", "threshold": 5, "threshold_type": "baseline",
+            "min_volume": 1000}
+    with pytest.raises(ValueError) as err:
+        DefinitionIn(**{**base, **payload})
+    assert complaint in str(err.value)

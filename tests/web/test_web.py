@@ -223,10 +223,23 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
         assert [(d["threshold_type"], d["watch"]) for d in dns] == [("lower", ["10.1.0.53", "10.1.0.54"])]
         page.goto(base + f"/alerts/{dns[0]['id']}/edit")
         expect(page.get_by_label("Watched entities")).to_have_value("10.1.0.53, 10.1.0.54")
+        # a baseline: five times each host's usual bytes, at least 10 MB
+        page.goto(base + "/alerts/new")
+        page.get_by_label("Threshold type").select_option("baseline")
+        page.get_by_label("Threshold", exact=True).fill("5")
+        page.get_by_label("Baseline: at least").fill("10000000")
+        page.get_by_label("Interval").select_option("1h")
+        page.get_by_label("Title").fill("Unusual senders")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator("#editor-result")).to_contain_text("Saved: alert definition")
+        unusual = [d for d in api.get("/api/v1/alert-definitions").json() if d["title"] == "Unusual senders"]
+        assert [(d["threshold_type"], d["threshold"], d["min_volume"], d["baseline_days"]) for d in unusual] == [
+            ("baseline", 5, 10_000_000, 7)]
         page.goto(base + "/alerts")
         expect(page.locator("#definitions")).to_contain_text("Busy client")
         expect(page.locator("#definitions")).to_contain_text("per second over 10s")
         expect(page.locator("#definitions")).to_contain_text("host 10.1.0.53, 10.1.0.54 falls below 1 over")
+        expect(page.locator("#definitions")).to_contain_text("exceeds 5 times its usual value")
         shot(page, "definitions")
 
         # preferences as the administrator: SMTP for everyone, a test mail on saving

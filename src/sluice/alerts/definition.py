@@ -7,7 +7,9 @@ a prefilter in the filter language, and per-entity exceptions:
 addresses/CIDRs, server ports and countries never alert, and CIDRs may carry their own
 threshold. A *lower* threshold turns it round for a watched list of entities: *trigger an
 alert when the number of [metric] for [entity] falls below [threshold] over [interval]* (a
-server that must keep answering, a port, a country's traffic).
+server that must keep answering, a port, a country's traffic). A *baseline* learns what is
+usual for each entity: *trigger an alert when [metric] for any one [entity] exceeds [K] times
+its usual value over [interval]*, above a minimum volume.
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ class Severity(str, Enum):
 class ThresholdType(str, Enum):
     UPPER = "upper"  # any one entity exceeds it
     LOWER = "lower"  # a watched entity falls below it
+    BASELINE = "baseline"  # any one entity exceeds K times its usual value
 
     @property
     def word(self) -> str:
-        return "Upper" if self is ThresholdType.UPPER else "Lower"
+        return "Lower" if self is ThresholdType.LOWER else "Upper"
+
+
+#: a baseline alerts only once it has learned for this long
+BASELINE_LEARNING_S = 86_400
 
 
 class EntityType(str, Enum):
@@ -136,11 +143,16 @@ def alert_message(
     entity_text: str,
     per_second: bool = False,
     kind: ThresholdType = ThresholdType.UPPER,
+    baseline: tuple[int, int] | None = None,
 ) -> str:
     """``Upper threshold exceeded on <metric> for <entity type> <entity>.`` (``Lower`` for a
-    lower threshold; a rate: ``<metric> per second``)"""
+    lower threshold; a rate: ``<metric> per second``; a baseline (K, usual) says how it was
+    exceeded)"""
     words = metric_words(metric, entity) + (" per second" if per_second else "")
-    return f"{kind.word} threshold exceeded on {words} for {ENTITY_WORDS[entity]} {entity_text}."
+    text = f"{kind.word} threshold exceeded on {words} for {ENTITY_WORDS[entity]} {entity_text}"
+    if baseline is not None:
+        return f"{text}: more than {baseline[0]} times its usual {baseline[1]}."
+    return text + "."
 
 
 def _address(text: str) -> str:
@@ -259,6 +271,12 @@ class DefinitionIn(BaseModel):
     watch: list[str] = Field(
         default_factory=list, max_length=1000, description="lower thresholds: the entities watched"
     )
+    min_volume: int = Field(
+        0, ge=0, le=2**62, description="baselines: the least window value that may alert (quiet entities do not)"
+    )
+    baseline_days: int = Field(
+        7, ge=1, le=90, description="baselines: how many days the usual value mostly reflects (its time constant)"
+    )
     per_second: bool = Field(
         False,
         description="the threshold (and its CIDR overrides) is a rate: the metric per second, "
@@ -343,6 +361,21 @@ class DefinitionIn(BaseModel):
             self.watch = list(dict.fromkeys(canonical_entity(self.entity, w) for w in self.watch))
         elif self.watch:
             raise ValueError("watch is for lower thresholds; an upper threshold applies to any one entity")
+        if self.threshold_type is ThresholdType.BASELINE:
+            if not 1 <= self.threshold <= 1_000_000:
+                raise ValueError(
+                    f"a baseline's threshold is how many times the usual value: 1 to 1000000, not {self.threshold}"
+                )
+            if self.min_volume < 1:
+                raise ValueError(
+                    "a baseline needs min_volume, the least value that may alert (say 10000000 bytes): "
+                    "without it quiet entities alert on noise"
+                )
+            if self.per_second or self.exceptions.thresholds:
+                raise ValueError(
+                    "a baseline's threshold is a factor of each entity's usual value: "
+                    "it has no rate and no per-CIDR thresholds"
+                )
         if self.per_second and self.metric.is_distinct:
             raise ValueError(
                 f"a threshold per second applies to bits, bytes, packets and sessions, not to {self.metric.value}: "
@@ -384,8 +417,13 @@ class DefinitionIn(BaseModel):
                 self.interval,
                 self.prefilter,
                 self.exceptions.model_dump_json(exclude={"thresholds"}),
-                # a lower threshold's window holds its watched entities only
-                *([self.threshold_type.value, ",".join(self.watch)] if self.watch else []),
+                # a lower threshold's window holds its watched entities only; a baseline's state
+                # holds what it learned
+                *(
+                    [self.threshold_type.value, ",".join(self.watch)]
+                    if self.threshold_type is not ThresholdType.UPPER
+                    else []
+                ),
             ]
         )
 

@@ -41,7 +41,15 @@ import structlog
 from ..flows.schema import Arrivals, SessionBatch
 from ..query.evaluate import evaluate, in_range
 from ..query.filter import AddressRange, Node, parse
-from .definition import AlertMetric, Definition, EntityType, ThresholdType, alert_message, step_seconds
+from .definition import (
+    BASELINE_LEARNING_S,
+    AlertMetric,
+    Definition,
+    EntityType,
+    ThresholdType,
+    alert_message,
+    step_seconds,
+)
 from .entities import BatchKeys, EntityRows, watched_keys
 from .keyindex import KeyIndex, distinct, group_rows, grown
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
@@ -108,6 +116,13 @@ class DefinitionState:
         self.lower = definition.threshold_type is ThresholdType.LOWER
         self.watch_keys = watched_keys(definition.entity, definition.watch) if self.lower else None
         self.observed_from_ms: int | None = None
+        # a baseline: per entity, the exponentially weighted sum of its window value sampled
+        # once an interval (``usual``: 8 bytes an entity); the samples taken so far, and the
+        # interval (bucket // n_buckets) to be sampled next, when it ends
+        self.baseline = definition.threshold_type is ThresholdType.BASELINE
+        self.usual_sum = np.zeros(1024 if self.baseline else 0, np.float64)
+        self.samples = 0
+        self.sampled = -1
         self.update(definition)
 
     def update(self, definition: Definition) -> None:
@@ -130,7 +145,7 @@ class DefinitionState:
         )
 
     def nbytes(self) -> int:
-        counted = self.counted_to.nbytes + self.counted_amount.nbytes
+        counted = self.counted_to.nbytes + self.counted_amount.nbytes + self.usual_sum.nbytes
         return self.window.nbytes() + self.contrib.nbytes() + counted
 
     def advance(self, bucket: int) -> None:
@@ -138,6 +153,57 @@ class DefinitionState:
         self.window.advance(bucket)
         self.contrib.advance(bucket)
         self.bucket = bucket
+
+    def _decay(self) -> float:
+        """What a sample's weight is worth one interval later (the time constant: baseline_days)."""
+        return float(np.exp(-self.definition.interval_s / (self.definition.baseline_days * 86_400)))
+
+    def sample(self, bucket: int) -> None:
+        """A baseline, its window at ``self.bucket`` about to slide to ``bucket``: at each
+        interval's end the window value of every entity (its last interval) is a sample of
+        its usual value; intervals passed without a sample (the server idle) count as zero."""
+        if self.bucket < 0:
+            self.sampled = bucket // self.n_buckets
+            return
+        due = bucket // self.n_buckets - self.sampled  # the intervals that ended since the last sample
+        if due <= 0:
+            return
+        decay = self._decay()
+        values = self.window.values
+        self._room(len(values))
+        self.usual_sum *= decay**due
+        active = np.flatnonzero(values)
+        self.usual_sum[active] += (1 - decay) * decay ** (due - 1) * values[active]
+        self.samples += due
+        self.sampled = bucket // self.n_buckets
+
+    def _room(self, size: int) -> None:
+        if size > len(self.usual_sum):
+            self.usual_sum = grown(self.usual_sum, max(size, 2 * len(self.usual_sum)))
+
+    def learned(self) -> bool:
+        return self.samples * self.definition.interval_s >= BASELINE_LEARNING_S
+
+    def usual(self, ids: np.ndarray) -> np.ndarray:
+        """Each entity's usual window value: the weighted mean of its samples (the weights of
+        the samples taken so far sum to 1 - decay**samples; the rest is not known yet)."""
+        self._room(int(ids.max()) + 1 if len(ids) else 0)
+        known = 1 - self._decay() ** self.samples
+        return self.usual_sum[ids] / known if known > 0 else np.zeros(len(ids))
+
+    def baseline_thresholds(self, ids: np.ndarray) -> np.ndarray:
+        """K times the usual value, at least the minimum volume (none while still learning)."""
+        if not self.learned():
+            return np.full(len(ids), 2**62, np.int64)
+        k = self.definition.threshold
+        return np.maximum(np.ceil(k * self.usual(ids)).astype(np.int64), self.definition.min_volume)
+
+    def baseline_kept(self, ids: np.ndarray) -> np.ndarray:
+        """Entities whose usual value still matters (K times it is above the minimum volume):
+        their ids are not given back while the window is empty."""
+        if not self.baseline or not len(ids):
+            return np.zeros(len(ids), bool)
+        return self.definition.threshold * self.usual(ids) >= self.definition.min_volume
 
     def first_judged(self) -> int:
         """A lower threshold's first period whose whole window was watched."""
@@ -166,7 +232,8 @@ class DefinitionState:
         return out
 
     def forget(self, ids: np.ndarray) -> None:
-        """Entity ids given back: what was counted for them no longer applies."""
+        """Entity ids given back: what was counted (and learned) for them no longer applies."""
+        self.usual_sum[ids[ids < len(self.usual_sum)]] = 0
         ids = ids[ids < len(self.counted_to)]
         self.counted_to[ids] = 0
         self.counted_amount[ids] = 0
@@ -560,29 +627,43 @@ class AlertEngine:
             state.contrib.add_counts(counted, rows.uniq, bucket)
         if not len(local) or state.lower:  # a lower threshold is judged as periods end
             return []
-        thresholds = self._thresholds(state, rows, rows.first[local])
+        if state.baseline:
+            thresholds = state.baseline_thresholds(rows.uniq[local])
+        else:
+            thresholds = self._thresholds(state, rows, rows.first[local])
         over = values > thresholds
         if not over.any():
             return []
         over_local = local[over]
         counts = state.count(rows.uniq[over_local], bucket)
+        # v2: the threshold as written (a rate: per second); a baseline's: the usual value
+        written = thresholds[over] // definition.window_threshold(1)
+        if state.baseline:
+            written = np.ceil(state.usual(rows.uniq[over_local])).astype(np.int64)
         events = []
         for li, value, thr, inc in zip(
-            over_local.tolist(), values[over].tolist(), thresholds[over].tolist(), counts.tolist(), strict=True
+            over_local.tolist(), values[over].tolist(), written.tolist(), counts.tolist(), strict=True
         ):
             if inc <= 0:
                 continue
             text = rows.text(int(rows.first[li]))
+            message = alert_message(
+                definition.metric,
+                definition.entity,
+                text,
+                definition.per_second,
+                baseline=(definition.threshold, thr) if state.baseline else None,
+            )
             events.append(
                 AlertEvent(
                     definition.id,
                     definition.user_id,
                     definition.entity,
                     text,
-                    alert_message(definition.metric, definition.entity, text, definition.per_second),
+                    message,
                     definition.severity.value,
                     inc,
-                    int(thr) // definition.window_threshold(1),  # as written (a rate: per second)
+                    thr,
                     definition.reported(int(value)),
                     time_us,
                 )
@@ -609,6 +690,8 @@ class AlertEngine:
         """Slide a definition's window to ``bucket``; a lower threshold first judges each period
         that ends on the way: a watched entity whose window value over it is below the
         threshold counts that period (COUNT: the periods spent below)."""
+        if state.baseline:
+            state.sample(bucket)
         if not state.lower or state.bucket < 0:
             state.advance(bucket)
             return []
@@ -688,7 +771,9 @@ class AlertEngine:
             old = ids[seen[ids] < now_ms - horizon]
             for state in windows:
                 if len(old):
-                    old = old[(state.window.value(old) == 0) & (state.contrib.value(old) == 0)]
+                    old = old[
+                        (state.window.value(old) == 0) & (state.contrib.value(old) == 0) & ~state.baseline_kept(old)
+                    ]
             index.remove(old)
             for state in windows:
                 state.forget(old)

@@ -81,6 +81,9 @@ def _definition_arrays(definition_id: int, state: DefinitionState) -> Iterator[t
         yield f"def.{definition_id}.w.{name}", array
     for name, array in state.contrib.state().items():
         yield f"def.{definition_id}.c.{name}", array
+    if state.baseline:
+        yield f"def.{definition_id}.usual_sum", state.usual_sum
+        yield f"def.{definition_id}.samples", np.array([state.samples, state.sampled], np.int64)
 
 
 def _put(f: BinaryIO, name: str, array: np.ndarray) -> None:
@@ -139,4 +142,7 @@ def load(engine: AlertEngine, path: Path) -> bool:
                 state.counted_to = data[prefix + "counted_to"].astype(np.int64)
                 state.counted_amount = data[prefix + "counted_amount"].astype(np.int64)
                 state.contrib.load(_part(data, prefix + "c."))
+            if state.baseline and prefix + "usual_sum" in data:
+                state.usual_sum = data[prefix + "usual_sum"].astype(np.float64)
+                state.samples, state.sampled = (int(v) for v in data[prefix + "samples"])
     return True

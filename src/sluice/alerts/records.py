@@ -127,6 +127,8 @@ def _definition(row: AlertDefinitionRow, username: str) -> Definition:
         per_second=bool(row.per_second),
         threshold_type=row.threshold_type or "upper",
         watch=json.loads(row.watch or "[]"),
+        min_volume=row.min_volume or 0,
+        baseline_days=row.baseline_days or 7,
         interval=row.interval,
         severity=row.severity,
         enabled=row.enabled,
@@ -197,6 +199,7 @@ class AlertStore:
         row.interval, row.severity, row.enabled = definition.interval, definition.severity.value, definition.enabled
         row.per_second = definition.per_second
         row.threshold_type, row.watch = definition.threshold_type.value, json.dumps(definition.watch)
+        row.min_volume, row.baseline_days = definition.min_volume, definition.baseline_days
         row.exceptions = definition.exceptions.model_dump_json()
         row.renotify_s = definition.renotify_s
 

@@ -68,6 +68,18 @@ def define(
         bool,
         typer.Option("--below", help="a lower threshold: alert when a watched entity falls below THRESHOLD."),
     ] = False,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline", help="THRESHOLD is a factor K: alert when an entity exceeds K times its usual value."
+        ),
+    ] = False,
+    min_volume: Annotated[
+        int, typer.Option(help="with --baseline: the least value that may alert (quiet entities do not).")
+    ] = 0,
+    baseline_days: Annotated[
+        int, typer.Option(help="with --baseline: how many days its usual value mostly reflects.")
+    ] = 7,
     watch: Annotated[
         Optional[list[str]],
         typer.Option(help="with --below: an entity to watch (repeat): 10.0.0.1, 53/udp, NL, 64500."),
@@ -95,14 +107,17 @@ def define(
     as_json: JsonOpt = False,
 ) -> None:
     """Define an alert: trigger when the number of METRIC for any one ENTITY exceeds THRESHOLD (in all, or
-    per second with --per-second) over INTERVAL; with --below, when a watched one falls below it."""
+    per second with --per-second) over INTERVAL; with --below, when a watched one falls below it; with
+    --baseline, when one exceeds THRESHOLD times its usual value (and --min-volume)."""
     body = {
         "title": title,
         "metric": metric.value,
         "entity": entity.value,
         "threshold": threshold,
         "per_second": per_second,
-        "threshold_type": "lower" if below else "upper",
+        "threshold_type": "lower" if below else "baseline" if baseline else "upper",
+        "min_volume": min_volume,
+        "baseline_days": baseline_days,
         "watch": watch or [],
         "interval": interval,
         "severity": severity.value,
@@ -145,6 +160,8 @@ def definitions(
         rate = "/s" if row.get("per_second") else ""
         lower = row.get("threshold_type") == "lower"
         line[header.index("threshold")] = f"{'< ' if lower else ''}{row['threshold']}{rate}"
+        if row.get("threshold_type") == "baseline":
+            line[header.index("threshold")] = f"{row['threshold']}x usual, > {row['min_volume']}"
         if lower:  # the watched entities, where "any one" would be
             line[header.index("entity")] = f"{row['entity']} {', '.join(row['watch'])}"
     _print(table, header, argparse.Namespace(csv=False, csv_header=False))

@@ -102,6 +102,8 @@ class AlertDefinitionRow(Base):
     per_second: Mapped[bool] = mapped_column(Boolean, default=False)  # the threshold is a rate
     threshold_type: Mapped[str] = mapped_column(String(8), default="upper")  # or lower: falls below
     watch: Mapped[str] = mapped_column(Text, default="[]")  # JSON: a lower threshold's entities
+    min_volume: Mapped[int] = mapped_column(BigInteger, default=0)  # a baseline's least alerting value
+    baseline_days: Mapped[int] = mapped_column(Integer, default=7)  # a baseline's time constant
     interval: Mapped[str] = mapped_column(String(8))
     severity: Mapped[str] = mapped_column(String(10))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)

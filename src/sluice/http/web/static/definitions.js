@@ -10,7 +10,9 @@
       el("td", {}, `${d.metric.replace("_", " ")} for ` +
         (d.threshold_type === "lower" ? `${d.entity.replace("_", " ")} ${d.watch.join(", ")} falls below`
                                       : `any one ${d.entity.replace("_", " ")} exceeds`) +
-        ` ${fmtNum(d.threshold)}${d.per_second ? " per second" : ""} over ${d.interval}` + (d.prefilter ? ` where ${d.prefilter}` : "")),
+        (d.threshold_type === "baseline" ? ` ${fmtNum(d.threshold)} times its usual value (and ${fmtNum(d.min_volume)})`
+                                         : ` ${fmtNum(d.threshold)}${d.per_second ? " per second" : ""}`) +
+        ` over ${d.interval}` + (d.prefilter ? ` where ${d.prefilter}` : "")),
       el("td", {}, el("span", {class: `sev sev-${d.severity}`}, d.severity)), el("td", {}, d.status === "failed" ? el("span", {class: "error", title: d.error}, "failed: " + d.error)
                                           : (d.enabled ? "yes" : "no")),
       el("td", {}, `${fmtNum(d.active_entities)} entities, ${fmtNum(Math.round(d.state_bytes / 1024))} kB`

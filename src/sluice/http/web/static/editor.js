@@ -28,6 +28,7 @@
       metric: $("metric").value, entity: $("entity").value, threshold: Number($("threshold").value),
       per_second: $("per-second").value === "1",
       threshold_type: $("threshold-type").value,
+      min_volume: Number($("min-volume").value), baseline_days: Number($("baseline-days").value),
       watch: $("watch").value.split(",").map(s => s.trim()).filter(Boolean),  // a pair: "a -> b"
       interval: $("interval").value, severity: $("severity").value, enabled: $("enabled").checked,
       renotify: $("renotify").value || null,
@@ -54,6 +55,8 @@
     $("enabled").checked = d.enabled;
     $("per-second").value = d.per_second ? "1" : "";
     $("threshold-type").value = d.threshold_type;
+    $("min-volume").value = d.min_volume;
+    $("baseline-days").value = d.baseline_days;
     sentence();
     $("watch").value = d.watch.join(", ");
     if (d.status === "failed") {  // set aside by the server: say why, so that it can be fixed
