@@ -161,6 +161,18 @@ class AlertSettings(BaseModel):
         description="session rows waiting for evaluation at most; beyond, rows are dropped and counted",
     )
     snapshot_interval_s: float = Field(30.0, gt=0, description="how often the window state is saved to disk")
+    system_check_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="how often the server checks itself for SYSTEM alerts"
+    )
+    exporter_silent_s: float = Field(
+        300.0, ge=0, description="a SYSTEM alert when an exporter heard from has been silent this long (0: never)"
+    )
+    exporter_loss_percent: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="a SYSTEM alert when an exporter's sequence numbers show more loss than this between checks",
+    )
 
 
 class StateSettings(BaseModel):

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from .alerts.definition import DefinitionIn
 from .alerts.service import AlertService
+from .alerts.system import SystemWatch
 from .collect.decoder import Decoder, DecoderConfig
 from .collect.listener import Collector
 from .config import Settings
@@ -84,6 +85,7 @@ class Server:
                 [settings.http.port, *(p for p in (c.netflow_port, c.ipfix_port, c.sflow_port) if p)],
             ),
         )
+        self.system = SystemWatch(self.counters, self.alerts.store, settings.alerts, self.alerts.failed_definitions)
         prefs = Preferences(self.users.db)
         self.ingest.retention_days = lambda: prefs.system().retention_days  # administrators may change it live
         self.retention_in_force = lambda: prefs.system().retention_days or settings.store.retention_days
@@ -94,6 +96,7 @@ class Server:
         self.ingest.start()
         self.alerts.start()
         self.notify.start()
+        self.system.start()
         listeners = [(listener.name, listener.port) for listener in self.collector.listeners]
         self.app = create_app(
             self.counters,
@@ -186,6 +189,7 @@ class Server:
             self.simulator.stop()
         self.collector.stop()
         self.ingest.stop()
+        self.system.stop()
         self.alerts.stop()
         self.notify.stop()
 

@@ -241,6 +241,35 @@ def test_a_ten_second_window_repeats_at_most_once_a_minute_by_default(tmp_path, 
     assert sorted(n.change for n in w.notifications()) == ["created", "repeat"]
 
 
+def test_a_system_alert_mails_the_administrators_when_raised_and_when_it_ends(tmp_path, state_url):
+    from sluice.alerts.system import SystemWatch
+    from sluice.config import AlertSettings
+
+    w = World(tmp_path, state_url=state_url)
+    root = w.users.create("root", "root-password", is_admin=True)
+    smtp = SmtpServer().start()
+    try:
+        w.smtp(smtp.port)
+        w.prefs.set_user(root.id, PreferencesIn(email_to="root@example.org"))
+        w.user_prefs(email_to="alice@example.org")  # not an administrator: not told
+        counters = Counters()
+        watch = SystemWatch(counters, w.alerts, AlertSettings(), lambda: {})
+        counters.set("socket_drops", 0, port=2055)
+        watch.check()
+        counters.set("socket_drops", 40, port=2055)
+        watch.check()
+        watch.check()  # no more drops: the condition ended
+        w.workers["email"].run_once()
+        raised, ended = smtp.wait_for(2)
+        assert [raised["To"], ended["To"]] == ["root@example.org"] * 2
+        assert raised["Subject"].startswith("[Sluice] HIGH: The kernel dropped 40 datagrams on UDP port 2055")
+        assert ended["Subject"].startswith("[Sluice] HIGH: Ended: The kernel dropped 40 datagrams")
+        body = ended.get_body(("plain",)).get_content()
+        assert body.startswith("The condition of this system alert has ended.") and "SYSTEM" in body
+    finally:
+        smtp.stop()
+
+
 def test_a_digest_when_many_alerts_are_due_at_once(tmp_path, state_url):
     w = World(tmp_path, state_url=state_url)
     smtp = SmtpServer().start()

@@ -1,7 +1,9 @@
 """Alert definitions and alert records in the state database.
 
 An alert record exists per (definition, entity). A trigger adds to its COUNT (v1), moves its
-last trigger time, and puts an acknowledged record back to NOT-ACKNOWLEDGED. Every change
+last trigger time, and puts an acknowledged record back to NOT-ACKNOWLEDGED. SYSTEM records
+(the server about itself, ``system.py``) have no definition: one per administrator and
+condition, raised while the condition holds and cleared when it ends. Every change
 of a record calls the ``on_change`` hooks inside the same transaction (the notification
 outbox writes there, so that a notification exists if and only if the change does).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timezone
 from typing import Any, Optional, Self
 
@@ -32,8 +35,22 @@ STATES = (NOT_ACKNOWLEDGED, ACKNOWLEDGED)
 #: acknowledged and deleted by a user
 CREATED, RETRIGGERED, UPDATED = "created", "retriggered", "updated"
 ACKED, DELETED = "acknowledged", "deleted"
+CLEARED = "cleared"  # a SYSTEM alert's condition ended
+ANALYTICAL, SYSTEM = "ANALYTICAL", "SYSTEM"
+SYSTEM_TITLE = "System"
 
 ChangeHook = Callable[[Session, AlertRecordRow, str], None]
+
+
+@dataclass(frozen=True)
+class SystemCondition:
+    """A condition of the server itself that holds now (a SYSTEM alert while it does)."""
+
+    entity: str  # what it is about, and the record's key: "exporter 192.0.2.1 silent"
+    severity: str
+    message: str
+    value: int  # what was measured (seconds silent, datagrams dropped ...)
+    threshold: int  # what it was held against (v2)
 
 
 class AlertOut(BaseModel):
@@ -59,6 +76,7 @@ class AlertOut(BaseModel):
     last_trigger: str = ""
     acknowledged_by: Optional[str] = None
     acknowledged_us: Optional[int] = None
+    cleared_us: Optional[int] = None  # SYSTEM: when its condition ended (none: it holds)
 
     @model_validator(mode="after")
     def _times_as_text(self) -> AlertOut:
@@ -71,13 +89,14 @@ class AlertOut(BaseModel):
         """The view of a stored record (``more``: fields of a subclass)."""
         return cls(
             id=row.id,
-            alertdef=row.definition_id,
-            title=title,
+            alertdef=row.definition_id or 0,
+            title=title or (SYSTEM_TITLE if row.type == SYSTEM else ""),
             user=username,
             entity_type=row.entity_type,
             entity=row.entity,
             severity=row.severity,
             message=row.message,
+            type=row.type or ANALYTICAL,
             state=row.state,
             v1=row.count,
             v2=row.threshold,
@@ -86,6 +105,7 @@ class AlertOut(BaseModel):
             last_trigger_us=row.last_trigger_us,
             acknowledged_by=row.acknowledged_by,
             acknowledged_us=row.acknowledged_us,
+            cleared_us=row.cleared_us,
             **more,
         )
 
@@ -273,6 +293,73 @@ class AlertStore:
         self._committed()
         return out
 
+    def active_system(self) -> set[str]:
+        """The SYSTEM conditions raised and not cleared (their entities)."""
+        with self.db.session() as session:
+            query = select(AlertRecordRow.entity).where(
+                AlertRecordRow.type == SYSTEM, AlertRecordRow.cleared_us.is_(None)
+            )
+            return set(session.scalars(query))
+
+    def apply_system(
+        self, raised: Iterable[SystemCondition], cleared: Iterable[str], now_us: int
+    ) -> list[tuple[int, str]]:
+        """SYSTEM conditions that hold (each administrator's record raised or counted up) and
+        those that ended (their records cleared); (record id, change) for each record touched."""
+        raised = list(raised)
+        cleared = set(cleared)
+        if not raised and not cleared:
+            return []
+        out: list[tuple[int, str]] = []
+        with self._apply_lock, self.db.session() as session:
+            admins = list(session.scalars(select(User.id).where(User.is_admin.is_(True))))
+            entities = {c.entity for c in raised} | cleared
+            existing = {
+                (row.user_id, row.entity): row
+                for row in session.scalars(
+                    select(AlertRecordRow).where(AlertRecordRow.type == SYSTEM, AlertRecordRow.entity.in_(entities))
+                )
+            }
+            for condition in raised:
+                for user_id in admins:
+                    row = existing.get((user_id, condition.entity))
+                    if row is None:
+                        row = AlertRecordRow(
+                            definition_id=None,
+                            user_id=user_id,
+                            type=SYSTEM,
+                            entity_type="system",
+                            entity=condition.entity,
+                            state=NOT_ACKNOWLEDGED,
+                            count=1,
+                            first_trigger_us=now_us,
+                        )
+                        session.add(row)
+                        change = CREATED
+                    else:
+                        again = row.cleared_us is not None or row.state == ACKNOWLEDGED
+                        change = RETRIGGERED if again else UPDATED
+                        row.count += 1
+                        row.state, row.cleared_us = NOT_ACKNOWLEDGED, None
+                        if again:
+                            row.acknowledged_us, row.acknowledged_by = None, None
+                    row.severity, row.message = condition.severity, condition.message
+                    row.threshold, row.value, row.last_trigger_us = condition.threshold, condition.value, now_us
+                    session.flush()
+                    for hook in self.on_change:
+                        hook(session, row, change)
+                    out.append((row.id, change))
+            for (_, entity), row in existing.items():
+                if entity in cleared and row.cleared_us is None:
+                    # every channel shows the message: it says that the condition ended
+                    row.cleared_us, row.message = now_us, f"Ended: {row.message}"[:400]
+                    session.flush()
+                    for hook in self.on_change:
+                        hook(session, row, CLEARED)
+                    out.append((row.id, CLEARED))
+        self._committed()
+        return out
+
     def _committed(self) -> None:
         for hook in self.after_commit:
             hook()
@@ -291,7 +378,7 @@ class AlertStore:
         query = (
             select(AlertRecordRow, User.username, AlertDefinitionRow.title)
             .join(User, User.id == AlertRecordRow.user_id)
-            .join(AlertDefinitionRow, AlertDefinitionRow.id == AlertRecordRow.definition_id)
+            .outerjoin(AlertDefinitionRow, AlertDefinitionRow.id == AlertRecordRow.definition_id)
         )
         if user_id is not None:
             query = query.where(AlertRecordRow.user_id == user_id)
@@ -319,7 +406,7 @@ class AlertStore:
             if row is None:
                 return None
             user = session.get(User, row.user_id)
-            definition = session.get(AlertDefinitionRow, row.definition_id)
+            definition = session.get(AlertDefinitionRow, row.definition_id) if row.definition_id else None
             return AlertOut.of(row, user.username if user else "", definition.title if definition else "")
 
     def acknowledge(self, alert_ids: Iterable[int], by: str, now_us: int) -> list[int]:

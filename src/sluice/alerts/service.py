@@ -65,6 +65,11 @@ class AlertService:
         """Take the definitions from the database (after any change through the API)."""
         self.engine.set_definitions(self.store.definitions())
 
+    def failed_definitions(self) -> dict[int, tuple[str, str]]:
+        """Per definition set aside: its title and why (for SYSTEM alerts)."""
+        with self.engine.lock:
+            return {i: (f.definition.title, f.reason) for i, f in self.engine.failures.items()}
+
     def wants_sessions(self) -> bool:
         """Whether there is anything to evaluate session batches against."""
         return bool(self.engine.states)

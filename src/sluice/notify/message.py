@@ -37,7 +37,7 @@ def one_line(text: object) -> str:
 class Notice(AlertOut):
     """One alert, as a notification tells of it: the record's view and what changed."""
 
-    change: str = CREATED  # created, retriggered, updated, repeat, acknowledged, deleted, test
+    change: str = CREATED  # created, retriggered, updated, repeat, acknowledged, deleted, cleared, test
     link: str = ""
 
     @classmethod
@@ -79,6 +79,7 @@ def mail_text(notice: Notice) -> str:
     lines = [f"{key.ljust(width)}  {one_line(value)}" for key, value in notice.fields()]
     lead = {
         "retriggered": "An acknowledged alert triggered again.",
+        "cleared": "The condition of this system alert has ended.",
         "repeat": "This alert is still triggering.",
         "test": "This is a test: your Sluice e-mail notifications work.",
     }.get(notice.change, "A new alert.")

@@ -123,8 +123,12 @@ class AlertRecordRow(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    definition_id: Mapped[int] = mapped_column(ForeignKey("alert_definitions.id", ondelete="CASCADE"))
+    # none for a SYSTEM alert (the server about itself, one record per administrator)
+    definition_id: Mapped[int | None] = mapped_column(
+        ForeignKey("alert_definitions.id", ondelete="CASCADE"), nullable=True
+    )
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(12), default="ANALYTICAL")  # or SYSTEM
     entity_type: Mapped[str] = mapped_column(String(16))
     entity: Mapped[str] = mapped_column(String(200))
     severity: Mapped[str] = mapped_column(String(10))
@@ -138,6 +142,7 @@ class AlertRecordRow(Base):
     acknowledged_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     acknowledged_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_notified_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cleared_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # SYSTEM: the condition ended
 
 
 class NotificationRow(Base):
