@@ -6,7 +6,8 @@ recorded, and how much memory the windows take with a million hosts.
    pinned ``sluice serve`` with one session worker, IPFIX, 30 records per datagram, every
    record a new conversation) run twice: without alert
    definitions, and with 20 definitions covering every entity type and metric (including
-   unique hosts over 1 h). A rung passes with alerts only if >= 99.9 % of the flows were
+   unique hosts over 1 h) and every kind of threshold (rates over 10 s and 30 s windows, a
+   baseline, a lower threshold on watched ASNs). A rung passes with alerts only if >= 99.9 % of the flows were
    decoded *and* every session row was evaluated (none dropped, the queue drained).
    Reported: the highest passing rate each way and their ratio (target >= 70 %).
 2. Latency. With the 20 definitions and background traffic running, probe datagrams each
@@ -50,24 +51,34 @@ ADMIN_PASSWORD = "bench-admin-password"
 SESSIONS_PER_HOST = 2
 THRESHOLD = 10**15  # high: the throughput runs measure evaluation, not alert storms
 
-#: (entity, metric, interval, prefilter): every entity type and every metric at least once
+#: the kinds of threshold beside the plain upper one (issue 15): a rate over a short window
+#: (floods), a baseline (K times each entity's usual value), a lower threshold on watched ones
+RATE = {"per_second": True}
+BASELINE = {"threshold_type": "baseline", "min_volume": 10**12}
+LOWER = {"threshold_type": "lower", "watch": ["64512", "64513", "64999"]}
+#: (entity, metric, interval, prefilter, kind): every entity type and every metric at least
+#: once, and every kind of threshold
 DEFINITIONS = [
-    ("host", "bytes_sent", "1m", ""), ("host", "bytes_received", "5m", "PROTO == tcp"),
-    ("host", "packets_total", "15m", ""), ("host", "bits_sent", "1h", ""),
-    ("host", "sessions_initiated", "5m", ""), ("host", "sessions_received", "30m", ""),
-    ("host", "unique_hosts", "1h", ""), ("host", "unique_ports", "5m", ""),
-    ("host_pair", "bytes_total", "5m", ""), ("host_pair", "sessions_initiated", "15m", ""),
-    ("host_pair", "bits_received", "1h", ""), ("host_pair", "packets_sent", "1m", ""),
-    ("port", "sessions_received", "1m", "SRVPORT < 1024"), ("port", "unique_hosts", "1h", ""),
-    ("port", "bits_received", "5m", ""), ("port", "bits_total", "6h", ""),
-    ("country", "bytes_sent", "1h", ""), ("country", "packets_sent", "12h", ""),
-    ("asn", "bytes_total", "1d", ""), ("asn", "packets_received", "5m", ""),
+    ("host", "bytes_sent", "1m", "", {}), ("host", "bytes_received", "5m", "PROTO == tcp", {}),
+    ("host", "packets_total", "15m", "", {}), ("host", "bits_sent", "1h", "", BASELINE),
+    ("host", "sessions_initiated", "5m", "", {}), ("host", "sessions_received", "30m", "", {}),
+    ("host", "unique_hosts", "1h", "", {}), ("host", "unique_ports", "5m", "", {}),
+    ("host", "packets_received", "10s", "", RATE),
+    ("host_pair", "bytes_total", "5m", "", {}), ("host_pair", "sessions_initiated", "15m", "", {}),
+    ("host_pair", "bits_received", "1h", "", {}),
+    ("port", "sessions_received", "1m", "SRVPORT < 1024", {}), ("port", "unique_hosts", "1h", "", {}),
+    ("port", "bits_received", "5m", "", {}), ("port", "bits_total", "30s", "", RATE),
+    ("country", "bytes_sent", "1h", "", {}), ("country", "packets_sent", "12h", "", {}),
+    ("asn", "bytes_total", "1d", "", {}), ("asn", "packets_received", "1m", "", LOWER),
 ]
 
 
 def definitions_in(threshold: int = THRESHOLD) -> list[DefinitionIn]:
-    return [DefinitionIn(title=f"{e} {m} {iv}", entity=e, metric=m, interval=iv, prefilter=pf, threshold=threshold)
-            for e, m, iv, pf in DEFINITIONS]
+    kinds = {"baseline": 5, "lower": 1}  # K; below one packet: only if a watched AS went quiet
+    return [DefinitionIn(title=f"{e} {m} {iv} {kind.get('threshold_type', 'rate' if kind else 'upper')}", entity=e,
+                         metric=m, interval=iv, prefilter=pf,
+                         threshold=kinds.get(kind.get("threshold_type", ""), threshold // (100 if kind else 1)), **kind)
+            for e, m, iv, pf, kind in DEFINITIONS]
 
 
 def metrics(http: int) -> dict[str, float]:
