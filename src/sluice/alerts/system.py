@@ -93,8 +93,15 @@ class SystemWatch:
         if self._active is None:
             self._active = self.store.active_system()
         keys = {condition.entity for condition in held}
-        changes = self.store.apply_system(held, self._active - keys, int(now * 1_000_000))
-        self._active, self._before = keys, snapshot
+        # an exporter not heard from since this server started is not known to have sent
+        # again: its "silent" record stays as it is (raised)
+        heard = {
+            f"exporter {dict(labels).get('exporter')} {dict(labels).get('proto')} silent"
+            for labels in snapshot.get("exporter_last_datagram_seconds", {})
+        }
+        unknown = {key for key in self._active if key.endswith(" silent") and key not in heard}
+        changes = self.store.apply_system(held, self._active - keys - unknown, int(now * 1_000_000))
+        self._active, self._before = keys | unknown, snapshot
         return changes
 
     def conditions(self, now_snapshot: Snapshot, before: Optional[Snapshot], now: float) -> list[SystemCondition]:
