@@ -512,6 +512,10 @@ def test_a_flood_alerts_on_a_ten_second_window_with_a_threshold_per_second(serve
     bad = subprocess.run([SLUICE, "alerts", "define", "--title", "x", "--metric", "bytes_sent", "--entity", "host",
                           "--baseline", "--threshold", "5", *login], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "a baseline needs min_volume" in bad.stderr
+    bad = subprocess.run([SLUICE, "alerts", "define", "--title", "x", "--metric", "bytes_sent", "--entity", "host",
+                          "--baseline", "--below", "--threshold", "5", *login], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "not both" in bad.stderr
     # 5 x 500 packets to 10.8.0.9 (over 1,000 in 10 s: 100 a second); 8 x 100 to 10.8.0.10
     for n, (target, sources, each) in enumerate([("10.8.0.9", 5, 500), ("10.8.0.10", 8, 100)]):
         work = tmp_path / f"f{n}"

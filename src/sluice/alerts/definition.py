@@ -266,7 +266,8 @@ class DefinitionIn(BaseModel):
     threshold: int = Field(..., ge=0, le=2**62, description="alert when the metric exceeds this (falls below: lower)")
     threshold_type: ThresholdType = Field(
         ThresholdType.UPPER,
-        description="upper: any one entity exceeds the threshold; lower: a watched entity falls below it",
+        description="upper: any one entity exceeds the threshold; lower: a watched entity falls below it; "
+        "baseline: any one entity exceeds the threshold (K) times its usual value",
     )
     watch: list[str] = Field(
         default_factory=list, max_length=1000, description="lower thresholds: the entities watched"

@@ -109,6 +109,8 @@ def define(
     """Define an alert: trigger when the number of METRIC for any one ENTITY exceeds THRESHOLD (in all, or
     per second with --per-second) over INTERVAL; with --below, when a watched one falls below it; with
     --baseline, when one exceeds THRESHOLD times its usual value (and --min-volume)."""
+    if below and baseline:
+        raise typer.BadParameter("a threshold is either to fall below (--below) or a baseline (--baseline), not both")
     body = {
         "title": title,
         "metric": metric.value,
