@@ -195,44 +195,34 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
         assert len(busy) == 1 and (busy[0]["metric"], busy[0]["threshold"], busy[0]["interval"], busy[0]["severity"],
                                    busy[0]["prefilter"]) == ("sessions_initiated", 1000, "30m", "HIGH",
                                                              "SRVPORT == 443 && PROTO == tcp")
+        def new_definition(title: str, select: dict[str, str], fill: dict[str, str]) -> list[dict]:
+            """Save a definition in the editor (its selects, then its fields); the API's view."""
+            page.goto(base + "/alerts/new")
+            for label, option in select.items():
+                page.get_by_label(label, exact=True).select_option(option)
+            for label, text in {**fill, "Title": title}.items():
+                page.get_by_label(label, exact=True).fill(text)
+            page.get_by_role("button", name="Save").click()
+            expect(page.locator("#editor-result")).to_contain_text("Saved: alert definition")
+            return [d for d in api.get("/api/v1/alert-definitions").json() if d["title"] == title]
+
         # a flood detector's sentence: a rate over a ten-second window
-        page.goto(base + "/alerts/new")
-        page.get_by_label("Metric").select_option("packets_received")
-        page.get_by_label("Threshold", exact=True).fill("100000")
-        page.get_by_label("Threshold unit").select_option("per second")
-        page.get_by_label("Interval").select_option("10s")
-        page.get_by_label("Title").fill("Flood")
-        page.get_by_role("button", name="Save").click()
-        expect(page.locator("#editor-result")).to_contain_text("Saved: alert definition")
-        flood = [d for d in api.get("/api/v1/alert-definitions").json() if d["title"] == "Flood"]
+        flood = new_definition("Flood", {"Metric": "packets_received", "Threshold unit": "per second",
+                                         "Interval": "10s"}, {"Threshold": "100000"})
         assert [(d["metric"], d["threshold"], d["per_second"], d["interval"]) for d in flood] == [
             ("packets_received", 100000, True, "10s")]
         page.goto(base + f"/alerts/{flood[0]['id']}/edit")
         expect(page.get_by_label("Threshold unit")).to_have_value("1")  # the editor reads it back
         # a lower threshold: watched servers that must keep answering
-        page.goto(base + "/alerts/new")
-        page.get_by_label("Metric").select_option("sessions_received")
-        page.get_by_label("Threshold type").select_option("falls below")
-        expect(page.locator("#which-entities")).to_have_text("the watched")
-        page.get_by_label("Threshold", exact=True).fill("1")
-        page.get_by_label("Watched entities").fill("10.1.0.53, 10.1.0.54")
-        page.get_by_label("Title").fill("DNS must answer")
-        page.get_by_role("button", name="Save").click()
-        expect(page.locator("#editor-result")).to_contain_text("Saved: alert definition")
-        dns = [d for d in api.get("/api/v1/alert-definitions").json() if d["title"] == "DNS must answer"]
+        dns = new_definition("DNS must answer", {"Metric": "sessions_received", "Threshold type": "falls below"},
+                             {"Threshold": "1", "Watched entities (a threshold to fall below)": "10.1.0.53, 10.1.0.54"})
+        expect(page.locator("#which-entities")).to_have_text("the watched")  # the sentence follows the type
         assert [(d["threshold_type"], d["watch"]) for d in dns] == [("lower", ["10.1.0.53", "10.1.0.54"])]
         page.goto(base + f"/alerts/{dns[0]['id']}/edit")
         expect(page.get_by_label("Watched entities")).to_have_value("10.1.0.53, 10.1.0.54")
         # a baseline: five times each host's usual bytes, at least 10 MB
-        page.goto(base + "/alerts/new")
-        page.get_by_label("Threshold type").select_option("baseline")
-        page.get_by_label("Threshold", exact=True).fill("5")
-        page.get_by_label("Baseline: at least").fill("10000000")
-        page.get_by_label("Interval").select_option("1h")
-        page.get_by_label("Title").fill("Unusual senders")
-        page.get_by_role("button", name="Save").click()
-        expect(page.locator("#editor-result")).to_contain_text("Saved: alert definition")
-        unusual = [d for d in api.get("/api/v1/alert-definitions").json() if d["title"] == "Unusual senders"]
+        unusual = new_definition("Unusual senders", {"Threshold type": "baseline", "Interval": "1h"},
+                                 {"Threshold": "5", "Baseline: at least": "10000000"})
         assert [(d["threshold_type"], d["threshold"], d["min_volume"], d["baseline_days"]) for d in unusual] == [
             ("baseline", 5, 10_000_000, 7)]
         page.goto(base + "/alerts")

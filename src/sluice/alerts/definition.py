@@ -21,7 +21,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from ..query.filter import MAX_LENGTH, PROTOCOLS, FilterError, Node, parse
+from ..query.filter import MAX_LENGTH, PROTOCOL_NAMES, PROTOCOLS, FilterError, Node, parse
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
@@ -180,8 +180,7 @@ def canonical_entity(entity: EntityType, text: str) -> str:
         proto_number = PROTOCOLS.get(proto) if not proto.isdigit() else int(proto)
         if not number.isdigit() or int(number) > 65535 or proto_number is None or not 0 <= proto_number <= 255:
             raise ValueError(f"watched port {text!r} is not a port and protocol, like 53/udp or 443/tcp")
-        names = {v: k for k, v in reversed(PROTOCOLS.items())}
-        return f"{int(number)}/{names.get(proto_number, str(proto_number))}"
+        return f"{int(number)}/{PROTOCOL_NAMES.get(proto_number, str(proto_number))}"
     if entity is EntityType.COUNTRY:
         if not re.fullmatch(r"[A-Za-z]{2}", text):
             raise ValueError(f"watched country {text!r} is not a two-letter code like US or NL")

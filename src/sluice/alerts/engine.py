@@ -637,9 +637,10 @@ class AlertEngine:
         over_local = local[over]
         counts = state.count(rows.uniq[over_local], bucket)
         # v2: the threshold as written (a rate: per second); a baseline's: the usual value
-        written = thresholds[over] // definition.window_threshold(1)
         if state.baseline:
             written = np.ceil(state.usual(rows.uniq[over_local])).astype(np.int64)
+        else:
+            written = thresholds[over] // definition.window_threshold(1)
         events = []
         for li, value, thr, inc in zip(
             over_local.tolist(), values[over].tolist(), written.tolist(), counts.tolist(), strict=True

@@ -42,6 +42,21 @@ SYSTEM_TITLE = "System"
 ChangeHook = Callable[[Session, AlertRecordRow, str], None]
 
 
+def definition_row(session: Session, row: AlertRecordRow) -> Optional[AlertDefinitionRow]:
+    """The definition of a record (none for a SYSTEM alert, or one deleted meanwhile)."""
+    return session.get(AlertDefinitionRow, row.definition_id) if row.definition_id else None
+
+
+def _raise_again(row: AlertRecordRow, ended: bool = False) -> str:
+    """A record that triggers again: RETRIGGERED if it was acknowledged (or its condition had
+    ``ended``), which takes the acknowledgement back; else UPDATED."""
+    change = RETRIGGERED if ended or row.state == ACKNOWLEDGED else UPDATED
+    row.state = NOT_ACKNOWLEDGED
+    if change == RETRIGGERED:
+        row.acknowledged_us, row.acknowledged_by = None, None
+    return change
+
+
 @dataclass(frozen=True)
 class SystemCondition:
     """A condition of the server itself that holds now (a SYSTEM alert while it does)."""
@@ -274,8 +289,7 @@ class AlertStore:
                     session.add(row)
                     change = CREATED
                 else:
-                    change = RETRIGGERED if row.state == ACKNOWLEDGED else UPDATED
-                    row.state = NOT_ACKNOWLEDGED
+                    change = _raise_again(row)
                     row.count += event.count
                     row.last_trigger_us = max(row.last_trigger_us, event.time_us)
                     row.severity, row.message, row.threshold, row.value = (
@@ -284,14 +298,16 @@ class AlertStore:
                         event.threshold,
                         event.value,
                     )
-                    if change == RETRIGGERED:
-                        row.acknowledged_us, row.acknowledged_by = None, None
-                session.flush()
-                for hook in self.on_change:
-                    hook(session, row, change)
-                out.append((row.id, change))
+                out.append(self._tell(session, row, change))
         self._committed()
         return out
+
+    def _tell(self, session: Session, row: AlertRecordRow, change: str) -> tuple[int, str]:
+        """Hand a record's change to the hooks, in its transaction; (record id, change)."""
+        session.flush()
+        for hook in self.on_change:
+            hook(session, row, change)
+        return row.id, change
 
     def active_system(self) -> set[str]:
         """The SYSTEM conditions raised and not cleared (their entities)."""
@@ -337,26 +353,17 @@ class AlertStore:
                         session.add(row)
                         change = CREATED
                     else:
-                        again = row.cleared_us is not None or row.state == ACKNOWLEDGED
-                        change = RETRIGGERED if again else UPDATED
+                        change = _raise_again(row, ended=row.cleared_us is not None)
                         row.count += 1
-                        row.state, row.cleared_us = NOT_ACKNOWLEDGED, None
-                        if again:
-                            row.acknowledged_us, row.acknowledged_by = None, None
+                        row.cleared_us = None
                     row.severity, row.message = condition.severity, condition.message
                     row.threshold, row.value, row.last_trigger_us = condition.threshold, condition.value, now_us
-                    session.flush()
-                    for hook in self.on_change:
-                        hook(session, row, change)
-                    out.append((row.id, change))
+                    out.append(self._tell(session, row, change))
             for (_, entity), row in existing.items():
                 if entity in cleared and row.cleared_us is None:
                     # every channel shows the message: it says that the condition ended
                     row.cleared_us, row.message = now_us, f"Ended: {row.message}"[:400]
-                    session.flush()
-                    for hook in self.on_change:
-                        hook(session, row, CLEARED)
-                    out.append((row.id, CLEARED))
+                    out.append(self._tell(session, row, CLEARED))
         self._committed()
         return out
 
@@ -406,7 +413,7 @@ class AlertStore:
             if row is None:
                 return None
             user = session.get(User, row.user_id)
-            definition = session.get(AlertDefinitionRow, row.definition_id) if row.definition_id else None
+            definition = definition_row(session, row)
             return AlertOut.of(row, user.username if user else "", definition.title if definition else "")
 
     def acknowledge(self, alert_ids: Iterable[int], by: str, now_us: int) -> list[int]:

@@ -31,7 +31,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..alerts.definition import INTERVALS
-from ..alerts.records import ACKED, DELETED, UPDATED
+from ..alerts.records import ACKED, DELETED, UPDATED, definition_row
 from ..state.db import StateDB
 from ..state.models import (
     AlertDefinitionRow,
@@ -98,7 +98,7 @@ class Outbox:
             self.stream_event(session, row, change)  # the dashboard hears of it; no one is notified
             return
         now = now_us()
-        definition = session.get(AlertDefinitionRow, row.definition_id) if row.definition_id else None
+        definition = definition_row(session, row)
         notice = self._notice_of(session, row, definition, change)
         # the dashboard hears of every change (a busy record at most once a stream gap)
         if change != UPDATED or now - self._stream_last.get(row.id, 0) >= self.stream_min_gap_s * 1e6:
@@ -135,7 +135,7 @@ class Outbox:
 
     def stream_event(self, session: Session, row: AlertRecordRow, change: str) -> None:
         """A stream event for changes that notify no one (acknowledged, deleted)."""
-        definition = session.get(AlertDefinitionRow, row.definition_id) if row.definition_id else None
+        definition = definition_row(session, row)
         _add_stream_row(session, row, self._notice_of(session, row, definition, change), now_us())
 
     def _notice_of(
