@@ -11,7 +11,6 @@ import sys
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import structlog
 import uvicorn
 from fastapi import FastAPI
@@ -19,6 +18,7 @@ from fastapi import FastAPI
 from .alerts.definition import DefinitionIn
 from .alerts.service import AlertService
 from .alerts.system import SystemWatch
+from .allocator import give_back_freed_memory, use_huge_pages
 from .collect.decoder import Decoder, DecoderConfig
 from .collect.listener import Collector
 from .config import Settings
@@ -266,21 +266,9 @@ def banner(settings: Settings, simulating: bool, generated_password: str | None 
     return "\n".join(lines)
 
 
-def use_huge_pages(on: bool) -> None:
-    """Whether numpy asks the kernel for transparent huge pages (``madvise``) for each array of
-    4 MB or more; numpy does by default. Off by default: on the benchmark machine (a VM) the
-    kernel's work to find and clear a huge page at the first touch of each array cost more
-    than the TLB misses it saves. One core kept 1.0 M new conversations a second in 5 of 7
-    paired runs with it off and in 1 of 7 with it on, and alerting cost a quarter less."""
-    os.environ["NUMPY_MADVISE_HUGEPAGE"] = "1" if on else "0"  # worker processes read it at import
-    multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
-    set_madvise = getattr(multiarray, "_set_madvise_hugepage", None)
-    if set_madvise is not None:
-        set_madvise(on)
-
-
 def run(settings: Settings, simulate: bool = False, simulate_rate: float = 200.0) -> int:
     use_huge_pages(settings.huge_pages)  # before the tracker makes room for its sessions
+    give_back_freed_memory()
     try:
         server = Server(settings)
     except OSError as exc:  # a data directory that cannot be made or written (read-only, full, absent)

@@ -220,7 +220,7 @@ def test_numpy_huge_pages_are_off_unless_asked_for(monkeypatch):
     import numpy as np
 
     from sluice.config import Settings
-    from sluice.server import use_huge_pages
+    from sluice.allocator import use_huge_pages
 
     monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "")  # restored after the test
     set_madvise = np._core.multiarray._set_madvise_hugepage

@@ -16,7 +16,7 @@ N_BUCKETS = 60  # a 1 min window in 1 s steps
 
 def fold(window: SumWindow, ids: np.ndarray, amounts: np.ndarray, bucket: int) -> None:
     window.advance(bucket)
-    uniq, inv, _ = group_rows(ids.astype(np.int64), np.empty(int(ids.max()) + 1, np.int64))
+    uniq, inv, _ = group_rows(ids.astype(np.int64), np.empty(int(ids.max()) + 1, np.int32))
     window.fold(inv, uniq, np.ones(len(ids), bool), amounts.astype(np.int64), False, bucket)
 
 
@@ -121,7 +121,7 @@ def test_a_distinct_window_costs_the_same_however_many_steps_a_pair_is_seen_in()
     window = DistinctWindow(STEP_MS, N_BUCKETS)
     entity = np.repeat(np.arange(1000), 20)
     peers = np.tile(np.arange(20, dtype=np.uint64), 1000)
-    uniq, inv, _ = group_rows(entity.astype(np.int64), np.empty(1000, np.int64))
+    uniq, inv, _ = group_rows(entity.astype(np.int64), np.empty(1000, np.int32))
     sizes = []
     for bucket in range(N_BUCKETS):
         window.advance(bucket)
@@ -138,6 +138,6 @@ def test_peer_zero_counts_for_entity_zero_and_entity_one_alike():
     which the table stores as 1, the key of (entity 1, peer 0): entity 1's pair was lost."""
     window = DistinctWindow(STEP_MS, N_BUCKETS)
     entity = np.array([0, 1])
-    uniq, inv, _ = group_rows(entity, np.empty(2, np.int64))
+    uniq, inv, _ = group_rows(entity, np.empty(2, np.int32))
     window.fold(inv, uniq, entity, np.ones(2, bool), np.zeros(2, np.uint64), 0)
     assert window.values[:2].tolist() == [1, 1]

@@ -238,6 +238,17 @@ def test_distinct_counts_switch_to_a_sketch_beyond_the_exact_bound():
     assert host_id in st.window.sketch_slot
 
 
+def test_pairs_beyond_the_bound_are_counted_not_kept():
+    """A definition's pair table is bounded (``alerts.max_pairs_per_definition``); pairs beyond
+    it are counted for ``/metrics`` (they were dropped unseen)."""
+    engine = AlertEngine(max_pairs=100)
+    engine.set_definitions([defn(metric="unique_ports", threshold=10**9)])
+    engine.evaluate(*batch([one(sid=i, sport=i + 1) for i in range(80)]), T0)
+    assert engine.pairs_dropped() == 60  # 160 pairs (client and server of each), 100 kept
+    engine.evaluate(*batch([one(sid=i, sport=i + 1) for i in range(80)]), T0 + 1000)  # the same again
+    assert engine.pairs_dropped() == 120
+
+
 def test_state_survives_a_restart(tmp_path):
     d = defn(threshold=1000, metric="unique_ports", entity="host")
     engine = AlertEngine()

@@ -51,7 +51,7 @@ from .definition import (
     step_seconds,
 )
 from .entities import BatchKeys, EntityRows, watched_keys
-from .keyindex import KeyIndex, distinct, group_rows, grown
+from .keyindex import KeyIndex, distinct, group_rows, grown, room_for
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -179,7 +179,7 @@ class DefinitionState:
 
     def _room(self, size: int) -> None:
         if size > len(self.usual_sum):
-            self.usual_sum = grown(self.usual_sum, max(size, 2 * len(self.usual_sum)))
+            self.usual_sum = grown(self.usual_sum, room_for(len(self.usual_sum), size))
 
     def learned(self) -> bool:
         return self.samples * self.definition.interval_s >= BASELINE_LEARNING_S
@@ -216,7 +216,7 @@ class DefinitionState:
         while over, those that came since the last count."""
         size = int(ids.max()) + 1
         if size > len(self.counted_to):
-            self.counted_to = grown(self.counted_to, max(size, 2 * len(self.counted_to)))
+            self.counted_to = grown(self.counted_to, room_for(len(self.counted_to), size))
             self.counted_amount = grown(self.counted_amount, len(self.counted_to))
         through = self.counted_to[ids] - 1
         in_step = self.contrib.amounts_of(ids, bucket)
@@ -495,7 +495,7 @@ class AlertEngine:
         # a compact numbering of this batch's entities, shared by every definition of the type
         scratch = self._scratch.get(kind)
         if scratch is None or len(scratch) < index.id_capacity:
-            scratch = self._scratch[kind] = np.empty(index.id_capacity, np.int64)
+            scratch = self._scratch[kind] = np.empty(index.id_capacity, np.int32)
         rows.uniq, rows.inv, rows.first = group_rows(ids, scratch)
         return rows
 
@@ -790,6 +790,11 @@ class AlertEngine:
             for kind, index in self.indexes.items():
                 out[f"index:{kind.value}"] = index.nbytes() + self.last_seen[kind].nbytes
             return out
+
+    def pairs_dropped(self) -> int:
+        """(entity, peer) pairs not kept by distinct-count windows that were full."""
+        with self.lock:
+            return sum(s.window.pairs.dropped for s in self.states.values() if isinstance(s.window, DistinctWindow))
 
     def failure(self, definition_id: int) -> Failure | None:
         """Why a definition is set aside, or None if it is being evaluated (or disabled)."""

@@ -53,7 +53,7 @@ def ordered_pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @njit(cache=True, nogil=True)
 def group_rows(ids: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distinct ids in order of first appearance, each row's position among them, each
-    distinct id's first row), in one pass. ``scratch`` is any int64 array longer than the
+    distinct id's first row), in one pass. ``scratch`` is any int32 array longer than the
     largest id; what it holds is overwritten, so it need not be cleared between calls."""
     n = ids.shape[0]
     for r in range(n):
@@ -77,7 +77,7 @@ def group_rows(ids: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _home(key: np.uint64, shift: np.uint64) -> np.int64:
+def table_home(key: np.uint64, shift: np.uint64) -> np.int64:
     # Fibonacci hashing: the top bits of key x 2^64/phi; even sequential keys spread evenly
     return np.int64((key * _GOLDEN) >> shift)
 
@@ -86,7 +86,7 @@ def _home(key: np.uint64, shift: np.uint64) -> np.int64:
 def _slot(t_keys: np.ndarray, key: np.uint64, shift: np.uint64) -> np.int64:
     """The slot holding ``key``, or the empty slot where it would go."""
     mask = t_keys.shape[0] - 1
-    s = _home(key, shift)
+    s = table_home(key, shift)
     while t_keys[s] != key and t_keys[s] != _EMPTY:
         s = (s + 1) & mask
     return s
@@ -177,7 +177,7 @@ def _remove(
             k = t_keys[j]
             if k == _EMPTY:
                 break
-            if home_between(hole, j, _home(k, shift)):  # it cannot move before its home
+            if home_between(hole, j, table_home(k, shift)):  # it cannot move before its home
                 continue
             t_keys[hole] = k
             t_ids[hole] = t_ids[j]
@@ -197,6 +197,16 @@ def _fill(t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64, keys_by_id: n
             s = _slot(t_keys, keys_by_id[e], shift)
             t_keys[s] = keys_by_id[e]
             t_ids[s] = e
+
+
+#: per-id arrays grow by a quarter: a million entities leave at most a quarter million ids
+#: room unused (doubling left up to a million), and copying costs four times the final size
+GROWTH = 1.25
+
+
+def room_for(length: int, needed: int) -> int:
+    """The length an array of ``length`` grows to when ``needed`` entries must fit."""
+    return max(needed, int(length * GROWTH) + 16)
 
 
 def grown(arr: np.ndarray, size: int) -> np.ndarray:
@@ -232,7 +242,7 @@ class KeyIndex:
         self._ids_cap = max(16, capacity)
         self.keys_by_id = np.zeros(self._ids_cap, np.uint64)
         self.live = np.zeros(self._ids_cap, bool)
-        self._free = np.zeros(self._ids_cap, np.int64)  # a stack: ``_free[:counters[_FREE]]``
+        self._free = np.zeros(self._ids_cap, np.int32)  # a stack: ``_free[:counters[_FREE]]``
         self._counters = np.array([0, 0, 0, max_ids], np.int64)
         self._alloc_table(self._table_size_for(self._ids_cap))
 
@@ -317,8 +327,7 @@ class KeyIndex:
         """More ids or a larger table, whichever ran out."""
         nxt, n_free, n_live, _ = self._counters.tolist()
         if n_free == 0 and nxt >= self._ids_cap:
-            # doubling: zeroed pages cost memory only once an id reaches them
-            cap = min(self.max_ids, 2 * self._ids_cap)
+            cap = min(self.max_ids, room_for(self._ids_cap, self._ids_cap + 1))
             self.keys_by_id = grown(self.keys_by_id, cap)
             self.live = grown(self.live, cap)
             self._free = grown(self._free, cap)

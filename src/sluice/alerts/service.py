@@ -162,6 +162,7 @@ class AlertService:
         c.set("alert_rows_evaluated_total", stats["rows_evaluated"])
         c.set("alert_rows_dropped_total", stats["rows_dropped"])
         c.set("alert_entities_dropped_total", stats["entities_dropped"])
+        c.set("alert_pairs_dropped_total", self.engine.pairs_dropped())
         c.set("alert_rows_pending", self.runner.pending_rows())
         c.forget("alert_state_bytes")
         c.forget("alert_window_spread_steps")

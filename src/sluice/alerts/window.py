@@ -9,10 +9,11 @@ when the bucket leaves the window.
   spread evenly over the steps it came from (see ``SumWindow.advance``).
 - ``DistinctWindow``: unique hosts / ports - exact while an entity has at most
   ``exact_limit`` distinct peers in its window: every (entity, peer) pair is kept with the
-  last bucket it was seen in. An entity beyond that moves to a HyperLogLog sketch per bucket
-  (256 registers: about 6.5 % standard error), which can be merged across buckets and across
-  collector nodes by taking register maxima. A pair costs the same whatever the number of
-  steps: expiry scans the pairs' last steps instead of keeping a list per step.
+  last bucket it was seen in (``PairTable``: 16 bytes a slot). An entity beyond that moves
+  to a HyperLogLog sketch per bucket (256 registers: about 6.5 % standard error), which can
+  be merged across buckets and across collector nodes by taking register maxima. A pair
+  costs the same whatever the number of steps: expiry scans the pairs' last steps instead
+  of keeping a list per step.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import structlog
 from numba import njit
 
 from ..flows.schema import SessionBatch
-from .keyindex import KeyIndex, distinct, group_rows, grown, mix64
+from .keyindex import distinct, group_rows, grown, mix64, room_for
+from .pairtable import PairTable
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +40,8 @@ _ALPHA = 0.7213 / (1 + 1.079 / HLL_M)
 
 
 def _grow(arr: np.ndarray, size: int) -> np.ndarray:
-    """``arr`` at least ``size`` long, the new part zero; doubling, so that few steps copy."""
-    return arr if len(arr) >= size else grown(arr, max(size, 2 * len(arr)))
+    """``arr`` at least ``size`` long, the new part zero (``room_for``)."""
+    return arr if len(arr) >= size else grown(arr, room_for(len(arr), size))
 
 
 def _compact(amounts: np.ndarray) -> np.ndarray:
@@ -171,56 +173,6 @@ def _masked_pairs(
 
 
 @njit(cache=True, nogil=True)
-def _note_pairs(
-    pids: np.ndarray,
-    added: np.ndarray,
-    entity: np.ndarray,
-    bucket: int,
-    exact_limit: int,
-    values: np.ndarray,
-    pair_entity: np.ndarray,
-    pair_bucket: np.ndarray,
-) -> tuple[int, np.ndarray]:
-    """Count each new (entity, peer) pair for its entity and mark every pair seen in
-    ``bucket``. Returns the rows dropped because the pair table was full, and the entities
-    (with repeats) whose count went beyond ``exact_limit``."""
-    over = np.empty(pids.shape[0], np.int64)
-    n_over = 0
-    dropped = 0
-    for i in range(pids.shape[0]):
-        p = pids[i]
-        if p < 0:
-            dropped += 1
-            continue
-        if added[i]:
-            e = entity[i]
-            pair_entity[p] = e
-            values[e] += 1
-            if values[e] > exact_limit:
-                over[n_over] = e
-                n_over += 1
-        pair_bucket[p] = bucket
-    return dropped, over[:n_over]
-
-
-@njit(cache=True, nogil=True)
-def _expire_pairs(
-    live: np.ndarray, oldest: int, values: np.ndarray, pair_entity: np.ndarray, pair_bucket: np.ndarray
-) -> np.ndarray:
-    """Pairs last seen before the bucket ``oldest``: uncounted; returns them. One pass over
-    the table at each step, so that a pair costs no memory per step it is seen in."""
-    gone = np.empty(live.shape[0], np.int64)
-    k = 0
-    for p in range(live.shape[0]):
-        if live[p] and 0 <= pair_bucket[p] < oldest:
-            values[pair_entity[p]] -= 1
-            pair_bucket[p] = -1
-            gone[k] = p
-            k += 1
-    return gone[:k]
-
-
-@njit(cache=True, nogil=True)
 def _spread_fold(ids: np.ndarray, amounts: np.ndarray, spread: np.ndarray, spread_ids: np.ndarray, n: int) -> int:
     """Add a closed step's chunk to the spread amounts; ``spread_ids[:n]`` lists the ids
     with an amount (each once). Returns the new n."""
@@ -255,9 +207,10 @@ def _spread_expire(
     return k
 
 
-#: what ``SlotHistory`` keeps per slot (int64 each, a slot's record one cache line)
+#: what ``SlotHistory`` keeps per slot: times in whole seconds (uint32, until 2106), enough to
+#: tell the periods apart (they are whole seconds long): 20 bytes a slot
 LAST_ROW, CLN_BYTES, CLN_PKTS, SRV_BYTES, SRV_PKTS = range(5)
-_HISTORY_WIDTH = 8
+_HISTORY_WIDTH = 5
 
 
 @njit(cache=True, nogil=True)
@@ -272,17 +225,17 @@ def _recall(
     table: np.ndarray,
 ) -> np.ndarray:
     """Per session row (in arrival order): when its session's previous row arrived, and when
-    each side last sent bytes and packets before it (0: never); then this row is noted. A
-    slot taken by a new session forgets the old one's."""
+    each side last sent bytes and packets before it (milliseconds, rounded down to the second;
+    0: never); then this row is noted. A slot taken by a new session forgets the old one's."""
     n = slot.shape[0]
     out = np.zeros((5, n), np.int64)
     for i in range(n):
         rec = table[slot[i]]
         if new[i]:
-            rec[:5] = 0
+            rec[:] = 0
         for k in range(5):
-            out[k, i] = rec[k]
-        t = at_ms[i]
+            out[k, i] = np.int64(rec[k]) * 1000
+        t = np.uint32(at_ms[i] // 1000)
         rec[LAST_ROW] = t
         if cln_bytes[i] > 0:
             rec[CLN_BYTES] = t
@@ -302,13 +255,13 @@ class SlotHistory:
     row; marks per definition instead cost a memory access per row and definition."""
 
     def __init__(self) -> None:
-        self.table = np.zeros((1024, _HISTORY_WIDTH), np.int64)
+        self.table = np.zeros((1024, _HISTORY_WIDTH), np.uint32)
 
     def recall(self, slot: np.ndarray, new: np.ndarray, at_ms: np.ndarray, sessions: SessionBatch) -> np.ndarray:
         """The (5, n) times before each row (``LAST_ROW`` ...); the rows are noted."""
         top = int(slot.max()) if len(slot) else -1
         if top >= len(self.table):
-            table = np.zeros((max(top + 1, 2 * len(self.table)), _HISTORY_WIDTH), np.int64)
+            table = np.zeros((room_for(len(self.table), top + 1), _HISTORY_WIDTH), np.uint32)
             table[: len(self.table)] = self.table
             self.table = table
         return _recall(
@@ -526,7 +479,7 @@ class SumWindow(_Window):
             return chunks[0]
         ids = np.concatenate([c[0] for c in chunks])
         amounts = np.concatenate([c[1].astype(np.int64) for c in chunks])
-        uniq, sums = _sum_by_id(ids, amounts, np.empty(len(self.values), np.int64))
+        uniq, sums = _sum_by_id(ids, amounts, np.empty(len(self.values), np.int32))
         return uniq.astype(np.int32), _compact(sums)  # the ring keeps ids as int32
 
     def nbytes(self) -> int:
@@ -585,10 +538,7 @@ class DistinctWindow(_Window):
         self.exact_limit = exact_limit
         self.max_sketches = max_sketches
         self.values = np.zeros(1024, np.int64)  # exact counts; estimates for sketched ids
-        self.pairs = KeyIndex(1024, max_ids=max_pairs)
-        self.pair_entity = np.zeros(1024, np.int32)
-        self.pair_bucket = np.zeros(1024, np.int64)
-        self.pairs_dropped = 0  # pairs not kept because the pair table was full
+        self.pairs = PairTable(max_pairs)
         # sketches: entity id -> slot; registers per (ring position, slot)
         self.sketch_slot: dict[int, int] = {}
         self._regs = np.zeros((n_buckets, 0, HLL_M), np.uint8)
@@ -616,22 +566,12 @@ class DistinctWindow(_Window):
             if sketched.any():
                 self._sketch_add(entity[sketched], keys[sketched], bucket)
                 entity, keys = entity[~sketched], keys[~sketched]
-        pids, added = self.pairs.get_or_add(keys)
-        cap = self.pairs.id_capacity
-        self.pair_entity = _grow(self.pair_entity, cap)
-        self.pair_bucket = _grow(self.pair_bucket, cap)  # set when a pair is added
-        dropped, over = _note_pairs(
-            pids, added, entity, bucket, self.exact_limit, self.values, self.pair_entity, self.pair_bucket
-        )
-        self.pairs_dropped += dropped
-        for e in np.unique(over).tolist():  # once per entity that outgrows exact counting
+        over = self.pairs.add(keys, entity, bucket, self.exact_limit, self.values)
+        for e in over.tolist():  # once per entity that outgrows exact counting
             self._to_sketch(int(e))
 
     def advance(self, bucket: int) -> None:
-        oldest = bucket - self.n_buckets + 1
-        n = min(len(self.pairs.live), len(self.pair_bucket))
-        gone = _expire_pairs(self.pairs.live[:n], oldest, self.values, self.pair_entity, self.pair_bucket)
-        self.pairs.remove(gone)
+        self.pairs.expire(bucket - self.n_buckets + 1, self.values)
         if self.sketch_slot:
             self._refresh_sketches(bucket)
 
@@ -671,16 +611,12 @@ class DistinctWindow(_Window):
             self._regs = grown
         self._regs[:, slot] = 0
         self.sketch_slot[e] = slot
-        live = self.pairs.live_ids()
-        mine = live[self.pair_entity[live] == e]
-        keys, buckets = self.pairs.keys_by_id[mine], self.pair_bucket[mine]
+        keys, buckets = self.pairs.take_entity(e)
         reg, rank = hll_cells(mix64(keys))
         for b in np.unique(buckets).tolist():
             pos = self._position(int(b))
             sel = buckets == b
             np.maximum.at(self._regs[pos, slot], reg[sel], rank[sel])
-        self.pair_bucket[mine] = -1
-        self.pairs.remove(mine)
         newest = int(buckets.max()) if len(buckets) else 0
         self.values[e] = int(self._estimate(np.array([e]), newest)[0])
 
@@ -695,19 +631,17 @@ class DistinctWindow(_Window):
     # -- bookkeeping ----------------------------------------------------------------------
 
     def nbytes(self) -> int:
-        pairs = self.pairs.nbytes() + self.pair_entity.nbytes + self.pair_bucket.nbytes
-        return self.values.nbytes + pairs + self._regs.nbytes
+        return self.values.nbytes + self.pairs.nbytes() + self._regs.nbytes
 
     def state(self) -> dict[str, np.ndarray]:
         """What a snapshot needs; views of live arrays among them: written under the engine's lock."""
         pairs = self.pairs.state()
         return {
             "values": self.values,
-            "pair_ids": pairs["ids"],
             "pair_keys": pairs["keys"],
             "pair_key_version": np.array([PAIR_KEY_VERSION], np.int64),
-            "pair_entity": self.pair_entity[pairs["ids"]],
-            "pair_bucket": self.pair_bucket[pairs["ids"]],
+            "pair_entity": pairs["entity"],
+            "pair_bucket": pairs["step"],
             "sketch_entities": np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)),
             "sketch_slots": np.fromiter(self.sketch_slot.values(), np.int64, len(self.sketch_slot)),
             "regs": self._regs,
@@ -719,15 +653,10 @@ class DistinctWindow(_Window):
             log.warning("alert window of distinct counts saved by an older version; it starts empty")
             return
         self.values = state["values"].astype(np.int64).copy()
-        self.pairs = KeyIndex.from_state(
-            {"ids": state["pair_ids"], "keys": state["pair_keys"]}, max_ids=self.pairs.max_ids
+        self.pairs = PairTable.from_state(
+            {"keys": state["pair_keys"], "entity": state["pair_entity"], "step": state["pair_bucket"]},
+            self.pairs.max_pairs,
         )
-        cap = self.pairs.id_capacity
-        self.pair_entity = np.zeros(cap, np.int32)
-        self.pair_bucket = np.full(cap, -1, np.int64)
-        ids = state["pair_ids"].astype(np.int64)
-        self.pair_entity[ids] = state["pair_entity"]
-        self.pair_bucket[ids] = state["pair_bucket"]
         self.sketch_slot = dict(zip(state["sketch_entities"].tolist(), state["sketch_slots"].tolist(), strict=True))
         if state["regs"].shape[0] == self.n_buckets:
             self._regs = state["regs"].copy()

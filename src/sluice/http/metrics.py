@@ -44,6 +44,9 @@ HELP = {
     "alert_rows_dropped_total": "Session rows not evaluated because the alert queue was full",
     "alert_rows_pending": "Session rows waiting for alert evaluation",
     "alert_entities_dropped_total": "Entity rows not evaluated because the entity table was full",
+    "alert_pairs_dropped_total": (
+        "(entity, peer) pairs of unique hosts/ports not kept because a definition held alerts.max_pairs_per_definition"
+    ),
     "alert_events_total": "Alert triggers (a definition finding an entity over its threshold)",
     "alert_record_errors_total": "Failures writing alert records (retried)",
     "alert_events_dropped_total": "Triggers given up after the state database failed for long (the oldest first)",

@@ -1,0 +1,268 @@
+"""The (entity, peer) pairs of a distinct-count window: a hash set of pair keys, each entry
+holding its entity and the last step it was seen in.
+
+Unique hosts / ports keep every pair in their window while counting exactly; with a million
+hosts that is millions of pairs, so an entry is kept in the table's own slot: 16 bytes (the
+key, the entity id, the step) at a load of at most one half. A dense id per pair (as
+``KeyIndex`` gives) would cost another 30 bytes a pair in arrays indexed by it, and a memory
+access more per row. Open addressing with linear probing; entries are deleted by shifting the
+following ones back (no tombstones), also while a whole-table scan expires them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..flows.session_table import home_between
+from .keyindex import table_home
+
+_EMPTY = np.uint64(0)
+_ONE = np.uint64(1)
+
+# counters: slots of one int64 array that the kernels update in place
+_LIVE, _DROPPED = range(2)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _find(t_keys: np.ndarray, key: np.uint64, shift: np.uint64) -> np.int64:
+    """The slot holding ``key``, or the empty slot where it would go."""
+    mask = t_keys.shape[0] - 1
+    s = table_home(key, shift)
+    while t_keys[s] != key and t_keys[s] != _EMPTY:
+        s = (s + 1) & mask
+    return s
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _delete(
+    t_keys: np.ndarray, t_entity: np.ndarray, t_step: np.ndarray, shift: np.uint64, hole: int | np.int64
+) -> None:
+    """Empty slot ``hole``, shifting back the entries after it that probed past it."""
+    mask = t_keys.shape[0] - 1
+    j = hole
+    while True:
+        j = (j + 1) & mask
+        k = t_keys[j]
+        if k == _EMPTY:
+            break
+        if home_between(hole, j, table_home(k, shift)):  # it cannot move before its home
+            continue
+        t_keys[hole] = k
+        t_entity[hole] = t_entity[j]
+        t_step[hole] = t_step[j]
+        hole = j
+    t_keys[hole] = _EMPTY
+
+
+@njit(cache=True, nogil=True)
+def _add(
+    t_keys: np.ndarray,
+    t_entity: np.ndarray,
+    t_step: np.ndarray,
+    shift: np.uint64,
+    counters: np.ndarray,
+    max_live: int,
+    max_pairs: int,
+    keys: np.ndarray,
+    entity: np.ndarray,
+    step: int,
+    start: int,
+    exact_limit: int,
+    values: np.ndarray,
+    over: np.ndarray,
+    n_over: int,
+) -> tuple[int, int]:
+    """Note each pair (``keys[i]`` of ``entity[i]``) as seen in ``step``, from row ``start`` on;
+    a new pair counts one more for its entity in ``values``. Entities whose count goes beyond
+    ``exact_limit`` are listed in ``over`` (with repeats). Pairs beyond ``max_pairs`` are not
+    kept (counted as dropped). Stops at the first row that needs a larger table; returns
+    (that row, or the number of rows when done; the new length of ``over``)."""
+    n = keys.shape[0]
+    for i in range(start, n):
+        key = keys[i] if keys[i] != _EMPTY else _ONE  # 0 marks an empty slot
+        s = _find(t_keys, key, shift)
+        if t_keys[s] == _EMPTY:
+            if counters[_LIVE] >= max_pairs:
+                counters[_DROPPED] += 1
+                continue
+            if counters[_LIVE] >= max_live:
+                return i, n_over
+            e = entity[i]
+            t_keys[s] = key
+            t_entity[s] = e
+            counters[_LIVE] += 1
+            values[e] += 1
+            if values[e] > exact_limit:
+                over[n_over] = e
+                n_over += 1
+        t_step[s] = step
+    return n, n_over
+
+
+@njit(cache=True, nogil=True)
+def _expire(
+    t_keys: np.ndarray,
+    t_entity: np.ndarray,
+    t_step: np.ndarray,
+    shift: np.uint64,
+    counters: np.ndarray,
+    oldest: int,
+    values: np.ndarray,
+) -> None:
+    """Remove the pairs last seen before step ``oldest``, uncounting each from its entity. One
+    pass over the table: a slot that a deletion refilled is looked at again; entries shifted
+    from the table's start to its end were already looked at, and kept."""
+    s = 0
+    while s < t_keys.shape[0]:
+        if t_keys[s] != _EMPTY and t_step[s] < oldest:
+            values[t_entity[s]] -= 1
+            _delete(t_keys, t_entity, t_step, shift, s)
+            counters[_LIVE] -= 1
+        else:
+            s += 1
+
+
+@njit(cache=True, nogil=True)
+def _take_entity(
+    t_keys: np.ndarray, t_entity: np.ndarray, t_step: np.ndarray, shift: np.uint64, counters: np.ndarray, e: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove every pair of entity ``e``; returns their keys and steps."""
+    keys = np.empty(counters[_LIVE], np.uint64)
+    steps = np.empty(counters[_LIVE], np.int64)
+    k = 0
+    s = 0
+    while s < t_keys.shape[0]:
+        if t_keys[s] != _EMPTY and t_entity[s] == e:
+            keys[k] = t_keys[s]
+            steps[k] = t_step[s]
+            k += 1
+            _delete(t_keys, t_entity, t_step, shift, s)
+            counters[_LIVE] -= 1
+        else:
+            s += 1
+    return keys[:k], steps[:k]
+
+
+@njit(cache=True, nogil=True)
+def _refill(
+    old_keys: np.ndarray,
+    old_entity: np.ndarray,
+    old_step: np.ndarray,
+    t_keys: np.ndarray,
+    t_entity: np.ndarray,
+    t_step: np.ndarray,
+    shift: np.uint64,
+) -> None:
+    """Move every entry into an empty (larger) table; old slots in order, so that the new
+    table is written front to back (homes are the top bits of the hash)."""
+    for s in range(old_keys.shape[0]):
+        key = old_keys[s]
+        if key != _EMPTY:
+            slot = _find(t_keys, key, shift)
+            t_keys[slot] = key
+            t_entity[slot] = old_entity[s]
+            t_step[slot] = old_step[s]
+
+
+class PairTable:
+    """(entity, peer) pair keys with each one's entity id and last step; at most ``max_pairs``.
+
+    Steps are kept as 32-bit numbers relative to ``base`` (the first step seen): 68 years of
+    one-second steps."""
+
+    #: the table is rebuilt twice as large beyond this load; linear probing stays short below it
+    MAX_LOAD = 0.5
+
+    def __init__(self, max_pairs: int = 16_000_000, size: int = 1024) -> None:
+        self.max_pairs = max_pairs
+        self.base: int | None = None
+        self._counters = np.zeros(2, np.int64)
+        self._alloc(size)
+
+    def __len__(self) -> int:
+        return int(self._counters[_LIVE])
+
+    @property
+    def dropped(self) -> int:
+        """Pairs not kept because the table held ``max_pairs``."""
+        return int(self._counters[_DROPPED])
+
+    def nbytes(self) -> int:
+        return self.t_keys.nbytes + self.t_entity.nbytes + self.t_step.nbytes
+
+    def add(self, keys: np.ndarray, entity: np.ndarray, step: int, exact_limit: int, values: np.ndarray) -> np.ndarray:
+        """Note the pairs as seen in ``step``; new ones count for their entity in ``values``.
+        Returns the distinct entities whose count went beyond ``exact_limit``."""
+        rel = self._relative(step)
+        over = np.empty(len(keys), np.int64)
+        at, n_over = 0, 0
+        while True:
+            at, n_over = _add(
+                self.t_keys, self.t_entity, self.t_step, self._shift, self._counters,
+                int(self.MAX_LOAD * len(self.t_keys)), self.max_pairs,
+                keys, entity, rel, at, exact_limit, values, over, n_over,
+            )  # fmt: skip
+            if at == len(keys):
+                return np.unique(over[:n_over])
+            self._double()
+
+    def expire(self, oldest: int, values: np.ndarray) -> None:
+        """Forget the pairs last seen before step ``oldest``; each uncounts from ``values``."""
+        if self.base is None or not len(self):
+            return
+        _expire(self.t_keys, self.t_entity, self.t_step, self._shift, self._counters, self._clamped(oldest), values)
+
+    def take_entity(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """Remove the pairs of entity ``e``: (their keys, the step each was last seen in)."""
+        keys, steps = _take_entity(self.t_keys, self.t_entity, self.t_step, self._shift, self._counters, e)
+        return keys, steps + (self.base or 0)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Every pair: keys, entity ids and absolute steps (a copy)."""
+        used = np.flatnonzero(self.t_keys)
+        return {
+            "keys": self.t_keys[used],
+            "entity": self.t_entity[used].astype(np.int64),
+            "step": self.t_step[used].astype(np.int64) + (self.base or 0),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], max_pairs: int = 16_000_000) -> PairTable:
+        keys = state["keys"].astype(np.uint64)
+        size = 1024
+        while len(keys) >= cls.MAX_LOAD * size:
+            size *= 2
+        table = cls(max_pairs, size)
+        if len(keys):
+            steps = state["step"].astype(np.int64)
+            table.base = int(steps.min())
+            # one step at a time: ``add`` marks all its keys with one step
+            values = np.zeros(int(state["entity"].max()) + 1, np.int64)
+            entity = state["entity"].astype(np.int64)
+            for step in np.unique(steps).tolist():
+                sel = steps == step
+                table.add(keys[sel], entity[sel], int(step), 2**62, values)
+        return table
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _relative(self, step: int) -> int:
+        if self.base is None:
+            self.base = step
+        return self._clamped(step)
+
+    def _clamped(self, step: int) -> int:
+        return max(-(2**31), min(2**31 - 1, step - (self.base or 0)))
+
+    def _alloc(self, size: int) -> None:
+        self.t_keys = np.zeros(size, np.uint64)
+        # read only where a key is: left unset, their pages cost nothing until used
+        self.t_entity = np.empty(size, np.int32)
+        self.t_step = np.empty(size, np.int32)
+        self._shift = np.uint64(64 - (size.bit_length() - 1))
+
+    def _double(self) -> None:
+        old = self.t_keys, self.t_entity, self.t_step
+        self._alloc(2 * len(old[0]))
+        _refill(*old, self.t_keys, self.t_entity, self.t_step, self._shift)

@@ -1,0 +1,80 @@
+"""The pair table of distinct-count windows against a plain dict, under random adds,
+expiries and entities taken out: deletions shift entries back, also across the table's end."""
+
+import numpy as np
+import pytest
+
+from sluice.alerts.pairtable import PairTable
+
+
+def check(table: PairTable, truth: dict[int, tuple[int, int]], values: np.ndarray) -> None:
+    state = table.state()
+    got = dict(
+        zip(state["keys"].tolist(), zip(state["entity"].tolist(), state["step"].tolist(), strict=True), strict=True)
+    )
+    assert got == truth
+    assert len(table) == len(truth)
+    counts = np.bincount([e for e, _ in truth.values()], minlength=len(values))
+    assert (values == counts[: len(values)]).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_adds_expiries_and_takes_match_a_dict(seed):
+    rng = np.random.default_rng(seed)
+    table = PairTable(size=16)  # small: it doubles, and runs wrap around its end
+    truth: dict[int, tuple[int, int]] = {}
+    values = np.zeros(40, np.int64)
+    step = 1_900_000_000  # absolute step numbers far beyond 32 bits of relative ones' range
+    key_space = rng.integers(1, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    for _ in range(200):
+        op = rng.random()
+        if op < 0.6:
+            n = int(rng.integers(1, 30))
+            keys = rng.choice(key_space, n)
+            # a key is one (entity, peer) pair: its entity never changes
+            entity = np.array(
+                [truth[k][0] if k in truth else int(key_space.tolist().index(k) % 40) for k in keys.tolist()], np.int64
+            )
+            before = values.copy()
+            over = table.add(keys, entity, step, 5, values)
+            for k, e in zip(keys.tolist(), entity.tolist(), strict=True):
+                truth[k] = (e, step)
+            grew = np.flatnonzero((values > 5) & (values > before))
+            assert set(over.tolist()) == set(grew.tolist())
+        elif op < 0.85:
+            step += int(rng.integers(0, 3))
+            oldest = step - int(rng.integers(0, 4))
+            table.expire(oldest, values)
+            truth = {k: v for k, v in truth.items() if v[1] >= oldest}
+        else:
+            e = int(rng.integers(0, 40))
+            keys, steps = table.take_entity(e)
+            mine = {k: v for k, v in truth.items() if v[0] == e}
+            assert dict(zip(keys.tolist(), steps.tolist(), strict=True)) == {k: v[1] for k, v in mine.items()}
+            for k in mine:
+                del truth[k]
+            values[e] -= len(mine)
+        check(table, truth, values)
+    restored = PairTable.from_state(table.state())
+    check(restored, truth, values)
+    # the restored table goes on: every pair expires
+    restored.expire(step + 1, values)
+    assert len(restored) == 0 and not values.any()
+
+
+def test_key_zero_is_kept_apart_from_empty_slots():
+    table = PairTable()
+    values = np.zeros(2, np.int64)
+    table.add(np.array([0, 5], np.uint64), np.array([0, 1]), 10, 100, values)
+    assert len(table) == 2 and values.tolist() == [1, 1]
+    table.add(np.array([0], np.uint64), np.array([0]), 11, 100, values)
+    assert len(table) == 2 and values.tolist() == [1, 1]
+
+
+def test_pairs_beyond_the_bound_are_counted_as_dropped():
+    table = PairTable(max_pairs=100)
+    values = np.zeros(1, np.int64)
+    table.add(np.arange(1, 151, dtype=np.uint64), np.zeros(150, np.int64), 1, 10**6, values)
+    assert len(table) == 100 and table.dropped == 50 and values[0] == 100
+    table.add(np.arange(1, 101, dtype=np.uint64), np.zeros(100, np.int64), 2, 10**6, values)  # seen again: kept
+    assert len(table) == 100 and table.dropped == 50
