@@ -10,10 +10,6 @@ import os
 
 import numpy as np
 
-#: blocks of at least this are mapped apart by glibc's malloc and unmapped when freed
-MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
-
 
 def use_huge_pages(on: bool) -> None:
     """Whether numpy asks the kernel for transparent huge pages (``madvise``) for each array of
@@ -28,18 +24,54 @@ def use_huge_pages(on: bool) -> None:
         set_madvise(on)
 
 
-def give_back_freed_memory() -> None:
-    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD`` in this process and in the worker
-    processes it starts.
+#: the heap is trimmed once it holds this much free (``trim_heap``): what is left between
+#: trims is reused by the next allocations
+TRIM_FREE_BYTES = 64 << 20
 
-    By default glibc serves blocks below the threshold from its heap and keeps what is freed
-    there for reuse, and raises the threshold (up to 32 MB) each time a larger mapped block is
-    freed. The alert windows grow their per-entity arrays by copying, so the old arrays, freed,
-    stayed in the heap: with a million hosts in 20 definitions the process held 200-340 MB
-    more than its arrays (``bench/alerts.py``). A fixed threshold maps such arrays apart and
-    unmaps them when they are freed; the temporaries of a batch, below it at the server's
-    batch sizes, stay on the heap. Elsewhere than glibc: nothing."""
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)  # read by glibc at a process's start
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ]
+
+
+def _glibc() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None:
+        with contextlib.suppress(OSError):
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return _libc if _libc is not None and hasattr(_libc, "malloc_trim") else None
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes free inside glibc's heap (``mallinfo2``); None where that cannot be told."""
+    libc = _glibc()
+    info = getattr(libc, "mallinfo2", None)
+    if info is None:
+        return None
+    info.restype = _MallInfo2
+    return int(info().fordblks)
+
+
+def trim_heap(min_free_bytes: int = 0) -> bool:
+    """Give the free pages of glibc's heap back to the system (``malloc_trim``) if it holds
+    at least ``min_free_bytes`` free; returns whether it trimmed.
+
+    glibc keeps what is freed in its heap for reuse. An alert evaluation of 200,000 session
+    rows makes temporaries of a few MB each, and the windows grow their per-entity arrays by
+    copying: with a million hosts in 20 definitions the heap held 190 MB free beside the
+    arrays (``bench/alerts.py``), and a trim took 21 ms. Fixing glibc's mmap threshold
+    instead, so that such blocks are unmapped at once, cost a quarter more CPU per flow
+    (every temporary faulted its pages in again). Elsewhere than glibc: nothing."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    free = heap_free_bytes()
+    if free is not None and free < min_free_bytes:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+_libc: ctypes.CDLL | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from .allocator import TRIM_FREE_BYTES, trim_heap
 from .config import Settings
 from .counters import Counters
 from .flows.enrich import Enricher
@@ -31,6 +32,9 @@ from .store.base import FlowStore, StoreUnavailable
 log = structlog.get_logger(__name__)
 
 DAY_MS = 86_400_000
+#: the maintenance thread gives the heap's free pages back (``trim_heap``) at most this often,
+#: when it holds ``TRIM_FREE_BYTES`` free
+HEAP_TRIM_INTERVAL_S = 5.0
 #: how far ahead of the server's clock a flow's times may lie (exporters' clocks drift)
 FUTURE_MS = DAY_MS
 
@@ -154,7 +158,7 @@ class Ingest:
         # priority it would take that share from the receive loop, and on one busy core the
         # socket buffer overflows meanwhile. Yielding to it, the writing fills the gaps.
         lower_priority()
-        last_retention = 0.0
+        last_retention = last_trim = 0.0
         interval = self.settings.store.flush_interval_s
         next_round = time.monotonic() + interval
         while not self._worker.stopping.is_set():
@@ -172,6 +176,8 @@ class Ingest:
                 self.maintenance_round(retention=due)
                 if due:
                     last_retention = time.monotonic()
+                if time.monotonic() - last_trim >= HEAP_TRIM_INTERVAL_S and trim_heap(TRIM_FREE_BYTES):
+                    last_trim = time.monotonic()
             except Exception:  # maintenance must go on; the next round retries
                 log.exception("maintenance failed")
                 self.counters.inc("maintenance_errors_total")

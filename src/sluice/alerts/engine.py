@@ -446,21 +446,35 @@ class AlertEngine:
         periods = _Periods(at_ms, self.history.recall(arrivals.slot, arrivals.new, at_ms, sessions))
         self.stats["rows_evaluated"] += len(sessions)
         masks: dict[str, np.ndarray] = {}
-        rows_by_kind: dict[EntityType, EntityRows | None] = {}
         shared = BatchKeys(sessions)
         events: list[AlertEvent] = []
-        for state in list(self.states.values()):
-            kind = state.definition.entity
-            if kind not in rows_by_kind:
-                try:
-                    rows_by_kind[kind] = self._entity_rows(kind, sessions, arrivals.new, now_ms, shared)
-                except Exception:  # not one definition's fault: this batch skips the entity type
-                    log.exception("alert entity rows failed", entity=kind.value)
-                    self.stats["evaluation_errors"] += 1
-                    rows_by_kind[kind] = None
-            rows = rows_by_kind[kind]
-            if rows is None:
+        by_kind: dict[EntityType, list[DefinitionState]] = {}
+        for state in self.states.values():
+            by_kind.setdefault(state.definition.entity, []).append(state)
+        # one entity type at a time: its rows (tens of bytes per session row) are let go before
+        # the next type's are made, so an evaluation holds one type's temporaries at a time
+        for kind, states in by_kind.items():
+            try:
+                rows = self._entity_rows(kind, sessions, arrivals.new, now_ms, shared)
+            except Exception:  # not one definition's fault: this batch skips the entity type
+                log.exception("alert entity rows failed", entity=kind.value)
+                self.stats["evaluation_errors"] += 1
                 continue
+            events.extend(self._evaluate_kind(states, rows, sessions, masks, periods, time_us))
+            del rows
+        return events
+
+    def _evaluate_kind(
+        self,
+        states: list[DefinitionState],
+        rows: EntityRows,
+        sessions: SessionBatch,
+        masks: dict[str, np.ndarray],
+        periods: _Periods,
+        time_us: int,
+    ) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
+        for state in states:
             try:
                 pre = None
                 if state.prefilter is not None:
