@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from ..flows.session_table import home_between
+from ..prefetch import AHEAD, prefetch
 
 _EMPTY = np.uint64(0)
 _ONE = np.uint64(1)
@@ -127,6 +128,10 @@ def _get_or_add(
     number of rows when done)."""
     n = keys.shape[0]
     for i in range(start, n):
+        if i + AHEAD < n:
+            ahead = table_home(_clean(keys[i + AHEAD]), shift)
+            prefetch(t_keys, ahead)
+            prefetch(t_ids, ahead)
         key = _clean(keys[i])
         s = _slot(t_keys, key, shift)
         if t_keys[s] != _EMPTY:

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from ..flows.session_table import home_between
+from ..prefetch import AHEAD, prefetch
 from .keyindex import table_home
 
 _EMPTY = np.uint64(0)
@@ -80,6 +81,11 @@ def _add(
     (that row, or the number of rows when done; the new length of ``over``)."""
     n = keys.shape[0]
     for i in range(start, n):
+        if i + AHEAD < n:
+            ahead = table_home(keys[i + AHEAD] if keys[i + AHEAD] != _EMPTY else _ONE, shift)
+            prefetch(t_keys, ahead)
+            prefetch(t_step, ahead)
+            prefetch(t_entity, ahead)
         key = keys[i] if keys[i] != _EMPTY else _ONE  # 0 marks an empty slot
         s = _find(t_keys, key, shift)
         if t_keys[s] == _EMPTY:

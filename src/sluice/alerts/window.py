@@ -23,6 +23,7 @@ import structlog
 from numba import njit
 
 from ..flows.schema import SessionBatch
+from ..prefetch import AHEAD, prefetch
 from .keyindex import distinct, group_rows, grown, mix64, room_for
 from .pairtable import PairTable
 
@@ -119,6 +120,9 @@ def _fold_sums(
     k = 0
     n_first = 0
     for j in range(n_uniq):
+        if j + AHEAD < n_uniq:  # entities' arrays are larger than the caches (host pairs)
+            prefetch(values, uniq[j + AHEAD])
+            prefetch(step_amounts, uniq[j + AHEAD])
         if hit[j] and (every_concerned or acc[j] != 0):
             e = uniq[j]
             if acc[j] != 0:
@@ -141,6 +145,9 @@ def _add_counts(acc: np.ndarray, uniq: np.ndarray, values: np.ndarray, step_amou
     first = np.empty(n_uniq, np.int32)
     n_first = 0
     for j in range(n_uniq):
+        if j + AHEAD < n_uniq:
+            prefetch(values, uniq[j + AHEAD])
+            prefetch(step_amounts, uniq[j + AHEAD])
         if acc[j]:
             e = uniq[j]
             if step_amounts[e] == 0:

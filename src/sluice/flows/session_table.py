@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..prefetch import AHEAD, prefetch
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -197,10 +199,15 @@ def assign(
     """
     n = keys.shape[0]
     cap = live.shape[0]
+    mask = np.uint64(index_keys.shape[0] - 1)
     rows = np.empty(n, np.int64)
     started_rows = np.empty(n, np.int64)
     n_started = 0
     for i in range(n):
+        if i + AHEAD < n:
+            ahead = np.int64(keys[i + AHEAD] & mask)
+            prefetch(index_keys, ahead)
+            prefetch(index_rows, ahead)
         k = keys[i]
         s = _slot(index_keys, k)
         r = -1
