@@ -277,7 +277,7 @@ def memory(hosts: int, sessions_per_host: int = SESSIONS_PER_HOST) -> dict[str, 
     elapsed = time.perf_counter() - t0
     accounted = sum(engine.memory().values()) / 2**20
     growth = rss_mb() - before
-    trim_heap()  # as the server's maintenance does once 64 MB are free (at most every 5 s)
+    trim_heap()  # as the server's maintenance does once 64 MB are free (at most every 30 s)
     return {"distinct_hosts": hosts, "session_rows": hosts * sessions_per_host, "engine_accounted_mb": accounted,
             "rss_growth_mb": growth, "rss_growth_after_trim_mb": rss_mb() - before,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
