@@ -30,10 +30,15 @@ TRIM_FREE_BYTES = 64 << 20
 
 
 class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (all ten fields: it is returned by value), summed over
+    every arena (the alert and maintenance threads allocate in their own)."""
+
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ]
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"
+        )
+    ]  # fmt: skip
 
 
 def _glibc() -> ctypes.CDLL | None:

@@ -1,5 +1,7 @@
 """glibc's heap gives its free pages back when the server trims it."""
 
+import ctypes
+
 from sluice.allocator import heap_free_bytes, trim_heap
 
 
@@ -8,6 +10,14 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+def test_mallinfo2_is_read_with_glibcs_layout():
+    """It is returned by value: a struct of another size than glibc's (ten size_t) makes the
+    call write past what ctypes set aside (it had nine)."""
+    from sluice.allocator import _MallInfo2
+
+    assert ctypes.sizeof(_MallInfo2) == 10 * ctypes.sizeof(ctypes.c_size_t)
 
 
 def test_a_heap_with_less_free_than_asked_is_left_alone():
