@@ -46,6 +46,8 @@ def _glibc() -> ctypes.CDLL | None:
     if _libc is None:
         with contextlib.suppress(OSError):
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            if hasattr(_libc, "mallinfo2"):
+                _libc.mallinfo2.restype = _MallInfo2
     return _libc if _libc is not None and hasattr(_libc, "malloc_trim") else None
 
 
@@ -53,10 +55,7 @@ def heap_free_bytes() -> int | None:
     """Bytes free inside glibc's heap (``mallinfo2``); None where that cannot be told."""
     libc = _glibc()
     info = getattr(libc, "mallinfo2", None)
-    if info is None:
-        return None
-    info.restype = _MallInfo2
-    return int(info().fordblks)
+    return None if info is None else int(info().fordblks)
 
 
 def trim_heap(min_free_bytes: int = 0) -> bool:

@@ -84,7 +84,7 @@ def table_home(key: np.uint64, shift: np.uint64) -> np.int64:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _slot(t_keys: np.ndarray, key: np.uint64, shift: np.uint64) -> np.int64:
+def table_slot(t_keys: np.ndarray, key: np.uint64, shift: np.uint64) -> np.int64:
     """The slot holding ``key``, or the empty slot where it would go."""
     mask = t_keys.shape[0] - 1
     s = table_home(key, shift)
@@ -94,15 +94,16 @@ def _slot(t_keys: np.ndarray, key: np.uint64, shift: np.uint64) -> np.int64:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _clean(key: np.uint64) -> np.uint64:
-    return key if key != _EMPTY else _ONE  # 0 marks an empty slot
+def table_key(key: np.uint64) -> np.uint64:
+    """A key as the tables of this kind store it: 0 marks an empty slot, so key 0 is kept as 1."""
+    return key if key != _EMPTY else _ONE
 
 
 @njit(cache=True, nogil=True)
 def _lookup(t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64, keys: np.ndarray) -> np.ndarray:
     out = np.empty(keys.shape[0], np.int64)
     for i in range(keys.shape[0]):
-        s = _slot(t_keys, _clean(keys[i]), shift)
+        s = table_slot(t_keys, table_key(keys[i]), shift)
         out[i] = t_ids[s] if t_keys[s] != _EMPTY else -1
     return out
 
@@ -129,11 +130,11 @@ def _get_or_add(
     n = keys.shape[0]
     for i in range(start, n):
         if i + AHEAD < n:
-            ahead = table_home(_clean(keys[i + AHEAD]), shift)
+            ahead = table_home(table_key(keys[i + AHEAD]), shift)
             prefetch(t_keys, ahead)
             prefetch(t_ids, ahead)
-        key = _clean(keys[i])
-        s = _slot(t_keys, key, shift)
+        key = table_key(keys[i])
+        s = table_slot(t_keys, key, shift)
         if t_keys[s] != _EMPTY:
             ids[i] = t_ids[s]
             continue
@@ -174,7 +175,7 @@ def _remove(
         e = ids[i]
         if e < 0 or e >= counters[_NEXT] or not live[e]:
             continue
-        hole = _slot(t_keys, keys_by_id[e], shift)
+        hole = table_slot(t_keys, keys_by_id[e], shift)
         # shift back the entries after the hole that probed past it
         j = hole
         while True:
@@ -199,7 +200,7 @@ def _fill(t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64, keys_by_id: n
     """Put every live id into an empty table (after it grew)."""
     for e in range(live.shape[0]):
         if live[e]:
-            s = _slot(t_keys, keys_by_id[e], shift)
+            s = table_slot(t_keys, keys_by_id[e], shift)
             t_keys[s] = keys_by_id[e]
             t_ids[s] = e
 
@@ -231,7 +232,7 @@ def _refill(old_keys: np.ndarray, old_ids: np.ndarray, t_keys: np.ndarray, t_ids
     for s in range(old_keys.shape[0]):
         key = old_keys[s]
         if key != _EMPTY:
-            slot = _slot(t_keys, key, shift)
+            slot = table_slot(t_keys, key, shift)
             t_keys[slot] = key
             t_ids[slot] = old_ids[s]
 

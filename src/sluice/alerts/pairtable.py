@@ -16,23 +16,12 @@ from numba import njit
 
 from ..flows.session_table import home_between
 from ..prefetch import AHEAD, prefetch
-from .keyindex import table_home
+from .keyindex import table_home, table_key, table_slot
 
 _EMPTY = np.uint64(0)
-_ONE = np.uint64(1)
 
 # counters: slots of one int64 array that the kernels update in place
 _LIVE, _DROPPED = range(2)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _find(t_keys: np.ndarray, key: np.uint64, shift: np.uint64) -> np.int64:
-    """The slot holding ``key``, or the empty slot where it would go."""
-    mask = t_keys.shape[0] - 1
-    s = table_home(key, shift)
-    while t_keys[s] != key and t_keys[s] != _EMPTY:
-        s = (s + 1) & mask
-    return s
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -82,12 +71,12 @@ def _add(
     n = keys.shape[0]
     for i in range(start, n):
         if i + AHEAD < n:
-            ahead = table_home(keys[i + AHEAD] if keys[i + AHEAD] != _EMPTY else _ONE, shift)
+            ahead = table_home(table_key(keys[i + AHEAD]), shift)
             prefetch(t_keys, ahead)
             prefetch(t_step, ahead)
             prefetch(t_entity, ahead)
-        key = keys[i] if keys[i] != _EMPTY else _ONE  # 0 marks an empty slot
-        s = _find(t_keys, key, shift)
+        key = table_key(keys[i])
+        s = table_slot(t_keys, key, shift)
         if t_keys[s] == _EMPTY:
             if counters[_LIVE] >= max_pairs:
                 counters[_DROPPED] += 1
@@ -165,7 +154,7 @@ def _refill(
     for s in range(old_keys.shape[0]):
         key = old_keys[s]
         if key != _EMPTY:
-            slot = _find(t_keys, key, shift)
+            slot = table_slot(t_keys, key, shift)
             t_keys[slot] = key
             t_entity[slot] = old_entity[s]
             t_step[slot] = old_step[s]
