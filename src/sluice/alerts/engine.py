@@ -52,6 +52,7 @@ from .definition import (
 )
 from .entities import BatchKeys, EntityRows, watched_keys
 from .keyindex import KeyIndex, distinct, group_rows, grown, room_for
+from .partial import PartRows
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -325,6 +326,8 @@ class AlertEngine:
             "evaluations": 0,
             "definition_failures": 0,
             "evaluation_errors": 0,
+            "rows_merged": 0,  # partial rows from collectors
+            "parts_ignored": 0,  # partials of definitions not installed here (or of another version)
         }
         self.lock = threading.RLock()  # evaluation, definition changes, persistence, API reads
         self._last_reclaim_ms = 0
@@ -439,6 +442,56 @@ class AlertEngine:
             self.stats["events"] += len(events)
             return events
 
+    def merge(self, parts: Iterable[PartRows], now_ms: int, now_us: int | None = None) -> list[AlertEvent]:
+        """Fold collectors' partial windows (``partial.py``) into the windows, the clock at
+        ``now_ms``: the alerting node's evaluation. A part of a definition not installed here,
+        or of another version of it, is not merged (counted: ``parts_ignored``). A part of a
+        period the window has left counts in the current one, as a late row does."""
+        with self.lock:
+            self.stats["evaluations"] += 1
+            if self.failures:
+                self._retry_failed(now_ms)
+            time_us = now_us or now_ms * 1000
+            events: list[AlertEvent] = []
+            for watched in self.states.values():
+                if watched.lower and watched.observed_from_ms is None:
+                    watched.observed_from_ms = now_ms
+            for part in parts:
+                state = self.states.get(part.definition_id)
+                if state is None or state.signature != part.signature or state.definition.entity is not part.kind:
+                    self.stats["parts_ignored"] += 1
+                    continue
+                self.stats["rows_merged"] += len(part)
+                try:
+                    events.extend(self._merge_part(state, part, now_ms, time_us))
+                except Exception as exc:
+                    self._set_aside(state, "merging a collector's partial failed", exc)
+            events += self._advance(now_ms - self.arrival_slack_ms, time_us)
+            self.stats["events"] += len(events)
+            return events
+
+    def _merge_part(self, state: DefinitionState, part: PartRows, now_ms: int, time_us: int) -> list[AlertEvent]:
+        if not len(part):
+            return []
+        part.ids, valid = self._number(part.kind, part.keys, None, now_ms)
+        part.uniq, part.inv, part.first = self._group(part.kind, part.ids)
+        mask = np.ones(len(part), bool) if valid is None else valid
+        events: list[AlertEvent] = []
+        bucket = max(part.bucket, state.bucket)
+        if bucket > state.bucket:
+            events.extend(self._step_to(state, bucket, time_us))
+        window = state.window
+        if isinstance(window, DistinctWindow):
+            local, values = window.fold(part.inv, part.uniq, part.ids, mask, part.values, bucket)
+            state.contrib.count(part.inv, part.uniq, mask, part.contributions, bucket)
+        else:
+            counted = np.zeros(len(part.uniq), np.int64)
+            local, values = window.fold(
+                part.inv, part.uniq, mask, part.values, True, bucket, part.contributions, counted
+            )
+            state.contrib.add_counts(counted, part.uniq, bucket)
+        return events + self._judge(state, part, local, values, time_us, bucket)
+
     def _fold_rows(self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, time_us: int) -> list[AlertEvent]:
         if not len(sessions) or not self.states:
             return []
@@ -491,27 +544,39 @@ class AlertEngine:
         self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, now_ms: int, shared: BatchKeys
     ) -> EntityRows:
         rows = EntityRows(kind, sessions, new, shared)
+        rows.ids, rows.valid = self._number(kind, rows.keys, rows.valid, now_ms)
+        rows.uniq, rows.inv, rows.first = self._group(kind, rows.ids)
+        return rows
+
+    def _number(
+        self, kind: EntityType, keys: np.ndarray, valid: np.ndarray | None, now_ms: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Dense ids for entity keys, noted as seen at ``now_ms``; (ids, the rows still valid):
+        rows beyond ``max_entities`` are not (counted), their id 0."""
         index = self.indexes.get(kind)
         if index is None:
             index = self.indexes[kind] = KeyIndex(4096, max_ids=self.max_entities)
             self.last_seen[kind] = np.zeros(4096, np.int64)
-        ids, _ = index.get_or_add(rows.keys)
+        ids, _ = index.get_or_add(keys)
         full = ids < 0
         if full.any():
             self.stats["entities_dropped"] += int(full.sum())
-            rows.valid = ~full if rows.valid is None else rows.valid & ~full
+            valid = ~full if valid is None else valid & ~full
             ids = np.where(full, 0, ids)
         seen = self.last_seen[kind]
         if len(seen) < index.id_capacity:
             seen = self.last_seen[kind] = grown(seen, index.id_capacity)
-        seen[ids if rows.valid is None else ids[rows.valid]] = now_ms
-        rows.ids = ids
-        # a compact numbering of this batch's entities, shared by every definition of the type
+        seen[ids if valid is None else ids[valid]] = now_ms
+        return ids, valid
+
+    def _group(self, kind: EntityType, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A compact numbering of a batch's entities (``group_rows``), shared by every
+        definition of the type."""
+        capacity = self.indexes[kind].id_capacity
         scratch = self._scratch.get(kind)
-        if scratch is None or len(scratch) < index.id_capacity:
-            scratch = self._scratch[kind] = np.empty(index.id_capacity, np.int32)
-        rows.uniq, rows.inv, rows.first = group_rows(ids, scratch)
-        return rows
+        if scratch is None or len(scratch) < capacity:
+            scratch = self._scratch[kind] = np.empty(capacity, np.int32)
+        return group_rows(ids, scratch)
 
     @staticmethod
     def _kept(state: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray:
@@ -527,7 +592,7 @@ class AlertEngine:
             mask = mask & ~np.isin(col, ex.countries)
         return mask
 
-    def _thresholds(self, state: DefinitionState, rows: EntityRows, rep: np.ndarray) -> np.ndarray:
+    def _thresholds(self, state: DefinitionState, rows: EntityRows | PartRows, rep: np.ndarray) -> np.ndarray:
         """Threshold per entity (``rep``: one row of each), overrides by CIDR applied, as the
         window's total is held against it (a rate times the interval)."""
         definition = state.definition
@@ -547,18 +612,10 @@ class AlertEngine:
         periods: _Periods,
         time_us: int,
     ) -> list[AlertEvent]:
-        kept = self._kept(state, rows, pre)
-        mask = rows.role(state.definition.metric) & kept
-        if state.lower:
-            assert state.watch_keys is not None
-            mask &= np.isin(rows.keys, state.watch_keys)
-        if not mask.any():
+        selected = self.select(state, rows, pre, periods, state.bucket)
+        if selected is None:
             return []
-        buckets, steps, shared = periods.of(state.step_ms, state.bucket)
-        if state.lower:  # counts periods, not sessions
-            contributing = np.zeros(len(mask), bool)
-        else:
-            contributing = self._contributions(state, rows, mask, kept, periods, buckets, shared)
+        mask, contributing, buckets, steps = selected
         events = []
         for bucket in steps.tolist():  # one, unless the batch spans a period's end
             if bucket > state.bucket:
@@ -566,6 +623,28 @@ class AlertEngine:
             in_step = mask if len(steps) == 1 else mask & rows.session_col_of(buckets == bucket)
             events.extend(self._fold(state, rows, in_step, contributing, bucket, time_us))
         return events
+
+    @classmethod
+    def select(
+        cls, state: DefinitionState, rows: EntityRows, pre: np.ndarray | None, periods: _Periods, current: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """What of a batch's entity rows a definition takes: (the rows that concern its
+        entities, those of them that are contributions (COUNT), each session's period, the
+        distinct periods), or None if no row does. Rows of a period before ``current`` count
+        in ``current``."""
+        kept = cls._kept(state, rows, pre)
+        mask = rows.role(state.definition.metric) & kept
+        if state.lower:
+            assert state.watch_keys is not None
+            mask &= np.isin(rows.keys, state.watch_keys)
+        if not mask.any():
+            return None
+        buckets, steps, shared = periods.of(state.step_ms, current)
+        if state.lower:  # counts periods, not sessions
+            contributing = np.zeros(len(mask), bool)
+        else:
+            contributing = cls._contributions(state, rows, mask, kept, periods, buckets, shared)
+        return mask, contributing, buckets, steps
 
     @staticmethod
     def _contributions(
@@ -639,6 +718,15 @@ class AlertEngine:
                 definition.metric.value.startswith("sessions"), bucket, contributing, counted,
             )  # fmt: skip
             state.contrib.add_counts(counted, rows.uniq, bucket)
+        return self._judge(state, rows, local, values, time_us, bucket)
+
+    def _judge(
+        self, state: DefinitionState, rows: EntityRows | PartRows, local: np.ndarray, values: np.ndarray,
+        time_us: int, bucket: int,
+    ) -> list[AlertEvent]:  # fmt: skip
+        """Events for the entities just folded (``local``: positions in ``rows.uniq``, with
+        their window ``values`` now) that are over their thresholds in step ``bucket``."""
+        definition = state.definition
         if not len(local) or state.lower:  # a lower threshold is judged as periods end
             return []
         if state.baseline:

@@ -103,7 +103,7 @@ def _fold_sums(
     added in the open step). Returns the entities concerned (as positions in ``uniq``:
     every one with a masked row if ``every_concerned``, else those whose sum is not zero),
     each one's new value, and the ids that added something for the first time in the step.
-    In the same pass, the masked rows' 0/1 ``counts`` summed per entity into ``counted``
+    In the same pass, the masked rows' ``counts`` (0/1, or a collector's) summed per entity into ``counted``
     (by position in ``uniq``): COUNT's contributions, at no second pass over the rows."""
     n_uniq = uniq.shape[0]
     acc = np.zeros(n_uniq, np.int64)
@@ -112,8 +112,7 @@ def _fold_sums(
         if mask[r]:
             acc[inv[r]] += amounts[r]
             hit[inv[r]] = True
-            if counts[r]:
-                counted[inv[r]] += 1
+            counted[inv[r]] += counts[r]
     local = np.empty(n_uniq, np.int64)
     now = np.empty(n_uniq, np.int64)
     first = np.empty(n_uniq, np.int32)
@@ -359,9 +358,9 @@ class SumWindow(_Window):
         return local, now
 
     def count(self, inv: np.ndarray, uniq: np.ndarray, mask: np.ndarray, counts: np.ndarray, bucket: int) -> None:
-        """Add the masked rows' 0/1 ``counts`` (bool) to the bucket ``bucket``."""
-        acc = np.zeros(len(uniq), np.int64)
-        np.add.at(acc, inv[mask & counts], 1)
+        """Add the masked rows' ``counts`` (0/1 bools, or a collector's integer counts) to the
+        bucket ``bucket``."""
+        acc = np.bincount(inv[mask], weights=counts[mask], minlength=len(uniq)).astype(np.int64)
         self.add_counts(acc, uniq, bucket)
 
     def add_counts(self, acc: np.ndarray, uniq: np.ndarray, bucket: int) -> None:

@@ -1,0 +1,144 @@
+"""Mergeable partial windows (issue 13): collectors' partials merged on an alerting node give
+the single server's alerts, COUNT included, whatever the collectors and the order."""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import numpy as np
+import pytest
+
+from sluice.alerts.definition import AlertMetric, Definition, EntityType
+from sluice.alerts.engine import AlertEngine
+from sluice.alerts.partial import Partial, PartialError, Positions, decode, encode
+from sluice.alerts.partial_builder import PartialBuilder
+from sluice.flows.schema import Arrivals
+
+from ..support.alertref import Reference, Sess
+from .test_alerts import COMBOS, T0, THRESHOLDS, batch, random_sessions, short_window, totals
+
+
+def shipped(builder: PartialBuilder, sessions: list[Sess], at: int, max_rows: int) -> list[Partial]:
+    """What a collector ships for sessions arriving at ``at``: its partials, over the wire."""
+    if not sessions:
+        return []
+    b, arr = batch(sessions)
+    parts = builder.parts(b, Arrivals(arr.new, arr.slot, np.full(len(sessions), at, np.int64)), at)
+    return [decode(encode(p)) for p in builder.pack(parts, at, max_rows)]
+
+
+@pytest.mark.parametrize("entity, metric", COMBOS, ids=[f"{e.value}-{m.value}" for e, m in COMBOS])
+def test_two_collectors_merged_alert_as_one_server_fed_everything(entity, metric):
+    rng = random.Random(zlib.crc32(f"partials {entity.value}/{metric.value}".encode()))
+    thr = THRESHOLDS[metric.value.split("_")[0]]
+    definitions = [
+        Definition(id=1, user_id=1, title="1m", metric=metric, entity=entity, interval="1m", threshold=thr),
+        Definition(id=2, user_id=1, title="5m", metric=metric, entity=entity, interval="5m", threshold=thr * 2,
+                   prefilter="PROTO == tcp",
+                   exceptions={"ports": [22], "thresholds": [{"cidr": "10.0.0.0/29", "threshold": 1}]
+                               if entity in (EntityType.HOST, EntityType.HOST_PAIR) else []}),
+        short_window(3, metric, entity),
+    ]
+    predicates = {1: lambda s: True, 2: lambda s: s.proto == 6, 3: lambda s: True}
+    refs = [Reference(d, predicates[d.id]) for d in definitions]
+    collectors = [PartialBuilder("a"), PartialBuilder("b")]
+    for c in collectors:
+        c.set_definitions(definitions)
+    node = AlertEngine()
+    node.set_definitions(definitions)
+    live: list[Sess] = []
+    next_id = [0]
+    now = T0
+    got, want = [], []
+    for _ in range(60):
+        now += rng.choice([0, 150, 400, 900, 2500, 7000, 70_000])
+        sessions = random_sessions(rng, live, next_id, rng.randint(0, 12))
+        want += [(d, e, m, c, t) for r in refs for d, e, m, c, _, t in r.evaluate(sessions, now)]
+        # a session lives in one collector (its tracker): by its id
+        partials = [p for i, c in enumerate(collectors)
+                    for p in shipped(c, [s for s in sessions if s.session_id % 2 == i], now, rng.choice([1, 3, 1000]))]
+        rng.shuffle(partials)  # the collectors' partials come in any order
+        for p in partials:
+            got += [(e.definition_id, e.entity, e.message, e.count, e.threshold) for e in node.merge(p.parts, now)]
+        got += [(e.definition_id, e.entity, e.message, e.count, e.threshold) for e in node.merge([], now)]
+    assert want, "the traffic should have made some alerts"
+    assert totals(got) == totals(want)
+    assert node.stats["rows_merged"] > 0 and node.stats["parts_ignored"] == 0
+
+
+def test_a_watched_server_whose_sessions_stop_alerts_through_partials():
+    d = Definition(id=1, user_id=1, title="dns up", metric=AlertMetric.SESSIONS_RECEIVED, entity=EntityType.HOST,
+                   interval="1m", threshold=1, threshold_type="lower", watch=["10.0.0.2"])
+    collector, node = PartialBuilder("a"), AlertEngine()
+    collector.set_definitions([d])
+    node.set_definitions([d])
+    events = []
+    for k in range(5):  # a session a minute, then none
+        at = T0 + k * 60_000
+        for p in shipped(collector, [Sess(k + 1, "10.0.0.1", "10.0.0.2", 30000, 53, 17, 10, 10, 1, 1,
+                                          "US", "US", 0, 0)], at, 1000):
+            events += node.merge(p.parts, at)
+    assert events == []
+    for k in range(5, 9):
+        events += node.merge([], T0 + k * 60_000 + 1)
+    assert [e.entity for e in events] and {e.entity for e in events} == {"10.0.0.2"}
+    assert "Lower threshold exceeded" in events[0].message
+
+
+def test_a_partial_of_another_version_of_a_definition_is_not_merged():
+    old = Definition(id=1, user_id=1, title="t", metric="bytes_sent", entity="host", threshold=10, interval="1m")
+    collector, node = PartialBuilder("a"), AlertEngine()
+    collector.set_definitions([old])
+    node.set_definitions([old.model_copy(update={"interval": "5m"})])
+    partials = shipped(collector, [Sess(1, "10.0.0.1", "10.0.0.2", 30000, 80, 6, 500, 10, 1, 1,
+                                        "US", "US", 0, 0)], T0, 1000)
+    assert node.merge(partials[0].parts, T0) == []
+    assert node.stats["parts_ignored"] == 1
+
+
+def test_a_partial_delivered_twice_is_merged_once_and_a_restarted_collector_is_not_ignored():
+    positions = Positions()
+    first = Partial("a", 100, 1, T0, [])
+    assert positions.is_new(first)
+    positions.note(first)
+    assert not positions.is_new(Partial("a", 100, 1, T0, []))  # again
+    assert positions.is_new(Partial("a", 100, 2, T0, []))
+    assert positions.is_new(Partial("b", 50, 1, T0, []))  # another collector
+    assert positions.is_new(Partial("a", 200, 1, T0, []))  # a restart: a later epoch, numbered afresh
+    assert Positions.from_state(positions.state()).last == positions.last
+
+
+@pytest.mark.parametrize("data, complaint", [
+    (b"", "not a partial"),
+    (b"PK\x03\x04garbage", "not a partial"),
+    (b"\x00" * 100, "not a partial"),
+])
+def test_bytes_that_are_not_a_partial_are_refused_with_the_reason(data, complaint):
+    with pytest.raises(PartialError, match=complaint):
+        decode(data)
+
+
+def test_a_partial_with_bad_columns_is_refused_with_the_reason():
+    collector = PartialBuilder("a")
+    collector.set_definitions([Definition(id=1, user_id=1, title="t", metric="bytes_sent", entity="host_pair",
+                                          threshold=10, interval="1m")])
+    partial = shipped(collector, [Sess(1, "10.0.0.1", "10.0.0.2", 30000, 80, 6, 500, 10, 1, 1,
+                                       "US", "US", 0, 0)], T0, 1000)[0]
+    assert partial.parts[0].text(0) == "10.0.0.1 -> 10.0.0.2"
+    assert partial.collector == "a" and partial.seq == 1
+    part = partial.parts[0]
+    part.addr2 = part.addr2[:0]
+    with pytest.raises(PartialError, match="need both addresses"):
+        decode(encode(partial))
+    part.addr2 = part.addr.copy()
+    part.values = -part.values
+    with pytest.raises(PartialError, match="negative"):
+        decode(encode(partial))
+    part.values = -part.values
+    part.contributions = part.contributions - 5
+    with pytest.raises(PartialError, match="negative contributions"):
+        decode(encode(partial))
+    truncated = encode(Partial("a", 1, 1, T0, [part]))[:-20]
+    with pytest.raises(PartialError, match="not a partial"):
+        decode(truncated)
