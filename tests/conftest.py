@@ -41,6 +41,16 @@ def state_url(request):
     return request.getfixturevalue("postgres").new_database()
 
 
+@pytest.fixture
+def nats_server():
+    """A NATS server with JetStream (Debian's nats-server) of the test's own."""
+    from .support.nats import NatsServer
+
+    server = NatsServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def clickhouse():
     """A two-shard ClickHouse cluster for the run (Debian's clickhouse-server, started in a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -304,6 +305,39 @@ class HttpSettings(BaseModel):
         return self.tls_cert is not None
 
 
+class ClusterSettings(BaseModel):
+    role: Literal["single", "collector", "alerting"] = Field(
+        "single",
+        description="single: the whole server; collector: receives, stores and ships partial alert windows; "
+        "alerting: merges the collectors' partials, keeps the alert records (docs/deployment.md)",
+    )
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222", description="the NATS server (JetStream on) between collectors and the alerting node"
+    )
+    node_name: str = Field(
+        default_factory=lambda: re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "collector",
+        description="this collector's name in the stream (letters, digits, - and _; default: the host name)",
+    )
+    stream_retention_s: float = Field(
+        3600.0, gt=0, description="how long partials wait in the stream for an alerting node that is away"
+    )
+    stream_max_bytes: int = Field(1 << 30, ge=1 << 20, description="the stream's size on the NATS server at most")
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError(f"{value!r}: use 1 to 64 letters, digits, '-' or '_' (it names a NATS subject)")
+        return value
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str) -> str:
+        if not re.fullmatch(r"(nats|tls)://[^\s/]+(:\d+)?", value):
+            raise ValueError(f"{value!r} is not a NATS URL: write nats://HOST:PORT")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLUICE_", env_nested_delimiter="__", extra="forbid")
 
@@ -321,6 +355,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -59,7 +59,7 @@ class Server:
         self.simulator: Simulator | None = None
         self.users = Users(open_state(settings.data_dir, settings.state.url, settings.state.secret_key_file))
         self.generated_password = self.users.ensure_admin(os.environ.get("SLUICE_ADMIN_PASSWORD"))
-        self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters)
+        self.alerts = AlertService(self.users.db, settings.alerts, settings.data_dir, self.counters, settings.cluster)
         self.ingest.listeners.append(self.alerts.submit)
         self.ingest.wants_sessions = self.alerts.wants_sessions
         self.ingest.on_unseen_rows.append(self.alerts.skip)

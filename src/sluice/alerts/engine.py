@@ -52,7 +52,7 @@ from .definition import (
 )
 from .entities import BatchKeys, EntityRows, watched_keys
 from .keyindex import KeyIndex, distinct, group_rows, grown, room_for
-from .partial import PartRows
+from .partial import Partial, PartRows, Positions
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -328,7 +328,11 @@ class AlertEngine:
             "evaluation_errors": 0,
             "rows_merged": 0,  # partial rows from collectors
             "parts_ignored": 0,  # partials of definitions not installed here (or of another version)
+            "partials_repeated": 0,  # delivered again: merged once
         }
+        # the alerting node of several collectors: what it merged (saved with the windows)
+        self.positions = Positions()
+        self.stream_seq = 0
         self.lock = threading.RLock()  # evaluation, definition changes, persistence, API reads
         self._last_reclaim_ms = 0
         self._ids_kept = 0  # snapshots being written: no entity id is given back meanwhile
@@ -447,6 +451,14 @@ class AlertEngine:
         ``now_ms``: the alerting node's evaluation. A part of a definition not installed here,
         or of another version of it, is not merged (counted: ``parts_ignored``). A part of a
         period the window has left counts in the current one, as a late row does."""
+        return self.merge_partials([(Partial("", 0, 0, now_ms, list(parts)), 0)], now_ms, now_us, dedupe=False)
+
+    def merge_partials(
+        self, partials: list[tuple[Partial, int]], now_ms: int, now_us: int | None = None, dedupe: bool = True
+    ) -> list[AlertEvent]:
+        """``merge`` for whole partials with their stream sequence: each (collector, epoch,
+        seq) is merged once (``positions``), and the stream sequence reached is kept
+        (``stream_seq``), both saved with the windows."""
         with self.lock:
             self.stats["evaluations"] += 1
             if self.failures:
@@ -456,19 +468,30 @@ class AlertEngine:
             for watched in self.states.values():
                 if watched.lower and watched.observed_from_ms is None:
                     watched.observed_from_ms = now_ms
-            for part in parts:
-                state = self.states.get(part.definition_id)
-                if state is None or state.signature != part.signature or state.definition.entity is not part.kind:
-                    self.stats["parts_ignored"] += 1
+            for partial, seq in partials:
+                if dedupe and not self.positions.is_new(partial):
+                    self.stats["partials_repeated"] += 1
                     continue
-                self.stats["rows_merged"] += len(part)
-                try:
-                    events.extend(self._merge_part(state, part, now_ms, time_us))
-                except Exception as exc:
-                    self._set_aside(state, "merging a collector's partial failed", exc)
+                for part in partial.parts:
+                    events.extend(self._merge_checked(part, now_ms, time_us))
+                if dedupe:
+                    self.positions.note(partial)
+                self.stream_seq = max(self.stream_seq, seq)
             events += self._advance(now_ms - self.arrival_slack_ms, time_us)
             self.stats["events"] += len(events)
             return events
+
+    def _merge_checked(self, part: PartRows, now_ms: int, time_us: int) -> list[AlertEvent]:
+        state = self.states.get(part.definition_id)
+        if state is None or state.signature != part.signature or state.definition.entity is not part.kind:
+            self.stats["parts_ignored"] += 1
+            return []
+        self.stats["rows_merged"] += len(part)
+        try:
+            return self._merge_part(state, part, now_ms, time_us)
+        except Exception as exc:
+            self._set_aside(state, "merging a collector's partial failed", exc)
+            return []
 
     def _merge_part(self, state: DefinitionState, part: PartRows, now_ms: int, time_us: int) -> list[AlertEvent]:
         if not len(part):

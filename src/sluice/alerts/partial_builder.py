@@ -10,7 +10,7 @@ index, so its memory does not grow with the entities it has seen).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import structlog
@@ -18,7 +18,7 @@ import structlog
 from ..flows.schema import Arrivals, SessionBatch
 from ..query.evaluate import evaluate
 from .definition import Definition, EntityType
-from .engine import AlertEngine, DefinitionState, _Periods
+from .engine import AlertEngine, AlertEvent, DefinitionState, _Periods
 from .entities import BatchKeys, EntityRows
 from .partial import Partial, PartRows
 
@@ -34,15 +34,35 @@ MAX_PARTIAL_ROWS = 16_384
 class PartialBuilder:
     """Makes the parts of session batches, and packs them into numbered ``Partial``s."""
 
-    def __init__(self, collector: str, epoch_ms: int | None = None):
+    def __init__(
+        self,
+        collector: str,
+        epoch_ms: int | None = None,
+        on_partials: Callable[[list[Partial]], None] | None = None,
+    ):
         self.collector = collector
         self.epoch = epoch_ms if epoch_ms is not None else int(time.time() * 1000)
         self.seq = 0
+        self.on_partials = on_partials
         # the definitions and what COUNT remembers per tracker slot; no windows are filled
         self.engine = AlertEngine()
 
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.engine.stats
+
     def set_definitions(self, definitions: Iterable[Definition]) -> None:
         self.engine.set_definitions(definitions)
+
+    def evaluate(
+        self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, now_us: int | None = None
+    ) -> list[AlertEvent]:
+        """``AlertEngine.evaluate``'s place on a collector (``EngineRunner`` calls it): the
+        batch's partials go to ``on_partials``; the events are the alerting node's to find."""
+        partials = self.pack(self.parts(sessions, arrivals, now_ms), now_ms)
+        if partials and self.on_partials is not None:
+            self.on_partials(partials)
+        return []
 
     def parts(self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int) -> list[PartRows]:
         """The parts of a batch of session delta rows (each row in the period it arrived in)."""

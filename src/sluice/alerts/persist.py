@@ -10,6 +10,8 @@ without the seconds of CPU an archive's checksums cost. Files of the earlier ``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ import structlog
 from .definition import EntityType
 from .engine import AlertEngine, DefinitionState
 from .keyindex import KeyIndex, grown
+from .partial import Positions
 
 log = structlog.get_logger(__name__)
 
@@ -43,14 +46,22 @@ def save(engine: AlertEngine, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(tmp, "wb") as f, engine.ids_kept():
+        # an alerting node merging collectors' partials saves where it is in the stream with
+        # the windows: it writes them all under the lock, as of one moment, so that the
+        # partials it reads again after a restart are exactly those the windows lack
+        whole = engine.lock if engine.stream_seq else contextlib.nullcontext()
+        with open(tmp, "wb") as f, engine.ids_kept(), whole:
             f.write(MAGIC)
+            with engine.lock:
+                cluster = {"positions": engine.positions.state(), "stream_seq": engine.stream_seq}
+            _put(f, "cluster", np.frombuffer(json.dumps(cluster).encode(), np.uint8))
             for definition_id in list(engine.states):
                 with engine.lock:
                     state = engine.states.get(definition_id)
                     for name, array in _definition_arrays(definition_id, state) if state is not None else ():
                         _put(f, name, array)
-                time.sleep(_BETWEEN_WINDOWS_S)  # a thread waiting for the lock takes it now
+                if not engine.stream_seq:
+                    time.sleep(_BETWEEN_WINDOWS_S)  # a thread waiting for the lock takes it now
             with engine.lock:
                 for name, array in _index_arrays(engine):
                     _put(f, name, array)
@@ -121,6 +132,10 @@ def load(engine: AlertEngine, path: Path) -> bool:
         log.warning("alert state unreadable, starting empty", path=str(path), error=str(exc))
         return False
     with engine.lock:
+        if "cluster" in data:
+            cluster = json.loads(bytes(data["cluster"]).decode())
+            engine.positions = Positions.from_state(cluster["positions"])
+            engine.stream_seq = int(cluster["stream_seq"])
         for kind in EntityType:
             prefix = f"index.{kind.value}."
             if prefix + "ids" in data:

@@ -13,6 +13,7 @@ import structlog
 from ..flows.schema import Arrivals, SessionBatch
 from ..lifecycle import Worker
 from .engine import AlertEngine, AlertEvent
+from .partial_builder import PartialBuilder
 
 log = structlog.get_logger(__name__)
 
@@ -23,7 +24,7 @@ class EngineRunner:
     ``interval_s`` (or sooner when ``max_rows`` wait), so that the per-evaluation costs
     are shared by many small collector batches; one evaluation takes at most ``max_rows``."""
 
-    engine: AlertEngine
+    engine: AlertEngine | PartialBuilder  # a collector's builder ships partials instead
     on_events: Callable[[list[AlertEvent]], None]
     interval_s: float = 0.1
     max_rows: int = 262_144

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import structlog
 
-from ..config import AlertSettings
+from ..config import AlertSettings, ClusterSettings
 from ..counters import Counters
 from ..flows.schema import Arrivals, SessionBatch
 from ..lifecycle import Worker, lower_priority
 from ..state.db import StateDB
 from . import persist
 from .engine import AlertEngine, AlertEvent
+from .partial import Partial
+from .partial_builder import PartialBuilder
 from .records import AlertStore
 from .runner import EngineRunner
+from .stream import PartialPublisher, PartialSubscriber
 
 log = structlog.get_logger(__name__)
 
@@ -26,27 +29,63 @@ log = structlog.get_logger(__name__)
 ARRIVAL_SLACK_MS = 2_000
 
 
+#: in a cluster, definitions changed through another node's API are taken up this often
+DEFINITIONS_POLL_S = 5.0
+
+
 class AlertService:
-    def __init__(self, db: StateDB, settings: AlertSettings, data_dir: Path, counters: Counters):
+    """Alerting in one of three roles ([cluster] role): ``single`` evaluates the windows
+    itself; a ``collector`` ships its batches as partial windows to the stream and keeps no
+    windows; the ``alerting`` node merges the collectors' partials from the stream."""
+
+    def __init__(
+        self,
+        db: StateDB,
+        settings: AlertSettings,
+        data_dir: Path,
+        counters: Counters,
+        cluster: ClusterSettings | None = None,
+    ):
         self.settings = settings
         self.counters = counters
         self.store = AlertStore(db)
+        self.role = cluster.role if cluster is not None else "single"
         AlertEngine.warm_up()
-        self.engine = AlertEngine(
-            settings.exact_distinct_limit,
-            settings.max_pairs_per_definition,
-            settings.max_entities,
-            max_step_bytes=settings.step_bytes_per_definition,
-            # batches wait up to a tenth of a second for evaluation, and longer behind session
-            # workers under load: the clock moves a window on only this long after its step
-            arrival_slack_ms=ARRIVAL_SLACK_MS,
-        )
+        self.publisher: PartialPublisher | None = None
+        self.subscriber: PartialSubscriber | None = None
+        self.builder: PartialBuilder | None = None
+        if cluster is not None and self.role == "collector":
+            self.publisher = PartialPublisher(
+                cluster.nats_url, counters, cluster.stream_retention_s, cluster.stream_max_bytes
+            )
+            self.builder = PartialBuilder(cluster.node_name, on_partials=self.publisher.submit)
+            self.engine = self.builder.engine  # its definitions and COUNT's slot history; no windows
+        else:
+            self.engine = AlertEngine(
+                settings.exact_distinct_limit,
+                settings.max_pairs_per_definition,
+                settings.max_entities,
+                max_step_bytes=settings.step_bytes_per_definition,
+                # batches wait up to a tenth of a second for evaluation, and longer behind session
+                # workers under load: the clock moves a window on only this long after its step
+                arrival_slack_ms=ARRIVAL_SLACK_MS,
+            )
+        if cluster is not None and self.role == "alerting":
+            self.subscriber = PartialSubscriber(
+                cluster.nats_url,
+                counters,
+                self._merge,
+                lambda: self.engine.stream_seq,
+                cluster.stream_retention_s,
+                cluster.stream_max_bytes,
+            )
         self.runner = EngineRunner(
-            self.engine,
+            self.builder or self.engine,
             self._record,
             interval_s=settings.evaluate_interval_ms / 1000,
             max_pending_rows=settings.max_pending_rows,
         )
+        self._last_definitions_poll = time.monotonic()
         self.state_path = Path(data_dir) / persist.STATE_FILE
         self._legacy_state_path = Path(data_dir) / persist.LEGACY_STATE_FILE
         self._unrecorded: list[AlertEvent] = []
@@ -56,7 +95,7 @@ class AlertService:
         self._writer: threading.Thread | None = None  # the snapshot being written, if any
         self.store.on_definitions.append(self.reload)
         self.reload()
-        for path in (self.state_path, self._legacy_state_path):
+        for path in (self.state_path, self._legacy_state_path) if self.builder is None else ():
             if persist.load(self.engine, path):
                 log.info("alert state restored", path=str(path))
                 break
@@ -86,6 +125,14 @@ class AlertService:
             return
         self.runner.submit(sessions, arrivals)
 
+    def _merge(self, partials: list[tuple[Partial, int]]) -> None:
+        """The alerting node: collectors' partials from the stream, merged in order."""
+        now = time.time()
+        events = self.engine.merge_partials(partials, int(now * 1000), int(now * 1_000_000))
+        self.counters.inc("alert_partials_merged_total", len(partials))
+        if events:
+            self._record(events)
+
     def _record(self, events: list[AlertEvent]) -> None:
         """Write triggers to the alert records; if the database fails, keep them and retry
         (with the next events, or from housekeeping within a second)."""
@@ -107,12 +154,20 @@ class AlertService:
 
     def start(self) -> None:
         self.runner.start()
+        for side in (self.publisher, self.subscriber):
+            if side is not None:
+                side.start()
         self._worker.start()
 
     def stop(self) -> None:
         self._worker.stop()
         self.runner.stop()
-        self.save()
+        if self.publisher is not None:  # what the last evaluation made is published first
+            self.publisher.stop()
+        if self.subscriber is not None:
+            self.subscriber.stop()
+        if self.builder is None:
+            self.save()
 
     def save(self) -> None:
         """Save the state now (at a stop), after any snapshot still being written."""
@@ -149,7 +204,14 @@ class AlertService:
             if self._unrecorded:
                 self._record([])
             self.export_gauges()
-            due = time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
+            if self.role != "single" and time.monotonic() - self._last_definitions_poll >= DEFINITIONS_POLL_S:
+                self._last_definitions_poll = time.monotonic()
+                try:
+                    self.reload()
+                except Exception:  # the shared database away: the definitions held go on
+                    log.exception("alert definitions not reloaded")
+            # a collector has no windows to save
+            due = self.builder is None and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
             if due and self.save_in_background():  # else: tried again each second until it starts
                 self._last_snapshot = time.monotonic()
 

@@ -1,0 +1,273 @@
+"""Partial alert windows over NATS JetStream: collectors publish them, the alerting node reads.
+
+One stream (``SLUICE_PARTIALS``, subjects ``sluice.partials.<collector>``) kept on the NATS
+server's disk for ``retention_s``: a collector's partials wait there while the alerting node
+is away, and the node reads on from the stream sequence its saved state reached. Delivery is
+at least once: a collector whose publication is not acknowledged publishes it again with the
+same ``Nats-Msg-Id`` (``collector:epoch:seq``, which JetStream de-duplicates within two
+minutes), and the node merges each (collector, epoch, seq) once (``Positions``).
+
+nats-py is asyncio; each side runs its own event loop on a thread of its own, so the ingest
+and the engine stay plain threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import nats
+import structlog
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from ..counters import Counters
+from .partial import Partial, PartialError, decode, encode
+
+log = structlog.get_logger(__name__)
+
+STREAM = "SLUICE_PARTIALS"
+SUBJECTS = "sluice.partials"
+#: JetStream drops a second publication with the same Nats-Msg-Id within this long
+DUPLICATE_WINDOW_S = 120.0
+#: a partial at most (the builder keeps them well under it; NATS's default limit is 1 MiB)
+MAX_MESSAGE_BYTES = 1 << 20
+_RETRY_S = 1.0
+
+
+class _LoopThread:
+    """An asyncio event loop on a daemon thread, running one main coroutine until stopped."""
+
+    def __init__(self, name: str, main: Callable[[], Coroutine[Any, Any, None]]):
+        self.loop = asyncio.new_event_loop()
+        self._main = main
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._task: asyncio.Task[None] | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self._task = self.loop.create_task(self._main())
+        try:
+            self.loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.loop.close()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._task is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(timeout)
+
+
+async def _connect(url: str, name: str) -> Any:
+    """A connection that reconnects by itself for ever (the node may restart at any time)."""
+    return await nats.connect(
+        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=_RETRY_S, allow_reconnect=True
+    )
+
+
+async def ensure_stream(js: Any, retention_s: float, max_bytes: int) -> None:
+    """Create the stream, or bring its limits to these."""
+    config = api.StreamConfig(
+        name=STREAM,
+        subjects=[f"{SUBJECTS}.>"],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=retention_s,
+        max_bytes=max_bytes,
+        max_msg_size=MAX_MESSAGE_BYTES,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        discard=api.DiscardPolicy.OLD,
+    )
+    try:
+        await js.stream_info(STREAM)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+class PartialPublisher:
+    """A collector's side: partials queued by the ingest are published in order, each until
+    JetStream acknowledges it. The queue is bounded: beyond ``max_queued`` (the server
+    away for long) the oldest partials are dropped, counted."""
+
+    def __init__(
+        self,
+        url: str,
+        counters: Counters,
+        retention_s: float = 3600.0,
+        max_bytes: int = 1 << 30,
+        max_queued: int = 4096,
+    ):
+        self.url = url
+        self.counters = counters
+        self.retention_s = retention_s
+        self.max_bytes = max_bytes
+        self.max_queued = max_queued
+        self._queue: deque[Partial] = deque()
+        self._lock = threading.Lock()
+        self._ready: asyncio.Event | None = None
+        self._thread = _LoopThread("sluice-partials-out", self._main)
+        self.published = 0
+
+    def submit(self, partials: list[Partial]) -> None:
+        """Queue partials for publication (from the ingest's thread)."""
+        if not partials:
+            return
+        with self._lock:
+            self._queue.extend(partials)
+            over = len(self._queue) - self.max_queued
+            for _ in range(max(over, 0)):
+                self._queue.popleft()
+            queued = len(self._queue)
+        if over > 0:
+            self.counters.inc("alert_partials_dropped_total", over)
+        self.counters.set("alert_partials_queued", queued)
+        if self._ready is not None and not self._thread.loop.is_closed():
+            self._thread.loop.call_soon_threadsafe(self._ready.set)
+
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Publish what is queued (for up to ``drain_s``), then stop."""
+        deadline = time.monotonic() + drain_s
+        while self.queued() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._thread.stop()
+
+    async def _main(self) -> None:
+        self._ready = asyncio.Event()
+        while True:
+            try:
+                nc = await _connect(self.url, "sluice collector")
+                try:
+                    js = nc.jetstream()
+                    await ensure_stream(js, self.retention_s, self.max_bytes)
+                    await self._publish_all(js)
+                finally:
+                    await nc.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the server away or refusing: wait, then again
+                log.warning("partials not published; retrying", url=self.url, error=str(exc))
+                self.counters.inc("alert_partials_publish_errors_total")
+                await asyncio.sleep(_RETRY_S)
+
+    async def _publish_all(self, js: Any) -> None:
+        assert self._ready is not None
+        while True:
+            with self._lock:
+                partial = self._queue[0] if self._queue else None
+            if partial is None:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            data = encode(partial)
+            await js.publish(
+                f"{SUBJECTS}.{partial.collector}",
+                data,
+                timeout=5.0,
+                headers={"Nats-Msg-Id": f"{partial.collector}:{partial.epoch}:{partial.seq}"},
+            )
+            with self._lock:  # acknowledged: it may go (unless the queue dropped it meanwhile)
+                if self._queue and self._queue[0] is partial:
+                    self._queue.popleft()
+                queued = len(self._queue)
+            self.published += 1
+            self.counters.inc("alert_partials_published_total")
+            self.counters.set("alert_partials_queued", queued)
+
+
+class PartialSubscriber:
+    """The alerting node's side: reads the stream from the sequence after ``start_seq`` (0: from
+    what is published from now on), in order, and hands each partial with its stream sequence
+    to ``on_partials`` (a batch at a time). Bad messages are dropped, counted."""
+
+    def __init__(
+        self,
+        url: str,
+        counters: Counters,
+        on_partials: Callable[[list[tuple[Partial, int]]], None],
+        start_seq: Callable[[], int],
+        retention_s: float = 3600.0,
+        max_bytes: int = 1 << 30,
+        batch: int = 64,
+    ):
+        self.url = url
+        self.counters = counters
+        self.on_partials = on_partials
+        self.start_seq = start_seq
+        self.retention_s = retention_s
+        self.max_bytes = max_bytes
+        self.batch = batch
+        self._thread = _LoopThread("sluice-partials-in", self._main)
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._thread.stop()
+
+    async def _main(self) -> None:
+        while True:
+            try:
+                nc = await _connect(self.url, "sluice alerting")
+                try:
+                    js = nc.jetstream()
+                    await ensure_stream(js, self.retention_s, self.max_bytes)
+                    await self._read(js)
+                finally:
+                    self.connected.clear()
+                    await nc.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("partials not read; retrying", url=self.url, error=str(exc))
+                self.counters.inc("alert_partials_read_errors_total")
+                await asyncio.sleep(_RETRY_S)
+
+    async def _read(self, js: Any) -> None:
+        after = self.start_seq()  # from the merged state each time: a reconnection goes on from there
+        if after > 0:
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=after + 1,
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=60.0,
+            )
+        else:
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.NEW, ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0
+            )
+        sub = await js.pull_subscribe(f"{SUBJECTS}.>", stream=STREAM, config=config)
+        self.connected.set()
+        while True:
+            try:
+                messages = await sub.fetch(self.batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            got: list[tuple[Partial, int]] = []
+            for msg in messages:
+                seq = msg.metadata.sequence.stream
+                try:
+                    got.append((decode(msg.data), seq))
+                except PartialError as exc:
+                    log.warning("a partial that is not one was dropped", subject=msg.subject, seq=seq, error=str(exc))
+                    self.counters.inc("alert_partials_invalid_total")
+            if got:
+                await asyncio.get_running_loop().run_in_executor(None, self.on_partials, got)
