@@ -3,8 +3,13 @@ server, merged once each; and ``sluice serve`` as two collectors and an alerting
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import time
 
+import httpx
 import numpy as np
 
 from sluice.alerts.definition import Definition
@@ -14,9 +19,13 @@ from sluice.alerts.stream import PartialPublisher, PartialSubscriber
 from sluice.counters import Counters
 from sluice.flows.schema import Arrivals
 
-from ..support.waiting import wait_until
-from ..unit.test_alerts import batch
 from ..support.alertref import Sess
+from ..support.exporters import export
+from ..support.interop import free_tcp_port, free_udp_port
+from ..support.pcapgen import Conversation, write_pcap
+from ..support.server import ADMIN, start_server
+from ..support.waiting import wait_until, wait_until_steady
+from ..unit.test_alerts import batch
 
 T0 = int(time.time() * 1000)
 SCAN = Definition(id=1, user_id=1, title="port scan", metric="unique_ports", entity="host", interval="5m",
@@ -112,3 +121,92 @@ def test_a_collector_keeps_its_partials_while_the_stream_is_away_and_sends_them_
     finally:
         publisher.stop()
         subscriber.stop()
+
+
+# -- sluice serve as two collectors and an alerting node --------------------------------------
+
+
+def half_scan(path, ports: range, base: float) -> None:
+    """The scanner 10.5.0.66 reaching 10.9.0.10's ports ``ports`` (one SYN each)."""
+    write_pcap(path, [Conversation("10.5.0.66", "10.9.0.10", 50000 + p, p, 6, base + (p - 1000) * 0.01,
+                                   exchanges=0).build() for p in ports])
+
+
+def scan_alerts(http: int) -> dict[str, tuple]:
+    """Per entity: (value, COUNT, threshold, message) of the alert records, once steady."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=10) as c:
+        def now():
+            return {r["entity"]: (r["value"], r["v1"], r["v2"], r["message"]) for r in c.get("/api/v1/alerts").json()}
+        return wait_until_steady(now, steady_s=2.0, timeout=40, what="the scan's alert records")
+
+
+def define_scan(http: int) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=10) as c:
+        r = c.post("/api/v1/alert-definitions", json={"title": "port scan", "metric": "unique_ports", "entity": "host",
+                                                       "threshold": 50, "interval": "5m", "severity": "HIGH"})
+        assert r.status_code == 201, r.text
+
+
+def stop(proc) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_two_collectors_each_below_and_merged_above_alert_exactly_as_one_server(tmp_path, postgres, nats_server,
+                                                                                clickhouse):
+    base = time.time() - 5
+    halves = []
+    for i, ports in enumerate((range(1000, 1040), range(1040, 1080))):  # 40 ports each: below 50 on each collector
+        work = tmp_path / f"half{i}"
+        work.mkdir()
+        half_scan(work / "t.pcap", ports, base)
+        halves.append(work)
+    database = f"cluster{os.getpid()}"
+    common = dict(SLUICE_STATE__URL=postgres.new_database(), SLUICE_CLUSTER__NATS_URL=nats_server.url,
+                  SLUICE_STORE__BACKEND="clickhouse", SLUICE_STORE__CLICKHOUSE_SERVERS=json.dumps(clickhouse.addresses),
+                  SLUICE_STORE__CLICKHOUSE_DATABASE=database)
+    procs = []
+    try:
+        node_http = free_tcp_port()
+        (tmp_path / "node").mkdir()
+        procs.append(start_server(tmp_path / "node", node_http, free_udp_port(), SLUICE_CLUSTER__ROLE="alerting",
+                                  SLUICE_SESSIONS__NODE_ID="1", **common))
+        define_scan(node_http)
+        ports = []
+        for i in range(2):
+            (tmp_path / f"c{i}").mkdir()
+            http, netflow = free_tcp_port(), free_udp_port()
+            procs.append(start_server(tmp_path / f"c{i}", http, netflow, SLUICE_CLUSTER__ROLE="collector",
+                                      SLUICE_CLUSTER__NODE_NAME=f"c{i}", SLUICE_SESSIONS__NODE_ID=str(2 + i), **common))
+            ports.append(netflow)
+        for work, netflow in zip(halves, ports):
+            export(work, "softflowd", "9", netflow)
+        merged = scan_alerts(node_http)
+        # the sessions of both collectors in one report, through the alerting node's API
+        with httpx.Client(base_url=f"http://127.0.0.1:{node_http}", auth=ADMIN, timeout=10) as c:
+            rows = wait_until_steady(lambda: c.get("/api/v1/sessions", params={"filter": "SRVIP == 10.9.0.10",
+                                                                              "limit": 1000}).json(),
+                                     what="both collectors' sessions")
+        assert sorted(r["srv_port"] for r in rows) == list(range(1000, 1080))
+        assert {r["session_id"] >> 56 for r in rows} == {2, 3}
+    finally:
+        for proc in procs:
+            stop(proc)
+
+    # one server fed the same two exports
+    (tmp_path / "single").mkdir()
+    http, netflow = free_tcp_port(), free_udp_port()
+    single = start_server(tmp_path / "single", http, netflow)
+    try:
+        define_scan(http)
+        for work in halves:
+            export(work, "softflowd", "9", netflow)
+        alone = scan_alerts(http)
+    finally:
+        stop(single)
+    assert set(merged) == {"10.5.0.66", "10.9.0.10"}
+    assert merged == alone
+    assert merged["10.5.0.66"][:3] == (80, 80, 50)
