@@ -23,7 +23,7 @@ from ..support.alertref import Sess
 from ..support.exporters import export
 from ..support.interop import free_tcp_port, free_udp_port
 from ..support.pcapgen import Conversation, write_pcap
-from ..support.server import ADMIN, start_server
+from ..support.server import ADMIN, metrics, start_server
 from ..support.waiting import wait_until, wait_until_steady
 from ..unit.test_alerts import batch
 
@@ -210,3 +210,140 @@ def test_two_collectors_each_below_and_merged_above_alert_exactly_as_one_server(
     assert set(merged) == {"10.5.0.66", "10.9.0.10"}
     assert merged == alone
     assert merged["10.5.0.66"][:3] == (80, 80, 50)
+
+
+def counter(http: int, name: str) -> float:
+    return metrics(http).get(f"sluice_{name}", 0.0)
+
+
+def alert_stream_rows(state_url: str) -> int:
+    """How many changes the dashboard stream has carried (one per record created or raised)."""
+    import psycopg
+
+    with psycopg.connect(state_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        return conn.execute("SELECT count(*) FROM alert_stream").fetchone()[0]
+
+
+class Cluster:
+    """An alerting node and two collectors of ``sluice serve`` sharing PostgreSQL, ClickHouse
+    and NATS; each keeps its ports and data directory across restarts."""
+
+    def __init__(self, tmp_path, postgres, nats_server, clickhouse):
+        self.tmp = tmp_path
+        self.state_url = postgres.new_database()
+        self.env = dict(SLUICE_STATE__URL=self.state_url, SLUICE_CLUSTER__NATS_URL=nats_server.url,
+                        SLUICE_STORE__BACKEND="clickhouse",
+                        SLUICE_STORE__CLICKHOUSE_SERVERS=json.dumps(clickhouse.addresses),
+                        SLUICE_STORE__CLICKHOUSE_DATABASE=f"c{os.getpid()}_{id(self) % 10_000}")
+        self.ports = {name: (free_tcp_port(), free_udp_port()) for name in ("node", "c0", "c1")}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str) -> None:
+        (self.tmp / name).mkdir(exist_ok=True)
+        http, netflow = self.ports[name]
+        role = dict(SLUICE_CLUSTER__ROLE="alerting", SLUICE_SESSIONS__NODE_ID="1") if name == "node" else dict(
+            SLUICE_CLUSTER__ROLE="collector", SLUICE_CLUSTER__NODE_NAME=name,
+            SLUICE_SESSIONS__NODE_ID=str(2 + int(name[1:])))
+        self.procs[name] = start_server(self.tmp / name, http, netflow, **role, **self.env)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait(10)
+
+    def stop(self, name: str) -> None:
+        stop(self.procs.pop(name))
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def export(self, name: str, work) -> None:
+        export(work, "softflowd", "9", self.ports[name][1])
+
+
+def scans(tmp_path, *port_ranges: range) -> list:
+    base = time.time() - 5
+    out = []
+    for i, ports in enumerate(port_ranges):
+        work = tmp_path / f"scan{i}"
+        work.mkdir()
+        half_scan(work / "t.pcap", ports, base)
+        out.append(work)
+    return out
+
+
+def single_server_alerts(tmp_path, exports: list) -> dict:
+    (tmp_path / "single").mkdir()
+    http, netflow = free_tcp_port(), free_udp_port()
+    single = start_server(tmp_path / "single", http, netflow)
+    try:
+        define_scan(http)
+        for work in exports:
+            export(work, "softflowd", "9", netflow)
+        return scan_alerts(http)
+    finally:
+        stop(single)
+
+
+def test_a_collector_killed_and_back_neither_loses_what_it_sent_nor_doubles_a_record(tmp_path, postgres, nats_server,
+                                                                                     clickhouse):
+    first, second, third = scans(tmp_path, range(1000, 1040), range(1040, 1080), range(1080, 1090))
+    cluster = Cluster(tmp_path, postgres, nats_server, clickhouse)
+    node_http = cluster.ports["node"][0]
+    try:
+        cluster.start("node")
+        define_scan(node_http)
+        cluster.start("c0")
+        cluster.start("c1")
+        cluster.export("c0", first)
+        c0_http = cluster.ports["c0"][0]
+        wait_until(lambda: counter(c0_http, "alert_partials_published_total") >= 1, what="c0's partial published")
+        with httpx.Client(base_url=f"http://127.0.0.1:{node_http}", auth=ADMIN, timeout=10) as c:
+            def c0_sessions():
+                return len(c.get("/api/v1/sessions", params={"filter": "SRVIP == 10.9.0.10", "limit": 1000}).json())
+            wait_until(lambda: c0_sessions() == 40, what="c0's sessions stored")
+            cluster.kill("c0")
+            cluster.export("c1", second)  # the other collector goes on
+            assert scan_alerts(node_http)["10.5.0.66"][:2] == (80, 80)
+            cluster.start("c0")  # back, numbering its partials afresh
+            cluster.export("c0", third)
+            wait_until(lambda: scan_alerts(node_http)["10.5.0.66"][0] == 90, timeout=40, what="c0's new sessions")
+            merged = scan_alerts(node_http)
+            assert c0_sessions() == 90  # its sessions stored before the kill stayed
+            rows = c.get("/api/v1/alerts").json()
+            assert len(rows) == len({(r["alertdef"], r["entity"]) for r in rows}) == 2  # one record per entity
+    finally:
+        cluster.close()
+    assert merged == single_server_alerts(tmp_path, [first, second, third])
+
+
+def test_the_alerting_node_killed_resumes_from_its_saved_windows_and_the_stream_without_doubling(
+        tmp_path, postgres, nats_server, clickhouse):
+    first, second, third = scans(tmp_path, range(1000, 1040), range(1040, 1080), range(1080, 1090))
+    cluster = Cluster(tmp_path, postgres, nats_server, clickhouse)
+    node_http = cluster.ports["node"][0]
+    try:
+        cluster.start("node")
+        define_scan(node_http)
+        cluster.start("c0")
+        cluster.start("c1")
+        cluster.export("c0", first)
+        wait_until(lambda: counter(node_http, "alert_partials_merged_total") >= 1, what="the first half merged")
+        cluster.stop("node")  # saves its windows: 40 ports of the scan
+        cluster.start("node")
+        cluster.export("c1", second)  # over the threshold: recorded, and not in any saved window
+        assert scan_alerts(node_http)["10.5.0.66"][:2] == (80, 80)
+        changes = alert_stream_rows(cluster.state_url)
+        cluster.kill("node")
+        cluster.start("node")  # merges the second half again from the stream: records nothing twice
+        wait_until(lambda: counter(node_http, "alert_partials_merged_total") >= 1, what="the second half merged again")
+        assert scan_alerts(node_http)["10.5.0.66"][:2] == (80, 80)
+        assert alert_stream_rows(cluster.state_url) == changes  # no record raised, no notice, twice
+        assert counter(node_http, "alert_events_recorded_before_total") == 2  # the scanner's and its target's
+        cluster.export("c0", third)  # and the windows go on from where they were
+        wait_until(lambda: scan_alerts(node_http)["10.5.0.66"][0] == 90, timeout=40, what="the third part merged")
+        merged = scan_alerts(node_http)
+    finally:
+        cluster.close()
+    assert merged == single_server_alerts(tmp_path, [first, second, third])

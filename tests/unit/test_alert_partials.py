@@ -142,3 +142,23 @@ def test_a_partial_with_bad_columns_is_refused_with_the_reason():
     truncated = encode(Partial("a", 1, 1, T0, [part]))[:-20]
     with pytest.raises(PartialError, match="not a partial"):
         decode(truncated)
+
+
+def test_a_collector_keeps_partials_up_to_its_byte_bound_and_counts_the_oldest_it_drops():
+    from sluice.alerts.stream import PartialPublisher
+    from sluice.counters import Counters
+
+    collector = PartialBuilder("a")
+    collector.set_definitions([Definition(id=1, user_id=1, title="t", metric="bytes_sent", entity="host",
+                                          threshold=10, interval="1m")])
+    partials = [shipped(collector, [Sess(k + 1, "10.0.0.1", "10.0.0.2", 30000, 80, 6, 500, 10, 1, 1, "US", "US", 0,
+                                         0)], T0 + k, 1000)[0] for k in range(10)]
+    size = partials[0].nbytes()
+    assert size > 0
+    counters = Counters()
+    publisher = PartialPublisher("nats://127.0.0.1:9", counters, max_queued_bytes=4 * size)  # never started
+    publisher.submit(partials[:3])
+    assert publisher.queued() == 3 and counters.get("alert_partials_dropped_total") == 0
+    publisher.submit(partials[3:])
+    assert publisher.queued() == 4 and counters.get("alert_partials_dropped_total") == 6
+    assert [p.seq for p in publisher._queue] == [7, 8, 9, 10]  # the newest are kept

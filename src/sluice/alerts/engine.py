@@ -72,6 +72,7 @@ class AlertEvent:
     threshold: int  # v2: the threshold that applied to this entity
     value: int  # the window value that exceeded it
     time_us: int  # the trigger time (server clock, microseconds)
+    seq: int = 0  # an alerting node's: the stream sequence of the partial that caused it
 
 
 @dataclass
@@ -472,12 +473,21 @@ class AlertEngine:
                 if dedupe and not self.positions.is_new(partial):
                     self.stats["partials_repeated"] += 1
                     continue
+                # the partial's own time is the clock (never ahead of ours): partials read again
+                # after a restart land in their own periods, as they did the first time
+                clock = min(now_ms, partial.sent_ms)
+                caused: list[AlertEvent] = []
                 for part in partial.parts:
-                    events.extend(self._merge_checked(part, now_ms, time_us))
+                    caused.extend(self._merge_checked(part, clock, time_us))
+                caused += self._advance(clock - self.arrival_slack_ms, time_us)
                 if dedupe:
                     self.positions.note(partial)
                 self.stream_seq = max(self.stream_seq, seq)
-            events += self._advance(now_ms - self.arrival_slack_ms, time_us)
+                for event in caused:
+                    event.seq = seq
+                events += caused
+            if not partials:  # the clock alone: nothing came for a while
+                events += self._advance(now_ms - self.arrival_slack_ms, time_us)
             self.stats["events"] += len(events)
             return events
 

@@ -28,6 +28,8 @@ from ..query.filter import PROTOCOL_NAMES
 from .definition import EntityType
 
 FORMAT = "sluice-partial-1"
+#: the JetStream stream that carries partials (``stream.py``)
+STREAM = "SLUICE_PARTIALS"
 _EMPTY_ADDR = np.zeros((0, 16), np.uint8)
 
 
@@ -107,6 +109,9 @@ class Partial:
     @property
     def position(self) -> tuple[int, int]:
         return (self.epoch, self.seq)
+
+    def nbytes(self) -> int:
+        return sum(part.nbytes() for part in self.parts)
 
 
 _SCHEMA = pa.schema(

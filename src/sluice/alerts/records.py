@@ -23,9 +23,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ..state.db import StateDB
-from ..state.models import AlertDefinitionRow, AlertRecordRow, User, utcnow
+from ..state.models import AlertDefinitionRow, AlertRecordRow, MergePositionRow, User, utcnow
 from .definition import Definition, DefinitionIn, Exceptions, Severity
 from .engine import AlertEvent
+from .partial import STREAM
 
 log = structlog.get_logger(__name__)
 
@@ -244,8 +245,18 @@ class AlertStore:
 
     # -- records --------------------------------------------------------------------------
 
-    def apply(self, events: Iterable[AlertEvent]) -> list[tuple[int, str]]:
-        """Record triggers in one transaction; (record id, change) for each record touched."""
+    def recorded_seq(self, stream: str = STREAM) -> int:
+        """An alerting node: the stream sequence through which its alerts are recorded."""
+        with self.db.session() as session:
+            row = session.get(MergePositionRow, stream)
+            return row.seq if row is not None else 0
+
+    def apply(self, events: Iterable[AlertEvent], stream: str = STREAM) -> list[tuple[int, str]]:
+        """Record triggers in one transaction; (record id, change) for each record touched.
+        Events of collectors' partials (``seq``) move the stream's recorded position in the
+        same transaction."""
+        events = list(events)
+        seq = max((event.seq for event in events), default=0)
         merged: dict[tuple[int, str], AlertEvent] = {}
         for event in events:  # several evaluations may name the same record: add their counts up
             old = merged.get((event.definition_id, event.entity))
@@ -299,6 +310,12 @@ class AlertStore:
                         event.value,
                     )
                 out.append(self._tell(session, row, change))
+            if seq:
+                position = session.get(MergePositionRow, stream)
+                if position is None:
+                    session.add(MergePositionRow(stream=stream, seq=seq))
+                else:
+                    position.seq = max(position.seq, seq)
         self._committed()
         return out
 

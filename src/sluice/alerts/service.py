@@ -54,11 +54,15 @@ class AlertService:
         self.publisher: PartialPublisher | None = None
         self.subscriber: PartialSubscriber | None = None
         self.builder: PartialBuilder | None = None
-        if cluster is not None and self.role == "collector":
+        if cluster is not None and self.role != "single":
+            # the node's own flows, if any are sent to it, go through the stream like a
+            # collector's: the alerting node merges everything there, its own included
             self.publisher = PartialPublisher(
                 cluster.nats_url, counters, cluster.stream_retention_s, cluster.stream_max_bytes
             )
             self.builder = PartialBuilder(cluster.node_name, on_partials=self.publisher.submit)
+        if self.role == "collector":
+            assert self.builder is not None
             self.engine = self.builder.engine  # its definitions and COUNT's slot history; no windows
         else:
             self.engine = AlertEngine(
@@ -70,7 +74,11 @@ class AlertService:
                 # workers under load: the clock moves a window on only this long after its step
                 arrival_slack_ms=ARRIVAL_SLACK_MS,
             )
+        # an alerting node: the stream sequence through which its alerts are recorded (the
+        # partials it merges again after a restart do not record theirs twice)
+        self._recorded_seq = 0
         if cluster is not None and self.role == "alerting":
+            self._recorded_seq = self.store.recorded_seq()
             self.subscriber = PartialSubscriber(
                 cluster.nats_url,
                 counters,
@@ -95,14 +103,17 @@ class AlertService:
         self._writer: threading.Thread | None = None  # the snapshot being written, if any
         self.store.on_definitions.append(self.reload)
         self.reload()
-        for path in (self.state_path, self._legacy_state_path) if self.builder is None else ():
+        for path in (self.state_path, self._legacy_state_path) if self.role != "collector" else ():
             if persist.load(self.engine, path):
                 log.info("alert state restored", path=str(path))
                 break
 
     def reload(self) -> None:
         """Take the definitions from the database (after any change through the API)."""
-        self.engine.set_definitions(self.store.definitions())
+        definitions = self.store.definitions()
+        self.engine.set_definitions(definitions)
+        if self.builder is not None and self.builder.engine is not self.engine:
+            self.builder.set_definitions(definitions)
 
     def failed_definitions(self) -> dict[int, tuple[str, str]]:
         """Per definition set aside: its title and why (for SYSTEM alerts)."""
@@ -130,6 +141,11 @@ class AlertService:
         now = time.time()
         events = self.engine.merge_partials(partials, int(now * 1000), int(now * 1_000_000))
         self.counters.inc("alert_partials_merged_total", len(partials))
+        if self._recorded_seq:  # after a restart: what the partials merged again had recorded
+            again = [e for e in events if e.seq and e.seq <= self._recorded_seq]
+            if again:
+                self.counters.inc("alert_events_recorded_before_total", len(again))
+                events = [e for e in events if not (e.seq and e.seq <= self._recorded_seq)]
         if events:
             self._record(events)
 
@@ -166,7 +182,7 @@ class AlertService:
             self.publisher.stop()
         if self.subscriber is not None:
             self.subscriber.stop()
-        if self.builder is None:
+        if self.role != "collector":
             self.save()
 
     def save(self) -> None:
@@ -211,7 +227,9 @@ class AlertService:
                 except Exception:  # the shared database away: the definitions held go on
                     log.exception("alert definitions not reloaded")
             # a collector has no windows to save
-            due = self.builder is None and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
+            due = (
+                self.role != "collector" and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
+            )
             if due and self.save_in_background():  # else: tried again each second until it starts
                 self._last_snapshot = time.monotonic()
 

@@ -26,17 +26,20 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from ..counters import Counters
-from .partial import Partial, PartialError, decode, encode
+from .partial import STREAM, Partial, PartialError, decode, encode
 
 log = structlog.get_logger(__name__)
 
-STREAM = "SLUICE_PARTIALS"
 SUBJECTS = "sluice.partials"
 #: JetStream drops a second publication with the same Nats-Msg-Id within this long
 DUPLICATE_WINDOW_S = 120.0
 #: a partial at most (the builder keeps them well under it; NATS's default limit is 1 MiB)
 MAX_MESSAGE_BYTES = 1 << 20
 _RETRY_S = 1.0
+#: partials a collector keeps while the NATS server is away, at most
+MAX_QUEUED_BYTES = 256 << 20
+#: with nothing to read for this long, the alerting node moves its windows by its clock
+IDLE_S = 0.2
 
 
 class _LoopThread:
@@ -97,8 +100,8 @@ async def ensure_stream(js: Any, retention_s: float, max_bytes: int) -> None:
 
 class PartialPublisher:
     """A collector's side: partials queued by the ingest are published in order, each until
-    JetStream acknowledges it. The queue is bounded: beyond ``max_queued`` (the server
-    away for long) the oldest partials are dropped, counted."""
+    JetStream acknowledges it. The queue is bounded: beyond ``max_queued_bytes`` of partials
+    (the server away for long) the oldest are dropped, counted."""
 
     def __init__(
         self,
@@ -106,14 +109,15 @@ class PartialPublisher:
         counters: Counters,
         retention_s: float = 3600.0,
         max_bytes: int = 1 << 30,
-        max_queued: int = 4096,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ):
         self.url = url
         self.counters = counters
         self.retention_s = retention_s
         self.max_bytes = max_bytes
-        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
         self._queue: deque[Partial] = deque()
+        self._queued_bytes = 0
         self._lock = threading.Lock()
         self._ready: asyncio.Event | None = None
         self._thread = _LoopThread("sluice-partials-out", self._main)
@@ -123,14 +127,16 @@ class PartialPublisher:
         """Queue partials for publication (from the ingest's thread)."""
         if not partials:
             return
+        dropped = 0
         with self._lock:
             self._queue.extend(partials)
-            over = len(self._queue) - self.max_queued
-            for _ in range(max(over, 0)):
-                self._queue.popleft()
+            self._queued_bytes += sum(p.nbytes() for p in partials)
+            while self._queued_bytes > self.max_queued_bytes and len(self._queue) > 1:
+                self._queued_bytes -= self._queue.popleft().nbytes()
+                dropped += 1
             queued = len(self._queue)
-        if over > 0:
-            self.counters.inc("alert_partials_dropped_total", over)
+        if dropped:
+            self.counters.inc("alert_partials_dropped_total", dropped)
         self.counters.set("alert_partials_queued", queued)
         if self._ready is not None and not self._thread.loop.is_closed():
             self._thread.loop.call_soon_threadsafe(self._ready.set)
@@ -185,7 +191,7 @@ class PartialPublisher:
             )
             with self._lock:  # acknowledged: it may go (unless the queue dropped it meanwhile)
                 if self._queue and self._queue[0] is partial:
-                    self._queue.popleft()
+                    self._queued_bytes -= self._queue.popleft().nbytes()
                 queued = len(self._queue)
             self.published += 1
             self.counters.inc("alert_partials_published_total")
@@ -195,7 +201,8 @@ class PartialPublisher:
 class PartialSubscriber:
     """The alerting node's side: reads the stream from the sequence after ``start_seq`` (0: from
     what is published from now on), in order, and hands each partial with its stream sequence
-    to ``on_partials`` (a batch at a time). Bad messages are dropped, counted."""
+    to ``on_partials`` (a batch at a time; an empty one when nothing came for ``IDLE_S``). Bad
+    messages are dropped, counted."""
 
     def __init__(
         self,
@@ -258,8 +265,9 @@ class PartialSubscriber:
         self.connected.set()
         while True:
             try:
-                messages = await sub.fetch(self.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+                messages = await sub.fetch(self.batch, timeout=IDLE_S)
+            except nats.errors.TimeoutError:  # nothing pending: the clock alone moves the windows
+                await asyncio.get_running_loop().run_in_executor(None, self.on_partials, [])
                 continue
             got: list[tuple[Partial, int]] = []
             for msg in messages:

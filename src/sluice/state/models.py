@@ -191,3 +191,14 @@ class DashboardRow(Base):
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     layout: Mapped[str] = mapped_column(Text)
+
+
+class MergePositionRow(Base):
+    """An alerting node's place in the stream of collectors' partials: the alerts of every
+    partial up to ``seq`` are recorded (written in the same transaction as those records, so
+    that partials merged again after a crash do not record them twice)."""
+
+    __tablename__ = "alert_merge_positions"
+
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
