@@ -19,13 +19,13 @@ from ..support.alertref import Reference, Sess
 from .test_alerts import COMBOS, T0, THRESHOLDS, batch, random_sessions, short_window, totals
 
 
-def shipped(builder: PartialBuilder, sessions: list[Sess], at: int, max_rows: int) -> list[Partial]:
+def shipped(builder: PartialBuilder, sessions: list[Sess], at: int, max_bytes: int) -> list[Partial]:
     """What a collector ships for sessions arriving at ``at``: its partials, over the wire."""
     if not sessions:
         return []
     b, arr = batch(sessions)
     parts = builder.parts(b, Arrivals(arr.new, arr.slot, np.full(len(sessions), at, np.int64)), at)
-    return [decode(encode(p)) for p in builder.pack(parts, at, max_rows)]
+    return [decode(encode(p)) for p in builder.pack(parts, at, max_bytes)]
 
 
 @pytest.mark.parametrize("entity, metric", COMBOS, ids=[f"{e.value}-{m.value}" for e, m in COMBOS])
@@ -57,7 +57,7 @@ def test_two_collectors_merged_alert_as_one_server_fed_everything(entity, metric
         want += [(d, e, m, c, t) for r in refs for d, e, m, c, _, t in r.evaluate(sessions, now)]
         # a session lives in one collector (its tracker): by its id
         partials = [p for i, c in enumerate(collectors)
-                    for p in shipped(c, [s for s in sessions if s.session_id % 2 == i], now, rng.choice([1, 3, 1000]))]
+                    for p in shipped(c, [s for s in sessions if s.session_id % 2 == i], now, rng.choice([30, 200, 1 << 20]))]
         rng.shuffle(partials)  # the collectors' partials come in any order
         for p in partials:
             got += [(e.definition_id, e.entity, e.message, e.count, e.threshold) for e in node.merge(p.parts, now)]
@@ -128,10 +128,16 @@ def test_a_partial_with_bad_columns_is_refused_with_the_reason():
     assert partial.parts[0].text(0) == "10.0.0.1 -> 10.0.0.2"
     assert partial.collector == "a" and partial.seq == 1
     part = partial.parts[0]
-    part.addr2 = part.addr2[:0]
-    with pytest.raises(PartialError, match="need both addresses"):
+    table = part.table
+    good_addr2 = table.addr2
+    table.addr2 = table.addr2[:0]
+    with pytest.raises(PartialError, match="needs both addresses"):
         decode(encode(partial))
-    part.addr2 = part.addr.copy()
+    table.addr2 = good_addr2
+    part.entity = part.entity + 5
+    with pytest.raises(PartialError, match="beyond its table"):
+        decode(encode(partial))
+    part.entity = part.entity - 5
     part.values = -part.values
     with pytest.raises(PartialError, match="negative"):
         decode(encode(partial))
@@ -139,9 +145,12 @@ def test_a_partial_with_bad_columns_is_refused_with_the_reason():
     part.contributions = part.contributions - 5
     with pytest.raises(PartialError, match="negative contributions"):
         decode(encode(partial))
-    truncated = encode(Partial("a", 1, 1, T0, [part]))[:-20]
-    with pytest.raises(PartialError, match="not a partial"):
-        decode(truncated)
+    part.contributions = part.contributions + 5
+    data = encode(partial)
+    assert decode(data).parts[0].text(0) == "10.0.0.1 -> 10.0.0.2"
+    for bad in (data[:-20], data[:30], data + b"x"):
+        with pytest.raises(PartialError, match="not a partial"):
+            decode(bad)
 
 
 def test_a_collector_keeps_partials_up_to_its_byte_bound_and_counts_the_oldest_it_drops():

@@ -67,3 +67,13 @@ def test_group_rows_matches_numpy():
         assert (uniq[inv] == ids).all()
         assert (ids[first] == uniq).all()
         assert all(int(f) == int(np.flatnonzero(ids == u)[0]) for u, f in zip(uniq, first, strict=True))
+
+
+def test_a_cleared_index_forgets_every_key_and_numbers_from_zero_again():
+    index = KeyIndex(16)
+    index.get_or_add(np.arange(100, 200, dtype=np.uint64))
+    index.clear()
+    assert len(index) == 0 and (index.lookup(np.arange(100, 200, dtype=np.uint64)) == -1).all()
+    ids, added = index.get_or_add(np.array([7, 5, 7, 9], np.uint64))
+    assert ids.tolist() == [0, 1, 0, 2] and added.tolist() == [True, True, False, True]
+    assert index.live_ids().tolist() == [0, 1, 2]

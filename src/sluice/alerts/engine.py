@@ -52,7 +52,7 @@ from .definition import (
 )
 from .entities import BatchKeys, EntityRows, watched_keys
 from .keyindex import KeyIndex, distinct, group_rows, grown, room_for
-from .partial import Partial, PartRows, Positions
+from .partial import PartGroup, Partial, PartRows, Positions
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -469,61 +469,71 @@ class AlertEngine:
             for watched in self.states.values():
                 if watched.lower and watched.observed_from_ms is None:
                     watched.observed_from_ms = now_ms
+            fresh: list[tuple[Partial, int]] = []
             for partial, seq in partials:
                 if dedupe and not self.positions.is_new(partial):
                     self.stats["partials_repeated"] += 1
                     continue
-                # the partial's own time is the clock (never ahead of ours): partials read again
-                # after a restart land in their own periods, as they did the first time
-                clock = min(now_ms, partial.sent_ms)
-                caused: list[AlertEvent] = []
-                for part in partial.parts:
-                    caused.extend(self._merge_checked(part, clock, time_us))
-                caused += self._advance(clock - self.arrival_slack_ms, time_us)
                 if dedupe:
                     self.positions.note(partial)
-                self.stream_seq = max(self.stream_seq, seq)
-                for event in caused:
-                    event.seq = seq
-                events += caused
-            if not partials:  # the clock alone: nothing came for a while
+                fresh.append((partial, seq))
+            if not fresh:  # the clock alone: nothing new came for a while
                 events += self._advance(now_ms - self.arrival_slack_ms, time_us)
+                self.stats["events"] += len(events)
+                return events
+            # the partials' own time is the clock (never ahead of ours): partials read again
+            # after a restart land in their own periods, as they did the first time
+            clock = min(now_ms, max(partial.sent_ms for partial, _ in fresh))
+            seq = max(seq for _, seq in fresh)
+            # the parts of one definition and period are folded together, whichever
+            # collector and partial they came in: one pass over the window each
+            groups: dict[tuple[int, int], list[PartRows]] = {}
+            for partial, _ in fresh:
+                for part in partial.parts:
+                    state = self.states.get(part.definition_id)
+                    if state is None or state.signature != part.signature or state.definition.entity is not part.kind:
+                        self.stats["parts_ignored"] += 1
+                        continue
+                    self.stats["rows_merged"] += len(part)
+                    groups.setdefault((part.bucket, part.definition_id), []).append(part)
+            for (bucket, definition_id), parts in sorted(groups.items(), key=lambda item: item[0]):
+                group_state = self.states.get(definition_id)
+                if group_state is None:  # set aside by a failure of its earlier group
+                    continue
+                try:
+                    events.extend(self._merge_parts(group_state, PartGroup(parts), bucket, clock, time_us))
+                except Exception as exc:
+                    self._set_aside(group_state, "merging a collector's partial failed", exc)
+            events += self._advance(clock - self.arrival_slack_ms, time_us)
+            self.stream_seq = max(self.stream_seq, seq)
+            for event in events:
+                event.seq = seq
             self.stats["events"] += len(events)
             return events
 
-    def _merge_checked(self, part: PartRows, now_ms: int, time_us: int) -> list[AlertEvent]:
-        state = self.states.get(part.definition_id)
-        if state is None or state.signature != part.signature or state.definition.entity is not part.kind:
-            self.stats["parts_ignored"] += 1
-            return []
-        self.stats["rows_merged"] += len(part)
-        try:
-            return self._merge_part(state, part, now_ms, time_us)
-        except Exception as exc:
-            self._set_aside(state, "merging a collector's partial failed", exc)
-            return []
-
-    def _merge_part(self, state: DefinitionState, part: PartRows, now_ms: int, time_us: int) -> list[AlertEvent]:
-        if not len(part):
-            return []
-        part.ids, valid = self._number(part.kind, part.keys, None, now_ms)
-        part.uniq, part.inv, part.first = self._group(part.kind, part.ids)
-        mask = np.ones(len(part), bool) if valid is None else valid
+    def _merge_parts(
+        self, state: DefinitionState, group: PartGroup, bucket: int, now_ms: int, time_us: int
+    ) -> list[AlertEvent]:
+        for table in group.tables():
+            if table.ids is None:  # numbered once for every part that names the table
+                table.ids, table.valid = self._number(table.kind, table.keys, None, now_ms)
+        group.ids, mask = group.numbered()
+        group.uniq, group.inv, group.first = self._group(group.kind, group.ids)
         events: list[AlertEvent] = []
-        bucket = max(part.bucket, state.bucket)
+        bucket = max(bucket, state.bucket)  # a late part counts in the current period
         if bucket > state.bucket:
             events.extend(self._step_to(state, bucket, time_us))
         window = state.window
         if isinstance(window, DistinctWindow):
-            local, values = window.fold(part.inv, part.uniq, part.ids, mask, part.values, bucket)
-            state.contrib.count(part.inv, part.uniq, mask, part.contributions, bucket)
+            local, values = window.fold(group.inv, group.uniq, group.ids, mask, group.values, bucket)
+            state.contrib.count(group.inv, group.uniq, mask, group.contributions, bucket)
         else:
-            counted = np.zeros(len(part.uniq), np.int64)
+            counted = np.zeros(len(group.uniq), np.int64)
             local, values = window.fold(
-                part.inv, part.uniq, mask, part.values, True, bucket, part.contributions, counted
+                group.inv, group.uniq, mask, group.values, True, bucket, group.contributions, counted
             )
-            state.contrib.add_counts(counted, part.uniq, bucket)
-        return events + self._judge(state, part, local, values, time_us, bucket)
+            state.contrib.add_counts(counted, group.uniq, bucket)
+        return events + self._judge(state, group, local, values, time_us, bucket)
 
     def _fold_rows(self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, time_us: int) -> list[AlertEvent]:
         if not len(sessions) or not self.states:
@@ -625,7 +635,7 @@ class AlertEngine:
             mask = mask & ~np.isin(col, ex.countries)
         return mask
 
-    def _thresholds(self, state: DefinitionState, rows: EntityRows | PartRows, rep: np.ndarray) -> np.ndarray:
+    def _thresholds(self, state: DefinitionState, rows: EntityRows | PartGroup, rep: np.ndarray) -> np.ndarray:
         """Threshold per entity (``rep``: one row of each), overrides by CIDR applied, as the
         window's total is held against it (a rate times the interval)."""
         definition = state.definition
@@ -754,7 +764,7 @@ class AlertEngine:
         return self._judge(state, rows, local, values, time_us, bucket)
 
     def _judge(
-        self, state: DefinitionState, rows: EntityRows | PartRows, local: np.ndarray, values: np.ndarray,
+        self, state: DefinitionState, rows: EntityRows | PartGroup, local: np.ndarray, values: np.ndarray,
         time_us: int, bucket: int,
     ) -> list[AlertEvent]:  # fmt: skip
         """Events for the entities just folded (``local``: positions in ``rows.uniq``, with

@@ -292,6 +292,12 @@ class KeyIndex:
         if len(ids):
             _remove(self.t_keys, self.t_ids, self._shift, self.keys_by_id, self.live, self._free, self._counters, ids)
 
+    def clear(self) -> None:
+        """Forget every key, keeping the room: ids are handed out from 0 again, in order."""
+        self.t_keys.fill(_EMPTY)
+        self.live[: int(self._counters[_NEXT])] = False
+        self._counters[:_MAX] = 0
+
     def live_ids(self) -> np.ndarray:
         return np.flatnonzero(self.live[: self._counters[_NEXT]])
 

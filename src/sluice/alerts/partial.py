@@ -11,14 +11,15 @@ join the pair table (beyond the exact bound, its HyperLogLog sketches, which mer
 register maxima), contributions add. Values only grow within a period, so the merged windows,
 and COUNT, are those of one server fed all the traffic, whatever order the partials come in.
 
-On the wire a ``Partial`` is an Arrow IPC stream: its header (collector, epoch, sequence) in
-the schema's metadata, one record batch a part. ``(collector, epoch, seq)`` identifies it: the alerting node
+A partial names each entity once, in a table per entity type that every definition's part
+refers to by position. On the wire it is Arrow IPC (LZ4-compressed buffers): its header
+(collector, epoch, sequence), the tables, the parts. ``(collector, epoch, seq)`` identifies it: the alerting node
 merges each once however often it is delivered.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -27,10 +28,11 @@ from ..flows.schema import addr_text
 from ..query.filter import PROTOCOL_NAMES
 from .definition import EntityType
 
-FORMAT = "sluice-partial-1"
+FORMAT = "sluice-partial-2"
 #: the JetStream stream that carries partials (``stream.py``)
 STREAM = "SLUICE_PARTIALS"
 _EMPTY_ADDR = np.zeros((0, 16), np.uint8)
+_NO_ROWS = np.empty(0, np.int64)
 
 
 class PartialError(ValueError):
@@ -38,39 +40,38 @@ class PartialError(ValueError):
 
 
 @dataclass
-class PartRows:
-    """One definition's rows for one alerting period, from one collector."""
+class EntityTable:
+    """The entities of one type that a partial's parts name, each once: its key (as
+    ``EntityRows`` makes it) and the addresses that name it (a port's, a country's and an AS's:
+    one of its rows' own, for per-CIDR thresholds), shared by every definition of the type."""
 
-    definition_id: int
-    signature: str  # the definition's window signature: a part for another version is not merged
     kind: EntityType
-    bucket: int  # the alerting period (step) the rows arrived in
-    keys: np.ndarray  # uint64: the entity's key, as ``EntityRows`` makes it
-    addr: np.ndarray  # (n, 16) uint8: the address that names the entity (a port's: its server's)
+    keys: np.ndarray  # uint64
+    addr: np.ndarray  # (n, 16) uint8
     addr2: np.ndarray  # (n, 16) uint8: a host pair's server; (0, 16) for the other kinds
-    values: np.ndarray  # int64 amounts added; for a distinct count, uint64 peer keys
-    contributions: np.ndarray  # int32: COUNT's (session, period) pairs
-    # set by the merging engine, as on ``EntityRows``: dense ids, the distinct ids, each row's
-    # place among them, each one's first row
-    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    uniq: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    inv: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    first: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    # set by the merging engine, once for all the parts that name the table: each entity's
+    # dense id, and which are valid (None: all)
+    ids: np.ndarray | None = None
+    valid: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def own_addresses(self) -> list[np.ndarray]:
-        """The addresses a per-CIDR threshold is held against (as ``EntityRows``)."""
-        return [self.addr, self.addr2] if self.kind is EntityType.HOST_PAIR else [self.addr]
+    def rows(self, start: int, stop: int) -> EntityTable:
+        return EntityTable(
+            self.kind,
+            self.keys[start:stop],
+            self.addr[start:stop],
+            self.addr2[start:stop] if len(self.addr2) else _EMPTY_ADDR,
+        )
 
-    def text(self, row: int) -> str:
-        """The entity of one row as text (the alert record's key)."""
-        key = int(self.keys[row])
+    def text(self, i: int) -> str:
+        """Entity ``i`` as text (the alert record's key)."""
+        key = int(self.keys[i])
         if self.kind is EntityType.HOST:
-            return addr_text(bytes(self.addr[row]))
+            return addr_text(bytes(self.addr[i]))
         if self.kind is EntityType.HOST_PAIR:
-            return f"{addr_text(bytes(self.addr[row]))} -> {addr_text(bytes(self.addr2[row]))}"
+            return f"{addr_text(bytes(self.addr[i]))} -> {addr_text(bytes(self.addr2[i]))}"
         if self.kind is EntityType.PORT:
             proto = key >> 16
             return f"{key & 0xFFFF}/{PROTOCOL_NAMES.get(proto, str(proto))}"
@@ -78,27 +79,87 @@ class PartRows:
             return key.to_bytes(2, "big").decode("ascii", "replace")
         return str(key)
 
-    def rows(self, start: int, stop: int) -> PartRows:
-        """Rows ``start:stop`` as a part of their own (to keep messages small)."""
-        return PartRows(
-            self.definition_id,
-            self.signature,
-            self.kind,
-            self.bucket,
-            self.keys[start:stop],
-            self.addr[start:stop],
-            self.addr2[start:stop] if len(self.addr2) else _EMPTY_ADDR,
-            self.values[start:stop],
-            self.contributions[start:stop],
-        )
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.addr.nbytes + self.addr2.nbytes
+
+
+@dataclass
+class PartRows:
+    """One definition's rows for one alerting period, from one collector: per row an entity
+    of ``table``, and what it added (sum metrics: one row per entity; distinct counts: one
+    row per distinct (entity, peer) pair, the value the peer's key)."""
+
+    definition_id: int
+    signature: str  # the definition's window signature: a part for another version is not merged
+    bucket: int  # the alerting period (step) the rows arrived in
+    table: EntityTable
+    entity: np.ndarray  # int32: each row's entity, a row of ``table``
+    values: np.ndarray  # int64 amounts added; for a distinct count, uint64 peer keys
+    contributions: np.ndarray  # int32: COUNT's (session, period) pairs (a distinct count's: on one row)
+
+    @property
+    def kind(self) -> EntityType:
+        return self.table.kind
+
+    def __len__(self) -> int:
+        return len(self.entity)
+
+    def own_addresses(self) -> list[np.ndarray]:
+        """Per row, the addresses a per-CIDR threshold is held against (as ``EntityRows``)."""
+        addr = [self.table.addr[self.entity]]
+        return addr + [self.table.addr2[self.entity]] if self.kind is EntityType.HOST_PAIR else addr
+
+    def text(self, row: int) -> str:
+        return self.table.text(int(self.entity[row]))
 
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.keys, self.addr, self.addr2, self.values, self.contributions))
+        return self.entity.nbytes + self.values.nbytes + self.contributions.nbytes
+
+
+class PartGroup:
+    """Parts of one definition and period, from one partial or several, folded as one: their
+    rows one after another (``EntityRows``'s interface for the engine's thresholds and
+    messages)."""
+
+    def __init__(self, parts: list[PartRows]):
+        self.parts = parts
+        self.kind = parts[0].kind
+        self.values = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
+        self.contributions = (
+            np.concatenate([p.contributions for p in parts]) if len(parts) > 1 else parts[0].contributions
+        )
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        # set by the merging engine, as on ``EntityRows``
+        self.ids = self.uniq = self.inv = self.first = _NO_ROWS
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def tables(self) -> list[EntityTable]:
+        return list({id(p.table): p.table for p in self.parts}.values())
+
+    def numbered(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's dense entity id, and whether it is valid (its tables numbered)."""
+        ids, valid = [], []
+        for p in self.parts:
+            assert p.table.ids is not None
+            ids.append(p.table.ids[p.entity])
+            valid.append(np.ones(len(p), bool) if p.table.valid is None else p.table.valid[p.entity])
+        return np.concatenate(ids), np.concatenate(valid)
+
+    def own_addresses(self) -> list[np.ndarray]:
+        each = [p.own_addresses() for p in self.parts]
+        return [np.concatenate([addresses[k] for addresses in each]) for k in range(len(each[0]))]
+
+    def text(self, row: int) -> str:
+        i = int(np.searchsorted(self.starts, row, "right")) - 1
+        return self.parts[i].text(row - int(self.starts[i]))
 
 
 @dataclass
 class Partial:
-    """What a collector ships at once: its parts since the last one, and who it is."""
+    """What a collector ships at once: its parts since the last one, the entity tables they
+    name, and who it is."""
 
     collector: str  # the collector's name ([cluster] node_name)
     epoch: int  # when the collector started (ms): a restarted collector numbers afresh
@@ -110,52 +171,78 @@ class Partial:
     def position(self) -> tuple[int, int]:
         return (self.epoch, self.seq)
 
+    def tables(self) -> list[EntityTable]:
+        """The entity tables the parts name, each once."""
+        seen: dict[int, EntityTable] = {}
+        for part in self.parts:
+            seen.setdefault(id(part.table), part.table)
+        return list(seen.values())
+
     def nbytes(self) -> int:
-        return sum(part.nbytes() for part in self.parts)
+        return sum(t.nbytes() for t in self.tables()) + sum(part.nbytes() for part in self.parts)
 
 
-_SCHEMA = pa.schema(
+_TABLE_SCHEMA = pa.schema([("keys", pa.uint64()), ("addr", pa.binary(16)), ("addr2", pa.binary(16))])
+_PART_SCHEMA = pa.schema(
     [
-        ("keys", pa.uint64()),
-        ("addr", pa.binary(16)),
-        ("addr2", pa.binary(16)),  # null but for host pairs
+        ("entity", pa.int32()),
         ("values", pa.uint64()),  # amounts (never negative) or peer keys
         ("contributions", pa.int32()),
     ]
 )
+#: the Arrow buffers are compressed: keys and amounts of new conversations are a quarter of
+#: their size in LZ4 (an entity's contributions and small amounts shrink the most)
+_WRITE = pa.ipc.IpcWriteOptions(compression=None)
 
 
 def encode(partial: Partial) -> bytes:
-    """The partial's bytes, for the stream: an Arrow IPC stream, one record batch a part."""
-    schema = _SCHEMA.with_metadata(
-        {
-            "format": FORMAT,
-            "collector": partial.collector,
-            "epoch": str(partial.epoch),
-            "seq": str(partial.seq),
-            "sent_ms": str(partial.sent_ms),
-        }
-    )
+    """The partial's bytes, for the stream: two Arrow IPC streams, the entity tables (one
+    record batch a table) and the parts (one a part, naming its table by position), each
+    after its length (8 bytes, little-endian)."""
+    tables = partial.tables()
+    position = {id(t): i for i, t in enumerate(tables)}
+    header = {
+        "format": FORMAT,
+        "collector": partial.collector,
+        "epoch": str(partial.epoch),
+        "seq": str(partial.seq),
+        "sent_ms": str(partial.sent_ms),
+    }
+    out = bytearray()
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        for part in partial.parts:
-            n = len(part)
+    with pa.ipc.new_stream(sink, _TABLE_SCHEMA.with_metadata(header), options=_WRITE) as writer:
+        for table in tables:
+            n = len(table)
             columns = [
-                pa.array(part.keys, pa.uint64()),
-                _addresses(part.addr),
-                _addresses(part.addr2) if len(part.addr2) else pa.nulls(n, pa.binary(16)),
-                pa.array(part.values.view(np.uint64) if part.values.dtype == np.int64 else part.values, pa.uint64()),
+                pa.array(table.keys, pa.uint64()),
+                _addresses(table.addr),
+                _addresses(table.addr2) if len(table.addr2) else pa.nulls(n, pa.binary(16)),
+            ]
+            writer.write_batch(
+                pa.record_batch(columns, schema=_TABLE_SCHEMA), custom_metadata={"kind": table.kind.value}
+            )
+    stream = sink.getvalue()
+    out += len(stream).to_bytes(8, "little") + stream.to_pybytes()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, _PART_SCHEMA, options=_WRITE) as writer:
+        for part in partial.parts:
+            amounts = part.values.dtype == np.int64
+            columns = [
+                pa.array(part.entity, pa.int32()),
+                pa.array(part.values.view(np.uint64) if amounts else part.values, pa.uint64()),
                 pa.array(part.contributions, pa.int32()),
             ]
             meta = {
                 "definition": str(part.definition_id),
                 "signature": part.signature,
-                "kind": part.kind.value,
+                "table": str(position[id(part.table)]),
                 "bucket": str(part.bucket),
-                "values": "peers" if part.values.dtype == np.uint64 else "amounts",
+                "values": "amounts" if amounts else "peers",
             }
-            writer.write_batch(pa.record_batch(columns, schema=_SCHEMA), custom_metadata=meta)
-    return sink.getvalue().to_pybytes()
+            writer.write_batch(pa.record_batch(columns, schema=_PART_SCHEMA), custom_metadata=meta)
+    stream = sink.getvalue()
+    out += len(stream).to_bytes(8, "little") + stream.to_pybytes()
+    return bytes(out)
 
 
 def _addresses(addr: np.ndarray) -> pa.Array:
@@ -168,33 +255,84 @@ def _address_column(column: pa.Array) -> np.ndarray:
     return np.frombuffer(data, np.uint8)[start : start + 16 * len(column)].reshape(-1, 16).copy()
 
 
+def _streams(data: bytes) -> tuple[pa.ipc.RecordBatchStreamReader, pa.ipc.RecordBatchStreamReader]:
+    view = memoryview(data)
+    out = []
+    at = 0
+    for _ in range(2):
+        if len(view) < at + 8:
+            raise PartialError("not a partial (too short)")
+        size = int.from_bytes(view[at : at + 8], "little")
+        if size > len(view) - at - 8:
+            raise PartialError("not a partial (a part is cut short)")
+        out.append(pa.ipc.open_stream(pa.py_buffer(view[at + 8 : at + 8 + size])))
+        at += 8 + size
+    if at != len(view):
+        raise PartialError(f"not a partial ({len(view) - at} bytes after its end)")
+    return out[0], out[1]
+
+
+def _meta(raw: dict[bytes, bytes] | None) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (raw or {}).items()}
+
+
 def decode(data: bytes) -> Partial:
     """A partial from its bytes; ``PartialError`` says what is wrong with bad ones."""
     try:
-        reader = pa.ipc.open_stream(pa.py_buffer(data))
-        meta = {k.decode(): v.decode() for k, v in (reader.schema.metadata or {}).items()}
-        if meta.get("format") != FORMAT:
-            raise PartialError(f"unknown format {meta.get('format')!r} (this server reads {FORMAT})")
-        if not reader.schema.remove_metadata().equals(_SCHEMA):
-            raise PartialError(f"unexpected columns: {reader.schema.remove_metadata()}")
-        parts = []
-        for i, (batch, batch_meta) in enumerate(reader.iter_batches_with_custom_metadata()):
-            batch.validate(full=True)
-            parts.append(_part(i, batch, {k.decode(): v.decode() for k, v in (batch_meta or {}).items()}))
-        return Partial(meta["collector"], int(meta["epoch"]), int(meta["seq"]), int(meta["sent_ms"]), parts)
+        table_reader, part_reader = _streams(data)
+        header = _meta(table_reader.schema.metadata)
+        if header.get("format") != FORMAT:
+            raise PartialError(f"unknown format {header.get('format')!r} (this server reads {FORMAT})")
+        if not table_reader.schema.remove_metadata().equals(_TABLE_SCHEMA):
+            raise PartialError(f"unexpected entity table columns: {table_reader.schema.remove_metadata()}")
+        if not part_reader.schema.remove_metadata().equals(_PART_SCHEMA):
+            raise PartialError(f"unexpected part columns: {part_reader.schema.remove_metadata()}")
+        tables = [
+            _table(i, batch, _meta(meta))
+            for i, (batch, meta) in enumerate(table_reader.iter_batches_with_custom_metadata())
+        ]
+        parts = [
+            _part(i, batch, _meta(meta), tables)
+            for i, (batch, meta) in enumerate(part_reader.iter_batches_with_custom_metadata())
+        ]
+        return Partial(header["collector"], int(header["epoch"]), int(header["seq"]), int(header["sent_ms"]), parts)
     except PartialError:
         raise
     except (pa.ArrowException, OSError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
         raise PartialError(f"not a partial ({type(exc).__name__}: {exc})") from None
 
 
-def _part(i: int, batch: pa.RecordBatch, meta: dict[str, str]) -> PartRows:
+def _table(i: int, batch: pa.RecordBatch, meta: dict[str, str]) -> EntityTable:
+    batch.validate(full=True)
     kind = EntityType(meta["kind"])
-    if batch.column("keys").null_count or batch.column("values").null_count or batch.column("addr").null_count:
-        raise PartialError(f"part {i}: missing values")
+    if batch.column("keys").null_count or batch.column("addr").null_count:
+        raise PartialError(f"entity table {i}: missing keys or addresses")
     pair = kind is EntityType.HOST_PAIR
     if batch.column("addr2").null_count != (0 if pair else batch.num_rows):
-        raise PartialError(f"part {i}: a host pair's rows need both addresses, and only those")
+        raise PartialError(f"entity table {i}: a host pair needs both addresses, and only a host pair")
+    return EntityTable(
+        kind,
+        batch.column("keys").to_numpy(),
+        _address_column(batch.column("addr")),
+        _address_column(batch.column("addr2")) if pair else _EMPTY_ADDR,
+    )
+
+
+def _part(i: int, batch: pa.RecordBatch, meta: dict[str, str], tables: list[EntityTable]) -> PartRows:
+    batch.validate(full=True)
+    if (
+        batch.column("entity").null_count
+        or batch.column("values").null_count
+        or batch.column("contributions").null_count
+    ):
+        raise PartialError(f"part {i}: missing values")
+    position = int(meta["table"])
+    if not 0 <= position < len(tables):
+        raise PartialError(f"part {i}: names entity table {position} of {len(tables)}")
+    table = tables[position]
+    entity = batch.column("entity").to_numpy()
+    if len(entity) and (entity.min() < 0 or entity.max() >= len(table)):
+        raise PartialError(f"part {i}: names entities beyond its table's {len(table)}")
     values = batch.column("values").to_numpy()
     if meta["values"] == "amounts":
         values = values.view(np.int64)
@@ -202,19 +340,11 @@ def _part(i: int, batch: pa.RecordBatch, meta: dict[str, str]) -> PartRows:
             raise PartialError(f"part {i}: negative amounts")
     elif meta["values"] != "peers":
         raise PartialError(f"part {i}: values are {meta['values']!r}, expected amounts or peers")
-    contributions = batch.column("contributions").to_numpy(zero_copy_only=False)
-    if batch.column("contributions").null_count or (contributions < 0).any():
-        raise PartialError(f"part {i}: missing or negative contributions")
+    contributions = batch.column("contributions").to_numpy()
+    if (contributions < 0).any():
+        raise PartialError(f"part {i}: negative contributions")
     return PartRows(
-        int(meta["definition"]),
-        meta["signature"],
-        kind,
-        int(meta["bucket"]),
-        batch.column("keys").to_numpy(),
-        _address_column(batch.column("addr")),
-        _address_column(batch.column("addr2")) if pair else _EMPTY_ADDR,
-        values,
-        contributions,
+        int(meta["definition"]), meta["signature"], int(meta["bucket"]), table, entity, values, contributions
     )
 
 

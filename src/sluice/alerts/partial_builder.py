@@ -3,8 +3,9 @@
 
 The per-row work is the single server's (``AlertEngine.select``: prefilters, exceptions,
 roles, COUNT's contributions from the collector's own ``SlotHistory``); what is left out is
-the windows. Each batch's rows are grouped by entity (sorting: a collector keeps no entity
-index, so its memory does not grow with the entities it has seen).
+the windows. Each batch's entities of a type are numbered once, in a key index cleared for
+the next batch (so a collector's memory does not grow with the entities it has seen), and each
+definition's rows are summed per entity in one compiled pass.
 """
 
 from __future__ import annotations
@@ -14,21 +15,94 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import structlog
+from numba import njit
 
 from ..flows.schema import Arrivals, SessionBatch
 from ..query.evaluate import evaluate
 from .definition import Definition, EntityType
 from .engine import AlertEngine, AlertEvent, DefinitionState, _Periods
 from .entities import BatchKeys, EntityRows
-from .partial import Partial, PartRows
+from .keyindex import KeyIndex
+from .partial import EntityTable, Partial, PartRows
 
 log = structlog.get_logger(__name__)
 
 _NO_ADDR = np.zeros((0, 16), np.uint8)
 
-#: a partial's rows at most: about 40 bytes each (a host pair's 56), so that a partial stays
-#: under NATS's default message size of 1 MiB
-MAX_PARTIAL_ROWS = 16_384
+#: a partial's size at most before compression (about 16 bytes a row, 24 to 40 an entity):
+#: compressed, well under NATS's default message size of 1 MiB
+MAX_PARTIAL_BYTES = 1 << 20
+
+
+@njit(cache=True, nogil=True)
+def _sum_part(
+    entity_of: np.ndarray, mask: np.ndarray, amounts: np.ndarray, contributing: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The masked rows summed per entity (``entity_of``: each row's, of ``n``): (the entities
+    with a masked row, in order; each one's amount; each one's contributions)."""
+    acc = np.zeros(n, np.int64)
+    count = np.zeros(n, np.int32)
+    hit = np.zeros(n, np.bool_)
+    k = 0
+    for r in range(entity_of.shape[0]):
+        if mask[r]:
+            e = entity_of[r]
+            if not hit[e]:
+                hit[e] = True
+                k += 1
+            acc[e] += amounts[r]
+            count[e] += contributing[r]
+    entity = np.empty(k, np.int32)
+    sums = np.empty(k, np.int64)
+    counts = np.empty(k, np.int32)
+    j = 0
+    for e in range(n):
+        if hit[e]:
+            entity[j] = e
+            sums[j] = acc[e]
+            counts[j] = count[e]
+            j += 1
+    return entity, sums, counts
+
+
+@njit(cache=True, nogil=True)
+def _pairs_part(
+    entity_of: np.ndarray, mask: np.ndarray, peers: np.ndarray, contributing: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The masked rows' distinct (entity, peer) pairs in entity order (the rows placed by
+    entity in one counting pass, each entity's few peers sorted), and each entity's
+    contributions on its first pair."""
+    start = np.zeros(n + 1, np.int64)
+    contrib = np.zeros(n, np.int32)
+    for r in range(entity_of.shape[0]):
+        if mask[r]:
+            start[entity_of[r] + 1] += 1
+            contrib[entity_of[r]] += contributing[r]
+    for e in range(n):
+        start[e + 1] += start[e]
+    m = start[n]
+    fill = start[:n].copy()
+    by_entity = np.empty(m, np.uint64)
+    for r in range(entity_of.shape[0]):
+        if mask[r]:
+            e = entity_of[r]
+            by_entity[fill[e]] = peers[r]
+            fill[e] += 1
+    entity = np.empty(m, np.int32)
+    peer = np.empty(m, np.uint64)
+    counts = np.empty(m, np.int32)
+    k = 0
+    for e in range(n):
+        a, b = start[e], start[e + 1]
+        if b - a > 1:
+            by_entity[a:b] = np.sort(by_entity[a:b])
+        for i in range(a, b):
+            if i == a or by_entity[i] != by_entity[i - 1]:
+                entity[k] = e
+                peer[k] = by_entity[i]
+                counts[k] = contrib[e] if i == a else 0
+                k += 1
+    return entity[:k], peer[:k], counts[:k]
 
 
 class PartialBuilder:
@@ -46,6 +120,8 @@ class PartialBuilder:
         self.on_partials = on_partials
         # the definitions and what COUNT remembers per tracker slot; no windows are filled
         self.engine = AlertEngine()
+        # per entity type, a numbering of one batch's entities (cleared for the next)
+        self._numbering: dict[EntityType, KeyIndex] = {}
 
     @property
     def stats(self) -> dict[str, int]:
@@ -65,7 +141,8 @@ class PartialBuilder:
         return []
 
     def parts(self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int) -> list[PartRows]:
-        """The parts of a batch of session delta rows (each row in the period it arrived in)."""
+        """The parts of a batch of session delta rows (each row in the period it arrived in),
+        naming their entities in one table per entity type."""
         engine = self.engine
         with engine.lock:
             if not len(sessions) or not engine.states:
@@ -81,8 +158,13 @@ class PartialBuilder:
             out: list[PartRows] = []
             for kind, states in by_kind.items():
                 rows = EntityRows(kind, sessions, arrivals.new, shared)
-                keys, first, inv = np.unique(rows.keys, return_index=True, return_inverse=True)
-                rows.ids = inv.astype(np.int64)  # a numbering of the batch's entities (``select`` compares them)
+                # the batch's entities numbered in order of appearance (``select`` compares them)
+                numbering = self._numbering.setdefault(kind, KeyIndex(4096))
+                numbering.clear()
+                rows.ids, added = numbering.get_or_add(rows.keys)
+                first = np.flatnonzero(added)  # each entity's first row, in number order
+                own = rows.own_addresses()
+                table = EntityTable(kind, rows.keys[first], own[0][first], own[1][first] if len(own) > 1 else _NO_ADDR)
                 for state in states:
                     try:
                         pre = None
@@ -91,80 +173,69 @@ class PartialBuilder:
                             pre = masks.get(text)
                             if pre is None:
                                 pre = masks[text] = evaluate(state.prefilter, sessions)
-                        out.extend(self._parts_of(state, rows, pre, periods, keys, first))
+                        out.extend(self._parts_of(state, rows, pre, periods, table))
                     except Exception as exc:
                         engine._set_aside(state, "evaluation failed", exc)
             return out
 
     @staticmethod
     def _parts_of(
-        state: DefinitionState,
-        rows: EntityRows,
-        pre: np.ndarray | None,
-        periods: _Periods,
-        keys: np.ndarray,
-        first: np.ndarray,
+        state: DefinitionState, rows: EntityRows, pre: np.ndarray | None, periods: _Periods, table: EntityTable
     ) -> list[PartRows]:
         selected = AlertEngine.select(state, rows, pre, periods, -1)  # lateness is the alerting node's to judge
         if selected is None:
             return []
         mask, contributing, buckets, steps = selected
         definition = state.definition
-        own = rows.own_addresses()
         out = []
         for bucket in steps.tolist():
             in_step = mask if len(steps) == 1 else mask & rows.session_col_of(buckets == bucket)
-            ent = rows.ids[in_step]
-            contrib = np.bincount(ent, weights=contributing[in_step], minlength=len(keys)).astype(np.int32)
             if definition.metric.is_distinct:
-                peers = rows.peers(definition.metric)[in_step]
-                order = np.lexsort((peers, ent))
-                ent, peers = ent[order], peers[order]
-                new = np.ones(len(ent), bool)
-                new[1:] = (ent[1:] != ent[:-1]) | (peers[1:] != peers[:-1])
-                ent, peers = ent[new], peers[new]
-                lead = np.ones(len(ent), bool)  # an entity's first pair carries its contributions
-                lead[1:] = ent[1:] != ent[:-1]
-                values: np.ndarray = peers.astype(np.uint64)
-                contributions = np.where(lead, contrib[ent], 0).astype(np.int32)
-            else:
-                amounts = np.zeros(len(keys), np.int64)
-                np.add.at(amounts, ent, rows.values(definition.metric)[in_step])
-                ent = np.flatnonzero(np.bincount(ent, minlength=len(keys)))
-                values, contributions = amounts[ent], contrib[ent]
-            rep = first[ent]  # a row of each entity: the addresses that name it
-            out.append(
-                PartRows(
-                    definition.id,
-                    state.signature,
-                    definition.entity,
-                    int(bucket),
-                    keys[ent],
-                    own[0][rep],
-                    own[1][rep] if len(own) > 1 else _NO_ADDR,
-                    values,
-                    contributions,
+                entity, values, contributions = _pairs_part(
+                    rows.ids, in_step, rows.peers(definition.metric), contributing, len(table)
                 )
-            )
+            else:
+                entity, values, contributions = _sum_part(
+                    rows.ids, in_step, rows.values(definition.metric), contributing, len(table)
+                )
+            out.append(PartRows(definition.id, state.signature, int(bucket), table, entity, values, contributions))
         return out
 
-    def pack(self, parts: list[PartRows], now_ms: int, max_rows: int = MAX_PARTIAL_ROWS) -> list[Partial]:
-        """Parts in numbered partials of at most ``max_rows`` rows (a part is split if need be)."""
-        out: list[Partial] = []
-        batch: list[PartRows] = []
-        size = 0
-        for part in parts:
-            start = 0
-            while start < len(part):
-                take = min(len(part) - start, max_rows - size)
-                batch.append(part if take == len(part) else part.rows(start, start + take))
-                size += take
-                start += take
-                if size >= max_rows:
-                    out.append(self._numbered(batch, now_ms))
-                    batch, size = [], 0
-        if batch:
-            out.append(self._numbered(batch, now_ms))
+    def pack(self, parts: list[PartRows], now_ms: int, max_bytes: int = MAX_PARTIAL_BYTES) -> list[Partial]:
+        """Parts in numbered partials of about ``max_bytes`` at most before compression: a
+        large batch is cut into ranges of each table's entities, each partial carrying its
+        ranges of the tables and of the parts (whose rows are in entity order)."""
+        if not parts:
+            return []
+        whole = Partial(self.collector, self.epoch, 0, now_ms, parts)
+        pieces = -(-whole.nbytes() // max_bytes)
+        if pieces <= 1:
+            return [self._numbered(parts, now_ms)]
+        out = []
+        tables = whole.tables()
+        for j in range(pieces):
+            cut: dict[int, tuple[EntityTable, int, int]] = {}
+            for table in tables:
+                lo, hi = len(table) * j // pieces, len(table) * (j + 1) // pieces
+                cut[id(table)] = (table.rows(lo, hi), lo, hi)
+            chunk = []
+            for part in parts:
+                sub, lo, hi = cut[id(part.table)]
+                a, b = np.searchsorted(part.entity, (lo, hi))
+                if b > a:
+                    chunk.append(
+                        PartRows(
+                            part.definition_id,
+                            part.signature,
+                            part.bucket,
+                            sub,
+                            part.entity[a:b] - lo,
+                            part.values[a:b],
+                            part.contributions[a:b],
+                        )
+                    )
+            if chunk:
+                out.append(self._numbered(chunk, now_ms))
         return out
 
     def _numbered(self, parts: list[PartRows], now_ms: int) -> Partial:
