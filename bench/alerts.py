@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import cluster as cluster_bench  # noqa: E402
 import ingest as ingest_bench  # noqa: E402
 from sluice.alerts.definition import Definition, DefinitionIn  # noqa: E402
 from sluice.alerts.engine import AlertEngine  # noqa: E402
@@ -153,6 +154,27 @@ def ladder(kind: type, workdir: Path, datagrams: list[bytes], rates: list[float]
     return best, log
 
 
+def cluster_ladder(workdir: Path, collectors: int, datagrams: list[bytes], rates: list[float],
+                   seconds: float) -> tuple[float, list[dict]]:
+    """The ladder with the 20 definitions over ``collectors`` collectors and an alerting node."""
+    best, log = 0.0, []
+    for rate in rates:
+        for _ in range(ingest_bench.ATTEMPTS):
+            r = cluster_bench.rung(workdir, definitions_in(), collectors, datagrams, rate, seconds)
+            ok = r["lossless"] and r["alerts_kept_up"]
+            if ok:
+                break
+        log.append(r)
+        print(f"  {r['collector']:14} target {rate / 1e6:5.2f} M/s  sent {r['send_rate'] / 1e6:5.2f} M/s  received "
+              f"{r['received'] * 100:7.3f} %  partials {'all merged' if r['alerts_kept_up'] else 'NOT all merged'} "
+              f"({r['partials']:.0f})  cpu {r['cpu_s_per_M']:5.2f} s/M  RSS {r['peak_rss_mb']:6.1f} MB", flush=True)
+        if ok and r["send_rate"] >= 0.95 * rate:
+            best = rate
+        elif not ok:
+            break
+    return best, log
+
+
 # -- latency ----------------------------------------------------------------------------------
 
 def probe_flow(i: int) -> FlowBatch:
@@ -168,17 +190,26 @@ def probe_flow(i: int) -> FlowBatch:
                            dst_port=4444, protocol=6, tcp_flags=0x1B, bytes=10**9, packets=10**6, sampling_rate=1)
 
 
-def latency(workdir: Path, background_rate: float, probes: int) -> dict[str, float]:
-    SluiceWithAlerts.definitions = definitions_in() + [DefinitionIn(
+def latency(workdir: Path, background_rate: float, probes: int, collectors: int = 0) -> dict[str, float]:
+    """Probes to a single server, or (``collectors``) to the collectors of a cluster in turn,
+    the records read from the alerting node."""
+    definitions = definitions_in() + [DefinitionIn(
         title="probe", entity="host", metric="bytes_sent", interval="1m", threshold=10**8, prefilter="SRVPORT == 4444",
         severity="HIGH")]
-    server = SluiceWithAlerts(Path(tempfile.mkdtemp(dir=workdir)))
+    if collectors:
+        server: object = cluster_bench.Cluster(Path(tempfile.mkdtemp(dir=workdir)), definitions, collectors,
+                                               ADMIN_PASSWORD)
+        ports = server.ports
+    else:
+        SluiceWithAlerts.definitions = definitions
+        server = SluiceWithAlerts(Path(tempfile.mkdtemp(dir=workdir)))
+        ports = [server.port]
     datagrams = ingest_bench.datagrams_for("ipfix", "recurring", int(time.time() * 1000))
     stop = threading.Event()
 
     def background() -> None:
         while not stop.is_set():
-            ingest_bench.send(server.port, datagrams, background_rate, 1.0)
+            cluster_bench.send_split(ports, datagrams, background_rate, 1.0)
 
     bg = threading.Thread(target=background, daemon=True)
     bg.start()
@@ -197,7 +228,7 @@ def latency(workdir: Path, background_rate: float, probes: int) -> dict[str, flo
     for i in range(probes):
         [datagram] = encoder.encode(probe_flow(i), int(time.time() * 1000))
         t0 = time.perf_counter()
-        sock.sendto(datagram, ("127.0.0.1", server.port))
+        sock.sendto(datagram, ("127.0.0.1", ports[i % len(ports)]))
         while True:
             n = len(client.get("/api/v1/alerts", params={"definition": probe_def, "limit": 100_000}).json())
             if n > seen:
@@ -214,7 +245,8 @@ def latency(workdir: Path, background_rate: float, probes: int) -> dict[str, flo
     client.close()
     server.stop()
     arr = np.array(samples)
-    return {"probes": probes, "background_flows_per_s": background_rate, "p50_s": float(np.percentile(arr, 50)),
+    return {"probes": probes, "collectors": collectors, "background_flows_per_s": background_rate,
+            "p50_s": float(np.percentile(arr, 50)),
             "p99_s": float(np.percentile(arr, 99)), "max_s": float(arr.max())}
 
 
@@ -291,6 +323,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: memory, throughput, latency")
+    parser.add_argument("--collectors", type=int, default=0,
+                        help="also run the throughput and latency parts on a cluster of this many collectors and an "
+                             "alerting node (NATS JetStream), beside the single server in the same run")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     rates = [float(r) for r in args.rates.split(",")]
@@ -314,7 +349,7 @@ def main() -> int:
         os.sched_setaffinity(0, {ingest_bench.SENDER_CPU})
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        with_alerts, ratio = 200_000.0, float("nan")
+        with_alerts, ratio, clustered = 200_000.0, float("nan"), 100_000.0
         if "throughput" not in skip:
             print("\n1. ingest throughput, IPFIX, without and with 20 alert definitions")
             datagrams = ingest_bench.datagrams_for("ipfix", "new", int(time.time() * 1000))
@@ -326,6 +361,14 @@ def main() -> int:
                                      "rungs": log1 + log2}
             print(f"  highest rate without alerts {without / 1e6:.2f} M flows/s, with 20 definitions "
                   f"{with_alerts / 1e6:.2f} M flows/s: {ratio * 100:.0f} % (target >= 70 %)")
+            if args.collectors:
+                print(f"\n1b. the same with 20 definitions over {args.collectors} collectors and an alerting node "
+                      "(every process on the collector core)")
+                clustered, log3 = cluster_ladder(workdir, args.collectors, datagrams, rates, seconds)
+                results["throughput"]["cluster"] = {"collectors": args.collectors, "with_alerts": clustered,
+                                                    "rungs": log3}
+                print(f"  highest rate over {args.collectors} collectors {clustered / 1e6:.2f} M flows/s, one server "
+                      f"{with_alerts / 1e6:.2f} M flows/s")
         if "latency" in skip:
             print(f"\nsummary: throughput with alerts {ratio * 100:.0f} % of without")
             if args.json:
@@ -339,6 +382,14 @@ def main() -> int:
         results["latency"] = lat
         print(f"  p50 {lat['p50_s'] * 1000:.0f} ms, p99 {lat['p99_s'] * 1000:.0f} ms, max {lat['max_s'] * 1000:.0f} ms "
               f"(target p99 < 1000 ms)")
+        if args.collectors:
+            print(f"\n2b. latency over {args.collectors} collectors: probes to each in turn, records read from the "
+                  f"alerting node (background {max(clustered / 2, 50_000) / 1e6:.2f} M flows/s)")
+            # background at half what the cluster kept (every one of its processes on one core)
+            clat = latency(workdir, max(clustered / 2, 50_000), probes, args.collectors)
+            results["latency_cluster"] = clat
+            print(f"  p50 {clat['p50_s'] * 1000:.0f} ms, p99 {clat['p99_s'] * 1000:.0f} ms, "
+                  f"max {clat['max_s'] * 1000:.0f} ms (target p99 < 2000 ms)")
     print(f"\nsummary: throughput with alerts {ratio * 100:.0f} % of without; "
           f"latency p99 {lat['p99_s'] * 1000:.0f} ms; memory with {hosts:,} hosts {mem['rss_growth_mb']:.0f} MB")
     if args.json:

@@ -171,3 +171,20 @@ def test_a_collector_keeps_partials_up_to_its_byte_bound_and_counts_the_oldest_i
     publisher.submit(partials[3:])
     assert publisher.queued() == 4 and counters.get("alert_partials_dropped_total") == 6
     assert [p.seq for p in publisher._queue] == [7, 8, 9, 10]  # the newest are kept
+
+
+def test_a_scanner_with_thousands_of_peers_is_cut_into_partials_under_the_bound_and_merges_whole():
+    d = Definition(id=1, user_id=1, title="scan", metric="unique_ports", entity="host", interval="5m", threshold=2999)
+    collector, node = PartialBuilder("a"), AlertEngine()
+    collector.set_definitions([d])
+    node.set_definitions([d])
+    sessions = [Sess(i + 1, "10.5.0.66", f"10.9.{i % 3}.10", 40000 + i % 20000, 1 + i, 6, 60, 0, 1, 0,
+                     "US", "US", 0, 0) for i in range(3000)]
+    b, arr = batch(sessions)
+    parts = collector.parts(b, Arrivals(arr.new, arr.slot, np.full(len(sessions), T0, np.int64)), T0)
+    partials = collector.pack(parts, T0, max_bytes=8192)
+    assert len(partials) > 3 and all(p.nbytes() <= 8192 for p in partials)
+    events = []
+    for p in partials:
+        events += node.merge_partials([(decode(encode(p)), p.seq)], T0)
+    assert [(e.entity, e.value, e.count) for e in events] == [("10.5.0.66", 3000, 3000)]

@@ -112,6 +112,18 @@ class PartRows:
     def text(self, row: int) -> str:
         return self.table.text(int(self.entity[row]))
 
+    def rows_slice(self, start: int, stop: int) -> PartRows:
+        """Rows ``start:stop``, naming the same table."""
+        return PartRows(
+            self.definition_id,
+            self.signature,
+            self.bucket,
+            self.table,
+            self.entity[start:stop],
+            self.values[start:stop],
+            self.contributions[start:stop],
+        )
+
     def nbytes(self) -> int:
         return self.entity.nbytes + self.values.nbytes + self.contributions.nbytes
 

@@ -29,9 +29,9 @@ log = structlog.get_logger(__name__)
 
 _NO_ADDR = np.zeros((0, 16), np.uint8)
 
-#: a partial's size at most before compression (about 16 bytes a row, 24 to 40 an entity):
-#: compressed, well under NATS's default message size of 1 MiB
-MAX_PARTIAL_BYTES = 1 << 20
+#: a partial's arrays at most (about 16 bytes a row, 24 to 40 an entity): with Arrow's
+#: framing, under the 1 MB a NATS server takes by default (``max_payload``)
+MAX_PARTIAL_BYTES = 768 << 10
 
 
 @njit(cache=True, nogil=True)
@@ -103,6 +103,70 @@ def _pairs_part(
                 counts[k] = contrib[e] if i == a else 0
                 k += 1
     return entity[:k], peer[:k], counts[:k]
+
+
+def _rows_of(part: PartRows, a: int, b: int, table: EntityTable, first: int) -> PartRows:
+    """Rows ``a:b`` of a part, naming entities of ``table`` (the part's from row ``first`` on)."""
+    return PartRows(
+        part.definition_id,
+        part.signature,
+        part.bucket,
+        table,
+        part.entity[a:b] - first,
+        part.values[a:b],
+        part.contributions[a:b],
+    )
+
+
+def _by_rows(parts: list[PartRows], max_bytes: int) -> list[list[PartRows]]:
+    """Parts cut by rows into groups of at most ``max_bytes``, counting each row with the
+    table entry it may need; each group names only the entities its rows do."""
+    groups: list[list[PartRows]] = [[]]
+    room = max_bytes
+    for part in parts:
+        per_row = part.entity.itemsize + part.values.itemsize + part.contributions.itemsize
+        per_row += part.table.nbytes() // max(len(part.table), 1)
+        a = 0
+        while a < len(part):
+            take = min(len(part) - a, room // per_row)
+            if take <= 0 and groups[-1]:  # this group is full: the next
+                groups.append([])
+                room = max_bytes
+                continue
+            take = max(take, 1)  # a row larger than the bound goes alone
+            groups[-1].append(part.rows_slice(a, a + take) if take < len(part) else part)
+            room -= take * per_row
+            a += take
+    return [_own_tables(group) for group in groups if group]
+
+
+def _own_tables(parts: list[PartRows]) -> list[PartRows]:
+    """Parts whose tables hold only the entities they name."""
+    named: dict[int, np.ndarray] = {}
+    for part in parts:
+        named[id(part.table)] = np.union1d(named.get(id(part.table), part.entity[:0]), part.entity)
+    subs: dict[int, EntityTable | None] = dict.fromkeys(named)
+    out = []
+    for part in parts:
+        keep = named[id(part.table)]
+        sub = subs[id(part.table)]
+        if sub is None:
+            t = part.table
+            sub = subs[id(part.table)] = EntityTable(
+                t.kind, t.keys[keep], t.addr[keep], t.addr2[keep] if len(t.addr2) else _NO_ADDR
+            )
+        out.append(
+            PartRows(
+                part.definition_id,
+                part.signature,
+                part.bucket,
+                sub,
+                np.searchsorted(keep, part.entity).astype(np.int32),
+                part.values,
+                part.contributions,
+            )
+        )
+    return out
 
 
 class PartialBuilder:
@@ -202,9 +266,10 @@ class PartialBuilder:
         return out
 
     def pack(self, parts: list[PartRows], now_ms: int, max_bytes: int = MAX_PARTIAL_BYTES) -> list[Partial]:
-        """Parts in numbered partials of about ``max_bytes`` at most before compression: a
-        large batch is cut into ranges of each table's entities, each partial carrying its
-        ranges of the tables and of the parts (whose rows are in entity order)."""
+        """Parts in numbered partials of at most ``max_bytes`` of arrays each. A large batch is
+        cut into ranges of each table's entities, each partial carrying its ranges of the
+        tables and of the parts (whose rows are in entity order); a range still too large (an
+        entity with very many distinct peers) is cut by rows."""
         if not parts:
             return []
         whole = Partial(self.collector, self.epoch, 0, now_ms, parts)
@@ -223,19 +288,13 @@ class PartialBuilder:
                 sub, lo, hi = cut[id(part.table)]
                 a, b = np.searchsorted(part.entity, (lo, hi))
                 if b > a:
-                    chunk.append(
-                        PartRows(
-                            part.definition_id,
-                            part.signature,
-                            part.bucket,
-                            sub,
-                            part.entity[a:b] - lo,
-                            part.values[a:b],
-                            part.contributions[a:b],
-                        )
-                    )
-            if chunk:
+                    chunk.append(_rows_of(part, a, b, sub, lo))
+            if not chunk:
+                continue
+            if Partial("", 0, 0, now_ms, chunk).nbytes() <= max_bytes:
                 out.append(self._numbered(chunk, now_ms))
+            else:
+                out.extend(self._numbered(rows, now_ms) for rows in _by_rows(chunk, max_bytes))
         return out
 
     def _numbered(self, parts: list[PartRows], now_ms: int) -> Partial:

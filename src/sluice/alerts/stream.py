@@ -183,18 +183,27 @@ class PartialPublisher:
                 await self._ready.wait()
                 continue
             data = encode(partial)
-            await js.publish(
-                f"{SUBJECTS}.{partial.collector}",
-                data,
-                timeout=5.0,
-                headers={"Nats-Msg-Id": f"{partial.collector}:{partial.epoch}:{partial.seq}"},
-            )
-            with self._lock:  # acknowledged: it may go (unless the queue dropped it meanwhile)
+            try:
+                await js.publish(
+                    f"{SUBJECTS}.{partial.collector}",
+                    data,
+                    timeout=5.0,
+                    headers={"Nats-Msg-Id": f"{partial.collector}:{partial.epoch}:{partial.seq}"},
+                )
+            except nats.errors.MaxPayloadError:  # would never pass: dropped, not retried for ever
+                log.error(
+                    "a partial larger than the NATS server takes was dropped; raise its max_payload",
+                    bytes=len(data),
+                    max_payload=js._nc.max_payload,
+                )
+                self.counters.inc("alert_partials_dropped_total")
+            else:
+                self.published += 1
+                self.counters.inc("alert_partials_published_total")
+            with self._lock:  # acknowledged (or refused): it may go, unless the queue dropped it meanwhile
                 if self._queue and self._queue[0] is partial:
                     self._queued_bytes -= self._queue.popleft().nbytes()
                 queued = len(self._queue)
-            self.published += 1
-            self.counters.inc("alert_partials_published_total")
             self.counters.set("alert_partials_queued", queued)
 
 

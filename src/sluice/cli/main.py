@@ -102,6 +102,14 @@ def serve(
             max=256,
         ),
     ] = None,
+    role: Annotated[
+        Optional[str],
+        typer.Option(
+            help="single (the whole server), collector (ships partial alert windows to the NATS stream) or "
+            "alerting (merges them); see docs/deployment.md. (default: single)",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[
         Optional[str], typer.Option(help="debug, info, warning or error. (default: warning)", show_default=False)
     ] = None,
@@ -136,6 +144,7 @@ def serve(
             "http.tls_key": tls_key,
             "data_dir": data_dir,
             "sessions.workers": workers,
+            "cluster.role": role,
             "log_level": log_level,
             "log_format": log_format,
         },
