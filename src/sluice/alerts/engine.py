@@ -496,12 +496,19 @@ class AlertEngine:
                         continue
                     self.stats["rows_merged"] += len(part)
                     groups.setdefault((part.bucket, part.definition_id), []).append(part)
+            # each entity table numbered once, for every part that names it
+            numbering: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+            for parts in groups.values():
+                for part in parts:
+                    if id(part.table) not in numbering:
+                        numbering[id(part.table)] = self._number(part.kind, part.table.keys, None, clock)
             for (bucket, definition_id), parts in sorted(groups.items(), key=lambda item: item[0]):
                 group_state = self.states.get(definition_id)
                 if group_state is None:  # set aside by a failure of its earlier group
                     continue
                 try:
-                    events.extend(self._merge_parts(group_state, PartGroup(parts), bucket, clock, time_us))
+                    group = PartGroup(parts, numbering)
+                    events.extend(self._merge_parts(group_state, group, bucket, time_us))
                 except Exception as exc:
                     self._set_aside(group_state, "merging a collector's partial failed", exc)
             events += self._advance(clock - self.arrival_slack_ms, time_us)
@@ -511,13 +518,8 @@ class AlertEngine:
             self.stats["events"] += len(events)
             return events
 
-    def _merge_parts(
-        self, state: DefinitionState, group: PartGroup, bucket: int, now_ms: int, time_us: int
-    ) -> list[AlertEvent]:
-        for table in group.tables():
-            if table.ids is None:  # numbered once for every part that names the table
-                table.ids, table.valid = self._number(table.kind, table.keys, None, now_ms)
-        group.ids, mask = group.numbered()
+    def _merge_parts(self, state: DefinitionState, group: PartGroup, bucket: int, time_us: int) -> list[AlertEvent]:
+        mask = group.valid
         group.uniq, group.inv, group.first = self._group(group.kind, group.ids)
         events: list[AlertEvent] = []
         bucket = max(bucket, state.bucket)  # a late part counts in the current period

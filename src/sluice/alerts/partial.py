@@ -49,10 +49,6 @@ class EntityTable:
     keys: np.ndarray  # uint64
     addr: np.ndarray  # (n, 16) uint8
     addr2: np.ndarray  # (n, 16) uint8: a host pair's server; (0, 16) for the other kinds
-    # set by the merging engine, once for all the parts that name the table: each entity's
-    # dense id, and which are valid (None: all)
-    ids: np.ndarray | None = None
-    valid: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -133,31 +129,28 @@ class PartGroup:
     rows one after another (``EntityRows``'s interface for the engine's thresholds and
     messages)."""
 
-    def __init__(self, parts: list[PartRows]):
+    def __init__(self, parts: list[PartRows], numbering: dict[int, tuple[np.ndarray, np.ndarray | None]]):
+        """``numbering``: per entity table (by ``id``), the merging engine's dense id of each
+        entity and which are valid (None: all)."""
         self.parts = parts
         self.kind = parts[0].kind
+        ids, valid = [], []
+        for p in parts:
+            table_ids, table_valid = numbering[id(p.table)]
+            ids.append(table_ids[p.entity])
+            valid.append(np.ones(len(p), bool) if table_valid is None else table_valid[p.entity])
+        self.ids = np.concatenate(ids)
+        self.valid = np.concatenate(valid)
         self.values = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
         self.contributions = (
             np.concatenate([p.contributions for p in parts]) if len(parts) > 1 else parts[0].contributions
         )
         self.starts = np.cumsum([0] + [len(p) for p in parts])
         # set by the merging engine, as on ``EntityRows``
-        self.ids = self.uniq = self.inv = self.first = _NO_ROWS
+        self.uniq = self.inv = self.first = _NO_ROWS
 
     def __len__(self) -> int:
         return int(self.starts[-1])
-
-    def tables(self) -> list[EntityTable]:
-        return list({id(p.table): p.table for p in self.parts}.values())
-
-    def numbered(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's dense entity id, and whether it is valid (its tables numbered)."""
-        ids, valid = [], []
-        for p in self.parts:
-            assert p.table.ids is not None
-            ids.append(p.table.ids[p.entity])
-            valid.append(np.ones(len(p), bool) if p.table.valid is None else p.table.valid[p.entity])
-        return np.concatenate(ids), np.concatenate(valid)
 
     def own_addresses(self) -> list[np.ndarray]:
         each = [p.own_addresses() for p in self.parts]
