@@ -188,3 +188,41 @@ def test_a_scanner_with_thousands_of_peers_is_cut_into_partials_under_the_bound_
     for p in partials:
         events += node.merge_partials([(decode(encode(p)), p.seq)], T0)
     assert [(e.entity, e.value, e.count) for e in events] == [("10.5.0.66", 3000, 3000)]
+
+
+def test_a_snapshot_taken_while_partials_merge_restores_each_window_once_with_what_is_read_again(tmp_path,
+                                                                                                  monkeypatch):
+    """Windows are saved one after another while merging goes on: each notes the stream
+    sequence it holds, and the partials read again after a restart go only to those that
+    lack them."""
+    from sluice.alerts import persist
+
+    defs = [Definition(id=i, user_id=1, title=f"d{i}", metric="bytes_sent", entity="host", interval="5m",
+                       threshold=10**9) for i in (1, 2)]
+    collector = PartialBuilder("a")
+    collector.set_definitions(defs)
+    stream = [p for k in range(4) for p in shipped(collector, [Sess(k + 1, "10.0.0.1", "10.0.0.2", 30000, 80, 6,
+                                                                    100 * (k + 1), 0, 1, 0, "US", "US", 0, 0)],
+                                                   T0 + k, 1 << 20)]
+    live = AlertEngine()
+    live.set_definitions(defs)
+    for seq, p in enumerate(stream[:3], 1):
+        live.merge_partials([(p, seq)], T0 + 3)
+    windows_written = []
+
+    def between_windows(_s):  # the fourth partial arrives while the first window is on disk
+        windows_written.append(1)
+        if len(windows_written) == 1:
+            live.merge_partials([(stream[3], 4)], T0 + 3)
+
+    monkeypatch.setattr(persist.time, "sleep", between_windows)
+    persist.save(live, tmp_path / "state.bin")
+    restored = AlertEngine()
+    restored.set_definitions(defs)
+    assert persist.load(restored, tmp_path / "state.bin")
+    assert restored.stream_seq == 3 and restored.merged_seq == {1: 3, 2: 4}
+    for seq, p in enumerate(stream, 1):  # the stream read again from the start
+        restored.merge_partials([(p, seq)], T0 + 3)
+    for d in (1, 2):
+        assert restored.states[d].window.values[:2].tolist() == live.states[d].window.values[:2].tolist()
+    assert live.states[1].window.values.max() == 100 + 200 + 300 + 400

@@ -334,6 +334,8 @@ class AlertEngine:
         # the alerting node of several collectors: what it merged (saved with the windows)
         self.positions = Positions()
         self.stream_seq = 0
+        # restored: per definition, the stream sequence its saved window holds the partials of
+        self.merged_seq: dict[int, int] = {}
         self.lock = threading.RLock()  # evaluation, definition changes, persistence, API reads
         self._last_reclaim_ms = 0
         self._ids_kept = 0  # snapshots being written: no entity id is given back meanwhile
@@ -488,8 +490,10 @@ class AlertEngine:
             # the parts of one definition and period are folded together, whichever
             # collector and partial they came in: one pass over the window each
             groups: dict[tuple[int, int], list[PartRows]] = {}
-            for partial, _ in fresh:
+            for partial, partial_seq in fresh:
                 for part in partial.parts:
+                    if partial_seq <= self.merged_seq.get(part.definition_id, 0):
+                        continue  # read again after a restart: its saved window holds it
                     state = self.states.get(part.definition_id)
                     if state is None or state.signature != part.signature or state.definition.entity is not part.kind:
                         self.stats["parts_ignored"] += 1
@@ -513,6 +517,8 @@ class AlertEngine:
                     self._set_aside(group_state, "merging a collector's partial failed", exc)
             events += self._advance(clock - self.arrival_slack_ms, time_us)
             self.stream_seq = max(self.stream_seq, seq)
+            if self.merged_seq and self.stream_seq >= max(self.merged_seq.values()):
+                self.merged_seq = {}  # the replay is over
             for event in events:
                 event.seq = seq
             self.stats["events"] += len(events)

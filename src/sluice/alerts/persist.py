@@ -10,7 +10,6 @@ without the seconds of CPU an archive's checksums cost. Files of the earlier ``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -46,12 +45,11 @@ def save(engine: AlertEngine, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        # an alerting node merging collectors' partials saves where it is in the stream with
-        # the windows: it writes them all under the lock, as of one moment, so that the
-        # partials it reads again after a restart are exactly those the windows lack
-        whole = engine.lock if engine.stream_seq else contextlib.nullcontext()
-        with open(tmp, "wb") as f, engine.ids_kept(), whole:
+        with open(tmp, "wb") as f, engine.ids_kept():
             f.write(MAGIC)
+            # an alerting node merging collectors' partials: where it was in the stream when the
+            # save began (it reads on from there after a restart), and with each window the
+            # stream sequence it holds the partials of (those read again are not merged twice)
             with engine.lock:
                 cluster = {"positions": engine.positions.state(), "stream_seq": engine.stream_seq}
             _put(f, "cluster", np.frombuffer(json.dumps(cluster).encode(), np.uint8))
@@ -60,8 +58,9 @@ def save(engine: AlertEngine, path: Path) -> None:
                     state = engine.states.get(definition_id)
                     for name, array in _definition_arrays(definition_id, state) if state is not None else ():
                         _put(f, name, array)
-                if not engine.stream_seq:
-                    time.sleep(_BETWEEN_WINDOWS_S)  # a thread waiting for the lock takes it now
+                    if state is not None:
+                        _put(f, f"def.{definition_id}.merged_seq", np.array([engine.stream_seq], np.int64))
+                time.sleep(_BETWEEN_WINDOWS_S)  # a thread waiting for the lock takes it now
             with engine.lock:
                 for name, array in _index_arrays(engine):
                     _put(f, name, array)
@@ -150,6 +149,8 @@ def load(engine: AlertEngine, path: Path) -> bool:
             if prefix + "signature" not in data or bytes(data[prefix + "signature"]).decode() != state.signature:
                 continue
             state.bucket = int(data[prefix + "meta"][0])
+            if prefix + "merged_seq" in data:
+                engine.merged_seq[definition_id] = int(data[prefix + "merged_seq"][0])
             state.window.load(_part(data, prefix + "w."))
             # COUNT's state: files from before 2026-12-03 have none (what they held was
             # counted already; contributions count from now on)
