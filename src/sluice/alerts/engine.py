@@ -241,7 +241,7 @@ class DefinitionState:
         self.counted_amount[ids] = 0
 
 
-class _Periods:
+class Periods:
     """The alerting periods of a batch's rows, per step length (definitions share a few), and
     whether a row's session had an earlier row, or side traffic, in the row's period."""
 
@@ -411,12 +411,12 @@ class AlertEngine:
             int(self.clock() * 1000),
         )
 
-    def _set_aside(self, state: DefinitionState, what: str, exc: BaseException) -> None:
+    def set_aside(self, state: DefinitionState, what: str, exc: BaseException) -> None:
         definition = state.definition
         self.failures[definition.id] = self._failure(definition, what, exc)
         self.states.pop(definition.id, None)
 
-    def _retry_failed(self, now_ms: int) -> None:
+    def retry_failed(self, now_ms: int) -> None:
         """Failed definitions whose retry time has come start again, with an empty window."""
         for definition_id, failed in list(self.failures.items()):
             if now_ms - failed.at_ms < FAILED_RETRY_MS:
@@ -438,7 +438,7 @@ class AlertEngine:
         with self.lock:
             self.stats["evaluations"] += 1
             if self.failures:
-                self._retry_failed(now_ms)
+                self.retry_failed(now_ms)
             for state in self.states.values():
                 if state.lower and state.observed_from_ms is None:
                     state.observed_from_ms = now_ms
@@ -465,7 +465,7 @@ class AlertEngine:
         with self.lock:
             self.stats["evaluations"] += 1
             if self.failures:
-                self._retry_failed(now_ms)
+                self.retry_failed(now_ms)
             time_us = now_us or now_ms * 1000
             events: list[AlertEvent] = []
             for watched in self.states.values():
@@ -514,7 +514,7 @@ class AlertEngine:
                     group = PartGroup(parts, numbering)
                     events.extend(self._merge_parts(group_state, group, bucket, time_us))
                 except Exception as exc:
-                    self._set_aside(group_state, "merging a collector's partial failed", exc)
+                    self.set_aside(group_state, "merging a collector's partial failed", exc)
             events += self._advance(clock - self.arrival_slack_ms, time_us)
             self.stream_seq = max(self.stream_seq, seq)
             if self.merged_seq and self.stream_seq >= max(self.merged_seq.values()):
@@ -547,7 +547,7 @@ class AlertEngine:
         if not len(sessions) or not self.states:
             return []
         at_ms = arrivals.at_ms if arrivals.at_ms is not None else np.full(len(sessions), now_ms, np.int64)
-        periods = _Periods(at_ms, self.history.recall(arrivals.slot, arrivals.new, at_ms, sessions))
+        periods = Periods(at_ms, self.history.recall(arrivals.slot, arrivals.new, at_ms, sessions))
         self.stats["rows_evaluated"] += len(sessions)
         masks: dict[str, np.ndarray] = {}
         shared = BatchKeys(sessions)
@@ -574,7 +574,7 @@ class AlertEngine:
         rows: EntityRows,
         sessions: SessionBatch,
         masks: dict[str, np.ndarray],
-        periods: _Periods,
+        periods: Periods,
         time_us: int,
     ) -> list[AlertEvent]:
         events: list[AlertEvent] = []
@@ -588,7 +588,7 @@ class AlertEngine:
                         pre = masks[text] = evaluate(state.prefilter, sessions)
                 events.extend(self._evaluate_one(state, rows, pre, periods, time_us))
             except Exception as exc:
-                self._set_aside(state, "evaluation failed", exc)
+                self.set_aside(state, "evaluation failed", exc)
         return events
 
     def _entity_rows(
@@ -660,7 +660,7 @@ class AlertEngine:
         state: DefinitionState,
         rows: EntityRows,
         pre: np.ndarray | None,
-        periods: _Periods,
+        periods: Periods,
         time_us: int,
     ) -> list[AlertEvent]:
         selected = self.select(state, rows, pre, periods, state.bucket)
@@ -677,7 +677,7 @@ class AlertEngine:
 
     @classmethod
     def select(
-        cls, state: DefinitionState, rows: EntityRows, pre: np.ndarray | None, periods: _Periods, current: int
+        cls, state: DefinitionState, rows: EntityRows, pre: np.ndarray | None, periods: Periods, current: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """What of a batch's entity rows a definition takes: (the rows that concern its
         entities, those of them that are contributions (COUNT), each session's period, the
@@ -703,7 +703,7 @@ class AlertEngine:
         rows: EntityRows,
         mask: np.ndarray,
         kept: np.ndarray,
-        periods: _Periods,
+        periods: Periods,
         buckets: np.ndarray,
         shared: bool,
     ) -> np.ndarray:
@@ -834,7 +834,7 @@ class AlertEngine:
                 try:
                     events += self._step_to(state, bucket, time_us)
                 except Exception as exc:
-                    self._set_aside(state, "its window could not slide", exc)
+                    self.set_aside(state, "its window could not slide", exc)
         if now_ms - self._last_reclaim_ms > 60_000 and not self._ids_kept:
             self._reclaim(now_ms)
             self._last_reclaim_ms = now_ms

@@ -20,7 +20,7 @@ from numba import njit
 from ..flows.schema import Arrivals, SessionBatch
 from ..query.evaluate import evaluate
 from .definition import Definition, EntityType
-from .engine import AlertEngine, AlertEvent, DefinitionState, _Periods
+from .engine import AlertEngine, AlertEvent, DefinitionState, Periods
 from .entities import BatchKeys, EntityRows
 from .keyindex import KeyIndex
 from .partial import EntityTable, Partial, PartRows
@@ -209,10 +209,12 @@ class PartialBuilder:
         naming their entities in one table per entity type."""
         engine = self.engine
         with engine.lock:
+            if engine.failures:  # failed definitions are tried again in time, as on one server
+                engine.retry_failed(now_ms)
             if not len(sessions) or not engine.states:
                 return []
             at_ms = arrivals.at_ms if arrivals.at_ms is not None else np.full(len(sessions), now_ms, np.int64)
-            periods = _Periods(at_ms, engine.history.recall(arrivals.slot, arrivals.new, at_ms, sessions))
+            periods = Periods(at_ms, engine.history.recall(arrivals.slot, arrivals.new, at_ms, sessions))
             engine.stats["rows_evaluated"] += len(sessions)
             shared = BatchKeys(sessions)
             masks: dict[str, np.ndarray] = {}
@@ -239,12 +241,12 @@ class PartialBuilder:
                                 pre = masks[text] = evaluate(state.prefilter, sessions)
                         out.extend(self._parts_of(state, rows, pre, periods, table))
                     except Exception as exc:
-                        engine._set_aside(state, "evaluation failed", exc)
+                        engine.set_aside(state, "evaluation failed", exc)
             return out
 
     @staticmethod
     def _parts_of(
-        state: DefinitionState, rows: EntityRows, pre: np.ndarray | None, periods: _Periods, table: EntityTable
+        state: DefinitionState, rows: EntityRows, pre: np.ndarray | None, periods: Periods, table: EntityTable
     ) -> list[PartRows]:
         selected = AlertEngine.select(state, rows, pre, periods, -1)  # lateness is the alerting node's to judge
         if selected is None:
