@@ -492,7 +492,7 @@ class AlertEngine:
             groups: dict[tuple[int, int], list[PartRows]] = {}
             for partial, partial_seq in fresh:
                 for part in partial.parts:
-                    if partial_seq <= self.merged_seq.get(part.definition_id, 0):
+                    if part.definition_id in self.merged_seq and partial_seq <= self.merged_seq[part.definition_id]:
                         continue  # read again after a restart: its saved window holds it
                     state = self.states.get(part.definition_id)
                     if state is None or state.signature != part.signature or state.definition.entity is not part.kind:
