@@ -52,7 +52,7 @@ def save(engine: AlertEngine, path: Path) -> None:
             # stream sequence it holds the partials of (those read again are not merged twice)
             with engine.lock:
                 cluster = {"positions": engine.positions.state(), "stream_seq": engine.stream_seq}
-            _put(f, "cluster", np.frombuffer(json.dumps(cluster).encode(), np.uint8))
+                _put(f, "cluster", np.frombuffer(json.dumps(cluster).encode(), np.uint8))
             for definition_id in list(engine.states):
                 with engine.lock:
                     state = engine.states.get(definition_id)
