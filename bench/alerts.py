@@ -85,15 +85,7 @@ def definitions_in(threshold: int = THRESHOLD) -> list[DefinitionIn]:
             for e, m, iv, pf, kind in DEFINITIONS]
 
 
-def metrics(http: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{http}/metrics", timeout=10).text
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            base = name.split("{", 1)[0]
-            out[base] = out.get(base, 0.0) + float(value)
-    return out
+metrics = cluster_bench.metrics
 
 
 class SluiceWithAlerts(ingest_bench.Sluice):

@@ -39,7 +39,8 @@ def _wait_http(http: int, proc: subprocess.Popen) -> None:
     raise RuntimeError("sluice serve did not answer")
 
 
-def _counts(http: int) -> dict[str, float]:
+def metrics(http: int) -> dict[str, float]:
+    """A server's /metrics, each metric summed over its labels."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10).read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -99,8 +100,8 @@ class Cluster:
 
     def counts(self) -> dict[str, float]:
         """The collectors' flows, rows, stored rows and drops; the partials published and merged."""
-        each = [_counts(http) for _, http in self.collectors]
-        node = _counts(self.http)
+        each = [metrics(http) for _, http in self.collectors]
+        node = metrics(self.http)
 
         def total(name: str) -> float:
             return sum(c.get(name, 0.0) for c in each)

@@ -276,6 +276,18 @@ class Periods:
         return out
 
 
+def prefilter_mask(state: DefinitionState, sessions: SessionBatch, masks: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The sessions a definition's prefilter keeps (None: no prefilter), computed once per
+    batch for every definition with the same prefilter text (``masks``)."""
+    if state.prefilter is None:
+        return None
+    text = state.definition.prefilter
+    pre = masks.get(text)
+    if pre is None:
+        pre = masks[text] = evaluate(state.prefilter, sessions)
+    return pre
+
+
 @dataclass(frozen=True)
 class Failure:
     """Why a definition is not being evaluated: it failed to compile or to evaluate."""
@@ -580,12 +592,7 @@ class AlertEngine:
         events: list[AlertEvent] = []
         for state in states:
             try:
-                pre = None
-                if state.prefilter is not None:
-                    text = state.definition.prefilter
-                    pre = masks.get(text)
-                    if pre is None:
-                        pre = masks[text] = evaluate(state.prefilter, sessions)
+                pre = prefilter_mask(state, sessions, masks)
                 events.extend(self._evaluate_one(state, rows, pre, periods, time_us))
             except Exception as exc:
                 self.set_aside(state, "evaluation failed", exc)

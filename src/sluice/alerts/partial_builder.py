@@ -18,9 +18,8 @@ import structlog
 from numba import njit
 
 from ..flows.schema import Arrivals, SessionBatch
-from ..query.evaluate import evaluate
 from .definition import Definition, EntityType
-from .engine import AlertEngine, AlertEvent, DefinitionState, Periods
+from .engine import AlertEngine, AlertEvent, DefinitionState, Periods, prefilter_mask
 from .entities import BatchKeys, EntityRows
 from .keyindex import KeyIndex
 from .partial import EntityTable, Partial, PartRows
@@ -233,12 +232,7 @@ class PartialBuilder:
                 table = EntityTable(kind, rows.keys[first], own[0][first], own[1][first] if len(own) > 1 else _NO_ADDR)
                 for state in states:
                     try:
-                        pre = None
-                        if state.prefilter is not None:
-                            text = state.definition.prefilter
-                            pre = masks.get(text)
-                            if pre is None:
-                                pre = masks[text] = evaluate(state.prefilter, sessions)
+                        pre = prefilter_mask(state, sessions, masks)
                         out.extend(self._parts_of(state, rows, pre, periods, table))
                     except Exception as exc:
                         engine.set_aside(state, "evaluation failed", exc)
