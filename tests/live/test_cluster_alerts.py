@@ -65,7 +65,7 @@ def test_two_collectors_half_a_scan_each_make_one_alert_through_jetstream(nats_s
         now = int(time.time() * 1000)
         feed(builders[0], scan(0, 40), now)  # 40 ports each: below 50 on each collector
         feed(builders[1], scan(40, 40), now)
-        wait_until(lambda: len(events) >= 2, timeout=20, what="both collectors' partials merged")
+        wait_until(lambda: len(events) >= 2, timeout=60, what="both collectors' partials merged")
         time.sleep(0.3)  # nothing more comes
         # the scanner (80 ports) and its target (80 of its ports reached): 80 sessions each
         assert sorted((e.entity, e.value, e.count, e.threshold) for e in events) == [
@@ -77,7 +77,7 @@ def test_two_collectors_half_a_scan_each_make_one_alert_through_jetstream(nats_s
         again = PartialSubscriber(nats_server.url, counters, merge, lambda: 1)  # reads from sequence 2 on
         again.start()
         try:
-            wait_until(lambda: node.stats["partials_repeated"] > before["partials_repeated"], timeout=20,
+            wait_until(lambda: node.stats["partials_repeated"] > before["partials_repeated"], timeout=60,
                        what="the repeated partial to arrive")
         finally:
             again.stop()
@@ -85,7 +85,7 @@ def test_two_collectors_half_a_scan_each_make_one_alert_through_jetstream(nats_s
 
         # one more session on a collector: counted once more
         feed(builders[0], scan(80, 1), int(time.time() * 1000))
-        wait_until(lambda: len(events) == 4, timeout=20, what="the next session's events")
+        wait_until(lambda: len(events) == 4, timeout=60, what="the next session's events")
         assert sorted((e.entity, e.value, e.count) for e in events[2:]) == [("10.5.0.66", 81, 1), ("10.9.0.10", 81, 1)]
     finally:
         for p in publishers:
@@ -123,6 +123,32 @@ def test_a_collector_keeps_its_partials_while_the_stream_is_away_and_sends_them_
         subscriber.stop()
 
 
+def test_an_alerting_node_merges_what_collectors_published_before_it_first_subscribed(nats_server):
+    """A new node reads the stream from its start, not from its first subscription: collectors
+    that publish while it is still connecting lose nothing (a race CI once lost)."""
+    counters = Counters()
+    node = AlertEngine()
+    node.set_definitions([SCAN])
+    events = []
+    subscriber = PartialSubscriber(nats_server.url, counters,
+                                   lambda got: events.extend(node.merge_partials(got, int(time.time() * 1000))),
+                                   lambda: node.stream_seq)  # made now, as the node starts
+    publisher = PartialPublisher(nats_server.url, counters)
+    builder = PartialBuilder("a", on_partials=publisher.submit)
+    builder.set_definitions([SCAN])
+    publisher.start()
+    try:
+        feed(builder, scan(0, 60), int(time.time() * 1000))
+        wait_until(lambda: counters.get("alert_partials_published_total") == 1, timeout=60,
+                   what="the partial published")
+        subscriber.start()  # only now
+        wait_until(lambda: events, timeout=60, what="the partial published before the subscription merged")
+        assert sorted((e.entity, e.value, e.count) for e in events) == [("10.5.0.66", 60, 60), ("10.9.0.10", 60, 60)]
+    finally:
+        publisher.stop()
+        subscriber.stop()
+
+
 # -- sluice serve as two collectors and an alerting node --------------------------------------
 
 
@@ -137,7 +163,7 @@ def scan_alerts(http: int) -> dict[str, tuple]:
     with httpx.Client(base_url=f"http://127.0.0.1:{http}", auth=ADMIN, timeout=10) as c:
         def now():
             return {r["entity"]: (r["value"], r["v1"], r["v2"], r["message"]) for r in c.get("/api/v1/alerts").json()}
-        return wait_until_steady(now, steady_s=2.0, timeout=40, what="the scan's alert records")
+        return wait_until_steady(now, steady_s=2.0, timeout=60, what="the scan's alert records")
 
 
 def define_scan(http: int) -> None:
@@ -189,7 +215,7 @@ def test_two_collectors_each_below_and_merged_above_alert_exactly_as_one_server(
         with httpx.Client(base_url=f"http://127.0.0.1:{node_http}", auth=ADMIN, timeout=10) as c:
             rows = wait_until_steady(lambda: c.get("/api/v1/sessions", params={"filter": "SRVIP == 10.9.0.10",
                                                                               "limit": 1000}).json(),
-                                     what="both collectors' sessions")
+                                     timeout=60, what="both collectors' sessions")
         assert sorted(r["srv_port"] for r in rows) == list(range(1000, 1080))
         assert {r["session_id"] >> 56 for r in rows} == {2, 3}
     finally:
@@ -301,17 +327,17 @@ def test_a_collector_killed_and_back_neither_loses_what_it_sent_nor_doubles_a_re
         cluster.start("c1")
         cluster.export("c0", first)
         c0_http = cluster.ports["c0"][0]
-        wait_until(lambda: counter(c0_http, "alert_partials_published_total") >= 1, what="c0's partial published")
+        wait_until(lambda: counter(c0_http, "alert_partials_published_total") >= 1, timeout=60, what="c0's partial published")
         with httpx.Client(base_url=f"http://127.0.0.1:{node_http}", auth=ADMIN, timeout=10) as c:
             def c0_sessions():
                 return len(c.get("/api/v1/sessions", params={"filter": "SRVIP == 10.9.0.10", "limit": 1000}).json())
-            wait_until(lambda: c0_sessions() == 40, what="c0's sessions stored")
+            wait_until(lambda: c0_sessions() == 40, timeout=60, what="c0's sessions stored")
             cluster.kill("c0")
             cluster.export("c1", second)  # the other collector goes on
             assert scan_alerts(node_http)["10.5.0.66"][:2] == (80, 80)
             cluster.start("c0")  # back, numbering its partials afresh
             cluster.export("c0", third)
-            wait_until(lambda: scan_alerts(node_http)["10.5.0.66"][0] == 90, timeout=40, what="c0's new sessions")
+            wait_until(lambda: scan_alerts(node_http)["10.5.0.66"][0] == 90, timeout=60, what="c0's new sessions")
             merged = scan_alerts(node_http)
             assert c0_sessions() == 90  # its sessions stored before the kill stayed
             rows = c.get("/api/v1/alerts").json()
@@ -332,7 +358,7 @@ def test_the_alerting_node_killed_resumes_from_its_saved_windows_and_the_stream_
         cluster.start("c0")
         cluster.start("c1")
         cluster.export("c0", first)
-        wait_until(lambda: counter(node_http, "alert_partials_merged_total") >= 1, what="the first half merged")
+        wait_until(lambda: counter(node_http, "alert_partials_merged_total") >= 1, timeout=60, what="the first half merged")
         cluster.stop("node")  # saves its windows: 40 ports of the scan
         cluster.start("node")
         cluster.export("c1", second)  # over the threshold: recorded, and not in any saved window
@@ -340,12 +366,12 @@ def test_the_alerting_node_killed_resumes_from_its_saved_windows_and_the_stream_
         changes = alert_stream_rows(cluster.state_url)
         cluster.kill("node")
         cluster.start("node")  # merges the second half again from the stream: records nothing twice
-        wait_until(lambda: counter(node_http, "alert_partials_merged_total") >= 1, what="the second half merged again")
+        wait_until(lambda: counter(node_http, "alert_partials_merged_total") >= 1, timeout=60, what="the second half merged again")
         assert scan_alerts(node_http)["10.5.0.66"][:2] == (80, 80)
         assert alert_stream_rows(cluster.state_url) == changes  # no record raised, no notice, twice
         assert counter(node_http, "alert_events_recorded_before_total") == 2  # the scanner's and its target's
         cluster.export("c0", third)  # and the windows go on from where they were
-        wait_until(lambda: scan_alerts(node_http)["10.5.0.66"][0] == 90, timeout=40, what="the third part merged")
+        wait_until(lambda: scan_alerts(node_http)["10.5.0.66"][0] == 90, timeout=60, what="the third part merged")
         merged = scan_alerts(node_http)
     finally:
         cluster.close()

@@ -65,16 +65,18 @@ def start_server(tmp_path, http: int, netflow: int, **env: str) -> subprocess.Po
     proc = subprocess.Popen(
         [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
          "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
-         "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=dict(ADMIN_ENV, **env))
-    for _ in range(200):
+         "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, text=True, env=dict(ADMIN_ENV, **env))
+    # its log goes to the test's own stderr, which pytest captures and shows with a failure (a
+    # pipe nobody reads would fill and stall the server's logging, and so the server)
+    deadline = time.monotonic() + 60  # it compiles its loops first where numba's cache is cold
+    while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1)
             return proc
         except httpx.HTTPError:
-            assert proc.poll() is None, proc.stderr.read()
+            assert proc.poll() is None, "sluice serve exited as it started: its log is in the captured stderr"
             time.sleep(0.1)
-    raise AssertionError("server did not start")
+    raise AssertionError("sluice serve did not answer on its HTTP port within 60 s")
 
 
 def ns2(tool: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -55,6 +55,7 @@ class AlertService:
         self.subscriber: PartialSubscriber | None = None
         self.builder: PartialBuilder | None = None
         if cluster is not None and self.role != "single":
+            PartialBuilder.warm_up()
             # the node's own flows, if any are sent to it, go through the stream like a
             # collector's: the alerting node merges everything there, its own included
             self.publisher = PartialPublisher(

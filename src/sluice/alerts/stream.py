@@ -14,6 +14,7 @@ and the engine stay plain threads.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
 import time
 from collections import deque
@@ -40,6 +41,9 @@ _RETRY_S = 1.0
 MAX_QUEUED_BYTES = 256 << 20
 #: with nothing to read for this long, the alerting node moves its windows by its clock
 IDLE_S = 0.2
+#: how far before its start a node with no stream position reads (message times are the NATS
+#: server's clock: this much apart from the node's is tolerated)
+START_MARGIN_S = 10.0
 
 
 class _LoopThread:
@@ -208,9 +212,10 @@ class PartialPublisher:
 
 
 class PartialSubscriber:
-    """The alerting node's side: reads the stream from the sequence after ``start_seq`` (0: from
-    what is published from now on), in order, and hands each partial with its stream sequence
-    to ``on_partials`` (a batch at a time; an empty one when nothing came for ``IDLE_S``). Bad
+    """The alerting node's side: reads the stream from the sequence after ``start_seq`` (0, no
+    position yet: from what was published since this subscriber was made, less
+    ``START_MARGIN_S``), in order, and hands each partial with its stream sequence to
+    ``on_partials`` (a batch at a time; an empty one when nothing came for ``IDLE_S``). Bad
     messages are dropped, counted."""
 
     def __init__(
@@ -230,6 +235,9 @@ class PartialSubscriber:
         self.retention_s = retention_s
         self.max_bytes = max_bytes
         self.batch = batch
+        # not "what comes once subscribed": collectors may publish before this node first
+        # reaches the NATS server, and those partials are of its time
+        self.since = datetime.datetime.fromtimestamp(time.time() - START_MARGIN_S, datetime.UTC)
         self._thread = _LoopThread("sluice-partials-in", self._main)
         self.connected = threading.Event()
 
@@ -268,7 +276,10 @@ class PartialSubscriber:
             )
         else:
             config = api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.NEW, ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0
+                deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                opt_start_time=self.since,
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=60.0,
             )
         sub = await js.pull_subscribe(f"{SUBJECTS}.>", stream=STREAM, config=config)
         self.connected.set()
