@@ -14,7 +14,7 @@ run: $(STAMP) $(GEO_MMDB)
 	$(VENV)/bin/sluice serve --simulate
 
 test: lint $(STAMP) $(GEO_MMDB) debian-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 2
 
 # zero findings on src/: ruff (lint and format) and mypy, configured in pyproject.toml
 lint: $(STAMP)
