@@ -23,7 +23,7 @@ from ..support.alertref import Sess
 from ..support.exporters import export
 from ..support.interop import free_tcp_port, free_udp_port
 from ..support.pcapgen import Conversation, write_pcap
-from ..support.server import ADMIN, metrics, start_server
+from ..support.server import ADMIN, ADMIN_ENV, SLUICE, metrics, start_server
 from ..support.waiting import wait_until, wait_until_steady
 from ..unit.test_alerts import batch
 
@@ -147,6 +147,33 @@ def test_an_alerting_node_merges_what_collectors_published_before_it_first_subsc
     finally:
         publisher.stop()
         subscriber.stop()
+
+
+def test_a_collector_whose_nats_server_is_away_says_so_once_not_with_a_traceback_each_second(tmp_path):
+    """The NATS client's own logging printed a traceback every second while the server was away."""
+    http = free_tcp_port()
+    with open(tmp_path / "serve.log", "w") as log_file:
+        proc = subprocess.Popen(
+            [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(free_udp_port()), "--ipfix-port", "0",
+             "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
+             "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=log_file,
+            env=dict(ADMIN_ENV, SLUICE_CLUSTER__ROLE="collector",
+                     SLUICE_CLUSTER__NATS_URL=f"nats://127.0.0.1:{free_tcp_port()}"))  # nothing listens there
+        try:
+            wait_until(lambda: counter_or_none(http, "alert_partials_publish_errors_total") >= 3, timeout=60,
+                       what="three failed attempts to reach the NATS server")
+        finally:
+            stop(proc)
+    text = (tmp_path / "serve.log").read_text()
+    assert text.count("cannot reach the NATS server") == 1, text
+    assert "Traceback" not in text and "encountered error" not in text, text
+
+
+def counter_or_none(http: int, name: str) -> float:
+    try:
+        return counter(http, name)
+    except httpx.HTTPError:
+        return 0.0
 
 
 # -- sluice serve as two collectors and an alerting node --------------------------------------

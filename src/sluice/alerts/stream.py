@@ -74,11 +74,60 @@ class _LoopThread:
         self._thread.join(timeout)
 
 
-async def _connect(url: str, name: str) -> Any:
-    """A connection that reconnects by itself for ever (the node may restart at any time)."""
-    return await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=_RETRY_S, allow_reconnect=True
-    )
+class _Link:
+    """What one side's connection to the NATS server says of itself, logged once per change
+    (the server lost, then back) rather than once per retry with a traceback, as the client
+    library's default does every second while the server is away."""
+
+    def __init__(self, url: str, side: str, counters: Counters, counter: str):
+        self.url = url
+        self.side = side
+        self.counters = counters
+        self.counter = counter
+        self.down = False
+
+    def failed(self, exc: BaseException) -> None:
+        self.counters.inc(self.counter)
+        if not self.down:
+            self.down = True
+            log.warning(
+                "cannot reach the NATS server; retrying every second",
+                url=self.url,
+                side=self.side,
+                error=str(exc) or type(exc).__name__,
+                fix="start nats-server with -js, or set [cluster] nats_url",
+            )
+
+    def up(self) -> None:
+        if self.down:
+            self.down = False
+            log.info("the NATS server is reachable again", url=self.url, side=self.side)
+
+    async def _error(self, exc: Exception) -> None:
+        self.failed(exc)
+
+    async def _disconnected(self) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("lost the NATS server; reconnecting", url=self.url, side=self.side)
+
+    async def _reconnected(self) -> None:
+        self.up()
+
+    async def connect(self) -> Any:
+        """A connection that reconnects by itself for ever (the node may restart at any time)."""
+        nc = await nats.connect(
+            self.url,
+            name=f"sluice {self.side}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=_RETRY_S,
+            allow_reconnect=True,
+            error_cb=self._error,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+        )
+        self.up()
+        return nc
 
 
 async def ensure_stream(js: Any, retention_s: float, max_bytes: int) -> None:
@@ -125,6 +174,7 @@ class PartialPublisher:
         self._lock = threading.Lock()
         self._ready: asyncio.Event | None = None
         self._thread = _LoopThread("sluice-partials-out", self._main)
+        self._link = _Link(url, "collector", counters, "alert_partials_publish_errors_total")
         self.published = 0
 
     def submit(self, partials: list[Partial]) -> None:
@@ -163,7 +213,7 @@ class PartialPublisher:
         self._ready = asyncio.Event()
         while True:
             try:
-                nc = await _connect(self.url, "sluice collector")
+                nc = await self._link.connect()
                 try:
                     js = nc.jetstream()
                     await ensure_stream(js, self.retention_s, self.max_bytes)
@@ -173,8 +223,7 @@ class PartialPublisher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the server away or refusing: wait, then again
-                log.warning("partials not published; retrying", url=self.url, error=str(exc))
-                self.counters.inc("alert_partials_publish_errors_total")
+                self._link.failed(exc)
                 await asyncio.sleep(_RETRY_S)
 
     async def _publish_all(self, js: Any) -> None:
@@ -239,6 +288,7 @@ class PartialSubscriber:
         # reaches the NATS server, and those partials are of its time
         self.since = datetime.datetime.fromtimestamp(time.time() - START_MARGIN_S, datetime.UTC)
         self._thread = _LoopThread("sluice-partials-in", self._main)
+        self._link = _Link(url, "alerting", counters, "alert_partials_read_errors_total")
         self.connected = threading.Event()
 
     def start(self) -> None:
@@ -250,7 +300,7 @@ class PartialSubscriber:
     async def _main(self) -> None:
         while True:
             try:
-                nc = await _connect(self.url, "sluice alerting")
+                nc = await self._link.connect()
                 try:
                     js = nc.jetstream()
                     await ensure_stream(js, self.retention_s, self.max_bytes)
@@ -261,8 +311,7 @@ class PartialSubscriber:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("partials not read; retrying", url=self.url, error=str(exc))
-                self.counters.inc("alert_partials_read_errors_total")
+                self._link.failed(exc)
                 await asyncio.sleep(_RETRY_S)
 
     async def _read(self, js: Any) -> None:
