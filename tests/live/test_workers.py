@@ -18,16 +18,16 @@ from sluice.simulate.traffic import TrafficModel
 
 from ..support.interop import free_tcp_port, free_udp_port
 from ..support.server import ADMIN, ADMIN_ENV, SLUICE, metrics
-from ..support.waiting import wait_until
+from ..support.waiting import wait_until, wait_until_steady
 
 
-def start(tmp_path: Path, name: str, workers: int) -> tuple[subprocess.Popen, int, int]:
+def start(tmp_path: Path, name: str, workers: int, **popen) -> tuple[subprocess.Popen, int, int]:
     http, netflow = free_tcp_port(), free_udp_port()
     proc = subprocess.Popen(
         [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
          "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
          "--data-dir", str(tmp_path / name), "--workers", str(workers), "--log-level", "info"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ADMIN_ENV)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ADMIN_ENV, **popen)
     wait_until(lambda: _answers(http), timeout=60, what=f"{name} to start")
     return proc, http, netflow
 
@@ -179,3 +179,28 @@ def test_workers_keep_the_rows_nobody_wants_and_hand_them_over_once_a_definition
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
+
+
+def test_sigterm_to_the_whole_process_group_stops_the_server_and_its_workers_cleanly(tmp_path):
+    """``systemctl stop`` (and ``timeout``, and a shell's job control) signal every process of
+    the server at once: the workers leave their stopping to the server, which stores what they
+    hold, rather than dying first and being started again as it stops."""
+    proc, http, netflow = start(tmp_path, "w", 2, start_new_session=True)
+    try:
+        send(traffic(int(time.time() * 1000)), netflow, "127.0.0.1")
+        rows = wait_until_steady(lambda: totals(http)["session_rows_total"], timeout=60, what="the session rows")
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    assert "worker died" not in err
+    again, http, _ = start(tmp_path, "w", 1)
+    try:
+        # every row the workers held was stored (the gauge is set by the first maintenance round)
+        assert wait_until(lambda: totals(http)["store_rows"], timeout=30, what="the stored rows") == rows > 1000
+    finally:
+        again.send_signal(signal.SIGINT)
+        again.wait(30)

@@ -123,6 +123,16 @@ def _report(tracker: SessionTracker, files: _OwnFiles | None = None) -> WorkerRe
     return WorkerReport(len(tracker), tracker.memory_bytes(), tracker.stats, errors)
 
 
+#: how long a worker sent SIGTERM waits for the server to stop it before it goes by itself
+TERM_GRACE_S = 30.0
+
+
+def _leave_after_grace(signum: int, frame: object) -> None:
+    timer = threading.Timer(TERM_GRACE_S, os._exit, (1,))
+    timer.daemon = True
+    timer.start()
+
+
 def _worker_main(
     conn: Connection,
     index: int,
@@ -134,7 +144,12 @@ def _worker_main(
     stager: Stager | None,
 ) -> None:
     """A worker process: flows in, enriched session deltas out, until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops its workers itself
+    # the server stops its workers itself, storing what they hold: a signal to the whole
+    # process group (Ctrl-C, systemctl stop, timeout) is the server's to act on. SIGTERM is
+    # not ignored outright: a server exiting without stopping them (a crash) terminates its
+    # workers and waits for them, so one that is not told to stop within the grace goes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _leave_after_grace)
     flows_in, sessions_out = BatchRing(recv_handle(conn)), BatchRing(recv_handle(conn))  # sent first
     server = os.getppid()
     SessionTracker.warm_up()
