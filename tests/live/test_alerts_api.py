@@ -90,7 +90,8 @@ def test_alert_records_follow_the_state_machine(store):
 # -- end to end ------------------------------------------------------------------------------
 
 def api(ports, who=ADMIN):
-    return httpx.Client(base_url=f"http://127.0.0.1:{ports['http']}", auth=who, timeout=10)
+    # a user created hashes its password (argon2): seconds on a busy 2-core machine
+    return httpx.Client(base_url=f"http://127.0.0.1:{ports['http']}", auth=who, timeout=30)
 
 
 def wait_for_alerts(client: httpx.Client, n: int, **params) -> list[dict]:
