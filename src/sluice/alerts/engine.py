@@ -288,6 +288,16 @@ def prefilter_mask(state: DefinitionState, sessions: SessionBatch, masks: dict[s
     return pre
 
 
+def warm_up_inputs() -> tuple[list[Definition], SessionBatch]:
+    """What the warm-ups (``AlertEngine.warm_up``, ``PartialBuilder.warm_up``) run their loops
+    on: a sum and a distinct-count definition, and two sessions."""
+    definitions = [
+        Definition(id=i, user_id=0, title="warm-up", entity=EntityType.HOST, metric=metric, interval="1m", threshold=1)
+        for i, metric in enumerate((AlertMetric.BYTES_SENT, AlertMetric.UNIQUE_HOSTS), 1)
+    ]
+    return definitions, SessionBatch.build(2, session_id=np.array([1, 2], np.uint64), cln_bytes=5, cln_pkts=1)
+
+
 @dataclass(frozen=True)
 class Failure:
     """Why a definition is not being evaluated: it failed to compile or to evaluate."""
@@ -357,13 +367,8 @@ class AlertEngine:
         """Compile (or load from numba's cache) the engine's loops now, at start, rather than
         on the first evaluation, which would hold the ingest thread up for seconds."""
         engine = AlertEngine(max_step_bytes=0)  # no byte budget: every closed step is spread
-        engine.set_definitions(
-            Definition(
-                id=i, user_id=0, title="warm-up", entity=EntityType.HOST, metric=metric, interval="1m", threshold=1
-            )
-            for i, metric in enumerate((AlertMetric.BYTES_SENT, AlertMetric.UNIQUE_HOSTS), 1)
-        )
-        sessions = SessionBatch.build(2, session_id=np.array([1, 2], np.uint64), cln_bytes=5, cln_pkts=1)
+        definitions, sessions = warm_up_inputs()
+        engine.set_definitions(definitions)
         arrivals = Arrivals(np.ones(2, bool), np.arange(2))
         # two batches in one step, the step closed (its chunks merged and spread), the spread
         # part taken back as its steps leave, then the window gone; a batch over two steps,

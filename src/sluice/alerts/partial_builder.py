@@ -18,8 +18,8 @@ import structlog
 from numba import njit
 
 from ..flows.schema import Arrivals, SessionBatch
-from .definition import AlertMetric, Definition, EntityType
-from .engine import AlertEngine, AlertEvent, DefinitionState, Periods, prefilter_mask
+from .definition import Definition, EntityType
+from .engine import AlertEngine, AlertEvent, DefinitionState, Periods, prefilter_mask, warm_up_inputs
 from .entities import BatchKeys, EntityRows
 from .keyindex import KeyIndex
 from .partial import EntityTable, Partial, PartRows, decode, encode
@@ -191,16 +191,11 @@ class PartialBuilder:
         """Compile (or load from numba's cache) the loops of a collector's partials and of the
         alerting node's merge now, at start: compiled on the first batch instead, they held a
         new cluster's first partials up for tens of seconds on a slow machine."""
-        definitions = [
-            Definition(id=i, user_id=0, title="warm-up", entity=EntityType.HOST, metric=metric, interval="1m",
-                       threshold=1)
-            for i, metric in enumerate((AlertMetric.BYTES_SENT, AlertMetric.UNIQUE_HOSTS), 1)
-        ]  # fmt: skip
+        definitions, sessions = warm_up_inputs()
         builder = PartialBuilder("warm-up", 0)
         builder.set_definitions(definitions)
         node = AlertEngine()
         node.set_definitions(definitions)
-        sessions = SessionBatch.build(2, session_id=np.array([1, 2], np.uint64), cln_bytes=5, cln_pkts=1)
         for now_ms in (1_000, 2_000):
             partials = builder.pack(builder.parts(sessions, Arrivals(np.ones(2, bool), np.arange(2)), now_ms), now_ms)
             node.merge_partials([(decode(encode(p)), p.seq) for p in partials], now_ms)
