@@ -23,7 +23,7 @@ from ..support.alertref import Sess
 from ..support.exporters import export
 from ..support.interop import free_tcp_port, free_udp_port
 from ..support.pcapgen import Conversation, write_pcap
-from ..support.server import ADMIN, ADMIN_ENV, SLUICE, metrics, start_server
+from ..support.server import ADMIN, metrics, start_server
 from ..support.waiting import wait_until, wait_until_steady
 from ..unit.test_alerts import batch
 
@@ -151,29 +151,17 @@ def test_an_alerting_node_merges_what_collectors_published_before_it_first_subsc
 
 def test_a_collector_whose_nats_server_is_away_says_so_once_not_with_a_traceback_each_second(tmp_path):
     """The NATS client's own logging printed a traceback every second while the server was away."""
-    http = free_tcp_port()
-    with open(tmp_path / "serve.log", "w") as log_file:
-        proc = subprocess.Popen(
-            [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(free_udp_port()), "--ipfix-port", "0",
-             "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
-             "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=log_file,
-            env=dict(ADMIN_ENV, SLUICE_CLUSTER__ROLE="collector",
-                     SLUICE_CLUSTER__NATS_URL=f"nats://127.0.0.1:{free_tcp_port()}"))  # nothing listens there
-        try:
-            wait_until(lambda: counter_or_none(http, "alert_partials_publish_errors_total") >= 3, timeout=60,
-                       what="three failed attempts to reach the NATS server")
-        finally:
-            stop(proc)
-    text = (tmp_path / "serve.log").read_text()
+    http, log = free_tcp_port(), tmp_path / "serve.log"
+    proc = start_server(tmp_path, http, free_udp_port(), log=log, SLUICE_CLUSTER__ROLE="collector",
+                        SLUICE_CLUSTER__NATS_URL=f"nats://127.0.0.1:{free_tcp_port()}")  # nothing listens there
+    try:
+        wait_until(lambda: counter(http, "alert_partials_publish_errors_total") >= 3, timeout=60,
+                   what="three failed attempts to reach the NATS server")
+    finally:
+        stop(proc)
+    text = log.read_text()
     assert text.count("cannot reach the NATS server") == 1, text
     assert "Traceback" not in text and "encountered error" not in text, text
-
-
-def counter_or_none(http: int, name: str) -> float:
-    try:
-        return counter(http, name)
-    except httpx.HTTPError:
-        return 0.0
 
 
 # -- sluice serve as two collectors and an alerting node --------------------------------------
@@ -210,33 +198,16 @@ def stop(proc) -> None:
 
 def test_two_collectors_each_below_and_merged_above_alert_exactly_as_one_server(tmp_path, postgres, nats_server,
                                                                                 clickhouse):
-    base = time.time() - 5
-    halves = []
-    for i, ports in enumerate((range(1000, 1040), range(1040, 1080))):  # 40 ports each: below 50 on each collector
-        work = tmp_path / f"half{i}"
-        work.mkdir()
-        half_scan(work / "t.pcap", ports, base)
-        halves.append(work)
-    database = f"cluster{os.getpid()}"
-    common = dict(SLUICE_STATE__URL=postgres.new_database(), SLUICE_CLUSTER__NATS_URL=nats_server.url,
-                  SLUICE_STORE__BACKEND="clickhouse", SLUICE_STORE__CLICKHOUSE_SERVERS=json.dumps(clickhouse.addresses),
-                  SLUICE_STORE__CLICKHOUSE_DATABASE=database)
-    procs = []
+    halves = scans(tmp_path, range(1000, 1040), range(1040, 1080))  # 40 ports each: below 50 on each collector
+    cluster = Cluster(tmp_path, postgres, nats_server, clickhouse)
+    node_http = cluster.ports["node"][0]
     try:
-        node_http = free_tcp_port()
-        (tmp_path / "node").mkdir()
-        procs.append(start_server(tmp_path / "node", node_http, free_udp_port(), SLUICE_CLUSTER__ROLE="alerting",
-                                  SLUICE_SESSIONS__NODE_ID="1", **common))
+        cluster.start("node")
         define_scan(node_http)
-        ports = []
-        for i in range(2):
-            (tmp_path / f"c{i}").mkdir()
-            http, netflow = free_tcp_port(), free_udp_port()
-            procs.append(start_server(tmp_path / f"c{i}", http, netflow, SLUICE_CLUSTER__ROLE="collector",
-                                      SLUICE_CLUSTER__NODE_NAME=f"c{i}", SLUICE_SESSIONS__NODE_ID=str(2 + i), **common))
-            ports.append(netflow)
-        for work, netflow in zip(halves, ports):
-            export(work, "softflowd", "9", netflow)
+        cluster.start("c0")
+        cluster.start("c1")
+        cluster.export("c0", halves[0])
+        cluster.export("c1", halves[1])
         merged = scan_alerts(node_http)
         # the sessions of both collectors in one report, through the alerting node's API
         with httpx.Client(base_url=f"http://127.0.0.1:{node_http}", auth=ADMIN, timeout=10) as c:
@@ -246,22 +217,9 @@ def test_two_collectors_each_below_and_merged_above_alert_exactly_as_one_server(
         assert sorted(r["srv_port"] for r in rows) == list(range(1000, 1080))
         assert {r["session_id"] >> 56 for r in rows} == {2, 3}
     finally:
-        for proc in procs:
-            stop(proc)
-
-    # one server fed the same two exports
-    (tmp_path / "single").mkdir()
-    http, netflow = free_tcp_port(), free_udp_port()
-    single = start_server(tmp_path / "single", http, netflow)
-    try:
-        define_scan(http)
-        for work in halves:
-            export(work, "softflowd", "9", netflow)
-        alone = scan_alerts(http)
-    finally:
-        stop(single)
+        cluster.close()
     assert set(merged) == {"10.5.0.66", "10.9.0.10"}
-    assert merged == alone
+    assert merged == single_server_alerts(tmp_path, halves)  # one server fed the same two exports
     assert merged["10.5.0.66"][:3] == (80, 80, 50)
 
 

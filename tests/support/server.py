@@ -1,5 +1,6 @@
 """A live ``sluice serve`` on loopback ports, the installed commands, and what they answer."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,21 +61,23 @@ def server(tmp_path):
         proc.kill()
 
 
-def start_server(tmp_path, http: int, netflow: int, **env: str) -> subprocess.Popen:
-    """``sluice serve`` on loopback ports (NetFlow only), once its HTTP port answers."""
-    proc = subprocess.Popen(
-        [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
-         "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
-         "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, text=True, env=dict(ADMIN_ENV, **env))
-    # its log goes to the test's own stderr, which pytest captures and shows with a failure (a
-    # pipe nobody reads would fill and stall the server's logging, and so the server)
+def start_server(tmp_path, http: int, netflow: int, log: Path | None = None, **env: str) -> subprocess.Popen:
+    """``sluice serve`` on loopback ports (NetFlow only), once its HTTP port answers; its log
+    in the file ``log``, else in the test's own stderr, which pytest captures and shows with a
+    failure (a pipe nobody reads would fill and stall the server's logging, and so the server)."""
+    with open(log, "w") if log is not None else contextlib.nullcontext() as log_file:
+        proc = subprocess.Popen(
+            [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
+             "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
+             "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=log_file, text=True,
+            env=dict(ADMIN_ENV, **env))
     deadline = time.monotonic() + 60  # it compiles its loops first where numba's cache is cold
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1)
             return proc
         except httpx.HTTPError:
-            assert proc.poll() is None, "sluice serve exited as it started: its log is in the captured stderr"
+            assert proc.poll() is None, f"sluice serve exited as it started: see its log ({log or 'captured stderr'})"
             time.sleep(0.1)
     raise AssertionError("sluice serve did not answer on its HTTP port within 60 s")
 
