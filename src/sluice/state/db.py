@@ -7,10 +7,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +22,8 @@ from .secrets import SecretBox
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT_S = 5
+
+Row = TypeVar("Row")
 
 
 class StateDB:
@@ -65,6 +70,19 @@ class StateDB:
         with self.sessions() as session:
             with session.begin():
                 yield session
+
+
+def stored_row(session: Session, model: type[Row], **values: Any) -> Row:
+    """The row of ``model`` whose primary key is in ``values``, inserted first with ``values``
+    (and the columns' defaults) if there is none. The insert does nothing when a concurrent
+    transaction inserted the row first (it waits for that one to end), so two first saves both
+    succeed, where a get-then-add failed the later one on the primary key."""
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(insert(model).values(**values).on_conflict_do_nothing())
+    key = tuple(values[column.key] for column in inspect(model).primary_key)
+    row = session.get(model, key)
+    assert row is not None  # inserted above, or by the transaction it waited for
+    return row
 
 
 def open_state(data_dir: Path, url: str | None = None, key_file: Path | None = None) -> StateDB:

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, Field, field_validator
 
-from .db import StateDB
+from .db import StateDB, stored_row
 from .models import SystemSettings, UserPreferences
 
 #: RFC 5424 facility names, in code order (kern = 0 … local7 = 23)
@@ -169,32 +169,28 @@ class Preferences:
         return row
 
     def _system(self) -> SystemSettings:
+        # reading never writes: a read that inserted the missing row raced the first save
         with self.db.session() as session:
-            row = session.get(SystemSettings, 1)
-            if row is None:
-                row = SystemSettings(
-                    id=1,
-                    smtp_host="",
-                    smtp_port=25,
-                    smtp_security="none",
-                    smtp_username="",
-                    smtp_password="",
-                    smtp_from="",
-                    retention_days=None,
-                )
-                session.add(row)
-            return row
+            return session.get(SystemSettings, 1) or SystemSettings(
+                id=1,
+                smtp_host="",
+                smtp_port=25,
+                smtp_security="none",
+                smtp_username="",
+                smtp_password="",
+                smtp_from="",
+                retention_days=None,
+            )
 
     def set_system(self, new: SystemSettingsIn) -> SystemSettings:
         with self.db.session() as session:
-            row = session.get(SystemSettings, 1) or SystemSettings(id=1)
+            row = stored_row(session, SystemSettings, id=1)
             for key, value in new.model_dump().items():
                 if key == "smtp_password":
                     if value is None:
                         continue  # not given: keep
                     value = self.db.secrets.seal(value)
                 setattr(row, key, value)
-            session.add(row)
             return row
 
     @staticmethod
@@ -228,12 +224,11 @@ class Preferences:
 
     def set_user(self, user_id: int, new: PreferencesIn) -> PreferencesOut:
         with self.db.session() as session:
-            row = session.get(UserPreferences, user_id) or UserPreferences(user_id=user_id, webhook_secret="")
+            row = stored_row(session, UserPreferences, user_id=user_id)
             for key, value in new.model_dump().items():
                 if key == "webhook_secret":
                     if value is None:
                         continue  # not given: keep
                     value = self.db.secrets.seal(value)
                 setattr(row, key, value)
-            session.add(row)
         return self.user(user_id)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, Field
 
 from ...alerts.definition import Severity
-from ...state.db import StateDB
+from ...state.db import StateDB, stored_row
 from ...state.models import DashboardRow
 
 _ID = r"^[A-Za-z0-9_-]{1,32}$"
@@ -77,11 +77,7 @@ class Dashboards:
         ids = [w.id for w in layout.widgets]
         if len(set(ids)) != len(ids):
             raise ValueError("widget ids must be distinct")
+        data = json.dumps(layout.model_dump(mode="json"))
         with self.db.session() as session:
-            row: Optional[DashboardRow] = session.get(DashboardRow, user_id)
-            data = json.dumps(layout.model_dump(mode="json"))
-            if row is None:
-                session.add(DashboardRow(user_id=user_id, layout=data))
-            else:
-                row.layout = data
+            stored_row(session, DashboardRow, user_id=user_id, layout=data).layout = data
         return layout
