@@ -70,3 +70,24 @@ def test_a_sample_between_a_batchs_datagram_and_flow_counts_still_counts_the_los
     meter.sample()
     assert counters.get("overloaded") == 1
     assert counters.get("flows_lost_per_second") > 0  # at the flows per datagram seen so far
+
+
+def test_drops_before_any_datagram_was_read_are_estimated_once_one_is():
+    """A flood that fills the socket before the first batch is counted: the first sample saw
+    drops and no datagram read at all, and said 0 flows lost while overloaded (CI, the
+    browser test of overload)."""
+    counters, now = Counters(), [100.0]
+    meter = OverloadMeter(counters, clock=lambda: now[0])
+    meter.sample()
+    now[0] += 1
+    counters.set("socket_drops", 400, port=2055)
+    meter.sample()
+    assert counters.get("overloaded") == 1 and counters.get("datagrams_lost_per_second") == 400 / WINDOW_S
+    status = overload_status(counters)
+    assert "about 40 datagrams/s lost in the last 10 s, none read yet" in status["message"]
+    now[0] += 1
+    counters.inc("datagrams_total", 10, exporter="e", proto="netflow5")
+    counters.inc("flows_total", 300, exporter="e", proto="netflow5")
+    meter.sample()  # no new drops: the earlier ones now at 30 flows a datagram
+    assert counters.get("flows_lost_per_second") == 400 * 30 / WINDOW_S
+    assert "about 1,200 flows/s lost" in overload_status(counters)["message"]

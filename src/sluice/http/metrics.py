@@ -30,6 +30,7 @@ HELP = {
     "sink_errors_total": "Failures handing flow batches to storage/alerting",
     "socket_drops": "Datagrams the kernel dropped on a listening socket (receive buffer full)",
     "session_worker_restarts_total": "Session worker processes started again after they died",
+    "datagrams_lost_per_second": "Datagrams the kernel dropped per second over the last 10 s",
     "flows_lost_per_second": "Flows lost to overload per second over the last 10 s (kernel drops x flows per datagram)",
     "overloaded": "1 while the server lost flows or alert rows to overload within the last 10 s",
     "pending_sets": "Data sets waiting for their template",
