@@ -165,6 +165,13 @@ class AlertSettings(BaseModel):
     system_check_interval_s: float = Field(
         10.0, gt=0, le=3600, description="how often the server checks itself for SYSTEM alerts"
     )
+    system_clear_after_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="a SYSTEM alert clears once its condition has not held for this long (0: at the first check "
+        "where it does not): a condition that comes and goes stays one raised record",
+    )
     exporter_silent_s: float = Field(
         300.0, ge=0, description="a SYSTEM alert when an exporter heard from has been silent this long (0: never)"
     )

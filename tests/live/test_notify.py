@@ -253,7 +253,7 @@ def test_a_system_alert_mails_the_administrators_when_raised_and_when_it_ends(tm
         w.prefs.set_user(root.id, PreferencesIn(email_to="root@example.org"))
         w.user_prefs(email_to="alice@example.org")  # not an administrator: not told
         counters = Counters()
-        watch = SystemWatch(counters, w.alerts, AlertSettings(), lambda: {})
+        watch = SystemWatch(counters, w.alerts, AlertSettings(system_clear_after_s=0), lambda: {})
         counters.set("socket_drops", 0, port=2055)
         watch.check()
         counters.set("socket_drops", 40, port=2055)

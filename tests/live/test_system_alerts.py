@@ -42,7 +42,8 @@ def watch_of(tmp_path, state_url, failed: dict):
     names = {a.id: a.username for a in admins}
     store.on_change.append(lambda s, row, change: seen.append((names.get(row.user_id, "?"), row.entity, change)))
     counters, clock = Counters(), Clock()
-    watch = SystemWatch(counters, store, AlertSettings(exporter_silent_s=60, exporter_loss_percent=1.0), lambda: failed,
+    watch = SystemWatch(counters, store, AlertSettings(exporter_silent_s=60, exporter_loss_percent=1.0,
+                                                                 system_clear_after_s=0), lambda: failed,
                         clock)
     return watch, store, counters, clock, seen, db
 
@@ -101,7 +102,7 @@ def test_each_condition_raises_a_record_per_administrator_and_clears_when_it_end
     seen.clear()
     failed.clear()
     clock.now += 10
-    restarted = SystemWatch(Counters(), store, AlertSettings(exporter_silent_s=60), lambda: failed, clock)
+    restarted = SystemWatch(Counters(), store, AlertSettings(exporter_silent_s=60, system_clear_after_s=0), lambda: failed, clock)
     restarted.check()
     assert {(entity, change) for user, entity, change in seen if user == "root1"} == {
         ("alert definition 7 failed", CLEARED)}
@@ -109,7 +110,7 @@ def test_each_condition_raises_a_record_per_administrator_and_clears_when_it_end
     seen.clear()
     counters.set("exporter_last_datagram_seconds", clock.now, **exporter)
     clock.now += 10
-    again = SystemWatch(counters, store, AlertSettings(exporter_silent_s=60), lambda: failed, clock)
+    again = SystemWatch(counters, store, AlertSettings(exporter_silent_s=60, system_clear_after_s=0), lambda: failed, clock)
     again.check()
     assert {(entity, change) for user, entity, change in seen if user == "root1"} == {
         ("exporter 192.0.2.1 netflow5 silent", CLEARED)}
@@ -125,10 +126,57 @@ def test_each_condition_raises_a_record_per_administrator_and_clears_when_it_end
     assert (drops.cleared_us, drops.v1, drops.value, drops.state) == (None, 2, 30, "NOT-ACKNOWLEDGED")
 
 
+def test_a_condition_that_comes_and_goes_stays_one_raised_record_until_it_has_not_held_for_the_wait(
+        tmp_path, state_url):
+    """Drops every other check: one record counted up, not cleared and raised again (on every
+    channel) at each check; cleared once no check has found it for ``system_clear_after_s``,
+    a restarted server waiting as long."""
+    watch, store, counters, clock, seen, db = watch_of(tmp_path, state_url, {})
+    watch.settings = AlertSettings(system_clear_after_s=60)
+    dropped = 0
+    counters.set("socket_drops", dropped, port=2055)
+    watch.check()
+    for _ in range(3):  # drops, then a check without, three times
+        clock.now += 10
+        dropped += 25
+        counters.set("socket_drops", dropped, port=2055)
+        watch.check()
+        clock.now += 10
+        watch.check()
+    changes = [change for user, entity, change in seen if user == "root1"]
+    assert changes == [CREATED, UPDATED, UPDATED]
+    rows = {r.entity: r for r in store.alerts(user_id=1)}
+    assert (rows["socket 2055 drops"].v1, rows["socket 2055 drops"].cleared_us) == (3, None)
+    clock.now += 40  # 50 s since it last held
+    watch.check()
+    assert store.active_system() == {"socket 2055 drops"}
+    clock.now += 10  # 60 s
+    watch.check()
+    assert [change for user, entity, change in seen if user == "root1"][3:] == [CLEARED]
+    assert store.active_system() == set()
+
+    # raised again, then the server restarts: the new watch waits the whole time from its first check
+    dropped += 25
+    counters.set("socket_drops", dropped, port=2055)
+    clock.now += 10
+    watch.check()
+    assert store.active_system() == {"socket 2055 drops"}
+    restarted = SystemWatch(Counters(), store, AlertSettings(system_clear_after_s=60), lambda: {}, clock)
+    clock.now += 10
+    restarted.check()
+    clock.now += 50
+    restarted.check()
+    assert store.active_system() == {"socket 2055 drops"}
+    clock.now += 10
+    restarted.check()
+    assert store.active_system() == set()
+    assert [change for user, entity, change in seen if user == "root1"][4:] == [RETRIGGERED, CLEARED]
+
+
 def test_an_exporter_that_stops_mid_run_raises_a_system_alert_that_clears_when_it_sends_again(tmp_path):
     http, netflow = free_tcp_port(), free_udp_port()
     proc = start_server(tmp_path, http, netflow, SLUICE_ALERTS__EXPORTER_SILENT_S="3",
-                        SLUICE_ALERTS__SYSTEM_CHECK_INTERVAL_S="0.5")
+                        SLUICE_ALERTS__SYSTEM_CHECK_INTERVAL_S="0.5", SLUICE_ALERTS__SYSTEM_CLEAR_AFTER_S="1")
     try:
         work = tmp_path / "x"
         work.mkdir()

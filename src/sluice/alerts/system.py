@@ -13,8 +13,10 @@ shows) and the alert engine's failed definitions, and works out which conditions
 - an alert definition is set aside because it failed.
 
 A condition that holds raises (or counts up: COUNT is the checks it held in) one record per
-administrator; one that no longer holds is cleared (its record says "Ended: ..." and every
-channel tells of it).
+administrator; one that has not held for ``alerts.system_clear_after_s`` is cleared (its
+record says "Ended: ..." and every channel tells of it). The wait keeps a condition that
+comes and goes (a server dropping datagrams every other check) from being cleared and raised
+again, on every channel, at every check.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class SystemWatch:
         self.clock = clock
         self._before: Optional[Snapshot] = None
         self._active: Optional[set[str]] = None  # the conditions raised and not cleared
+        #: per raised condition, when a check last found it held (after a restart: the first check)
+        self._last_held: dict[str, float] = {}
         self._worker = Worker("sluice-system-alerts", self._run)
 
     def start(self) -> None:
@@ -100,8 +104,16 @@ class SystemWatch:
             for labels in snapshot.get("exporter_last_datagram_seconds", {})
         }
         unknown = {key for key in self._active if key.endswith(" silent") and key not in heard}
-        changes = self.store.apply_system(held, self._active - keys - unknown, int(now * 1_000_000))
-        self._active, self._before = keys | unknown, snapshot
+        for key in keys:
+            self._last_held[key] = now
+        not_held = self._active - keys - unknown
+        ended = {
+            key for key in not_held if now - self._last_held.setdefault(key, now) >= self.settings.system_clear_after_s
+        }
+        changes = self.store.apply_system(held, ended, int(now * 1_000_000))
+        self._active, self._before = (self._active | keys) - ended, snapshot
+        for key in ended:
+            del self._last_held[key]
         return changes
 
     def conditions(self, now_snapshot: Snapshot, before: Optional[Snapshot], now: float) -> list[SystemCondition]:
