@@ -18,6 +18,14 @@ recorded, and how much memory the windows take with a million hosts.
    process RSS growth (target < 1 GiB), right after the last batch and once glibc's heap
    was trimmed as the server's maintenance trims it (``sluice.allocator.trim_heap``); the
    compiled kernels are loaded by a small run first.
+4. Engine cost (``engine``). In process, no server: session rows of new conversations (5,000
+   clients x 60,000 servers, random client ports) at ``--engine-rate`` rows per simulated
+   second, for ``--engine-seconds``, into a fresh engine with the 20 definitions, and with
+   each group of them alone (unique hosts/ports; host pairs; the other host sums; ports,
+   countries and ASNs). Reported per group: CPU seconds per million rows, user and system
+   time and minor page faults (a fresh engine's windows grow: on some VMs the first touch
+   of memory costs several microseconds a page, which shows as system time), beside the
+   cost of making the rows alone.
 
 Run: ``.venv/bin/python bench/alerts.py [--quick] [--json FILE]``.
 """
@@ -308,13 +316,68 @@ def memory(hosts: int, sessions_per_host: int = SESSIONS_PER_HOST) -> dict[str, 
             "rows_per_s_in_process": hosts * sessions_per_host / elapsed}
 
 
+#: the engine part's groups: definitions (by their place in DEFINITIONS, from 1) measured alone
+ENGINE_GROUPS = {
+    "all 20": list(range(1, 21)),
+    "unique hosts/ports (3)": [7, 8, 14],
+    "host pairs (3)": [10, 11, 12],
+    "other host sums (7)": [1, 2, 3, 4, 5, 6, 9],
+    "ports, countries, ASNs (7)": [13, 15, 16, 17, 18, 19, 20],
+    "none (making the rows)": [],
+}
+
+
+def new_conversations(rng: np.random.Generator, n: int, first_id: int, now_ms: int) -> SessionBatch:
+    def addresses(base: int, count: int) -> np.ndarray:
+        out = np.zeros((n, 16), np.uint8)
+        out[:, 10:12] = 255
+        out[:, 12:] = (base + rng.integers(0, count, n)).astype(">u4").view(np.uint8).reshape(n, 4)
+        return out
+    countries = np.array([b"US", b"DE", b"FR", b"CN", b"BR", b"JP", b"GB", b"NL"], "S2")
+    return SessionBatch.build(
+        n, session_id=np.arange(first_id, first_id + n, dtype=np.uint64), start_ms=now_ms - 1000, end_ms=now_ms,
+        protocol=6, cln_addr=addresses(0x0A000000, 5000), srv_addr=addresses(0xC0000000, 60000),
+        cln_port=rng.integers(1024, 65535, n), srv_port=rng.choice([80, 443, 22, 53], n),
+        cln_bytes=rng.integers(40, 5000, n), srv_bytes=rng.integers(40, 50000, n), cln_pkts=rng.integers(1, 10, n),
+        srv_pkts=rng.integers(1, 40, n), cln_country=countries[rng.integers(0, 8, n)],
+        srv_country=countries[rng.integers(0, 8, n)], cln_asn=rng.integers(1, 200, n),
+        srv_asn=rng.integers(1, 2000, n))
+
+
+def engine_cost(ids: list[int], rate: float, seconds: float, batch: int = 30_000) -> dict[str, float]:
+    """One fresh engine with the definitions ``ids`` fed ``seconds`` of new conversations."""
+    defs = [Definition(id=i + 1, user_id=1, **d.model_dump()) for i, d in enumerate(definitions_in())]
+    engine = AlertEngine()
+    engine.set_definitions([d for d in defs if d.id in ids])
+    rng = np.random.default_rng(1)
+    n_batches = int(seconds * rate / batch)
+    t0 = 1_900_000_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for b in range(n_batches):
+        now = t0 + int(b * batch / rate * 1000)
+        sessions = new_conversations(rng, batch, b * batch, now)
+        slots = (b * batch + np.arange(batch)) % 1_000_000  # a tracker of a million sessions
+        if ids:
+            engine.evaluate(sessions, Arrivals(np.ones(batch, bool), slots, np.full(batch, now, np.int64)), now)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    rows_m = n_batches * batch / 1e6
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {"definitions": len(ids), "rows": n_batches * batch, "cpu_s_per_M": (user + system) / rows_m,
+            "user_s": user, "system_s": system, "minor_faults_M": (after.ru_minflt - before.ru_minflt) / 1e6,
+            "engine_accounted_mb": sum(engine.memory().values()) / 2**20}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: short rungs, few probes, 100k hosts")
     parser.add_argument("--rates", default="100000,200000,250000,300000,350000,400000,450000,500000,550000,600000,700000,800000")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: memory, throughput, latency")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated parts to leave out: memory, throughput, latency, engine")
+    parser.add_argument("--engine-rate", type=float, default=500_000,
+                        help="engine part: session rows per simulated second")
+    parser.add_argument("--engine-seconds", type=float, default=30, help="engine part: simulated seconds per group")
     parser.add_argument("--collectors", type=int, default=0,
                         help="also run the throughput and latency parts on a cluster of this many collectors and an "
                              "alerting node (NATS JetStream), beside the single server in the same run")
@@ -336,6 +399,23 @@ def main() -> int:
         print(f"  engine accounts for {mem['engine_accounted_mb']:.0f} MB; process RSS grew {mem['rss_growth_mb']:.0f} MB, "
               f"{mem['rss_growth_after_trim_mb']:.0f} MB once the heap was trimmed "
               f"(peak {mem['peak_rss_mb']:.0f} MB); evaluated {mem['rows_per_s_in_process'] / 1e6:.2f} M session rows/s")
+
+    if "engine" not in skip:
+        use_huge_pages(Settings().huge_pages)  # as ``sluice serve`` does
+        AlertEngine.warm_up()
+        print(f"\n4. engine cost in process: {args.engine_rate / 1e6:.2f} M new-conversation session rows per "
+              f"simulated second, {args.engine_seconds:g} s, a fresh engine per group")
+        results["engine"] = {"rate": args.engine_rate, "seconds": args.engine_seconds, "groups": {}}
+        for name, ids in ENGINE_GROUPS.items():
+            cost = engine_cost(ids, args.engine_rate, args.engine_seconds)
+            results["engine"]["groups"][name] = cost
+            print(f"  {name:27} {cost['cpu_s_per_M']:5.2f} CPU-s per M rows (user {cost['user_s']:5.1f} s, system "
+                  f"{cost['system_s']:4.1f} s, {cost['minor_faults_M']:.2f} M page faults; "
+                  f"{cost['engine_accounted_mb']:,.0f} MB accounted)", flush=True)
+        if skip >= {"throughput", "latency"}:
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2, default=str))
+            return 0
 
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {ingest_bench.SENDER_CPU})
