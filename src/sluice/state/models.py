@@ -70,6 +70,11 @@ class SystemSettings(Base):
     smtp_from: Mapped[str] = mapped_column(String(255), default="")
     retention_days: Mapped[float | None] = mapped_column(nullable=True)  # None: the configuration's
 
+    @classmethod
+    def defaults(cls) -> SystemSettings:
+        """The settings before any is saved (no row yet): each column at its default, not stored."""
+        return cls(id=1, **{c.key: c.default.arg for c in cls.__table__.columns if c.default is not None})
+
 
 class UserPreferences(Base):
     __tablename__ = "user_preferences"

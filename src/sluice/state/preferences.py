@@ -171,16 +171,7 @@ class Preferences:
     def _system(self) -> SystemSettings:
         # reading never writes: a read that inserted the missing row raced the first save
         with self.db.session() as session:
-            return session.get(SystemSettings, 1) or SystemSettings(
-                id=1,
-                smtp_host="",
-                smtp_port=25,
-                smtp_security="none",
-                smtp_username="",
-                smtp_password="",
-                smtp_from="",
-                retention_days=None,
-            )
+            return session.get(SystemSettings, 1) or SystemSettings.defaults()
 
     def set_system(self, new: SystemSettingsIn) -> SystemSettings:
         with self.db.session() as session:
