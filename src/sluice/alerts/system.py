@@ -72,7 +72,7 @@ class SystemWatch:
         self.clock = clock
         self._before: Optional[Snapshot] = None
         self._active: Optional[set[str]] = None  # the conditions raised and not cleared
-        #: per raised condition, when a check last found it held (after a restart: the first check)
+        #: per raised condition, when a check last found it held
         self._last_held: dict[str, float] = {}
         self._worker = Worker("sluice-system-alerts", self._run)
 
@@ -94,8 +94,9 @@ class SystemWatch:
         now = self.clock()
         snapshot = _by_name(self.counters)
         held = self.conditions(snapshot, self._before, now)
-        if self._active is None:
+        if self._active is None:  # after a restart, what is raised counts as held at the first check
             self._active = self.store.active_system()
+            self._last_held = dict.fromkeys(self._active, now)
         keys = {condition.entity for condition in held}
         # an exporter not heard from since this server started is not known to have sent
         # again: its "silent" record stays as it is (raised)
@@ -107,9 +108,7 @@ class SystemWatch:
         for key in keys:
             self._last_held[key] = now
         not_held = self._active - keys - unknown
-        ended = {
-            key for key in not_held if now - self._last_held.setdefault(key, now) >= self.settings.system_clear_after_s
-        }
+        ended = {key for key in not_held if now - self._last_held[key] >= self.settings.system_clear_after_s}
         changes = self.store.apply_system(held, ended, int(now * 1_000_000))
         self._active, self._before = (self._active | keys) - ended, snapshot
         for key in ended:
