@@ -93,6 +93,11 @@ def definitions_in(threshold: int = THRESHOLD) -> list[DefinitionIn]:
             for e, m, iv, pf, kind in DEFINITIONS]
 
 
+def stored_definitions() -> list[Definition]:
+    """The 20 definitions as the engine takes them (ids from 1, in ``DEFINITIONS`` order)."""
+    return [Definition(id=i + 1, user_id=1, **d.model_dump()) for i, d in enumerate(definitions_in())]
+
+
 metrics = cluster_bench.metrics
 
 
@@ -294,7 +299,7 @@ def feed(engine: AlertEngine, hosts: int, sessions_per_host: int = SESSIONS_PER_
 
 def memory(hosts: int, sessions_per_host: int = SESSIONS_PER_HOST) -> dict[str, float]:
     use_huge_pages(Settings().huge_pages)  # as ``sluice serve`` does
-    defs = [Definition(id=i + 1, user_id=1, **d.model_dump()) for i, d in enumerate(definitions_in())]
+    defs = stored_definitions()
     # a server's first batches load the compiled kernels (tens of MB, once per process): not
     # memory per host, so they are loaded before the measurement
     warm = AlertEngine()
@@ -346,7 +351,7 @@ def new_conversations(rng: np.random.Generator, n: int, first_id: int, now_ms: i
 
 def engine_cost(ids: list[int], rate: float, seconds: float, batch: int = 30_000) -> dict[str, float]:
     """One fresh engine with the definitions ``ids`` fed ``seconds`` of new conversations."""
-    defs = [Definition(id=i + 1, user_id=1, **d.model_dump()) for i, d in enumerate(definitions_in())]
+    defs = stored_definitions()
     engine = AlertEngine()
     engine.set_definitions([d for d in defs if d.id in ids])
     rng = np.random.default_rng(1)

@@ -56,7 +56,7 @@ def send(datagrams: list[bytes], http: int, port: int, source: str) -> None:
     """Send at the server's pace: at most ``AHEAD`` datagrams beyond those it has decoded. A
     fixed pace overflowed the socket buffer when the machine was busy with other tests, and
     the comparisons need every datagram received."""
-    decoded = lambda: sum(v for k, v in metrics(http).items() if k.startswith("sluice_datagrams_total"))  # noqa: E731
+    decoded = lambda: totals(http)["datagrams_total"]  # noqa: E731
     before = decoded()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source, 0))
@@ -74,7 +74,7 @@ def totals(http: int) -> dict[str, float]:
     values = metrics(http)
     pick = lambda prefix: sum(v for k, v in values.items() if k.startswith(prefix))  # noqa: E731
     return {name: pick(f"sluice_{name}") for name in
-            ("flows_total", "session_rows_total", "store_rows", "sessions_started_total",
+            ("datagrams_total", "flows_total", "session_rows_total", "store_rows", "sessions_started_total",
              "flows_deduplicated_total", "socket_drops")}
 
 
