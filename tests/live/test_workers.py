@@ -17,30 +17,18 @@ from sluice.simulate.encode import NetflowV9Encoder
 from sluice.simulate.traffic import TrafficModel
 
 from ..support.interop import free_tcp_port, free_udp_port
-from ..support.server import ADMIN, ADMIN_ENV, SLUICE, metrics
+from ..support.server import ADMIN, metrics, start_server
 from ..support.waiting import wait_until, wait_until_steady
 
 
 def start(tmp_path: Path, name: str, workers: int, **popen) -> tuple[subprocess.Popen, int, int]:
-    """A server on its own ports; its log goes to ``tmp_path/name.log`` (a pipe nobody reads
-    while it runs would stall it once full)."""
+    """A server with ``workers`` session workers, its data in ``tmp_path/name``, its log in
+    ``tmp_path/name.log``."""
     http, netflow = free_tcp_port(), free_udp_port()
-    log = (tmp_path / f"{name}.log").open("a")
-    proc = subprocess.Popen(
-        [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
-         "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
-         "--data-dir", str(tmp_path / name), "--workers", str(workers), "--log-level", "info"],
-        stdout=subprocess.DEVNULL, stderr=log, text=True, env=ADMIN_ENV, **popen)
-    log.close()  # the server has its own copy
-    wait_until(lambda: _answers(http), timeout=60, what=f"{name} to start")
+    (tmp_path / name).mkdir(exist_ok=True)
+    proc = start_server(tmp_path / name, http, netflow, log=tmp_path / f"{name}.log",
+                        args=("--workers", str(workers), "--log-level", "info"), popen=popen)
     return proc, http, netflow
-
-
-def _answers(http: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def traffic(now_ms: int) -> list[bytes]:

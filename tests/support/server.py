@@ -61,16 +61,18 @@ def server(tmp_path):
         proc.kill()
 
 
-def start_server(tmp_path, http: int, netflow: int, log: Path | None = None, **env: str) -> subprocess.Popen:
+def start_server(tmp_path, http: int, netflow: int, log: Path | None = None, args: tuple[str, ...] = (),
+                 popen: dict | None = None, **env: str) -> subprocess.Popen:
     """``sluice serve`` on loopback ports (NetFlow only), once its HTTP port answers; its log
     in the file ``log``, else in the test's own stderr, which pytest captures and shows with a
-    failure (a pipe nobody reads would fill and stall the server's logging, and so the server)."""
+    failure (a pipe nobody reads would fill and stall the server's logging, and so the server).
+    ``args``: more command-line options; ``popen``: more ``subprocess.Popen`` arguments."""
     with open(log, "w") if log is not None else contextlib.nullcontext() as log_file:
         proc = subprocess.Popen(
             [SLUICE, "serve", "--listen", "127.0.0.1", "--netflow-port", str(netflow), "--ipfix-port", "0",
              "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(http),
-             "--data-dir", str(tmp_path / "var")], stdout=subprocess.DEVNULL, stderr=log_file, text=True,
-            env=dict(ADMIN_ENV, **env))
+             "--data-dir", str(tmp_path / "var"), *args], stdout=subprocess.DEVNULL, stderr=log_file, text=True,
+            env=dict(ADMIN_ENV, **env), **(popen or {}))
     deadline = time.monotonic() + 60  # it compiles its loops first where numba's cache is cold
     while time.monotonic() < deadline:
         try:
