@@ -41,7 +41,7 @@ def test_a_window_over_its_step_budget_stays_within_it_keeps_its_totals_and_empt
         # an entity's value is off by at most the rounding of one share per spread fold
         assert np.abs(budgeted.values[ids] - exact.values[ids]).max() <= 2
     assert budgeted.spread_steps() > 30 and exact.spread_steps() == 0
-    assert budgeted.nbytes() < exact.nbytes() / 5
+    assert budgeted.nbytes(len(ids)) < exact.nbytes(len(ids)) / 5
     for bucket in range(1150, 1150 + N_BUCKETS + 1):  # nothing more arrives: everything leaves
         budgeted.advance(bucket)
         exact.advance(bucket)
@@ -106,7 +106,7 @@ def test_the_step_being_filled_keeps_each_entity_once():
     sizes = []
     for _ in range(100):
         fold(window, ids, np.full(len(ids), 3), 7)
-        sizes.append(window.nbytes())
+        sizes.append(window.nbytes(len(ids)))
     assert sizes[-1] == sizes[0]
     assert (window.values[ids] == 300).all()
     window.advance(8)  # the step closes: one chunk with each entity's 300
@@ -126,7 +126,7 @@ def test_a_distinct_window_costs_the_same_however_many_steps_a_pair_is_seen_in()
     for bucket in range(N_BUCKETS):
         window.advance(bucket)
         window.fold(inv, uniq, entity, np.ones(len(entity), bool), peers, bucket)
-        sizes.append(window.nbytes())
+        sizes.append(window.nbytes(1000))
     assert sizes[-1] == sizes[1]
     assert (window.values[:1000] == 20).all()
     window.advance(N_BUCKETS + N_BUCKETS - 1)  # the last sighting leaves the window
@@ -141,3 +141,15 @@ def test_peer_zero_counts_for_entity_zero_and_entity_one_alike():
     uniq, inv, _ = group_rows(entity, np.empty(2, np.int32))
     window.fold(inv, uniq, entity, np.ones(2, bool), np.zeros(2, np.uint64), 0)
     assert window.values[:2].tolist() == [1, 1]
+
+
+def test_a_window_counts_the_entities_in_use_not_the_room_grown_for_more():
+    window = SumWindow(STEP_MS, N_BUCKETS)
+    ids = np.arange(3000)
+    fold(window, ids[:2000], np.full(2000, 3), 7)
+    fold(window, ids, np.full(len(ids), 3), 7)
+    assert len(window.values) >= 4000  # it grew by doubling: room for more
+    open_step = sum(chunk.nbytes for chunk in window._step_ids)
+    unspread = window._spread_left.nbytes + window._spread_ids.nbytes  # never spread: still their first 1024
+    assert len(window._spread_left) == 1024
+    assert window.nbytes(len(ids)) == 3000 * (8 + 8) + open_step + unspread  # values, the open step's amounts

@@ -77,3 +77,16 @@ def test_a_cleared_index_forgets_every_key_and_numbers_from_zero_again():
     ids, added = index.get_or_add(np.array([7, 5, 7, 9], np.uint64))
     assert ids.tolist() == [0, 1, 0, 2] and added.tolist() == [True, True, False, True]
     assert index.live_ids().tolist() == [0, 1, 2]
+
+
+def test_memory_counts_the_ids_in_use_not_the_room_grown_for_more():
+    """Per-id arrays double as ids come; the room beyond the ids handed out is zeroed pages
+    never written, so what is reported is the table and the ids in use."""
+    index = KeyIndex(16)
+    index.get_or_add(np.arange(1, 1101, dtype=np.uint64))
+    assert index.id_capacity >= 2000 and index.ids_used == 1100  # room beyond the ids in use
+    per_id = index.keys_by_id.itemsize + index.live.itemsize + 4  # key, live flag, free-stack entry
+    assert index.nbytes() == index.t_keys.nbytes + index.t_ids.nbytes + 1100 * per_id
+    index.remove(np.arange(500))  # given back: their ids stay below ids_used until handed out again
+    index.get_or_add(np.arange(5001, 5501, dtype=np.uint64))
+    assert index.ids_used == 1100

@@ -51,7 +51,7 @@ from .definition import (
     step_seconds,
 )
 from .entities import BatchKeys, EntityRows, watched_keys
-from .keyindex import KeyIndex, distinct, group_rows, grown, room_for
+from .keyindex import KeyIndex, distinct, group_rows, grown, room_for, used_nbytes
 from .partial import PartGroup, Partial, PartRows, Positions
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
@@ -146,9 +146,10 @@ class DefinitionState:
             ),
         )
 
-    def nbytes(self) -> int:
-        counted = self.counted_to.nbytes + self.counted_amount.nbytes + self.usual_sum.nbytes
-        return self.window.nbytes() + self.contrib.nbytes() + counted
+    def nbytes(self, ids_used: int) -> int:
+        """Bytes held, the per-entity arrays up to ``ids_used`` (beyond: room never written)."""
+        counted = sum(used_nbytes(a, ids_used) for a in (self.counted_to, self.counted_amount, self.usual_sum))
+        return self.window.nbytes(ids_used) + self.contrib.nbytes(ids_used) + counted
 
     def advance(self, bucket: int) -> None:
         """``bucket`` is the newest step: both windows slide to it."""
@@ -950,10 +951,14 @@ class AlertEngine:
         """Bytes held: per definition (its windows), by the shared entity indexes, and by what
         COUNT keeps per tracker slot (``index:sessions``)."""
         with self.lock:
-            out = {f"definition:{i}": state.nbytes() for i, state in self.states.items()}
+            used = {kind: index.ids_used for kind, index in self.indexes.items()}
+            out = {
+                f"definition:{i}": state.nbytes(used.get(state.definition.entity, 0))
+                for i, state in self.states.items()
+            }
             out["index:sessions"] = self.history.nbytes()
             for kind, index in self.indexes.items():
-                out[f"index:{kind.value}"] = index.nbytes() + self.last_seen[kind].nbytes
+                out[f"index:{kind.value}"] = index.nbytes() + used_nbytes(self.last_seen[kind], used[kind])
             return out
 
     def pairs_dropped(self) -> int:

@@ -205,14 +205,22 @@ def _fill(t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64, keys_by_id: n
             t_ids[s] = e
 
 
-#: per-id arrays grow by a quarter: a million entities leave at most a quarter million ids
-#: room unused (doubling left up to a million), and copying costs four times the final size
-GROWTH = 1.25
+#: per-id arrays double: each entry is copied about once as they grow (growing by a quarter
+#: copied it about four times, and on some VMs each first touch of a page costs microseconds).
+#: The room beyond the ids in use is zeroed pages never touched: it costs address space, not
+#: memory, and is not counted (``used_nbytes``)
+GROWTH = 2.0
 
 
 def room_for(length: int, needed: int) -> int:
     """The length an array of ``length`` grows to when ``needed`` entries must fit."""
     return max(needed, int(length * GROWTH) + 16)
+
+
+def used_nbytes(arr: np.ndarray, used: int) -> int:
+    """The bytes of an array indexed by id (or slot) that its first ``used`` entries take:
+    what it holds in memory, where the rest is room never written."""
+    return min(len(arr), used) * (arr.nbytes // max(len(arr), 1))
 
 
 def grown(arr: np.ndarray, size: int) -> np.ndarray:
@@ -262,8 +270,15 @@ class KeyIndex:
         """Every id is below this; per-id arrays kept elsewhere must be at least this long."""
         return self._ids_cap
 
+    @property
+    def ids_used(self) -> int:
+        """Every id handed out so far is below this: per-id arrays hold nothing beyond it."""
+        return int(self._counters[_NEXT])
+
     def nbytes(self) -> int:
-        return self.t_keys.nbytes + self.t_ids.nbytes + self.keys_by_id.nbytes + self.live.nbytes + self._free.nbytes
+        """The table (written all over) and the per-id arrays up to the ids in use."""
+        per_id = sum(used_nbytes(arr, self.ids_used) for arr in (self.keys_by_id, self.live, self._free))
+        return self.t_keys.nbytes + self.t_ids.nbytes + per_id
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The id of each key, -1 where absent."""

@@ -24,7 +24,7 @@ from numba import njit
 
 from ..flows.schema import SessionBatch
 from ..prefetch import AHEAD, prefetch
-from .keyindex import distinct, group_rows, grown, mix64, room_for
+from .keyindex import distinct, group_rows, grown, mix64, room_for, used_nbytes
 from .pairtable import PairTable
 
 log = structlog.get_logger(__name__)
@@ -262,10 +262,12 @@ class SlotHistory:
 
     def __init__(self) -> None:
         self.table = np.zeros((1024, _HISTORY_WIDTH), np.uint32)
+        self.slots_used = 0  # every slot seen is below this
 
     def recall(self, slot: np.ndarray, new: np.ndarray, at_ms: np.ndarray, sessions: SessionBatch) -> np.ndarray:
         """The (5, n) times before each row (``LAST_ROW`` ...); the rows are noted."""
         top = int(slot.max()) if len(slot) else -1
+        self.slots_used = max(self.slots_used, top + 1)
         if top >= len(self.table):
             table = np.zeros((room_for(len(self.table), top + 1), _HISTORY_WIDTH), np.uint32)
             table[: len(self.table)] = self.table
@@ -282,7 +284,7 @@ class SlotHistory:
         )
 
     def nbytes(self) -> int:
-        return self.table.nbytes
+        return used_nbytes(self.table, self.slots_used)
 
 
 class _Window:
@@ -488,10 +490,11 @@ class SumWindow(_Window):
         uniq, sums = _sum_by_id(ids, amounts, np.empty(len(self.values), np.int32))
         return uniq.astype(np.int32), _compact(sums)  # the ring keeps ids as int32
 
-    def nbytes(self) -> int:
+    def nbytes(self, ids_used: int) -> int:
+        """Bytes held, the per-id arrays up to ``ids_used`` (beyond: room never written)."""
         ring = sum(a.nbytes + b.nbytes for chunks in self._ring.values() for a, b in chunks)
-        step = self._step_amounts.nbytes + sum(ids.nbytes for ids in self._step_ids)
-        return self.values.nbytes + ring + step + self._spread_left.nbytes + self._spread_ids.nbytes
+        per_id = (self.values, self._step_amounts, self._spread_left, self._spread_ids)
+        return ring + sum(ids.nbytes for ids in self._step_ids) + sum(used_nbytes(a, ids_used) for a in per_id)
 
     def state(self) -> dict[str, np.ndarray]:
         """What a snapshot needs; views of live arrays among them: written under the engine's lock."""
@@ -636,8 +639,9 @@ class DistinctWindow(_Window):
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def nbytes(self) -> int:
-        return self.values.nbytes + self.pairs.nbytes() + self._regs.nbytes
+    def nbytes(self, ids_used: int) -> int:
+        """Bytes held, the values up to ``ids_used`` (beyond: room never written)."""
+        return used_nbytes(self.values, ids_used) + self.pairs.nbytes() + self._regs.nbytes
 
     def state(self) -> dict[str, np.ndarray]:
         """What a snapshot needs; views of live arrays among them: written under the engine's lock."""
