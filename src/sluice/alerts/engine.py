@@ -554,11 +554,9 @@ class AlertEngine:
             local, values = window.fold(group.inv, group.uniq, group.ids, mask, group.values, bucket)
             state.contrib.count(group.inv, group.uniq, mask, group.contributions, bucket)
         else:
-            counted = np.zeros(len(group.uniq), np.int64)
             local, values = window.fold(
-                group.inv, group.uniq, mask, group.values, True, bucket, group.contributions, counted
+                group.inv, group.uniq, mask, group.values, True, bucket, group.contributions, state.contrib
             )
-            state.contrib.add_counts(counted, group.uniq, bucket)
         return events + self._judge(state, group, local, values, time_us, bucket)
 
     def _fold_rows(self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, time_us: int) -> list[AlertEvent]:
@@ -775,13 +773,12 @@ class AlertEngine:
             state.contrib.count(rows.inv, rows.uniq, mask, contributing, bucket)
         else:
             # a session row may concern an entity and add nothing; for the other metrics the
-            # role is "adds something": the entities concerned are those with a sum
-            counted = np.zeros(len(rows.uniq), np.int64)  # contributions, summed in the same pass
+            # role is "adds something": the entities concerned are those with a sum. The
+            # contributions go to the COUNT window in the same pass
             local, values = window.fold(
                 rows.inv, rows.uniq, mask, rows.values(definition.metric),
-                definition.metric.value.startswith("sessions"), bucket, contributing, counted,
+                definition.metric.value.startswith("sessions"), bucket, contributing, state.contrib,
             )  # fmt: skip
-            state.contrib.add_counts(counted, rows.uniq, bucket)
         return self._judge(state, rows, local, values, time_us, bucket)
 
     def _judge(

@@ -96,17 +96,21 @@ def _fold_sums(
     values: np.ndarray,
     step_amounts: np.ndarray,
     counts: np.ndarray,
-    counted: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    count_values: np.ndarray,
+    count_step: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Add the masked rows' amounts to their entities (``inv``: each row's entity among
     ``uniq``, the batch's distinct ids) in ``values`` and in ``step_amounts`` (what each
     added in the open step). Returns the entities concerned (as positions in ``uniq``:
     every one with a masked row if ``every_concerned``, else those whose sum is not zero),
     each one's new value, and the ids that added something for the first time in the step.
-    In the same pass, the masked rows' ``counts`` (0/1, or a collector's) summed per entity into ``counted``
-    (by position in ``uniq``): COUNT's contributions, at no second pass over the rows."""
+    In the same passes, the masked rows' ``counts`` (0/1, or a collector's) go to a second
+    window's ``count_values`` and ``count_step`` (COUNT's contributions: one pass over the
+    rows and one visit of each entity for both windows); the last item returned lists the
+    ids that counted there for the first time in the step."""
     n_uniq = uniq.shape[0]
     acc = np.zeros(n_uniq, np.int64)
+    counted = np.zeros(n_uniq, np.int64)
     hit = np.zeros(n_uniq, np.bool_)
     for r in range(inv.shape[0]):
         if mask[r]:
@@ -116,14 +120,28 @@ def _fold_sums(
     local = np.empty(n_uniq, np.int64)
     now = np.empty(n_uniq, np.int64)
     first = np.empty(n_uniq, np.int32)
+    first_counted = np.empty(n_uniq, np.int32)
     k = 0
     n_first = 0
+    n_counted = 0
     for j in range(n_uniq):
         if j + AHEAD < n_uniq:  # entities' arrays are larger than the caches (host pairs)
-            prefetch(values, uniq[j + AHEAD])
-            prefetch(step_amounts, uniq[j + AHEAD])
-        if hit[j] and (every_concerned or acc[j] != 0):
-            e = uniq[j]
+            ahead = uniq[j + AHEAD]
+            prefetch(values, ahead)
+            prefetch(step_amounts, ahead)
+            if counted[j + AHEAD]:
+                prefetch(count_values, ahead)
+                prefetch(count_step, ahead)
+        if not hit[j]:
+            continue
+        e = uniq[j]
+        if counted[j]:
+            if count_step[e] == 0:
+                first_counted[n_counted] = e
+                n_counted += 1
+            count_step[e] += counted[j]
+            count_values[e] += counted[j]
+        if every_concerned or acc[j] != 0:
             if acc[j] != 0:
                 if step_amounts[e] == 0:  # amounts are never negative: 0 means not yet in the step
                     first[n_first] = e
@@ -133,7 +151,7 @@ def _fold_sums(
             local[k] = j
             now[k] = values[e]
             k += 1
-    return local[:k], now[:k], first[:n_first]
+    return local[:k], now[:k], first[:n_first], first_counted[:n_counted]
 
 
 @njit(cache=True, nogil=True)
@@ -344,19 +362,24 @@ class SumWindow(_Window):
         every_concerned: bool,
         bucket: int,
         counts: np.ndarray | None = None,
-        counted: np.ndarray | None = None,
+        counted: SumWindow | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Add a batch's masked rows to the bucket ``bucket`` (see ``_fold_sums``: ``counts``
-        summed into ``counted`` on the way); returns (the entities concerned, as positions in
-        ``uniq``; their values now)."""
+        """Add a batch's masked rows to the bucket ``bucket``, and their ``counts`` to the same
+        bucket of the window ``counted`` in the same pass (see ``_fold_sums``); returns (the
+        entities concerned, as positions in ``uniq``; their values now)."""
         self._open(bucket, uniq)
         if counts is None or counted is None:
-            counts, counted = np.zeros(len(inv), bool), np.zeros(len(uniq), np.int64)
-        local, now, first = _fold_sums(
-            inv, uniq, mask, amounts, every_concerned, self.values, self._step_amounts, counts, counted
+            counts, count_values, count_step = np.zeros(len(inv), bool), np.zeros(0, np.int32), np.zeros(0, np.int32)
+        else:
+            counted._open(bucket, uniq)
+            count_values, count_step = counted.values, counted._step_amounts
+        local, now, first, first_counted = _fold_sums(
+            inv, uniq, mask, amounts, every_concerned, self.values, self._step_amounts, counts, count_values, count_step
         )
         if len(first):
             self._step_ids.append(first)
+        if len(first_counted) and counted is not None:
+            counted._step_ids.append(first_counted)
         return local, now
 
     def count(self, inv: np.ndarray, uniq: np.ndarray, mask: np.ndarray, counts: np.ndarray, bucket: int) -> None:
