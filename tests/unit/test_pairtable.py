@@ -78,3 +78,21 @@ def test_pairs_beyond_the_bound_are_counted_as_dropped():
     assert len(table) == 100 and table.dropped == 50 and values[0] == 100
     table.add(np.arange(1, 101, dtype=np.uint64), np.zeros(100, np.int64), 2, 10**6, values)  # seen again: kept
     assert len(table) == 100 and table.dropped == 50
+
+
+def test_steps_before_the_first_one_and_large_entity_ids_are_kept_exactly():
+    """A slot packs the entity id and the step (relative to the first step seen) in one word:
+    steps before the first, and ids up to the entity bound, come back unchanged and expire
+    in order."""
+    table = PairTable()
+    big = (1 << 24) - 1  # alerts.max_entities
+    values = np.zeros(big + 1, np.int64)
+    table.add(np.array([1, 2], np.uint64), np.array([3, big]), 1000, 100, values)
+    table.add(np.array([3], np.uint64), np.array([big]), 990, 100, values)  # before the first step
+    table.add(np.array([1], np.uint64), np.array([3]), 1001, 100, values)  # seen again: its step moves on
+    check(table, {1: (3, 1001), 2: (big, 1000), 3: (big, 990)}, values)
+    table.expire(995, values)
+    check(table, {1: (3, 1001), 2: (big, 1000)}, values)
+    keys, steps = table.take_entity(big)
+    assert keys.tolist() == [2] and steps.tolist() == [1000]
+    assert table.state()["keys"].tolist() == [1] and len(table) == 1

@@ -3,7 +3,9 @@ holding its entity and the last step it was seen in.
 
 Unique hosts / ports keep every pair in their window while counting exactly; with a million
 hosts that is millions of pairs, so an entry is kept in the table's own slot: 16 bytes (the
-key, the entity id, the step) at a load of at most one half. A dense id per pair (as
+key, then the entity id and the step packed in one word, side by side so that a probe reads
+one cache line: with three arrays each probe missed the caches up to three times) at a load
+of at most one half. A dense id per pair (as
 ``KeyIndex`` gives) would cost another 30 bytes a pair in arrays indexed by it, and a memory
 access more per row. Open addressing with linear probing; entries are deleted by shifting the
 following ones back (no tombstones), also while a whole-table scan expires them.
@@ -23,11 +25,30 @@ _EMPTY = np.uint64(0)
 # counters: slots of one int64 array that the kernels update in place
 _LIVE, _DROPPED = range(2)
 
+# a slot's second word: the entity id in the high 32 bits, the step (relative, offset by 2**31
+# so that unsigned order is step order) in the low 32
+_LOW = np.uint64(0xFFFFFFFF)
+_HIGH = np.uint64(0xFFFFFFFF00000000)
+_STEP_OFFSET = 1 << 31
+
 
 @njit(cache=True, nogil=True, inline="always")
-def _delete(
-    t_keys: np.ndarray, t_entity: np.ndarray, t_step: np.ndarray, shift: np.uint64, hole: int | np.int64
-) -> None:
+def _meta(entity: int | np.int64, step: int | np.int64) -> np.uint64:
+    return (np.uint64(entity) << np.uint64(32)) | np.uint64(step + _STEP_OFFSET)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _entity_of(meta: np.uint64) -> np.int64:
+    return np.int64(meta >> np.uint64(32))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _step_of(meta: np.uint64) -> np.int64:
+    return np.int64(meta & _LOW) - _STEP_OFFSET
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _delete(t_keys: np.ndarray, t_meta: np.ndarray, shift: np.uint64, hole: int | np.int64) -> None:
     """Empty slot ``hole``, shifting back the entries after it that probed past it."""
     mask = t_keys.shape[0] - 1
     j = hole
@@ -39,8 +60,7 @@ def _delete(
         if home_between(hole, j, table_home(k, shift)):  # it cannot move before its home
             continue
         t_keys[hole] = k
-        t_entity[hole] = t_entity[j]
-        t_step[hole] = t_step[j]
+        t_meta[hole] = t_meta[j]
         hole = j
     t_keys[hole] = _EMPTY
 
@@ -48,8 +68,7 @@ def _delete(
 @njit(cache=True, nogil=True)
 def _add(
     t_keys: np.ndarray,
-    t_entity: np.ndarray,
-    t_step: np.ndarray,
+    t_meta: np.ndarray,
     shift: np.uint64,
     counters: np.ndarray,
     max_live: int,
@@ -72,9 +91,7 @@ def _add(
     for i in range(start, n):
         if i + AHEAD < n:
             ahead = table_home(table_key(keys[i + AHEAD]), shift)
-            prefetch(t_keys, ahead)
-            prefetch(t_step, ahead)
-            prefetch(t_entity, ahead)
+            prefetch(t_keys, ahead)  # the slot's two words share a cache line
         key = table_key(keys[i])
         s = table_slot(t_keys, key, shift)
         if t_keys[s] == _EMPTY:
@@ -85,21 +102,21 @@ def _add(
                 return i, n_over
             e = entity[i]
             t_keys[s] = key
-            t_entity[s] = e
+            t_meta[s] = _meta(e, step)
             counters[_LIVE] += 1
             values[e] += 1
             if values[e] > exact_limit:
                 over[n_over] = e
                 n_over += 1
-        t_step[s] = step
+        else:
+            t_meta[s] = (t_meta[s] & _HIGH) | np.uint64(step + _STEP_OFFSET)
     return n, n_over
 
 
 @njit(cache=True, nogil=True)
 def _expire(
     t_keys: np.ndarray,
-    t_entity: np.ndarray,
-    t_step: np.ndarray,
+    t_meta: np.ndarray,
     shift: np.uint64,
     counters: np.ndarray,
     oldest: int,
@@ -110,9 +127,9 @@ def _expire(
     from the table's start to its end were already looked at, and kept."""
     s = 0
     while s < t_keys.shape[0]:
-        if t_keys[s] != _EMPTY and t_step[s] < oldest:
-            values[t_entity[s]] -= 1
-            _delete(t_keys, t_entity, t_step, shift, s)
+        if t_keys[s] != _EMPTY and _step_of(t_meta[s]) < oldest:
+            values[_entity_of(t_meta[s])] -= 1
+            _delete(t_keys, t_meta, shift, s)
             counters[_LIVE] -= 1
         else:
             s += 1
@@ -120,7 +137,7 @@ def _expire(
 
 @njit(cache=True, nogil=True)
 def _take_entity(
-    t_keys: np.ndarray, t_entity: np.ndarray, t_step: np.ndarray, shift: np.uint64, counters: np.ndarray, e: int
+    t_keys: np.ndarray, t_meta: np.ndarray, shift: np.uint64, counters: np.ndarray, e: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove every pair of entity ``e``; returns their keys and steps."""
     keys = np.empty(counters[_LIVE], np.uint64)
@@ -128,11 +145,11 @@ def _take_entity(
     k = 0
     s = 0
     while s < t_keys.shape[0]:
-        if t_keys[s] != _EMPTY and t_entity[s] == e:
+        if t_keys[s] != _EMPTY and _entity_of(t_meta[s]) == e:
             keys[k] = t_keys[s]
-            steps[k] = t_step[s]
+            steps[k] = _step_of(t_meta[s])
             k += 1
-            _delete(t_keys, t_entity, t_step, shift, s)
+            _delete(t_keys, t_meta, shift, s)
             counters[_LIVE] -= 1
         else:
             s += 1
@@ -140,15 +157,7 @@ def _take_entity(
 
 
 @njit(cache=True, nogil=True)
-def _refill(
-    old_keys: np.ndarray,
-    old_entity: np.ndarray,
-    old_step: np.ndarray,
-    t_keys: np.ndarray,
-    t_entity: np.ndarray,
-    t_step: np.ndarray,
-    shift: np.uint64,
-) -> None:
+def _refill(old_keys: np.ndarray, old_meta: np.ndarray, t_keys: np.ndarray, t_meta: np.ndarray, shift: np.uint64) -> None:
     """Move every entry into an empty (larger) table; old slots in order, so that the new
     table is written front to back (homes are the top bits of the hash)."""
     for s in range(old_keys.shape[0]):
@@ -156,8 +165,7 @@ def _refill(
         if key != _EMPTY:
             slot = table_slot(t_keys, key, shift)
             t_keys[slot] = key
-            t_entity[slot] = old_entity[s]
-            t_step[slot] = old_step[s]
+            t_meta[slot] = old_meta[s]
 
 
 class PairTable:
@@ -184,7 +192,7 @@ class PairTable:
         return int(self._counters[_DROPPED])
 
     def nbytes(self) -> int:
-        return self.t_keys.nbytes + self.t_entity.nbytes + self.t_step.nbytes
+        return self._slots.nbytes
 
     def add(self, keys: np.ndarray, entity: np.ndarray, step: int, exact_limit: int, values: np.ndarray) -> np.ndarray:
         """Note the pairs as seen in ``step``; new ones count for their entity in ``values``.
@@ -194,7 +202,7 @@ class PairTable:
         at, n_over = 0, 0
         while True:
             at, n_over = _add(
-                self.t_keys, self.t_entity, self.t_step, self._shift, self._counters,
+                self.t_keys, self.t_meta, self._shift, self._counters,
                 int(self.MAX_LOAD * len(self.t_keys)), self.max_pairs,
                 keys, entity, rel, at, exact_limit, values, over, n_over,
             )  # fmt: skip
@@ -206,20 +214,21 @@ class PairTable:
         """Forget the pairs last seen before step ``oldest``; each uncounts from ``values``."""
         if self.base is None or not len(self):
             return
-        _expire(self.t_keys, self.t_entity, self.t_step, self._shift, self._counters, self._clamped(oldest), values)
+        _expire(self.t_keys, self.t_meta, self._shift, self._counters, self._clamped(oldest), values)
 
     def take_entity(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         """Remove the pairs of entity ``e``: (their keys, the step each was last seen in)."""
-        keys, steps = _take_entity(self.t_keys, self.t_entity, self.t_step, self._shift, self._counters, e)
+        keys, steps = _take_entity(self.t_keys, self.t_meta, self._shift, self._counters, e)
         return keys, steps + (self.base or 0)
 
     def state(self) -> dict[str, np.ndarray]:
         """Every pair: keys, entity ids and absolute steps (a copy)."""
         used = np.flatnonzero(self.t_keys)
+        meta = self.t_meta[used]
         return {
             "keys": self.t_keys[used],
-            "entity": self.t_entity[used].astype(np.int64),
-            "step": self.t_step[used].astype(np.int64) + (self.base or 0),
+            "entity": (meta >> np.uint64(32)).astype(np.int64),
+            "step": (meta & _LOW).astype(np.int64) - _STEP_OFFSET + (self.base or 0),
         }
 
     @classmethod
@@ -251,13 +260,14 @@ class PairTable:
         return max(-(2**31), min(2**31 - 1, step - (self.base or 0)))
 
     def _alloc(self, size: int) -> None:
-        self.t_keys = np.zeros(size, np.uint64)
-        # read only where a key is: left unset, their pages cost nothing until used
-        self.t_entity = np.empty(size, np.int32)
-        self.t_step = np.empty(size, np.int32)
+        # per slot: the key (0: empty), then the entity and step (``_meta``), read only where
+        # a key is; views of one array, so that a slot's two words share a cache line
+        self._slots = np.zeros((size, 2), np.uint64)
+        self.t_keys = self._slots[:, 0]
+        self.t_meta = self._slots[:, 1]
         self._shift = np.uint64(64 - (size.bit_length() - 1))
 
     def _double(self) -> None:
-        old = self.t_keys, self.t_entity, self.t_step
+        old = self.t_keys, self.t_meta
         self._alloc(2 * len(old[0]))
-        _refill(*old, self.t_keys, self.t_entity, self.t_step, self._shift)
+        _refill(*old, self.t_keys, self.t_meta, self._shift)
