@@ -118,12 +118,21 @@ class EntityRows:
         return np.concatenate([col, col]) if self.kind.is_endpoint else col
 
     def _sides(self, what: str) -> tuple[np.ndarray, np.ndarray]:
-        """(own, other) per row; for host pairs and ports: (client side, server side)."""
-        client_side = self.sessions[f"cln_{what}"].astype(np.int64)
-        server_side = self.sessions[f"srv_{what}"].astype(np.int64)
-        if self.kind.is_endpoint:
-            return np.concatenate([client_side, server_side]), np.concatenate([server_side, client_side])
-        return client_side, server_side
+        """(own, other) per row; for host pairs and ports: (client side, server side). Made
+        once per batch: several metrics (bytes sent, received, bits ...) read the same."""
+        key = "sides:" + what
+        if key not in self._cache:
+            client_side = self.sessions[f"cln_{what}"].astype(np.int64)
+            server_side = self.sessions[f"srv_{what}"].astype(np.int64)
+            if self.kind.is_endpoint:
+                own = np.concatenate([client_side, server_side])
+                self._cache[key], self._cache[key + ":other"] = (
+                    own,
+                    np.concatenate([own[len(client_side) :], own[: len(client_side)]]),
+                )
+            else:
+                self._cache[key], self._cache[key + ":other"] = client_side, server_side
+        return self._cache[key], self._cache[key + ":other"]
 
     def values(self, metric: AlertMetric) -> np.ndarray:
         """What each row adds to ``metric``."""
