@@ -157,7 +157,9 @@ def _take_entity(
 
 
 @njit(cache=True, nogil=True)
-def _refill(old_keys: np.ndarray, old_meta: np.ndarray, t_keys: np.ndarray, t_meta: np.ndarray, shift: np.uint64) -> None:
+def _refill(
+    old_keys: np.ndarray, old_meta: np.ndarray, t_keys: np.ndarray, t_meta: np.ndarray, shift: np.uint64
+) -> None:
     """Move every entry into an empty (larger) table; old slots in order, so that the new
     table is written front to back (homes are the top bits of the hash)."""
     for s in range(old_keys.shape[0]):
