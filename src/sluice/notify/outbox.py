@@ -115,7 +115,7 @@ class Outbox:
             notice.change = REPEAT
         row.last_notified_us = now
         prefs = session.get(UserPreferences, row.user_id)
-        system = session.get(SystemSettings, 1) or SystemSettings.defaults()
+        system = SystemSettings.current(session)
         payload = json.dumps(notice.payload())
         for ch in self.channels:
             if ch.destination(prefs, system) is not None:
@@ -256,7 +256,7 @@ class Outbox:
     def context(self, user_id: int) -> tuple[Optional[UserPreferences], SystemSettings]:
         with self.db.session() as session:
             prefs = session.get(UserPreferences, user_id)
-            system = session.get(SystemSettings, 1) or SystemSettings.defaults()
+            system = SystemSettings.current(session)
             session.expunge_all()
         # detached copies: opening their secrets changes nothing stored
         if prefs is not None:

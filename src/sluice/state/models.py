@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
 def utcnow() -> datetime:
@@ -71,9 +71,12 @@ class SystemSettings(Base):
     retention_days: Mapped[float | None] = mapped_column(nullable=True)  # None: the configuration's
 
     @classmethod
-    def defaults(cls) -> SystemSettings:
-        """The settings before any is saved (no row yet): each column at its default, not stored."""
-        return cls(id=1, **{c.key: c.default.arg for c in cls.__table__.columns if c.default is not None})
+    def current(cls, session: Session) -> SystemSettings:
+        """The stored row, or before any is saved each column at its default, not stored:
+        reading never writes (a read that inserted the missing row raced the first save)."""
+        return session.get(cls, 1) or cls(
+            id=1, **{c.key: c.default.arg for c in cls.__table__.columns if c.default is not None}
+        )
 
 
 class UserPreferences(Base):

@@ -169,9 +169,8 @@ class Preferences:
         return row
 
     def _system(self) -> SystemSettings:
-        # reading never writes: a read that inserted the missing row raced the first save
         with self.db.session() as session:
-            return session.get(SystemSettings, 1) or SystemSettings.defaults()
+            return SystemSettings.current(session)
 
     def set_system(self, new: SystemSettingsIn) -> SystemSettings:
         with self.db.session() as session:
