@@ -362,24 +362,24 @@ class SumWindow(_Window):
         every_concerned: bool,
         bucket: int,
         counts: np.ndarray | None = None,
-        counted: SumWindow | None = None,
+        count_window: SumWindow | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Add a batch's masked rows to the bucket ``bucket``, and their ``counts`` to the same
-        bucket of the window ``counted`` in the same pass (see ``_fold_sums``); returns (the
-        entities concerned, as positions in ``uniq``; their values now)."""
+        bucket of ``count_window`` in the same pass (see ``_fold_sums``); returns (the entities
+        concerned, as positions in ``uniq``; their values now)."""
         self._open(bucket, uniq)
-        if counts is None or counted is None:
+        if counts is None or count_window is None:
             counts, count_values, count_step = np.zeros(len(inv), bool), np.zeros(0, np.int32), np.zeros(0, np.int32)
         else:
-            counted._open(bucket, uniq)
-            count_values, count_step = counted.values, counted._step_amounts
+            count_window._open(bucket, uniq)
+            count_values, count_step = count_window.values, count_window._step_amounts
         local, now, first, first_counted = _fold_sums(
             inv, uniq, mask, amounts, every_concerned, self.values, self._step_amounts, counts, count_values, count_step
         )
         if len(first):
             self._step_ids.append(first)
-        if len(first_counted) and counted is not None:
-            counted._step_ids.append(first_counted)
+        if len(first_counted) and count_window is not None:
+            count_window._step_ids.append(first_counted)
         return local, now
 
     def count(self, inv: np.ndarray, uniq: np.ndarray, mask: np.ndarray, counts: np.ndarray, bucket: int) -> None:
