@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ..flows.schema import addr_text
+from ..flows.schema import addr_text, arrow_to_numpy, numpy_to_arrow
 from ..query.filter import PROTOCOL_NAMES
 from .definition import EntityType
 
@@ -219,7 +219,7 @@ def encode(partial: Partial) -> bytes:
         for table in tables:
             n = len(table)
             columns = [
-                pa.array(table.keys, pa.uint64()),
+                numpy_to_arrow(table.keys, pa.uint64()),
                 _addresses(table.addr),
                 _addresses(table.addr2) if len(table.addr2) else pa.nulls(n, pa.binary(16)),
             ]
@@ -233,9 +233,9 @@ def encode(partial: Partial) -> bytes:
         for part in partial.parts:
             amounts = part.values.dtype == np.int64
             columns = [
-                pa.array(part.entity, pa.int32()),
-                pa.array(part.values.view(np.uint64) if amounts else part.values, pa.uint64()),
-                pa.array(part.contributions, pa.int32()),
+                numpy_to_arrow(part.entity, pa.int32()),
+                numpy_to_arrow(part.values.view(np.uint64) if amounts else part.values, pa.uint64()),
+                numpy_to_arrow(part.contributions, pa.int32()),
             ]
             meta = {
                 "definition": str(part.definition_id),
@@ -317,7 +317,7 @@ def _table(i: int, batch: pa.RecordBatch, meta: dict[str, str]) -> EntityTable:
         raise PartialError(f"entity table {i}: a host pair needs both addresses, and only a host pair")
     return EntityTable(
         kind,
-        batch.column("keys").to_numpy(),
+        arrow_to_numpy(batch.column("keys")),
         _address_column(batch.column("addr")),
         _address_column(batch.column("addr2")) if pair else _EMPTY_ADDR,
     )
@@ -335,17 +335,17 @@ def _part(i: int, batch: pa.RecordBatch, meta: dict[str, str], tables: list[Enti
     if not 0 <= position < len(tables):
         raise PartialError(f"part {i}: names entity table {position} of {len(tables)}")
     table = tables[position]
-    entity = batch.column("entity").to_numpy()
+    entity = arrow_to_numpy(batch.column("entity"))
     if len(entity) and (entity.min() < 0 or entity.max() >= len(table)):
         raise PartialError(f"part {i}: names entities beyond its table's {len(table)}")
-    values = batch.column("values").to_numpy()
+    values = arrow_to_numpy(batch.column("values"))
     if meta["values"] == "amounts":
         values = values.view(np.int64)
         if (values < 0).any():
             raise PartialError(f"part {i}: negative amounts")
     elif meta["values"] != "peers":
         raise PartialError(f"part {i}: values are {meta['values']!r}, expected amounts or peers")
-    contributions = batch.column("contributions").to_numpy()
+    contributions = arrow_to_numpy(batch.column("contributions"))
     if (contributions < 0).any():
         raise PartialError(f"part {i}: negative contributions")
     return PartRows(

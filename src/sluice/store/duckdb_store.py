@@ -38,7 +38,7 @@ import pyarrow as pa
 import structlog
 from duckdb.value.constant import UnsignedHugeIntegerValue
 
-from ..flows.schema import SESSION_SCHEMA, SessionBatch, address_words
+from ..flows.schema import SESSION_SCHEMA, SessionBatch, address_words, arrow_to_numpy, numpy_to_arrow
 from ..query.filter import Node
 from ..query.reports import (
     ENTITY_COLUMNS,
@@ -114,7 +114,7 @@ def _split_addresses(batch: SessionBatch) -> pa.Table:
     for name in SESSION_SCHEMA.names:
         if name in ADDRESS_COLUMNS:
             hi, lo = address_words(batch[name])
-            columns += [pa.array(hi), pa.array(lo)]
+            columns += [numpy_to_arrow(hi), numpy_to_arrow(lo)]
             names += [f"{name}__hi", f"{name}__lo"]
         else:
             columns.append(arrow.column(name))
@@ -136,10 +136,10 @@ def _join_addresses(table: pa.Table) -> pa.Table:
             continue
         if name.endswith("__hi"):
             base = name[:-4]
-            hi = table.column(name).to_numpy(zero_copy_only=False)
+            hi = arrow_to_numpy(table.column(name))
             words = np.empty((len(hi), 2), ">u8")  # big-endian: the address's bytes in order
             words[:, 0] = hi
-            words[:, 1] = table.column(f"{base}__lo").to_numpy(zero_copy_only=False)
+            words[:, 1] = arrow_to_numpy(table.column(f"{base}__lo"))
             raw = words.view(np.uint8).tobytes()
             out_cols.append(pa.Array.from_buffers(pa.binary(16), len(hi), [None, pa.py_buffer(raw)]))
             out_names.append(base)
@@ -181,10 +181,10 @@ def _day_start_ms(day: str) -> int:
 def _day_parts(batches: list[SessionBatch]) -> dict[str, pa.Table]:
     """The rows of a flush as the store writes them, by the day of their end time."""
     table = _split_addresses(SessionBatch.concat(batches))
-    day_of_row = (table.column("end_ms").to_numpy() // DAY_MS).astype(np.int64)
+    day_of_row = (arrow_to_numpy(table.column("end_ms")) // DAY_MS).astype(np.int64)
     days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
     return {
-        _day(day_number * DAY_MS): table if len(days) == 1 else table.filter(pa.array(day_of_row == day_number))
+        _day(day_number * DAY_MS): table if len(days) == 1 else table.filter(numpy_to_arrow(day_of_row == day_number))
         for day_number in days.tolist()
     }
 

@@ -132,9 +132,9 @@ class StagedFile:
 
 
 def _time_bounds(table: pa.Table) -> tuple[int, int, int]:
-    start = table.column("start_ms").to_numpy()
-    end = table.column("end_ms").to_numpy()
-    return int(start.min()), int(end.min()), int(end.max())
+    # Arrow's own kernels: a column's ``to_numpy`` would import pandas into a session worker
+    start, end = pc.min_max(table.column("start_ms")), pc.min_max(table.column("end_ms"))
+    return int(start["min"].as_py()), int(end["min"].as_py()), int(end["max"].as_py())
 
 
 class SegmentFiles:

@@ -1,0 +1,83 @@
+"""numpy <-> Arrow column conversions (flows/schema.py) that do not import pandas.
+
+pyarrow imports pandas the first time ``pa.array`` is given a numpy array, or a column's
+``to_numpy`` is called: found in a profile of two session workers, where each one imported
+it at its first flush, in the middle of the traffic (half a CPU-second and 50 MB a process;
+with two workers a fifth of the extra CPU per flow that two workers cost against one)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sluice.flows.schema import arrow_to_numpy, numpy_to_arrow
+
+WORKER_PATH = r"""
+import sys, tempfile, time
+from pathlib import Path
+from sluice.flows.enrich import Enricher
+from sluice.flows.schema import SessionBatch
+from sluice.flows.sessions import SessionTracker
+from sluice.simulate.traffic import TrafficModel
+from sluice.store.duckdb_store import stage_sessions
+
+now = int(time.time() * 1000)
+tracker = SessionTracker(60, 1800, 100_000, True)
+sessions, _ = tracker.track(TrafficModel(seed=5).conversations(now - 10_000, now, 2000), now)
+sessions = Enricher()(sessions)
+with tempfile.TemporaryDirectory() as tmp:
+    staged = stage_sessions([sessions], Path(tmp), "w0-1")
+    assert sum(f.rows for f in staged) == len(sessions) > 0, staged
+    assert min(f.min_start for f in staged) == int(sessions["start_ms"].min())
+    back = SessionBatch.from_arrow(SessionBatch(sessions.columns).to_arrow())
+    assert (back["cln_bytes"] == sessions["cln_bytes"]).all()
+print("pandas" in sys.modules)
+"""
+
+
+def test_a_session_worker_path_does_not_import_pandas(tmp_path):
+    """Track, enrich, write the rows' files and read a batch back, as a worker does."""
+    out = subprocess.run([sys.executable, "-c", WORKER_PATH], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False", "pandas was imported"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int32, np.int64, np.float64])
+def test_numeric_columns_round_trip(dtype):
+    values = np.array([0, 1, 7, 200], dtype)
+    arrow = numpy_to_arrow(values)
+    assert arrow.type == pa.from_numpy_dtype(np.dtype(dtype))
+    assert arrow.to_pylist() == values.tolist()
+    assert arrow_to_numpy(arrow).tolist() == values.tolist()
+
+
+def test_a_column_is_cast_to_the_arrow_type_asked_for_and_refused_where_it_does_not_fit():
+    assert numpy_to_arrow(np.array([1, 2], np.int64), pa.int32()).to_pylist() == [1, 2]
+    assert numpy_to_arrow(np.array([3], np.int64), pa.uint64()).type == pa.uint64()
+    with pytest.raises(OverflowError, match="int32"):
+        numpy_to_arrow(np.array([2**40], np.int64), pa.int32())
+    with pytest.raises(OverflowError):
+        numpy_to_arrow(np.array([-1], np.int64), pa.uint64())
+
+
+def test_boolean_columns_are_packed_bits():
+    mask = np.array([True, False, True, True, False, False, False, False, True, True])
+    arrow = numpy_to_arrow(mask)
+    assert arrow.type == pa.bool_() and arrow.to_pylist() == mask.tolist()
+    assert arrow_to_numpy(arrow[3:]).tolist() == mask[3:].tolist()
+
+
+def test_slices_and_chunks_are_read_from_their_offset():
+    column = pa.chunked_array([pa.array([1, 2, 3], pa.int64()), pa.array([4, 5], pa.int64())])
+    assert arrow_to_numpy(column).tolist() == [1, 2, 3, 4, 5]
+    assert arrow_to_numpy(column.combine_chunks()[2:4]).tolist() == [3, 4]
+
+
+def test_a_column_with_missing_values_is_refused():
+    with pytest.raises(ValueError, match="1 missing values"):
+        arrow_to_numpy(pa.array([1, None, 3], pa.int64()))
