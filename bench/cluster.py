@@ -145,6 +145,9 @@ def send_split(ports: list[int], datagrams: list[bytes], rate: float, seconds: f
     start = time.perf_counter()
     while sent < total:
         due = min(int((time.perf_counter() - start) * dg_rate) + 1, total)
+        if sent >= due:
+            time.sleep(ingest_bench.AHEAD_SLEEP_S)
+            continue
         while sent < due:
             try:
                 socks[sent // RUN % k].send(datagrams[sent % n])
