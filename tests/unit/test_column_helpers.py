@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sluice.flows.schema import arrow_to_numpy, numpy_to_arrow, put_rows, take_rows
+from sluice.flows.schema import address_words, arrow_to_numpy, numpy_to_arrow, put_rows, take_rows
 
 WORKER_PATH = r"""
 import sys, tempfile, time
@@ -110,3 +110,13 @@ def test_rows_are_put_as_assignment_puts_them(shape):
     strided = np.zeros((50, 32), np.uint8)[:, ::2]  # not contiguous: numpy's own assignment
     put_rows(strided, positions, np.full((20, 16), 7, np.uint8))
     assert (strided[positions] == 7).all() and strided.sum() == 20 * 16 * 7
+
+
+def test_address_words_are_the_big_endian_halves():
+    rng = np.random.default_rng(3)
+    addresses = rng.integers(0, 256, (40, 16)).astype(np.uint8)
+    hi, lo = address_words(addresses[::2])  # a strided view, as a column slice can be
+    for i, row in enumerate(addresses[::2]):
+        assert int(hi[i]) == int.from_bytes(row[:8].tobytes(), "big")
+        assert int(lo[i]) == int.from_bytes(row[8:].tobytes(), "big")
+    assert hi.dtype == np.uint64 and hi.flags.c_contiguous
