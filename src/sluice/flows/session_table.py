@@ -472,9 +472,20 @@ def evict_oldest(
         cutoff = times[count - 1]
         older = np.searchsorted(times, cutoff)
     at_cutoff = count - older  # of the sessions updated exactly at the cutoff, this many go
+    doomed = np.empty(count, np.int64)
+    k = 0
     for r in range(live.shape[0]):
         if live[r] and (updated[r] < cutoff or (updated[r] == cutoff and at_cutoff > 0)):
             if updated[r] == cutoff:
                 at_cutoff -= 1
-            _end(r, index_keys, index_rows, key, live, free, stats)
+            doomed[k] = r
+            k += 1
+    # then out of the index, its slots fetched ahead: each is a cache miss of its own
+    mask = np.uint64(index_keys.shape[0] - 1)
+    for i in range(k):
+        if i + AHEAD < k:
+            ahead = np.int64(key[doomed[i + AHEAD]] & mask)
+            prefetch(index_keys, ahead)
+            prefetch(index_rows, ahead)
+        _end(doomed[i], index_keys, index_rows, key, live, free, stats)
     stats[EVICTED] += count
