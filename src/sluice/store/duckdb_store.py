@@ -180,8 +180,9 @@ def _day_start_ms(day: str) -> int:
 
 def _day_parts(batches: list[SessionBatch]) -> dict[str, pa.Table]:
     """The rows of a flush as the store writes them, by the day of their end time."""
-    table = _split_addresses(SessionBatch.concat(batches))
-    day_of_row = (arrow_to_numpy(table.column("end_ms")) // DAY_MS).astype(np.int64)
+    rows = SessionBatch.concat(batches)
+    table = _split_addresses(rows)
+    day_of_row = (rows["end_ms"] // DAY_MS).astype(np.int64)
     days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
     return {
         _day(day_number * DAY_MS): table if len(days) == 1 else table.filter(numpy_to_arrow(day_of_row == day_number))
