@@ -133,31 +133,7 @@ RUN = 3
 
 def send_split(ports: list[int], datagrams: list[bytes], rate: float, seconds: float) -> tuple[int, float]:
     """``ingest.send`` over several collectors, in runs of ``RUN`` datagrams each."""
-    socks = []
-    for port in ports:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        sock.connect(("127.0.0.1", port))
-        socks.append(sock)
-    total = int(rate * seconds / ingest_bench.RECORDS_PER_DATAGRAM)
-    dg_rate = rate / ingest_bench.RECORDS_PER_DATAGRAM
-    sent, n, k = 0, len(datagrams), len(socks)
-    start = time.perf_counter()
-    while sent < total:
-        due = min(int((time.perf_counter() - start) * dg_rate) + 1, total)
-        if sent >= due:
-            time.sleep(ingest_bench.AHEAD_SLEEP_S)
-            continue
-        while sent < due:
-            try:
-                socks[sent // RUN % k].send(datagrams[sent % n])
-            except (BlockingIOError, ConnectionRefusedError):
-                pass
-            sent += 1
-    elapsed = time.perf_counter() - start
-    for sock in socks:
-        sock.close()
-    return sent * ingest_bench.RECORDS_PER_DATAGRAM, sent * ingest_bench.RECORDS_PER_DATAGRAM / elapsed
+    return ingest_bench.send_to(ports, datagrams, rate, seconds, RUN)
 
 
 def rung(workdir: Path, definitions: list, collectors: int, datagrams: list[bytes], rate: float,

@@ -144,12 +144,20 @@ AHEAD_SLEEP_S = 0.0002
 
 def send(port: int, datagrams: list[bytes], rate: float, seconds: float) -> tuple[int, float]:
     """Send at ``rate`` flows/s for ``seconds``; returns (flows sent, flows/s achieved)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.connect(("127.0.0.1", port))
+    return send_to([port], datagrams, rate, seconds)
+
+
+def send_to(ports: list[int], datagrams: list[bytes], rate: float, seconds: float, run: int = 1) -> tuple[int, float]:
+    """``send`` over several ports in turn, ``run`` datagrams at a time to each."""
+    socks = []
+    for port in ports:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.connect(("127.0.0.1", port))
+        socks.append(sock)
     total = int(rate * seconds / RECORDS_PER_DATAGRAM)
     dg_rate = rate / RECORDS_PER_DATAGRAM
-    sent, n = 0, len(datagrams)
+    sent, n, k = 0, len(datagrams), len(socks)
     start = time.perf_counter()
     while sent < total:
         due = min(int((time.perf_counter() - start) * dg_rate) + 1, total)
@@ -158,12 +166,13 @@ def send(port: int, datagrams: list[bytes], rate: float, seconds: float) -> tupl
             continue
         while sent < due:
             try:
-                sock.send(datagrams[sent % n])
+                socks[sent // run % k].send(datagrams[sent % n])
             except (BlockingIOError, ConnectionRefusedError):
                 pass  # counted as sent: the collector's socket is the one that must keep up
             sent += 1
     elapsed = time.perf_counter() - start
-    sock.close()
+    for sock in socks:
+        sock.close()
     return sent * RECORDS_PER_DATAGRAM, sent * RECORDS_PER_DATAGRAM / elapsed
 
 
