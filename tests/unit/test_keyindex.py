@@ -90,3 +90,17 @@ def test_memory_counts_the_ids_in_use_not_the_room_grown_for_more():
     index.remove(np.arange(500))  # given back: their ids stay below ids_used until handed out again
     index.get_or_add(np.arange(5001, 5501, dtype=np.uint64))
     assert index.ids_used == 1100
+
+
+def test_unseen_since_lists_the_live_ids_seen_before_the_cutoff():
+    rng = np.random.default_rng(5)
+    index = KeyIndex(16, max_ids=10_000)
+    ids, _ = index.get_or_add(rng.integers(1, 2**63, 3_000, dtype=np.uint64))
+    index.remove(ids[::7])  # freed ids: never listed, whenever they were seen
+    seen = rng.integers(0, 1_000, index.id_capacity)
+    live = index.live_ids()
+    for cutoff in (0, 1, 500, 1_000, 2_000):
+        assert index.unseen_since(seen, cutoff).tolist() == live[seen[live] < cutoff].tolist()
+    # an id beyond the times kept was never seen: listed
+    short = seen[: int(live.max())]
+    assert index.unseen_since(short, 0).tolist() == [int(live.max())]

@@ -930,9 +930,7 @@ class AlertEngine:
         for kind, index in self.indexes.items():
             windows = [state for state in self.states.values() if state.definition.entity is kind]
             horizon = max((state.definition.interval_s * 1000 + state.step_ms for state in windows), default=0)
-            seen = self.last_seen[kind]
-            ids = index.live_ids()
-            old = ids[seen[ids] < now_ms - horizon]
+            old = index.unseen_since(self.last_seen[kind], now_ms - horizon)
             for state in windows:
                 if len(old):
                     old = old[

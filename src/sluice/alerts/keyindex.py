@@ -232,6 +232,24 @@ def grown(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _unseen_since(live: np.ndarray, seen: np.ndarray, n: int, cutoff: int) -> np.ndarray:
+    """The live ids below ``n`` last seen before ``cutoff`` (an id beyond ``seen``: never)."""
+    n = min(n, live.shape[0])
+    known = min(n, seen.shape[0])
+    count = 0
+    for i in range(n):
+        if live[i] and (i >= known or seen[i] < cutoff):
+            count += 1
+    out = np.empty(count, np.int64)
+    k = 0
+    for i in range(n):
+        if live[i] and (i >= known or seen[i] < cutoff):
+            out[k] = i
+            k += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _refill(old_keys: np.ndarray, old_ids: np.ndarray, t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64) -> None:
     """Move every key of a table into an empty one twice its size. Homes are the top bits of
     the hash, so a key's home in the larger table is twice its old one (or one more): taking
@@ -315,6 +333,11 @@ class KeyIndex:
 
     def live_ids(self) -> np.ndarray:
         return np.flatnonzero(self.live[: self._counters[_NEXT]])
+
+    def unseen_since(self, seen: np.ndarray, cutoff: int) -> np.ndarray:
+        """The live ids whose ``seen`` time (indexed by id) is before ``cutoff``. One compiled
+        pass: with 16 M host pairs, numpy's passes made about 270 MB of temporaries."""
+        return _unseen_since(self.live, seen, int(self._counters[_NEXT]), cutoff)
 
     def state(self) -> dict[str, np.ndarray]:
         """What a snapshot needs: the live ids and their keys."""
