@@ -144,14 +144,17 @@ def ladder(kind: type, workdir: Path, datagrams: list[bytes], rates: list[float]
 
             rung = ingest_bench.run_rung(factory, workdir, "ipfix", "new", 1, datagrams, rate, seconds)
             alerts_ok = getattr(collector_box[0], "alert_rows_ok", True)
+            lag = getattr(collector_box[0], "alert_lag_s", 0.0)
             ok = rung.lossless and alerts_ok
             if ok:
                 break
         sender_ok = rung.send_rate >= 0.95 * rate
         log.append({"collector": kind.name, "target": rate, "received": rung.ratio, "alerts_kept_up": alerts_ok,
+                    "alerts_caught_up_s": lag,
                     "cpu_s_per_M": rung.cpu_per_m, "peak_rss_mb": rung.peak_rss_mb})
         print(f"  {kind.name:14} target {rate / 1e6:5.2f} M/s  sent {rung.send_rate / 1e6:5.2f} M/s  received "
-              f"{rung.ratio * 100:7.3f} %  alert rows {'all evaluated' if alerts_ok else 'NOT all evaluated'}  "
+              f"{rung.ratio * 100:7.3f} %  alert rows {'all evaluated' if alerts_ok else 'NOT all evaluated'} "
+              f"({lag:.1f} s after)  "
               f"cpu {rung.cpu_per_m:5.2f} s/M  RSS {rung.peak_rss_mb:6.1f} MB",
               flush=True)
         if ok and sender_ok:
