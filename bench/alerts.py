@@ -391,7 +391,8 @@ def engine_cost(ids: list[int], rate: float, seconds: float, warm: float = 0.0, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: short rungs, few probes, 100k hosts")
-    parser.add_argument("--rates", default="100000,200000,250000,300000,350000,400000,450000,500000,550000,600000,700000,800000")
+    parser.add_argument("--rates", default="100000,200000,250000,300000,350000,400000,450000,500000,550000,600000,"
+                                          "700000,800000")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip", default="",
