@@ -110,10 +110,25 @@ def conversation_keys(
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _home(index_keys: np.ndarray, key: np.uint64) -> np.int64:
+    """The slot where ``key``'s probe starts."""
+    return np.int64(key & np.uint64(index_keys.shape[0] - 1))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fetch_home(index_keys: np.ndarray, index_rows: np.ndarray, key: np.uint64) -> None:
+    """Start loading ``key``'s home slot (of both arrays) into the caches: probing a large
+    index is a cache miss per key, so the loops ask for the key ``AHEAD`` of the current one."""
+    home = _home(index_keys, key)
+    prefetch(index_keys, home)
+    prefetch(index_rows, home)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _slot(index_keys: np.ndarray, key: np.uint64) -> np.int64:
     """The slot holding ``key``, or the empty slot where it would go."""
     mask = index_keys.shape[0] - 1
-    s = np.int64(key & np.uint64(mask))
+    s = _home(index_keys, key)
     while index_keys[s] != key and index_keys[s] != _ZERO:
         s = (s + 1) & mask
     return s
@@ -139,7 +154,7 @@ def _unindex(index_keys: np.ndarray, index_rows: np.ndarray, key: np.uint64) -> 
         k = index_keys[j]
         if k == _ZERO:
             break
-        if home_between(hole, j, np.int64(k & np.uint64(mask))):  # it cannot move before its home
+        if home_between(hole, j, _home(index_keys, k)):  # it cannot move before its home
             continue
         index_keys[hole] = k
         index_rows[hole] = index_rows[j]
@@ -199,15 +214,12 @@ def assign(
     """
     n = keys.shape[0]
     cap = live.shape[0]
-    mask = np.uint64(index_keys.shape[0] - 1)
     rows = np.empty(n, np.int64)
     started_rows = np.empty(n, np.int64)
     n_started = 0
     for i in range(n):
         if i + AHEAD < n:
-            ahead = np.int64(keys[i + AHEAD] & mask)
-            prefetch(index_keys, ahead)
-            prefetch(index_rows, ahead)
+            _fetch_home(index_keys, index_rows, keys[i + AHEAD])
         k = keys[i]
         s = _slot(index_keys, k)
         r = -1
@@ -481,11 +493,8 @@ def evict_oldest(
             doomed[k] = r
             k += 1
     # then out of the index, its slots fetched ahead: each is a cache miss of its own
-    mask = np.uint64(index_keys.shape[0] - 1)
     for i in range(k):
         if i + AHEAD < k:
-            ahead = np.int64(key[doomed[i + AHEAD]] & mask)
-            prefetch(index_keys, ahead)
-            prefetch(index_rows, ahead)
+            _fetch_home(index_keys, index_rows, key[doomed[i + AHEAD]])
         _end(doomed[i], index_keys, index_rows, key, live, free, stats)
     stats[EVICTED] += count
