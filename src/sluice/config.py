@@ -161,7 +161,12 @@ class AlertSettings(BaseModel):
         ge=10_000,
         description="session rows waiting for evaluation at most; beyond, rows are dropped and counted",
     )
-    snapshot_interval_s: float = Field(30.0, gt=0, description="how often the window state is saved to disk")
+    snapshot_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="how often the window state is saved to disk, at the most: a state that is costly to write "
+        "is saved less often (snapshots take at most 1/30 of a core)",
+    )
     system_check_interval_s: float = Field(
         10.0, gt=0, le=3600, description="how often the server checks itself for SYSTEM alerts"
     )

@@ -334,6 +334,8 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
     service._writer.join()
     expected = max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICENESS)  # a nice value is absolute
     assert writers == [("sluice-alert-state-write", expected)]
+    assert service.last_save_cpu_s > 0  # its thread's CPU time, reported
+    assert service.counters.get("alert_state_save_cpu_seconds") == service.last_save_cpu_s
     restarted = AlertService(db, AlertSettings(), tmp_path, Counters())
     (state,) = restarted.engine.states.values()
     assert state.window.values.max() == 1234  # the client's bytes sent, restored from the file
@@ -349,6 +351,40 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
     assert state.window.values.max() == 1234
     upgraded.save()
     assert (tmp_path / persist.STATE_FILE).exists() and not (tmp_path / persist.LEGACY_STATE_FILE).exists()
+
+
+def test_a_state_that_is_costly_to_write_is_saved_less_often(tmp_path, monkeypatch):
+    """Snapshots take at most ``SNAPSHOT_CPU_SHARE`` of a core: after one that took seconds of
+    CPU to write (a state of gigabytes), the next waits that many times longer than
+    ``snapshot_interval_s``; after a cheap one, the interval holds."""
+    import time
+
+    from sluice.alerts import persist
+    from sluice.alerts.service import SNAPSHOT_CPU_SHARE, AlertService
+    from sluice.config import AlertSettings
+    from sluice.counters import Counters
+
+    db = open_state(tmp_path)
+    Users(db).create("alice", "alice-password")
+    saves: list[float] = []
+    monkeypatch.setattr(persist, "save", lambda engine, path: saves.append(time.monotonic()))
+    service = AlertService(db, AlertSettings(snapshot_interval_s=0.5), tmp_path, Counters())
+    assert service.snapshot_gap_s() == 0.5
+    service.last_save_cpu_s = 0.001
+    assert service.snapshot_gap_s() == 0.5
+    service.last_save_cpu_s = 2.0  # as if the last one had taken two seconds of CPU
+    assert service.snapshot_gap_s() == 2.0 / SNAPSHOT_CPU_SHARE
+    service.start()
+    try:
+        time.sleep(3.5)  # the housekeeping looks every second
+        assert saves == []  # 60 s are not over
+        service.last_save_cpu_s = 0.0
+        deadline = time.monotonic() + 10
+        while not saves and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert saves  # the 0.5 s interval again
+    finally:
+        service.stop()
 
 
 def test_triggers_survive_a_failing_state_database(tmp_path, monkeypatch):

@@ -320,6 +320,34 @@ def test_a_snapshot_holds_each_window_as_of_one_moment(tmp_path, monkeypatch):
     assert restored.states[2].window.values[host].tolist() == [0]
 
 
+def test_a_snapshot_holds_the_per_entity_arrays_up_to_the_ids_in_use(tmp_path):
+    """Arrays indexed by entity id grow by doubling: the room beyond the ids handed out holds
+    nothing and is not written (with 16 M host pairs it was a quarter of a 3 GB file). Restored
+    short, they grow again as new entities come."""
+    defs = [defn(id=1, threshold=10**9), defn(id=2, metric="unique_ports", threshold=10**9),
+            defn(id=3, metric="bytes_sent", threshold=10, threshold_type="baseline", min_volume=1)]
+    engine = AlertEngine()
+    engine.set_definitions(defs)
+    engine.evaluate(*batch([one(cln=f"10.3.0.{i}", sid=i, sport=i + 1, cbytes=100) for i in range(1, 6)]), T0)
+    used = engine.indexes[EntityType.HOST].ids_used
+    assert used < len(engine.states[1].window.values)  # room to grow into
+    persist.save(engine, tmp_path / "alerts.bin")
+    saved = persist.read(tmp_path / "alerts.bin")
+    for name in ("def.1.w.values", "def.1.c.values", "def.1.counted_to", "def.2.w.values", "def.3.usual_sum",
+                 "index.host.last_seen"):
+        assert len(saved[name]) == used, name
+    restored = AlertEngine()
+    restored.set_definitions(defs)
+    assert persist.load(restored, tmp_path / "alerts.bin")
+    more = [one(cln=f"10.4.{i // 256}.{i % 256}", sid=100 + i, sport=7, cbytes=3) for i in range(3000)]
+    restored.evaluate(*batch(more), T0 + 1000)
+    hosts = restored.indexes[EntityType.HOST]
+    old, new = (hosts.lookup(watched_keys(EntityType.HOST, [a])) for a in ("10.3.0.1", "10.4.11.183"))
+    assert restored.states[1].window.values[old].tolist() == [100]
+    assert restored.states[1].window.values[new].tolist() == [3]
+    assert restored.states[2].window.values[new].tolist() == [1]
+
+
 def all_arrays(engine: AlertEngine) -> dict[str, np.ndarray]:
     """The state as the earlier archive form held it: every array by its name."""
     arrays = {n: np.array(a) for n, a in persist._index_arrays(engine)}

@@ -229,7 +229,7 @@ class PairTable:
         meta = self.t_meta[used]
         return {
             "keys": self.t_keys[used],
-            "entity": (meta >> np.uint64(32)).astype(np.int64),
+            "entity": (meta >> np.uint64(32)).astype(np.int32),  # entity ids fit in 32 bits (``_meta``)
             "step": (meta & _LOW).astype(np.int64) - _STEP_OFFSET + (self.base or 0),
         }
 

@@ -56,7 +56,9 @@ def save(engine: AlertEngine, path: Path) -> None:
             for definition_id in list(engine.states):
                 with engine.lock:
                     state = engine.states.get(definition_id)
-                    for name, array in _definition_arrays(definition_id, state) if state is not None else ():
+                    index = engine.indexes.get(state.definition.entity) if state is not None else None
+                    ids_used = index.ids_used if index is not None else 0
+                    for name, array in _definition_arrays(definition_id, state, ids_used) if state is not None else ():
                         _put(f, name, array)
                     if state is not None:
                         _put(f, f"def.{definition_id}.merged_seq", np.array([engine.stream_seq], np.int64))
@@ -78,21 +80,29 @@ def _index_arrays(engine: AlertEngine) -> Iterator[tuple[str, np.ndarray]]:
     for kind, index in engine.indexes.items():
         for name, array in index.state().items():
             yield f"index.{kind.value}.{name}", array
-        yield f"index.{kind.value}.last_seen", engine.last_seen[kind]
+        yield f"index.{kind.value}.last_seen", engine.last_seen[kind][: index.ids_used]
 
 
-def _definition_arrays(definition_id: int, state: DefinitionState) -> Iterator[tuple[str, np.ndarray]]:
-    """One definition's window as named arrays (as ``_index_arrays``)."""
+def _definition_arrays(
+    definition_id: int, state: DefinitionState, ids_used: int | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """One definition's window as named arrays (as ``_index_arrays``). The arrays indexed by
+    entity id end at ``ids_used`` (None: as long as they are): beyond it they hold nothing
+    but the room they grew by (up to half of them), and restored they grow again as ids come."""
+
+    def per_id(array: np.ndarray) -> np.ndarray:
+        return array if ids_used is None else array[:ids_used]
+
     yield f"def.{definition_id}.signature", np.frombuffer(state.signature.encode(), np.uint8)
     yield f"def.{definition_id}.meta", np.array([state.bucket], np.int64)
-    yield f"def.{definition_id}.counted_to", state.counted_to
-    yield f"def.{definition_id}.counted_amount", state.counted_amount
+    yield f"def.{definition_id}.counted_to", per_id(state.counted_to)
+    yield f"def.{definition_id}.counted_amount", per_id(state.counted_amount)
     for name, array in state.window.state().items():
-        yield f"def.{definition_id}.w.{name}", array
+        yield f"def.{definition_id}.w.{name}", per_id(array) if name == "values" else array
     for name, array in state.contrib.state().items():
-        yield f"def.{definition_id}.c.{name}", array
+        yield f"def.{definition_id}.c.{name}", per_id(array) if name == "values" else array
     if state.baseline:
-        yield f"def.{definition_id}.usual_sum", state.usual_sum
+        yield f"def.{definition_id}.usual_sum", per_id(state.usual_sum)
         yield f"def.{definition_id}.samples", np.array([state.samples, state.sampled], np.int64)
 
 

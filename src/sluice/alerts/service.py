@@ -32,6 +32,12 @@ ARRIVAL_SLACK_MS = 2_000
 #: in a cluster, definitions changed through another node's API are taken up this often
 DEFINITIONS_POLL_S = 5.0
 
+#: snapshots take at most this share of one core on average: the next waits until the last
+#: one's CPU time is this share of the time since it began. A state of gigabytes (millions
+#: of host pairs) takes seconds of CPU to write into the page cache; saved every 30 s, it
+#: cost the server more than evaluating its traffic did
+SNAPSHOT_CPU_SHARE = 1 / 30
+
 
 class AlertService:
     """Alerting in one of three roles ([cluster] role): ``single`` evaluates the windows
@@ -100,6 +106,7 @@ class AlertService:
         self._unrecorded: list[AlertEvent] = []
         self._record_lock = threading.Lock()
         self._last_snapshot = time.monotonic()
+        self.last_save_cpu_s = 0.0  # what writing the last snapshot cost (its thread's CPU time)
         self._worker = Worker("sluice-alert-state", self._housekeeping)
         self._writer: threading.Thread | None = None  # the snapshot being written, if any
         self.store.on_definitions.append(self.reload)
@@ -202,11 +209,19 @@ class AlertService:
 
         def save() -> None:
             lower_priority()
+            started = time.thread_time()
             self._save()
+            self.last_save_cpu_s = time.thread_time() - started
+            self.counters.set("alert_state_save_cpu_seconds", self.last_save_cpu_s)
 
         self._writer = threading.Thread(target=save, name="sluice-alert-state-write", daemon=True)
         self._writer.start()
         return True
+
+    def snapshot_gap_s(self) -> float:
+        """How long after a snapshot began the next is due: ``snapshot_interval_s``, or longer
+        where writing the last one took more than ``SNAPSHOT_CPU_SHARE`` of that."""
+        return max(self.settings.snapshot_interval_s, self.last_save_cpu_s / SNAPSHOT_CPU_SHARE)
 
     def _save(self) -> None:
         try:
@@ -228,9 +243,7 @@ class AlertService:
                 except Exception:  # the shared database away: the definitions held go on
                     log.exception("alert definitions not reloaded")
             # a collector has no windows to save
-            due = (
-                self.role != "collector" and time.monotonic() - self._last_snapshot >= self.settings.snapshot_interval_s
-            )
+            due = self.role != "collector" and time.monotonic() - self._last_snapshot >= self.snapshot_gap_s()
             if due and self.save_in_background():  # else: tried again each second until it starts
                 self._last_snapshot = time.monotonic()
 

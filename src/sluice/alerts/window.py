@@ -533,7 +533,7 @@ class SumWindow(_Window):
             "ring_sizes": np.array([len(m[0]) for m in merged], np.int64),
             "ring_ids": np.concatenate([m[0] for m in merged]) if merged else np.empty(0, np.int64),
             "ring_amounts": np.concatenate([m[1] for m in merged]) if merged else np.empty(0, np.int64),
-            "spread_ids": self._spread_ids[: self._n_spread].astype(np.int64),
+            "spread_ids": self._spread_ids[: self._n_spread],
             "spread_amounts": self._spread_left[self._spread_ids[: self._n_spread]],
             "spread_span": np.array([self.spread_from, self.spread_to, self.steps_spread], np.int64),
         }

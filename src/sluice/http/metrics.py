@@ -66,6 +66,7 @@ HELP = {
         "alerts.step_bytes_per_definition (0: exact)"
     ),
     "alert_state_save_errors_total": "Failures saving the alert window state to disk",
+    "alert_state_save_cpu_seconds": "CPU time the last snapshot of the alert window state took to write",
     "notifications": "Notifications in the outbox, per channel and state (pending, delivered, dead)",
     "notifications_delivered_total": "Notifications delivered, per channel",
     "notification_failures_total": "Failed delivery attempts, per channel (retried with backoff until dead)",
