@@ -135,7 +135,8 @@ class AlertSettings(BaseModel):
         100,
         ge=10,
         le=10_000,
-        description="how often queued sessions are evaluated against the alert definitions (the alerting latency)",
+        description="how often queued sessions are evaluated against the alert definitions (the alerting latency); "
+        "on a busy server up to five times as long, so that batches grow",
     )
     exact_distinct_limit: int = Field(
         10_000,
