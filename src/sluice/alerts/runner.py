@@ -18,11 +18,12 @@ from .partial_builder import PartialBuilder
 log = structlog.get_logger(__name__)
 
 #: under load, batches grow: the next evaluation waits this many times as long as the last
-#: one took, if that is longer than the interval. A larger batch costs less per row: its
-#: entities are visited once however many rows each has (20 definitions on new
-#: conversations, in process: 0.88 CPU-s per M rows in batches of 30,000, 0.66 in batches of
-#: 120,000). Evaluation then takes at most a quarter of the time while the waits are growing
-WAIT_PER_EVALUATION = 3
+#: one took (wall time: a contended core makes it longer), if that is longer than the
+#: interval. A larger batch costs less per row: its entities are visited once however many
+#: rows each has (20 definitions on new conversations, in process: 0.88 CPU-s per M rows in
+#: batches of 30,000, 0.66 in batches of 120,000). Waits of 2 or 3 times kept the batches
+#: larger but doubled the latency at 0.4 M flows/s (p99 1.1 s, against 0.6 s at 1)
+WAIT_PER_EVALUATION = 1
 #: ... up to this many intervals: the alerting latency stays bounded however busy the server
 MAX_WAIT_INTERVALS = 5
 
