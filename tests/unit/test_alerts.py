@@ -421,12 +421,12 @@ def test_a_backlog_is_worked_off_in_bounded_evaluations():
 
 
 def test_a_busy_engine_lets_the_batches_grow_within_a_bound():
-    """An evaluation that took long makes the next wait WAIT_PER_EVALUATION times as long (a
-    larger batch costs less per row), never more than MAX_WAIT_INTERVALS intervals; a quick
-    one keeps the interval (the latency)."""
+    """An evaluation that took long makes the next wait as long (a larger batch costs less per
+    row), never more than MAX_WAIT_INTERVALS intervals; a quick one keeps the interval (the
+    latency)."""
     import time
 
-    from sluice.alerts.runner import MAX_WAIT_INTERVALS, WAIT_PER_EVALUATION
+    from sluice.alerts.runner import MAX_WAIT_INTERVALS
 
     class Slow:
         stats = {"rows_dropped": 0}
@@ -440,8 +440,8 @@ def test_a_busy_engine_lets_the_batches_grow_within_a_bound():
     runner = EngineRunner(engine, on_events=lambda events: None, interval_s=0.05, clock=lambda: T0 / 1000)
     assert runner.wait_s() == 0.05
     longest = MAX_WAIT_INTERVALS * 0.05
-    slow = longest / WAIT_PER_EVALUATION / 2  # waits grow to half the bound
-    cases = ((0.0, 0.05, 0.05), (slow, WAIT_PER_EVALUATION * slow, longest), (2 * longest, longest, longest))
+    slow = longest / 2  # waits grow to half the bound
+    cases = ((0.0, 0.05, 0.05), (slow, slow, longest), (2 * longest, longest, longest))
     for takes, low, high in cases:
         engine.takes = takes
         runner.submit(*batch([one()]))

@@ -56,11 +56,10 @@ def save(engine: AlertEngine, path: Path) -> None:
             for definition_id in list(engine.states):
                 with engine.lock:
                     state = engine.states.get(definition_id)
-                    index = engine.indexes.get(state.definition.entity) if state is not None else None
-                    ids_used = index.ids_used if index is not None else 0
-                    for name, array in _definition_arrays(definition_id, state, ids_used) if state is not None else ():
-                        _put(f, name, array)
-                    if state is not None:
+                    if state is not None:  # else removed since the save began
+                        index = engine.indexes.get(state.definition.entity)
+                        for name, array in _definition_arrays(definition_id, state, index.ids_used if index else 0):
+                            _put(f, name, array)
                         _put(f, f"def.{definition_id}.merged_seq", np.array([engine.stream_seq], np.int64))
                 time.sleep(_BETWEEN_WINDOWS_S)  # a thread waiting for the lock takes it now
             with engine.lock:

@@ -17,14 +17,13 @@ from .partial_builder import PartialBuilder
 
 log = structlog.get_logger(__name__)
 
-#: under load, batches grow: the next evaluation waits this many times as long as the last
-#: one took (wall time: a contended core makes it longer), if that is longer than the
-#: interval. A larger batch costs less per row: its entities are visited once however many
-#: rows each has (20 definitions on new conversations, in process: 0.88 CPU-s per M rows in
-#: batches of 30,000, 0.66 in batches of 120,000). Waits of 2 or 3 times kept the batches
-#: larger but doubled the latency at 0.4 M flows/s (p99 1.1 s, against 0.6 s at 1)
-WAIT_PER_EVALUATION = 1
-#: ... up to this many intervals: the alerting latency stays bounded however busy the server
+#: under load, batches grow: the next evaluation waits as long as the last one took (wall
+#: time: a contended core makes it longer), if that is longer than the interval, up to this
+#: many intervals, so that the alerting latency stays bounded however busy the server. A
+#: larger batch costs less per row: its entities are visited once however many rows each has
+#: (20 definitions on new conversations, in process: 0.88 CPU-s per M rows in batches of
+#: 30,000, 0.66 in batches of 120,000). Waits of 2 or 3 times the last evaluation kept the
+#: batches larger but doubled the latency at 0.4 M flows/s (p99 1.1 s, against 0.6 s)
 MAX_WAIT_INTERVALS = 5
 
 
@@ -48,12 +47,9 @@ class EngineRunner:
     _last_evaluation_s: float = 0.0
 
     def wait_s(self) -> float:
-        """How long the queue gathers rows before the next evaluation: the interval, or
-        ``WAIT_PER_EVALUATION`` times as long as the last evaluation took, at most
-        ``MAX_WAIT_INTERVALS`` intervals."""
-        return min(
-            max(self.interval_s, WAIT_PER_EVALUATION * self._last_evaluation_s), MAX_WAIT_INTERVALS * self.interval_s
-        )
+        """How long the queue gathers rows before the next evaluation: the interval, or as
+        long as the last evaluation took, at most ``MAX_WAIT_INTERVALS`` intervals."""
+        return min(max(self.interval_s, self._last_evaluation_s), MAX_WAIT_INTERVALS * self.interval_s)
 
     def submit(self, sessions: SessionBatch, arrivals: Arrivals) -> None:
         """Queue a batch (from the ingest thread); a full queue drops it, counted."""
