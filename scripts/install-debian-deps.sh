@@ -4,10 +4,11 @@
 # (the browser the web page tests drive through Playwright), PostgreSQL 15 (the state
 # database's server for a cluster; the tests start their own with initdb and pg_ctl), and
 # ClickHouse (the sessions of a cluster; the tests start two servers of their own), and
-# nats-server (JetStream: the partial alert windows of several collectors; the tests start one).
+# nats-server (JetStream: the partial alert windows of several collectors; the tests start one),
+# and util-linux-extra (fincore: what of a file is in the page cache).
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
-packages=(softflowd nfdump nfdump-sflow pmacct rsyslog openssl chromium postgresql-15 clickhouse-server clickhouse-client nats-server)
+packages=(softflowd nfdump nfdump-sflow pmacct rsyslog openssl chromium postgresql-15 clickhouse-server clickhouse-client nats-server util-linux-extra)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
