@@ -368,6 +368,24 @@ def test_a_snapshot_is_written_past_the_page_cache(tmp_path):
     assert restored.states[2].window.values[host].tolist() == [1]
 
 
+def test_a_distinct_window_saved_pair_by_pair_is_restored():
+    """Files of before 2026-12-04 hold a distinct window's pairs one by one, not its table."""
+    from sluice.alerts.window import DistinctWindow
+
+    engine = AlertEngine()
+    engine.set_definitions([defn(id=1, metric="unique_ports", threshold=10**9)])
+    engine.evaluate(*batch([one(cln=f"10.6.0.{i % 7}", sid=i, sport=i + 1) for i in range(200)]), T0)
+    window = engine.states[1].window
+    old = {n: a for n, a in window.state().items() if not n.startswith("pair_")}
+    pairs = window.pairs.pairs()
+    old.update(pair_key_version=window.state()["pair_key_version"], pair_keys=pairs["keys"],
+               pair_entity=pairs["entity"], pair_bucket=pairs["step"])
+    restored = DistinctWindow(window.step_ms, window.n_buckets)
+    restored.load(old)
+    assert sorted(restored.pairs.pairs()["keys"].tolist()) == sorted(pairs["keys"].tolist())
+    assert restored.values.tolist() == window.values.tolist() and len(restored.pairs) == len(window.pairs) == 400
+
+
 def all_arrays(engine: AlertEngine) -> dict[str, np.ndarray]:
     """The state as the earlier archive form held it: every array by its name."""
     arrays = {n: np.array(a) for n, a in persist._index_arrays(engine)}

@@ -8,7 +8,7 @@ from sluice.alerts.pairtable import PairTable
 
 
 def check(table: PairTable, truth: dict[int, tuple[int, int]], values: np.ndarray) -> None:
-    state = table.state()
+    state = table.pairs()
     got = dict(
         zip(state["keys"].tolist(), zip(state["entity"].tolist(), state["step"].tolist(), strict=True), strict=True)
     )
@@ -57,6 +57,7 @@ def test_random_adds_expiries_and_takes_match_a_dict(seed):
         check(table, truth, values)
     restored = PairTable.from_state(table.state())
     check(restored, truth, values)
+    check(PairTable.from_state(table.pairs()), truth, values)  # the earlier form (files of before 2026-12-04)
     # the restored table goes on: every pair expires
     restored.expire(step + 1, values)
     assert len(restored) == 0 and not values.any()
@@ -95,4 +96,4 @@ def test_steps_before_the_first_one_and_large_entity_ids_are_kept_exactly():
     check(table, {1: (3, 1001), 2: (big, 1000)}, values)
     keys, steps = table.take_entity(big)
     assert keys.tolist() == [2] and steps.tolist() == [1000]
-    assert table.state()["keys"].tolist() == [1] and len(table) == 1
+    assert table.pairs()["keys"].tolist() == [1] and len(table) == 1

@@ -30,6 +30,8 @@ _LIVE, _DROPPED = range(2)
 _LOW = np.uint64(0xFFFFFFFF)
 _HIGH = np.uint64(0xFFFFFFFF00000000)
 _STEP_OFFSET = 1 << 31
+#: ``base`` in a snapshot of a table that never had a pair
+NO_BASE = -(2**63)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -223,7 +225,7 @@ class PairTable:
         keys, steps = _take_entity(self.t_keys, self.t_meta, self._shift, self._counters, e)
         return keys, steps + (self.base or 0)
 
-    def state(self) -> dict[str, np.ndarray]:
+    def pairs(self) -> dict[str, np.ndarray]:
         """Every pair: keys, entity ids and absolute steps (a copy)."""
         used = np.flatnonzero(self.t_keys)
         meta = self.t_meta[used]
@@ -233,8 +235,18 @@ class PairTable:
             "step": (meta & _LOW).astype(np.int64) - _STEP_OFFSET + (self.base or 0),
         }
 
+    def state(self) -> dict[str, np.ndarray]:
+        """What a snapshot needs: the table's slots as they are (a view: written under the
+        engine's lock) and the step they count from. Compacted into ``pairs()``, a full table's
+        16 M pairs cost 0.5 CPU-s and up to 2.7 s of system time in 600 MB of new memory a
+        save, for 37 % fewer bytes; restored, the slots need no hashing again."""
+        return {"slots": self._slots, "base": np.array([NO_BASE if self.base is None else self.base], np.int64)}
+
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray], max_pairs: int = 16_000_000) -> PairTable:
+        """The table ``state()`` (or, from files of before 2026-12-04, ``pairs()``) gave."""
+        if "slots" in state:
+            return cls._from_slots(state["slots"], int(state["base"][0]), max_pairs)
         keys = state["keys"].astype(np.uint64)
         size = 1024
         while len(keys) >= cls.MAX_LOAD * size:
@@ -251,6 +263,18 @@ class PairTable:
                 table.add(keys[sel], entity[sel], int(step), 2**62, values)
         return table
 
+    @classmethod
+    def _from_slots(cls, slots: np.ndarray, base: int, max_pairs: int) -> PairTable:
+        size = slots.shape[0]
+        if slots.ndim != 2 or slots.shape[1] != 2 or size < 2 or size & (size - 1):
+            raise ValueError(f"pair table slots of shape {slots.shape}: not a table this version writes")
+        table = cls(max_pairs, 2)  # its own slots replaced below
+        table._use(np.ascontiguousarray(slots, np.uint64))
+        table.base = None if base == NO_BASE else base
+        # beyond a bound lowered since, the pairs held stay until they leave the window
+        table._counters[_LIVE] = np.count_nonzero(table.t_keys)
+        return table
+
     # -- internals ------------------------------------------------------------------------
 
     def _relative(self, step: int) -> int:
@@ -262,12 +286,15 @@ class PairTable:
         return max(-(2**31), min(2**31 - 1, step - (self.base or 0)))
 
     def _alloc(self, size: int) -> None:
+        self._use(np.zeros((size, 2), np.uint64))
+
+    def _use(self, slots: np.ndarray) -> None:
         # per slot: the key (0: empty), then the entity and step (``_meta``), read only where
         # a key is; views of one array, so that a slot's two words share a cache line
-        self._slots = np.zeros((size, 2), np.uint64)
-        self.t_keys = self._slots[:, 0]
-        self.t_meta = self._slots[:, 1]
-        self._shift = np.uint64(64 - (size.bit_length() - 1))
+        self._slots = slots
+        self.t_keys = slots[:, 0]
+        self.t_meta = slots[:, 1]
+        self._shift = np.uint64(64 - (len(slots).bit_length() - 1))
 
     def _double(self) -> None:
         old = self.t_keys, self.t_meta

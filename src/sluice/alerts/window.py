@@ -671,10 +671,9 @@ class DistinctWindow(_Window):
         pairs = self.pairs.state()
         return {
             "values": self.values,
-            "pair_keys": pairs["keys"],
             "pair_key_version": np.array([PAIR_KEY_VERSION], np.int64),
-            "pair_entity": pairs["entity"],
-            "pair_bucket": pairs["step"],
+            "pair_slots": pairs["slots"],
+            "pair_base": pairs["base"],
             "sketch_entities": np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot)),
             "sketch_slots": np.fromiter(self.sketch_slot.values(), np.int64, len(self.sketch_slot)),
             "regs": self._regs,
@@ -686,10 +685,11 @@ class DistinctWindow(_Window):
             log.warning("alert window of distinct counts saved by an older version; it starts empty")
             return
         self.values = state["values"].astype(np.int64).copy()
-        self.pairs = PairTable.from_state(
-            {"keys": state["pair_keys"], "entity": state["pair_entity"], "step": state["pair_bucket"]},
-            self.pairs.max_pairs,
-        )
+        if "pair_slots" in state:
+            pairs = {"slots": state["pair_slots"], "base": state["pair_base"]}
+        else:  # a file of before 2026-12-04: the pairs one by one
+            pairs = {"keys": state["pair_keys"], "entity": state["pair_entity"], "step": state["pair_bucket"]}
+        self.pairs = PairTable.from_state(pairs, self.pairs.max_pairs)
         self.sketch_slot = dict(zip(state["sketch_entities"].tolist(), state["sketch_slots"].tolist(), strict=True))
         if state["regs"].shape[0] == self.n_buckets:
             self._regs = state["regs"].copy()
