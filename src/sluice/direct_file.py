@@ -70,13 +70,15 @@ class DirectFile:
     def close(self) -> None:
         """Write what is left (the last block padded, then the file cut to its length), fsync,
         close."""
-        if self._filled:
-            padded = -(-self._filled // ALIGN) * ALIGN
-            self._view[self._filled : padded] = bytes(padded - self._filled)
-            self._write_out(padded)
-            os.ftruncate(self._fd, self.size)
-        os.fsync(self._fd)
-        self._release()
+        try:
+            if self._filled:
+                padded = -(-self._filled // ALIGN) * ALIGN
+                self._view[self._filled : padded] = bytes(padded - self._filled)
+                self._write_out(padded)
+                os.ftruncate(self._fd, self.size)
+            os.fsync(self._fd)
+        finally:  # a write or fsync that fails (a full disk) leaves no descriptor or buffer behind
+            self._release()
 
     def _write_out(self, length: int) -> None:
         done = 0

@@ -108,3 +108,17 @@ def test_an_error_inside_the_block_closes_the_file_and_passes_on(tmp_path):
             f.write(b"x" * 10)
             raise RuntimeError("stop")
     assert f._fd == -1  # released, nothing left open
+
+
+def test_a_failed_close_releases_the_file_and_passes_the_error_on(tmp_path, monkeypatch):
+    """A snapshot on a full or failing disk is tried again later: each failure must not leave
+    a descriptor and an 8 MB buffer behind."""
+
+    def fails(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(direct_file.os, "fsync", fails)
+    with pytest.raises(OSError, match="Input/output"):
+        with DirectFile(tmp_path / "failed.bin") as f:
+            f.write(b"x" * 10)
+    assert f._fd == -1 and f._buffer.closed
