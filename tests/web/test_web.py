@@ -307,6 +307,77 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
         sim.wait(30)
 
 
+
+def test_an_answer_that_comes_late_does_not_replace_what_was_asked_for_after_it(server, browser):
+    """Reports: the page's first report (top hosts) is answered after the one the user then
+    asked for (top ports), and a drill-down's sessions after the next drill-down's. The page
+    shows what was asked for last. (A slow first answer once replaced the ports with hosts,
+    and a click meant for a port drilled into a host.)"""
+    ports, _ = server
+    base = f"http://127.0.0.1:{ports['http']}"
+    subprocess.run([SLUICE, "simulate", "--netflow-port", str(ports["netflow"]), "--ipfix-port", str(ports["ipfix"]),
+                    "--sflow-port", str(ports["sflow"]), "--duration", "2", "--rate", "300"], check=True, timeout=30)
+    with httpx.Client(base_url=base, auth=ADMIN, timeout=10) as api:
+        deadline = time.time() + 20
+        while len(api.get("/api/v1/reports", params={"entity": "port", "metric": "sessions"}).json()) < 2:
+            assert time.time() < deadline, "the simulated traffic never made two ports"
+            time.sleep(0.3)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    login(page, base, ADMIN)
+    held = []  # the requests whose answers are held back
+
+    def hold_first(route):
+        if not held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/api/v1/reports\?"), hold_first)
+    page.goto(base + "/explore")  # asks for the top hosts; held
+    page.get_by_label("Top").select_option("port")
+    page.get_by_label("by").select_option("sessions")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#report caption")).to_contain_text("Top ports by sessions")
+    assert len(held) == 1 and "entity=host" in held[0].request.url
+    with page.expect_response(re.compile(r"entity=host")):
+        held.pop().continue_()
+    page.wait_for_timeout(200)  # time for the late answer to be drawn, if it were
+    expect(page.locator("#report caption")).to_contain_text("Top ports by sessions")
+    links = page.locator("#report tbody a")
+    assert links.count() >= 2 and all(links.nth(i).get_attribute("data-drill").startswith("SRVPORT ==")
+                                       for i in range(links.count()))
+
+    page.unroute(re.compile(r"/api/v1/reports\?"))
+    page.route(re.compile(r"/api/v1/sessions\?"), hold_first)
+    first, second = links.nth(0).get_attribute("data-drill"), links.nth(1).get_attribute("data-drill")
+    links.nth(0).click()  # held
+    links.nth(1).click()
+    expect(page.locator("#sessions-title")).to_have_text(f"Sessions where {second}")
+    assert len(held) == 1
+    with page.expect_response(re.compile(r"/api/v1/sessions\?")):
+        held.pop().continue_()
+    page.wait_for_timeout(200)
+    expect(page.locator("#sessions-title")).to_have_text(f"Sessions where {second}")
+    assert first != second
+
+    # the editor's check of a prefilter as it is typed: the verdict on "SRVPORT ==" comes late
+    page.unroute(re.compile(r"/api/v1/sessions\?"))
+    page.route(re.compile(r"/api/v1/filter/check\?"), hold_first)
+    page.goto(base + "/alerts/new")
+    page.get_by_label("Prefilter").fill("SRVPORT ==")
+    page.wait_for_timeout(600)  # past the typing pause: its check is asked for, and held
+    assert len(held) == 1
+    page.get_by_label("Prefilter").fill("SRVPORT == 443")
+    expect(page.locator("#prefilter-status")).to_contain_text("valid filter")
+    with page.expect_response(re.compile(r"/api/v1/filter/check\?")):
+        held.pop().continue_()
+    page.wait_for_timeout(200)
+    expect(page.locator("#prefilter-status")).to_contain_text("valid filter")
+    expect(page.get_by_label("Prefilter")).to_have_attribute("aria-invalid", "false")
+    context.close()
+
+
 def test_an_overloaded_server_says_so_in_metrics_status_and_on_the_dashboard(browser, tmp_path):
     """Pushed past capacity (a flood far faster than it decodes, into a small socket buffer),
     the server sheds load: the kernel's drops are counted, the status and the dashboard say

@@ -12,6 +12,7 @@
   async function checkPrefilter() {
     const text = $("prefilter").value;
     const r = await api("GET", "/api/v1/filter/check?filter=" + encodeURIComponent(text));
+    if ($("prefilter").value !== text) return;  // a late answer about text since changed
     status.replaceChildren(r.ok ? el("span", {class: "ok"}, text.trim() ? "✓ valid filter" : "")
                                 : el("pre", {class: "pointer error"}, r.pointer));
     $("prefilter").setAttribute("aria-invalid", r.ok ? "false" : "true");

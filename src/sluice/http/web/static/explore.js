@@ -10,8 +10,12 @@
                  asn: r => `ASN == ${r.asn}`, exporter: r => `EXPORTER == ${r.exporter}`};
   const params = new URLSearchParams(location.search);
   for (const f of fields) if (params.has(f)) form.elements[f].value = params.get(f);
+  // Answers can come back out of order (a slow query, then a quick one): only the latest
+  // request may draw, or a late answer would replace the report asked for after it.
+  let reportAsked = 0, sessionsAsked = 0;
 
   async function run(push) {
+    const mine = ++reportAsked;
     const v = Object.fromEntries(fields.map(f => [f, form.elements[f].value]));
     if (push) history.pushState(null, "", "?" + query(v));
     const err = document.getElementById("explore-error");
@@ -20,7 +24,8 @@
     try {
       rows = await api("GET", "/api/v1/reports?" + query({entity: v.entity, metric: v.metric, direction: v.direction,
         filter: v.filter, top: v.top, ...frame(v.time)}));
-    } catch (e) { err.textContent = e.message; return; }
+    } catch (e) { if (mine === reportAsked) err.textContent = e.message; return; }
+    if (mine !== reportAsked) return;
     const keys = REPORT_KEYS[v.entity];
     const max = Math.max(1, ...rows.map(r => r.value));
     const fmt = x => v.metric === "bytes" ? fmtBytes(x) : fmtNum(x);
@@ -40,9 +45,11 @@
   async function sessions(filter, time) {
     const base = form.elements.filter.value.trim();
     const f = base ? `(${base}) && (${filter})` : filter;
+    const mine = ++sessionsAsked;
     let rows;
     try { rows = await api("GET", "/api/v1/sessions?" + query({filter: f, limit: 100, ...frame(time)})); }
-    catch (e) { document.getElementById("explore-error").textContent = e.message; return; }
+    catch (e) { if (mine === sessionsAsked) document.getElementById("explore-error").textContent = e.message; return; }
+    if (mine !== sessionsAsked) return;
     const title = document.getElementById("sessions-title");
     title.hidden = false;
     title.textContent = `Sessions where ${f}`;
