@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sluice.query.reports import Direction, Entity, Metric, ReportSpec
 from sluice.store.base import TimeRange
@@ -52,6 +53,28 @@ def test_small_files_are_merged_and_every_answer_stays_the_same(tmp_path):
     assert answers(reopened) == before
     reopened.close()
 
+
+
+def test_files_of_optional_columns_merge_with_files_of_required_ones(tmp_path):
+    """Files are written with every column required; files written before hold the same
+    columns as optional. A day with both is read, merged and answered as one."""
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    old = _split_addresses(one_day(60, 1))
+    old = old.cast(pa.schema([field.with_nullable(True) for field in old.schema]))  # as files were written
+    (day,) = {datetime.fromtimestamp(int(e) / 1000, UTC).strftime("%Y%m%d") for e in old.column("end_ms").to_pylist()}
+    store.files.write({day: old})
+    for i in range(MERGE_FILES + 1):
+        store.append(one_day(50, 2 + i))
+        store.flush()
+    segments = store.files.segments(day)
+    schemas = {pq.read_schema(store.files.path(s)).field("end_ms").nullable for s in segments}
+    assert schemas == {True, False}
+    before = answers(store)
+    assert before[2] == 60 + (MERGE_FILES + 1) * 50
+    store.maintain(now_ms=T0 + 3_600_000)
+    assert len(store.files.segments(day)) < len(segments)  # merged
+    assert answers(store) == before
+    store.close()
 
 def test_a_merge_cut_short_leaves_no_duplicate(tmp_path):
     store = DuckDBStore(tmp_path / "s.duckdb")

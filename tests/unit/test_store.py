@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from sluice.flows.schema import SessionBatch, addr_bytes, addr_text
@@ -87,6 +88,31 @@ def test_append_partitions_by_day_and_reports_stats(store):
     assert st.newest_ms == int(batch["end_ms"].max())
     assert st.bytes_on_disk > 0
 
+
+
+def test_a_flush_of_many_batches_keeps_every_row_in_its_day_with_time_statistics(store):
+    """A flush writes its batches as they came (one chunk each, not copied into one): every
+    row lands in the file of its end's day, unchanged; the files' row groups carry min/max of
+    the time columns (what skips row groups in a frame) and of no counter."""
+    batches = [random_sessions(700 + 100 * i, 10 + i) for i in range(5)] + [random_sessions(50, 20, span_ms=1000)]
+    for batch in batches:
+        store.append(batch)
+    assert store.flush() == sum(len(b) for b in batches)
+    want = SessionBatch.concat(batches).to_records()
+    with store.files.reading() as snapshot:
+        for day, segments in snapshot.items():
+            for segment in segments:
+                meta = pq.ParquetFile(store.files.path(segment)).metadata
+                group = meta.row_group(0)
+                stats = {group.column(i).path_in_schema: group.column(i).statistics for i in range(meta.num_columns)}
+                assert stats["start_ms"].has_min_max and stats["end_ms"].has_min_max
+                assert stats["cln_bytes"] is None or not stats["cln_bytes"].has_min_max
+                ends = pq.read_table(store.files.path(segment), columns=["end_ms"]).column("end_ms").to_pylist()
+                assert {datetime.fromtimestamp(e / 1000, timezone.utc).strftime("%Y%m%d") for e in ends} == {day}
+    got = store.sessions(TimeRange(T0 - DAY_MS, T0 + 5 * DAY_MS), limit=10**6).to_pylist()
+    key = lambda r: (r["session_id"], r["start_ms"], r["end_ms"], r["cln_bytes"], r["srv_bytes"])  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, want))
+    assert {r["cln_country"] for r in got} == {r["cln_country"] for r in want}
 
 def test_a_query_reads_only_the_files_its_frame_can_touch(store):
     store.append(random_sessions(1000, 2))

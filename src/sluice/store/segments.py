@@ -365,7 +365,8 @@ class SegmentFiles:
         return run if len(run) >= at_least else []
 
     def _merge(self, day: str, run: list[Segment]) -> None:
-        table = pa.concat_tables([pq.read_table(self.path(s)) for s in run])
+        # files written before their columns were required hold the same columns as optional
+        table = pa.concat_tables([pq.read_table(self.path(s)) for s in run], promote_options="default")
         merged = Segment(day, run[0].first, run[-1].last, 0, table.num_rows, *_time_bounds(table))
         self._swap(day, run, self._rewrite(merged, table))
 
