@@ -100,16 +100,10 @@ _FEW_VALUED = [
     "exporter_addr__hi",
     "exporter_addr__lo",
 ]
-#: min/max statistics only where a filter can skip row groups by them: time, ids, exporter,
-#: few-valued columns. An address is filtered as an expression of its halves (no pushdown) and
-#: counters and random ports never prune; their statistics cost 0.035 CPU-s per M rows (10 %)
-_PRUNING = ["session_id", "start_ms", "end_ms", "exporter_addr__hi", "exporter_addr__lo", "protocol", "srv_port",
-            "input_if", "output_if"]  # fmt: skip
 WRITE_OPTIONS: dict[str, object] = {
     "compression": "lz4",
     "use_dictionary": _FEW_VALUED,
     "column_encoding": {name: "DELTA_BINARY_PACKED" for name in ("session_id", "start_ms", "end_ms")},
-    "write_statistics": _PRUNING,
 }
 
 
