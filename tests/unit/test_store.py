@@ -515,3 +515,24 @@ def test_a_clickhouse_shard_that_is_down_is_spooled_answered_503_and_taken_back(
     assert gauges["shards_down"] == 0 and gauges["dropped_rows_total"] == 0
     assert store.stats().rows == 4000
     store.close()
+
+
+def test_the_session_queue_asks_a_writer_first_and_writes_itself_only_at_twice_full():
+    """The queue's memory bound: at ``flush_rows`` it asks the writer thread (``on_full``);
+    only a queue twice over full is flushed by the caller; without a writer, the caller
+    flushes as soon as it is full."""
+    from sluice.store.base import SessionQueue
+
+    queue, asked, flushed = SessionQueue(1000), [], []
+    flush = lambda: flushed.append(len(SessionBatch.concat(queue.take())))  # noqa: E731
+    queue.add(random_sessions(999, 1), flush, lambda: asked.append(1))
+    assert (asked, flushed) == ([], [])
+    queue.add(random_sessions(1, 2), flush, lambda: asked.append(1))
+    assert (asked, flushed) == ([1], [])  # the writer is asked; the caller goes on
+    queue.add(random_sessions(999, 3), flush, lambda: asked.append(1))
+    assert (len(asked), flushed) == (2, [])
+    queue.add(random_sessions(1, 4), flush, lambda: asked.append(1))
+    assert flushed == [2000]  # twice full: the caller writes, and the queue is empty after
+    assert queue.take() == []
+    queue.add(random_sessions(1000, 5), flush, None)
+    assert flushed == [2000, 1000]
