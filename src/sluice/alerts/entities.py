@@ -106,6 +106,19 @@ class EntityRows:
         self._cache: dict[str, np.ndarray] = {}
 
     @cached_property
+    def every_row(self) -> np.ndarray:
+        """True for every row: what the compiled passes take for "no rows left out"."""
+        return np.ones(len(self.keys), bool)
+
+    @cached_property
+    def same_entity(self) -> tuple[np.ndarray, bool]:
+        """Endpoint types, once ``ids`` are set: per session, whether both ends are one entity
+        (two hosts of one country), and whether any session is so."""
+        n = self.n_sessions
+        same = self.ids[:n] == self.ids[n:]
+        return same, bool(same.any())
+
+    @cached_property
     def own_addr(self) -> np.ndarray:
         return np.concatenate([self.sessions["cln_addr"], self.sessions["srv_addr"]])
 

@@ -86,37 +86,44 @@ def _sum_by_id(ids: np.ndarray, amounts: np.ndarray, scratch: np.ndarray) -> tup
     return uniq, sums
 
 
+#: an entity's batch sums (``_accumulate``) are two words: its rows' amount, then its rows
+#: (times ``ROW``) plus their counts; one cache line per row updated, where three arrays
+#: (amount, whether concerned, counts) took three
+ROW = np.int64(1 << 32)
+_COUNTS = np.int64(ROW - 1)
+
+
 @njit(cache=True, nogil=True)
-def _fold_sums(
-    inv: np.ndarray,
+def _accumulate(inv: np.ndarray, n_uniq: int, mask: np.ndarray, amounts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per entity of the batch (``inv``: each row's position among its ``n_uniq`` distinct
+    ids): the masked rows' amounts and counts (see ``ROW``)."""
+    sums = np.zeros((n_uniq, 2), np.int64)
+    for r in range(inv.shape[0]):
+        if mask[r]:
+            sums[inv[r], 0] += amounts[r]
+            sums[inv[r], 1] += ROW + np.int64(counts[r])
+    return sums
+
+
+@njit(cache=True, nogil=True)
+def fold_entities(
     uniq: np.ndarray,
-    mask: np.ndarray,
-    amounts: np.ndarray,
+    sums: np.ndarray,
     every_concerned: bool,
     values: np.ndarray,
     step_amounts: np.ndarray,
-    counts: np.ndarray,
     count_values: np.ndarray,
     count_step: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Add the masked rows' amounts to their entities (``inv``: each row's entity among
-    ``uniq``, the batch's distinct ids) in ``values`` and in ``step_amounts`` (what each
-    added in the open step). Returns the entities concerned (as positions in ``uniq``:
-    every one with a masked row if ``every_concerned``, else those whose sum is not zero),
-    each one's new value, and the ids that added something for the first time in the step.
-    In the same passes, the masked rows' ``counts`` (0/1, or a collector's) go to a second
-    window's ``count_values`` and ``count_step`` (COUNT's contributions: one pass over the
-    rows and one visit of each entity for both windows); the last item returned lists the
-    ids that counted there for the first time in the step."""
+    """Add each entity's amount (``sums``, by position in ``uniq``, the batch's distinct ids:
+    see ``ROW``) to ``values`` and to ``step_amounts`` (what each added in the open step).
+    Returns the entities concerned (as positions in ``uniq``: every one with a row if
+    ``every_concerned``, else those whose sum is not zero), each one's new value, and the ids
+    that added something for the first time in the step. In the same pass, the counts (COUNT's
+    contributions) go to a second window's ``count_values`` and ``count_step`` (one visit of
+    each entity for both windows); the last item returned lists the ids that counted there for
+    the first time in the step."""
     n_uniq = uniq.shape[0]
-    acc = np.zeros(n_uniq, np.int64)
-    counted = np.zeros(n_uniq, np.int64)
-    hit = np.zeros(n_uniq, np.bool_)
-    for r in range(inv.shape[0]):
-        if mask[r]:
-            acc[inv[r]] += amounts[r]
-            hit[inv[r]] = True
-            counted[inv[r]] += counts[r]
     local = np.empty(n_uniq, np.int64)
     now = np.empty(n_uniq, np.int64)
     first = np.empty(n_uniq, np.int32)
@@ -129,29 +136,36 @@ def _fold_sums(
             ahead = uniq[j + AHEAD]
             prefetch(values, ahead)
             prefetch(step_amounts, ahead)
-            if counted[j + AHEAD]:
+            if sums[j + AHEAD, 1] & _COUNTS:
                 prefetch(count_values, ahead)
                 prefetch(count_step, ahead)
-        if not hit[j]:
+        if sums[j, 1] == 0:  # no row
             continue
         e = uniq[j]
-        if counted[j]:
+        acc = sums[j, 0]
+        counted = sums[j, 1] & _COUNTS
+        if counted:
             if count_step[e] == 0:
                 first_counted[n_counted] = e
                 n_counted += 1
-            count_step[e] += counted[j]
-            count_values[e] += counted[j]
-        if every_concerned or acc[j] != 0:
-            if acc[j] != 0:
+            count_step[e] += counted
+            count_values[e] += counted
+        if every_concerned or acc != 0:
+            if acc != 0:
                 if step_amounts[e] == 0:  # amounts are never negative: 0 means not yet in the step
                     first[n_first] = e
                     n_first += 1
-                step_amounts[e] += acc[j]
-                values[e] += acc[j]
+                step_amounts[e] += acc
+                values[e] += acc
             local[k] = j
             now[k] = values[e]
             k += 1
     return local[:k], now[:k], first[:n_first], first_counted[:n_counted]
+
+
+def unpack_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(amount, whether it has a row, counts) per entity of ``_accumulate``'s sums."""
+    return sums[:, 0], sums[:, 1] != 0, sums[:, 1] & _COUNTS
 
 
 @njit(cache=True, nogil=True)
@@ -365,16 +379,30 @@ class SumWindow(_Window):
         count_window: SumWindow | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Add a batch's masked rows to the bucket ``bucket``, and their ``counts`` to the same
-        bucket of ``count_window`` in the same pass (see ``_fold_sums``); returns (the entities
-        concerned, as positions in ``uniq``; their values now)."""
-        self._open(bucket, uniq)
+        bucket of ``count_window`` (see ``fold_entities``); returns (the entities concerned, as
+        positions in ``uniq``; their values now)."""
         if counts is None or count_window is None:
-            counts, count_values, count_step = np.zeros(len(inv), bool), np.zeros(0, np.int32), np.zeros(0, np.int32)
+            counts, count_window = np.zeros(len(inv), bool), None
+        sums = _accumulate(inv, len(uniq), mask, amounts, counts)
+        return self.fold_accumulated(uniq, sums, every_concerned, bucket, count_window)
+
+    def fold_accumulated(
+        self,
+        uniq: np.ndarray,
+        sums: np.ndarray,
+        every_concerned: bool,
+        bucket: int,
+        count_window: SumWindow | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``fold`` for rows already summed per entity (``_accumulate``'s ``sums``)."""
+        self._open(bucket, uniq)
+        if count_window is None:
+            count_values, count_step = np.zeros(0, np.int32), np.zeros(0, np.int32)
         else:
             count_window._open(bucket, uniq)
             count_values, count_step = count_window.values, count_window._step_amounts
-        local, now, first, first_counted = _fold_sums(
-            inv, uniq, mask, amounts, every_concerned, self.values, self._step_amounts, counts, count_values, count_step
+        local, now, first, first_counted = fold_entities(
+            uniq, sums, every_concerned, self.values, self._step_amounts, count_values, count_step
         )
         if len(first):
             self._step_ids.append(first)
