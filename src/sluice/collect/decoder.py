@@ -18,16 +18,18 @@ import structlog
 
 from ..counters import Counters
 from ..flows.schema import FlowBatch, addr_text
-from . import ipfix, netflow5, netflow9, sflow
+from . import ipfix, ipfix_scan, netflow5, netflow9, sflow
 from .normalize import ExporterState, to_flows
 from .templates import (
     PendingData,
+    Pieces,
     RawRecords,
     SetCollector,
     SetMeta,
     Template,
     TemplateCache,
     TemplateKey,
+    decode_records,
     decode_sets,
 )
 
@@ -35,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 _SET_HEADER = struct.Struct("!HH")
 MAX_PLAUSIBLE_MS = 253_402_300_800_000  # year 10000: beyond it a time field is garbage
+IPFIX_VERSION = b"\x00\x0a"
 
 
 @dataclass(slots=True)
@@ -97,6 +100,7 @@ class Decoder:
         # what the batch being decoded changed, to undo if it fails (see ``decode``)
         self._sequence_undo: dict[tuple[bytes, int, int, str], int | None] = {}
         self._taken: list[tuple[TemplateKey, list[tuple[bytes, SetMeta]], str]] = []
+        ipfix_scan.warm_up()
 
     # -- public -----------------------------------------------------------------------------
 
@@ -134,6 +138,10 @@ class Decoder:
     def _decode_batch(self, datagrams: list[Datagram]) -> DecodeResult:
         self._sequence_undo, self._taken = {}, []
         now = time.time()
+        if all(dg.payload.startswith(IPFIX_VERSION) for dg in datagrams):
+            scanned = self._scan_ipfix(datagrams)
+            if scanned is not None:
+                return self._finish(datagrams, *scanned, now)
         v5: list[tuple[bytes, netflow5.V5Header, bytes, int]] = []
         sflow_in: list[tuple[bytes, bytes, int]] = []
         collector = SetCollector()
@@ -176,12 +184,23 @@ class Decoder:
         groups: list[RawRecords] = []
         if v5:
             groups.append(netflow5.decode(v5))
-        template_groups = [decode_sets(tpl, payloads, metas) for tpl, payloads, metas in collector.groups.values()]
+        groups.extend(decode_sets(tpl, payloads, metas) for tpl, payloads, metas in collector.groups.values())
+        return self._finish(datagrams, groups, sflow_in, labels, label_of, now)
+
+    def _finish(
+        self,
+        datagrams: list[Datagram],
+        groups: list[RawRecords],
+        sflow_in: list[tuple[bytes, bytes, int]],
+        labels: dict[tuple[str, str], int],
+        label_of: np.ndarray,
+        now: float,
+    ) -> DecodeResult:
+        """The batch's decoded record groups as flows; the batch counted."""
         # options data (sampling rates, system init time) first: the flows of the same batch use it
-        for group in template_groups:
+        for group in groups:
             if group.kind == "options":
                 self._learn_options(group)
-        groups.extend(template_groups)
 
         self.pending.expire(now)
         self.counters.set("pending_sets", len(self.pending))
@@ -196,6 +215,134 @@ class Decoder:
         origin = np.concatenate([d for _, d in converted]) if converted else np.zeros(0, np.int64)
         self._count(labels, label_of, origin)
         return DecodeResult(flows, groups, samples)
+
+    # -- IPFIX, a batch at once ---------------------------------------------------------------
+
+    def _scan_ipfix(
+        self, datagrams: list[Datagram]
+    ) -> tuple[list[RawRecords], list[tuple[bytes, bytes, int]], dict[tuple[str, str], int], np.ndarray] | None:
+        """A batch of IPFIX messages walked by ``ipfix_scan`` instead of one by one: (the record
+        groups, the exporters' labels, each message's label), the sequence numbers and
+        counters kept as ``_walk_ipfix`` keeps them. None, before anything was changed, when
+        the batch needs the walk: a malformed message, a reserved set, a template set that is
+        not a refresh of a template held unchanged (or that data waits for), or data whose
+        template is not held, is of variable length, or is longer than its set."""
+        payloads = [dg.payload for dg in datagrams]
+        lengths = np.fromiter(map(len, payloads), np.int64, len(payloads))
+        starts = np.cumsum(lengths) - lengths
+        joined = b"".join(payloads)
+        buf = np.frombuffer(joined, np.uint8)
+        found = ipfix_scan.scan(buf, starts, lengths)
+        if found.status.any():
+            return None
+        # the exporters (address, port), numbered in order of appearance
+        numbered: dict[tuple[str, int], int] = {}
+        exporter = np.fromiter(
+            (numbered.setdefault((dg.address, dg.port), len(numbered)) for dg in datagrams), np.int64, len(datagrams)
+        )
+        exporters = list(numbered)
+        addr16 = [self._addr16(address) for address, _ in exporters]
+        domain = found.domain
+        is_template = (found.set_id == ipfix.TEMPLATE_SET) | (found.set_id == ipfix.OPTIONS_SET)
+        if ((found.set_id < ipfix.MIN_DATA_SET) & ~is_template).any():
+            return None
+        for i in np.flatnonzero(is_template).tolist():
+            d = int(found.set_message[i])
+            e = int(exporter[d])
+            start = int(found.body_start[i])
+            body = joined[start : start + int(found.body_len[i])]
+            for action, value in self._parsed_template_set(10, int(found.set_id[i]), body):
+                if action != "template":
+                    return None
+                assert isinstance(value, Template)
+                template_key = (addr16[e], exporters[e][1], int(domain[d]), value.template_id)
+                held = self.templates.get(template_key)
+                if held is None or not held.same_layout(value) or self.pending.waiting(template_key):
+                    return None  # new, changed, or data waits for it (``_learn`` takes it)
+        # the data sets, grouped by template in order of appearance (as ``SetCollector`` does)
+        data = np.flatnonzero(found.set_id >= ipfix.MIN_DATA_SET)
+        message = found.set_message[data]
+        body_len = found.body_len[data]
+        key = (exporter[message] << 48) | (domain[message] << 16) | found.set_id[data]
+        _, first, which = np.unique(key, return_index=True, return_inverse=True)
+        records = np.zeros(len(data), np.int64)
+        plans: list[tuple[Template, np.ndarray]] = []
+        for g in np.argsort(first).tolist():
+            d, e = int(message[first[g]]), int(exporter[message[first[g]]])
+            template = self.templates.get(
+                (addr16[e], exporters[e][1], int(domain[d]), int(found.set_id[data[first[g]]]))
+            )
+            members = np.flatnonzero(which == g)
+            if template is None or template.record_length is None or body_len[members].min() < template.min_length:
+                return None
+            records[members] = body_len[members] // template.record_length
+            plans.append((template, members))
+
+        # the batch is taken: from here on the decoder's state changes
+        ipfix_label = "ipfix"
+        trailing = int((lengths - found.length).sum())
+        if trailing:
+            self.counters.inc("trailing_bytes_total", trailing, proto=ipfix_label)
+        per_message = np.bincount(message, weights=records, minlength=len(datagrams)).astype(np.int64)
+        self._sequences_of(addr16, exporter, domain, found.sequence, per_message, ipfix_label)
+        labels: dict[tuple[str, str], int] = {}
+        label_of_exporter = np.array(
+            [labels.setdefault((address, ipfix_label), len(labels)) for address, _ in exporters]
+        )
+        exporter_addr = np.frombuffer(b"".join(addr16), np.uint8).reshape(-1, 16)
+        groups = []
+        for template, members in plans:
+            assert template.record_length is not None
+            counts = records[members]
+            sets = data[members]
+            of_set = found.set_message[sets]
+            keys = [(addr16[e], dom) for e, dom in zip(exporter[of_set].tolist(), domain[of_set].tolist(), strict=True)]
+            uptime = np.zeros(len(sets), np.int64)  # NetFlow v9's; IPFIX has none
+            export_ms = found.export_s[of_set] * 1000
+            address = exporter_addr[exporter[of_set]]
+            pieces = Pieces(of_set, found.ordinal[sets], domain[of_set], export_ms, uptime, address, keys)
+            record_bytes = ipfix_scan.gather_records(joined, found.body_start[sets], counts * template.record_length)
+            groups.append(decode_records(template, record_bytes, counts, pieces))
+        return groups, [], labels, label_of_exporter[exporter]
+
+    def _sequences_of(
+        self,
+        addr16: list[bytes],
+        exporter: np.ndarray,
+        domain: np.ndarray,
+        sequence: np.ndarray,
+        records: np.ndarray,
+        proto: str,
+    ) -> None:
+        """``_sequence`` for a batch of messages at once (``exporter``: each one's index in
+        ``addr16``), in their order within each exporter."""
+        # exporters of one address (several ports) share their sequence numbers
+        address_of = {a: i for i, a in enumerate(dict.fromkeys(addr16))}
+        address = np.array([address_of[a] for a in addr16], np.int64)[exporter]
+        keys, first, group = np.unique((address << 32) | domain, return_index=True, return_inverse=True)
+        for g in np.argsort(first).tolist():
+            addr, dom = addr16[int(exporter[first[g]])], int(domain[first[g]])
+            messages = np.flatnonzero(group == g)
+            seq, advance = sequence[messages], records[messages]
+            key = (addr, dom, 0, proto)
+            previous = self._sequences.get(key)
+            if key not in self._sequence_undo:
+                self._sequence_undo[key] = previous
+            expected = np.empty(len(seq), np.int64)
+            expected[0] = seq[0] if previous is None else previous
+            expected[1:] = (seq[:-1] + advance[:-1]) & 0xFFFFFFFF
+            off = seq != expected
+            if off.any():
+                gap = (seq[off] - expected[off]) & 0xFFFFFFFF
+                ahead = gap < 1 << 31  # ahead: lost in between; behind: reordered or restarted
+                label = self._exporter_label(addr_text(addr))
+                if ahead.any():
+                    self.counters.inc("sequence_gaps_total", int(gap[ahead].sum()), exporter=label, proto=proto)
+                if not ahead.all():
+                    self.counters.inc("sequence_resets_total", int((~ahead).sum()), exporter=label, proto=proto)
+            if previous is None:
+                _make_room(self._sequences, self.config.max_exporters)
+            self._sequences[key] = int((seq[-1] + advance[-1]) & 0xFFFFFFFF)
 
     # -- NetFlow v9 -------------------------------------------------------------------------
 
@@ -298,14 +445,7 @@ class Decoder:
     ) -> None:
         """Apply one template / options template set. Exporters repeat the same sets every few
         datagrams, so parsing results are cached by the set's bytes."""
-        cache_key = (version, set_id, body)
-        actions = self._parsed_sets.get(cache_key)
-        if actions is None:
-            actions = _parse_template_set(version, set_id, body)
-            if len(self._parsed_sets) >= 4096:
-                self._parsed_sets.pop(next(iter(self._parsed_sets)))
-            self._parsed_sets[cache_key] = actions
-        for action, value in actions:
+        for action, value in self._parsed_template_set(version, set_id, body):
             if action == "error":
                 self._error(proto, value)  # type: ignore[arg-type]
             elif action == "withdraw_all":
@@ -314,6 +454,17 @@ class Decoder:
                 self.templates.withdraw(exporter, domain, value, proto)  # type: ignore[arg-type]
             else:
                 self._learn(exporter, domain, value, proto, collector, index)  # type: ignore[arg-type]
+
+    def _parsed_template_set(self, version: int, set_id: int, body: bytes) -> list[tuple[str, object]]:
+        """``_parse_template_set``, cached by the set's bytes."""
+        cache_key = (version, set_id, body)
+        actions = self._parsed_sets.get(cache_key)
+        if actions is None:
+            actions = _parse_template_set(version, set_id, body)
+            if len(self._parsed_sets) >= 4096:
+                self._parsed_sets.pop(next(iter(self._parsed_sets)))
+            self._parsed_sets[cache_key] = actions
+        return actions
 
     def _learn(
         self,

@@ -267,23 +267,64 @@ class SetCollector:
         group[2].append(meta)
 
 
+@dataclass
+class Pieces:
+    """What the sets of one template group share per set (a *piece*), as arrays: the
+    header values of ``SetMeta``, one row per set."""
+
+    datagram: np.ndarray  # index of the set's datagram in its batch
+    ordinal: np.ndarray  # the set's position within its datagram
+    source_id: np.ndarray
+    export_ms: np.ndarray
+    sys_uptime_ms: np.ndarray
+    exporter: np.ndarray  # (sets, 16) uint8: the exporter's address
+    keys: list[tuple[bytes, int]]  # (exporter address, source id) per set
+
+    @classmethod
+    def of(cls, metas: list[SetMeta]) -> Pieces:
+        return cls(
+            np.array([m.datagram for m in metas], np.int64),
+            np.array([m.ordinal for m in metas], np.int64),
+            np.array([m.source_id for m in metas], np.int64),
+            np.array([m.export_ms for m in metas], np.int64),
+            np.array([m.sys_uptime_ms for m in metas], np.int64),
+            np.frombuffer(b"".join(m.exporter[0] for m in metas), np.uint8).reshape(-1, 16),
+            [(m.exporter[0], m.source_id) for m in metas],
+        )
+
+
 def decode_sets(template: Template, payloads: list[bytes], metas: list[SetMeta]) -> RawRecords:
     """Decode every record of the given data sets of one template, vectorised."""
     if template.record_length is not None:
         reclen = template.record_length
         counts = np.array([len(p) // reclen for p in payloads], np.int64)
         buf = np.frombuffer(b"".join(p[: c * reclen] for p, c in zip(payloads, counts.tolist(), strict=True)), np.uint8)
-        n = int(counts.sum())
-        starts = np.arange(n, dtype=np.int64) * reclen
-        field_offsets = None
-        piece = np.repeat(np.arange(len(payloads)), counts)
-    else:
-        buf, starts, field_offsets, piece, counts = _walk_variable(template, payloads)
-        n = len(starts)
+        return decode_records(template, buf, counts, Pieces.of(metas))
+    buf, starts, field_offsets, piece, counts = _walk_variable(template, payloads)
+    return _decode(template, buf, len(starts), field_offsets, piece, counts, Pieces.of(metas))
 
+
+def decode_records(template: Template, buf: np.ndarray, counts: np.ndarray, pieces: Pieces) -> RawRecords:
+    """Decode the records of a fixed-length template laid end to end in ``buf``, ``counts``
+    of them from each set (``pieces``), vectorised."""
+    assert template.record_length is not None
+    n = int(counts.sum())
+    return _decode(template, buf[: n * template.record_length], n, None, np.repeat(np.arange(len(counts)), counts),
+                   counts, pieces)  # fmt: skip
+
+
+def _decode(
+    template: Template,
+    buf: np.ndarray,
+    n: int,
+    field_offsets: np.ndarray | None,
+    piece: np.ndarray,
+    counts: np.ndarray,
+    pieces: Pieces,
+) -> RawRecords:
     columns: dict[str, np.ndarray] = {}
     reverse: dict[str, np.ndarray] = {}
-    export_ms = np.array([m.export_ms for m in metas], np.int64)[piece]
+    export_ms = pieces.export_ms[piece]
     fixed_length = template.record_length if field_offsets is None and n else None
     matrix = buf.reshape(n, fixed_length) if fixed_length is not None else None
     records = buf.view(template.record_dtype) if matrix is not None and template.record_dtype is not None else None
@@ -308,20 +349,20 @@ def decode_sets(template: Template, payloads: list[bytes], metas: list[SetMeta])
             target[fp.key] = _prefer_specified(target[fp.key], value)
 
     meta_columns: dict[str, np.ndarray] = {
-        "source_id": np.array([m.source_id for m in metas], np.int64)[piece],
+        "source_id": pieces.source_id[piece],
         "export_ms": export_ms,
-        "sys_uptime_ms": np.array([m.sys_uptime_ms for m in metas], np.int64)[piece],
-        "exporter": np.frombuffer(b"".join(m.exporter[0] for m in metas), np.uint8).reshape(-1, 16)[piece],
+        "sys_uptime_ms": pieces.sys_uptime_ms[piece],
+        "exporter": pieces.exporter[piece],
         "piece": piece,
         # wire order across the batch: datagram, then set, then record within the set
-        "seq": _wire_order(metas, piece, counts),
+        "seq": _wire_order(pieces, piece, counts),
     }
-    piece_keys = [(m.exporter[0], m.source_id) for m in metas]
-    return RawRecords(template.version, template.kind, template.template_id, columns, reverse, meta_columns, piece_keys)
+    return RawRecords(template.version, template.kind, template.template_id, columns, reverse, meta_columns,
+                      pieces.keys)  # fmt: skip
 
 
-def _wire_order(metas: list[SetMeta], piece: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    set_key = np.array([(m.datagram << 16) | m.ordinal for m in metas], np.int64)
+def _wire_order(pieces: Pieces, piece: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    set_key = (pieces.datagram << 16) | pieces.ordinal
     first = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(counts) else np.zeros(0, np.int64)
     within = np.arange(len(piece), dtype=np.int64) - first[piece] if len(piece) else np.zeros(0, np.int64)
     return (set_key[piece] << 20) | within
