@@ -18,7 +18,7 @@ import structlog
 
 from ..counters import Counters
 from ..flows.schema import FlowBatch, addr_text
-from . import ipfix, ipfix_scan, netflow5, netflow9, sflow
+from . import batch_scan, ipfix, netflow5, netflow9, sflow
 from .normalize import ExporterState, to_flows
 from .templates import (
     PendingData,
@@ -37,7 +37,9 @@ log = structlog.get_logger(__name__)
 
 _SET_HEADER = struct.Struct("!HH")
 MAX_PLAUSIBLE_MS = 253_402_300_800_000  # year 10000: beyond it a time field is garbage
-IPFIX_VERSION = b"\x00\x0a"
+#: the versions whose batches ``batch_scan`` walks (all of one version), as their first bytes
+SCANNED = {b"\x00\x0a": 10, b"\x00\x09": 9}
+MIN_DATA_SET = 256  # IPFIX's and NetFlow v9's
 
 
 @dataclass(slots=True)
@@ -100,7 +102,7 @@ class Decoder:
         # what the batch being decoded changed, to undo if it fails (see ``decode``)
         self._sequence_undo: dict[tuple[bytes, int, int, str], int | None] = {}
         self._taken: list[tuple[TemplateKey, list[tuple[bytes, SetMeta]], str]] = []
-        ipfix_scan.warm_up()
+        batch_scan.warm_up()
 
     # -- public -----------------------------------------------------------------------------
 
@@ -138,8 +140,9 @@ class Decoder:
     def _decode_batch(self, datagrams: list[Datagram]) -> DecodeResult:
         self._sequence_undo, self._taken = {}, []
         now = time.time()
-        if all(dg.payload.startswith(IPFIX_VERSION) for dg in datagrams):
-            scanned = self._scan_ipfix(datagrams)
+        first = datagrams[0].payload[:2] if datagrams else b""
+        if first in SCANNED and all(dg.payload.startswith(first) for dg in datagrams):
+            scanned = self._scan_batch(datagrams, SCANNED[first])
             if scanned is not None:
                 return self._finish(datagrams, *scanned, now)
         v5: list[tuple[bytes, netflow5.V5Header, bytes, int]] = []
@@ -216,23 +219,23 @@ class Decoder:
         self._count(labels, label_of, origin)
         return DecodeResult(flows, groups, samples)
 
-    # -- IPFIX, a batch at once ---------------------------------------------------------------
+    # -- IPFIX and NetFlow v9, a batch at once -----------------------------------------------
 
-    def _scan_ipfix(
-        self, datagrams: list[Datagram]
+    def _scan_batch(
+        self, datagrams: list[Datagram], version: int
     ) -> tuple[list[RawRecords], list[tuple[bytes, bytes, int]], dict[tuple[str, str], int], np.ndarray] | None:
-        """A batch of IPFIX messages walked by ``ipfix_scan`` instead of one by one: (the record
-        groups, the exporters' labels, each message's label), the sequence numbers and
-        counters kept as ``_walk_ipfix`` keeps them. None, before anything was changed, when
-        the batch needs the walk: a malformed message, a reserved set, a template set that is
-        not a refresh of a template held unchanged (or that data waits for), or data whose
-        template is not held, is of variable length, or is longer than its set."""
+        """A batch of IPFIX (``version`` 10) or NetFlow v9 messages walked by ``batch_scan``
+        instead of one by one: (the record groups, no sFlow, the exporters' labels, each
+        message's label), the sequence numbers and counters kept as the walk keeps them. None,
+        before anything was changed, when the batch needs the walk: a malformed message, a
+        reserved set, a template set that is not a refresh of a template held unchanged (or
+        that data waits for), or data whose template is not held, is of variable length, or
+        is longer than its set."""
         payloads = [dg.payload for dg in datagrams]
         lengths = np.fromiter(map(len, payloads), np.int64, len(payloads))
         starts = np.cumsum(lengths) - lengths
         joined = b"".join(payloads)
-        buf = np.frombuffer(joined, np.uint8)
-        found = ipfix_scan.scan(buf, starts, lengths)
+        found = batch_scan.scan(np.frombuffer(joined, np.uint8), starts, lengths, version)
         if found.status.any():
             return None
         # the exporters (address, port), numbered in order of appearance
@@ -243,15 +246,16 @@ class Decoder:
         exporters = list(numbered)
         addr16 = [self._addr16(address) for address, _ in exporters]
         domain = found.domain
-        is_template = (found.set_id == ipfix.TEMPLATE_SET) | (found.set_id == ipfix.OPTIONS_SET)
-        if ((found.set_id < ipfix.MIN_DATA_SET) & ~is_template).any():
+        template_sets = (ipfix.TEMPLATE_SET, ipfix.OPTIONS_SET) if version == 10 else (0, 1)
+        is_template = (found.set_id == template_sets[0]) | (found.set_id == template_sets[1])
+        if ((found.set_id < MIN_DATA_SET) & ~is_template).any():
             return None
         for i in np.flatnonzero(is_template).tolist():
             d = int(found.set_message[i])
             e = int(exporter[d])
             start = int(found.body_start[i])
             body = joined[start : start + int(found.body_len[i])]
-            for action, value in self._parsed_template_set(10, int(found.set_id[i]), body):
+            for action, value in self._parsed_template_set(version, int(found.set_id[i]), body):
                 if action != "template":
                     return None
                 assert isinstance(value, Template)
@@ -260,7 +264,7 @@ class Decoder:
                 if held is None or not held.same_layout(value) or self.pending.waiting(template_key):
                     return None  # new, changed, or data waits for it (``_learn`` takes it)
         # the data sets, grouped by template in order of appearance (as ``SetCollector`` does)
-        data = np.flatnonzero(found.set_id >= ipfix.MIN_DATA_SET)
+        data = np.flatnonzero(found.set_id >= MIN_DATA_SET)
         message = found.set_message[data]
         body_len = found.body_len[data]
         key = (exporter[message] << 48) | (domain[message] << 16) | found.set_id[data]
@@ -279,16 +283,19 @@ class Decoder:
             plans.append((template, members))
 
         # the batch is taken: from here on the decoder's state changes
-        ipfix_label = "ipfix"
-        trailing = int((lengths - found.length).sum())
+        proto = "ipfix" if version == 10 else "netflow9"
+        trailing = int(found.trailing.sum())
         if trailing:
-            self.counters.inc("trailing_bytes_total", trailing, proto=ipfix_label)
-        per_message = np.bincount(message, weights=records, minlength=len(datagrams)).astype(np.int64)
-        self._sequences_of(addr16, exporter, domain, found.sequence, per_message, ipfix_label)
-        labels: dict[tuple[str, str], int] = {}
-        label_of_exporter = np.array(
-            [labels.setdefault((address, ipfix_label), len(labels)) for address, _ in exporters]
+            self.counters.inc("trailing_bytes_total", trailing, proto=proto)
+        # IPFIX numbers data records, NetFlow v9 export packets
+        advance = (
+            np.bincount(message, weights=records, minlength=len(datagrams)).astype(np.int64)
+            if version == 10
+            else np.ones(len(datagrams), np.int64)
         )
+        self._sequences_of(addr16, exporter, domain, found.sequence, advance, proto)
+        labels: dict[tuple[str, str], int] = {}
+        label_of_exporter = np.array([labels.setdefault((address, proto), len(labels)) for address, _ in exporters])
         exporter_addr = np.frombuffer(b"".join(addr16), np.uint8).reshape(-1, 16)
         groups = []
         for template, members in plans:
@@ -297,11 +304,11 @@ class Decoder:
             sets = data[members]
             of_set = found.set_message[sets]
             keys = [(addr16[e], dom) for e, dom in zip(exporter[of_set].tolist(), domain[of_set].tolist(), strict=True)]
-            uptime = np.zeros(len(sets), np.int64)  # NetFlow v9's; IPFIX has none
             export_ms = found.export_s[of_set] * 1000
             address = exporter_addr[exporter[of_set]]
+            uptime = found.uptime_ms[of_set]
             pieces = Pieces(of_set, found.ordinal[sets], domain[of_set], export_ms, uptime, address, keys)
-            record_bytes = ipfix_scan.gather_records(joined, found.body_start[sets], counts * template.record_length)
+            record_bytes = batch_scan.gather_records(joined, found.body_start[sets], counts * template.record_length)
             groups.append(decode_records(template, record_bytes, counts, pieces))
         return groups, [], labels, label_of_exporter[exporter]
 
