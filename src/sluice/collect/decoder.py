@@ -39,7 +39,6 @@ _SET_HEADER = struct.Struct("!HH")
 MAX_PLAUSIBLE_MS = 253_402_300_800_000  # year 10000: beyond it a time field is garbage
 #: the versions whose batches ``batch_scan`` walks (all of one version), as their first bytes
 SCANNED = {b"\x00\x0a": 10, b"\x00\x09": 9}
-MIN_DATA_SET = 256  # IPFIX's and NetFlow v9's
 
 
 @dataclass(slots=True)
@@ -144,7 +143,7 @@ class Decoder:
         if first in SCANNED and all(dg.payload.startswith(first) for dg in datagrams):
             scanned = self._scan_batch(datagrams, SCANNED[first])
             if scanned is not None:
-                return self._finish(datagrams, *scanned, now)
+                return self._finish(datagrams, *scanned, now=now)
         v5: list[tuple[bytes, netflow5.V5Header, bytes, int]] = []
         sflow_in: list[tuple[bytes, bytes, int]] = []
         collector = SetCollector()
@@ -188,16 +187,17 @@ class Decoder:
         if v5:
             groups.append(netflow5.decode(v5))
         groups.extend(decode_sets(tpl, payloads, metas) for tpl, payloads, metas in collector.groups.values())
-        return self._finish(datagrams, groups, sflow_in, labels, label_of, now)
+        return self._finish(datagrams, groups, labels, label_of, now=now, sflow_in=sflow_in)
 
     def _finish(
         self,
         datagrams: list[Datagram],
         groups: list[RawRecords],
-        sflow_in: list[tuple[bytes, bytes, int]],
         labels: dict[tuple[str, str], int],
         label_of: np.ndarray,
+        *,
         now: float,
+        sflow_in: list[tuple[bytes, bytes, int]] | None = None,
     ) -> DecodeResult:
         """The batch's decoded record groups as flows; the batch counted."""
         # options data (sampling rates, system init time) first: the flows of the same batch use it
@@ -223,10 +223,10 @@ class Decoder:
 
     def _scan_batch(
         self, datagrams: list[Datagram], version: int
-    ) -> tuple[list[RawRecords], list[tuple[bytes, bytes, int]], dict[tuple[str, str], int], np.ndarray] | None:
+    ) -> tuple[list[RawRecords], dict[tuple[str, str], int], np.ndarray] | None:
         """A batch of IPFIX (``version`` 10) or NetFlow v9 messages walked by ``batch_scan``
-        instead of one by one: (the record groups, no sFlow, the exporters' labels, each
-        message's label), the sequence numbers and counters kept as the walk keeps them. None,
+        instead of one by one: (the record groups, the exporters' labels, each message's
+        label), the sequence numbers and counters kept as the walk keeps them. None,
         before anything was changed, when the batch needs the walk: a malformed message, a
         reserved set, a template set that is not a refresh of a template held unchanged (or
         that data waits for), or data whose template is not held, is of variable length, or
@@ -246,9 +246,9 @@ class Decoder:
         exporters = list(numbered)
         addr16 = [self._addr16(address) for address, _ in exporters]
         domain = found.domain
-        template_sets = (ipfix.TEMPLATE_SET, ipfix.OPTIONS_SET) if version == 10 else (0, 1)
-        is_template = (found.set_id == template_sets[0]) | (found.set_id == template_sets[1])
-        if ((found.set_id < MIN_DATA_SET) & ~is_template).any():
+        wire = ipfix if version == 10 else netflow9
+        is_template = (found.set_id == wire.TEMPLATE_SET) | (found.set_id == wire.OPTIONS_SET)
+        if ((found.set_id < wire.MIN_DATA_SET) & ~is_template).any():
             return None
         for i in np.flatnonzero(is_template).tolist():
             d = int(found.set_message[i])
@@ -264,7 +264,7 @@ class Decoder:
                 if held is None or not held.same_layout(value) or self.pending.waiting(template_key):
                     return None  # new, changed, or data waits for it (``_learn`` takes it)
         # the data sets, grouped by template in order of appearance (as ``SetCollector`` does)
-        data = np.flatnonzero(found.set_id >= MIN_DATA_SET)
+        data = np.flatnonzero(found.set_id >= wire.MIN_DATA_SET)
         message = found.set_message[data]
         body_len = found.body_len[data]
         key = (exporter[message] << 48) | (domain[message] << 16) | found.set_id[data]
@@ -310,7 +310,7 @@ class Decoder:
             pieces = Pieces(of_set, found.ordinal[sets], domain[of_set], export_ms, uptime, address, keys)
             record_bytes = batch_scan.gather_records(joined, found.body_start[sets], counts * template.record_length)
             groups.append(decode_records(template, record_bytes, counts, pieces))
-        return groups, [], labels, label_of_exporter[exporter]
+        return groups, labels, label_of_exporter[exporter]
 
     def _sequences_of(
         self,
@@ -341,12 +341,8 @@ class Decoder:
             off = seq != expected
             if off.any():
                 gap = (seq[off] - expected[off]) & 0xFFFFFFFF
-                ahead = gap < 1 << 31  # ahead: lost in between; behind: reordered or restarted
-                label = self._exporter_label(addr_text(addr))
-                if ahead.any():
-                    self.counters.inc("sequence_gaps_total", int(gap[ahead].sum()), exporter=label, proto=proto)
-                if not ahead.all():
-                    self.counters.inc("sequence_resets_total", int((~ahead).sum()), exporter=label, proto=proto)
+                ahead = gap < 1 << 31
+                self._count_off_sequence(addr, proto, int(gap[ahead].sum()), int((~ahead).sum()))
             if previous is None:
                 _make_room(self._sequences, self.config.max_exporters)
             self._sequences[key] = int((seq[-1] + advance[-1]) & 0xFFFFFFFF)
@@ -545,17 +541,24 @@ class Decoder:
             self._sequence_undo[key] = expected
         if expected is not None and sequence != expected:
             gap = (sequence - expected) & 0xFFFFFFFF
-            label = self._exporter_label(addr_text(addr))
-            if gap < 1 << 31:  # ahead: lost in between; behind: reordered or restarted
-                self.counters.inc("sequence_gaps_total", gap, exporter=label, proto=proto)
-            else:
-                self.counters.inc("sequence_resets_total", exporter=label, proto=proto)
+            ahead = gap < 1 << 31
+            self._count_off_sequence(addr, proto, gap if ahead else 0, 0 if ahead else 1)
         if advance is None:
             self._sequences.pop(key, None)
         else:
             if expected is None:
                 _make_room(self._sequences, self.config.max_exporters)
             self._sequences[key] = (sequence + advance) & 0xFFFFFFFF
+
+    def _count_off_sequence(self, addr: bytes, proto: str, lost: int, resets: int) -> None:
+        """Messages whose sequence number was not the one expected: ahead of it, ``lost``
+        records or packets in between (exporter-side loss); behind it (``resets``), reordered
+        or the exporter restarted."""
+        label = self._exporter_label(addr_text(addr))
+        if lost:
+            self.counters.inc("sequence_gaps_total", lost, exporter=label, proto=proto)
+        if resets:
+            self.counters.inc("sequence_resets_total", resets, exporter=label, proto=proto)
 
     def _count(self, labels: dict[tuple[str, str], int], label_of: np.ndarray, origin: np.ndarray) -> None:
         """Datagrams and flows per (exporter, protocol), the exporter being the datagram's sender."""
