@@ -252,7 +252,6 @@ class Periods:
         self.before = before  # ``SlotHistory.recall``
         self._by_step: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._earlier: dict[tuple[int, int], np.ndarray] = {}
-        self._period_bounds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def of(self, step_ms: int, current: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """(each row's period, the distinct periods, whether none was moved): a row that comes
@@ -272,22 +271,11 @@ class Periods:
         key = (step_ms, what)
         if shared and key in self._earlier:
             return self._earlier[key]
-        lo, hi = self._bounds(step_ms, buckets, shared)
         t = self.before[what]
-        out = (t >= lo) & (t < hi)  # in the row's period: compared, not divided (5x cheaper)
+        out = (t > 0) & (t // step_ms == buckets)
         if shared:
             self._earlier[key] = out
         return out
-
-    def _bounds(self, step_ms: int, buckets: np.ndarray, shared: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's period as [lo, hi) in milliseconds; lo at least 1, as 0 means "never"."""
-        got = self._period_bounds.get(step_ms) if shared else None
-        if got is None:
-            start = buckets * step_ms
-            got = (np.maximum(start, 1), start + step_ms)
-            if shared:
-                self._period_bounds[step_ms] = got
-        return got
 
 
 def prefilter_mask(state: DefinitionState, sessions: SessionBatch, masks: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -797,7 +785,7 @@ class AlertEngine:
             if metric.startswith("sessions"):
                 side = rows.role(state.definition.metric)
             else:
-                side = np.ones(2 * n, bool) if rows.valid is None else rows.valid
+                side = rows.every_row if rows.valid is None else rows.valid
             if kept is not None:
                 side = side & kept
             either = (client & side[:n]) | (server & side[n:])

@@ -106,7 +106,7 @@ def _accumulate(inv: np.ndarray, n_uniq: int, mask: np.ndarray, amounts: np.ndar
 
 
 @njit(cache=True, nogil=True)
-def fold_entities(
+def _fold_entities(
     uniq: np.ndarray,
     sums: np.ndarray,
     every_concerned: bool,
@@ -379,7 +379,7 @@ class SumWindow(_Window):
         count_window: SumWindow | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Add a batch's masked rows to the bucket ``bucket``, and their ``counts`` to the same
-        bucket of ``count_window`` (see ``fold_entities``); returns (the entities concerned, as
+        bucket of ``count_window`` (see ``_fold_entities``); returns (the entities concerned, as
         positions in ``uniq``; their values now)."""
         if counts is None or count_window is None:
             counts, count_window = np.zeros(len(inv), bool), None
@@ -401,7 +401,7 @@ class SumWindow(_Window):
         else:
             count_window._open(bucket, uniq)
             count_values, count_step = count_window.values, count_window._step_amounts
-        local, now, first, first_counted = fold_entities(
+        local, now, first, first_counted = _fold_entities(
             uniq, sums, every_concerned, self.values, self._step_amounts, count_values, count_step
         )
         if len(first):
