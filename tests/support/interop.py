@@ -97,6 +97,19 @@ class SluiceCollector:
         self.collector.stop()
 
 
+def wait_udp_bound(port: int, what: str, timeout_s: float = 15.0) -> None:
+    """Wait until some process has bound UDP ``port`` (as /proc/net/udp{,6} list it)."""
+    suffix = f":{port:04X}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for path in ("/proc/net/udp", "/proc/net/udp6"):
+            with contextlib.suppress(OSError), open(path) as table:
+                if any(line.split()[1].endswith(suffix) for line in list(table)[1:]):
+                    return
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not listen on UDP {port} within {timeout_s:g} s")
+
+
 @contextlib.contextmanager
 def nfcapd(workdir: Path, program: str = "nfcapd") -> Iterator[tuple[int, list[dict]]]:
     """nfcapd (or sfcapd for sFlow) on a free port; after the block, the list holds the flows
@@ -110,7 +123,9 @@ def nfcapd(workdir: Path, program: str = "nfcapd") -> Iterator[tuple[int, list[d
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     records: list[dict] = []
     try:
-        time.sleep(0.5)
+        # a fixed half second was not always enough on a loaded CI machine: the exporter then
+        # sent before nfcapd listened, and nfdump read back "No matching flows"
+        wait_udp_bound(port, program)
         yield port, records
     finally:
         proc.send_signal(signal.SIGTERM)
