@@ -24,6 +24,8 @@ def signatures():
         for name, obj in vars(module).items():
             if isinstance(obj, CPUDispatcher):
                 out[f"{module.__name__}.{name}"] = sorted(str(s) for s in obj.signatures)
+    for plan, kernel in selection._KERNELS.items():  # the sum pass, compiled per plan
+        out[f"selection plan {plan}"] = sorted(str(s) for s in kernel.signatures)
     return out
 
 AlertEngine.warm_up()

@@ -380,6 +380,15 @@ class AlertEngine:
         two_steps = Arrivals(np.zeros(2, bool), np.arange(2), np.array([201_000, 202_000]))
         engine.evaluate(sessions, two_steps, 202_000)
         engine.evaluate(sessions, arrivals, 230_000)
+        # every sum metric of an endpoint type and of another: ``select_sums`` is compiled per plan
+        every_sum = [
+            Definition(id=i, user_id=0, title="warm-up", entity=kind, metric=metric, interval="1m", threshold=1)
+            for i, (kind, metric) in enumerate(
+                ((kind, metric) for kind in (EntityType.HOST, EntityType.HOST_PAIR) for metric in AlertMetric
+                 if not metric.is_distinct), 1)
+        ]  # fmt: skip
+        engine.set_definitions(every_sum)
+        engine.evaluate(sessions, arrivals, 240_000)
         KeyIndex(16).get_or_add(np.arange(64, dtype=np.uint64))  # a table that grows
         KeyIndex.from_state({"ids": np.arange(2), "keys": np.arange(1, 3, dtype=np.uint64)})  # and one restored
 
