@@ -249,6 +249,22 @@ def test_pairs_beyond_the_bound_are_counted_not_kept():
     assert engine.pairs_dropped() == 120
 
 
+def test_entities_beyond_the_bound_are_counted_not_evaluated():
+    """The entity table is bounded (``alerts.max_entities``): rows of an entity beyond it are
+    counted for ``/metrics`` and left out; the entities within it alert as before."""
+    engine = AlertEngine(max_entities=6)
+    engine.set_definitions([defn(threshold=150)])
+    # client rows come first: clients 1 to 6 take the six ids; clients 7 to 9, then the
+    # server (the other side of all 18 sessions), find the table full
+    sessions = [one(cln=f"10.0.1.{c}", srv="10.0.9.9", sid=10 * c + k) for c in range(1, 10) for k in range(2)]
+    events = engine.evaluate(*batch(sessions), T0)
+    assert engine.stats["entities_dropped"] == 3 * 2 + 18
+    assert sorted(e.entity for e in events) == [f"10.0.1.{c}" for c in range(1, 7)]
+    ids = engine.indexes[EntityType.HOST].get_or_add(np.array([0], np.uint64))[0]
+    assert (ids == -1).all()  # still full
+    assert (engine.last_seen[EntityType.HOST][:6] == T0).all()  # every id taken was seen
+
+
 def test_state_survives_a_restart(tmp_path):
     d = defn(threshold=1000, metric="unique_ports", entity="host")
     engine = AlertEngine()

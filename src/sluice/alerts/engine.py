@@ -51,7 +51,7 @@ from .definition import (
     step_seconds,
 )
 from .entities import BatchKeys, EntityRows, watched_keys
-from .keyindex import KeyIndex, distinct, group_rows, grown, room_for, used_nbytes
+from .keyindex import KeyIndex, distinct, group_rows, grown, note_seen, room_for, used_nbytes
 from .partial import PartGroup, Partial, PartRows, Positions
 from .selection import select_sums
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
@@ -630,15 +630,15 @@ class AlertEngine:
             index = self.indexes[kind] = KeyIndex(4096, max_ids=self.max_entities)
             self.last_seen[kind] = np.zeros(4096, np.int64)
         ids, _ = index.get_or_add(keys)
-        full = ids < 0
-        if full.any():
-            self.stats["entities_dropped"] += int(full.sum())
-            valid = ~full if valid is None else valid & ~full
-            ids = np.where(full, 0, ids)
         seen = self.last_seen[kind]
         if len(seen) < index.id_capacity:
             seen = self.last_seen[kind] = grown(seen, index.id_capacity)
-        seen[ids if valid is None else ids[valid]] = now_ms
+        dropped = note_seen(ids, np.ones(len(ids), bool) if valid is None else valid, seen, now_ms)
+        if dropped:
+            self.stats["entities_dropped"] += dropped
+            full = ids < 0
+            valid = ~full if valid is None else valid & ~full
+            ids = np.where(full, 0, ids)
         return ids, valid
 
     def _group(self, kind: EntityType, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

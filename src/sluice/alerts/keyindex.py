@@ -74,6 +74,19 @@ def group_rows(ids: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.nda
     return uniq[:k], inv, first[:k]
 
 
+@njit(cache=True, nogil=True)
+def note_seen(ids: np.ndarray, valid: np.ndarray, seen: np.ndarray, now_ms: int) -> int:
+    """``seen[id] = now_ms`` for the valid rows' ids; returns how many rows have no id (-1:
+    the index was full), which are left out."""
+    missing = 0
+    for r in range(ids.shape[0]):
+        if ids[r] < 0:
+            missing += 1
+        elif valid[r]:
+            seen[ids[r]] = now_ms
+    return missing
+
+
 # -- the table's kernels ---------------------------------------------------------------------
 
 
