@@ -121,6 +121,11 @@ def _lookup(t_keys: np.ndarray, t_ids: np.ndarray, shift: np.uint64, keys: np.nd
     return out
 
 
+#: a table of at most this many slots (1 MB) stays in the caches: prefetching its slots only
+#: costs (the tables of countries, ports and ASNs: 4.4 ns a key with it, 3.2 without)
+_CACHED_SLOTS = 1 << 16
+
+
 @njit(cache=True, nogil=True)
 def _get_or_add(
     t_keys: np.ndarray,
@@ -141,8 +146,9 @@ def _get_or_add(
     slots beyond ``max_live`` live keys, or ids beyond the id arrays - and returns it (the
     number of rows when done)."""
     n = keys.shape[0]
+    far = t_keys.shape[0] > _CACHED_SLOTS
     for i in range(start, n):
-        if i + AHEAD < n:
+        if far and i + AHEAD < n:
             ahead = table_home(table_key(keys[i + AHEAD]), shift)
             prefetch(t_keys, ahead)
             prefetch(t_ids, ahead)
