@@ -81,11 +81,7 @@ class EntityRows:
         self.n_sessions = n
         self.new_session = new
         self.valid: np.ndarray | None = None  # None: every row
-        self.is_client: np.ndarray | None  # per row, endpoint types only
         if kind.is_endpoint:
-            self.session_row = np.concatenate([np.arange(n), np.arange(n)])
-            self.is_client = np.zeros(2 * n, bool)
-            self.is_client[:n] = True
             if kind is EntityType.HOST:
                 self.keys = np.concatenate([shared.cln, shared.srv])
             elif kind is EntityType.COUNTRY:
@@ -97,13 +93,20 @@ class EntityRows:
                 self.keys = asn.astype(np.uint64)
                 self.valid = asn != 0  # sessions without an AS number do not count for ASN alerts
         else:
-            self.session_row = np.arange(n)
-            self.is_client = None
             self.keys = ordered_pair_key(shared.cln, shared.srv) if kind is EntityType.HOST_PAIR else shared.port
         # set by the engine: each row's dense entity id; the batch's distinct ids (``uniq``),
         # each row's position among them (``inv``) and each one's first row (``first``)
         self.ids = self.uniq = self.inv = self.first = np.empty(0, np.int64)
         self._cache: dict[str, np.ndarray] = {}
+
+    @cached_property
+    def is_client(self) -> np.ndarray | None:
+        """Per row, whether it is a client side; None for host pairs and ports (one row each)."""
+        if not self.kind.is_endpoint:
+            return None
+        out = np.zeros(2 * self.n_sessions, bool)
+        out[: self.n_sessions] = True
+        return out
 
     @cached_property
     def every_row(self) -> np.ndarray:
@@ -214,7 +217,7 @@ class EntityRows:
     def text(self, row: int) -> str:
         """The entity of one row as text (used once per alerting entity)."""
         sessions = self.sessions
-        session = int(self.session_row[row])
+        session = row % self.n_sessions  # an endpoint type's server side is row n + its session
         if self.kind is EntityType.HOST:
             return addr_text(bytes(self.own_addr[row]))
         if self.kind is EntityType.COUNTRY:
