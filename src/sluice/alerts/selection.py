@@ -103,8 +103,12 @@ def _select_sums(
     for i in range(n):
         if not one_step and buckets[i] != bucket:
             continue
-        c = _earlier(before[t_cln, i], lo, hi)
-        s = c if amount == SESSIONS else _earlier(before[t_srv, i], lo, hi)
+        fresh = new[i]
+        c: bool | np.bool_ = False
+        s: bool | np.bool_ = False
+        if not fresh:  # a new session has no history (``SlotHistory``): its reads are skipped
+            c = _earlier(before[t_cln, i], lo, hi)
+            s = c if amount == SESSIONS else _earlier(before[t_srv, i], lo, hi)
         # whether an earlier row of the period concerned each side's entity (by its traffic)
         if amount == SESSIONS:
             client_before = server_before = c
@@ -114,7 +118,7 @@ def _select_sums(
             client_before, server_before = s, c
         else:
             client_before = server_before = c | s
-        cln_i, srv_i, new_i = np.int64(cln[i]), np.int64(srv[i]), np.int64(new[i])
+        cln_i, srv_i, new_i = np.int64(cln[i]), np.int64(srv[i]), np.int64(fresh)
         v_c = (w_own * cln_i + w_other * srv_i) * factor + w_new * new_i
         m_c = _concerns(role, True, v_c) & keep[i]
         if not endpoint:
