@@ -5,6 +5,12 @@ prefilters and exceptions, batches over two periods and rows of a period already
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -40,10 +46,11 @@ def random_batch(rng: np.random.Generator, n: int, slots: int) -> tuple[SessionB
     return sessions, slot, new
 
 
+FILTERS = [("", {}), ("PROTO == tcp", {}), ("", {"ports": [22], "countries": ["NL"], "addresses": ["10.0.0.2"]})]
+
+
 @pytest.mark.parametrize("kind", list(EntityType))
-@pytest.mark.parametrize("prefilter, exceptions", [
-    ("", {}), ("PROTO == tcp", {}), ("", {"ports": [22], "countries": ["NL"], "addresses": ["10.0.0.2"]}),
-])  # fmt: skip
+@pytest.mark.parametrize("prefilter, exceptions", FILTERS)
 def test_the_compiled_pass_selects_sums_and_counts_as_the_numpy_one(
     kind: EntityType, prefilter: str, exceptions: dict
 ) -> None:
@@ -83,3 +90,33 @@ def test_the_compiled_pass_selects_sums_and_counts_as_the_numpy_one(
                     np.testing.assert_array_equal(got_one, want_one, err_msg=f"{metric.value} {what} batch {b}")
                 checked += int(hit.sum())
     assert checked > 100  # entities were concerned, not only empty selections
+
+
+FROM_CACHE = """
+import itertools, json
+from sluice.alerts import selection
+from tests.unit import test_alert_selection as t
+for kind, (prefilter, exceptions) in itertools.product(t.EntityType, t.FILTERS):
+    t.test_the_compiled_pass_selects_sums_and_counts_as_the_numpy_one(kind, prefilter, exceptions)
+stats = [kernel.stats for kernel in selection._KERNELS.values()]
+print(json.dumps({"plans": len(stats), "loaded": sum(sum(s.cache_hits.values()) for s in stats),
+                  "compiled": sum(sum(s.cache_misses.values()) for s in stats)}))
+"""
+
+
+def test_every_plan_is_the_same_compiled_and_loaded_from_numbas_cache(tmp_path: Path) -> None:
+    """A plan's pass is a closure (one per plan, ``selection._kernel``), which numba caches
+    apart from module functions, keyed by the plan's values: every plan compiled into an empty
+    cache, then loaded from it by another process, each time against the numpy path."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    root = Path(__file__).resolve().parents[2]
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", FROM_CACHE], capture_output=True, text=True, timeout=900,
+                             env=env, cwd=root)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["plans"] == second["plans"] == 9
+    assert first["compiled"] >= 9 and first["loaded"] == 0
+    assert second["loaded"] >= 9 and second["compiled"] == 0
