@@ -389,7 +389,9 @@ class AlertEngine:
         ]  # fmt: skip
         engine.set_definitions(every_sum)
         engine.evaluate(sessions, arrivals, 240_000)
-        KeyIndex(16).get_or_add(np.arange(64, dtype=np.uint64))  # a table that grows
+        grown_index = KeyIndex(16)
+        grown_index.get_or_add(np.arange(64, dtype=np.uint64))  # a table that grows
+        grown_index.remove(np.arange(4))  # and gives ids back, as the reclaim does a minute in
         KeyIndex.from_state({"ids": np.arange(2), "keys": np.arange(1, 3, dtype=np.uint64)})  # and one restored
 
     # -- definitions ----------------------------------------------------------------------
