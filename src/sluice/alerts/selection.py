@@ -160,6 +160,8 @@ _KERNELS: dict[tuple[int, int, bool], Callable[..., np.ndarray]] = {}  # compile
 
 
 def _kernel(amount: int, role: int, endpoint: bool) -> Callable[..., np.ndarray]:
+    """The pass of one plan: a closure, which numba compiles (and caches) apart for each
+    plan's values."""
     if (amount, role, endpoint) not in _KERNELS:
 
         @njit(cache=True, nogil=True)
