@@ -22,6 +22,7 @@ from sluice.config import CollectSettings
 from sluice.flows.schema import FlowBatch
 
 from .env import require_tool
+from .waiting import wait_until
 
 
 def free_udp_port() -> int:
@@ -97,17 +98,14 @@ class SluiceCollector:
         self.collector.stop()
 
 
-def wait_udp_bound(port: int, what: str, timeout_s: float = 15.0) -> None:
-    """Wait until some process has bound UDP ``port`` (as /proc/net/udp{,6} list it)."""
+def udp_bound(port: int) -> bool:
+    """Whether some process has bound UDP ``port`` (as /proc/net/udp{,6} list it)."""
     suffix = f":{port:04X}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for path in ("/proc/net/udp", "/proc/net/udp6"):
-            with contextlib.suppress(OSError), open(path) as table:
-                if any(line.split()[1].endswith(suffix) for line in list(table)[1:]):
-                    return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not listen on UDP {port} within {timeout_s:g} s")
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(path) as table:
+            if any(line.split()[1].endswith(suffix) for line in list(table)[1:]):
+                return True
+    return False
 
 
 @contextlib.contextmanager
@@ -125,7 +123,7 @@ def nfcapd(workdir: Path, program: str = "nfcapd") -> Iterator[tuple[int, list[d
     try:
         # a fixed half second was not always enough on a loaded CI machine: the exporter then
         # sent before nfcapd listened, and nfdump read back "No matching flows"
-        wait_udp_bound(port, program)
+        wait_until(lambda: udp_bound(port), timeout=15.0, interval=0.02, what=f"{program} listening on UDP {port}")
         yield port, records
     finally:
         proc.send_signal(signal.SIGTERM)
