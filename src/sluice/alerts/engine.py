@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -381,12 +382,12 @@ class AlertEngine:
         engine.evaluate(sessions, two_steps, 202_000)
         engine.evaluate(sessions, arrivals, 230_000)
         # every sum metric of an endpoint type and of another: ``select_sums`` is compiled per plan
+        sum_metrics = [metric for metric in AlertMetric if not metric.is_distinct]
+        kinds = (EntityType.HOST, EntityType.HOST_PAIR)
         every_sum = [
             Definition(id=i, user_id=0, title="warm-up", entity=kind, metric=metric, interval="1m", threshold=1)
-            for i, (kind, metric) in enumerate(
-                ((kind, metric) for kind in (EntityType.HOST, EntityType.HOST_PAIR) for metric in AlertMetric
-                 if not metric.is_distinct), 1)
-        ]  # fmt: skip
+            for i, (kind, metric) in enumerate(itertools.product(kinds, sum_metrics), 1)
+        ]
         engine.set_definitions(every_sum)
         engine.evaluate(sessions, arrivals, 240_000)
         grown_index = KeyIndex(16)
