@@ -201,6 +201,55 @@ def test_memory_is_bounded():
     assert t.stats.sessions_started == started
 
 
+@pytest.mark.parametrize(
+    ("span", "now_offset"),
+    [
+        (10_000, 400),  # every age within the histogram
+        (300, 400),  # the oldest beyond it: they go first, the rest ranked by the histogram
+        (50, 400),  # more beyond it than go: ranked by sorting
+        (10_000, 150),  # a clock stepped back: sessions updated after now
+    ],
+)
+def test_eviction_forgets_exactly_the_least_recently_updated(span, now_offset):
+    """However the ranking is made (a histogram of ages, or sorting when ages fall outside
+    it), eviction forgets the oldest updates first, ties by lowest row, and leaves its scratch
+    zeroed."""
+    from sluice.flows import session_table as table
+
+    def tracker() -> SessionTracker:
+        rng = np.random.default_rng(11)
+        t = SessionTracker(max_sessions=100_000, idle_timeout_s=3600)
+        for k, at in enumerate(rng.permutation(40)):  # batches out of time order
+            n = int(rng.integers(1, 8))
+            batch = flows(*[(f"10.1.{k}.{j}", 40000, "10.9.9.9", 80, 6, ACK, 100, 1) for j in range(n)])
+            t.update(batch, T0 + int(at) * 10)
+        return t
+
+    c = tracker()._state.cols
+    live = np.flatnonzero(c["live"])
+    oldest_first = live[np.lexsort((live, c["updated_ms"][live]))]
+    # within a batch's ties, half of them (more than the sessions before now, at 150), and
+    # exactly the batches up to the third
+    for count in (len(live) // 3, len(live) // 2, int(np.sum(c["updated_ms"][live] <= T0 + 20))):
+        t = tracker()
+        st, c = t._state, t._state.cols
+        ages = np.zeros(span, np.int64)
+        table.evict_oldest(
+            count, T0 + now_offset, ages, st.index_keys, st.index_rows, c["key"], c["updated_ms"], c["live"], st.free,
+            st.counts,
+        )  # fmt: skip
+        survivors = set(oldest_first[count:].tolist())
+        assert set(np.flatnonzero(c["live"]).tolist()) == survivors
+        assert len(t) == len(live) - count and t.stats.sessions_evicted == count
+        assert not ages.any()
+        # the index finds every survivor at its row, and no forgotten session
+        for row in oldest_first.tolist():
+            slot = table._slot(st.index_keys, c["key"][row])
+            found = st.index_keys[slot] == c["key"][row]
+            assert found == (row in survivors)
+            assert not found or st.index_rows[slot] == row
+
+
 def test_many_sessions_in_one_batch_are_exact():
     rng = np.random.default_rng(5)
     n = 20_000

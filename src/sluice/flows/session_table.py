@@ -437,13 +437,23 @@ def expire(
         _end(r, index_keys, index_rows, key, live, free, stats)
 
 
-#: a spread of update times (ms) up to this is ranked by a histogram, beyond it by sorting
-_HISTOGRAM_SPAN_MS = 1 << 22
+#: sessions are ranked by age (ms before the tracker's clock) in a histogram of at most this
+#: many entries; older ones (a longer idle timeout) by sorting
+MAX_RANKED_AGE_MS = 1 << 22
+
+
+def age_histogram(idle_ms: int) -> np.ndarray:
+    """The zeroed scratch ``evict_oldest`` ranks by: an entry per millisecond of age a live
+    session can have (the idle timeout, and the expiry pass being up to a second late, with
+    room to spare). Its pages are touched only as far as the ages found reach."""
+    return np.zeros(min(idle_ms + 3_000, MAX_RANKED_AGE_MS), np.int64)
 
 
 @njit(cache=True, nogil=True)
 def evict_oldest(
     count: int,
+    now_ms: int,
+    ages: np.ndarray,
     index_keys: np.ndarray,
     index_rows: np.ndarray,
     key: np.ndarray,
@@ -452,29 +462,37 @@ def evict_oldest(
     free: np.ndarray,
     stats: np.ndarray,
 ) -> None:
-    """Forget the ``count`` least recently updated sessions (ties: the lowest rows)."""
+    """Forget the ``count`` least recently updated sessions (ties: the lowest rows). ``ages``:
+    ``age_histogram``'s scratch, left zeroed."""
+    count = min(count, stats[LIVE])
     if count <= 0:
         return
     # the update time of the count-th oldest: update times repeat (one per batch), so a
-    # histogram of them ranks a million sessions in one pass without sorting
-    lo, hi, n = np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0
+    # histogram of the ages before ``now_ms`` ranks a million sessions in one pass without
+    # sorting (a pass to find the oldest and newest first cost as much as the histogram)
+    span = ages.shape[0]
+    beyond, ahead, oldest = 0, 0, 0  # older than the histogram holds; updated after now_ms
     for r in range(live.shape[0]):
         if live[r]:
-            lo, hi, n = min(lo, updated[r]), max(hi, updated[r]), n + 1
-    count = min(count, n)
-    if hi - lo < _HISTOGRAM_SPAN_MS:
-        histogram = np.zeros(hi - lo + 1, np.int64)
-        for r in range(live.shape[0]):
-            if live[r]:
-                histogram[updated[r] - lo] += 1
-        older, cutoff = 0, lo
-        for v in range(hi - lo + 1):
-            if older + histogram[v] >= count:
-                cutoff = lo + v
+            age = now_ms - updated[r]
+            if age >= span:
+                beyond += 1
+            elif age < 0:
+                ahead += 1
+            else:
+                ages[age] += 1
+                oldest = max(oldest, age)
+    older, cutoff = beyond, now_ms
+    ranked = beyond < count <= stats[LIVE] - ahead
+    if ranked:  # every session beyond the histogram goes, then the oldest in it
+        for age in range(oldest, -1, -1):
+            if older + ages[age] >= count:
+                cutoff = now_ms - age
                 break
-            older += histogram[v]
-    else:
-        times = np.empty(n, np.int64)
+            older += ages[age]
+    ages[: oldest + 1] = 0
+    if not ranked:  # a clock stepped back, or ages beyond the histogram: rank them exactly
+        times = np.empty(stats[LIVE], np.int64)
         j = 0
         for r in range(live.shape[0]):
             if live[r]:

@@ -161,6 +161,7 @@ class SessionTracker:
         self.max_sessions = max_sessions
         self.dedupe = dedupe_exporters
         self._state = _State()
+        self._ages = table.age_histogram(self.idle_ms)  # eviction's scratch
         # room for the bound and a batch from the start: growing a table of a million
         # sessions stalls a batch for a fifth of a second, long enough to overflow a socket
         # buffer. (Rows are zeroed lazily by the kernel and become resident as they fill.)
@@ -241,7 +242,7 @@ class SessionTracker:
         if len(started):
             self._start(flows, rows, started, a_is_src)
         out, touched = self._deltas(flows, rows, a_is_src)
-        self._enforce_capacity()
+        self._enforce_capacity(now_ms)
         # ids are handed out in increasing order: those from ``first_new`` on are the
         # sessions this batch started
         new = out["session_id"] >= np.uint64(first_new)
@@ -392,7 +393,7 @@ class SessionTracker:
             st.index_keys = np.full(size, 0, np.uint64)
             st.index_rows = np.full(size, 0, np.int64)
 
-    def _enforce_capacity(self) -> None:
+    def _enforce_capacity(self, now_ms: int) -> None:
         live = len(self)
         if live <= self.max_sessions:
             return
@@ -400,4 +401,7 @@ class SessionTracker:
         # over the table then serves many batches of new conversations, instead of every one
         st, c = self._state, self._state.cols
         over = live - int(self.max_sessions * EVICT_TO)
-        table.evict_oldest(over, st.index_keys, st.index_rows, c["key"], c["updated_ms"], c["live"], st.free, st.counts)
+        table.evict_oldest(
+            over, now_ms, self._ages, st.index_keys, st.index_rows, c["key"], c["updated_ms"], c["live"], st.free,
+            st.counts,
+        )  # fmt: skip
