@@ -24,6 +24,7 @@ from ..flows.schema import FlowBatch
 from ..lifecycle import Worker
 from .decoder import Datagram, Decoder
 from .overload import OverloadMeter
+from .receive import BatchReceiver
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +39,7 @@ class Listener:
     name: str  # "netflow", "ipfix", "sflow"
     port: int
     sock: socket.socket
+    receiver: BatchReceiver
 
 
 class Collector:
@@ -64,7 +66,8 @@ class Collector:
         for name, port in wanted:
             if port == 0:
                 continue
-            self.listeners.append(Listener(name, port, self._open(port, name)))
+            sock = self._open(port, name)
+            self.listeners.append(Listener(name, port, sock, BatchReceiver(sock)))
             log.info("listening", protocol=name, address=self.settings.listen, port=port)
         return self.listeners
 
@@ -149,19 +152,16 @@ class Collector:
 
     def _drain(self, batch: list[Datagram], max_batch: int, received: float) -> None:
         for listener in self.listeners:
-            recv = listener.sock.recvfrom
             while len(batch) < max_batch:
                 try:
-                    data, addr = recv(65535)
-                except BlockingIOError:
-                    break
+                    got, cut = listener.receiver.receive(batch, max_batch - len(batch), received)
                 except OSError as exc:  # e.g. ICMP errors surfacing on the socket
                     self.counters.inc("receive_errors_total", reason=exc.errno or "unknown")
                     break
-                host = addr[0]
-                if host.startswith("::ffff:"):
-                    host = host[7:]
-                batch.append(Datagram(data, host, addr[1], received))
+                if cut:  # larger than any UDP datagram: cannot happen, but never silently
+                    self.counters.inc("receive_errors_total", cut, reason="truncated")
+                if got < listener.receiver.slots:
+                    break  # the socket is empty (or the batch full)
 
     def _process(self, batch: list[Datagram]) -> None:
         if not batch:

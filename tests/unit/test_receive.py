@@ -1,0 +1,115 @@
+"""Reading many datagrams per system call (``recvmmsg``) gives what ``recvfrom`` gives: the
+same payloads, senders and order, socket errors raised and counted."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+
+import pytest
+
+from sluice.collect import receive
+from sluice.collect.decoder import Decoder
+from sluice.collect.listener import Collector, Listener
+from sluice.collect.receive import BatchReceiver, sender_text
+from sluice.config import CollectSettings
+
+# sizes from empty to the largest IPv4 UDP payload
+SIZES = [0, 1, 29, 1400, 1500, 9000, 65_507, 3, 700]
+
+
+def _socket(family: int, host: str) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    return sock
+
+
+def _send(family: int, host: str, port: int, senders: int, count: int) -> list[tuple[bytes, int]]:
+    """``count`` datagrams from each of ``senders`` sockets, interleaved; (payload, sender port)."""
+    socks = []
+    for _ in range(senders):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind((host, 0))
+        socks.append(s)
+    sent = []
+    for i in range(count):
+        for k, s in enumerate(socks):
+            payload = bytes([i % 251, k]) * (SIZES[(i + k) % len(SIZES)] // 2)
+            s.sendto(payload, (host, port))
+            sent.append((payload, s.getsockname()[1]))
+    for s in socks:
+        s.close()
+    return sent
+
+
+def _receive_all(receiver: BatchReceiver, expected: int, limit: int = 1000) -> list[tuple[bytes, str, int]]:
+    out: list = []
+    deadline = time.monotonic() + 10
+    while len(out) < expected and time.monotonic() < deadline:
+        got, cut = receiver.receive(out, limit, 1.5)
+        assert got <= min(limit, receiver.slots) and cut == 0
+        if not got:
+            time.sleep(0.01)
+    assert all(d.received == 1.5 for d in out)
+    return [(d.payload, d.address, d.port) for d in out]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize(("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_every_datagram_arrives_whole_with_its_sender_in_order(family, host, batched):
+    sock = _socket(family, host)
+    receiver = BatchReceiver(sock, slots=8, use_recvmmsg=batched)
+    assert receiver.batched == batched
+    assert receiver.receive([], 100, 0.0) == (0, 0)  # nothing waits
+    sent = _send(family, host, sock.getsockname()[1], senders=3, count=20)
+    got = _receive_all(receiver, len(sent), limit=5)  # several calls, each cut by the limit
+    assert got == [(payload, host, port) for payload, port in sent]
+    assert receiver.receive([], 100, 0.0) == (0, 0)
+    sock.close()
+
+
+def test_a_socket_error_is_raised_then_counted_by_the_collector():
+    """An ICMP port-unreachable surfaces on a connected socket's next read, as it can on a
+    listener's; the collector counts it by errno and goes on."""
+    for batched in (True, False):
+        sock = _socket(socket.AF_INET, "127.0.0.1")
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        sock.connect(("127.0.0.1", port))
+        sock.send(b"x")
+        time.sleep(0.05)
+        receiver = BatchReceiver(sock, use_recvmmsg=batched)
+        with pytest.raises(OSError) as raised:
+            receiver.receive([], 100, 0.0)
+        assert raised.value.errno == errno.ECONNREFUSED
+        sock.send(b"x")
+        time.sleep(0.05)
+        collector = Collector(CollectSettings(), Decoder(), [])
+        collector.listeners = [Listener("ipfix", port, sock, receiver)]
+        batch: list = []
+        collector._drain(batch, 100, 0.0)
+        assert batch == []
+        assert collector.counters.get("receive_errors_total", reason=errno.ECONNREFUSED) == 1
+        sock.close()
+
+
+def test_senders_read_from_socket_addresses():
+    v4 = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 2055) + socket.inet_aton("192.0.2.7") + bytes(8)
+    assert sender_text(v4) == ("192.0.2.7", 2055)
+    head = struct.pack("=H", socket.AF_INET6) + struct.pack("!H", 4739) + bytes(4)
+    mapped = head + socket.inet_pton(socket.AF_INET6, "::ffff:198.51.100.9")
+    assert sender_text(mapped) == ("198.51.100.9", 4739)  # an IPv4 exporter on a dual-stack socket
+    v6 = head + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    assert sender_text(v6) == ("2001:db8::1", 4739)
+
+
+def test_recvmmsg_is_there_on_linux():
+    """The server's receive path on its platform: a libc without recvmmsg would fall back to
+    one call a datagram, silently slower."""
+    assert receive._RECVMMSG is not None
