@@ -106,29 +106,60 @@ def test_embedded_default_country_data_works_offline():
     assert got.tolist() == [b"US", b"JP", b"US", b"XP"]
 
 
-def test_ipv4_lookups_through_the_prefix_index_agree_with_a_plain_search():
-    """The /16 index narrows each IPv4 search: the answers are those of a search over every
-    range, for random tables (ranges of every size, gaps, ranges across /16 boundaries) and
-    keys at and around every range's ends, 0 and 2^32 - 1."""
-    from sluice.flows.enrich import AddressKeys, RangeTable, _search
+def _plain_search(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, keys: np.ndarray, default: int) -> np.ndarray:
+    """The reference: the last range starting at or before each key, if it reaches the key."""
+    idx = np.searchsorted(starts, keys, side="right") - 1
+    safe = np.maximum(idx, 0)
+    hit = (idx >= 0) & (keys <= ends[safe]) if len(starts) else np.zeros(len(keys), bool)
+    return np.where(hit, values[safe] if len(starts) else default, default)
+
+
+def _random_ranges(rng: np.random.Generator, trial: int, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = int(rng.integers(1, 3000))
+    top = 1 << bits
+    cuts = np.unique(rng.integers(0, top, 2 * n, dtype=np.uint64))
+    if trial % 3 == 0:  # few, wide ranges: many /16s share one
+        cuts = np.unique(rng.integers(0, top, 8, dtype=np.uint64))
+    starts, ends = cuts[0::2][: len(cuts) // 2], cuts[1::2][: len(cuts) // 2]
+    keep = rng.random(len(starts)) < 0.8  # leave gaps
+    starts, ends = starts[keep], ends[keep]
+    return starts, ends, rng.integers(1, 1000, len(starts)).astype(np.uint32)
+
+
+def _probes(rng: np.random.Generator, starts: np.ndarray, ends: np.ndarray, top: int) -> np.ndarray:
+    """Keys at and around every range's ends, random ones, and the extremes."""
+    edges = np.concatenate([starts, ends])
+    around = np.concatenate([edges - np.uint64(1), edges, edges + np.uint64(1)])  # wraps at the extremes: still keys
+    probes = np.concatenate([around, rng.integers(0, top, 5000, dtype=np.uint64), np.array([0, top - 1], np.uint64)])
+    return probes if top == 1 << 64 else probes % np.uint64(top)
+
+
+def test_lookups_agree_with_a_plain_search():
+    """The compiled pass over the rows (IPv4 through the /16 index, IPv6 on the upper 64 bits,
+    both families mixed in one batch) gives the answers of a search over every range, for
+    random tables (ranges of every size, gaps, ranges across /16 boundaries) and keys at and
+    around every range's ends, 0 and the largest key."""
+    from sluice.flows.enrich import RangeTable
 
     rng = np.random.default_rng(11)
     for trial in range(30):
-        n = int(rng.integers(1, 3000))
-        cuts = np.unique(rng.integers(0, 1 << 32, 2 * n, dtype=np.uint64))
-        if trial % 3 == 0:  # few, wide ranges: many /16s share one
-            cuts = np.unique(rng.integers(0, 1 << 32, 8, dtype=np.uint64))
-        starts, ends = cuts[0::2][: len(cuts) // 2], cuts[1::2][: len(cuts) // 2]
-        keep = rng.random(len(starts)) < 0.8  # leave gaps
-        starts, ends = starts[keep], ends[keep]
-        values = rng.integers(1, 1000, len(starts)).astype(np.uint32)
-        empty = np.empty(0, np.uint64)
-        table = RangeTable(starts, ends, values, empty, empty, np.empty(0, np.uint32))
-        edges = np.concatenate([starts, ends]).astype(np.int64)
-        probes = np.concatenate([edges - 1, edges, edges + 1, rng.integers(0, 1 << 32, 5000), [0, (1 << 32) - 1]])
-        probes = np.clip(probes, 0, (1 << 32) - 1).astype(np.uint64)
-        addr16 = np.zeros((len(probes), 16), np.uint8)
-        addr16[:, 10:12] = 0xFF
-        addr16[:, 12:] = probes.astype(">u4").view(np.uint8).reshape(-1, 4)
-        got = table.lookup_keys(AddressKeys.of(addr16), 0)
-        assert np.array_equal(got, _search(starts, ends, values, probes, 0)), trial
+        s4, e4, v4 = _random_ranges(rng, trial, 32)
+        s6, e6, v6 = _random_ranges(rng, trial + 1, 64)
+        table = RangeTable(s4, e4, v4, s6, e6, v6)
+        p4, p6 = _probes(rng, s4, e4, 1 << 32), _probes(rng, s6, e6, 1 << 64)
+        p6 = p6[p6 != 0]  # an upper half of 0 is an IPv4-mapped address's
+        addr16 = np.zeros((len(p4) + len(p6), 16), np.uint8)
+        addr16[: len(p4), 10:12] = 0xFF
+        addr16[: len(p4), 12:] = p4.astype(">u4").view(np.uint8).reshape(-1, 4)
+        addr16[len(p4) :, :8] = p6.astype(">u8").view(np.uint8).reshape(-1, 8)
+        addr16[len(p4) :, 8:] = rng.integers(0, 256, (len(p6), 8))
+        order = rng.permutation(len(addr16))  # the families interleaved
+        expected = np.concatenate([_plain_search(s4, e4, v4, p4, 0), _plain_search(s6, e6, v6, p6, 0)])
+        assert np.array_equal(table.lookup(addr16[order], 0), expected[order]), trial
+        # answers known already (special-purpose addresses' codes) are kept, the others searched
+        known = np.where(rng.random(len(order)) < 0.3, rng.integers(1000, 2000, len(order)), 0).astype(np.uint32)
+        got = table.lookup(addr16[order], 0, known=known)
+        assert np.array_equal(got, np.where(known != 0, known, expected[order])), trial
+    # an empty table: every address gets the default
+    empty = RangeTable(*(np.empty(0, np.uint64),) * 2, np.empty(0, "S2"), *(np.empty(0, np.uint64),) * 2, np.empty(0, "S2"))
+    assert empty.lookup(np.zeros((3, 16), np.uint8), b"ZZ").tolist() == [b"ZZ"] * 3

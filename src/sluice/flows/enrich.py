@@ -4,10 +4,10 @@ MMDB files (MaxMind GeoLite2 / GeoIP2, IPinfo, DB-IP, ip-location-db: anything
 ``maxminddb`` reads) are walked once into sorted range arrays: IPv4 ranges on 32-bit keys,
 IPv6 ranges on the first 64 bits (prefixes longer than /64 are widened to their /64, a
 granularity no country or AS allocation goes below in practice). A lookup is then one
-``np.searchsorted`` per batch (IPv4: a binary search among the few ranges that can hold the
-address's /16, which an index finds in one read). The arrays are cached beside the data directory (``.npz``, keyed
-by the file's size and modification time), and the files are re-read when they change, without
-a restart.
+compiled pass over a batch's addresses: a binary search each (IPv4: among the few ranges
+that can hold the address's /16, which an index finds in one read). The arrays are cached
+beside the data directory (``.npz``, keyed by the file's size and modification time), and
+the files are re-read when they change, without a restart.
 
 Special-purpose addresses never get a country from the data: they get a pseudo-code
 (XP private, XL loopback / link-local, XM multicast, XR other reserved; ZZ when a public
@@ -32,7 +32,7 @@ import structlog
 from numba import njit
 from numpy.typing import DTypeLike
 
-from .schema import SessionBatch, address_words
+from .schema import SessionBatch
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +89,12 @@ class RangeTable:
         prefixes = np.arange(1 << 16, dtype=np.uint64) << np.uint64(16)
         self.v4_lo = np.maximum(np.searchsorted(self.v4_start, prefixes, side="right") - 1, 0).astype(np.int64)
         self.v4_hi = np.searchsorted(self.v4_start, prefixes + np.uint64(1 << 16), side="left").astype(np.int64)
-        _find_v4(self.v4_start, self.v4_end, self.v4_lo, self.v4_hi, np.empty(0, np.uint64))  # compiled now
+        # the values as unsigned integers of their width (country codes: 2 bytes), which the
+        # compiled lookup handles like any number
+        codes = np.dtype(f"u{self.v4_value.dtype.itemsize}")
+        self._v4_codes = self.v4_value.view(codes)
+        self._v6_codes = self.v6_value.astype(self.v4_value.dtype).view(codes)
+        self.lookup(np.zeros((1, 16), np.uint8), np.zeros(1, self.v4_value.dtype)[0])  # compiled now
 
     @classmethod
     def from_networks(cls, networks: Sequence[tuple[NetworkLike, object]], dtype: DTypeLike) -> RangeTable:
@@ -108,19 +113,18 @@ class RangeTable:
                 v6.append((int(net.network_address) >> 64, int(net.broadcast_address) >> 64, value))
         return cls(*_flatten(v4, dtype), *_flatten(v6, dtype))
 
-    def lookup(self, addr16: np.ndarray, default: object) -> np.ndarray:
-        return self.lookup_keys(AddressKeys.of(addr16), default)
-
-    def lookup_keys(self, keys: AddressKeys, default: object) -> np.ndarray:
-        out = np.empty(keys.n, dtype=self.v4_value.dtype)
-        if len(self.v4_start):
-            found = _find_v4(self.v4_start, self.v4_end, self.v4_lo, self.v4_hi, keys.v4)
-            fallback = np.asarray(default, dtype=self.v4_value.dtype)
-            out[keys.v4_rows] = np.where(found >= 0, self.v4_value[np.maximum(found, 0)], fallback)
-        else:
-            out[keys.v4_rows] = default
-        out[keys.v6_rows] = _search(self.v6_start, self.v6_end, self.v6_value, keys.v6, default)
-        return out
+    def lookup(self, addr16: np.ndarray, default: object, known: np.ndarray | None = None) -> np.ndarray:
+        """The value of the range holding each 16-byte address (IPv4 as ``::ffff:a.b.c.d``),
+        ``default`` where none does. ``known``: answers already found (of this table's type),
+        kept and not searched for where they are not zero (empty)."""
+        codes = self._v4_codes.dtype
+        fallback = np.asarray(default, self.v4_value.dtype).reshape(1).view(codes)[0]
+        preset = _NOTHING_KNOWN if known is None else np.ascontiguousarray(known).view(codes)
+        found = _lookup_rows(
+            _address_words(addr16), self.v4_start, self.v4_end, self.v4_lo, self.v4_hi, self._v4_codes,
+            self.v6_start, self.v6_end, self._v6_codes, fallback, preset.astype(codes, copy=False),
+        )  # fmt: skip
+        return found.view(self.v4_value.dtype)
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # session workers may prepare it at once
@@ -131,24 +135,6 @@ class RangeTable:
     def load(cls, path: Path) -> RangeTable:
         with np.load(path, allow_pickle=False) as z:
             return cls(**{k: z[k] for k in _TABLE_ARRAYS})
-
-
-@dataclass
-class AddressKeys:
-    """16-byte addresses split once into search keys: 32-bit IPv4, upper 64 bits of IPv6."""
-
-    n: int
-    v4_rows: np.ndarray
-    v4: np.ndarray
-    v6_rows: np.ndarray
-    v6: np.ndarray
-
-    @classmethod
-    def of(cls, addr16: np.ndarray) -> AddressKeys:
-        hi, lo = address_words(addr16)
-        is_v4 = (hi == 0) & ((lo >> np.uint64(32)) == 0xFFFF)
-        v4_rows, v6_rows = np.flatnonzero(is_v4), np.flatnonzero(~is_v4)
-        return cls(len(hi), v4_rows, lo[v4_rows] & np.uint64(0xFFFFFFFF), v6_rows, hi[v6_rows])
 
 
 def _flatten(entries: list[tuple[int, int, object]], dtype: DTypeLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,34 +151,79 @@ def _flatten(entries: list[tuple[int, int, object]], dtype: DTypeLike) -> tuple[
 _TABLE_ARRAYS = ("v4_start", "v4_end", "v4_value", "v6_start", "v6_end", "v6_value")
 
 
-@njit(cache=True, nogil=True)
-def _find_v4(starts: np.ndarray, ends: np.ndarray, lo: np.ndarray, hi: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """The range holding each IPv4 key (-1: none): the last range starting at or before it,
-    searched for among ``starts[lo[p]:hi[p]]``, the candidates of its /16 ``p``."""
-    out = np.empty(keys.shape[0], np.int64)
-    for i in range(keys.shape[0]):
-        k = keys[i]
-        p = k >> np.uint64(16)
-        a = lo[p]
-        b = hi[p]
-        while a < b:
-            m = (a + b) >> 1
-            if starts[m] <= k:
-                a = m + 1
-            else:
-                b = m
-        j = a - 1
-        out[i] = j if j >= 0 and starts[j] <= k and k <= ends[j] else -1
+@njit(cache=True, nogil=True, inline="always")
+def _last_start(starts: np.ndarray, a: int | np.int64, b: int | np.int64, key: np.uint64) -> np.int64:
+    """The last of ``starts[a:b]`` at or before ``key`` (its index; ``a - 1`` if none)."""
+    while a < b:
+        m = (a + b) >> 1
+        if starts[m] <= key:
+            a = m + 1
+        else:
+            b = m
+    return np.int64(a - 1)
+
+
+_NOTHING_KNOWN = np.zeros(0, np.uint8)
+
+
+def _address_words(addr16: np.ndarray) -> np.ndarray:
+    """16-byte addresses as two native 64-bit words each (a view where it can be)."""
+    return np.ascontiguousarray(addr16, np.uint8).view(np.uint64).reshape(-1, 2)
+
+
+_LOW32 = np.uint64(0xFFFFFFFF)
+#: bytes 8-11 of an IPv4-mapped address (00 00 ff ff) as the low half of a little-endian word
+_MAPPED = np.uint64(0xFFFF0000)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _big_endian(word: np.uint64, nbytes: int) -> np.uint64:
+    """The first ``nbytes`` bytes of a little-endian word, read as a big-endian number."""
+    out = np.uint64(0)
+    for b in range(nbytes):
+        out = (out << np.uint64(8)) | ((word >> np.uint64(8 * b)) & np.uint64(0xFF))
     return out
 
 
-def _search(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, keys: np.ndarray, default: object) -> np.ndarray:
-    if not len(starts):
-        return np.full(len(keys), default, dtype=values.dtype)
-    idx = np.searchsorted(starts, keys, side="right") - 1
-    safe = np.maximum(idx, 0)
-    hit = (idx >= 0) & (keys <= ends[safe])
-    return np.where(hit, values[safe], np.asarray(default, dtype=values.dtype))
+@njit(cache=True, nogil=True)
+def _lookup_rows(
+    words: np.ndarray,
+    v4_start: np.ndarray,
+    v4_end: np.ndarray,
+    v4_lo: np.ndarray,
+    v4_hi: np.ndarray,
+    v4_value: np.ndarray,
+    v6_start: np.ndarray,
+    v6_end: np.ndarray,
+    v6_value: np.ndarray,
+    default: np.generic,
+    known: np.ndarray,
+) -> np.ndarray:
+    """Per address (two little-endian words, ``_address_words``): ``known`` where it is given
+    and not zero, else the value of the range holding it, else ``default``. One pass over the
+    rows (as numpy passes, splitting the families and their keys cost more than the search).
+    IPv4 keys are searched among the ranges that can hold their /16 (``v4_lo``, ``v4_hi``),
+    IPv6 keys (the upper 64 bits) among all."""
+    n = words.shape[0]
+    out = np.empty(n, v4_value.dtype)
+    preset = known.shape[0] == n
+    for i in range(n):
+        if preset and known[i] != 0:
+            out[i] = known[i]
+            continue
+        high, low = words[i, 0], words[i, 1]
+        if high == 0 and (low & _LOW32) == _MAPPED:
+            key = _big_endian(low >> np.uint64(32), 4)
+            p = key >> np.uint64(16)
+            r = _last_start(v4_start, v4_lo[p], v4_hi[p], key)
+            hit = r >= 0 and v4_start[r] <= key and key <= v4_end[r]
+            out[i] = v4_value[r] if hit else default
+        else:
+            key = _big_endian(high, 8)
+            r = _last_start(v6_start, 0, v6_start.shape[0], key)
+            hit = r >= 0 and v6_start[r] <= key and key <= v6_end[r]
+            out[i] = v6_value[r] if hit else default
+    return out
 
 
 SPECIAL = RangeTable.from_networks([(p, c) for p, c in reversed(SPECIAL_RANGES)], "S2")
@@ -334,12 +365,12 @@ class Enricher:
                     source.refresh()
 
     def countries(self, addr16: np.ndarray) -> np.ndarray:
-        keys = AddressKeys.of(addr16)
-        special = SPECIAL.lookup_keys(keys, b"")
+        special = SPECIAL.lookup(addr16, b"")
         if self.country is None or self.country.table is None:
-            return np.where(special != b"", special, np.asarray(UNKNOWN, "S2"))
-        found = self.country.table.lookup_keys(keys, UNKNOWN)
-        return np.where(special != b"", special, found)
+            codes = special.view(np.uint16)  # compared as numbers: ten times faster than as bytes
+            return np.where(codes != 0, codes, np.frombuffer(UNKNOWN, np.uint16)[0]).view("S2")
+        # a special-purpose address keeps its pseudo-code: the data is not searched for it
+        return self.country.table.lookup(addr16, UNKNOWN, known=special)
 
     def asns(self, addr16: np.ndarray, reported: np.ndarray) -> np.ndarray:
         """ASN from the ASN database where it knows the address, else what the exporter sent."""
