@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import socket
 import struct
 from collections.abc import Callable
@@ -89,11 +90,14 @@ class BatchReceiver:
         self.batched = use_recvmmsg and _RECVMMSG is not None
         if not self.batched:
             return
-        self._buffer = ctypes.create_string_buffer(slots * SLOT_BYTES)
+        # anonymous memory, zero pages until written: a slot costs the pages its datagrams
+        # fill (16 MB zeroed by ctypes were 16 MB resident per socket)
+        self._buffer = mmap.mmap(-1, slots * SLOT_BYTES)
         self._names = ctypes.create_string_buffer(slots * _NAME_BYTES)
         self._iovecs = (_IoVec * slots)()
         self._messages = (_MMsgHdr * slots)()
-        base, names = ctypes.addressof(self._buffer), ctypes.addressof(self._names)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self._buffer))
+        names = ctypes.addressof(self._names)
         for i in range(slots):
             self._iovecs[i].iov_base = base + i * SLOT_BYTES
             self._iovecs[i].iov_len = SLOT_BYTES
@@ -108,7 +112,7 @@ class BatchReceiver:
         self._flags = _MsgHdr.msg_flags.offset // 4
         self._len = _MMsgHdr.msg_len.offset // 4
         self._name_rows = np.frombuffer(memoryview(self._names).cast("B"), np.uint8).reshape(slots, _NAME_BYTES)
-        self._view = memoryview(self._buffer).cast("B")
+        self._view = memoryview(self._buffer)
 
     def receive(self, out: list[Datagram], limit: int, received: float) -> tuple[int, int]:
         """Append up to ``limit`` waiting datagrams to ``out`` (stamped ``received``); returns
