@@ -119,10 +119,10 @@ class RangeTable:
         kept and not searched for where they are not zero (empty)."""
         codes = self._v4_codes.dtype
         fallback = np.asarray(default, self.v4_value.dtype).reshape(1).view(codes)[0]
-        preset = _NOTHING_KNOWN if known is None else np.ascontiguousarray(known).view(codes)
+        preset = np.zeros(0, codes) if known is None else np.ascontiguousarray(known).view(codes)
         found = _lookup_rows(
             _address_words(addr16), self.v4_start, self.v4_end, self.v4_lo, self.v4_hi, self._v4_codes,
-            self.v6_start, self.v6_end, self._v6_codes, fallback, preset.astype(codes, copy=False),
+            self.v6_start, self.v6_end, self._v6_codes, fallback, preset,
         )  # fmt: skip
         return found.view(self.v4_value.dtype)
 
@@ -161,9 +161,6 @@ def _last_start(starts: np.ndarray, a: int | np.int64, b: int | np.int64, key: n
         else:
             b = m
     return np.int64(a - 1)
-
-
-_NOTHING_KNOWN = np.zeros(0, np.uint8)
 
 
 def _address_words(addr16: np.ndarray) -> np.ndarray:
