@@ -33,6 +33,28 @@ def test_batches_come_out_as_they_went_in_across_many_wraps_of_the_ring():
     ring.close()
 
 
+def test_rows_of_a_batch_are_taken_straight_into_the_ring_as_take_would_take_them():
+    ring = BatchRing.create(1 << 20)
+    consumer = BatchRing(ring.fd, 1 << 20)
+    rng = np.random.default_rng(7)
+    for i in range(100):  # round the ring many times, with rows in any order, repeated, or none
+        sent = columns(int(rng.integers(1, 1500)), i)
+        n = len(sent["session_id"])
+        rows = rng.integers(0, n, int(rng.integers(0, n + 1)))
+        got = unpack(consumer, pack(ring, sent, rows=rows))
+        for name, column in sent.items():
+            expected = np.take(column, rows, axis=0)
+            assert got[name].dtype == column.dtype and got[name].shape == expected.shape, name
+            assert np.array_equal(got[name], expected), name
+    small = BatchRing.create(1 << 16)  # too large for the ring: the rows go through the pipe
+    sent = columns(5000, 2)
+    rows = np.arange(4999, -1, -2)
+    payload = pack(small, sent, rows=rows)
+    assert payload[0] == "inline" and np.array_equal(unpack(small, payload)["cln_addr"], sent["cln_addr"][rows])
+    ring.close()
+    small.close()
+
+
 def test_a_batch_larger_than_the_ring_goes_whole_through_the_pipe_instead():
     ring = BatchRing.create(1 << 16)
     sent = columns(5000, 1)

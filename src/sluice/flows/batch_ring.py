@@ -49,11 +49,19 @@ class BatchRing:
         os.ftruncate(fd, _HEADER + size)
         return cls(fd, size)
 
-    def put(self, columns: dict[str, np.ndarray], alive: Callable[[], bool] | None = None) -> Any:
-        """Copy ``columns`` in; returns what the consumer's ``take`` needs, or None if they
-        do not fit in the ring at all (send them some other way). Waits while the consumer
-        has not released enough; raises ``RingClosed`` if ``alive`` says it is gone."""
-        sizes = [(column.nbytes + _ALIGN - 1) // _ALIGN * _ALIGN for column in columns.values()]
+    def put(
+        self, columns: dict[str, np.ndarray], alive: Callable[[], bool] | None = None, rows: np.ndarray | None = None
+    ) -> Any:
+        """Copy ``columns`` in (only their ``rows``, in that order, if given: taken straight
+        into the ring, without a copy of its own first); returns what the consumer's ``take``
+        needs, or None if they do not fit in the ring at all (send them some other way). Waits
+        while the consumer has not released enough; raises ``RingClosed`` if ``alive`` says it
+        is gone."""
+        shapes = [column.shape if rows is None else (len(rows), *column.shape[1:]) for column in columns.values()]
+        nbytes = [
+            int(np.prod(shape, dtype=np.int64)) * c.itemsize for shape, c in zip(shapes, columns.values(), strict=True)
+        ]
+        sizes = [(size + _ALIGN - 1) // _ALIGN * _ALIGN for size in nbytes]
         total = sum(sizes)
         if total > self.size:
             return None
@@ -69,10 +77,13 @@ class BatchRing:
             waited += 0.0005
         offset = position % self.size
         layout: Layout = []
-        for (name, column), size in zip(columns.items(), sizes, strict=True):
-            flat = np.ascontiguousarray(column).reshape(-1).view(np.uint8)
-            self._data[offset : offset + flat.nbytes] = flat
-            layout.append((name, column.dtype.str, column.shape, offset))
+        for (name, column), shape, used, size in zip(columns.items(), shapes, nbytes, sizes, strict=True):
+            place = self._data[offset : offset + used]
+            if rows is None:
+                place[:] = np.ascontiguousarray(column).reshape(-1).view(np.uint8)
+            else:  # "clip": a bounds check per row, where "raise" would take into a buffer first
+                np.take(column, rows, axis=0, out=place.view(column.dtype).reshape(shape), mode="clip")
+            layout.append((name, column.dtype.str, shape, offset))
             offset += size
         self._head = end
         return end, layout
@@ -97,11 +108,18 @@ class BatchRing:
             pass
 
 
-def pack(ring: BatchRing, columns: dict[str, np.ndarray], alive: Callable[[], bool] | None = None) -> tuple:
-    """What to send for ``columns``: their place in ``ring``, or the columns themselves when
-    they do not fit in it."""
-    placed = ring.put(columns, alive)
-    return ("ring", placed) if placed is not None else ("inline", columns)
+def pack(
+    ring: BatchRing,
+    columns: dict[str, np.ndarray],
+    alive: Callable[[], bool] | None = None,
+    rows: np.ndarray | None = None,
+) -> tuple:
+    """What to send for ``columns`` (their ``rows``, if given): their place in ``ring``, or
+    the columns themselves when they do not fit in it."""
+    placed = ring.put(columns, alive, rows)
+    if placed is not None:
+        return ("ring", placed)
+    return ("inline", columns if rows is None else {name: np.take(c, rows, axis=0) for name, c in columns.items()})
 
 
 def unpack(ring: BatchRing, payload: tuple) -> dict[str, np.ndarray]:

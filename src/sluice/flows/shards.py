@@ -40,13 +40,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import structlog
+from numba import njit
 
 from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
 from .batch_ring import BatchRing, RingClosed, pack, unpack
 from .enrich import Enricher
 from .schema import Arrivals, FlowBatch, SessionBatch
-from .sessions import SessionTracker, TrackerStats, conversation_keys, first_session_id
+from .session_table import _GOLDEN, _M1, _mix
+from .sessions import SessionTracker, TrackerStats, first_session_id
 
 log = structlog.get_logger(__name__)
 
@@ -66,11 +68,51 @@ class Stager(Protocol):
     def flush_rows(self) -> int: ...
 
 
-def shard_of(flows: FlowBatch, shards: int) -> np.ndarray:
-    """The worker of each flow: its conversation key (both directions, any exporter) mod n."""
-    keys, _ = conversation_keys(flows, with_exporter=False)
-    # small integers: numpy's stable sort of 8/16-bit keys is a radix sort, one pass
-    return (keys % np.uint64(shards)).astype(np.uint8 if shards < 256 else np.uint16)
+@njit(cache=True, nogil=True, inline="always")
+def _endpoint_hash(words: np.ndarray, i: int, port: np.uint64) -> np.uint64:
+    return _mix(words[i, 0] ^ (words[i, 1] * _M1) ^ (port * _GOLDEN))
+
+
+@njit(cache=True, nogil=True)
+def _shard_order(
+    src: np.ndarray, dst: np.ndarray, src_port: np.ndarray, dst_port: np.ndarray, protocol: np.ndarray, shards: int
+) -> tuple[np.ndarray, np.ndarray]:
+    n = src.shape[0]
+    shard = np.empty(n, np.int64)
+    bounds = np.zeros(shards + 1, np.int64)
+    for i in range(n):
+        p = np.uint64(protocol[i])
+        icmp = p == 1 or p == 58  # no ports, as in the tracker's key
+        sp = np.uint64(0) if icmp else np.uint64(src_port[i])
+        dp = np.uint64(0) if icmp else np.uint64(dst_port[i])
+        # each endpoint hashed alone and the two added: the same either way round
+        h = _mix(_endpoint_hash(src, i, sp) + _endpoint_hash(dst, i, dp) + p)
+        k = np.int64(h % np.uint64(shards))
+        shard[i] = k
+        bounds[k + 1] += 1
+    for j in range(shards):
+        bounds[j + 1] += bounds[j]
+    at = bounds[:-1].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):  # in their order within each shard: a conversation's flows in wire order
+        order[at[shard[i]]] = i
+        at[shard[i]] += 1
+    return order, bounds
+
+
+def shard_order(flows: FlowBatch, shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flows by worker: (their positions, worker by worker, each in the batch's order;
+    where each worker's start in it, and the end). A flow's worker is a hash of its
+    conversation without the exporter - both endpoints, the same whichever is the source -
+    modulo ``shards``. Two passes, no sort: the collector's thread does this for every flow."""
+
+    def words(addresses: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(addresses).view(np.uint64)  # (n, 2): byte order does not matter to a hash
+
+    return _shard_order(
+        words(flows["src_addr"]), words(flows["dst_addr"]), flows["src_port"], flows["dst_port"], flows["protocol"],
+        shards,
+    )  # fmt: skip
 
 
 @dataclass
@@ -272,8 +314,9 @@ class _Worker:
                 conn = self.conn
                 try:
                     if message[0] == "flows":
-                        _, columns, now_ms, wanted = message
-                        message = ("flows", pack(self.to_worker, columns, self.process.is_alive), now_ms, wanted)
+                        _, columns, rows, now_ms, wanted = message
+                        payload = pack(self.to_worker, columns, self.process.is_alive, rows)
+                        message = ("flows", payload, now_ms, wanted)
                     _send(conn, message)
                     continue
                 except (BrokenPipeError, OSError, RingClosed):
@@ -374,7 +417,7 @@ class ShardedSessions:
         self.wanted, self.unseen = wanted, unseen
         self.counters = counters
         self.stopping = False
-        shard_of(FlowBatch.build(1), count)  # compile the split now, not on the first batch
+        shard_order(FlowBatch.build(1), count)  # compile the split now, not on the first batch
         self.workers = [_Worker(self, i) for i in range(count)]  # they start side by side
         for worker in self.workers:
             worker.wait_ready()
@@ -383,13 +426,11 @@ class ShardedSessions:
     def submit(self, flows: FlowBatch, now_ms: int) -> None:
         """Hand each worker its share of a batch (waits while a worker's pipe is full)."""
         wanted = self.stager is None or self.wanted()  # without a stager the store needs them
-        shard = shard_of(flows, self.count)
-        order = np.argsort(shard, kind="stable")  # keeps each conversation's flows in wire order
-        bounds = np.searchsorted(shard[order], np.arange(self.count + 1))
+        order, bounds = shard_order(flows, self.count)
         for i, worker in enumerate(self.workers):
             part = order[bounds[i] : bounds[i + 1]]
-            if len(part):
-                worker.send(("flows", flows.take(part).columns, now_ms, wanted))
+            if len(part):  # the rows are taken straight into the worker's ring by its writer
+                worker.send(("flows", flows.columns, part, now_ms, wanted))
 
     def expire(self, now_ms: int) -> None:
         for worker in self.workers:
