@@ -21,7 +21,7 @@ from numba import njit
 
 from ..prefetch import AHEAD, prefetch
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _ZERO = np.uint64(0)
@@ -36,7 +36,7 @@ COUNTERS = 5
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _mix(x: np.uint64) -> np.uint64:
+def mix64(x: np.uint64) -> np.uint64:
     """splitmix64 finaliser: a well-spread 64-bit hash step (uint64 arithmetic wraps)."""
     x = x ^ (x >> np.uint64(30))
     x = x * _M1
@@ -60,7 +60,7 @@ def exporter_keys(exporter: np.ndarray) -> np.ndarray:
     n = exporter.shape[0]
     out = np.empty(n, np.uint64)
     for i in range(n):
-        out[i] = _word(exporter, i, 8) ^ (_word(exporter, i, 0) * _GOLDEN)
+        out[i] = _word(exporter, i, 8) ^ (_word(exporter, i, 0) * GOLDEN)
     return out
 
 
@@ -94,13 +94,13 @@ def conversation_keys(
             a_hi, a_lo, a_port, b_hi, b_lo, b_port = s_hi, s_lo, sp, d_hi, d_lo, dp
         else:
             a_hi, a_lo, a_port, b_hi, b_lo, b_port = d_hi, d_lo, dp, s_hi, s_lo, sp
-        h = _mix(a_hi ^ _GOLDEN)
-        h = _mix(h ^ a_lo)
-        h = _mix(h ^ b_hi)
-        h = _mix(h ^ b_lo)
-        h = _mix(h ^ ((a_port << np.uint64(24)) | (b_port << _EIGHT) | np.uint64(p)))
+        h = mix64(a_hi ^ GOLDEN)
+        h = mix64(h ^ a_lo)
+        h = mix64(h ^ b_hi)
+        h = mix64(h ^ b_lo)
+        h = mix64(h ^ ((a_port << np.uint64(24)) | (b_port << _EIGHT) | np.uint64(p)))
         if with_exporter:
-            h = _mix(_mix(h ^ _word(exporter, i, 0)) ^ _word(exporter, i, 8))
+            h = mix64(mix64(h ^ _word(exporter, i, 0)) ^ _word(exporter, i, 8))
         keys[i] = h if h != _ZERO else _ONE  # 0 marks an empty index slot
         a_is_src[i] = a_src
     return keys, a_is_src

@@ -47,7 +47,7 @@ from ..counters import Counters
 from .batch_ring import BatchRing, RingClosed, pack, unpack
 from .enrich import Enricher
 from .schema import Arrivals, FlowBatch, SessionBatch
-from .session_table import _GOLDEN, _M1, _mix
+from .session_table import GOLDEN, mix64
 from .sessions import SessionTracker, TrackerStats, first_session_id
 
 log = structlog.get_logger(__name__)
@@ -70,7 +70,7 @@ class Stager(Protocol):
 
 @njit(cache=True, nogil=True, inline="always")
 def _endpoint_hash(words: np.ndarray, i: int, port: np.uint64) -> np.uint64:
-    return _mix(words[i, 0] ^ (words[i, 1] * _M1) ^ (port * _GOLDEN))
+    return mix64(words[i, 0] ^ (words[i, 1] * GOLDEN) ^ port)
 
 
 @njit(cache=True, nogil=True)
@@ -86,7 +86,7 @@ def _shard_order(
         sp = np.uint64(0) if icmp else np.uint64(src_port[i])
         dp = np.uint64(0) if icmp else np.uint64(dst_port[i])
         # each endpoint hashed alone and the two added: the same either way round
-        h = _mix(_endpoint_hash(src, i, sp) + _endpoint_hash(dst, i, dp) + p)
+        h = mix64(_endpoint_hash(src, i, sp) + _endpoint_hash(dst, i, dp) + p)
         k = np.int64(h % np.uint64(shards))
         shard[i] = k
         bounds[k + 1] += 1
