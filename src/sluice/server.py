@@ -91,12 +91,15 @@ class Server:
         self.retention_in_force = lambda: prefs.system().retention_days or settings.store.retention_days
 
     def start_collector(self) -> None:
+        # the sockets first: what arrives while the stages behind them start (session workers
+        # take seconds) waits in the kernel's buffers; the receive loop last, once every
+        # stage can take a batch
         self.collector.bind()
-        self.collector.start()
         self.ingest.start()
         self.alerts.start()
         self.notify.start()
         self.system.start()
+        self.collector.start()
         listeners = [(listener.name, listener.port) for listener in self.collector.listeners]
         self.app = create_app(
             self.counters,

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -209,3 +210,41 @@ def test_sigterm_to_the_whole_process_group_stops_the_server_and_its_workers_cle
     finally:
         again.send_signal(signal.SIGINT)
         again.wait(30)
+
+
+def test_flows_that_come_while_the_workers_start_wait_for_them(tmp_path):
+    """The sockets open before the session workers are ready (they start for a second or
+    more; far longer while numba's cache is cold): what arrives meanwhile waits in the socket
+    buffer. It used to reach the pipeline before the workers did, fail to be handed on and be
+    lost (counted in ``sluice_sink_errors_total``)."""
+    http, netflow = free_tcp_port(), free_udp_port()
+    datagrams = traffic(int(time.time() * 1000))
+    stop = threading.Event()
+
+    def keep_sending() -> None:  # from before the server starts until after it answers
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            i = 0
+            while not stop.is_set():
+                sock.sendto(datagrams[i % len(datagrams)], ("127.0.0.1", netflow))
+                i += 1
+                if i % 20 == 0:
+                    time.sleep(0.01)
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    proc = None
+    try:
+        proc = start_server(tmp_path, http, netflow, log=tmp_path / "w.log", args=("--workers", "2"))
+        time.sleep(1.0)
+        stop.set()
+        sender.join(10)
+        wait_until(lambda: totals(http)["store_rows"] == totals(http)["session_rows_total"] > 0, timeout=60,
+                   what="every session row stored")
+        errors = sum(v for k, v in metrics(http).items() if k.startswith("sluice_sink_errors_total"))
+        assert errors == 0, (tmp_path / "w.log").read_text()[-3000:]
+        assert totals(http)["flows_total"] > 0
+    finally:
+        stop.set()
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
