@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from sluice.query.reports import Direction, Entity, Metric, ReportSpec
 from sluice.store.base import TimeRange
-from sluice.store.duckdb_store import ADDRESS_COLUMNS, DAY_MS, DuckDBStore, _split_addresses
+from sluice.store.duckdb_store import ADDRESS_COLUMNS, DAY_MS, DuckDBStore, _file_table
 from sluice.store.segments import MERGE_FILES, SegmentFiles
 from tests.unit.test_store import T0, random_sessions
 
@@ -59,7 +59,7 @@ def test_files_of_optional_columns_merge_with_files_of_required_ones(tmp_path):
     """Files are written with every column required; files written before hold the same
     columns as optional. A day with both is read, merged and answered as one."""
     store = DuckDBStore(tmp_path / "s.duckdb")
-    old = _split_addresses(one_day(60, 1))
+    old = _file_table(one_day(60, 1))
     old = old.cast(pa.schema([field.with_nullable(True) for field in old.schema]))  # as files were written
     (day,) = {datetime.fromtimestamp(int(e) / 1000, UTC).strftime("%Y%m%d") for e in old.column("end_ms").to_pylist()}
     store.files.write({day: old})
@@ -75,6 +75,55 @@ def test_files_of_optional_columns_merge_with_files_of_required_ones(tmp_path):
     assert len(store.files.segments(day)) < len(segments)  # merged
     assert answers(store) == before
     store.close()
+
+def test_country_columns_are_written_as_indices_into_one_dictionary_a_flush_and_read_back_as_codes(tmp_path):
+    """A flush's batches each hold other countries (the empty code among them; one only in
+    the last batch): the file's country columns are dictionary-encoded throughout (a batch
+    with a dictionary of its own made the writer fall back to plain strings, several bytes a
+    row), and come back as the codes that went in; so do those of a flush across midnight."""
+    from sluice.flows.schema import SessionBatch
+    from sluice.store.duckdb_store import COUNTRY_COLUMNS
+
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    rng = np.random.default_rng(5)
+    codes = np.array([b"US", b"DE", b"", b"A1", b"FR"], "S2")
+    midnight = (T0 // DAY_MS + 1) * DAY_MS
+
+    def batch(i: int, start_ms: int, span_ms: int) -> SessionBatch:
+        out = random_sessions(3000, 10 + i, start_ms=start_ms, span_ms=span_ms)
+        out.columns["session_id"][:] = np.arange(i * 3000, (i + 1) * 3000)
+        for name in COUNTRY_COLUMNS:  # 2, 3, 4, then all 5 codes
+            out.columns[name][:] = codes[rng.integers(0, 2 + i % 4, len(out))]
+        return out
+
+    one_hour = [batch(i, T0, 3_600_000) for i in range(4)]
+    for b in one_hour:
+        store.append(b)
+    store.flush()
+    (day,) = store.files.days()
+    (segment,) = store.files.segments(day)
+    meta = pq.ParquetFile(store.files.path(segment)).metadata
+    names = pq.read_schema(store.files.path(segment)).names
+    for name in COUNTRY_COLUMNS:
+        for g in range(meta.num_row_groups):
+            chunk = meta.row_group(g).column(names.index(name))
+            assert chunk.has_dictionary_page and chunk.total_uncompressed_size < 2 * meta.row_group(g).num_rows, name
+    across = [batch(i, midnight - 2_000_000, 4_000_000) for i in range(4, 6)]
+    for b in across:
+        store.append(b)
+    store.flush()
+    assert len(store.files.days()) == 2 and len(store.files.segments(day)) == 2  # split at midnight
+    written = SessionBatch.concat(one_hour + across)
+    got = store.sessions(EVERYTHING, limit=10**6).to_pylist()
+    assert {pq.read_schema(store.files.path(s)).field("cln_country").type for d in store.files.days()
+            for s in store.files.segments(d)} == {pa.string()}
+    by_id = {int(r["session_id"]): (r["cln_country"], r["srv_country"]) for r in got}
+    as_text = written.to_arrow()  # the strings the codes always were
+    want = {int(i): (c, s) for i, c, s in zip(written["session_id"], as_text.column("cln_country").to_pylist(),
+                                              as_text.column("srv_country").to_pylist(), strict=True)}
+    assert by_id == want and len(want) == 18_000
+    store.close()
+
 
 def test_a_merge_cut_short_leaves_no_duplicate(tmp_path):
     store = DuckDBStore(tmp_path / "s.duckdb")
@@ -143,7 +192,7 @@ def test_a_rewrite_cut_short_keeps_the_newer_generation(tmp_path):
 
 def test_files_a_query_is_reading_stay_until_it_ends(tmp_path):
     files = SegmentFiles(tmp_path / "segments")
-    store_rows = _split_addresses(one_day(20, 1))
+    store_rows = _file_table(one_day(20, 1))
     files.write({"20231115": store_rows})
     with files.reading() as snapshot:
         (segment,) = snapshot["20231115"]
@@ -155,7 +204,7 @@ def test_files_a_query_is_reading_stay_until_it_ends(tmp_path):
 def test_a_store_of_the_earlier_layout_moves_into_files_once(tmp_path):
     batch = random_sessions(900, 5)
     path = tmp_path / "old.duckdb"
-    incoming = _split_addresses(batch)
+    incoming = _file_table(batch)
     day_of_row = batch["end_ms"] // DAY_MS
     days = {datetime.fromtimestamp(n * 86400, UTC).strftime("%Y%m%d"): n for n in sorted(set(day_of_row.tolist()))}
 

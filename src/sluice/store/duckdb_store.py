@@ -104,18 +104,56 @@ WRITE_OPTIONS: dict[str, object] = {
     "compression": "lz4",
     "use_dictionary": _FEW_VALUED,
     "column_encoding": {name: "DELTA_BINARY_PACKED" for name in ("session_id", "start_ms", "end_ms")},
+    # no Arrow schema in the files: it would record the country columns' dictionary type
+    # (``_CountryCodes``), and files read back (merges) would then not concatenate
+    # with plain strings. Parquet's own types give the same columns back without it
+    "store_schema": False,
 }
+COUNTRY_COLUMNS = [field.name for field in SESSION_SCHEMA if field.type == pa.string()]
 
 
-def _split_addresses(batch: SessionBatch) -> pa.Table:
-    """A session batch as the Arrow table the store writes: addresses as (hi, lo) halves."""
-    arrow = batch.to_arrow(skip=frozenset(ADDRESS_COLUMNS))
+class _CountryCodes:
+    """The country codes present in a flush's rows, for its country columns as dictionary
+    indices. Parquet writes dictionary pages for these columns anyway; given indices into one
+    dictionary, it does not hash every string for them (the writing: 0.33 -> 0.30 CPU-s per M
+    rows). One dictionary for the whole flush: a chunk whose dictionary differs from the one
+    before makes the writer fall back to the strings (0.36)."""
+
+    def __init__(self, batches: list[SessionBatch]):
+        counts = np.zeros(1 << 16, np.int64)
+        for batch in batches:
+            for name in COUNTRY_COLUMNS:
+                counts += np.bincount(self.words(batch[name]), minlength=1 << 16)
+        present = np.flatnonzero(counts)
+        self.index = np.zeros(1 << 16, np.int32)
+        self.index[present] = np.arange(len(present), dtype=np.int32)
+        # the codes present as an Arrow string array, as ``SessionBatch.to_arrow`` makes one
+        data = pa.py_buffer(present.astype(np.uint16).tobytes())
+        offsets = pa.py_buffer(np.arange(0, 2 * len(present) + 1, 2, dtype=np.int32))
+        self.values = pa.Array.from_buffers(pa.string(), len(present), [None, offsets, data])
+
+    @staticmethod
+    def words(codes: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(codes, "S2").view(np.uint16)
+
+    def column(self, codes: np.ndarray) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(numpy_to_arrow(self.index[self.words(codes)]), self.values)
+
+
+def _file_table(batch: SessionBatch, countries: _CountryCodes | None = None) -> pa.Table:
+    """A session batch as the Arrow table the store writes: addresses as (hi, lo) halves,
+    countries as indices into ``countries`` (the batch's own codes if not given)."""
+    countries = countries or _CountryCodes([batch])
+    arrow = batch.to_arrow(skip=frozenset(ADDRESS_COLUMNS + COUNTRY_COLUMNS))
     columns, names = [], []
     for name in SESSION_SCHEMA.names:
         if name in ADDRESS_COLUMNS:
             hi, lo = address_words(batch[name])
             columns += [numpy_to_arrow(hi), numpy_to_arrow(lo)]
             names += [f"{name}__hi", f"{name}__lo"]
+        elif name in COUNTRY_COLUMNS:
+            columns.append(countries.column(batch[name]))
+            names.append(name)
         else:
             columns.append(arrow.column(name))
             names.append(name)
@@ -188,7 +226,8 @@ def _day_parts(batches: list[SessionBatch]) -> dict[str, pa.Table]:
         return {}
     # one chunk per batch: the writer takes chunks as they are, where concatenating first
     # copied every row once more (a tenth of the writer's time, in new memory)
-    table = pa.concat_tables([_split_addresses(b) for b in batches])
+    countries = _CountryCodes(batches)
+    table = pa.concat_tables([_file_table(b, countries) for b in batches])
     day_of_row = np.concatenate([b["end_ms"] // DAY_MS for b in batches]).astype(np.int64, copy=False)
     days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
     if len(days) == 1:
