@@ -92,6 +92,15 @@ def take_rows(column: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take(column, index, axis=0)
 
 
+def country_strings(codes: np.ndarray) -> pa.Array:
+    """Two-byte country codes (numpy "S2") as an Arrow string array. Every code is two
+    bytes: the offsets are 0, 2, 4 ... and the data the codes as they are (no casts)."""
+    n = len(codes)
+    data = pa.py_buffer(np.ascontiguousarray(codes, "S2").tobytes())
+    offsets = pa.py_buffer(np.arange(0, 2 * n + 1, 2, dtype=np.int32))
+    return pa.Array.from_buffers(pa.string(), n, [None, offsets, data])
+
+
 def put_rows(column: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
     """``column[index] = values`` along the rows; a row of a C-contiguous 2-d column (an
     address) written as one item, which is 7 times faster than numpy's row-wise scatter."""
@@ -225,10 +234,7 @@ class ColumnBatch:
                 buf = pa.py_buffer(np.ascontiguousarray(col).tobytes())
                 arrays.append(pa.Array.from_buffers(pa.binary(16), n, [None, buf]))
             elif dt is COUNTRY:
-                # every code is two bytes: a string array's offsets are 0, 2, 4 ... (no casts)
-                data = pa.py_buffer(np.ascontiguousarray(col, "S2").tobytes())
-                offsets = pa.py_buffer(np.arange(0, 2 * n + 1, 2, dtype=np.int32))
-                arrays.append(pa.Array.from_buffers(pa.string(), n, [None, offsets, data]))
+                arrays.append(country_strings(col))
             else:
                 arrays.append(numpy_to_arrow(col, _ARROW_TYPES[dt]))
         return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema(dict(fields)))
