@@ -1,11 +1,12 @@
-"""How the server's processes take memory: numpy's huge pages, and glibc's malloc giving freed
-memory back to the system."""
+"""How the server's processes take memory: numpy's huge pages, glibc's malloc giving freed
+memory back to the system, and arrays that grow in place."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import mmap
 import os
 
 import numpy as np
@@ -79,3 +80,57 @@ def trim_heap(min_free_bytes: int = 0) -> bool:
 
 
 _libc: ctypes.CDLL | None = None
+
+
+#: an array growing past this many bytes moves into address space reserved for it
+#: (``grown_zeroed``); smaller ones are copied, which costs little
+RESERVE_FROM_BYTES = 1 << 20
+#: address space reserved for one growing array (128 M entries of 8 bytes): never backed by
+#: memory until written, so it costs nothing but addresses (a 64-bit process has 128 TB). An
+#: array that outgrows it moves, once, into a reservation of its own size
+RESERVE_BYTES = 1 << 30
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux's value; not in Python 3.11
+
+
+class _Reservation(mmap.mmap):
+    """Address space one growing array lives in; ``used`` is the length of its latest view."""
+
+    used = 0
+
+
+def _reserve(nbytes: int) -> _Reservation | None:
+    try:
+        return _Reservation(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    except (OSError, ValueError, OverflowError):  # no room (strict overcommit, a 32-bit system)
+        return None
+
+
+def grown_zeroed(arr: np.ndarray, size: int) -> np.ndarray:
+    """``arr`` (1-D) lengthened to ``size`` (at least its length), the new part zero.
+
+    A per-entity array of the alert engine doubles as entities come: copied each time, its
+    old part was written again into new memory, each page a fault (several microseconds on
+    some VMs) while a busy server fills its windows. Past ``RESERVE_FROM_BYTES`` the array
+    lives at the start of a reserved range of addresses instead, and grows as a longer view
+    of it: no copy, and the new part is zero pages the kernel backs only when written."""
+    size = max(size, len(arr))
+    nbytes = size * arr.itemsize
+    base = arr.base.obj if isinstance(arr.base, memoryview) else None
+    if (
+        isinstance(base, _Reservation)
+        and base.used == arr.nbytes  # the latest view: nothing was written beyond it
+        and nbytes <= len(base)
+        and arr.ctypes.data == np.frombuffer(base, np.uint8, count=0).ctypes.data
+    ):
+        base.used = nbytes
+        return np.frombuffer(base, arr.dtype, count=size)
+    if arr.ndim == 1 and nbytes >= RESERVE_FROM_BYTES:
+        reservation = _reserve(max(RESERVE_BYTES, 4 * nbytes))
+        if reservation is not None:
+            out = np.frombuffer(reservation, arr.dtype, count=size)
+            out[: len(arr)] = arr
+            reservation.used = nbytes
+            return out
+    out = np.zeros(size, arr.dtype)
+    out[: len(arr)] = arr
+    return out

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sluice.alerts.definition import AlertMetric, Definition, DefinitionIn, EntityType
+from sluice import allocator
 from sluice.alerts import persist
 from sluice.alerts.engine import AlertEngine
 from sluice.alerts.entities import watched_keys
@@ -85,6 +86,22 @@ def short_window(definition_id: int, metric: AlertMetric, entity: EntityType) ->
 
 @pytest.mark.parametrize("entity, metric", COMBOS, ids=[f"{e.value}-{m.value}" for e, m in COMBOS])
 def test_engine_matches_the_reference_on_random_traffic(entity, metric):
+    engine_against_reference(entity, metric)
+
+
+IN_PLACE_COMBOS = [(EntityType.HOST, AlertMetric.BYTES_SENT), (EntityType.HOST, AlertMetric.UNIQUE_HOSTS),
+                   (EntityType.HOST_PAIR, AlertMetric.SESSIONS_INITIATED), (EntityType.PORT, AlertMetric.UNIQUE_HOSTS)]
+
+
+@pytest.mark.parametrize("entity, metric", IN_PLACE_COMBOS, ids=[f"{e.value}-{m.value}" for e, m in IN_PLACE_COMBOS])
+def test_engine_matches_the_reference_when_its_arrays_grow_in_place(entity, metric, monkeypatch):
+    """Every per-entity array grows in reserved address space (``allocator.grown_zeroed``),
+    as only large ones do in a server."""
+    monkeypatch.setattr(allocator, "RESERVE_FROM_BYTES", 0)
+    engine_against_reference(entity, metric)
+
+
+def engine_against_reference(entity: EntityType, metric: AlertMetric) -> None:
     rng = random.Random(zlib.crc32(f"{entity.value}/{metric.value}".encode()))  # the same in every process
     definitions = [
         Definition(id=1, user_id=1, title="plain", metric=metric, entity=entity, interval="1m",

@@ -1,8 +1,11 @@
-"""glibc's heap gives its free pages back when the server trims it."""
+"""glibc's heap gives its free pages back when the server trims it; large arrays grow in place."""
 
 import ctypes
 
-from sluice.allocator import heap_free_bytes, trim_heap
+import numpy as np
+
+from sluice import allocator
+from sluice.allocator import grown_zeroed, heap_free_bytes, trim_heap
 
 
 def rss_bytes() -> int:
@@ -39,3 +42,42 @@ def test_trimming_gives_the_free_heap_pages_back():
     assert before - rss_bytes() > 100 << 20
     assert heap_free_bytes() >= 100 << 20  # still free for reuse, only no longer resident
     del last
+
+
+def address(arr: np.ndarray) -> int:
+    return arr.__array_interface__["data"][0]
+
+
+def test_a_large_array_grows_in_place_without_writing_its_pages_again():
+    """Copied, a 64 MB array grown to 128 MB wrote its 64 MB again into new memory (a page
+    fault each) and held both copies."""
+    small = np.arange(10, dtype=np.int64)
+    arr = grown_zeroed(small, 8 << 20)  # 64 MB: into reserved address space
+    assert arr[:10].tolist() == list(range(10)) and not arr[10:].any()
+    arr[:] = np.arange(len(arr))  # every page written
+    before = rss_bytes()
+    longer = grown_zeroed(arr, 16 << 20)
+    assert address(longer) == address(arr) and len(longer) == 16 << 20
+    assert rss_bytes() - before < 16 << 20
+    assert (longer[: 8 << 20] == np.arange(8 << 20)).all() and not longer[8 << 20 :].any()
+    longer[-1] = 5  # the new part is memory of its own, not another array's
+    assert int(longer[-1]) == 5 and int(arr[-1]) == (8 << 20) - 1
+
+
+def test_an_older_view_is_copied_not_grown_over_what_a_newer_one_wrote():
+    arr = grown_zeroed(np.ones(4, np.int32), 1 << 19)  # 2 MB
+    newer = grown_zeroed(arr, 1 << 20)
+    newer[(1 << 19) + 1] = 7
+    again = grown_zeroed(arr, 1 << 21)  # from the older, shorter view: its tail must be zero
+    assert address(again) != address(newer)
+    assert (again[:4] == 1).all() and not again[4:].any()
+    assert int(newer[(1 << 19) + 1]) == 7
+
+
+def test_small_arrays_and_a_refused_reservation_are_copied(monkeypatch):
+    small = grown_zeroed(np.array([1, 2, 3], np.uint8), 100)
+    assert small.base is None and small.tolist() == [1, 2, 3] + [0] * 97
+    monkeypatch.setattr(allocator, "_reserve", lambda nbytes: None)  # strict overcommit, say
+    big = grown_zeroed(np.array([4, 5], np.int64), 1 << 18)
+    assert big.base is None and big[:2].tolist() == [4, 5] and not big[2:].any()
+    assert len(grown_zeroed(big, 10)) == 1 << 18  # never shorter

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..allocator import grown_zeroed
 from ..flows.session_table import home_between
 from ..prefetch import AHEAD, prefetch
 
@@ -245,10 +246,9 @@ def used_nbytes(arr: np.ndarray, used: int) -> int:
 
 def grown(arr: np.ndarray, size: int) -> np.ndarray:
     """``arr`` lengthened to ``size`` (at least its length), the new part zero: zeroed pages
-    cost memory only once something is written to them."""
-    out = np.zeros(size, arr.dtype)
-    out[: len(arr)] = arr
-    return out
+    cost memory only once something is written to them; a large array grows in place
+    (``allocator.grown_zeroed``)."""
+    return grown_zeroed(arr, size)
 
 
 @njit(cache=True, nogil=True)
