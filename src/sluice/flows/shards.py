@@ -31,6 +31,7 @@ import pickle
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -304,9 +305,16 @@ class _Worker:
         self.reader = threading.Thread(target=self._read, name=f"sluice-sessions-{self.index}-reader", daemon=True)
         self.reader.start()
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        """Queue a message for the worker (waits while OUTBOX_BATCHES are queued)."""
-        self.outbox.put(message)
+    def send(self, message: tuple[Any, ...]) -> float:
+        """Queue a message for the worker (waits while OUTBOX_BATCHES are queued); returns the
+        seconds it waited for room."""
+        try:
+            self.outbox.put_nowait(message)
+            return 0.0
+        except queue.Full:
+            started = time.perf_counter()
+            self.outbox.put(message)
+            return time.perf_counter() - started
 
     def _write(self) -> None:
         while (message := self.outbox.get()) is not None:
@@ -424,17 +432,24 @@ class ShardedSessions:
         log.info("session workers started", workers=count, pids=[w.process.pid for w in self.workers])
 
     def submit(self, flows: FlowBatch, now_ms: int) -> None:
-        """Hand each worker its share of a batch (waits while a worker's pipe is full)."""
+        """Hand each worker its share of a batch (waits while a worker's queue is full)."""
         wanted = self.stager is None or self.wanted()  # without a stager the store needs them
         order, bounds = shard_order(flows, self.count)
+        waited = 0.0
         for i, worker in enumerate(self.workers):
             part = order[bounds[i] : bounds[i + 1]]
             if len(part):  # the rows are taken straight into the worker's ring by its writer
-                worker.send(("flows", flows.columns, part, now_ms, wanted))
+                waited += worker.send(("flows", flows.columns, part, now_ms, wanted))
+        self._count_wait(waited)
 
     def expire(self, now_ms: int) -> None:
-        for worker in self.workers:
-            worker.send(("expire", now_ms))
+        self._count_wait(sum(worker.send(("expire", now_ms)) for worker in self.workers))
+
+    def _count_wait(self, seconds: float) -> None:
+        # the receive loop waiting on a worker that is behind: meanwhile only the kernel's
+        # socket buffer holds what comes, and drops once it is full
+        if seconds:
+            self.counters.inc("session_worker_wait_seconds_total", seconds)
 
     def reports(self) -> list[WorkerReport]:
         return [worker.report for worker in self.workers]
