@@ -83,7 +83,7 @@ _libc: ctypes.CDLL | None = None
 
 
 #: an array growing past this many bytes moves into address space reserved for it
-#: (``grown_zeroed``); smaller ones are copied, which costs little
+#: (``grown``); smaller ones are copied, which costs little
 RESERVE_FROM_BYTES = 1 << 20
 #: address space reserved for one growing array (128 M entries of 8 bytes): never backed by
 #: memory until written, so it costs nothing but addresses (a 64-bit process has 128 TB). An
@@ -105,8 +105,9 @@ def _reserve(nbytes: int) -> _Reservation | None:
         return None
 
 
-def grown_zeroed(arr: np.ndarray, size: int) -> np.ndarray:
-    """``arr`` (1-D) lengthened to ``size`` (at least its length), the new part zero.
+def grown(arr: np.ndarray, size: int) -> np.ndarray:
+    """``arr`` (1-D) lengthened to ``size`` (at least its length), the new part zero: zeroed
+    pages cost memory only once something is written to them.
 
     A per-entity array of the alert engine doubles as entities come: copied each time, its
     old part was written again into new memory, each page a fault (several microseconds on

@@ -95,7 +95,7 @@ IN_PLACE_COMBOS = [(EntityType.HOST, AlertMetric.BYTES_SENT), (EntityType.HOST, 
 
 @pytest.mark.parametrize("entity, metric", IN_PLACE_COMBOS, ids=[f"{e.value}-{m.value}" for e, m in IN_PLACE_COMBOS])
 def test_engine_matches_the_reference_when_its_arrays_grow_in_place(entity, metric, monkeypatch):
-    """Every per-entity array grows in reserved address space (``allocator.grown_zeroed``),
+    """Every per-entity array grows in reserved address space (``allocator.grown``),
     as only large ones do in a server."""
     monkeypatch.setattr(allocator, "RESERVE_FROM_BYTES", 0)
     engine_against_reference(entity, metric)

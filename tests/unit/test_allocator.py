@@ -5,7 +5,7 @@ import ctypes
 import numpy as np
 
 from sluice import allocator
-from sluice.allocator import grown_zeroed, heap_free_bytes, trim_heap
+from sluice.allocator import grown, heap_free_bytes, trim_heap
 
 
 def rss_bytes() -> int:
@@ -52,11 +52,11 @@ def test_a_large_array_grows_in_place_without_writing_its_pages_again():
     """Copied, a 64 MB array grown to 128 MB wrote its 64 MB again into new memory (a page
     fault each) and held both copies."""
     small = np.arange(10, dtype=np.int64)
-    arr = grown_zeroed(small, 8 << 20)  # 64 MB: into reserved address space
+    arr = grown(small, 8 << 20)  # 64 MB: into reserved address space
     assert arr[:10].tolist() == list(range(10)) and not arr[10:].any()
     arr[:] = np.arange(len(arr))  # every page written
     before = rss_bytes()
-    longer = grown_zeroed(arr, 16 << 20)
+    longer = grown(arr, 16 << 20)
     assert address(longer) == address(arr) and len(longer) == 16 << 20
     assert rss_bytes() - before < 16 << 20
     assert (longer[: 8 << 20] == np.arange(8 << 20)).all() and not longer[8 << 20 :].any()
@@ -65,19 +65,19 @@ def test_a_large_array_grows_in_place_without_writing_its_pages_again():
 
 
 def test_an_older_view_is_copied_not_grown_over_what_a_newer_one_wrote():
-    arr = grown_zeroed(np.ones(4, np.int32), 1 << 19)  # 2 MB
-    newer = grown_zeroed(arr, 1 << 20)
+    arr = grown(np.ones(4, np.int32), 1 << 19)  # 2 MB
+    newer = grown(arr, 1 << 20)
     newer[(1 << 19) + 1] = 7
-    again = grown_zeroed(arr, 1 << 21)  # from the older, shorter view: its tail must be zero
+    again = grown(arr, 1 << 21)  # from the older, shorter view: its tail must be zero
     assert address(again) != address(newer)
     assert (again[:4] == 1).all() and not again[4:].any()
     assert int(newer[(1 << 19) + 1]) == 7
 
 
 def test_small_arrays_and_a_refused_reservation_are_copied(monkeypatch):
-    small = grown_zeroed(np.array([1, 2, 3], np.uint8), 100)
+    small = grown(np.array([1, 2, 3], np.uint8), 100)
     assert small.base is None and small.tolist() == [1, 2, 3] + [0] * 97
     monkeypatch.setattr(allocator, "_reserve", lambda nbytes: None)  # strict overcommit, say
-    big = grown_zeroed(np.array([4, 5], np.int64), 1 << 18)
+    big = grown(np.array([4, 5], np.int64), 1 << 18)
     assert big.base is None and big[:2].tolist() == [4, 5] and not big[2:].any()
-    assert len(grown_zeroed(big, 10)) == 1 << 18  # never shorter
+    assert len(grown(big, 10)) == 1 << 18  # never shorter

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
+from ..allocator import grown
 from ..flows.schema import Arrivals, SessionBatch
 from ..query.evaluate import evaluate, in_range
 from ..query.filter import AddressRange, Node, parse
@@ -52,7 +53,7 @@ from .definition import (
     step_seconds,
 )
 from .entities import BatchKeys, EntityRows, watched_keys
-from .keyindex import KeyIndex, distinct, group_rows, grown, note_seen, room_for, used_nbytes
+from .keyindex import KeyIndex, distinct, group_rows, note_seen, room_for, used_nbytes
 from .partial import PartGroup, Partial, PartRows, Positions
 from .selection import select_sums
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow

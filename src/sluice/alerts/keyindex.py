@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..allocator import grown_zeroed
+from ..allocator import grown
 from ..flows.session_table import home_between
 from ..prefetch import AHEAD, prefetch
 
@@ -242,13 +242,6 @@ def used_nbytes(arr: np.ndarray, used: int) -> int:
     """The bytes of an array indexed by id (or slot) that its first ``used`` entries take:
     what it holds in memory, where the rest is room never written."""
     return min(len(arr), used) * (arr.nbytes // max(len(arr), 1))
-
-
-def grown(arr: np.ndarray, size: int) -> np.ndarray:
-    """``arr`` lengthened to ``size`` (at least its length), the new part zero: zeroed pages
-    cost memory only once something is written to them; a large array grows in place
-    (``allocator.grown_zeroed``)."""
-    return grown_zeroed(arr, size)
 
 
 @njit(cache=True, nogil=True)

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from ..allocator import grown
 from ..direct_file import DirectFile
 from .definition import EntityType
 from .engine import AlertEngine, DefinitionState
-from .keyindex import KeyIndex, grown
+from .keyindex import KeyIndex
 from .partial import Positions
 
 log = structlog.get_logger(__name__)

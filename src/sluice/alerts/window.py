@@ -22,9 +22,10 @@ import numpy as np
 import structlog
 from numba import njit
 
+from ..allocator import grown
 from ..flows.schema import SessionBatch
 from ..prefetch import AHEAD, prefetch
-from .keyindex import distinct, group_rows, grown, mix64, room_for, used_nbytes
+from .keyindex import distinct, group_rows, mix64, room_for, used_nbytes
 from .pairtable import PairTable
 
 log = structlog.get_logger(__name__)
