@@ -15,14 +15,14 @@ SCRIPT = r"""
 import json
 import numpy as np
 from numba.core.registry import CPUDispatcher
-from sluice.alerts import engine as engine_module, keyindex, selection, window
+from sluice.alerts import engine as engine_module, keyindex, pairtable, selection, window
 from sluice.alerts.definition import AlertMetric, Definition, EntityType
 from sluice.alerts.engine import AlertEngine
 from sluice.flows.schema import Arrivals, SessionBatch, addr_bytes
 
 def signatures():
     out = {}
-    for module in (engine_module, keyindex, selection, window):
+    for module in (engine_module, keyindex, pairtable, selection, window):
         for name, obj in vars(module).items():
             if isinstance(obj, CPUDispatcher):
                 out[f"{module.__name__}.{name}"] = sorted(str(s) for s in obj.signatures)

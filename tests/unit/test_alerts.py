@@ -427,6 +427,64 @@ def all_arrays(engine: AlertEngine) -> dict[str, np.ndarray]:
     return arrays
 
 
+def test_unique_hosts_saved_as_entity_peer_pairs_go_on_then_move_to_pairs_of_hosts(tmp_path, monkeypatch):
+    """Files of before 2026-12-05 hold the unique hosts of hosts as (host, peer) pairs, one per
+    direction; now both directions of a pair of hosts share a slot. A restored window takes
+    its pairs into the new form at its first evaluation, and alerts as an engine that never
+    stopped does."""
+    from sluice.alerts.pairtable import BothWaysPairTable, PairTable
+    from sluice.alerts.window import DistinctWindow
+
+    def directional(self, inv, uniq, ids, mask, own, keys_by_id, bucket):  # what the earlier version did
+        n = len(own) // 2
+        return self.fold(inv, uniq, ids, mask, np.concatenate([own[n:], own[:n]]), bucket)
+
+    d = defn(metric="unique_hosts", threshold=3, interval="5m",
+             exceptions={"addresses": ["10.0.0.1"]})  # one side of some sessions left out
+    rng = random.Random(11)
+    live: list[Sess] = []
+    next_id = [0]
+    traffic = [(T0 + 20_000 * k, random_sessions(rng, live, next_id, rng.randint(0, 12))) for k in range(40)]
+    monkeypatch.setattr(DistinctWindow, "fold_hosts", directional)
+    earlier = AlertEngine()
+    earlier.set_definitions([d])
+    for now, sessions in traffic[:10]:
+        earlier.evaluate(*batch(sessions), now)
+    persist.save(earlier, tmp_path / "alerts.bin")
+    monkeypatch.undo()
+    never_stopped = AlertEngine()
+    never_stopped.set_definitions([d])
+    for now, sessions in traffic[:10]:
+        never_stopped.evaluate(*batch(sessions), now)
+    assert isinstance(never_stopped.states[1].window.pairs, BothWaysPairTable)
+    restored = AlertEngine()
+    restored.set_definitions([d])
+    assert persist.load(restored, tmp_path / "alerts.bin")
+    assert type(restored.states[1].window.pairs) is PairTable and len(restored.states[1].window.pairs) > 0
+    held = len(restored.states[1].window.pairs)
+    alerted = 0
+    for k, (now, sessions) in enumerate(traffic[10:]):
+        got = [(e.entity, e.value, e.count) for e in restored.evaluate(*batch(sessions), now)]
+        assert got == [(e.entity, e.value, e.count) for e in never_stopped.evaluate(*batch(sessions), now)]
+        values = [np.trim_zeros(e.states[1].window.values, "b").tolist() for e in (restored, never_stopped)]
+        assert values[0] == values[1]
+        if k == 0:
+            assert isinstance(restored.states[1].window.pairs, BothWaysPairTable)
+            assert len(restored.states[1].window.pairs) >= held
+        alerted += len(got)
+    assert alerted > 0
+    # saved and restored again, in the new form
+    persist.save(restored, tmp_path / "alerts.bin")
+    again = AlertEngine()
+    again.set_definitions([d])
+    assert persist.load(again, tmp_path / "alerts.bin")
+    assert isinstance(again.states[1].window.pairs, BothWaysPairTable)
+    assert len(again.states[1].window.pairs) == len(restored.states[1].window.pairs) > 0
+    now, sessions = T0 + 20_000 * 40, random_sessions(rng, live, next_id, 30)
+    got = [(e.entity, e.value, e.count) for e in again.evaluate(*batch(sessions), now)]
+    assert got == [(e.entity, e.value, e.count) for e in never_stopped.evaluate(*batch(sessions), now)]
+
+
 def test_entity_ids_are_kept_while_a_snapshot_is_written():
     """The indexes are written after the windows: an id given back in between could be handed
     to another entity, and a restored window would count for it."""

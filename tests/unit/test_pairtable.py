@@ -4,7 +4,7 @@ expiries and entities taken out: deletions shift entries back, also across the t
 import numpy as np
 import pytest
 
-from sluice.alerts.pairtable import PairTable
+from sluice.alerts.pairtable import BothWaysPairTable, PairTable, pair_table_from_state
 
 
 def check(table: PairTable, truth: dict[int, tuple[int, int]], values: np.ndarray) -> None:
@@ -97,3 +97,83 @@ def test_steps_before_the_first_one_and_large_entity_ids_are_kept_exactly():
     keys, steps = table.take_entity(big)
     assert keys.tolist() == [2] and steps.tolist() == [1000]
     assert table.pairs()["keys"].tolist() == [1] and len(table) == 1
+
+
+# -- both directions of a pair of hosts in one slot -----------------------------------------
+
+
+def check_both(table: BothWaysPairTable, truth: dict[tuple[int, int], int], values: np.ndarray) -> None:
+    """``truth``: (pair key, entity) -> last step, one item per direction held."""
+    state = table.pairs()
+    got = {(k, e): s for k, e, s in zip(state["keys"].tolist(), state["entity"].tolist(), state["step"].tolist(),
+                                        strict=True)}
+    assert got == truth
+    assert len(table) == len(truth)
+    counts = np.bincount([e for _, e in truth], minlength=len(values))
+    assert (values == counts[: len(values)]).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_both_ways_random_adds_expiries_and_takes_match_a_dict(seed):
+    """Each pair of hosts has a fixed entity per side; a session sees either side or both."""
+    rng = np.random.default_rng(seed)
+    table = BothWaysPairTable(size=16)
+    truth: dict[tuple[int, int], int] = {}
+    values = np.zeros(40, np.int64)
+    step = 1_900_000_000
+    key_space = rng.integers(1, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    owners = {int(k): (int(i % 40), int((i * 7 + 3) % 40)) for i, k in enumerate(key_space)}
+    for _ in range(200):
+        op = rng.random()
+        if op < 0.6:
+            n = int(rng.integers(1, 30))
+            keys = rng.choice(key_space, n)
+            sides = np.array([owners[k] for k in keys.tolist()], np.int64)
+            seen = rng.integers(0, 3, n)  # 0: side 0 only, 1: side 1 only, 2: both
+            sides[seen == 1, 0] = -1
+            sides[seen == 0, 1] = -1
+            before = values.copy()
+            over = table.add_both(keys, sides, step, 5, values)
+            for k, (a, b) in zip(keys.tolist(), sides.tolist(), strict=True):
+                for e in (a, b):
+                    if e >= 0:
+                        truth[(k, e)] = step
+            grew = np.flatnonzero((values > 5) & (values > before))
+            assert set(over.tolist()) == set(grew.tolist())
+        elif op < 0.85:
+            step += int(rng.integers(0, 3))
+            oldest = step - int(rng.integers(0, 4))
+            table.expire(oldest, values)
+            truth = {ke: s for ke, s in truth.items() if s >= oldest}
+        else:
+            e = int(rng.integers(0, 40))
+            keys, steps = table.take_entity(e)
+            mine = {k: s for (k, owner), s in truth.items() if owner == e}
+            assert sorted(zip(keys.tolist(), steps.tolist(), strict=True)) == sorted(mine.items())
+            truth = {ke: s for ke, s in truth.items() if ke[1] != e}
+            values[e] -= len(mine)
+        check_both(table, truth, values)
+    restored = pair_table_from_state(table.state())
+    assert isinstance(restored, BothWaysPairTable)
+    check_both(restored, truth, values)
+    restored.expire(step + 1, values)
+    assert len(restored) == 0 and not values.any() and not restored.t_keys.any()
+
+
+def test_both_ways_directions_beyond_the_bound_are_counted_as_dropped():
+    table = BothWaysPairTable(max_pairs=101)
+    values = np.zeros(2, np.int64)
+    both = np.tile([0, 1], (60, 1))
+    table.add_both(np.arange(1, 61, dtype=np.uint64), both, 1, 10**6, values)
+    # 101 directions: the 51st pair keeps its first direction only, the rest are dropped
+    assert len(table) == 101 and table.dropped == 19 and values.tolist() == [51, 50]
+    assert table._counters[2] == 51  # slots in use
+    table.add_both(np.arange(1, 51, dtype=np.uint64), both[:50], 2, 10**6, values)  # seen again: kept
+    assert len(table) == 101 and table.dropped == 19
+    following = BothWaysPairTable.following(table)
+    assert following.dropped == 19 and following.max_pairs == 101 and len(following) == 0
+
+
+def test_a_directional_table_is_not_given_pairs_of_hosts():
+    with pytest.raises(TypeError, match="pairs of hosts"):
+        BothWaysPairTable().add(np.array([1], np.uint64), np.array([0]), 1, 10, np.zeros(1, np.int64))

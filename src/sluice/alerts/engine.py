@@ -54,6 +54,7 @@ from .definition import (
 )
 from .entities import BatchKeys, EntityRows, watched_keys
 from .keyindex import KeyIndex, distinct, group_rows, note_seen, room_for, used_nbytes
+from .pairtable import BothWaysPairTable, PairTable
 from .partial import PartGroup, Partial, PartRows, Positions
 from .selection import select_sums
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
@@ -98,6 +99,8 @@ class DefinitionState:
     ):
         self.definition = definition
         self.signature = definition.window_signature()
+        #: the unique hosts of hosts: the window keeps pairs of hosts, both directions in a slot
+        self.pairs_of_hosts = definition.entity is EntityType.HOST and definition.metric is AlertMetric.UNIQUE_HOSTS
         self.prefilter: Node | None = parse(definition.prefilter) if definition.prefilter else None
         step = step_seconds(definition.interval_s)
         self.step_ms = step * 1000
@@ -294,10 +297,12 @@ def prefilter_mask(state: DefinitionState, sessions: SessionBatch, masks: dict[s
 
 def warm_up_inputs() -> tuple[list[Definition], SessionBatch]:
     """What the warm-ups (``AlertEngine.warm_up``, ``PartialBuilder.warm_up``) run their loops
-    on: a sum and a distinct-count definition, and two sessions."""
+    on: a sum definition and both kinds of distinct count (the unique hosts of hosts keep
+    pairs of hosts, the others (entity, peer) pairs), and two sessions."""
+    metrics = (AlertMetric.BYTES_SENT, AlertMetric.UNIQUE_HOSTS, AlertMetric.UNIQUE_PORTS)
     definitions = [
         Definition(id=i, user_id=0, title="warm-up", entity=EntityType.HOST, metric=metric, interval="1m", threshold=1)
-        for i, metric in enumerate((AlertMetric.BYTES_SENT, AlertMetric.UNIQUE_HOSTS), 1)
+        for i, metric in enumerate(metrics, 1)
     ]
     return definitions, SessionBatch.build(2, session_id=np.array([1, 2], np.uint64), cln_bytes=5, cln_pkts=1)
 
@@ -395,6 +400,17 @@ class AlertEngine:
         grown_index.get_or_add(np.arange(64, dtype=np.uint64))  # a table that grows
         grown_index.remove(np.arange(4))  # and gives ids back, as the reclaim does a minute in
         KeyIndex.from_state({"ids": np.arange(2), "keys": np.arange(1, 3, dtype=np.uint64)})  # and one restored
+        # pair tables of both kinds that grow, expire and give an entity's pairs to a sketch
+        keys, values = np.arange(1, 9, dtype=np.uint64), np.zeros(2, np.int64)
+        pairs = PairTable(size=4)
+        pairs.add(keys, np.zeros(8, np.int64), 1, 2**62, values)
+        pairs.take_entity(0)
+        pairs.add(keys, np.zeros(8, np.int64), 1, 2**62, values)
+        pairs.expire(2, values)
+        both = BothWaysPairTable(size=4)
+        both.add_both(keys, np.tile(np.arange(2), (8, 1)), 1, 2**62, values)
+        both.take_entity(0)
+        both.expire(2, values)
 
     # -- definitions ----------------------------------------------------------------------
 
@@ -822,7 +838,11 @@ class AlertEngine:
         definition = state.definition
         window = state.window  # distinct metrics have a DistinctWindow, the others a SumWindow
         if isinstance(window, DistinctWindow):
-            local, values = window.fold(rows.inv, rows.uniq, rows.ids, mask, rows.peers(definition.metric), bucket)
+            if state.pairs_of_hosts:  # both directions of a pair of hosts in one slot: one probe a session
+                keys_by_id = self.indexes[EntityType.HOST].keys_by_id
+                local, values = window.fold_hosts(rows.inv, rows.uniq, rows.ids, mask, rows.keys, keys_by_id, bucket)
+            else:
+                local, values = window.fold(rows.inv, rows.uniq, rows.ids, mask, rows.peers(definition.metric), bucket)
             state.contrib.count(rows.inv, rows.uniq, mask, contributing, bucket)
         else:
             # a session row may concern an entity and add nothing; for the other metrics the

@@ -9,6 +9,11 @@ of at most one half. A dense id per pair (as
 ``KeyIndex`` gives) would cost another 30 bytes a pair in arrays indexed by it, and a memory
 access more per row. Open addressing with linear probing; entries are deleted by shifting the
 following ones back (no tombstones), also while a whole-table scan expires them.
+
+``BothWaysPairTable`` is the same set for the unique hosts of hosts, where every session
+gives two pairs, (client, server) and (server, client): both are kept in one slot of 24
+bytes (the pair of hosts' key, both sides' entity ids, both sides' last steps), so that a
+session costs one probe instead of two and a pair of hosts one slot instead of two.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from .keyindex import table_home, table_key, table_slot
 _EMPTY = np.uint64(0)
 
 # counters: slots of one int64 array that the kernels update in place
-_LIVE, _DROPPED = range(2)
+_LIVE, _DROPPED, _ENTRIES = range(3)  # _ENTRIES: slots in use (both-ways tables)
 
 # a slot's second word: the entity id in the high 32 bits, the step (relative, offset by 2**31
 # so that unsigned order is step order) in the low 32
@@ -180,11 +185,13 @@ class PairTable:
 
     #: the table is rebuilt twice as large beyond this load; linear probing stays short below it
     MAX_LOAD = 0.5
+    #: words a slot
+    WIDTH = 2
 
     def __init__(self, max_pairs: int = 16_000_000, size: int = 1024) -> None:
         self.max_pairs = max_pairs
         self.base: int | None = None
-        self._counters = np.zeros(2, np.int64)
+        self._counters = np.zeros(3, np.int64)
         self._alloc(size)
 
     def __len__(self) -> int:
@@ -266,13 +273,13 @@ class PairTable:
     @classmethod
     def _from_slots(cls, slots: np.ndarray, base: int, max_pairs: int) -> PairTable:
         size = slots.shape[0]
-        if slots.ndim != 2 or slots.shape[1] != 2 or size < 2 or size & (size - 1):
+        if slots.ndim != 2 or slots.shape[1] != cls.WIDTH or size < 2 or size & (size - 1):
             raise ValueError(f"pair table slots of shape {slots.shape}: not a table this version writes")
         table = cls(max_pairs, 2)  # its own slots replaced below
         table._use(np.ascontiguousarray(slots, np.uint64))
         table.base = None if base == NO_BASE else base
         # beyond a bound lowered since, the pairs held stay until they leave the window
-        table._counters[_LIVE] = np.count_nonzero(table.t_keys)
+        table._counters[_LIVE] = table._held()
         return table
 
     # -- internals ------------------------------------------------------------------------
@@ -286,7 +293,11 @@ class PairTable:
         return max(-(2**31), min(2**31 - 1, step - (self.base or 0)))
 
     def _alloc(self, size: int) -> None:
-        self._use(np.zeros((size, 2), np.uint64))
+        self._use(np.zeros((size, self.WIDTH), np.uint64))
+
+    def _held(self) -> int:
+        """Pairs in the table, counted from its slots."""
+        return int(np.count_nonzero(self.t_keys))
 
     def _use(self, slots: np.ndarray) -> None:
         # per slot: the key (0: empty), then the entity and step (``_meta``), read only where
@@ -300,3 +311,359 @@ class PairTable:
         old = self.t_keys, self.t_meta
         self._alloc(2 * len(old[0]))
         _refill(*old, self.t_keys, self.t_meta, self._shift)
+
+
+# -- both directions of a pair of hosts in one slot ------------------------------------------
+#
+# A slot is three words: the pair's key (``both_ways_key`` of its two hosts' keys, the lower
+# first), the two sides' entity ids + 1 (0: that direction is not held), the two sides' last
+# steps (relative, offset as ``_meta``'s). Side 0, the lower host's, is the high half of each
+# word, side 1 the low half.
+
+_SIDE_SHIFT = np.uint64(32)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _half(word: np.uint64, side: int) -> np.uint64:
+    return word >> _SIDE_SHIFT if side == 0 else word & _LOW
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _with_half(word: np.uint64, side: int, value: np.uint64) -> np.uint64:
+    return (word & _LOW) | (value << _SIDE_SHIFT) if side == 0 else (word & _HIGH) | value
+
+
+@njit(cache=True, nogil=True, inline="always")
+def both_ways_key(lo: np.uint64, hi: np.uint64) -> np.uint64:
+    """The key of a pair of hosts (``lo`` < ``hi``, or equal: a host talking to itself), as
+    ``ordered_pair_key`` makes it: the table mixes it."""
+    return (lo * np.uint64(0x9E3779B97F4A7C15)) ^ (hi * np.uint64(0xC2B2AE3D27D4EB4F))
+
+
+@njit(cache=True, nogil=True)
+def session_pairs(
+    inv: np.ndarray, ids: np.ndarray, mask: np.ndarray, own: np.ndarray, n_uniq: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of hosts of an endpoint batch (rows: the n sessions' client sides, then their
+    server sides; ``own``: each row's host key, ``ids`` its entity id): per session with a
+    masked side, (the pair's key, each side's entity id or -1 where the side is not masked,
+    side 0 the lower host's), and which of the batch's entities (positions in its distinct
+    ids, ``inv``) have a masked row. A host on both sides of a session is one pair, side 0."""
+    n = ids.shape[0] // 2
+    keys = np.empty(n, np.uint64)
+    sides = np.empty((n, 2), np.int64)
+    concerned = np.zeros(n_uniq, np.bool_)
+    m = 0
+    for i in range(n):
+        a = mask[i]
+        b = mask[i + n]
+        if not (a or b):
+            continue
+        ka = own[i]
+        kb = own[i + n]
+        ia = ids[i] if a else -1
+        ib = ids[i + n] if b else -1
+        if a:
+            concerned[inv[i]] = True
+        if b:
+            concerned[inv[i + n]] = True
+        if ka == kb:
+            keys[m] = both_ways_key(ka, kb)
+            sides[m, 0] = ia if a else ib
+            sides[m, 1] = -1
+        elif ka < kb:
+            keys[m] = both_ways_key(ka, kb)
+            sides[m, 0] = ia
+            sides[m, 1] = ib
+        else:
+            keys[m] = both_ways_key(kb, ka)
+            sides[m, 0] = ib
+            sides[m, 1] = ia
+        m += 1
+    return keys[:m], sides[:m], concerned
+
+
+@njit(cache=True, nogil=True)
+def directions_of(own: np.ndarray, peer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the pair of hosts' key, the side) of each (host, peer) direction: side 0 if the host's
+    key is the lower (or both are one host)."""
+    keys = np.empty(own.shape[0], np.uint64)
+    side = np.empty(own.shape[0], np.int64)
+    for i in range(own.shape[0]):
+        if own[i] <= peer[i]:
+            keys[i] = both_ways_key(own[i], peer[i])
+            side[i] = 0
+        else:
+            keys[i] = both_ways_key(peer[i], own[i])
+            side[i] = 1
+    return keys, side
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _note_side(
+    t_ids: np.ndarray,
+    t_steps: np.ndarray,
+    s: int | np.int64,
+    side: int,
+    e: np.int64,
+    step: int,
+    counters: np.ndarray,
+    max_pairs: int,
+    exact_limit: int,
+    values: np.ndarray,
+    over: np.ndarray,
+    n_over: int,
+) -> int:
+    """One direction of the pair in slot ``s`` seen in ``step``; returns the new length of ``over``."""
+    if _half(t_ids[s], side) == 0:
+        if counters[_LIVE] >= max_pairs:
+            counters[_DROPPED] += 1
+            return n_over
+        t_ids[s] = _with_half(t_ids[s], side, np.uint64(e + 1))
+        counters[_LIVE] += 1
+        values[e] += 1
+        if values[e] > exact_limit:
+            over[n_over] = e
+            n_over += 1
+    t_steps[s] = _with_half(t_steps[s], side, np.uint64(step + _STEP_OFFSET))
+    return n_over
+
+
+@njit(cache=True, nogil=True)
+def _add_both(
+    t_keys: np.ndarray,
+    t_ids: np.ndarray,
+    t_steps: np.ndarray,
+    shift: np.uint64,
+    counters: np.ndarray,
+    max_entries: int,
+    max_pairs: int,
+    keys: np.ndarray,
+    sides: np.ndarray,
+    step: int,
+    start: int,
+    exact_limit: int,
+    values: np.ndarray,
+    over: np.ndarray,
+    n_over: int,
+) -> tuple[int, int]:
+    """``_add`` for pairs of hosts: ``sides[i]`` the entity ids of the directions of pair
+    ``keys[i]`` seen (-1: not seen). Stops at the first row that needs a larger table."""
+    n = keys.shape[0]
+    for i in range(start, n):
+        if i + AHEAD < n:
+            prefetch(t_keys, table_home(table_key(keys[i + AHEAD]), shift))
+        key = table_key(keys[i])
+        s = table_slot(t_keys, key, shift)
+        if t_keys[s] == _EMPTY:
+            if counters[_LIVE] >= max_pairs:
+                counters[_DROPPED] += (sides[i, 0] >= 0) + (sides[i, 1] >= 0)
+                continue
+            if counters[_ENTRIES] >= max_entries:
+                return i, n_over
+            t_keys[s] = key
+            t_ids[s] = _EMPTY
+            t_steps[s] = _EMPTY
+            counters[_ENTRIES] += 1
+        for side in range(2):
+            if sides[i, side] >= 0:
+                n_over = _note_side(
+                    t_ids, t_steps, s, side, sides[i, side], step, counters, max_pairs, exact_limit, values, over,
+                    n_over,
+                )  # fmt: skip
+        if t_ids[s] == _EMPTY:  # its only direction was beyond the bound just now
+            _delete_both(t_keys, t_ids, t_steps, shift, s)
+            counters[_ENTRIES] -= 1
+    return n, n_over
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _delete_both(
+    t_keys: np.ndarray, t_ids: np.ndarray, t_steps: np.ndarray, shift: np.uint64, hole: int | np.int64
+) -> None:
+    """``_delete`` for slots of three words."""
+    mask = t_keys.shape[0] - 1
+    j = hole
+    while True:
+        j = (j + 1) & mask
+        k = t_keys[j]
+        if k == _EMPTY:
+            break
+        if home_between(hole, j, table_home(k, shift)):
+            continue
+        t_keys[hole] = k
+        t_ids[hole] = t_ids[j]
+        t_steps[hole] = t_steps[j]
+        hole = j
+    t_keys[hole] = _EMPTY
+
+
+@njit(cache=True, nogil=True)
+def _expire_both(
+    t_keys: np.ndarray,
+    t_ids: np.ndarray,
+    t_steps: np.ndarray,
+    shift: np.uint64,
+    counters: np.ndarray,
+    oldest: int,
+    values: np.ndarray,
+) -> None:
+    """``_expire`` for pairs of hosts: each direction last seen before ``oldest`` is uncounted
+    from its entity; a slot with neither left is deleted."""
+    s = 0
+    while s < t_keys.shape[0]:
+        if t_keys[s] != _EMPTY:
+            ids = t_ids[s]
+            for side in range(2):
+                e = np.int64(_half(ids, side)) - 1
+                if e >= 0 and np.int64(_half(t_steps[s], side)) - _STEP_OFFSET < oldest:
+                    values[e] -= 1
+                    ids = _with_half(ids, side, _EMPTY)
+                    counters[_LIVE] -= 1
+            t_ids[s] = ids
+            if ids == _EMPTY:
+                _delete_both(t_keys, t_ids, t_steps, shift, s)
+                counters[_ENTRIES] -= 1
+                continue  # the slot may hold an entry shifted back into it
+        s += 1
+
+
+@njit(cache=True, nogil=True)
+def _take_entity_both(
+    t_keys: np.ndarray, t_ids: np.ndarray, t_steps: np.ndarray, shift: np.uint64, counters: np.ndarray, e: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove entity ``e``'s direction of every pair; returns their keys and steps."""
+    keys = np.empty(counters[_LIVE], np.uint64)
+    steps = np.empty(counters[_LIVE], np.int64)
+    mine = np.uint64(e + 1)
+    k = 0
+    s = 0
+    while s < t_keys.shape[0]:
+        if t_keys[s] != _EMPTY:
+            ids = t_ids[s]
+            for side in range(2):
+                if _half(ids, side) == mine:
+                    keys[k] = t_keys[s]
+                    steps[k] = np.int64(_half(t_steps[s], side)) - _STEP_OFFSET
+                    k += 1
+                    ids = _with_half(ids, side, _EMPTY)
+                    counters[_LIVE] -= 1
+            t_ids[s] = ids
+            if ids == _EMPTY:
+                _delete_both(t_keys, t_ids, t_steps, shift, s)
+                counters[_ENTRIES] -= 1
+                continue
+        s += 1
+    return keys[:k], steps[:k]
+
+
+@njit(cache=True, nogil=True)
+def _refill_both(old: np.ndarray, t_keys: np.ndarray, t_ids: np.ndarray, t_steps: np.ndarray, shift: np.uint64) -> None:
+    """``_refill`` for slots of three words."""
+    for s in range(old.shape[0]):
+        key = old[s, 0]
+        if key != _EMPTY:
+            slot = table_slot(t_keys, key, shift)
+            t_keys[slot] = key
+            t_ids[slot] = old[s, 1]
+            t_steps[slot] = old[s, 2]
+
+
+class BothWaysPairTable(PairTable):
+    """The (host, peer) pairs of the unique hosts of hosts: both directions of a pair of hosts
+    in one slot (see the module's docstring). ``len`` and ``max_pairs`` count directions, as
+    ``PairTable`` counts its pairs; entries are pairs of hosts."""
+
+    WIDTH = 3
+
+    @classmethod
+    def following(cls, table: PairTable) -> BothWaysPairTable:
+        """An empty table in place of ``table``: its bound, and its count of pairs dropped (a
+        running total, which a metric reports)."""
+        out = cls(table.max_pairs)
+        out._counters[_DROPPED] = table.dropped
+        return out
+
+    @classmethod
+    def from_directions(
+        cls, keys: np.ndarray, entity: np.ndarray, side: np.ndarray, steps: np.ndarray, replaced: PairTable
+    ) -> BothWaysPairTable:
+        """The table holding these directions (``directions_of``' keys and sides; absolute
+        steps), in place of ``replaced``."""
+        out = cls.following(replaced)
+        scratch = np.zeros(int(entity.max()) + 1 if len(entity) else 1, np.int64)  # the window counts them already
+        for step in np.unique(steps).tolist():  # ``add_both`` marks all its pairs with one step
+            sel = np.flatnonzero(steps == step)
+            sides = np.full((len(sel), 2), -1, np.int64)
+            sides[np.arange(len(sel)), side[sel]] = entity[sel]
+            out.add_both(keys[sel], sides, int(step), 2**62, scratch)
+        return out
+
+    def add_both(
+        self, keys: np.ndarray, sides: np.ndarray, step: int, exact_limit: int, values: np.ndarray
+    ) -> np.ndarray:
+        """``session_pairs``' pairs seen in ``step``; each direction new to the table counts
+        for its entity in ``values``. Returns the distinct entities whose count went beyond
+        ``exact_limit``."""
+        rel = self._relative(step)
+        over = np.empty(2 * len(keys), np.int64)
+        at, n_over = 0, 0
+        while True:
+            at, n_over = _add_both(
+                self.t_keys, self.t_ids, self.t_steps, self._shift, self._counters,
+                int(self.MAX_LOAD * len(self.t_keys)), self.max_pairs,
+                keys, sides, rel, at, exact_limit, values, over, n_over,
+            )  # fmt: skip
+            if at == len(keys):
+                return np.unique(over[:n_over])
+            self._double()
+
+    def add(self, keys: np.ndarray, entity: np.ndarray, step: int, exact_limit: int, values: np.ndarray) -> np.ndarray:
+        raise TypeError("a both-ways pair table is given pairs of hosts (add_both), not (entity, peer) pairs")
+
+    def expire(self, oldest: int, values: np.ndarray) -> None:
+        if self.base is None or not len(self):
+            return
+        _expire_both(self.t_keys, self.t_ids, self.t_steps, self._shift, self._counters, self._clamped(oldest), values)
+
+    def take_entity(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        keys, steps = _take_entity_both(self.t_keys, self.t_ids, self.t_steps, self._shift, self._counters, e)
+        return keys, steps + (self.base or 0)
+
+    def pairs(self) -> dict[str, np.ndarray]:
+        """Every direction held: the pair's key, the entity id, the absolute step (a copy)."""
+        used = np.flatnonzero(self.t_keys)
+        keys, entity, step = [], [], []
+        for side in (0, 1):
+            ids = self.t_ids[used] >> _SIDE_SHIFT if side == 0 else self.t_ids[used] & _LOW
+            steps = self.t_steps[used] >> _SIDE_SHIFT if side == 0 else self.t_steps[used] & _LOW
+            held = ids != 0
+            keys.append(self.t_keys[used][held])
+            entity.append((ids[held] - np.uint64(1)).astype(np.int32))
+            step.append(steps[held].astype(np.int64) - _STEP_OFFSET + (self.base or 0))
+        return {"keys": np.concatenate(keys), "entity": np.concatenate(entity), "step": np.concatenate(step)}
+
+    def _held(self) -> int:
+        ids = self.t_ids[self.t_keys != _EMPTY]  # an emptied slot keeps its old words
+        return int(np.count_nonzero(ids >> _SIDE_SHIFT) + np.count_nonzero(ids & _LOW))
+
+    def _use(self, slots: np.ndarray) -> None:
+        self._slots = slots
+        self.t_keys = slots[:, 0]
+        self.t_ids = slots[:, 1]
+        self.t_steps = slots[:, 2]
+        self._shift = np.uint64(64 - (len(slots).bit_length() - 1))
+        self._counters[_ENTRIES] = np.count_nonzero(self.t_keys) if len(slots) else 0
+
+    def _double(self) -> None:
+        old = self._slots
+        self._alloc(2 * len(old))
+        _refill_both(old, self.t_keys, self.t_ids, self.t_steps, self._shift)
+        self._counters[_ENTRIES] = np.count_nonzero(self.t_keys)
+
+
+def pair_table_from_state(state: dict[str, np.ndarray], max_pairs: int = 16_000_000) -> PairTable:
+    """The table a snapshot's ``state()`` holds, of either kind (told by its slots' width)."""
+    if "slots" in state and state["slots"].ndim == 2 and state["slots"].shape[1] == BothWaysPairTable.WIDTH:
+        return BothWaysPairTable.from_state(state, max_pairs)
+    return PairTable.from_state(state, max_pairs)

@@ -26,7 +26,7 @@ from ..allocator import grown
 from ..flows.schema import SessionBatch
 from ..prefetch import AHEAD, prefetch
 from .keyindex import distinct, group_rows, mix64, room_for, used_nbytes
-from .pairtable import PairTable
+from .pairtable import BothWaysPairTable, PairTable, directions_of, pair_table_from_state, session_pairs
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 #: adds; distinct pairs collide only by chance (the table mixes keys before using them). The
 #: + 1 keeps peer 0 of entity 0 off key 0, which the table stores as key 1 (peer 0 of entity 1)
 _PAIR_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_PAIR_INVERSE = np.uint64(pow(0x9E3779B97F4A7C15, -1, 2**64))  # peer = (key - id - 1) x this
 #: saved with the pairs: snapshots of pairs keyed otherwise are not restored
 PAIR_KEY_VERSION = 2
 HLL_P = 8
@@ -632,6 +633,53 @@ class DistinctWindow(_Window):
         local = np.flatnonzero(concerned)
         return local, self.value(uniq[local])
 
+    def fold_hosts(
+        self,
+        inv: np.ndarray,
+        uniq: np.ndarray,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        own: np.ndarray,
+        keys_by_id: np.ndarray,
+        bucket: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``fold`` for the unique hosts of hosts: the rows are the sessions' client sides, then
+        their server sides (``own``: each row's host key; ``keys_by_id``: each host id's), and
+        the two directions of a pair of hosts go to one slot (``BothWaysPairTable``)."""
+        pairs = self.pairs if isinstance(self.pairs, BothWaysPairTable) else self._take_pairs_of_hosts(keys_by_id)
+        keys, sides, concerned = session_pairs(inv, ids, mask, own, len(uniq))
+        if len(keys):
+            self.values = _grow(self.values, int(sides.max()) + 1)
+            if self.sketch_slot:
+                sketched = np.fromiter(self.sketch_slot, np.int64, len(self.sketch_slot))
+                for side in (0, 1):
+                    held = np.isin(sides[:, side], sketched)
+                    if held.any():
+                        self._sketch_add(sides[held, side], keys[held], bucket)
+                        sides[held, side] = -1
+            over = pairs.add_both(keys, sides, bucket, self.exact_limit, self.values)
+            for e in over.tolist():  # once per entity that outgrows exact counting
+                self._to_sketch(int(e))
+        local = np.flatnonzero(concerned)
+        return local, self.value(uniq[local])
+
+    def _take_pairs_of_hosts(self, keys_by_id: np.ndarray) -> BothWaysPairTable:
+        """The table for pairs of hosts, in place of the (entity, peer) pairs' table: empty, or
+        from a file of before 2026-12-05, which held the unique hosts of hosts as (host, peer)
+        pairs, one per direction; those become the same directions of pairs of hosts. A
+        sketched host's registers keep the hashes of its earlier keys: a peer seen before and
+        after may count twice in its estimate until it leaves the window."""
+        if not len(self.pairs):
+            table = BothWaysPairTable.following(self.pairs)
+        else:
+            old = self.pairs.pairs()
+            entity = old["entity"].astype(np.int64)
+            peer = (old["keys"] - (entity + 1).astype(np.uint64)) * _PAIR_INVERSE
+            keys, side = directions_of(keys_by_id[entity], peer)
+            table = BothWaysPairTable.from_directions(keys, entity, side, old["step"], self.pairs)
+        self.pairs = table
+        return table
+
     def _add_pairs(self, entity: np.ndarray, keys: np.ndarray, bucket: int) -> None:
         if not len(entity):
             return
@@ -732,7 +780,7 @@ class DistinctWindow(_Window):
             pairs = {"slots": state["pair_slots"], "base": state["pair_base"]}
         else:  # a file of before 2026-12-04: the pairs one by one
             pairs = {"keys": state["pair_keys"], "entity": state["pair_entity"], "step": state["pair_bucket"]}
-        self.pairs = PairTable.from_state(pairs, self.pairs.max_pairs)
+        self.pairs = pair_table_from_state(pairs, self.pairs.max_pairs)
         self.sketch_slot = dict(zip(state["sketch_entities"].tolist(), state["sketch_slots"].tolist(), strict=True))
         if state["regs"].shape[0] == self.n_buckets:
             self._regs = state["regs"].copy()
