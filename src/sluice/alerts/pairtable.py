@@ -55,8 +55,10 @@ def _step_of(meta: np.uint64) -> np.int64:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _delete(t_keys: np.ndarray, t_meta: np.ndarray, shift: np.uint64, hole: int | np.int64) -> None:
-    """Empty slot ``hole``, shifting back the entries after it that probed past it."""
+def _delete(slots: np.ndarray, shift: np.uint64, hole: int | np.int64) -> None:
+    """Empty slot ``hole`` (a row of ``slots``, its key first), shifting back the entries after
+    it that probed past it."""
+    t_keys = slots[:, 0]
     mask = t_keys.shape[0] - 1
     j = hole
     while True:
@@ -66,8 +68,8 @@ def _delete(t_keys: np.ndarray, t_meta: np.ndarray, shift: np.uint64, hole: int 
             break
         if home_between(hole, j, table_home(k, shift)):  # it cannot move before its home
             continue
-        t_keys[hole] = k
-        t_meta[hole] = t_meta[j]
+        for w in range(slots.shape[1]):
+            slots[hole, w] = slots[j, w]
         hole = j
     t_keys[hole] = _EMPTY
 
@@ -122,8 +124,7 @@ def _add(
 
 @njit(cache=True, nogil=True)
 def _expire(
-    t_keys: np.ndarray,
-    t_meta: np.ndarray,
+    slots: np.ndarray,
     shift: np.uint64,
     counters: np.ndarray,
     oldest: int,
@@ -132,21 +133,21 @@ def _expire(
     """Remove the pairs last seen before step ``oldest``, uncounting each from its entity. One
     pass over the table: a slot that a deletion refilled is looked at again; entries shifted
     from the table's start to its end were already looked at, and kept."""
+    t_keys, t_meta = slots[:, 0], slots[:, 1]
     s = 0
     while s < t_keys.shape[0]:
         if t_keys[s] != _EMPTY and _step_of(t_meta[s]) < oldest:
             values[_entity_of(t_meta[s])] -= 1
-            _delete(t_keys, t_meta, shift, s)
+            _delete(slots, shift, s)
             counters[_LIVE] -= 1
         else:
             s += 1
 
 
 @njit(cache=True, nogil=True)
-def _take_entity(
-    t_keys: np.ndarray, t_meta: np.ndarray, shift: np.uint64, counters: np.ndarray, e: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _take_entity(slots: np.ndarray, shift: np.uint64, counters: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
     """Remove every pair of entity ``e``; returns their keys and steps."""
+    t_keys, t_meta = slots[:, 0], slots[:, 1]
     keys = np.empty(counters[_LIVE], np.uint64)
     steps = np.empty(counters[_LIVE], np.int64)
     k = 0
@@ -156,7 +157,7 @@ def _take_entity(
             keys[k] = t_keys[s]
             steps[k] = _step_of(t_meta[s])
             k += 1
-            _delete(t_keys, t_meta, shift, s)
+            _delete(slots, shift, s)
             counters[_LIVE] -= 1
         else:
             s += 1
@@ -187,6 +188,9 @@ class PairTable:
     MAX_LOAD = 0.5
     #: words a slot
     WIDTH = 2
+    #: the kernels that scan the table (a subclass's slots differ)
+    _expire_kernel = staticmethod(_expire)
+    _take_kernel = staticmethod(_take_entity)
 
     def __init__(self, max_pairs: int = 16_000_000, size: int = 1024) -> None:
         self.max_pairs = max_pairs
@@ -225,11 +229,11 @@ class PairTable:
         """Forget the pairs last seen before step ``oldest``; each uncounts from ``values``."""
         if self.base is None or not len(self):
             return
-        _expire(self.t_keys, self.t_meta, self._shift, self._counters, self._clamped(oldest), values)
+        self._expire_kernel(self._slots, self._shift, self._counters, self._clamped(oldest), values)
 
     def take_entity(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         """Remove the pairs of entity ``e``: (their keys, the step each was last seen in)."""
-        keys, steps = _take_entity(self.t_keys, self.t_meta, self._shift, self._counters, e)
+        keys, steps = self._take_kernel(self._slots, self._shift, self._counters, e)
         return keys, steps + (self.base or 0)
 
     def pairs(self) -> dict[str, np.ndarray]:
@@ -431,9 +435,7 @@ def _note_side(
 
 @njit(cache=True, nogil=True)
 def _add_both(
-    t_keys: np.ndarray,
-    t_ids: np.ndarray,
-    t_steps: np.ndarray,
+    slots: np.ndarray,
     shift: np.uint64,
     counters: np.ndarray,
     max_entries: int,
@@ -449,6 +451,7 @@ def _add_both(
 ) -> tuple[int, int]:
     """``_add`` for pairs of hosts: ``sides[i]`` the entity ids of the directions of pair
     ``keys[i]`` seen (-1: not seen). Stops at the first row that needs a larger table."""
+    t_keys, t_ids, t_steps = slots[:, 0], slots[:, 1], slots[:, 2]
     n = keys.shape[0]
     for i in range(start, n):
         if i + AHEAD < n:
@@ -472,37 +475,14 @@ def _add_both(
                     n_over,
                 )  # fmt: skip
         if t_ids[s] == _EMPTY:  # its only direction was beyond the bound just now
-            _delete_both(t_keys, t_ids, t_steps, shift, s)
+            _delete(slots, shift, s)
             counters[_ENTRIES] -= 1
     return n, n_over
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _delete_both(
-    t_keys: np.ndarray, t_ids: np.ndarray, t_steps: np.ndarray, shift: np.uint64, hole: int | np.int64
-) -> None:
-    """``_delete`` for slots of three words."""
-    mask = t_keys.shape[0] - 1
-    j = hole
-    while True:
-        j = (j + 1) & mask
-        k = t_keys[j]
-        if k == _EMPTY:
-            break
-        if home_between(hole, j, table_home(k, shift)):
-            continue
-        t_keys[hole] = k
-        t_ids[hole] = t_ids[j]
-        t_steps[hole] = t_steps[j]
-        hole = j
-    t_keys[hole] = _EMPTY
-
-
 @njit(cache=True, nogil=True)
 def _expire_both(
-    t_keys: np.ndarray,
-    t_ids: np.ndarray,
-    t_steps: np.ndarray,
+    slots: np.ndarray,
     shift: np.uint64,
     counters: np.ndarray,
     oldest: int,
@@ -510,6 +490,7 @@ def _expire_both(
 ) -> None:
     """``_expire`` for pairs of hosts: each direction last seen before ``oldest`` is uncounted
     from its entity; a slot with neither left is deleted."""
+    t_keys, t_ids, t_steps = slots[:, 0], slots[:, 1], slots[:, 2]
     s = 0
     while s < t_keys.shape[0]:
         if t_keys[s] != _EMPTY:
@@ -522,7 +503,7 @@ def _expire_both(
                     counters[_LIVE] -= 1
             t_ids[s] = ids
             if ids == _EMPTY:
-                _delete_both(t_keys, t_ids, t_steps, shift, s)
+                _delete(slots, shift, s)
                 counters[_ENTRIES] -= 1
                 continue  # the slot may hold an entry shifted back into it
         s += 1
@@ -530,9 +511,10 @@ def _expire_both(
 
 @njit(cache=True, nogil=True)
 def _take_entity_both(
-    t_keys: np.ndarray, t_ids: np.ndarray, t_steps: np.ndarray, shift: np.uint64, counters: np.ndarray, e: int
+    slots: np.ndarray, shift: np.uint64, counters: np.ndarray, e: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove entity ``e``'s direction of every pair; returns their keys and steps."""
+    t_keys, t_ids, t_steps = slots[:, 0], slots[:, 1], slots[:, 2]
     keys = np.empty(counters[_LIVE], np.uint64)
     steps = np.empty(counters[_LIVE], np.int64)
     mine = np.uint64(e + 1)
@@ -550,7 +532,7 @@ def _take_entity_both(
                     counters[_LIVE] -= 1
             t_ids[s] = ids
             if ids == _EMPTY:
-                _delete_both(t_keys, t_ids, t_steps, shift, s)
+                _delete(slots, shift, s)
                 counters[_ENTRIES] -= 1
                 continue
         s += 1
@@ -575,6 +557,8 @@ class BothWaysPairTable(PairTable):
     ``PairTable`` counts its pairs; entries are pairs of hosts."""
 
     WIDTH = 3
+    _expire_kernel = staticmethod(_expire_both)
+    _take_kernel = staticmethod(_take_entity_both)
 
     @classmethod
     def following(cls, table: PairTable) -> BothWaysPairTable:
@@ -610,7 +594,7 @@ class BothWaysPairTable(PairTable):
         at, n_over = 0, 0
         while True:
             at, n_over = _add_both(
-                self.t_keys, self.t_ids, self.t_steps, self._shift, self._counters,
+                self._slots, self._shift, self._counters,
                 int(self.MAX_LOAD * len(self.t_keys)), self.max_pairs,
                 keys, sides, rel, at, exact_limit, values, over, n_over,
             )  # fmt: skip
@@ -620,15 +604,6 @@ class BothWaysPairTable(PairTable):
 
     def add(self, keys: np.ndarray, entity: np.ndarray, step: int, exact_limit: int, values: np.ndarray) -> np.ndarray:
         raise TypeError("a both-ways pair table is given pairs of hosts (add_both), not (entity, peer) pairs")
-
-    def expire(self, oldest: int, values: np.ndarray) -> None:
-        if self.base is None or not len(self):
-            return
-        _expire_both(self.t_keys, self.t_ids, self.t_steps, self._shift, self._counters, self._clamped(oldest), values)
-
-    def take_entity(self, e: int) -> tuple[np.ndarray, np.ndarray]:
-        keys, steps = _take_entity_both(self.t_keys, self.t_ids, self.t_steps, self._shift, self._counters, e)
-        return keys, steps + (self.base or 0)
 
     def pairs(self) -> dict[str, np.ndarray]:
         """Every direction held: the pair's key, the entity id, the absolute step (a copy)."""
