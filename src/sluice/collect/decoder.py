@@ -209,7 +209,7 @@ class Decoder:
         self.counters.set("pending_sets", len(self.pending))
         self.counters.set("templates_active", len(self.templates))
 
-        converted = [to_flows(g, self._state_for, self.config) for g in groups if g.kind == "flow"]
+        converted = [to_flows(g, self._state_for) for g in groups if g.kind == "flow"]
         samples = None
         if sflow_in:
             samples = sflow.decode(sflow_in, self.counters, [int(datagrams[i].received * 1000) for _, _, i in sflow_in])

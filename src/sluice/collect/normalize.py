@@ -19,15 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..flows.schema import IPFIX, NETFLOW5, NETFLOW9, FlowBatch
 from .templates import RawRecords
-
-if TYPE_CHECKING:
-    from .decoder import DecoderConfig
 
 _PROTO = {5: NETFLOW5, 9: NETFLOW9, 10: IPFIX}
 _BYTES_KEYS = ("bytes", "bytes_total", "initiator_bytes", "out_bytes")
@@ -110,7 +106,7 @@ def _system_init(group: RawRecords, state: StateLookup) -> np.ndarray:
     return init[which][group.meta["piece"]]
 
 
-def _sampling(group: RawRecords, state: StateLookup, config: DecoderConfig) -> np.ndarray:
+def _sampling(group: RawRecords, state: StateLookup) -> np.ndarray:
     c, meta = group.columns, group.meta
     n = len(group)
     rate = np.zeros(n, np.int64)
@@ -150,13 +146,13 @@ def _icmp_in_port(c: dict[str, np.ndarray], n: int) -> np.ndarray:
     return np.where(icmp, code, port).astype(np.uint64)
 
 
-def to_flows(group: RawRecords, state: StateLookup, config: DecoderConfig) -> tuple[FlowBatch, np.ndarray]:
+def to_flows(group: RawRecords, state: StateLookup) -> tuple[FlowBatch, np.ndarray]:
     """Canonical flows of one group of flow records (v5, or one v9/IPFIX template), and the
     index of the datagram each flow came from."""
     c = group.columns
     n = len(group)
     start, end = _times(group, state)
-    rate = _sampling(group, state, config)
+    rate = _sampling(group, state)
     src = c.get("src_addr", np.zeros((n, 16), np.uint8))
     dst = c.get("dst_addr", np.zeros((n, 16), np.uint8))
     common = dict(
