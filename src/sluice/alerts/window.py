@@ -9,7 +9,8 @@ when the bucket leaves the window.
   spread evenly over the steps it came from (see ``SumWindow.advance``).
 - ``DistinctWindow``: unique hosts / ports - exact while an entity has at most
   ``exact_limit`` distinct peers in its window: every (entity, peer) pair is kept with the
-  last bucket it was seen in (``PairTable``: 16 bytes a slot). An entity beyond that moves
+  last bucket it was seen in (``PairTable``: 16 bytes a slot; for the unique hosts of hosts,
+  ``BothWaysPairTable``: both directions of a pair of hosts in 24). An entity beyond that moves
   to a HyperLogLog sketch per bucket (256 registers: about 6.5 % standard error), which can
   be merged across buckets and across collector nodes by taking register maxima. A pair
   costs the same whatever the number of steps: expiry scans the pairs' last steps instead
