@@ -21,6 +21,8 @@ from ..prefetch import AHEAD, prefetch
 _EMPTY = np.uint64(0)
 _ONE = np.uint64(1)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: the multipliers of a pair's key (``ordered_pair_key``; the pair tables' pairs of hosts)
+PAIR_KEY_A, PAIR_KEY_B = _GOLDEN, np.uint64(0xC2B2AE3D27D4EB4F)
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
@@ -49,7 +51,7 @@ def distinct(x: np.ndarray) -> np.ndarray:
 
 def ordered_pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A cheap key for an ordered pair of 64-bit keys (three passes; the table mixes it)."""
-    return (a * _GOLDEN) ^ (b * np.uint64(0xC2B2AE3D27D4EB4F))
+    return (a * PAIR_KEY_A) ^ (b * PAIR_KEY_B)
 
 
 @njit(cache=True, nogil=True)

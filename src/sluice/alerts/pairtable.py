@@ -23,7 +23,7 @@ from numba import njit
 
 from ..flows.session_table import home_between
 from ..prefetch import AHEAD, prefetch
-from .keyindex import table_home, table_key, table_slot
+from .keyindex import PAIR_KEY_A, PAIR_KEY_B, table_home, table_key, table_slot
 
 _EMPTY = np.uint64(0)
 
@@ -165,17 +165,17 @@ def _take_entity(slots: np.ndarray, shift: np.uint64, counters: np.ndarray, e: i
 
 
 @njit(cache=True, nogil=True)
-def _refill(
-    old_keys: np.ndarray, old_meta: np.ndarray, t_keys: np.ndarray, t_meta: np.ndarray, shift: np.uint64
-) -> None:
-    """Move every entry into an empty (larger) table; old slots in order, so that the new
-    table is written front to back (homes are the top bits of the hash)."""
-    for s in range(old_keys.shape[0]):
-        key = old_keys[s]
+def _refill(old: np.ndarray, slots: np.ndarray, shift: np.uint64) -> None:
+    """Move every entry (a row of ``old``, its key first) into an empty (larger) table; old
+    slots in order, so that the new table is written front to back (homes are the top bits
+    of the hash)."""
+    t_keys = slots[:, 0]
+    for s in range(old.shape[0]):
+        key = old[s, 0]
         if key != _EMPTY:
             slot = table_slot(t_keys, key, shift)
-            t_keys[slot] = key
-            t_meta[slot] = old_meta[s]
+            for w in range(old.shape[1]):
+                slots[slot, w] = old[s, w]
 
 
 class PairTable:
@@ -284,6 +284,7 @@ class PairTable:
         table.base = None if base == NO_BASE else base
         # beyond a bound lowered since, the pairs held stay until they leave the window
         table._counters[_LIVE] = table._held()
+        table._counters[_ENTRIES] = np.count_nonzero(table.t_keys)
         return table
 
     # -- internals ------------------------------------------------------------------------
@@ -312,14 +313,14 @@ class PairTable:
         self._shift = np.uint64(64 - (len(slots).bit_length() - 1))
 
     def _double(self) -> None:
-        old = self.t_keys, self.t_meta
-        self._alloc(2 * len(old[0]))
-        _refill(*old, self.t_keys, self.t_meta, self._shift)
+        old = self._slots
+        self._alloc(2 * len(old))
+        _refill(old, self._slots, self._shift)
 
 
 # -- both directions of a pair of hosts in one slot ------------------------------------------
 #
-# A slot is three words: the pair's key (``both_ways_key`` of its two hosts' keys, the lower
+# A slot is three words: the pair's key (``_direction``'s, of its two hosts' keys, the lower
 # first), the two sides' entity ids + 1 (0: that direction is not held), the two sides' last
 # steps (relative, offset as ``_meta``'s). Side 0, the lower host's, is the high half of each
 # word, side 1 the low half.
@@ -338,10 +339,13 @@ def _with_half(word: np.uint64, side: int, value: np.uint64) -> np.uint64:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def both_ways_key(lo: np.uint64, hi: np.uint64) -> np.uint64:
-    """The key of a pair of hosts (``lo`` < ``hi``, or equal: a host talking to itself), as
-    ``ordered_pair_key`` makes it: the table mixes it."""
-    return (lo * np.uint64(0x9E3779B97F4A7C15)) ^ (hi * np.uint64(0xC2B2AE3D27D4EB4F))
+def _direction(own: np.uint64, peer: np.uint64) -> tuple[np.uint64, np.int64]:
+    """(the key of the pair of hosts, as ``ordered_pair_key`` makes it of the lower host's key
+    and the higher's: the table mixes it; the direction's side: 0 if ``own`` is the lower, or
+    both are one host)."""
+    if own <= peer:
+        return (own * PAIR_KEY_A) ^ (peer * PAIR_KEY_B), np.int64(0)
+    return (peer * PAIR_KEY_A) ^ (own * PAIR_KEY_B), np.int64(1)
 
 
 @njit(cache=True, nogil=True)
@@ -371,35 +375,25 @@ def session_pairs(
             concerned[inv[i]] = True
         if b:
             concerned[inv[i + n]] = True
+        key, side = _direction(ka, kb)
+        keys[m] = key
         if ka == kb:
-            keys[m] = both_ways_key(ka, kb)
             sides[m, 0] = ia if a else ib
             sides[m, 1] = -1
-        elif ka < kb:
-            keys[m] = both_ways_key(ka, kb)
-            sides[m, 0] = ia
-            sides[m, 1] = ib
         else:
-            keys[m] = both_ways_key(kb, ka)
-            sides[m, 0] = ib
-            sides[m, 1] = ia
+            sides[m, side] = ia
+            sides[m, 1 - side] = ib
         m += 1
     return keys[:m], sides[:m], concerned
 
 
 @njit(cache=True, nogil=True)
 def directions_of(own: np.ndarray, peer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the pair of hosts' key, the side) of each (host, peer) direction: side 0 if the host's
-    key is the lower (or both are one host)."""
+    """(the pair of hosts' key, the side) of each (host, peer) direction (``_direction``)."""
     keys = np.empty(own.shape[0], np.uint64)
     side = np.empty(own.shape[0], np.int64)
     for i in range(own.shape[0]):
-        if own[i] <= peer[i]:
-            keys[i] = both_ways_key(own[i], peer[i])
-            side[i] = 0
-        else:
-            keys[i] = both_ways_key(peer[i], own[i])
-            side[i] = 1
+        keys[i], side[i] = _direction(own[i], peer[i])
     return keys, side
 
 
@@ -539,18 +533,6 @@ def _take_entity_both(
     return keys[:k], steps[:k]
 
 
-@njit(cache=True, nogil=True)
-def _refill_both(old: np.ndarray, t_keys: np.ndarray, t_ids: np.ndarray, t_steps: np.ndarray, shift: np.uint64) -> None:
-    """``_refill`` for slots of three words."""
-    for s in range(old.shape[0]):
-        key = old[s, 0]
-        if key != _EMPTY:
-            slot = table_slot(t_keys, key, shift)
-            t_keys[slot] = key
-            t_ids[slot] = old[s, 1]
-            t_steps[slot] = old[s, 2]
-
-
 class BothWaysPairTable(PairTable):
     """The (host, peer) pairs of the unique hosts of hosts: both directions of a pair of hosts
     in one slot (see the module's docstring). ``len`` and ``max_pairs`` count directions, as
@@ -623,18 +605,9 @@ class BothWaysPairTable(PairTable):
         return int(np.count_nonzero(ids >> _SIDE_SHIFT) + np.count_nonzero(ids & _LOW))
 
     def _use(self, slots: np.ndarray) -> None:
-        self._slots = slots
-        self.t_keys = slots[:, 0]
+        super()._use(slots)
         self.t_ids = slots[:, 1]
         self.t_steps = slots[:, 2]
-        self._shift = np.uint64(64 - (len(slots).bit_length() - 1))
-        self._counters[_ENTRIES] = np.count_nonzero(self.t_keys) if len(slots) else 0
-
-    def _double(self) -> None:
-        old = self._slots
-        self._alloc(2 * len(old))
-        _refill_both(old, self.t_keys, self.t_ids, self.t_steps, self._shift)
-        self._counters[_ENTRIES] = np.count_nonzero(self.t_keys)
 
 
 def pair_table_from_state(state: dict[str, np.ndarray], max_pairs: int = 16_000_000) -> PairTable:
