@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from .allocator import TRIM_FREE_BYTES, trim_heap
+from .allocator import HEAP_TRIM_INTERVAL_S, TRIM_FREE_BYTES, trim_heap
 from .config import Settings
 from .counters import Counters
 from .flows.enrich import Enricher
@@ -32,10 +32,6 @@ from .store.base import FlowStore, StoreUnavailable
 log = structlog.get_logger(__name__)
 
 DAY_MS = 86_400_000
-#: the maintenance thread gives the heap's free pages back (``trim_heap``) at most this often,
-#: when it holds ``TRIM_FREE_BYTES`` free: pages given back cost a fault each when the heap
-#: takes them again (4 us on a VM whose host backs memory lazily, seen here)
-HEAP_TRIM_INTERVAL_S = 30.0
 #: how far ahead of the server's clock a flow's times may lie (exporters' clocks drift)
 FUTURE_MS = DAY_MS
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from .alerts.definition import DefinitionIn
 from .alerts.service import AlertService
 from .alerts.system import SystemWatch
-from .allocator import use_huge_pages
+from .allocator import keep_freed_memory, use_huge_pages
 from .collect.decoder import Decoder, DecoderConfig
 from .collect.listener import Collector
 from .config import Settings
@@ -271,6 +271,7 @@ def banner(settings: Settings, simulating: bool, generated_password: str | None 
 
 def run(settings: Settings, simulate: bool = False, simulate_rate: float = 200.0) -> int:
     use_huge_pages(settings.huge_pages)  # before the tracker makes room for its sessions
+    keep_freed_memory()  # the session workers do the same at their start
     try:
         server = Server(settings)
     except OSError as exc:  # a data directory that cannot be made or written (read-only, full, absent)

@@ -81,3 +81,33 @@ def test_small_arrays_and_a_refused_reservation_are_copied(monkeypatch):
     big = grown(np.array([4, 5], np.int64), 1 << 18)
     assert big.base is None and big[:2].tolist() == [4, 5] and not big[2:].any()
     assert len(grown(big, 10)) == 1 << 18  # never shorter
+
+
+def _freed_block_kept(keep: bool) -> dict:
+    """In a fresh interpreter (glibc's settings are per process): a 20 MB block written and
+    freed; how much of it the heap holds free afterwards, and the process's resident memory."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"""
+import json, numpy as np
+from sluice.allocator import heap_free_bytes, keep_freed_memory
+took = keep_freed_memory() if {keep} else None
+block = np.ones(20 << 20, np.uint8)  # every page written
+del block
+rss = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+print(json.dumps({{"took": took, "free": heap_free_bytes(), "rss": rss}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_freed_memory_stays_in_the_process_for_the_next_allocations():
+    """By default glibc maps a block this large and unmaps it when freed: taken again, every
+    page is a fault. Kept, the heap holds it free, resident, for the next batch."""
+    default, kept = _freed_block_kept(False), _freed_block_kept(True)
+    assert kept["took"] is True
+    assert default["free"] < 20 << 20  # given back at once
+    assert kept["free"] >= 20 << 20
+    assert kept["rss"] - default["rss"] >= 15 << 20
