@@ -203,6 +203,9 @@ def test_alerts_end_to_end_api_cli_and_ns2(server, tmp_path):
     metrics = httpx.get(f"http://{srv}/metrics").text
     assert "sluice_alert_definitions_active 1.0" in metrics and f'sluice_alert_state_bytes{{definition="{def_id}"}}' in metrics
     assert f'sluice_alert_window_spread_steps{{definition="{def_id}"}} 0.0' in metrics
+    evaluations = [float(line.split()[1]) for line in metrics.splitlines()
+                   if line.startswith("sluice_alert_evaluations_total ")]
+    assert evaluations and evaluations[0] >= 1 and "sluice_alert_evaluation_seconds_total " in metrics
 
 
 def test_window_state_survives_a_server_restart(tmp_path):

@@ -547,6 +547,7 @@ def test_a_backlog_is_worked_off_in_bounded_evaluations():
         runner.run_once()
         evaluated.append(engine.stats["rows_evaluated"] - before)
     assert evaluated == [200, 200, 100]  # whole batches, never more than max_rows at once
+    assert engine.stats["evaluations"] == 3 and runner.evaluation_seconds > 0  # for /metrics
 
 
 def test_a_busy_engine_lets_the_batches_grow_within_a_bound():

@@ -45,6 +45,8 @@ class EngineRunner:
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _worker: Worker | None = None
     _last_evaluation_s: float = 0.0
+    #: wall time spent evaluating, all evaluations together (for ``/metrics``)
+    evaluation_seconds: float = 0.0
 
     def wait_s(self) -> float:
         """How long the queue gathers rows before the next evaluation: the interval, or as
@@ -95,6 +97,7 @@ class EngineRunner:
         arrivals = Arrivals.concat([a for _, a in batches], now_ms)
         events = self.engine.evaluate(sessions, arrivals, now_ms, int(now * 1_000_000))
         self._last_evaluation_s = time.monotonic() - started
+        self.evaluation_seconds += self._last_evaluation_s
         if events:
             self.on_events(events)
         return events

@@ -254,6 +254,8 @@ class AlertService:
         c.set("alert_definition_failures_total", stats["definition_failures"])
         c.set("alert_evaluation_errors_total", stats["evaluation_errors"])
         c.set("alert_rows_evaluated_total", stats["rows_evaluated"])
+        c.set("alert_evaluations_total", stats["evaluations"])
+        c.set("alert_evaluation_seconds_total", self.runner.evaluation_seconds)
         c.set("alert_rows_dropped_total", stats["rows_dropped"])
         c.set("alert_entities_dropped_total", stats["entities_dropped"])
         c.set("alert_pairs_dropped_total", self.engine.pairs_dropped())

@@ -42,6 +42,8 @@ HELP = {
     "alert_definition_failures_total": "Times an alert definition failed to prepare or evaluate (the others went on)",
     "alert_evaluation_errors_total": "Alert evaluations of a batch that failed for all definitions of an entity type",
     "alert_rows_evaluated_total": "Session rows evaluated against the alert definitions",
+    "alert_evaluations_total": "Alert evaluations run (rows evaluated / evaluations: the rows an evaluation takes)",
+    "alert_evaluation_seconds_total": "Wall time spent in alert evaluations (a rate near 1: evaluation is always busy)",
     "alert_rows_dropped_total": "Session rows not evaluated because the alert queue was full",
     "alert_rows_pending": "Session rows waiting for alert evaluation",
     "alert_entities_dropped_total": "Entity rows not evaluated because the entity table was full",
