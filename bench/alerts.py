@@ -58,7 +58,7 @@ import cluster as cluster_bench  # noqa: E402
 import ingest as ingest_bench  # noqa: E402
 from sluice.alerts.definition import Definition, DefinitionIn  # noqa: E402
 from sluice.alerts.engine import AlertEngine  # noqa: E402
-from sluice.allocator import trim_heap, use_huge_pages  # noqa: E402
+from sluice.allocator import keep_freed_memory, trim_heap, use_huge_pages  # noqa: E402
 from sluice.config import Settings  # noqa: E402
 from sluice.flows.schema import Arrivals, FlowBatch, SessionBatch  # noqa: E402
 from sluice.simulate.encode import NetflowV5Encoder  # noqa: E402
@@ -306,6 +306,7 @@ def feed(engine: AlertEngine, hosts: int, sessions_per_host: int = SESSIONS_PER_
 
 def memory(hosts: int, sessions_per_host: int = SESSIONS_PER_HOST) -> dict[str, float]:
     use_huge_pages(Settings().huge_pages)  # as ``sluice serve`` does
+    keep_freed_memory()  # as well: what it frees stays in the heap until trimmed
     defs = stored_definitions()
     # a server's first batches load the compiled kernels (tens of MB, once per process): not
     # memory per host, so they are loaded before the measurement
