@@ -8,6 +8,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import time
 
 import numpy as np
 
@@ -109,6 +110,22 @@ def keep_freed_memory() -> bool:
         return False
     # a fixed mmap threshold also fixes the trim threshold: glibc stops adapting both
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_FROM_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_BYTES))
+
+
+class HeapTrimmer:
+    """A process's periodic trim: ``trim_heap`` at most every ``HEAP_TRIM_INTERVAL_S``, once
+    the heap holds ``TRIM_FREE_BYTES`` free (the server's maintenance and each session
+    worker call it once per round)."""
+
+    def __init__(self, last_trim: float = 0.0) -> None:
+        self.last_trim = last_trim  # ``time.monotonic()`` of the last trim
+
+    def __call__(self) -> bool:
+        """Trim now if due; returns whether it trimmed."""
+        if time.monotonic() - self.last_trim < HEAP_TRIM_INTERVAL_S or not trim_heap(TRIM_FREE_BYTES):
+            return False
+        self.last_trim = time.monotonic()
+        return True
 
 
 _libc: ctypes.CDLL | None = None

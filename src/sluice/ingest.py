@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from .allocator import HEAP_TRIM_INTERVAL_S, TRIM_FREE_BYTES, trim_heap
+from .allocator import HeapTrimmer
 from .config import Settings
 from .counters import Counters
 from .flows.enrich import Enricher
@@ -155,7 +155,8 @@ class Ingest:
         # priority it would take that share from the receive loop, and on one busy core the
         # socket buffer overflows meanwhile. Yielding to it, the writing fills the gaps.
         lower_priority()
-        last_retention = last_trim = 0.0
+        last_retention = 0.0
+        trim = HeapTrimmer()
         interval = self.settings.store.flush_interval_s
         next_round = time.monotonic() + interval
         while not self._worker.stopping.is_set():
@@ -173,8 +174,7 @@ class Ingest:
                 self.maintenance_round(retention=due)
                 if due:
                     last_retention = time.monotonic()
-                if time.monotonic() - last_trim >= HEAP_TRIM_INTERVAL_S and trim_heap(TRIM_FREE_BYTES):
-                    last_trim = time.monotonic()
+                trim()
             except Exception:  # maintenance must go on; the next round retries
                 log.exception("maintenance failed")
                 self.counters.inc("maintenance_errors_total")

@@ -111,3 +111,27 @@ def test_freed_memory_stays_in_the_process_for_the_next_allocations():
     assert default["free"] < 20 << 20  # given back at once
     assert kept["free"] >= 20 << 20
     assert kept["rss"] - default["rss"] >= 15 << 20
+
+
+def test_the_periodic_trim_waits_its_interval_and_retries_until_enough_is_free(monkeypatch):
+    """The server's maintenance and every session worker trim through one ``HeapTrimmer``:
+    at most every ``HEAP_TRIM_INTERVAL_S``, and only once ``TRIM_FREE_BYTES`` are free."""
+    asked: list[int] = []
+    free_enough = [False]
+
+    def fake_trim(min_free_bytes: int = 0) -> bool:
+        asked.append(min_free_bytes)
+        return free_enough[0]
+
+    monkeypatch.setattr(allocator, "trim_heap", fake_trim)
+    now = [1000.0]
+    monkeypatch.setattr(allocator.time, "monotonic", lambda: now[0])
+    trim = allocator.HeapTrimmer(last_trim=now[0])
+    assert trim() is False and asked == []  # not due yet
+    now[0] += allocator.HEAP_TRIM_INTERVAL_S
+    assert trim() is False and asked == [allocator.TRIM_FREE_BYTES]  # due, but too little free: next round again
+    free_enough[0] = True
+    now[0] += 1
+    assert trim() is True and len(asked) == 2
+    now[0] += allocator.HEAP_TRIM_INTERVAL_S - 1
+    assert trim() is False and len(asked) == 2  # trimmed a moment ago

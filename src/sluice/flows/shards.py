@@ -43,7 +43,7 @@ import numpy as np
 import structlog
 from numba import njit
 
-from ..allocator import HEAP_TRIM_INTERVAL_S, TRIM_FREE_BYTES, keep_freed_memory, trim_heap
+from ..allocator import HeapTrimmer, keep_freed_memory
 from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
 from .batch_ring import BatchRing, RingClosed, pack, unpack
@@ -197,7 +197,7 @@ def _worker_main(
     keep_freed_memory()
     flows_in, sessions_out = BatchRing(recv_handle(conn)), BatchRing(recv_handle(conn))  # sent first
     server = os.getppid()
-    last_trim = time.monotonic()
+    trim = HeapTrimmer(time.monotonic())
     SessionTracker.warm_up()
     tracker = SessionTracker(
         sessions.idle_timeout_s,
@@ -239,9 +239,7 @@ def _worker_main(
         elif kind == "expire":  # once per flush interval
             tracker.expire(message[1])
             enricher.refresh()
-            # what the heap keeps free (``keep_freed_memory``) goes back now and then, as the server's does
-            if time.monotonic() - last_trim >= HEAP_TRIM_INTERVAL_S and trim_heap(TRIM_FREE_BYTES):
-                last_trim = time.monotonic()
+            trim()  # what the heap keeps free (``keep_freed_memory``) goes back now and then, as the server's does
             staged = files.flush() if files is not None else []
             _send(conn, ("staged", staged, _report(tracker, files)))
         elif kind == "stop":
