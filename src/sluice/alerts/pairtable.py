@@ -18,6 +18,8 @@ session costs one probe instead of two and a pair of hosts one slot instead of t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numba import njit
 
@@ -76,8 +78,7 @@ def _delete(slots: np.ndarray, shift: np.uint64, hole: int | np.int64) -> None:
 
 @njit(cache=True, nogil=True)
 def _add(
-    t_keys: np.ndarray,
-    t_meta: np.ndarray,
+    slots: np.ndarray,
     shift: np.uint64,
     counters: np.ndarray,
     max_live: int,
@@ -96,6 +97,7 @@ def _add(
     ``exact_limit`` are listed in ``over`` (with repeats). Pairs beyond ``max_pairs`` are not
     kept (counted as dropped). Stops at the first row that needs a larger table; returns
     (that row, or the number of rows when done; the new length of ``over``)."""
+    t_keys, t_meta = slots[:, 0], slots[:, 1]
     n = keys.shape[0]
     for i in range(start, n):
         if i + AHEAD < n:
@@ -212,18 +214,7 @@ class PairTable:
     def add(self, keys: np.ndarray, entity: np.ndarray, step: int, exact_limit: int, values: np.ndarray) -> np.ndarray:
         """Note the pairs as seen in ``step``; new ones count for their entity in ``values``.
         Returns the distinct entities whose count went beyond ``exact_limit``."""
-        rel = self._relative(step)
-        over = np.empty(len(keys), np.int64)
-        at, n_over = 0, 0
-        while True:
-            at, n_over = _add(
-                self.t_keys, self.t_meta, self._shift, self._counters,
-                int(self.MAX_LOAD * len(self.t_keys)), self.max_pairs,
-                keys, entity, rel, at, exact_limit, values, over, n_over,
-            )  # fmt: skip
-            if at == len(keys):
-                return np.unique(over[:n_over])
-            self._double()
+        return self._insert(_add, (keys, entity), step, exact_limit, values, len(keys))
 
     def expire(self, oldest: int, values: np.ndarray) -> None:
         """Forget the pairs last seen before step ``oldest``; each uncounts from ``values``."""
@@ -288,6 +279,32 @@ class PairTable:
         return table
 
     # -- internals ------------------------------------------------------------------------
+
+    def _insert(
+        self,
+        kernel: Callable[..., tuple[int, int]],
+        rows: tuple[np.ndarray, np.ndarray],
+        step: int,
+        exact_limit: int,
+        values: np.ndarray,
+        most_over: int,
+    ) -> np.ndarray:
+        """Run an adding kernel (``_add``, ``_add_both``) over ``rows`` (the keys first),
+        doubling the table each time it stops for room; returns the distinct entities whose
+        count went beyond ``exact_limit`` (``most_over``: how many it may list at most)."""
+        keys = rows[0]
+        rel = self._relative(step)
+        over = np.empty(most_over, np.int64)
+        at, n_over = 0, 0
+        while True:
+            at, n_over = kernel(
+                self._slots, self._shift, self._counters,
+                int(self.MAX_LOAD * len(self.t_keys)), self.max_pairs,
+                *rows, rel, at, exact_limit, values, over, n_over,
+            )  # fmt: skip
+            if at == len(keys):
+                return np.unique(over[:n_over])
+            self._double()
 
     def _relative(self, step: int) -> int:
         if self.base is None:
@@ -571,18 +588,7 @@ class BothWaysPairTable(PairTable):
         """``session_pairs``' pairs seen in ``step``; each direction new to the table counts
         for its entity in ``values``. Returns the distinct entities whose count went beyond
         ``exact_limit``."""
-        rel = self._relative(step)
-        over = np.empty(2 * len(keys), np.int64)
-        at, n_over = 0, 0
-        while True:
-            at, n_over = _add_both(
-                self._slots, self._shift, self._counters,
-                int(self.MAX_LOAD * len(self.t_keys)), self.max_pairs,
-                keys, sides, rel, at, exact_limit, values, over, n_over,
-            )  # fmt: skip
-            if at == len(keys):
-                return np.unique(over[:n_over])
-            self._double()
+        return self._insert(_add_both, (keys, sides), step, exact_limit, values, 2 * len(keys))
 
     def add(self, keys: np.ndarray, entity: np.ndarray, step: int, exact_limit: int, values: np.ndarray) -> np.ndarray:
         raise TypeError("a both-ways pair table is given pairs of hosts (add_both), not (entity, peer) pairs")
