@@ -166,7 +166,13 @@ class AlertSettings(BaseModel):
         30.0,
         gt=0,
         description="how often the window state is saved to disk, at the most: a state that is costly to write "
-        "is saved less often (snapshots take at most 1/30 of a core)",
+        "is saved less often (snapshots take at most 1/30 of a core, and write at most snapshot_max_bytes_per_s)",
+    )
+    snapshot_max_bytes_per_s: int = Field(
+        8 << 20,
+        ge=1 << 16,
+        description="bytes a second the window state's snapshots write at most, on average: a large state is saved "
+        "less often (a 2.5 GB state every 5 minutes at 8 MiB/s), so that the disk is not rewritten all day",
     )
     system_check_interval_s: float = Field(
         10.0, gt=0, le=3600, description="how often the server checks itself for SYSTEM alerts"

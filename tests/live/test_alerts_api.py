@@ -328,7 +328,7 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
         writers.append((threading.current_thread().name,
                         os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
         release.wait(10)  # still being written while the test asks for another
-        real_save(engine, path)
+        return real_save(engine, path)
 
     monkeypatch.setattr(persist, "save", save)
     assert service.save_in_background()
@@ -339,6 +339,9 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
     assert writers == [("sluice-alert-state-write", expected)]
     assert service.last_save_cpu_s > 0  # its thread's CPU time, reported
     assert service.counters.get("alert_state_save_cpu_seconds") == service.last_save_cpu_s
+    # and its size, which paces the next ones as its CPU time does
+    assert service.last_save_bytes == (tmp_path / persist.STATE_FILE).stat().st_size > 0
+    assert service.counters.get("alert_state_save_bytes") == service.last_save_bytes
     restarted = AlertService(db, AlertSettings(), tmp_path, Counters())
     (state,) = restarted.engine.states.values()
     assert state.window.values.max() == 1234  # the client's bytes sent, restored from the file
@@ -357,8 +360,9 @@ def test_snapshots_are_written_at_background_priority_and_restore(tmp_path, monk
 
 
 def test_a_state_that_is_costly_to_write_is_saved_less_often(tmp_path, monkeypatch):
-    """Snapshots take at most ``SNAPSHOT_CPU_SHARE`` of a core: after one that took seconds of
-    CPU to write (a state of gigabytes), the next waits that many times longer than
+    """Snapshots take at most ``SNAPSHOT_CPU_SHARE`` of a core and write at most
+    ``snapshot_max_bytes_per_s``: after one that took seconds of CPU to write, or wrote a
+    large file (a state of gigabytes), the next waits that much longer than
     ``snapshot_interval_s``; after a cheap one, the interval holds."""
     import time
 
@@ -370,18 +374,22 @@ def test_a_state_that_is_costly_to_write_is_saved_less_often(tmp_path, monkeypat
     db = open_state(tmp_path)
     Users(db).create("alice", "alice-password")
     saves: list[float] = []
-    monkeypatch.setattr(persist, "save", lambda engine, path: saves.append(time.monotonic()))
-    service = AlertService(db, AlertSettings(snapshot_interval_s=0.5), tmp_path, Counters())
+    monkeypatch.setattr(persist, "save", lambda engine, path: saves.append(time.monotonic()) or 1000)
+    assert AlertSettings().snapshot_max_bytes_per_s == 8 << 20  # the default: 2.5 GB every 5 minutes
+    settings = AlertSettings(snapshot_interval_s=0.5, snapshot_max_bytes_per_s=1 << 20)
+    service = AlertService(db, settings, tmp_path, Counters())
     assert service.snapshot_gap_s() == 0.5
-    service.last_save_cpu_s = 0.001
+    service.last_save_cpu_s, service.last_save_bytes = 0.001, 100_000
     assert service.snapshot_gap_s() == 0.5
+    service.last_save_bytes = 40 << 20  # as if the last one had written 40 MiB: 40 s at 1 MiB/s
+    assert service.snapshot_gap_s() == 40.0
     service.last_save_cpu_s = 2.0  # as if the last one had taken two seconds of CPU
     assert service.snapshot_gap_s() == 2.0 / SNAPSHOT_CPU_SHARE
     service.start()
     try:
         time.sleep(3.5)  # the housekeeping looks every second
         assert saves == []  # 60 s are not over
-        service.last_save_cpu_s = 0.0
+        service.last_save_cpu_s, service.last_save_bytes = 0.0, 0
         deadline = time.monotonic() + 10
         while not saves and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -37,8 +37,9 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _BETWEEN_WINDOWS_S = 0.002
 
 
-def save(engine: AlertEngine, path: Path) -> None:
-    """Write the whole state to ``path`` atomically (a crash leaves the previous file).
+def save(engine: AlertEngine, path: Path) -> int:
+    """Write the whole state to ``path`` atomically (a crash leaves the previous file);
+    returns the bytes written.
 
     Each window is written under the engine's lock, the entity indexes last, and evaluation
     goes on between them: each window is the state of one moment (those written later may
@@ -67,7 +68,9 @@ def save(engine: AlertEngine, path: Path) -> None:
             with engine.lock:
                 for name, array in _index_arrays(engine):
                     _put(f, name, array)
+            written = f.size
         tmp.replace(path)
+        return written
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

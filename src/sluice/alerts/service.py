@@ -107,6 +107,7 @@ class AlertService:
         self._record_lock = threading.Lock()
         self._last_snapshot = time.monotonic()
         self.last_save_cpu_s = 0.0  # what writing the last snapshot cost (its thread's CPU time)
+        self.last_save_bytes = 0  # and how large it was
         self._worker = Worker("sluice-alert-state", self._housekeeping)
         self._writer: threading.Thread | None = None  # the snapshot being written, if any
         self.store.on_definitions.append(self.reload)
@@ -220,12 +221,20 @@ class AlertService:
 
     def snapshot_gap_s(self) -> float:
         """How long after a snapshot began the next is due: ``snapshot_interval_s``, or longer
-        where writing the last one took more than ``SNAPSHOT_CPU_SHARE`` of that."""
-        return max(self.settings.snapshot_interval_s, self.last_save_cpu_s / SNAPSHOT_CPU_SHARE)
+        where writing the last one took more than ``SNAPSHOT_CPU_SHARE`` of that, or wrote more
+        than ``snapshot_max_bytes_per_s`` over it (a state of gigabytes saved every 30 s would
+        rewrite the disk at about 100 MB/s, more than the sessions themselves take)."""
+        settings = self.settings
+        return max(
+            settings.snapshot_interval_s,
+            self.last_save_cpu_s / SNAPSHOT_CPU_SHARE,
+            self.last_save_bytes / settings.snapshot_max_bytes_per_s,
+        )
 
     def _save(self) -> None:
         try:
-            persist.save(self.engine, self.state_path)
+            self.last_save_bytes = persist.save(self.engine, self.state_path)
+            self.counters.set("alert_state_save_bytes", self.last_save_bytes)
             self._legacy_state_path.unlink(missing_ok=True)  # superseded: never restored over the new one
         except OSError as exc:
             log.error("alert state not saved", path=str(self.state_path), error=str(exc))
