@@ -223,7 +223,7 @@ class AlertService:
         """How long after a snapshot began the next is due: ``snapshot_interval_s``, or longer
         where writing the last one took more than ``SNAPSHOT_CPU_SHARE`` of that, or wrote more
         than ``snapshot_max_bytes_per_s`` over it (a state of gigabytes saved every 30 s would
-        rewrite the disk at about 100 MB/s, more than the sessions themselves take)."""
+        rewrite the disk at about 80 MB/s, day and night)."""
         settings = self.settings
         return max(
             settings.snapshot_interval_s,
