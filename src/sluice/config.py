@@ -162,6 +162,13 @@ class AlertSettings(BaseModel):
         ge=10_000,
         description="session rows waiting for evaluation at most; beyond, rows are dropped and counted",
     )
+    evaluation_threads: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="threads that evaluate the definitions, each taking some of the entity types (host, host "
+        "pair, port, country, ASN) of every batch; 0: one per core the server may run on",
+    )
     snapshot_interval_s: float = Field(
         30.0,
         gt=0,

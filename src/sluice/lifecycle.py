@@ -25,13 +25,16 @@ _ALL: weakref.WeakSet[Worker] = weakref.WeakSet()
 #: how much lower than the receive loop and alert evaluation the bulk writing (the store's
 #: files, the alert-state snapshots) runs: a nice value
 BACKGROUND_NICENESS = 10
+#: alert evaluation runs a little below the receive loop: a datagram the socket drops is lost,
+#: while rows waiting for evaluation queue (``alerts.max_pending_rows``) and are caught up on
+EVALUATION_NICENESS = 5
 
 
-def lower_priority() -> None:
-    """Give the calling thread the ``BACKGROUND_NICENESS`` (Linux: a thread has its own nice
-    value); elsewhere, nothing. It cannot be raised back without privileges."""
+def lower_priority(niceness: int = BACKGROUND_NICENESS) -> None:
+    """Give the calling thread ``niceness`` (Linux: a thread has its own nice value);
+    elsewhere, nothing. It cannot be raised back without privileges."""
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 class Worker:

@@ -7,6 +7,7 @@ same semantics, on random traffic over many evaluations, for every entity type a
 from __future__ import annotations
 
 import random
+import threading
 import zlib
 
 import numpy as np
@@ -745,6 +746,47 @@ def test_count_is_the_same_for_every_batching_of_the_same_arrivals(entity, metri
             got += [(e.definition_id, e.entity, e.message, e.count, e.threshold)
                     for e in engine.evaluate(b, Arrivals(arr.new, arr.slot, at), run[-1][0])]
         assert totals(got) == want, f"batching {trial}"
+
+
+def test_entity_types_evaluated_on_several_threads_give_the_same_events_as_on_one():
+    """A definition for every (entity type, metric), random traffic: an engine sharing the
+    entity types out over three threads makes the same events, in the same order, as one
+    evaluating them in turn, and its counters agree."""
+    rng = random.Random(zlib.crc32(b"evaluation threads"))
+    definitions = [Definition(id=i, user_id=1, title="1m", metric=m, entity=e, interval="1m",
+                              threshold=THRESHOLDS[m.value.split("_")[0]])
+                   for i, (e, m) in enumerate(COMBOS, 1)]
+    live: list[Sess] = []
+    next_id = [0]
+    now = T0
+    batches = []
+    for _ in range(40):
+        now += rng.choice([0, 400, 2500, 20_000])
+        batches.append((now, random_sessions(rng, live, next_id, rng.randint(1, 40))))
+    one, three = AlertEngine(), AlertEngine(evaluation_threads=3)
+    threads_seen: set[str] = set()
+    evaluate_kind = three._evaluate_kind
+
+    def noting_the_thread(*args, **kwargs):
+        threads_seen.add(threading.current_thread().name)
+        return evaluate_kind(*args, **kwargs)
+
+    three._evaluate_kind = noting_the_thread  # type: ignore[method-assign]
+    got = {}
+    for engine in (one, three):
+        engine.set_definitions(definitions)
+        events = []
+        for at, sessions in batches:
+            b, arr = batch(sessions)
+            events += [(e.definition_id, e.entity, e.message, e.count, e.threshold, e.value, e.time_us)
+                       for e in engine.evaluate(b, Arrivals(arr.new, arr.slot, np.full(len(b), at)), at)]
+        got[engine] = events
+    three.close()
+    assert len({kind for kind in EntityType if any(d.entity is kind and d.id == e[0]
+                                                   for e in got[one] for d in definitions)}) >= 4
+    assert got[three] == got[one]
+    assert len(threads_seen) == 3, threads_seen
+    assert three.stats == one.stats
 
 
 def test_seventeen_sessions_count_seventeen_in_one_datagram_or_one_every_400_ms():

@@ -5,7 +5,9 @@ the last batch) and, per entity type in use, turns it into entity rows once (``e
 Entity keys get dense ids from one ``KeyIndex`` per type, shared by all definitions; each
 definition then needs only masks, ``bincount``s and lookups of its window. Nothing here
 loops over sessions in Python; the loops are over definitions, exception entries and
-alerting entities.
+alerting entities. Entity types share nothing but the batch (and what is worked out from it
+once, whichever asks first), so several threads may evaluate them side by side
+(``evaluation_threads``: the compiled loops release the GIL).
 
 Windows run on the server's clock: a row counts in the step (alerting period) in which it
 arrived (``Arrivals.at_ms``, stamped when its flows were folded into sessions), as with a rate
@@ -34,6 +36,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +44,7 @@ import structlog
 
 from ..allocator import grown
 from ..flows.schema import Arrivals, SessionBatch
+from ..lifecycle import EVALUATION_NICENESS, lower_priority
 from ..query.evaluate import evaluate, in_range
 from ..query.filter import AddressRange, Node, parse
 from .definition import (
@@ -335,8 +339,15 @@ class AlertEngine:
         clock: Callable[[], float] = time.time,
         max_step_bytes: int = 64 << 20,
         arrival_slack_ms: int = 0,
+        evaluation_threads: int = 1,
     ):
         self.exact_limit = exact_limit
+        #: entity types are evaluated on up to this many threads at once (they share no state)
+        self.evaluation_threads = max(1, evaluation_threads)
+        self._pool: ThreadPoolExecutor | None = None
+        #: the CPU time each entity type's evaluation took last: how they are shared out
+        self._kind_cost: dict[EntityType, float] = {}
+        self._stats_lock = threading.Lock()  # counters updated from the evaluation threads
         #: the clock moves the windows on only this long after a step ends: rows stamped in it
         #: and still queued then count in their own step, not in the next
         self.arrival_slack_ms = arrival_slack_ms
@@ -451,7 +462,7 @@ class AlertEngine:
             what=what,
             error=detail,
         )
-        self.stats["definition_failures"] += 1
+        self._tally("definition_failures")
         return Failure(
             definition,
             f"{what} ({detail}); it is skipped until it is changed, and retried every "
@@ -601,18 +612,83 @@ class AlertEngine:
         by_kind: dict[EntityType, list[DefinitionState]] = {}
         for state in self.states.values():
             by_kind.setdefault(state.definition.entity, []).append(state)
-        # one entity type at a time: its rows (tens of bytes per session row) are let go before
-        # the next type's are made, so an evaluation holds one type's temporaries at a time
-        for kind, states in by_kind.items():
+
+        def evaluate_kinds(kinds: list[EntityType]) -> dict[EntityType, list[AlertEvent]]:
+            # one entity type at a time: its rows (tens of bytes per session row) are let go
+            # before the next type's are made, so a thread holds one type's temporaries at a time
+            found: dict[EntityType, list[AlertEvent]] = {}
+            for kind in kinds:
+                started = time.thread_time()
+                try:
+                    rows = self._entity_rows(kind, sessions, arrivals.new, now_ms, shared)
+                except Exception:  # not one definition's fault: this batch skips the entity type
+                    log.exception("alert entity rows failed", entity=kind.value)
+                    self._tally("evaluation_errors")
+                    continue
+                found[kind] = self._evaluate_kind(by_kind[kind], rows, sessions, masks, periods, time_us)
+                del rows
+                self._kind_cost[kind] = time.thread_time() - started
+            return found
+
+        groups = self._share_out(by_kind)
+        if len(groups) == 1:
+            found = evaluate_kinds(groups[0])
+        else:
+            # the other groups on the pool's threads, the first on this one; every thread is
+            # done with the windows before this evaluation returns
+            pool = self._evaluation_pool()
+            futures = [pool.submit(evaluate_kinds, group) for group in groups[1:]]
             try:
-                rows = self._entity_rows(kind, sessions, arrivals.new, now_ms, shared)
-            except Exception:  # not one definition's fault: this batch skips the entity type
-                log.exception("alert entity rows failed", entity=kind.value)
-                self.stats["evaluation_errors"] += 1
-                continue
-            events.extend(self._evaluate_kind(states, rows, sessions, masks, periods, time_us))
-            del rows
+                found = evaluate_kinds(groups[0])
+            finally:
+                wait(futures)
+            for future in futures:
+                found.update(future.result())
+        # the events in the order of one thread's evaluation, however the types were shared out
+        for kind in by_kind:
+            events.extend(found.get(kind, ()))
         return events
+
+    def _share_out(self, by_kind: dict[EntityType, list[DefinitionState]]) -> list[list[EntityType]]:
+        """The entity types in groups of about equal cost, one per evaluation thread: the
+        costliest first, each to the group with the least so far. The cost of a type is the
+        CPU time its last evaluation took; until every type has one, its number of
+        definitions times its rows per session."""
+        n_groups = min(self.evaluation_threads, len(by_kind))
+        if n_groups <= 1:
+            return [list(by_kind)]
+        if all(kind in self._kind_cost for kind in by_kind):
+            cost = {kind: self._kind_cost[kind] for kind in by_kind}
+        else:
+            cost = {kind: float(len(states) * (2 if kind.is_endpoint else 1)) for kind, states in by_kind.items()}
+        groups: list[list[EntityType]] = [[] for _ in range(n_groups)]
+        totals = [0.0] * n_groups
+        for kind in sorted(by_kind, key=lambda k: -cost[k]):
+            least = totals.index(min(totals))
+            groups[least].append(kind)
+            totals[least] += cost[kind]
+        return groups
+
+    def _evaluation_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.evaluation_threads - 1,
+                thread_name_prefix="sluice-alerts",
+                initializer=lower_priority,
+                initargs=(EVALUATION_NICENESS,),
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Let the evaluation threads go (the engine may still evaluate: on this thread alone)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.evaluation_threads = 1
+
+    def _tally(self, name: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[name] += n
 
     def _evaluate_kind(
         self,
@@ -655,7 +731,7 @@ class AlertEngine:
             seen = self.last_seen[kind] = grown(seen, index.id_capacity)
         dropped = note_seen(ids, np.ones(len(ids), bool) if valid is None else valid, seen, now_ms)
         if dropped:
-            self.stats["entities_dropped"] += dropped
+            self._tally("entities_dropped", dropped)
             full = ids < 0
             valid = ~full if valid is None else valid & ~full
             ids = np.where(full, 0, ids)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ..flows.schema import Arrivals, SessionBatch
-from ..lifecycle import Worker
+from ..lifecycle import EVALUATION_NICENESS, Worker, lower_priority
 from .engine import AlertEngine, AlertEvent
 from .partial_builder import PartialBuilder
 
@@ -104,6 +104,7 @@ class EngineRunner:
 
     def _run(self) -> None:
         assert self._worker is not None
+        lower_priority(EVALUATION_NICENESS)
         stopping = self._worker.stopping
         while True:
             with self._cv:

@@ -12,6 +12,7 @@ import structlog
 from ..config import AlertSettings, ClusterSettings
 from ..counters import Counters
 from ..flows.schema import Arrivals, SessionBatch
+from ..flows.shards import default_workers
 from ..lifecycle import Worker, lower_priority
 from ..state.db import StateDB
 from . import persist
@@ -80,6 +81,7 @@ class AlertService:
                 # batches wait up to a tenth of a second for evaluation, and longer behind session
                 # workers under load: the clock moves a window on only this long after its step
                 arrival_slack_ms=ARRIVAL_SLACK_MS,
+                evaluation_threads=settings.evaluation_threads or default_workers(),
             )
         # an alerting node: the stream sequence through which its alerts are recorded (the
         # partials it merges again after a restart do not record theirs twice)
@@ -193,6 +195,7 @@ class AlertService:
             self.subscriber.stop()
         if self.role != "collector":
             self.save()
+        self.engine.close()
 
     def save(self) -> None:
         """Save the state now (at a stop), after any snapshot still being written."""
