@@ -6,6 +6,7 @@ same semantics, on random traffic over many evaluations, for every entity type a
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import zlib
@@ -19,6 +20,7 @@ from sluice.alerts import persist
 from sluice.alerts.engine import AlertEngine
 from sluice.alerts.entities import watched_keys
 from sluice.alerts.runner import EngineRunner
+from sluice.lifecycle import EVALUATION_NICENESS
 from sluice.flows.schema import Arrivals, SessionBatch, addr_bytes
 
 from ..support.alertref import Reference, Sess
@@ -549,6 +551,36 @@ def test_a_backlog_is_worked_off_in_bounded_evaluations():
         evaluated.append(engine.stats["rows_evaluated"] - before)
     assert evaluated == [200, 200, 100]  # whole batches, never more than max_rows at once
     assert engine.stats["evaluations"] == 3 and runner.evaluation_seconds > 0  # for /metrics
+
+
+def test_evaluation_runs_below_the_receive_loops_priority_on_every_thread():
+    """The runner's thread and the engine's other evaluation threads take
+    ``EVALUATION_NICENESS``; the thread that receives (this one) keeps its own."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    engine = AlertEngine(evaluation_threads=2)
+    engine.set_definitions([defn(id=1), defn(id=2, entity="port", metric="sessions_received")])
+    niceness: dict[str, int] = {}
+    evaluate_kind = engine._evaluate_kind
+
+    def noting_the_niceness(*args, **kwargs):
+        niceness[threading.current_thread().name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return evaluate_kind(*args, **kwargs)
+
+    engine._evaluate_kind = noting_the_niceness  # type: ignore[method-assign]
+    done = threading.Event()
+    runner = EngineRunner(engine, on_events=lambda events: None, interval_s=0.01)
+    runner.run_once = lambda: (EngineRunner.run_once(runner), done.set())  # type: ignore[method-assign]
+    runner.start()
+    try:
+        runner.submit(*batch([one(sid=i) for i in range(10)]))
+        assert done.wait(10)
+    finally:
+        runner.stop()
+        engine.close()
+    # lowering a thread's priority always works; only root may raise it back above its own
+    want = EVALUATION_NICENESS if own <= EVALUATION_NICENESS or os.geteuid() == 0 else own
+    assert len(niceness) == 2 and set(niceness.values()) == {want}, niceness
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
 
 
 def test_a_busy_engine_lets_the_batches_grow_within_a_bound():
