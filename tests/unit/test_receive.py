@@ -4,9 +4,11 @@ same payloads, senders and order, socket errors raised and counted."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +131,23 @@ def test_the_slots_cost_memory_only_where_datagrams_are_written():
     sent = _send(socket.AF_INET, "127.0.0.1", sock.getsockname()[1], senders=1, count=40)
     assert len(_receive_all(receivers[0], len(sent))) == len(sent)
     sock.close()
+
+
+def test_listening_socket_gets_the_whole_receive_buffer_as_root():
+    """Root gets the buffer asked beyond ``net.core.rmem_max`` (``SO_RCVBUFFORCE``, which
+    Python's socket module does not name: the server had 4 MB where it asked for 32); anyone
+    else gets what the kernel allows, and a warning that says how to raise it."""
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    asked = max(2 * rmem_max, 8 << 20)  # more than SO_RCVBUF alone may give
+    collector = Collector(CollectSettings(listen="127.0.0.1", receive_buffer_bytes=asked), Decoder(), [])
+    sock = collector._open(0, "ipfix")
+    try:
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports double
+    finally:
+        sock.close()
+    if os.geteuid() == 0:  # as CI runs
+        assert granted == asked
+        assert not collector._warned_buffer
+    else:
+        assert granted <= rmem_max
+        assert collector._warned_buffer
