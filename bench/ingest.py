@@ -25,6 +25,11 @@ rungs; shorter rungs measure a tracker still filling, which flatters it).
 worker the server is pinned to one core, as nfcapd is; with N > 1 it may use every core,
 the sender's included (on a 2-core machine the sender then takes part of one).
 
+Both collectors ask for a 32 MB socket buffer (nfcapd ``-B``, Sluice's default). nfcapd asks
+with plain SO_RCVBUF, which the kernel caps at ``net.core.rmem_max``; run as root, the
+benchmark raises that to 32 MB for the run and sets it back after, so both get the same
+buffer (not root: nfcapd gets what rmem_max allows, and a note says so).
+
 Run: ``make bench`` or ``.venv/bin/python bench/ingest.py [--quick] [--json FILE]``.
 Results go to ``bench/results/ingest.json`` with ``--json``.
 """
@@ -32,6 +37,7 @@ Results go to ``bench/results/ingest.json`` with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,6 +50,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -229,7 +236,7 @@ class Nfcapd:
         flowdir.mkdir()
         binary = shutil.which("nfcapd") or "/usr/bin/nfcapd"
         self.proc = subprocess.Popen([binary, "-p", str(self.port), "-b", "127.0.0.1", "-w", str(flowdir),
-                                      "-t", "3600", "-B", str(32 << 20)],
+                                      "-t", "3600", "-B", str(RECEIVE_BUFFER)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      preexec_fn=lambda: pin(COLLECTOR_CPU))
         time.sleep(0.5)
@@ -322,6 +329,35 @@ def run_rung(kind: type, workdir: Path, protocol: str, shape: str, workers: int,
                 c["stored"], c["drops"], cpu, rss)
 
 
+#: the socket buffer both collectors ask for (Sluice's default ``receive_buffer_bytes``; nfcapd's -B)
+RECEIVE_BUFFER = 32 << 20
+RMEM_MAX = Path("/proc/sys/net/core/rmem_max")
+
+
+@contextlib.contextmanager
+def receive_buffers_allowed(size: int) -> Iterator[int]:
+    """``net.core.rmem_max`` raised to ``size`` for the run (root only), and set back after.
+
+    nfcapd asks with plain SO_RCVBUF, which the kernel caps at rmem_max (4 MB on Debian);
+    Sluice, as root, gets its buffer beyond it (SO_RCVBUFFORCE). Raised, both get the 32 MB
+    they ask for, as an operator following either one's documentation would set. Yields
+    the buffer nfcapd gets."""
+    before = int(RMEM_MAX.read_text())
+    raised = False
+    if before < size:
+        try:
+            RMEM_MAX.write_text(str(size))
+            raised = True
+        except OSError:
+            print(f"note: net.core.rmem_max is {before} and cannot be raised (not root): nfcapd gets "
+                  f"{before} bytes of socket buffer, Sluice as root {size}", flush=True)
+    try:
+        yield size if raised or before >= size else before
+    finally:
+        if raised:
+            RMEM_MAX.write_text(str(before))
+
+
 def machine() -> dict[str, object]:
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     nfcapd_version = subprocess.run(["nfcapd", "-V"], capture_output=True, text=True)
@@ -403,8 +439,10 @@ def main() -> int:
             "summary": [s for s in kept if (s["protocol"], s["shape"], s["workers"]) not in done] + summary,
             "rungs": old_rungs + rungs}, indent=2))
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, receive_buffers_allowed(RECEIVE_BUFFER) as buffer:
         workdir = Path(tmp)
+        info["socket_buffer_bytes"] = buffer
+        print(f"socket buffer: {buffer >> 20} MB for both collectors", flush=True)
         for protocol in protocols:
             for shape in shapes:
                 datagrams = datagrams_for(protocol, shape, int(time.time() * 1000))
