@@ -9,6 +9,7 @@ cannot hold the kernel drops and ``/proc/net/udp`` counts (``socket_drops``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import selectors
@@ -30,8 +31,8 @@ from .receive import BatchReceiver
 log = structlog.get_logger(__name__)
 
 #: Linux's SO_RCVBUFFORCE (asm-generic/socket.h): Python's socket module does not name it, and
-#: without it root too is held to ``net.core.rmem_max`` (4 MB on Debian). An IPFIX datagram of
-#: 30 records takes 4.3 KB of the buffer's accounting (twice the size asked) on loopback: 4 MB
+#: without it root too is held to ``net.core.rmem_max`` (4 MB on Debian). The kernel allows
+#: twice the size asked and counts 4.3 KB per IPFIX datagram of 30 records on loopback: 4 MB
 #: hold 60 ms at 1 M flows/s, 32 MB about half a second
 SO_RCVBUFFORCE: int | None = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
 
@@ -84,11 +85,12 @@ class Collector:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 exporters too
         asked = self.settings.receive_buffer_bytes
-        try:  # as root, beyond net.core.rmem_max; else as much as the kernel allows
-            if SO_RCVBUFFORCE is None:
-                raise OSError(errno.ENOPROTOOPT, "no SO_RCVBUFFORCE here")
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, asked)
-        except OSError:
+        forced = False
+        if SO_RCVBUFFORCE is not None:  # as root, beyond net.core.rmem_max
+            with contextlib.suppress(OSError):  # EPERM: not root
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, asked)
+                forced = True
+        if not forced:  # as much as the kernel allows
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, asked)
         try:
             sock.bind((self.settings.listen, port))
