@@ -352,7 +352,7 @@ def receive_buffers_allowed(size: int) -> Iterator[int]:
             print(f"note: net.core.rmem_max is {before} and cannot be raised (not root): nfcapd gets "
                   f"{before} bytes of socket buffer, Sluice as root {size}", flush=True)
     try:
-        yield size if raised or before >= size else before
+        yield min(size, int(RMEM_MAX.read_text()))
     finally:
         if raised:
             RMEM_MAX.write_text(str(before))

@@ -104,14 +104,14 @@ class Collector:
             ) from None
         sock.setblocking(False)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports double
-        if granted < self.settings.receive_buffer_bytes and not self._warned_buffer:
+        if granted < asked and not self._warned_buffer:
             self._warned_buffer = True
             log.warning(
                 "receive buffer smaller than asked: bursts may be dropped (sluice_socket_drops)",
                 port=port,
-                asked=self.settings.receive_buffer_bytes,
+                asked=asked,
                 granted=granted,
-                fix=f"sysctl -w net.core.rmem_max={self.settings.receive_buffer_bytes} (or run with CAP_NET_ADMIN)",
+                fix=f"sysctl -w net.core.rmem_max={asked} (or run with CAP_NET_ADMIN)",
             )
         return sock
 
