@@ -166,8 +166,8 @@ class AlertSettings(BaseModel):
         0,
         ge=0,
         le=64,
-        description="threads that evaluate the definitions, each taking some of the entity types (host, host "
-        "pair, port, country, ASN) of every batch; 0: one per core the server may run on",
+        description="threads that evaluate the definitions of every batch side by side, each taking the next "
+        "definition when it is free; 0: one per core the server may run on",
     )
     snapshot_interval_s: float = Field(
         30.0,

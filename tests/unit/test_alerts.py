@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -560,13 +561,14 @@ def test_evaluation_runs_below_the_receive_loops_priority_on_every_thread():
     engine = AlertEngine(evaluation_threads=2)
     engine.set_definitions([defn(id=1), defn(id=2, entity="port", metric="sessions_received")])
     niceness: dict[str, int] = {}
-    evaluate_kind = engine._evaluate_kind
+    evaluate_definition = engine._evaluate_definition
 
     def noting_the_niceness(*args, **kwargs):
         niceness[threading.current_thread().name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        return evaluate_kind(*args, **kwargs)
+        time.sleep(0.05)  # long enough for the other thread to take the other definition
+        return evaluate_definition(*args, **kwargs)
 
-    engine._evaluate_kind = noting_the_niceness  # type: ignore[method-assign]
+    engine._evaluate_definition = noting_the_niceness  # type: ignore[method-assign]
     done = threading.Event()
     runner = EngineRunner(engine, on_events=lambda events: None, interval_s=0.01)
     runner.run_once = lambda: (EngineRunner.run_once(runner), done.set())  # type: ignore[method-assign]
@@ -587,8 +589,6 @@ def test_a_busy_engine_lets_the_batches_grow_within_a_bound():
     """An evaluation that took long makes the next wait as long (a larger batch costs less per
     row), never more than MAX_WAIT_INTERVALS intervals; a quick one keeps the interval (the
     latency)."""
-    import time
-
     from sluice.alerts.runner import MAX_WAIT_INTERVALS
 
     class Slow:
@@ -780,9 +780,9 @@ def test_count_is_the_same_for_every_batching_of_the_same_arrivals(entity, metri
         assert totals(got) == want, f"batching {trial}"
 
 
-def test_entity_types_evaluated_on_several_threads_give_the_same_events_as_on_one():
+def test_definitions_evaluated_on_several_threads_give_the_same_events_as_on_one():
     """A definition for every (entity type, metric), random traffic: an engine sharing the
-    entity types out over three threads makes the same events, in the same order, as one
+    definitions out over three threads makes the same events, in the same order, as one
     evaluating them in turn, and its counters agree."""
     rng = random.Random(zlib.crc32(b"evaluation threads"))
     definitions = [Definition(id=i, user_id=1, title="1m", metric=m, entity=e, interval="1m",
@@ -797,13 +797,14 @@ def test_entity_types_evaluated_on_several_threads_give_the_same_events_as_on_on
         batches.append((now, random_sessions(rng, live, next_id, rng.randint(1, 40))))
     one, three = AlertEngine(), AlertEngine(evaluation_threads=3)
     threads_seen: set[str] = set()
-    evaluate_kind = three._evaluate_kind
+    evaluate_definition = three._evaluate_definition
 
     def noting_the_thread(*args, **kwargs):
         threads_seen.add(threading.current_thread().name)
-        return evaluate_kind(*args, **kwargs)
+        time.sleep(0.001)  # each task long enough for every thread to take some
+        return evaluate_definition(*args, **kwargs)
 
-    three._evaluate_kind = noting_the_thread  # type: ignore[method-assign]
+    three._evaluate_definition = noting_the_thread  # type: ignore[method-assign]
     got = {}
     for engine in (one, three):
         engine.set_definitions(definitions)
@@ -819,6 +820,58 @@ def test_entity_types_evaluated_on_several_threads_give_the_same_events_as_on_on
     assert got[three] == got[one]
     assert len(threads_seen) == 3, threads_seen
     assert three.stats == one.stats
+
+
+def test_definitions_of_one_entity_type_are_shared_out_over_the_threads():
+    """Only host definitions (one entity type): two threads both evaluate some of them, and
+    the events are those of one thread, in the same order."""
+    rng = random.Random(zlib.crc32(b"one entity type"))
+    definitions = [Definition(id=i, user_id=1, title="1m", metric=m, entity=EntityType.HOST, interval="1m",
+                              threshold=THRESHOLDS[m.value.split("_")[0]])
+                   for i, m in enumerate(AlertMetric, 1)]
+    live: list[Sess] = []
+    next_id = [0]
+    batches = [(T0 + 700 * k, random_sessions(rng, live, next_id, rng.randint(1, 40))) for k in range(30)]
+    one, two = AlertEngine(), AlertEngine(evaluation_threads=2)
+    threads_seen: set[str] = set()
+    evaluate_definition = two._evaluate_definition
+
+    def noting_the_thread(*args, **kwargs):
+        threads_seen.add(threading.current_thread().name)
+        time.sleep(0.001)  # each task long enough for both threads to take some
+        return evaluate_definition(*args, **kwargs)
+
+    two._evaluate_definition = noting_the_thread  # type: ignore[method-assign]
+    got = {}
+    for engine in (one, two):
+        engine.set_definitions(definitions)
+        got[engine] = [(e.definition_id, e.entity, e.count, e.value, e.time_us)
+                       for at, sessions in batches for e in engine.evaluate(*batch(sessions), at)]
+    two.close()
+    assert len({e[0] for e in got[one]}) >= 3  # several definitions alerted
+    assert got[two] == got[one]
+    assert len(threads_seen) == 2, threads_seen
+
+
+def test_an_entity_type_whose_rows_fail_is_skipped_and_the_others_go_on():
+    """Making one type's rows fails: that batch's evaluation counts an error, its
+    definitions stay installed (their windows still slide), the other types alert."""
+    engine = AlertEngine(evaluation_threads=2)
+    engine.set_definitions([defn(id=1, threshold=150), defn(id=2, entity="port", metric="bytes_total", threshold=10)])
+    entity_rows = engine._entity_rows
+
+    def failing_for_ports(kind, *args, **kwargs):
+        if kind is EntityType.PORT:
+            raise RuntimeError("no rows")
+        return entity_rows(kind, *args, **kwargs)
+
+    engine._entity_rows = failing_for_ports  # type: ignore[method-assign]
+    events = engine.evaluate(*batch([one(sid=1, sbytes=0), one(sid=2, sbytes=0)]), T0)
+    engine.close()
+    assert [(e.definition_id, e.entity) for e in events] == [(1, "10.0.0.1")]
+    assert engine.stats["evaluation_errors"] == 1
+    assert set(engine.states) == {1, 2} and not engine.failures
+    assert engine.states[2].bucket == engine.states[1].bucket >= 0  # slid with the others
 
 
 def test_seventeen_sessions_count_seventeen_in_one_datagram_or_one_every_400_ms():

@@ -5,9 +5,10 @@ the last batch) and, per entity type in use, turns it into entity rows once (``e
 Entity keys get dense ids from one ``KeyIndex`` per type, shared by all definitions; each
 definition then needs only masks, ``bincount``s and lookups of its window. Nothing here
 loops over sessions in Python; the loops are over definitions, exception entries and
-alerting entities. Entity types share nothing but the batch (and what is worked out from it
-once, whichever asks first), so several threads may evaluate them side by side
-(``evaluation_threads``: the compiled loops release the GIL).
+alerting entities. Definitions share nothing but the batch, their entity type's rows and
+what is worked out from the batch once, whichever asks first, so several threads evaluate
+them side by side (``evaluation_threads``: the compiled loops release the GIL), each taking
+the next definition when it is free (``tasks.py``).
 
 Windows run on the server's clock: a row counts in the step (alerting period) in which it
 arrived (``Arrivals.at_ms``, stamped when its flows were folded into sessions), as with a rate
@@ -31,12 +32,13 @@ only (``_step_to``): there, COUNT counts the periods spent below.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +63,7 @@ from .keyindex import KeyIndex, distinct, group_rows, note_seen, room_for, used_
 from .pairtable import BothWaysPairTable, PairTable
 from .partial import PartGroup, Partial, PartRows, Positions
 from .selection import select_sums
+from .tasks import Ready, TaskList
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -345,8 +348,9 @@ class AlertEngine:
         #: entity types are evaluated on up to this many threads at once (they share no state)
         self.evaluation_threads = max(1, evaluation_threads)
         self._pool: ThreadPoolExecutor | None = None
-        #: the CPU time each entity type's evaluation took last: how they are shared out
-        self._kind_cost: dict[EntityType, float] = {}
+        #: the CPU time each task of an evaluation took last (an entity type's rows, a
+        #: definition): the costliest are taken first
+        self._task_cost: dict[EntityType | int, float] = {}
         self._stats_lock = threading.Lock()  # counters updated from the evaluation threads
         #: the clock moves the windows on only this long after a step ends: rows stamped in it
         #: and still queued then count in their own step, not in the next
@@ -502,9 +506,11 @@ class AlertEngine:
                 if state.lower and state.observed_from_ms is None:
                     state.observed_from_ms = now_ms
             time_us = now_us or now_ms * 1000
-            events = self._fold_rows(sessions, arrivals, now_ms, time_us)
-            # then the clock: the rows (all stamped before now) moved the windows to their steps
-            events += self._advance(now_ms - self.arrival_slack_ms, time_us)
+            # the rows, then the clock: the rows (all stamped before now) moved the windows to
+            # their steps (each window slides right after its rows, on the same thread)
+            clock_ms = now_ms - self.arrival_slack_ms
+            events = self._fold_rows(sessions, arrivals, now_ms, time_us, clock_ms)
+            events += self._advance(clock_ms, time_us)
             self.stats["events"] += len(events)
             return events
 
@@ -600,74 +606,85 @@ class AlertEngine:
             )
         return events + self._judge(state, group, local, values, time_us, bucket)
 
-    def _fold_rows(self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, time_us: int) -> list[AlertEvent]:
+    def _fold_rows(
+        self, sessions: SessionBatch, arrivals: Arrivals, now_ms: int, time_us: int, clock_ms: int
+    ) -> list[AlertEvent]:
+        """Fold the rows into every window, then slide each window to the clock ``clock_ms``.
+        The events: those of the rows (definitions by entity type, in order), then those of
+        the slides (in definition order), as if every row were folded before any window slid.
+
+        The work is a list of tasks on up to ``evaluation_threads`` threads (``TaskList``):
+        the rows' history, each entity type's rows, then each definition (its rows folded,
+        its window slid), the costliest first by the CPU time each took last time. Definitions
+        share no window; those of one type share its rows, which are let go once the last of
+        them is done."""
         if not len(sessions) or not self.states:
             return []
         at_ms = arrivals.at_ms if arrivals.at_ms is not None else np.full(len(sessions), now_ms, np.int64)
-        periods = Periods(at_ms, self.history.recall(arrivals.slot, arrivals.new, at_ms, sessions))
         self.stats["rows_evaluated"] += len(sessions)
         masks: dict[str, np.ndarray] = {}
         shared = BatchKeys(sessions)
-        events: list[AlertEvent] = []
         by_kind: dict[EntityType, list[DefinitionState]] = {}
         for state in self.states.values():
             by_kind.setdefault(state.definition.entity, []).append(state)
+        order = list(self.states)
+        periods: Ready[Periods] = Ready()
+        rows: dict[EntityType, Ready[EntityRows]] = {kind: Ready() for kind in by_kind}
+        left = {kind: len(states) for kind, states in by_kind.items()}  # definitions yet to fold its rows
+        folded: dict[int, list[AlertEvent]] = {}
+        slid: dict[int, list[AlertEvent]] = {}
+        lock = threading.Lock()
 
-        def evaluate_kinds(kinds: list[EntityType]) -> dict[EntityType, list[AlertEvent]]:
-            # one entity type at a time: its rows (tens of bytes per session row) are let go
-            # before the next type's are made, so a thread holds one type's temporaries at a time
-            found: dict[EntityType, list[AlertEvent]] = {}
-            for kind in kinds:
-                started = time.thread_time()
-                try:
-                    rows = self._entity_rows(kind, sessions, arrivals.new, now_ms, shared)
-                except Exception:  # not one definition's fault: this batch skips the entity type
-                    log.exception("alert entity rows failed", entity=kind.value)
-                    self._tally("evaluation_errors")
-                    continue
-                found[kind] = self._evaluate_kind(by_kind[kind], rows, sessions, masks, periods, time_us)
-                del rows
-                self._kind_cost[kind] = time.thread_time() - started
-            return found
-
-        groups = self._share_out(by_kind)
-        if len(groups) == 1:
-            found = evaluate_kinds(groups[0])
-        else:
-            # the other groups on the pool's threads, the first on this one; every thread is
-            # done with the windows before this evaluation returns
-            pool = self._evaluation_pool()
-            futures = [pool.submit(evaluate_kinds, group) for group in groups[1:]]
+        def recall() -> None:
             try:
-                found = evaluate_kinds(groups[0])
-            finally:
-                wait(futures)
-            for future in futures:
-                found.update(future.result())
-        # the events in the order of one thread's evaluation, however the types were shared out
-        for kind in by_kind:
-            events.extend(found.get(kind, ()))
-        return events
+                periods.set(Periods(at_ms, self.history.recall(arrivals.slot, arrivals.new, at_ms, sessions)))
+            except BaseException:
+                periods.set(None)
+                raise
 
-    def _share_out(self, by_kind: dict[EntityType, list[DefinitionState]]) -> list[list[EntityType]]:
-        """The entity types in groups of about equal cost, one per evaluation thread: the
-        costliest first, each to the group with the least so far. The cost of a type is the
-        CPU time its last evaluation took; until every type has one, its number of
-        definitions times its rows per session."""
-        n_groups = min(self.evaluation_threads, len(by_kind))
-        if n_groups <= 1:
-            return [list(by_kind)]
-        if all(kind in self._kind_cost for kind in by_kind):
-            cost = {kind: self._kind_cost[kind] for kind in by_kind}
-        else:
-            cost = {kind: float(len(states) * (2 if kind.is_endpoint else 1)) for kind, states in by_kind.items()}
-        groups: list[list[EntityType]] = [[] for _ in range(n_groups)]
-        totals = [0.0] * n_groups
-        for kind in sorted(by_kind, key=lambda k: -cost[k]):
-            least = totals.index(min(totals))
-            groups[least].append(kind)
-            totals[least] += cost[kind]
-        return groups
+        def make_rows(kind: EntityType) -> None:
+            started = time.thread_time()
+            made = None
+            try:
+                made = self._entity_rows(kind, sessions, arrivals.new, now_ms, shared)
+            except Exception:  # not one definition's fault: this batch skips the entity type
+                log.exception("alert entity rows failed", entity=kind.value)
+                self._tally("evaluation_errors")
+            finally:
+                rows[kind].set(made)
+            self._task_cost[kind] = time.thread_time() - started
+
+        def evaluate_definition(state: DefinitionState) -> None:
+            started = time.thread_time()
+            kind = state.definition.entity
+            batch_periods, kind_rows = periods.get(), rows[kind].get()
+            if batch_periods is not None and kind_rows is not None:
+                folded[state.definition.id] = self._evaluate_definition(
+                    state, kind_rows, sessions, masks, batch_periods, time_us
+                )
+            with lock:
+                left[kind] -= 1
+                if not left[kind]:
+                    rows[kind].set(None)  # its rows (tens of bytes a session row) are let go
+            slid.update(self._slide([state], clock_ms, time_us))
+            self._task_cost[state.definition.id] = time.thread_time() - started
+
+        def cost(key: EntityType | int) -> float:
+            return -self._task_cost.get(key, 0.0)
+
+        tasks: list[Callable[[], None]] = [recall]
+        tasks += [functools.partial(make_rows, kind) for kind in sorted(by_kind, key=cost)]
+        states = sorted(self.states.values(), key=lambda state: cost(state.definition.id))
+        tasks += [functools.partial(evaluate_definition, state) for state in states]
+        helpers = min(self.evaluation_threads, len(states)) - 1
+        TaskList(tasks).run(self._evaluation_pool() if helpers > 0 else None, helpers)
+        events: list[AlertEvent] = []
+        for kind_states in by_kind.values():
+            for state in kind_states:
+                events.extend(folded.get(state.definition.id, ()))
+        for definition_id in order:
+            events.extend(slid.get(definition_id, ()))
+        return events
 
     def _evaluation_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -690,23 +707,22 @@ class AlertEngine:
         with self._stats_lock:
             self.stats[name] += n
 
-    def _evaluate_kind(
+    def _evaluate_definition(
         self,
-        states: list[DefinitionState],
+        state: DefinitionState,
         rows: EntityRows,
         sessions: SessionBatch,
         masks: dict[str, np.ndarray],
         periods: Periods,
         time_us: int,
     ) -> list[AlertEvent]:
-        events: list[AlertEvent] = []
-        for state in states:
-            try:
-                pre = prefilter_mask(state, sessions, masks)
-                events.extend(self._evaluate_one(state, rows, pre, periods, time_us))
-            except Exception as exc:
-                self.set_aside(state, "evaluation failed", exc)
-        return events
+        """One definition over its entity type's rows; one that fails is set aside."""
+        try:
+            pre = prefilter_mask(state, sessions, masks)
+            return self._evaluate_one(state, rows, pre, periods, time_us)
+        except Exception as exc:
+            self.set_aside(state, "evaluation failed", exc)
+            return []
 
     def _entity_rows(
         self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, now_ms: int, shared: BatchKeys
@@ -986,17 +1002,23 @@ class AlertEngine:
     # -- time -----------------------------------------------------------------------------
 
     def _advance(self, now_ms: int, time_us: int) -> list[AlertEvent]:
-        events: list[AlertEvent] = []
-        for state in list(self.states.values()):
-            bucket = now_ms // state.step_ms
-            if bucket > state.bucket:  # never back: rows may have moved it on already
-                try:
-                    events += self._step_to(state, bucket, time_us)
-                except Exception as exc:
-                    self.set_aside(state, "its window could not slide", exc)
+        slid = self._slide(list(self.states.values()), now_ms, time_us)
+        events = [event for state_events in slid.values() for event in state_events]
         if now_ms - self._last_reclaim_ms > 60_000 and not self._ids_kept:
             self._reclaim(now_ms)
             self._last_reclaim_ms = now_ms
+        return events
+
+    def _slide(self, states: list[DefinitionState], now_ms: int, time_us: int) -> dict[int, list[AlertEvent]]:
+        """Slide each window to the clock ``now_ms``; the events, per definition (in order)."""
+        events: dict[int, list[AlertEvent]] = {}
+        for state in states:
+            bucket = now_ms // state.step_ms
+            if bucket > state.bucket:  # never back: rows may have moved it on already
+                try:
+                    events[state.definition.id] = self._step_to(state, bucket, time_us)
+                except Exception as exc:
+                    self.set_aside(state, "its window could not slide", exc)
         return events
 
     def _step_to(self, state: DefinitionState, bucket: int, time_us: int) -> list[AlertEvent]:
