@@ -780,6 +780,21 @@ def test_count_is_the_same_for_every_batching_of_the_same_arrivals(entity, metri
         assert totals(got) == want, f"batching {trial}"
 
 
+def noting_threads(engine: AlertEngine) -> set[str]:
+    """The names of the threads that evaluate ``engine``'s definitions from now on (each
+    definition then takes a millisecond longer, so that every thread gets some)."""
+    seen: set[str] = set()
+    evaluate_definition = engine._evaluate_definition
+
+    def noting_the_thread(*args, **kwargs):
+        seen.add(threading.current_thread().name)
+        time.sleep(0.001)
+        return evaluate_definition(*args, **kwargs)
+
+    engine._evaluate_definition = noting_the_thread  # type: ignore[method-assign]
+    return seen
+
+
 def test_definitions_evaluated_on_several_threads_give_the_same_events_as_on_one():
     """A definition for every (entity type, metric), random traffic: an engine sharing the
     definitions out over three threads makes the same events, in the same order, as one
@@ -796,15 +811,7 @@ def test_definitions_evaluated_on_several_threads_give_the_same_events_as_on_one
         now += rng.choice([0, 400, 2500, 20_000])
         batches.append((now, random_sessions(rng, live, next_id, rng.randint(1, 40))))
     one, three = AlertEngine(), AlertEngine(evaluation_threads=3)
-    threads_seen: set[str] = set()
-    evaluate_definition = three._evaluate_definition
-
-    def noting_the_thread(*args, **kwargs):
-        threads_seen.add(threading.current_thread().name)
-        time.sleep(0.001)  # each task long enough for every thread to take some
-        return evaluate_definition(*args, **kwargs)
-
-    three._evaluate_definition = noting_the_thread  # type: ignore[method-assign]
+    threads_seen = noting_threads(three)
     got = {}
     for engine in (one, three):
         engine.set_definitions(definitions)
@@ -833,15 +840,7 @@ def test_definitions_of_one_entity_type_are_shared_out_over_the_threads():
     next_id = [0]
     batches = [(T0 + 700 * k, random_sessions(rng, live, next_id, rng.randint(1, 40))) for k in range(30)]
     one, two = AlertEngine(), AlertEngine(evaluation_threads=2)
-    threads_seen: set[str] = set()
-    evaluate_definition = two._evaluate_definition
-
-    def noting_the_thread(*args, **kwargs):
-        threads_seen.add(threading.current_thread().name)
-        time.sleep(0.001)  # each task long enough for both threads to take some
-        return evaluate_definition(*args, **kwargs)
-
-    two._evaluate_definition = noting_the_thread  # type: ignore[method-assign]
+    threads_seen = noting_threads(two)
     got = {}
     for engine in (one, two):
         engine.set_definitions(definitions)
