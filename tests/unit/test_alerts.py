@@ -1057,3 +1057,20 @@ def test_bad_baselines_are_refused_with_the_reason(payload, complaint):
     with pytest.raises(ValueError) as err:
         DefinitionIn(**{**base, **payload})
     assert complaint in str(err.value)
+
+
+def test_a_batch_whose_rows_history_fails_is_skipped_and_the_windows_still_slide():
+    """The rows' history (COUNT's per-slot record) fails for one batch: an error is counted,
+    no definition folds that batch, every window still slides to the clock, and the next
+    batch is evaluated as usual."""
+    engine = AlertEngine(evaluation_threads=2)
+    engine.set_definitions([defn(id=1, threshold=150), defn(id=2, entity="port", metric="bytes_total", threshold=10)])
+    recall = engine.history.recall
+    engine.history.recall = lambda *args: (_ for _ in ()).throw(MemoryError("no room"))  # type: ignore[method-assign]
+    assert engine.evaluate(*batch([one(sid=1, sbytes=0), one(sid=2, sbytes=0)]), T0 + 60_000) == []
+    assert engine.stats["evaluation_errors"] == 1 and not engine.failures
+    assert all(state.bucket >= 0 for state in engine.states.values())  # slid to the clock
+    engine.history.recall = recall  # type: ignore[method-assign]
+    events = engine.evaluate(*batch([one(sid=3, sbytes=0), one(sid=4, sbytes=0)]), T0 + 61_000)
+    engine.close()
+    assert sorted((e.definition_id, e.entity) for e in events) == [(1, "10.0.0.1"), (2, "80/tcp")]

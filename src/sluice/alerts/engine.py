@@ -345,7 +345,7 @@ class AlertEngine:
         evaluation_threads: int = 1,
     ):
         self.exact_limit = exact_limit
-        #: entity types are evaluated on up to this many threads at once (they share no state)
+        #: definitions are evaluated on up to this many threads at once (they share no window)
         self.evaluation_threads = max(1, evaluation_threads)
         self._pool: ThreadPoolExecutor | None = None
         #: the CPU time each task of an evaluation took last (an entity type's rows, a
@@ -453,6 +453,8 @@ class AlertEngine:
                     failures[definition.id] = self._failure(definition, "could not be prepared", exc)
             self.states = new
             self.failures = failures
+            # what each task cost last: of the definitions gone, nothing is kept
+            self._task_cost = {k: v for k, v in self._task_cost.items() if isinstance(k, EntityType) or k in new}
 
     def _prepare(self, definition: Definition) -> DefinitionState:
         return DefinitionState(definition, self.exact_limit, self.max_pairs, self.max_step_bytes)
@@ -636,11 +638,14 @@ class AlertEngine:
         lock = threading.Lock()
 
         def recall() -> None:
+            made = None
             try:
-                periods.set(Periods(at_ms, self.history.recall(arrivals.slot, arrivals.new, at_ms, sessions)))
-            except BaseException:
-                periods.set(None)
-                raise
+                made = Periods(at_ms, self.history.recall(arrivals.slot, arrivals.new, at_ms, sessions))
+            except Exception:  # no definition can fold this batch; the windows still slide
+                log.exception("alert rows' history failed")
+                self._tally("evaluation_errors")
+            finally:
+                periods.set(made)
 
         def make_rows(kind: EntityType) -> None:
             started = time.thread_time()
