@@ -616,10 +616,11 @@ class AlertEngine:
         the slides (in definition order), as if every row were folded before any window slid.
 
         The work is a list of tasks on up to ``evaluation_threads`` threads (``TaskList``):
-        the rows' history, each entity type's rows, then each definition (its rows folded,
-        its window slid), the costliest first by the CPU time each took last time. Definitions
-        share no window; those of one type share its rows, which are let go once the last of
-        them is done."""
+        the rows' history, then type by type its rows (one type ahead) and each of its
+        definitions (its rows folded, its window slid), the costliest first by the CPU time
+        each took last time.
+        Definitions share no window; those of one type share its rows, which are let go once
+        the last of them is done."""
         if not len(sessions) or not self.states:
             return []
         at_ms = arrivals.at_ms if arrivals.at_ms is not None else np.full(len(sessions), now_ms, np.int64)
@@ -675,13 +676,23 @@ class AlertEngine:
             self._task_cost[state.definition.id] = time.thread_time() - started
 
         def cost(key: EntityType | int) -> float:
-            return -self._task_cost.get(key, 0.0)
+            return self._task_cost.get(key, 0.0)
 
-        tasks: list[Callable[[], None]] = [recall]
-        tasks += [functools.partial(make_rows, kind) for kind in sorted(by_kind, key=cost)]
-        states = sorted(self.states.values(), key=lambda state: cost(state.definition.id))
-        tasks += [functools.partial(evaluate_definition, state) for state in states]
-        helpers = min(self.evaluation_threads, len(states)) - 1
+        def kind_cost(kind: EntityType) -> float:
+            return cost(kind) + sum(cost(state.definition.id) for state in by_kind[kind])
+
+        # type by type, the costliest first, each type's definitions costliest first, and
+        # the next type's rows made before them: while one thread makes a type's rows, the
+        # others have a type's definitions to take, and the threads hold a few types' rows
+        # at a time, not every type's
+        kinds = sorted(by_kind, key=kind_cost, reverse=True)
+        tasks: list[Callable[[], None]] = [recall, functools.partial(make_rows, kinds[0])]
+        for i, kind in enumerate(kinds):
+            if i + 1 < len(kinds):
+                tasks.append(functools.partial(make_rows, kinds[i + 1]))
+            for state in sorted(by_kind[kind], key=lambda state: cost(state.definition.id), reverse=True):
+                tasks.append(functools.partial(evaluate_definition, state))
+        helpers = min(self.evaluation_threads, len(self.states)) - 1
         TaskList(tasks).run(self._evaluation_pool() if helpers > 0 else None, helpers)
         events: list[AlertEvent] = []
         for kind_states in by_kind.values():
