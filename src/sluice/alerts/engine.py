@@ -38,7 +38,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +63,7 @@ from .keyindex import KeyIndex, distinct, group_rows, note_seen, room_for, used_
 from .pairtable import BothWaysPairTable, PairTable
 from .partial import PartGroup, Partial, PartRows, Positions
 from .selection import select_sums
-from .tasks import Ready, TaskList
+from .tasks import TaskList
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
 log = structlog.get_logger(__name__)
@@ -631,8 +631,9 @@ class AlertEngine:
         for state in self.states.values():
             by_kind.setdefault(state.definition.entity, []).append(state)
         order = list(self.states)
-        periods: Ready[Periods] = Ready()
-        rows: dict[EntityType, Ready[EntityRows]] = {kind: Ready() for kind in by_kind}
+        # what a task makes for later ones (``TaskList``: a task waits only for earlier ones)
+        periods: Future[Periods | None] = Future()
+        rows: dict[EntityType, Future[EntityRows | None]] = {kind: Future() for kind in by_kind}
         left = {kind: len(states) for kind, states in by_kind.items()}  # definitions yet to fold its rows
         folded: dict[int, list[AlertEvent]] = {}
         slid: dict[int, list[AlertEvent]] = {}
@@ -646,7 +647,7 @@ class AlertEngine:
                 log.exception("alert rows' history failed")
                 self._tally("evaluation_errors")
             finally:
-                periods.set(made)
+                periods.set_result(made)
 
         def make_rows(kind: EntityType) -> None:
             started = time.thread_time()
@@ -657,13 +658,13 @@ class AlertEngine:
                 log.exception("alert entity rows failed", entity=kind.value)
                 self._tally("evaluation_errors")
             finally:
-                rows[kind].set(made)
+                rows[kind].set_result(made)
             self._task_cost[kind] = time.thread_time() - started
 
         def evaluate_definition(state: DefinitionState) -> None:
             started = time.thread_time()
             kind = state.definition.entity
-            batch_periods, kind_rows = periods.get(), rows[kind].get()
+            batch_periods, kind_rows = periods.result(), rows[kind].result()
             if batch_periods is not None and kind_rows is not None:
                 folded[state.definition.id] = self._evaluate_definition(
                     state, kind_rows, sessions, masks, batch_periods, time_us
@@ -671,7 +672,7 @@ class AlertEngine:
             with lock:
                 left[kind] -= 1
                 if not left[kind]:
-                    rows[kind].set(None)  # its rows (tens of bytes a session row) are let go
+                    del rows[kind]  # its rows (tens of bytes a session row) are let go
             slid.update(self._slide([state], clock_ms, time_us))
             self._task_cost[state.definition.id] = time.thread_time() - started
 

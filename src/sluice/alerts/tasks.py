@@ -1,5 +1,5 @@
 """One evaluation's work shared out over threads: a list of tasks that free threads take in
-order, and results that later tasks wait for.
+order; what one task makes for later ones passes through a ``concurrent.futures.Future``.
 
 Sharing out whole entity types left the threads uneven: the hosts' ten definitions of
 ``bench/alerts.py`` cost more than the other four types together, and the evaluation took as
@@ -12,31 +12,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Generic, TypeVar
-
-T = TypeVar("T")
-
-
-class Ready(Generic[T]):
-    """A value one task makes and others wait for."""
-
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self._value: T | None = None
-
-    def set(self, value: T | None) -> None:
-        self._value = value
-        self._done.set()
-
-    def get(self) -> T | None:
-        self._done.wait()
-        return self._value
 
 
 class TaskList:
     """Tasks taken in list order, each by the first thread free. A task may wait only for
-    what tasks before it in the list make (``Ready``): those have been taken already, by
-    threads that do not wait on later ones, so the waits always end."""
+    what tasks before it in the list make: those have been taken already, by threads that do
+    not wait on later ones, so the waits always end."""
 
     def __init__(self, tasks: Sequence[Callable[[], None]]) -> None:
         self._tasks = list(tasks)
