@@ -49,6 +49,30 @@ def test_a_window_over_its_step_budget_stays_within_it_keeps_its_totals_and_empt
     assert budgeted.spread_steps() == 0
 
 
+def test_steps_of_more_ids_than_one_widening_chunk_and_of_every_amount_width_spread_and_leave_whole():
+    """A step of host pairs holds millions of ids; the closed steps' amounts (kept in the
+    smallest type that holds them) are widened piece by piece as they are spread and taken
+    back. With more ids than one piece and amounts of each width, the values stay those of
+    the exact window, and everything leaves."""
+    n = 150_000  # more than two pieces (``_WIDEN_CHUNK``)
+    rng = np.random.default_rng(9)
+    ids = rng.permutation(n)  # in no order, as a step's ids come
+    for top in (200, 60_000, 4_000_000_000, 2**40):  # uint8, uint16, uint32, int64 in the ring
+        per_step = rng.integers(1, top, n)
+        budgeted = SumWindow(STEP_MS, N_BUCKETS, max_step_bytes=1 << 20)
+        exact = SumWindow(STEP_MS, N_BUCKETS, max_step_bytes=1 << 40)
+        for bucket in range(100, 100 + 2 * N_BUCKETS):
+            for window in (budgeted, exact):
+                fold(window, ids, per_step, bucket)
+            assert np.abs(budgeted.values[ids] - exact.values[ids]).max() <= 2
+        assert budgeted.spread_steps() > 0 and exact.spread_steps() == 0
+        assert (exact.values[ids] == per_step * N_BUCKETS).all()
+        for bucket in range(100 + 2 * N_BUCKETS, 100 + 3 * N_BUCKETS + 1):
+            budgeted.advance(bucket)
+            exact.advance(bucket)
+        assert not budgeted.values.any() and not exact.values.any(), top
+
+
 def test_uneven_traffic_in_the_spread_steps_is_kept_whole_and_leaves_within_one_window():
     """A burst in one step, folded into the spread part with quieter steps, is taken back
     evenly over the steps it is spread over: never more than was added, never negative, and

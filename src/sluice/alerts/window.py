@@ -19,6 +19,8 @@ when the bucket leaves the window.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import structlog
 from numba import njit
@@ -249,6 +251,8 @@ def _spread_fold(ids: np.ndarray, amounts: np.ndarray, spread: np.ndarray, sprea
     """Add a closed step's chunk to the spread amounts; ``spread_ids[:n]`` lists the ids
     with an amount (each once). Returns the new n."""
     for i in range(ids.shape[0]):
+        if i + AHEAD < ids.shape[0]:
+            prefetch(spread, ids[i + AHEAD])
         e = ids[i]
         if amounts[i] == 0:
             continue
@@ -257,6 +261,38 @@ def _spread_fold(ids: np.ndarray, amounts: np.ndarray, spread: np.ndarray, sprea
             n += 1
         spread[e] += amounts[i]
     return n
+
+
+@njit(cache=True, nogil=True)
+def _take_back(values: np.ndarray, ids: np.ndarray, amounts: np.ndarray) -> None:
+    """``values[ids] -= amounts`` (``ids`` distinct) in one pass: numpy's reads, subtracts,
+    then writes, three passes at random places over the ids of a step of host pairs."""
+    for i in range(ids.shape[0]):
+        if i + AHEAD < ids.shape[0]:
+            prefetch(values, ids[i + AHEAD])
+        values[ids[i]] -= amounts[i]
+
+
+#: closed steps' amounts are widened to int64 this many at a time, through one buffer: a step
+#: of host pairs holds millions, and widening it whole made a new array of that size (its
+#: pages faulted in) at every fold into the spread part
+_WIDEN_CHUNK = 1 << 16
+
+
+def _widened(ids: np.ndarray, amounts: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, their amounts as int64) at most ``_WIDEN_CHUNK`` at a time. One type of
+    amounts for the compiled loops: numba compiles a loop once per argument types, and a
+    compilation costs seconds of CPU; the ring keeps amounts in the smallest type that holds
+    them."""
+    if amounts.dtype == np.int64:
+        yield ids, amounts
+        return
+    buffer = np.empty(min(len(amounts), _WIDEN_CHUNK), np.int64)
+    for at in range(0, len(amounts), _WIDEN_CHUNK):
+        part = amounts[at : at + _WIDEN_CHUNK]
+        wide = buffer[: len(part)]
+        wide[:] = part
+        yield ids[at : at + _WIDEN_CHUNK], wide
 
 
 @njit(cache=True, nogil=True)
@@ -495,7 +531,8 @@ class SumWindow(_Window):
         self._expire_spread(oldest)
         for b in [b for b in self._ring if b < oldest]:
             for ids, amounts in self._ring.pop(b):  # ids are distinct within a chunk
-                self.values[ids] -= amounts
+                for part, wide in _widened(ids, amounts):
+                    _take_back(self.values, part, wide)
         closed = sorted(b for b in self._ring if b < bucket)
         for b in closed:
             if len(self._ring[b]) > 1:
@@ -515,10 +552,8 @@ class SumWindow(_Window):
         self.spread_to = b
         self._spread_left = _grow(self._spread_left, len(self.values))
         self._spread_ids = _grow(self._spread_ids, len(self.values))
-        # one type of amounts (the ring keeps them in the smallest that holds them): numba
-        # compiles a loop once per argument types, and a compilation costs seconds of CPU
-        wide = amounts.astype(np.int64, copy=False)
-        self._n_spread = _spread_fold(ids, wide, self._spread_left, self._spread_ids, self._n_spread)
+        for part, wide in _widened(ids, amounts):
+            self._n_spread = _spread_fold(part, wide, self._spread_left, self._spread_ids, self._n_spread)
         self.steps_spread += 1
 
     def _expire_spread(self, oldest: int) -> None:
