@@ -420,6 +420,9 @@ def main() -> int:
                         help="engine part: simulated seconds measured per group, after --engine-warm")
     parser.add_argument("--engine-warm", type=float, default=60,
                         help="engine part: simulated seconds fed first (its windows growing), measured apart")
+    parser.add_argument("--engine-group", action="append", dest="engine_groups", metavar="NAME",
+                        help="engine part: a group to measure (repeat for several; default every one): "
+                             + "; ".join(ENGINE_GROUPS))
     parser.add_argument("--engine-threads", type=int, default=1,
                         help="engine part: evaluation threads (the server's default is one per core)")
     parser.add_argument("--collectors", type=int, default=0,
@@ -452,7 +455,12 @@ def main() -> int:
               f"{args.engine_seconds:g} s measured apart (steady)")
         results["engine"] = {"rate": args.engine_rate, "seconds": args.engine_seconds, "warm": args.engine_warm,
                              "groups": {}}
-        for name, ids in ENGINE_GROUPS.items():
+        groups = args.engine_groups or list(ENGINE_GROUPS)
+        unknown = [name for name in groups if name not in ENGINE_GROUPS]
+        if unknown:
+            parser.error(f"unknown --engine-group {unknown}: choose among {list(ENGINE_GROUPS)}")
+        for name in groups:
+            ids = ENGINE_GROUPS[name]
             cost = engine_cost(ids, args.engine_rate, args.engine_seconds, args.engine_warm,
                                threads=args.engine_threads)
             results["engine"]["groups"][name] = cost
