@@ -262,6 +262,9 @@ class Nfcapd:
 
 class Sluice:
     name = "sluice"
+    #: several workers kept on the one core of one worker too (``--one-core``): the CPU per
+    #: flow of the design alone, without the sender's core shared
+    one_core = False
 
     def __init__(self, workdir: Path, workers: int):
         self.port = free_port(socket.SOCK_DGRAM)
@@ -276,7 +279,7 @@ class Sluice:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             # one worker: pinned like nfcapd; several: every core (on a 2-core machine that
             # includes the sender's: the figure is then what the machine as a whole keeps)
-            preexec_fn=(lambda: pin(COLLECTOR_CPU)) if workers <= 1 else (
+            preexec_fn=(lambda: pin(COLLECTOR_CPU)) if workers <= 1 or self.one_core else (
                 lambda: os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))))
         for _ in range(1200):  # a first start compiles the numba loops: tens of seconds on a busy machine
             try:
@@ -380,6 +383,7 @@ def ladder(kind: type, workdir: Path, protocol: str, shape: str, workers: int, d
         ok = rung.lossless and rung.send_rate >= 0.95 * rate
         verdict = "ok" if ok else "LOSS" if not rung.lossless else "sender-limited"
         label = kind.name + (f" x{workers}" if kind is Sluice and workers else "")
+        label += "/1c" if kind is Sluice and Sluice.one_core and workers > 1 else ""
         print(f"  {protocol:9} {shape:9} {label:10} target {rate / 1e6:5.2f} M/s  sent {rung.send_rate / 1e6:5.2f} M/s  "
               f"decoded {rung.ratio * 100:7.3f} %  stored {rung.stored_rows:>10,}/{rung.session_rows:<10,}  "
               f"cpu {rung.cpu_per_m:5.2f} s/M  peak RSS {rung.peak_rss_mb:6.0f} MB  {verdict}", flush=True)
@@ -400,6 +404,9 @@ def main() -> int:
                         help="comma-separated ladder of flows/s")
     parser.add_argument("--nfcapd-rates", help="ladder for nfcapd (default: the same; 'none' skips it)")
     parser.add_argument("--workers", default="1", help="comma-separated Sluice worker counts, e.g. 1,2")
+    parser.add_argument("--one-core", action="store_true",
+                        help="several workers on the one core of one worker too, so that CPU per flow compares "
+                             "the designs alone (by default several workers use every core, the sender's included)")
     parser.add_argument("--json", type=Path, help="also write the results here (after every ladder)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other protocol/traffic/worker results already in --json")
@@ -414,7 +421,9 @@ def main() -> int:
         print("nfcapd not found: install Debian's nfdump (make debian-deps)", file=sys.stderr)
         return 2
     pin(SENDER_CPU)
+    Sluice.one_core = args.one_core
     info = machine()
+    info["workers_on_one_core"] = args.one_core
     print(f"machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}, numpy {info['numpy']}; "
           f"{info['nfcapd']}; {seconds:.0f} s per rung")
     results: list[Rung] = []
