@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from sluice.flows.batch_ring import BatchRing, RingClosed, pack, unpack
+from sluice.flows.batch_ring import BatchRing, RingClosed, borrow, pack, unpack
 from sluice.flows.schema import SessionBatch
+from sluice.flows.shards import _owned
 
 
 def columns(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -53,6 +54,55 @@ def test_rows_of_a_batch_are_taken_straight_into_the_ring_as_take_would_take_the
     assert payload[0] == "inline" and np.array_equal(unpack(small, payload)["cln_addr"], sent["cln_addr"][rows])
     ring.close()
     small.close()
+
+
+def test_a_borrowed_batch_is_read_in_place_and_its_space_comes_back_only_when_given_back():
+    """A worker reads its flows where they lie in the ring. Until it gives their space back,
+    the producer cannot write over them (it waits); after, it can, which is why whatever
+    the worker keeps must be its own memory (``_owned``)."""
+    size = 1 << 18
+    ring = BatchRing.create(size)
+    consumer = BatchRing(ring.fd, size)
+    sent = columns(300, 3)  # about 41 kB: six of them fill the ring
+    lent, give_back = borrow(consumer, pack(ring, sent))
+    assert all(consumer.holds(column) for column in lent.values())  # views, not copies
+    for name in sent:
+        assert np.array_equal(lent[name], sent[name]), name
+    kept = _owned(SessionBatch({name: lent[name] for name in SessionBatch.COLUMNS}), consumer)
+    assert not any(consumer.holds(column) for column in kept.columns.values())
+    mine = SessionBatch.build(2)
+    assert _owned(mine, consumer) is mine  # nothing of the ring in it: not copied
+
+    filler = columns(300, 4)
+    done = threading.Event()
+
+    def produce() -> None:
+        for _ in range(8):  # round the ring, over the borrowed batch's space
+            pack(ring, filler)
+        done.set()
+
+    # the producer fills the ring and then waits: the borrowed space is not written over
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    time.sleep(0.3)
+    assert not done.is_set()
+    for name in sent:
+        assert np.array_equal(lent[name], sent[name]), name
+    give_back()
+    deadline = time.time() + 5
+    while not done.is_set() and time.time() < deadline:
+        # the consumer takes what the producer placed meanwhile, as a worker would
+        consumer._released[0] = ring._head
+        time.sleep(0.01)
+    assert done.is_set()
+    assert any(not np.array_equal(lent[name], sent[name]) for name in sent)  # written over now
+    for name in SessionBatch.COLUMNS:  # what was made the worker's own is unchanged
+        assert np.array_equal(kept[name], sent[name]), name
+    ring.close()
+    inline = columns(5, 5)
+    lent, give_back = borrow(consumer, ("inline", inline))
+    assert lent is inline
+    give_back()
 
 
 def test_a_batch_larger_than_the_ring_goes_whole_through_the_pipe_instead():

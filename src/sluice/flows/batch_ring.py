@@ -90,14 +90,28 @@ class BatchRing:
 
     def take(self, placed: Any) -> dict[str, np.ndarray]:
         """The columns ``put`` placed (copies: the space is released at once)."""
-        end, layout = placed
+        columns = {name: column.copy() for name, column in self.view(placed).items()}
+        self.release(placed)
+        return columns
+
+    def view(self, placed: Any) -> dict[str, np.ndarray]:
+        """The columns ``put`` placed, as views of the ring: read them, or copy what is kept,
+        before ``release``, after which the producer may write over them."""
+        _, layout = placed
         columns = {}
         for name, dtype, shape, offset in layout:
             dt = np.dtype(dtype)
             count = int(np.prod(shape, dtype=np.int64))
-            columns[name] = self._data[offset : offset + count * dt.itemsize].view(dt).reshape(shape).copy()
-        self._released[0] = end
+            columns[name] = self._data[offset : offset + count * dt.itemsize].view(dt).reshape(shape)
         return columns
+
+    def release(self, placed: Any) -> None:
+        """Give back the space of the batch ``placed`` (and of those placed before it)."""
+        self._released[0] = placed[0]
+
+    def holds(self, column: np.ndarray) -> bool:
+        """Whether ``column`` may lie in the ring's space (a view of it)."""
+        return bool(np.may_share_memory(column, self._data))
 
     def close(self) -> None:
         """Stop waiting in ``put`` and give the file back (the mapping goes with the object)."""
@@ -125,3 +139,12 @@ def pack(
 def unpack(ring: BatchRing, payload: tuple) -> dict[str, np.ndarray]:
     kind, body = payload
     return ring.take(body) if kind == "ring" else body
+
+
+def borrow(ring: BatchRing, payload: tuple) -> tuple[dict[str, np.ndarray], Callable[[], None]]:
+    """``unpack`` without the copy: the columns (views of the ring, or the inline ones), and
+    what gives their space back once nothing made from them is a view of them."""
+    kind, body = payload
+    if kind != "ring":
+        return body, lambda: None
+    return ring.view(body), lambda: ring.release(body)

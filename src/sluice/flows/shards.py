@@ -46,7 +46,7 @@ from numba import njit
 from ..allocator import HeapTrimmer, keep_freed_memory
 from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
-from .batch_ring import BatchRing, RingClosed, pack, unpack
+from .batch_ring import BatchRing, RingClosed, borrow, pack, unpack
 from .enrich import Enricher
 from .schema import Arrivals, FlowBatch, SessionBatch
 from .session_table import GOLDEN, mix64
@@ -162,6 +162,15 @@ class _OwnFiles:
             return []
 
 
+def _owned(sessions: SessionBatch, ring: BatchRing) -> SessionBatch:
+    """``sessions`` with no column that is a view of ``ring``: the tracker writes its rows
+    into its own arrays, so this copies nothing unless that changes, and then keeps the rows
+    from being written over once the ring's space is given back."""
+    if not any(ring.holds(column) for column in sessions.columns.values()):
+        return sessions
+    return SessionBatch({name: c.copy() if ring.holds(c) else c for name, c in sessions.columns.items()})
+
+
 def _report(tracker: SessionTracker, files: _OwnFiles | None = None) -> WorkerReport:
     errors = files.write_errors if files is not None else 0
     return WorkerReport(len(tracker), tracker.memory_bytes(), tracker.stats, errors)
@@ -219,8 +228,15 @@ def _worker_main(
         kind = message[0]
         if kind == "flows":
             _, payload, now_ms, wanted = message
+            # the flows are read where they lie in the ring (copying them out cost as much as
+            # a quarter of the tracking); what the tracker returns is its own memory, and the
+            # space goes back as soon as it has returned
+            columns, give_back = borrow(flows_in, payload)
             # slots: row * count + index, distinct from every other worker's
-            out, arrivals = tracker.track(FlowBatch(unpack(flows_in, payload)), now_ms, count, index)
+            out, arrivals = tracker.track(FlowBatch(columns), now_ms, count, index)
+            out = _owned(out, flows_in)
+            give_back()
+            del columns
             if len(out):
                 out = enricher(out)
                 if wanted or files is None:
