@@ -5,9 +5,9 @@ buffer of a few hundred kB at a time (a wake-up of the reader each time), and th
 rebuilds it - about 0.3 CPU-s per million session rows for a round trip, as much as the
 tracker itself. A ``BatchRing`` is one direction of that traffic in a shared memory file
 (``memfd``: no ``/dev/shm`` mount needed): the producer copies the columns in, the pipe
-carries only where they are, and the consumer copies them out and releases the space. One
-producer and one consumer per ring, in order; a batch larger than the ring goes through the
-pipe as before.
+carries only where they are, and the consumer copies them out (``take``) or reads them
+where they lie (``borrow``), then releases the space. One producer and one consumer per
+ring, in order; a batch larger than the ring goes through the pipe as before.
 """
 
 from __future__ import annotations
