@@ -228,8 +228,8 @@ def _worker_main(
         kind = message[0]
         if kind == "flows":
             _, payload, now_ms, wanted = message
-            # the flows are read where they lie in the ring (copying them out cost as much as
-            # a quarter of the tracking); what the tracker returns is its own memory, and the
+            # the flows are read where they lie in the ring (copying them out cost about an
+            # eighth of the tracking); what the tracker returns is its own memory, and the
             # space goes back as soon as it has returned
             columns, give_back = borrow(flows_in, payload)
             # slots: row * count + index, distinct from every other worker's
