@@ -75,10 +75,11 @@ def test_a_borrowed_batch_is_read_in_place_and_its_space_comes_back_only_when_gi
 
     filler = columns(300, 4)
     done = threading.Event()
+    placed: list[tuple] = []
 
     def produce() -> None:
         for _ in range(8):  # round the ring, over the borrowed batch's space
-            pack(ring, filler)
+            placed.append(pack(ring, filler))
         done.set()
 
     # the producer fills the ring and then waits: the borrowed space is not written over
@@ -92,7 +93,8 @@ def test_a_borrowed_batch_is_read_in_place_and_its_space_comes_back_only_when_gi
     deadline = time.time() + 5
     while not done.is_set() and time.time() < deadline:
         # the consumer takes what the producer placed meanwhile, as a worker would
-        consumer._released[0] = ring._head
+        if placed:
+            consumer.release(placed[-1][1])
         time.sleep(0.01)
     assert done.is_set()
     assert any(not np.array_equal(lent[name], sent[name]) for name in sent)  # written over now
