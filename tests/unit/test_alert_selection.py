@@ -18,7 +18,7 @@ from sluice.alerts.definition import AlertMetric, Definition, EntityType
 from sluice.alerts.engine import AlertEngine, DefinitionState, Periods, prefilter_mask
 from sluice.alerts.entities import BatchKeys
 from sluice.alerts.selection import select_sums
-from sluice.alerts.window import _accumulate, unpack_sums
+from sluice.alerts.window import SlotHistory, _accumulate, unpack_sums
 from sluice.flows.schema import SessionBatch
 
 T0 = 1_700_000_000_000
@@ -120,3 +120,26 @@ def test_every_plan_is_the_same_compiled_and_loaded_from_numbas_cache(tmp_path: 
     assert first["plans"] == second["plans"] == 9
     assert first["compiled"] >= 9 and first["loaded"] == 0
     assert second["loaded"] >= 9 and second["compiled"] == 0
+
+
+def test_the_slot_history_recalls_each_rows_earlier_times_as_a_plain_loop_does() -> None:
+    """``SlotHistory.recall`` against a per-row Python reading of what it keeps: slots taken
+    again by new sessions forget the old one's times, sides without traffic keep theirs, and
+    a slot seen twice in one batch reads its own earlier row."""
+    rng = np.random.default_rng(11)
+    history = SlotHistory()
+    kept: dict[int, list[int]] = {}  # slot -> (last row, cln bytes, cln pkts, srv bytes, srv pkts) in seconds
+    for b in range(30):
+        n = int(rng.integers(1, 500))
+        sessions, slot, new = random_batch(rng, n, 2000)
+        at_ms = T0 + b * 2500 + rng.integers(0, 4000, n)
+        got = history.recall(slot, new, at_ms, sessions)
+        want = np.zeros((5, n), np.int64)
+        for i in range(n):
+            record = [0] * 5 if new[i] else kept.get(int(slot[i]), [0] * 5)
+            want[:, i] = np.array(record) * 1000
+            t = int(at_ms[i]) // 1000
+            sent = [sessions[c][i] > 0 for c in ("cln_bytes", "cln_pkts", "srv_bytes", "srv_pkts")]
+            kept[int(slot[i])] = [t] + [t if s else old for s, old in zip(sent, record[1:], strict=True)]
+        np.testing.assert_array_equal(got, want, err_msg=f"batch {b}")
+    assert len(kept) > 1000 and history.slots_used == max(kept) + 1

@@ -336,23 +336,28 @@ def _recall(
     each side last sent bytes and packets before it (milliseconds, rounded down to the second;
     0: never); then this row is noted. A slot taken by a new session forgets the old one's."""
     n = slot.shape[0]
-    out = np.zeros((5, n), np.int64)
+    out = np.empty((5, n), np.int64)
+    # plain element reads and writes: a record taken as a row view (``table[slot[i]]``) and
+    # cleared with ``rec[:] = 0`` made this pass four times slower (40 against 9 ns a row)
+    zero = np.uint32(0)
     for i in range(n):
-        rec = table[slot[i]]
-        if new[i]:
-            rec[:] = 0
-        for k in range(5):
-            out[k, i] = np.int64(rec[k]) * 1000
+        s = slot[i]
         t = np.uint32(at_ms[i] // 1000)
-        rec[LAST_ROW] = t
-        if cln_bytes[i] > 0:
-            rec[CLN_BYTES] = t
-        if cln_pkts[i] > 0:
-            rec[CLN_PKTS] = t
-        if srv_bytes[i] > 0:
-            rec[SRV_BYTES] = t
-        if srv_pkts[i] > 0:
-            rec[SRV_PKTS] = t
+        if new[i]:
+            last = cb = cp = sb = sp = zero
+        else:
+            last, cb, cp = table[s, LAST_ROW], table[s, CLN_BYTES], table[s, CLN_PKTS]
+            sb, sp = table[s, SRV_BYTES], table[s, SRV_PKTS]
+        out[LAST_ROW, i] = np.int64(last) * 1000
+        out[CLN_BYTES, i] = np.int64(cb) * 1000
+        out[CLN_PKTS, i] = np.int64(cp) * 1000
+        out[SRV_BYTES, i] = np.int64(sb) * 1000
+        out[SRV_PKTS, i] = np.int64(sp) * 1000
+        table[s, LAST_ROW] = t
+        table[s, CLN_BYTES] = t if cln_bytes[i] > 0 else cb
+        table[s, CLN_PKTS] = t if cln_pkts[i] > 0 else cp
+        table[s, SRV_BYTES] = t if srv_bytes[i] > 0 else sb
+        table[s, SRV_PKTS] = t if srv_pkts[i] > 0 else sp
     return out
 
 
