@@ -414,36 +414,6 @@ def directions_of(own: np.ndarray, peer: np.ndarray) -> tuple[np.ndarray, np.nda
     return keys, side
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _note_side(
-    t_ids: np.ndarray,
-    t_steps: np.ndarray,
-    s: int | np.int64,
-    side: int,
-    e: np.int64,
-    step: int,
-    counters: np.ndarray,
-    max_pairs: int,
-    exact_limit: int,
-    values: np.ndarray,
-    over: np.ndarray,
-    n_over: int,
-) -> int:
-    """One direction of the pair in slot ``s`` seen in ``step``; returns the new length of ``over``."""
-    if _half(t_ids[s], side) == 0:
-        if counters[_LIVE] >= max_pairs:
-            counters[_DROPPED] += 1
-            return n_over
-        t_ids[s] = _with_half(t_ids[s], side, np.uint64(e + 1))
-        counters[_LIVE] += 1
-        values[e] += 1
-        if values[e] > exact_limit:
-            over[n_over] = e
-            n_over += 1
-    t_steps[s] = _with_half(t_steps[s], side, np.uint64(step + _STEP_OFFSET))
-    return n_over
-
-
 @njit(cache=True, nogil=True)
 def _add_both(
     slots: np.ndarray,
@@ -479,12 +449,24 @@ def _add_both(
             t_ids[s] = _EMPTY
             t_steps[s] = _EMPTY
             counters[_ENTRIES] += 1
+        # each direction seen: held from now if new (within the bound), its step noted. Written
+        # out here: as a helper inlined by numba (five arrays for arguments) this pass took 4 to
+        # 5 times as long, 170 against 40 ns a session on a table of 16 M pairs
         for side in range(2):
-            if sides[i, side] >= 0:
-                n_over = _note_side(
-                    t_ids, t_steps, s, side, sides[i, side], step, counters, max_pairs, exact_limit, values, over,
-                    n_over,
-                )  # fmt: skip
+            e = sides[i, side]
+            if e < 0:
+                continue
+            if _half(t_ids[s], side) == 0:
+                if counters[_LIVE] >= max_pairs:
+                    counters[_DROPPED] += 1
+                    continue
+                t_ids[s] = _with_half(t_ids[s], side, np.uint64(e + 1))
+                counters[_LIVE] += 1
+                values[e] += 1
+                if values[e] > exact_limit:
+                    over[n_over] = e
+                    n_over += 1
+            t_steps[s] = _with_half(t_steps[s], side, np.uint64(step + _STEP_OFFSET))
         if t_ids[s] == _EMPTY:  # its only direction was beyond the bound just now
             _delete(slots, shift, s)
             counters[_ENTRIES] -= 1
