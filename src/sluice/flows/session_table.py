@@ -333,13 +333,17 @@ def orient(
         a_client[r] = a_cl
         src_cl = a_cl == a_is_src[f]
         rep_src_is_client[j] = src_cl
+        # byte by byte: row slices (``cln_addr[r, :] = src[f, :]``) are array views made
+        # per session, which made this pass several times slower
         if src_cl:
-            cln_addr[r, :] = src[f, :]
-            srv_addr[r, :] = dst[f, :]
+            for b in range(16):
+                cln_addr[r, b] = src[f, b]
+                srv_addr[r, b] = dst[f, b]
             cln_port[r], srv_port[r] = sp, dp
         else:
-            cln_addr[r, :] = dst[f, :]
-            srv_addr[r, :] = src[f, :]
+            for b in range(16):
+                cln_addr[r, b] = dst[f, b]
+                srv_addr[r, b] = src[f, b]
             cln_port[r], srv_port[r] = dp, sp
         if icmp:
             srv_port[r] = req_code[j]  # the request's type * 256 + code, when one was seen
