@@ -120,3 +120,19 @@ def test_address_words_are_the_big_endian_halves():
         assert int(hi[i]) == int.from_bytes(row[:8].tobytes(), "big")
         assert int(lo[i]) == int.from_bytes(row[8:].tobytes(), "big")
     assert hi.dtype == np.uint64 and hi.flags.c_contiguous
+
+
+def test_ipv4_addresses_become_the_mapped_ipv6_addresses_byte_for_byte() -> None:
+    """``ipv4_to_mapped`` writes each row as 32-bit words: the result is ``::ffff:a.b.c.d`` in
+    network order, as ``ipaddress`` spells it, whatever the machine's byte order."""
+    import ipaddress
+
+    from sluice.collect.wire import ipv4_to_mapped
+
+    edges = [0, 1, 0x7F000001, 0xC0A80101, 0xFFFFFFFF]
+    values = np.concatenate([edges, np.random.default_rng(5).integers(0, 2**32, 500)])
+    for dtype in (np.uint32, np.uint64, np.int64):  # decoders hand over whichever they read
+        got = ipv4_to_mapped(values.astype(dtype))
+        assert got.shape == (len(values), 16) and got.dtype == np.uint8
+        want = [ipaddress.IPv6Address(f"::ffff:{ipaddress.IPv4Address(int(v))}").packed for v in values]
+        assert [bytes(row) for row in got] == want
