@@ -109,9 +109,9 @@ _FEW_VALUED = [
 ]
 #: the many-valued integer columns: written byte stream split (each byte of the values in a
 #: stream of its own, which LZ4 then packs: the high bytes of addresses, ports and counters
-#: are mostly alike). Against plain LZ4 pages, in process on 1 M sessions: 0.34-0.38 ->
-#: 0.24-0.30 CPU-s per M rows written, 28.7 -> 15.8 bytes a row. (Parquet 2.11; DuckDB reads
-#: it for integers since 2.0.)
+#: are mostly alike). Against plain LZ4 pages (bench/store_query.py, 20 M sessions, runs
+#: in turn): 0.44-0.45 -> 0.30-0.39 CPU-s per M inserted, 34.1 -> 24.6 bytes a session, the
+#: queries alike. (Parquet 2.11; DuckDB reads it for integers since 2.0.)
 _BYTE_STREAM_SPLIT = [
     "cln_addr__hi",
     "cln_addr__lo",
