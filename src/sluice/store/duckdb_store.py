@@ -111,7 +111,9 @@ _FEW_VALUED = [
 #: stream of its own, which LZ4 then packs: the high bytes of addresses, ports and counters
 #: are mostly alike). Against plain LZ4 pages (bench/store_query.py, 20 M sessions, runs
 #: in turn): 0.44-0.45 -> 0.30-0.39 CPU-s per M inserted, 34.1 -> 24.6 bytes a session, the
-#: queries alike. (Parquet 2.11; DuckDB reads it for integers since 2.0.)
+#: queries alike (at 100 M, those over everything 12-35 % slower in two runs, while DuckDB read
+#: both encodings alike in process: docs/performance.md). (Parquet 2.11; DuckDB reads it for
+#: integers since 2.0.)
 _BYTE_STREAM_SPLIT = [
     "cln_addr__hi",
     "cln_addr__lo",
