@@ -48,6 +48,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -308,6 +309,19 @@ class Sluice:
 def run_rung(kind: type, workdir: Path, protocol: str, shape: str, workers: int, datagrams: list[bytes],
              rate: float, seconds: float) -> Rung:
     collector = kind(workdir, workers)
+    try:
+        return _measure(collector, protocol, shape, workers, datagrams, rate, seconds)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed: leave no collector running
+        collector.proc.terminate()
+        try:
+            collector.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            collector.proc.kill()
+        raise
+
+
+def _measure(collector: Sluice | Nfcapd, protocol: str, shape: str, workers: int, datagrams: list[bytes],
+             rate: float, seconds: float) -> Rung:
     cpu0 = tree_cpu_s(collector.proc.pid)
     sent, achieved = send(collector.port, datagrams, rate, seconds)
     # let the collector drain its socket buffer and write its queue: wait until nothing moves
@@ -354,11 +368,22 @@ def receive_buffers_allowed(size: int) -> Iterator[int]:
         except OSError:
             print(f"note: net.core.rmem_max is {before} and cannot be raised (not root): nfcapd gets "
                   f"{before} bytes of socket buffer, Sluice as root {size}", flush=True)
+    # a benchmark stopped with SIGTERM (kill, pkill) would otherwise leave the machine's
+    # limit raised: Python's default for it ends the process without running ``finally``
+    previous = signal.getsignal(signal.SIGTERM)
+    if raised and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_term)
     try:
         yield min(size, int(RMEM_MAX.read_text()))
     finally:
         if raised:
             RMEM_MAX.write_text(str(before))
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def machine() -> dict[str, object]:
