@@ -370,16 +370,15 @@ def receive_buffers_allowed(size: int) -> Iterator[int]:
                   f"{before} bytes of socket buffer, Sluice as root {size}", flush=True)
     # a benchmark stopped with SIGTERM (kill, pkill) would otherwise leave the machine's
     # limit raised: Python's default for it ends the process without running ``finally``
-    previous = signal.getsignal(signal.SIGTERM)
-    if raised and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_term)
+    handled = raised and threading.current_thread() is threading.main_thread()  # signals: main thread only
+    previous = signal.signal(signal.SIGTERM, _exit_on_term) if handled else None
     try:
         yield min(size, int(RMEM_MAX.read_text()))
     finally:
         if raised:
             RMEM_MAX.write_text(str(before))
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, previous)
+        if handled:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_on_term(signum: int, frame: object) -> None:

@@ -115,6 +115,7 @@ def test_a_flush_of_many_batches_keeps_every_row_in_its_day_in_required_columns(
     assert sorted(map(key, got)) == sorted(map(key, want))
     assert {r["cln_country"] for r in got} == {r["cln_country"] for r in want}
 
+
 def test_every_column_comes_back_exactly_from_the_files_edge_values_included(store):
     """The many-valued integer columns are written byte stream split (every byte of the
     values a stream of its own): whatever their values - the largest counters, ports 0 and
