@@ -8,6 +8,7 @@ scaled by ``sampling_rate``, which is kept. Countries are ISO 3166 alpha-2 codes
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -111,6 +112,16 @@ def put_rows(column: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
         column[index] = values
 
 
+@functools.lru_cache(maxsize=64)
+def _arrow_type_of(dtype: np.dtype) -> pa.DataType:
+    return pa.from_numpy_dtype(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_dtype_of(arrow_type: pa.DataType) -> np.dtype:
+    return np.dtype(arrow_type.to_pandas_dtype())
+
+
 def numpy_to_arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) -> pa.Array:
     """A numeric or boolean numpy column as Arrow (sharing its memory where the types agree).
 
@@ -120,8 +131,8 @@ def numpy_to_arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) ->
     if values.dtype == np.bool_:
         bits = np.packbits(values, bitorder="little")
         return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
-    arrow_type = arrow_type or pa.from_numpy_dtype(values.dtype)
-    dtype = np.dtype(arrow_type.to_pandas_dtype())
+    arrow_type = arrow_type or _arrow_type_of(values.dtype)
+    dtype = _numpy_dtype_of(arrow_type)
     if values.dtype != dtype:
         cast = values.astype(dtype)
         if not np.array_equal(cast, values):
