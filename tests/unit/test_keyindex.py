@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sluice.alerts.keyindex import KeyIndex, group_rows
+from sluice.alerts.entities import address_keys
+from sluice.alerts.keyindex import KeyIndex, group_rows, mix64
+from sluice.flows.schema import address_words
 
 
 def test_the_index_agrees_with_a_dict_under_churn():
@@ -104,3 +106,18 @@ def test_unseen_since_lists_the_live_ids_seen_before_the_cutoff():
     # an id beyond the times kept was never seen: listed
     short = seen[: int(live.max())]
     assert index.unseen_since(short, 0).tolist() == [int(live.max())]
+
+
+def test_address_keys_are_the_saved_states_keys_any_address_and_layout():
+    """Host keys are saved with the alert state (``KeyIndex.state``): the compiled pass must
+    give what the formula always gave, lower half xor ``mix64`` of the upper (IPv4 exactly
+    itself), for any bytes and for a column that is a strided view."""
+    rng = np.random.default_rng(5)
+    addresses = rng.integers(0, 256, (20_001, 16)).astype(np.uint8)
+    addresses[:5000, :10] = 0
+    addresses[:5000, 10:12] = 255  # IPv4-mapped
+    hi, lo = address_words(addresses)
+    assert (address_keys(addresses) == (lo ^ mix64(hi))).all()
+    assert (address_keys(addresses[::3]) == (lo ^ mix64(hi))[::3]).all()
+    v4 = addresses[:5000]
+    assert (address_keys(v4) == v4[:, 10:].astype(np.uint64) @ (np.uint64(256) ** np.arange(5, -1, -1, dtype=np.uint64))).all()

@@ -11,17 +11,37 @@ from __future__ import annotations
 from functools import cached_property
 
 import numpy as np
+from numba import njit
 
-from ..flows.schema import SessionBatch, addr_bytes, addr_text, address_words
+from ..flows.schema import SessionBatch, addr_bytes, addr_text
 from ..query.filter import PROTOCOL_NAMES, PROTOCOLS
 from .definition import AlertMetric, EntityType
-from .keyindex import mix64, ordered_pair_key
+from .keyindex import mix64_one, ordered_pair_key
 
 
 def address_keys(addr16: np.ndarray) -> np.ndarray:
-    """One 64-bit key per 16-byte address; IPv4 addresses map to themselves (exact)."""
-    hi, lo = address_words(addr16)
-    return lo ^ mix64(hi)
+    """One 64-bit key per 16-byte address; IPv4 addresses map to themselves (exact): the
+    lower 64 bits of the address (big-endian) xor ``mix64`` of the upper."""
+    return _address_keys(np.ascontiguousarray(addr16, np.uint8))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _big_endian_word(word: np.uint64) -> np.uint64:
+    out = np.uint64(0)
+    for b in range(8):  # LLVM makes this one byte swap
+        out = (out << np.uint64(8)) | ((word >> np.uint64(8 * b)) & np.uint64(0xFF))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _address_keys(addr16: np.ndarray) -> np.ndarray:
+    # one compiled pass: numpy's halves, byte swaps and the hash's five passes took 7.7 ns an
+    # address, this 2.2 (131,072 addresses); every session's two are keyed for host alerts
+    words = addr16.view(np.uint64)
+    out = np.empty(addr16.shape[0], np.uint64)
+    for i in range(addr16.shape[0]):
+        out[i] = _big_endian_word(words[i, 1]) ^ mix64_one(_big_endian_word(words[i, 0]))
+    return out
 
 
 def watched_keys(kind: EntityType, texts: list[str]) -> np.ndarray:

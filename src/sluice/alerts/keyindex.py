@@ -40,6 +40,16 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _S33)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def mix64_one(x: np.uint64) -> np.uint64:
+    """``mix64`` of one key, for compiled loops (the same constants: the same keys)."""
+    x = x ^ (x >> _S33)
+    x = x * _M1
+    x = x ^ (x >> _S33)
+    x = x * _M2
+    return x ^ (x >> _S33)
+
+
 def distinct(x: np.ndarray) -> np.ndarray:
     """Sorted distinct values. numpy's ``unique`` hashes integers, which is ten times slower
     than sorting on large arrays with many distinct values."""
