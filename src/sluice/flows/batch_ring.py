@@ -12,6 +12,7 @@ ring, in order; a batch larger than the ring goes through the pipe as before.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import time
@@ -57,10 +58,12 @@ class BatchRing:
         needs, or None if they do not fit in the ring at all (send them some other way). Waits
         while the consumer has not released enough; raises ``RingClosed`` if ``alive`` says it
         is gone."""
-        shapes = [column.shape if rows is None else (len(rows), *column.shape[1:]) for column in columns.values()]
-        nbytes = [
-            int(np.prod(shape, dtype=np.int64)) * c.itemsize for shape, c in zip(shapes, columns.values(), strict=True)
-        ]
+        # plain integers and the arrays' own methods: numpy's ``prod`` and ``take`` wrappers
+        # cost about 14 us a column, 0.26 ms a batch of 18 columns whatever its rows; a
+        # worker gets a batch from every collector batch
+        n = None if rows is None else len(rows)
+        shapes = [column.shape if n is None else (n, *column.shape[1:]) for column in columns.values()]
+        nbytes = [math.prod(shape) * c.itemsize for shape, c in zip(shapes, columns.values(), strict=True)]
         sizes = [(size + _ALIGN - 1) // _ALIGN * _ALIGN for size in nbytes]
         total = sum(sizes)
         if total > self.size:
@@ -82,7 +85,7 @@ class BatchRing:
             if rows is None:
                 place[:] = np.ascontiguousarray(column).reshape(-1).view(np.uint8)
             else:  # "clip": a bounds check per row, where "raise" would take into a buffer first
-                np.take(column, rows, axis=0, out=place.view(column.dtype).reshape(shape), mode="clip")
+                column.take(rows, axis=0, out=place.view(column.dtype).reshape(shape), mode="clip")
             layout.append((name, column.dtype.str, shape, offset))
             offset += size
         self._head = end
@@ -101,8 +104,7 @@ class BatchRing:
         columns = {}
         for name, dtype, shape, offset in layout:
             dt = np.dtype(dtype)
-            count = int(np.prod(shape, dtype=np.int64))
-            columns[name] = self._data[offset : offset + count * dt.itemsize].view(dt).reshape(shape)
+            columns[name] = self._data[offset : offset + math.prod(shape) * dt.itemsize].view(dt).reshape(shape)
         return columns
 
     def release(self, placed: Any) -> None:
