@@ -25,6 +25,11 @@ rungs; shorter rungs measure a tracker still filling, which flatters it).
 worker the server is pinned to one core, as nfcapd is; with N > 1 it may use every core,
 the sender's included (on a 2-core machine the sender then takes part of one).
 
+``--alternate K`` (with one rate and several worker counts) answers "does CPU per flow stay
+flat as workers are added?" on a machine whose speed drifts: instead of a ladder per worker
+count, one rung of each worker count in turn, K rounds, and the median CPU-s per M flows of
+each count against the first's. Add ``--one-core`` to keep every count on one core.
+
 Both collectors ask for a 32 MB socket buffer (nfcapd ``-B``, Sluice's default). nfcapd asks
 with plain SO_RCVBUF, which the kernel caps at ``net.core.rmem_max``; run as root, the
 benchmark raises that to 32 MB for the run and sets it back after, so both get the same
@@ -45,6 +50,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -418,6 +424,32 @@ def ladder(kind: type, workdir: Path, protocol: str, shape: str, workers: int, d
     return best
 
 
+def alternate(workdir: Path, protocol: str, shape: str, worker_counts: list[int], datagrams: list[bytes],
+              rate: float, seconds: float, rounds: int, results: list[Rung]) -> dict[str, object]:
+    """One rung per worker count in turn, ``rounds`` times: the CPU per flow of each count
+    measured as close in time as the others', so that a machine's drift falls on all alike."""
+    cpu: dict[int, list[float]] = {w: [] for w in worker_counts}
+    lossless: dict[int, int] = {w: 0 for w in worker_counts}
+    for round_ in range(1, rounds + 1):
+        for workers in worker_counts:
+            rung = run_rung(Sluice, workdir, protocol, shape, workers, datagrams, rate, seconds)
+            results.append(rung)
+            cpu[workers].append(rung.cpu_per_m)
+            lossless[workers] += rung.lossless
+            label = f"x{workers}" + ("/1c" if Sluice.one_core and workers > 1 else "")
+            print(f"  round {round_}/{rounds}  {protocol:9} {shape:9} sluice {label:6} {rate / 1e6:5.2f} M/s  "
+                  f"decoded {rung.ratio * 100:7.3f} %  cpu {rung.cpu_per_m:5.2f} s/M  "
+                  f"{'ok' if rung.lossless else 'LOSS'}", flush=True)
+    first = statistics.median(cpu[worker_counts[0]])
+    out: dict[str, object] = {"protocol": protocol, "shape": shape, "rate": rate, "rounds": rounds, "per_workers": []}
+    for workers in worker_counts:
+        median = statistics.median(cpu[workers])
+        out["per_workers"].append({  # type: ignore[union-attr]
+            "workers": workers, "cpu_s_per_M": cpu[workers], "median": median,
+            "over_first": median / first - 1, "lossless_rounds": lossless[workers]})
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10 s rungs, v5 only, few rates (a smoke run)")
@@ -431,6 +463,9 @@ def main() -> int:
     parser.add_argument("--one-core", action="store_true",
                         help="several workers on the one core of one worker too, so that CPU per flow compares "
                              "the designs alone (by default several workers use every core, the sender's included)")
+    parser.add_argument("--alternate", type=int, default=0, metavar="K",
+                        help="with one rate: one rung per worker count in turn, K rounds, and each count's median "
+                             "CPU per flow against the first count's (no ladders, no nfcapd)")
     parser.add_argument("--json", type=Path, help="also write the results here (after every ladder)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other protocol/traffic/worker results already in --json")
@@ -472,6 +507,11 @@ def main() -> int:
             "summary": [s for s in kept if (s["protocol"], s["shape"], s["workers"]) not in done] + summary,
             "rungs": old_rungs + rungs}, indent=2))
 
+    if args.alternate:
+        if len(rates) != 1:
+            print("--alternate takes one rate (--rates R)", file=sys.stderr)
+            return 2
+        return alternate_main(args, info, protocols, shapes, worker_counts, rates[0], seconds)
     with tempfile.TemporaryDirectory() as tmp, receive_buffers_allowed(RECEIVE_BUFFER) as buffer:
         workdir = Path(tmp)
         info["socket_buffer_bytes"] = buffer
@@ -503,6 +543,32 @@ def main() -> int:
               f"{s['sluice_max_flows_per_s'] / 1e6:7.2f} M  {fmt(s['ratio_sluice_over_nfcapd'], '5.2f')}x  "
               f"{fmt(s['nfcapd_cpu_s_per_M'], '10.2f')}  {fmt(s['sluice_cpu_s_per_M'], '10.2f')}  "
               f"{fmt(s['nfcapd_peak_rss_mb'], '9.0f')}  {fmt(s['sluice_peak_rss_mb'], '9.0f')}")
+    return 0
+
+
+def alternate_main(args: argparse.Namespace, info: dict[str, object], protocols: list[str], shapes: list[str],
+                   worker_counts: list[int], rate: float, seconds: float) -> int:
+    results: list[Rung] = []
+    summaries = []
+    with tempfile.TemporaryDirectory() as tmp, receive_buffers_allowed(RECEIVE_BUFFER) as buffer:
+        info["socket_buffer_bytes"] = buffer
+        for protocol in protocols:
+            for shape in shapes:
+                datagrams = datagrams_for(protocol, shape, int(time.time() * 1000))
+                summaries.append(alternate(Path(tmp), protocol, shape, worker_counts, datagrams, rate, seconds,
+                                           args.alternate, results))
+                if args.json:
+                    args.json.write_text(json.dumps({
+                        "machine": info, "seconds_per_rung": seconds, "alternation": summaries,
+                        "rungs": [asdict(r) | {"ratio": r.ratio, "lossless": r.lossless} for r in results]}, indent=2))
+    print(f"\nCPU per flow by worker count, {args.alternate} rounds in turn at {rate / 1e6:.2f} M flows/s "
+          f"({seconds:.0f} s rungs{', every count on one core' if Sluice.one_core else ''}):")
+    for summary in summaries:
+        for row in summary["per_workers"]:
+            values = ", ".join(f"{v:.2f}" for v in row["cpu_s_per_M"])
+            print(f"  {summary['protocol']:9} {summary['shape']:9} x{row['workers']}  median {row['median']:.2f} "
+                  f"CPU-s/M ({row['over_first']:+.0%} against x{worker_counts[0]}; {values}); "
+                  f"lossless in {row['lossless_rounds']} of {args.alternate}")
     return 0
 
 
