@@ -27,8 +27,9 @@ the sender's included (on a 2-core machine the sender then takes part of one).
 
 ``--alternate K`` (with one rate and several worker counts) answers "does CPU per flow stay
 flat as workers are added?" on a machine whose speed drifts: instead of a ladder per worker
-count, one rung of each worker count in turn, K rounds, and the median CPU-s per M flows of
-each count against the first's. Add ``--one-core`` to keep every count on one core.
+count, one rung of each worker count in turn, K rounds: each count's CPU-s per M flows
+against the first count's in the same round, and the median of those. Add ``--one-core`` to
+keep every count on one core.
 
 Both collectors ask for a 32 MB socket buffer (nfcapd ``-B``, Sluice's default). nfcapd asks
 with plain SO_RCVBUF, which the kernel caps at ``net.core.rmem_max``; run as root, the
@@ -440,13 +441,16 @@ def alternate(workdir: Path, protocol: str, shape: str, worker_counts: list[int]
             print(f"  round {round_}/{rounds}  {protocol:9} {shape:9} sluice {label:6} {rate / 1e6:5.2f} M/s  "
                   f"decoded {rung.ratio * 100:7.3f} %  cpu {rung.cpu_per_m:5.2f} s/M  "
                   f"{'ok' if rung.lossless else 'LOSS'}", flush=True)
-    first = statistics.median(cpu[worker_counts[0]])
+    first = cpu[worker_counts[0]]
     out: dict[str, object] = {"protocol": protocol, "shape": shape, "rate": rate, "rounds": rounds, "per_workers": []}
     for workers in worker_counts:
-        median = statistics.median(cpu[workers])
+        # each round's rungs ran minutes apart at most: their ratio is the comparison least
+        # touched by the machine's drift
+        in_round = [mine / theirs - 1 for mine, theirs in zip(cpu[workers], first, strict=True)]
         out["per_workers"].append({  # type: ignore[union-attr]
-            "workers": workers, "cpu_s_per_M": cpu[workers], "median": median,
-            "over_first": median / first - 1, "lossless_rounds": lossless[workers]})
+            "workers": workers, "cpu_s_per_M": cpu[workers], "median": statistics.median(cpu[workers]),
+            "over_first_by_round": in_round, "over_first_median": statistics.median(in_round),
+            "lossless_rounds": lossless[workers]})
     return out
 
 
@@ -464,8 +468,8 @@ def main() -> int:
                         help="several workers on the one core of one worker too, so that CPU per flow compares "
                              "the designs alone (by default several workers use every core, the sender's included)")
     parser.add_argument("--alternate", type=int, default=0, metavar="K",
-                        help="with one rate: one rung per worker count in turn, K rounds, and each count's median "
-                             "CPU per flow against the first count's (no ladders, no nfcapd)")
+                        help="with one rate: one rung per worker count in turn, K rounds; each count's CPU per "
+                             "flow against the first count's in the same round (no ladders, no nfcapd)")
     parser.add_argument("--json", type=Path, help="also write the results here (after every ladder)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other protocol/traffic/worker results already in --json")
@@ -566,8 +570,10 @@ def alternate_main(args: argparse.Namespace, info: dict[str, object], protocols:
     for summary in summaries:
         for row in summary["per_workers"]:
             values = ", ".join(f"{v:.2f}" for v in row["cpu_s_per_M"])
+            rounds = ", ".join(f"{v:+.0%}" for v in row["over_first_by_round"])
             print(f"  {summary['protocol']:9} {summary['shape']:9} x{row['workers']}  median {row['median']:.2f} "
-                  f"CPU-s/M ({row['over_first']:+.0%} against x{worker_counts[0]}; {values}); "
+                  f"CPU-s/M ({values}); against x{worker_counts[0]} in the same round: median "
+                  f"{row['over_first_median']:+.0%} ({rounds}); "
                   f"lossless in {row['lossless_rounds']} of {args.alternate}")
     return 0
 
