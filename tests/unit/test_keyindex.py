@@ -120,4 +120,5 @@ def test_address_keys_are_the_saved_states_keys_any_address_and_layout():
     assert (address_keys(addresses) == (lo ^ mix64(hi))).all()
     assert (address_keys(addresses[::3]) == (lo ^ mix64(hi))[::3]).all()
     v4 = addresses[:5000]
-    assert (address_keys(v4) == v4[:, 10:].astype(np.uint64) @ (np.uint64(256) ** np.arange(5, -1, -1, dtype=np.uint64))).all()
+    place_values = np.uint64(256) ** np.arange(5, -1, -1, dtype=np.uint64)  # bytes 10..15, big-endian
+    assert (address_keys(v4) == v4[:, 10:].astype(np.uint64) @ place_values).all()

@@ -11,6 +11,9 @@ many entities come and go; freed ids are handed out again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import numpy as np
 from numba import njit
 
@@ -40,14 +43,8 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _S33)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def mix64_one(x: np.uint64) -> np.uint64:
-    """``mix64`` of one key, for compiled loops (the same constants: the same keys)."""
-    x = x ^ (x >> _S33)
-    x = x * _M1
-    x = x ^ (x >> _S33)
-    x = x * _M2
-    return x ^ (x >> _S33)
+#: ``mix64`` of one key, for compiled loops: the same function compiled, so the same keys
+mix64_one = cast(Callable[[np.uint64], np.uint64], njit(cache=True, nogil=True, inline="always")(mix64))
 
 
 def distinct(x: np.ndarray) -> np.ndarray:

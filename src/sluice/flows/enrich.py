@@ -174,7 +174,7 @@ _MAPPED = np.uint64(0xFFFF0000)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _big_endian(word: np.uint64, nbytes: int) -> np.uint64:
+def big_endian(word: np.uint64, nbytes: int) -> np.uint64:
     """The first ``nbytes`` bytes of a little-endian word, read as a big-endian number."""
     out = np.uint64(0)
     for b in range(nbytes):
@@ -210,13 +210,13 @@ def _lookup_rows(
             continue
         high, low = words[i, 0], words[i, 1]
         if high == 0 and (low & _LOW32) == _MAPPED:
-            key = _big_endian(low >> np.uint64(32), 4)
+            key = big_endian(low >> np.uint64(32), 4)
             p = key >> np.uint64(16)
             r = _last_start(v4_start, v4_lo[p], v4_hi[p], key)
             hit = r >= 0 and v4_start[r] <= key and key <= v4_end[r]
             out[i] = v4_value[r] if hit else default
         else:
-            key = _big_endian(high, 8)
+            key = big_endian(high, 8)
             r = _last_start(v6_start, 0, v6_start.shape[0], key)
             hit = r >= 0 and v6_start[r] <= key and key <= v6_end[r]
             out[i] = v6_value[r] if hit else default
