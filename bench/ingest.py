@@ -442,16 +442,16 @@ def alternate(workdir: Path, protocol: str, shape: str, worker_counts: list[int]
                   f"decoded {rung.ratio * 100:7.3f} %  cpu {rung.cpu_per_m:5.2f} s/M  "
                   f"{'ok' if rung.lossless else 'LOSS'}", flush=True)
     first = cpu[worker_counts[0]]
-    out: dict[str, object] = {"protocol": protocol, "shape": shape, "rate": rate, "rounds": rounds, "per_workers": []}
+    per_workers = []
     for workers in worker_counts:
         # each round's rungs ran minutes apart at most: their ratio is the comparison least
         # touched by the machine's drift
         in_round = [mine / theirs - 1 for mine, theirs in zip(cpu[workers], first, strict=True)]
-        out["per_workers"].append({  # type: ignore[union-attr]
+        per_workers.append({
             "workers": workers, "cpu_s_per_M": cpu[workers], "median": statistics.median(cpu[workers]),
             "over_first_by_round": in_round, "over_first_median": statistics.median(in_round),
             "lossless_rounds": lossless[workers]})
-    return out
+    return {"protocol": protocol, "shape": shape, "rate": rate, "rounds": rounds, "per_workers": per_workers}
 
 
 def main() -> int:
