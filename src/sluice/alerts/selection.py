@@ -153,6 +153,16 @@ def _select_sums(
     return sums
 
 
+@njit(cache=True, nogil=True)
+def has_row(sums: np.ndarray) -> bool:
+    """Whether any entity of ``select_sums``'s ``sums`` has a row: stops at the first, where
+    numpy's ``any`` read the whole strided column (54 us for 60,000 hosts, per definition)."""
+    for j in range(sums.shape[0]):
+        if sums[j, 1] != 0:
+            return True
+    return False
+
+
 #: ``_select_sums`` compiled per plan (amount, role, endpoint): with the plan as constants the
 #: compiler drops the branches and the reads the plan does not need. A sessions definition's
 #: pass went from 6.4 to 1.8 ns a session, a bytes definition's of hosts from 11 to 7.7
