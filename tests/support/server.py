@@ -45,13 +45,16 @@ def server(tmp_path):
          "--netflow-port", str(ports["netflow"]), "--ipfix-port", str(ports["ipfix"]),
          "--sflow-port", str(ports["sflow"]), "--data-dir", str(tmp_path / "var"), "--log-level", "info"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ADMIN_ENV)
-    deadline = time.time() + 20
-    while time.time() < deadline:
+    deadline = time.time() + 90  # it compiles its loops first where numba's cache is cold (a test run alone)
+    while True:
         try:
             httpx.get(f"http://127.0.0.1:{ports['http']}/healthz", timeout=1)
             break
         except httpx.HTTPError:
             assert proc.poll() is None, proc.stderr.read()
+            if time.time() > deadline:
+                proc.kill()
+                pytest.fail("sluice serve did not answer on its HTTP port within 90 s")
             time.sleep(0.2)
     yield ports, proc
     proc.send_signal(signal.SIGINT)

@@ -17,6 +17,7 @@ import pytest
 from sluice.alerts.definition import AlertMetric, Definition, EntityType
 from sluice.alerts.engine import AlertEngine, DefinitionState, Periods, prefilter_mask
 from sluice.alerts.entities import BatchKeys
+from sluice.alerts import selection
 from sluice.alerts.selection import select_sums
 from sluice.alerts.window import SlotHistory, _accumulate, unpack_sums
 from sluice.flows.schema import SessionBatch
@@ -120,6 +121,19 @@ def test_every_plan_is_the_same_compiled_and_loaded_from_numbas_cache(tmp_path: 
     assert first["plans"] == second["plans"] == 9
     assert first["compiled"] >= 9 and first["loaded"] == 0
     assert second["loaded"] >= 9 and second["compiled"] == 0
+
+
+def test_each_plan_is_cached_under_a_name_of_its_own() -> None:
+    """Numba's cache numbers the compiled forms of one function in one index, the first
+    process to compile each taking the next number. The plans were one function: two
+    processes compiling different plans at once (pytest's workers) could take the same number,
+    and a later process loaded one plan's code for another - seen as "'descr' is NULL" and the
+    plan's definitions set aside, and it could as well have counted with the other plan. With
+    a name per plan, each plan has an index of its own."""
+    AlertEngine.warm_up()  # every plan, endpoint types' and the others'
+    kernels = list(selection._KERNELS.values())
+    indexes = {kernel._cache._cache_file._index_path for kernel in kernels}  # type: ignore[attr-defined]
+    assert len(kernels) >= 9 and len(indexes) == len(kernels), sorted(indexes)
 
 
 def test_the_slot_history_recalls_each_rows_earlier_times_as_a_plain_loop_does() -> None:

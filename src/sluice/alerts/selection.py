@@ -174,7 +174,6 @@ def _kernel(amount: int, role: int, endpoint: bool) -> Callable[..., np.ndarray]
     plan's values."""
     if (amount, role, endpoint) not in _KERNELS:
 
-        @njit(cache=True, nogil=True)
         def kernel(
             n: int, inv: np.ndarray, n_uniq: int, same_entity: np.ndarray, keep: np.ndarray, buckets: np.ndarray,
             bucket: int, one_step: bool, step_ms: int, before: np.ndarray, t_cln: int, t_srv: int, factor: int,
@@ -185,7 +184,13 @@ def _kernel(amount: int, role: int, endpoint: bool) -> Callable[..., np.ndarray]
                 t_cln, t_srv, amount, role, factor, cln, srv, new,
             )  # fmt: skip
 
-        _KERNELS[amount, role, endpoint] = kernel
+        # a name of its own per plan: numba's cache files the compiled forms of one name in
+        # one index, numbered by the process that compiles each first. Two processes
+        # compiling different plans at once (pytest's workers, two servers on one install)
+        # could each take the same number, and the index then gave one plan the other's code:
+        # its definitions counted by the other plan, or failed ("'descr' is NULL")
+        kernel.__name__ = kernel.__qualname__ = f"select_sums_{amount}_{role}_{int(endpoint)}"
+        _KERNELS[amount, role, endpoint] = njit(cache=True, nogil=True)(kernel)
     return _KERNELS[amount, role, endpoint]
 
 
