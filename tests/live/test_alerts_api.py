@@ -198,11 +198,15 @@ def test_alerts_end_to_end_api_cli_and_ns2(server, tmp_path):
         # the definition reports its window; it survives a restart of the server
         d = me.get(f"/api/v1/alert-definitions/{def_id}").json()
         assert d["active_entities"] >= 2 and d["state_bytes"] > 0 and d["spread_steps"] == 0
+        assert d["cpu_seconds"] > 0
         defs = subprocess.run([SLUICE, "alerts", "definitions", *login], capture_output=True, text=True, timeout=60)
         assert "port scan" in defs.stdout
     metrics = httpx.get(f"http://{srv}/metrics").text
     assert "sluice_alert_definitions_active 1.0" in metrics and f'sluice_alert_state_bytes{{definition="{def_id}"}}' in metrics
     assert f'sluice_alert_window_spread_steps{{definition="{def_id}"}} 0.0' in metrics
+    assert f'sluice_alert_definition_cpu_seconds_total{{definition="{def_id}"}} ' in metrics
+    assert 'sluice_alert_rows_cpu_seconds_total{entity="host"} ' in metrics
+    assert "sluice_alert_history_cpu_seconds_total " in metrics
     evaluations = [float(line.split()[1]) for line in metrics.splitlines()
                    if line.startswith("sluice_alert_evaluations_total ")]
     assert evaluations and evaluations[0] >= 1 and "sluice_alert_evaluation_seconds_total " in metrics

@@ -539,6 +539,22 @@ def test_memory_is_reported_and_entities_are_given_back():
     assert len(engine.indexes[EntityType.HOST]) == 0
 
 
+def test_cpu_time_is_reported_per_definition_entity_type_and_history():
+    engine = AlertEngine()
+    engine.set_definitions([defn(id=1, threshold=10**9), defn(id=2, entity="port", metric="sessions_received",
+                                                             threshold=10**9)])
+    sessions = [one(cln=f"10.1.{i // 256}.{i % 256}", sid=i) for i in range(3000)]
+    engine.evaluate(*batch(sessions), T0)
+    first = engine.cpu_seconds()
+    assert set(first) == {"definition:1", "definition:2", "rows:host", "rows:port", "history"}
+    assert all(seconds > 0 for seconds in first.values()), first
+    engine.evaluate(*batch(sessions), T0 + 1000)
+    second = engine.cpu_seconds()
+    assert all(second[task] > first[task] for task in first), (first, second)  # every evaluation adds
+    engine.set_definitions([defn(id=1, threshold=10**9)])  # a definition gone takes its figure along
+    assert "definition:2" not in engine.cpu_seconds() and engine.cpu_seconds()["definition:1"] == second["definition:1"]
+
+
 def test_a_backlog_is_worked_off_in_bounded_evaluations():
     engine = AlertEngine()
     engine.set_definitions([defn(threshold=10**9)])

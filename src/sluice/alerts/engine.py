@@ -355,6 +355,8 @@ class AlertEngine:
         #: the CPU time each task of an evaluation took last (an entity type's rows, a
         #: definition): the costliest are taken first
         self._task_cost: dict[EntityType | int, float] = {}
+        #: the CPU time of each task, every evaluation added (``cpu_seconds``)
+        self._cpu_seconds: dict[str, float] = {}
         self._stats_lock = threading.Lock()  # counters updated from the evaluation threads
         #: the clock moves the windows on only this long after a step ends: rows stamped in it
         #: and still queued then count in their own step, not in the next
@@ -459,6 +461,11 @@ class AlertEngine:
             self.failures = failures
             # what each task cost last: of the definitions gone, nothing is kept
             self._task_cost = {k: v for k, v in self._task_cost.items() if isinstance(k, EntityType) or k in new}
+            with self._stats_lock:
+                kept = {f"definition:{i}" for i in new}
+                self._cpu_seconds = {
+                    k: v for k, v in self._cpu_seconds.items() if not k.startswith("definition:") or k in kept
+                }
 
     def _prepare(self, definition: Definition) -> DefinitionState:
         return DefinitionState(definition, self.exact_limit, self.max_pairs, self.max_step_bytes)
@@ -644,6 +651,7 @@ class AlertEngine:
         lock = threading.Lock()
 
         def recall() -> None:
+            started = time.thread_time()
             made = None
             try:
                 made = Periods(at_ms, self.history.recall(arrivals.slot, arrivals.new, at_ms, sessions))
@@ -652,6 +660,7 @@ class AlertEngine:
                 self._tally("evaluation_errors")
             finally:
                 periods.set_result(made)
+            self._spent("history", time.thread_time() - started)
 
         def make_rows(kind: EntityType) -> None:
             started = time.thread_time()
@@ -663,7 +672,8 @@ class AlertEngine:
                 self._tally("evaluation_errors")
             finally:
                 rows[kind].set_result(made)
-            self._task_cost[kind] = time.thread_time() - started
+            self._task_cost[kind] = spent = time.thread_time() - started
+            self._spent(f"rows:{kind.value}", spent)
 
         def evaluate_definition(state: DefinitionState) -> None:
             started = time.thread_time()
@@ -678,7 +688,8 @@ class AlertEngine:
                 if not left[kind]:
                     del rows[kind]  # its rows (tens of bytes a session row) are let go
             slid.update(self._slide([state], clock_ms, time_us))
-            self._task_cost[state.definition.id] = time.thread_time() - started
+            self._task_cost[state.definition.id] = spent = time.thread_time() - started
+            self._spent(f"definition:{state.definition.id}", spent)
 
         def cost(key: EntityType | int) -> float:
             return self._task_cost.get(key, 0.0)
@@ -727,6 +738,19 @@ class AlertEngine:
     def _tally(self, name: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[name] += n
+
+    def _spent(self, task: str, seconds: float) -> None:
+        with self._stats_lock:
+            self._cpu_seconds[task] = self._cpu_seconds.get(task, 0.0) + seconds
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """The CPU time evaluations spent, task by task, since the engine started: each
+        definition's (``definition:<id>``: folding its rows, sliding its window), each entity
+        type's rows (``rows:<type>``: made once an evaluation for all its definitions), and the
+        rows' history (``history``: what COUNT remembers per session). What an operator looks
+        at to see which definitions a busy server spends its alerting on."""
+        with self._stats_lock:
+            return dict(self._cpu_seconds)
 
     def _evaluate_definition(
         self,

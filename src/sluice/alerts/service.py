@@ -281,3 +281,12 @@ class AlertService:
                 c.set("alert_window_spread_steps", self.engine.spread_steps(int(name)), definition=name)
             else:
                 c.set("alert_index_bytes", size, entity=name)
+        c.forget("alert_definition_cpu_seconds_total")
+        for task, seconds in self.engine.cpu_seconds().items():
+            kind, _, name = task.partition(":")
+            if kind == "definition":
+                c.set("alert_definition_cpu_seconds_total", seconds, definition=name)
+            elif kind == "rows":
+                c.set("alert_rows_cpu_seconds_total", seconds, entity=name)
+            else:
+                c.set("alert_history_cpu_seconds_total", seconds)

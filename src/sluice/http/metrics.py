@@ -62,6 +62,9 @@ HELP = {
     "alert_record_errors_total": "Failures writing alert records (retried)",
     "alert_events_dropped_total": "Triggers given up after the state database failed for long (the oldest first)",
     "alert_state_bytes": "Memory of each alert definition's window state",
+    "alert_definition_cpu_seconds_total": "CPU time spent evaluating each alert definition (rows folded, window slid)",
+    "alert_rows_cpu_seconds_total": "CPU time spent making each entity type's rows, shared by its alert definitions",
+    "alert_history_cpu_seconds_total": "CPU time spent remembering each session's last rows for COUNT",
     "alert_index_bytes": "Memory of the entity tables shared by alert definitions, per entity type",
     "alert_window_spread_steps": (
         "Steps of an alert definition's window held as an even spread because its past steps outgrew "

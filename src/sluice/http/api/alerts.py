@@ -33,6 +33,13 @@ class DefinitionOut(Definition):
             "alerts.step_bytes_per_definition (0: the window is exact)"
         ),
     )
+    cpu_seconds: float = Field(
+        0.0,
+        description=(
+            "CPU time evaluating the definition took since the server started: its rows folded, its "
+            "window slid (its entity type's rows, made once for all of the type's definitions, apart)"
+        ),
+    )
     status: Literal["active", "disabled", "failed"] = Field(
         "active", description="failed: set aside (the others go on) until changed or retried; see error"
     )
@@ -71,6 +78,7 @@ def build_alerts_router(users: Users, store: AlertStore, engine: Optional[AlertE
             active_entities=active,
             state_bytes=mem,
             spread_steps=engine.spread_steps(definition.id) if engine else 0,
+            cpu_seconds=engine.cpu_seconds().get(f"definition:{definition.id}", 0.0) if engine else 0.0,
             status=status,
             error=failure.reason if failure else None,
         )
