@@ -31,7 +31,10 @@ recorded, and how much memory the windows take with a million hosts.
    touch new memory: on some VMs the first touch costs several microseconds a page, which
    shows as system time), beside the cost of making the rows alone; and the wall time the
    evaluations took per million rows, on ``--engine-threads`` evaluation threads (1 by
-   default; the server uses one per core).
+   default; the server uses one per core), and what each task took (each definition, each
+   entity type's rows, the rows' history: ``AlertEngine.cpu_seconds``, as ``/metrics``
+   shows them). ``--engine-pool 3000000`` loops a pool of conversations as the throughput
+   part's traffic does (its pairs of hosts recur, the tables stay below their bounds).
 
 Run: ``.venv/bin/python bench/alerts.py [--quick] [--json FILE]``.
 """
@@ -360,21 +363,35 @@ def new_conversations(rng: np.random.Generator, n: int, first_id: int, now_ms: i
 
 
 def engine_cost(ids: list[int], rate: float, seconds: float, warm: float = 0.0, batch: int = 30_000,
-                threads: int = 1) -> dict[str, object]:
+                threads: int = 1, pool: int = 0) -> dict[str, object]:
     """One fresh engine with the definitions ``ids`` fed ``warm`` then ``seconds`` of new
     conversations: the cost of each phase (while its windows grow; then once they are full),
-    in CPU time and in wall time (on ``threads`` evaluation threads)."""
+    in CPU time and in wall time (on ``threads`` evaluation threads), and each task's CPU time
+    (``AlertEngine.cpu_seconds``). ``pool``: the conversations come from a pool of that many,
+    looped (each time a new session, as the throughput part's traffic), instead of being new
+    every time."""
     defs = stored_definitions()
     engine = AlertEngine(evaluation_threads=threads)
     engine.set_definitions([d for d in defs if d.id in ids])
     rng = np.random.default_rng(1)
     t0 = 1_900_000_000_000
+    looped = [new_conversations(rng, batch, 0, t0) for _ in range(max(pool // batch, 1))] if pool else []
+    titles = {f"definition:{d.id}": d.title for d in defs}
 
-    def phase(first: int, n_batches: int) -> dict[str, float]:
+    def conversations(b: int, now: int) -> SessionBatch:
+        if not looped:
+            return new_conversations(rng, batch, b * batch, now)
+        columns = dict(looped[b % len(looped)].columns)
+        columns["session_id"] = np.arange(b * batch, (b + 1) * batch, dtype=np.uint64)
+        columns["start_ms"], columns["end_ms"] = np.full(batch, now - 1000), np.full(batch, now)
+        return SessionBatch(columns)
+
+    def phase(first: int, n_batches: int) -> dict[str, object]:
         before, started, evaluating = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), 0.0
+        tasks_before = engine.cpu_seconds()
         for b in range(first, first + n_batches):
             now = t0 + int(b * batch / rate * 1000)
-            sessions = new_conversations(rng, batch, b * batch, now)
+            sessions = conversations(b, now)
             slots = (b * batch + np.arange(batch)) % 1_000_000  # a tracker of a million sessions
             if ids:
                 arrivals = Arrivals(np.ones(batch, bool), slots, np.full(batch, now, np.int64))
@@ -386,9 +403,12 @@ def engine_cost(ids: list[int], rate: float, seconds: float, warm: float = 0.0, 
         user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
         if not ids:  # making the batches: all the time there is
             evaluating = time.perf_counter() - started
+        tasks = {titles.get(task, task): (spent - tasks_before.get(task, 0.0)) / rows_m
+                 for task, spent in engine.cpu_seconds().items()}
         return {"rows": n_batches * batch, "cpu_s_per_M": (user + system) / rows_m, "user_s": user,
                 "system_s": system, "minor_faults_M": (after.ru_minflt - before.ru_minflt) / 1e6,
-                "wall_s_per_M": evaluating / rows_m}
+                "wall_s_per_M": evaluating / rows_m,
+                "tasks_cpu_s_per_M": dict(sorted(tasks.items(), key=lambda kv: -kv[1]))}
 
     n_warm = int(warm * rate / batch)
     out: dict[str, object] = {"definitions": len(ids)}
@@ -423,6 +443,9 @@ def main() -> int:
     parser.add_argument("--engine-group", action="append", dest="engine_groups", metavar="NAME",
                         help="engine part: a group to measure (repeat for several; default every one): "
                              + "; ".join(ENGINE_GROUPS))
+    parser.add_argument("--engine-pool", type=int, default=0,
+                        help="engine part: conversations from a looped pool of this many (3000000: the throughput "
+                             "part's traffic, whose pairs of hosts recur) instead of new ones every time (0)")
     parser.add_argument("--engine-threads", type=int, default=1,
                         help="engine part: evaluation threads (the server's default is one per core)")
     parser.add_argument("--collectors", type=int, default=0,
@@ -462,7 +485,7 @@ def main() -> int:
         for name in groups:
             ids = ENGINE_GROUPS[name]
             cost = engine_cost(ids, args.engine_rate, args.engine_seconds, args.engine_warm,
-                               threads=args.engine_threads)
+                               threads=args.engine_threads, pool=args.engine_pool)
             results["engine"]["groups"][name] = cost
             warm_up = cost.get("warm_up")
             growing = (f"growing {warm_up['cpu_s_per_M']:5.2f} (system {warm_up['system_s']:4.1f} s, "
@@ -472,6 +495,10 @@ def main() -> int:
                   f"{cost['user_s']:5.1f} s, system {cost['system_s']:4.1f} s, {cost['minor_faults_M']:.2f} M "
                   f"page faults); {cost['engine_accounted_mb']:,.0f} MB accounted, "
                   f"{cost['entities_dropped'] / 1e6:.1f} M entity rows over alerts.max_entities", flush=True)
+            tasks = cost["tasks_cpu_s_per_M"]
+            assert isinstance(tasks, dict)
+            print("    costliest tasks (CPU-s per M rows): "
+                  + ", ".join(f"{name} {seconds:.3f}" for name, seconds in list(tasks.items())[:6]), flush=True)
         if skip >= {"throughput", "latency"}:
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2, default=str))
