@@ -188,6 +188,9 @@ def test_a_scanner_with_thousands_of_peers_is_cut_into_partials_under_the_bound_
     for p in partials:
         events += node.merge_partials([(decode(encode(p)), p.seq)], T0)
     assert [(e.entity, e.value, e.count) for e in events] == [("10.5.0.66", 3000, 3000)]
+    # the alerting node reports what merging cost, as a server reports what evaluating did
+    spent = node.cpu_seconds()
+    assert set(spent) == {"definition:1", "rows:host"} and all(seconds > 0 for seconds in spent.values()), spent
 
 
 def test_a_snapshot_taken_while_partials_merge_restores_each_window_once_with_what_is_read_again(tmp_path,

@@ -583,16 +583,20 @@ class AlertEngine:
             for parts in groups.values():
                 for part in parts:
                     if id(part.table) not in numbering:
+                        started = time.thread_time()
                         numbering[id(part.table)] = self._number(part.kind, part.table.keys, None, clock)
+                        self._spent(f"rows:{part.kind.value}", time.thread_time() - started)
             for (bucket, definition_id), parts in sorted(groups.items(), key=lambda item: item[0]):
                 group_state = self.states.get(definition_id)
                 if group_state is None:  # set aside by a failure of its earlier group
                     continue
+                started = time.thread_time()
                 try:
                     group = PartGroup(parts, numbering)
                     events.extend(self._merge_parts(group_state, group, bucket, time_us))
                 except Exception as exc:
                     self.set_aside(group_state, "merging a collector's partial failed", exc)
+                self._spent(f"definition:{definition_id}", time.thread_time() - started)
             events += self._advance(clock - self.arrival_slack_ms, time_us)
             self.stream_seq = max(self.stream_seq, seq)
             if self.merged_seq and self.stream_seq >= max(self.merged_seq.values()):
