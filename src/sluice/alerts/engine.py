@@ -274,7 +274,7 @@ class Periods:
             if self._times is None:
                 # the batch's distinct times, sorted once: a batch has one per collector batch
                 # in it, so each step length's periods come from those few, not a sort of the
-                # rows per step length (9 of them for the benchmark's 20 definitions)
+                # rows per step length (five step lengths for the benchmark's 20 definitions)
                 self._times = distinct(self.at_ms)
             got = self._by_step[step_ms] = (self.at_ms // step_ms, distinct(self._times // step_ms))
         if len(got[1]) and got[1][0] < current:  # late rows: in the current period
