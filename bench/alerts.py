@@ -443,6 +443,8 @@ def main() -> int:
     parser.add_argument("--engine-group", action="append", dest="engine_groups", metavar="NAME",
                         help="engine part: a group to measure (repeat for several; default every one): "
                              + "; ".join(ENGINE_GROUPS))
+    parser.add_argument("--engine-batch", type=int, default=30_000,
+                        help="engine part: session rows per evaluation (the server's grow with load, up to 262,144)")
     parser.add_argument("--engine-pool", type=int, default=0,
                         help="engine part: conversations from a looped pool of this many (3000000: the throughput "
                              "part's traffic, whose pairs of hosts recur) instead of new ones every time (0)")
@@ -485,7 +487,7 @@ def main() -> int:
         for name in groups:
             ids = ENGINE_GROUPS[name]
             cost = engine_cost(ids, args.engine_rate, args.engine_seconds, args.engine_warm,
-                               threads=args.engine_threads, pool=args.engine_pool)
+                               batch=args.engine_batch, threads=args.engine_threads, pool=args.engine_pool)
             results["engine"]["groups"][name] = cost
             warm_up = cost.get("warm_up")
             growing = (f"growing {warm_up['cpu_s_per_M']:5.2f} (system {warm_up['system_s']:4.1f} s, "
