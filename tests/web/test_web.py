@@ -231,6 +231,8 @@ def test_the_dashboard_in_a_real_browser(server, browser, tmp_path):
         expect(page.locator("#definitions")).to_contain_text("per second over 10s")
         expect(page.locator("#definitions")).to_contain_text("host 10.1.0.53, 10.1.0.54 falls below 1 over")
         expect(page.locator("#definitions")).to_contain_text("exceeds 5 times its usual value")
+        # each definition's window and what evaluating it has cost (the API's cpu_seconds)
+        expect(page.locator("#definitions")).to_contain_text(re.compile(r"\d entities, [\d,]+ kB, [\d.,]+ s of CPU"))
         shot(page, "definitions")
 
         # preferences as the administrator: SMTP for everyone, a test mail on saving
