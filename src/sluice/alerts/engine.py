@@ -327,6 +327,16 @@ class Failure:
     at_ms: int
 
 
+def _rows_task(kind: EntityType) -> str:
+    """The name of the task that makes an entity type's rows (``AlertEngine.cpu_seconds``)."""
+    return f"rows:{kind.value}"
+
+
+def _definition_task(definition_id: int) -> str:
+    """The name of the task that evaluates (or merges) a definition."""
+    return f"definition:{definition_id}"
+
+
 #: a failed definition is tried again after this long (sooner if it is changed)
 FAILED_RETRY_MS = 300_000
 
@@ -352,10 +362,9 @@ class AlertEngine:
         #: definitions are evaluated on up to this many threads at once (they share no window)
         self.evaluation_threads = max(1, evaluation_threads)
         self._pool: ThreadPoolExecutor | None = None
-        #: the CPU time each task of an evaluation took last (an entity type's rows, a
-        #: definition): the costliest are taken first
-        self._task_cost: dict[EntityType | int, float] = {}
-        #: the CPU time of each task, every evaluation added (``cpu_seconds``)
+        #: the CPU time each task took last (``rows:<type>``, ``definition:<id>``, ``history``):
+        #: the costliest are taken first; and every evaluation's added up (``cpu_seconds``)
+        self._task_cost: dict[str, float] = {}
         self._cpu_seconds: dict[str, float] = {}
         self._stats_lock = threading.Lock()  # counters updated from the evaluation threads
         #: the clock moves the windows on only this long after a step ends: rows stamped in it
@@ -459,13 +468,14 @@ class AlertEngine:
                     failures[definition.id] = self._failure(definition, "could not be prepared", exc)
             self.states = new
             self.failures = failures
-            # what each task cost last: of the definitions gone, nothing is kept
-            self._task_cost = {k: v for k, v in self._task_cost.items() if isinstance(k, EntityType) or k in new}
+            # what each task cost: of the definitions gone, nothing is kept
+            kept = {_definition_task(i) for i in new}
+
+            def without_gone(costs: dict[str, float]) -> dict[str, float]:
+                return {k: v for k, v in costs.items() if not k.startswith("definition:") or k in kept}
+
             with self._stats_lock:
-                kept = {f"definition:{i}" for i in new}
-                self._cpu_seconds = {
-                    k: v for k, v in self._cpu_seconds.items() if not k.startswith("definition:") or k in kept
-                }
+                self._task_cost, self._cpu_seconds = without_gone(self._task_cost), without_gone(self._cpu_seconds)
 
     def _prepare(self, definition: Definition) -> DefinitionState:
         return DefinitionState(definition, self.exact_limit, self.max_pairs, self.max_step_bytes)
@@ -585,7 +595,7 @@ class AlertEngine:
                     if id(part.table) not in numbering:
                         started = time.thread_time()
                         numbering[id(part.table)] = self._number(part.kind, part.table.keys, None, clock)
-                        self._spent(f"rows:{part.kind.value}", time.thread_time() - started)
+                        self._spent(_rows_task(part.kind), time.thread_time() - started)
             for (bucket, definition_id), parts in sorted(groups.items(), key=lambda item: item[0]):
                 group_state = self.states.get(definition_id)
                 if group_state is None:  # set aside by a failure of its earlier group
@@ -596,7 +606,7 @@ class AlertEngine:
                     events.extend(self._merge_parts(group_state, group, bucket, time_us))
                 except Exception as exc:
                     self.set_aside(group_state, "merging a collector's partial failed", exc)
-                self._spent(f"definition:{definition_id}", time.thread_time() - started)
+                self._spent(_definition_task(definition_id), time.thread_time() - started)
             events += self._advance(clock - self.arrival_slack_ms, time_us)
             self.stream_seq = max(self.stream_seq, seq)
             if self.merged_seq and self.stream_seq >= max(self.merged_seq.values()):
@@ -676,8 +686,7 @@ class AlertEngine:
                 self._tally("evaluation_errors")
             finally:
                 rows[kind].set_result(made)
-            self._task_cost[kind] = spent = time.thread_time() - started
-            self._spent(f"rows:{kind.value}", spent)
+            self._spent(_rows_task(kind), time.thread_time() - started)
 
         def evaluate_definition(state: DefinitionState) -> None:
             started = time.thread_time()
@@ -692,14 +701,13 @@ class AlertEngine:
                 if not left[kind]:
                     del rows[kind]  # its rows (tens of bytes a session row) are let go
             slid.update(self._slide([state], clock_ms, time_us))
-            self._task_cost[state.definition.id] = spent = time.thread_time() - started
-            self._spent(f"definition:{state.definition.id}", spent)
+            self._spent(_definition_task(state.definition.id), time.thread_time() - started)
 
-        def cost(key: EntityType | int) -> float:
-            return self._task_cost.get(key, 0.0)
+        def cost(task: str) -> float:
+            return self._task_cost.get(task, 0.0)
 
         def kind_cost(kind: EntityType) -> float:
-            return cost(kind) + sum(cost(state.definition.id) for state in by_kind[kind])
+            return cost(_rows_task(kind)) + sum(cost(_definition_task(state.definition.id)) for state in by_kind[kind])
 
         # type by type, the costliest first, each type's definitions costliest first, and
         # the next type's rows made before them: while one thread makes a type's rows, the
@@ -710,7 +718,9 @@ class AlertEngine:
         for i, kind in enumerate(kinds):
             if i + 1 < len(kinds):
                 tasks.append(functools.partial(make_rows, kinds[i + 1]))
-            for state in sorted(by_kind[kind], key=lambda state: cost(state.definition.id), reverse=True):
+            for state in sorted(
+                by_kind[kind], key=lambda state: cost(_definition_task(state.definition.id)), reverse=True
+            ):
                 tasks.append(functools.partial(evaluate_definition, state))
         helpers = min(self.evaluation_threads, len(self.states)) - 1
         TaskList(tasks).run(self._evaluation_pool() if helpers > 0 else None, helpers)
@@ -744,7 +754,9 @@ class AlertEngine:
             self.stats[name] += n
 
     def _spent(self, task: str, seconds: float) -> None:
+        """What a task took: the last time (its place in the next evaluation) and in all."""
         with self._stats_lock:
+            self._task_cost[task] = seconds
             self._cpu_seconds[task] = self._cpu_seconds.get(task, 0.0) + seconds
 
     def cpu_seconds(self) -> dict[str, float]:
