@@ -11,8 +11,8 @@ from __future__ import annotations
 from functools import cached_property
 
 import numpy as np
-from numba import njit
 
+from ..compiled import njit
 from ..flows.enrich import big_endian
 from ..flows.schema import SessionBatch, addr_bytes, addr_text
 from ..query.filter import PROTOCOL_NAMES, PROTOCOLS

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import cast
 
 import numpy as np
-from numba import njit
 
 from ..allocator import grown
+from ..compiled import njit
 from ..flows.session_table import home_between
 from ..prefetch import AHEAD, prefetch
 

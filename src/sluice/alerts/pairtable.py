@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from numba import njit
 
+from ..compiled import njit
 from ..flows.session_table import home_between
 from ..prefetch import AHEAD, prefetch
 from .keyindex import PAIR_KEY_A, PAIR_KEY_B, table_home, table_key, table_slot

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import structlog
-from numba import njit
 
+from ..compiled import njit
 from ..flows.schema import Arrivals, SessionBatch
 from .definition import Definition, EntityType
 from .engine import AlertEngine, AlertEvent, DefinitionState, Periods, prefilter_mask, warm_up_inputs

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from numba import njit
 
+from ..compiled import njit
 from .definition import AlertMetric
 from .entities import EntityRows
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, ROW, SRV_BYTES, SRV_PKTS

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import structlog
-from numba import njit
 
 from ..allocator import grown
+from ..compiled import njit
 from ..flows.schema import SessionBatch
 from ..prefetch import AHEAD, prefetch
 from .keyindex import distinct, group_rows, mix64, room_for, used_nbytes

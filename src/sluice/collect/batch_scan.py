@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
+from ..compiled import njit
 from . import ipfix, netflow9
 
 #: per message: why it cannot be taken as it is (the walk counts it)

@@ -29,9 +29,9 @@ from typing import Union
 
 import numpy as np
 import structlog
-from numba import njit
 from numpy.typing import DTypeLike
 
+from ..compiled import njit
 from .schema import SessionBatch
 
 log = structlog.get_logger(__name__)

@@ -17,8 +17,8 @@ The kernels keep the loop and nothing else; ``sessions.SessionTracker`` owns the
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ..compiled import njit
 from ..prefetch import AHEAD, prefetch
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -41,9 +41,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import structlog
-from numba import njit
 
 from ..allocator import HeapTrimmer, keep_freed_memory
+from ..compiled import njit
 from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
 from .batch_ring import BatchRing, RingClosed, borrow, pack, unpack
