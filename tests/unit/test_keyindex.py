@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sluice.alerts.entities import address_keys
-from sluice.alerts.keyindex import KeyIndex, group_rows, mix64
+from sluice.alerts.keyindex import KeyIndex, group_rows, mix64, note_seen, seen_and_grouped
 from sluice.flows.schema import address_words
 
 
@@ -69,6 +69,29 @@ def test_group_rows_matches_numpy():
         assert (uniq[inv] == ids).all()
         assert (ids[first] == uniq).all()
         assert all(int(f) == int(np.flatnonzero(ids == u)[0]) for u, f in zip(uniq, first, strict=True))
+
+
+def test_seen_and_grouped_matches_note_seen_then_group_rows_call_after_call():
+    """The one pass against the two it replaces: the same grouping, the same times noted, the
+    rows without an id (-1) given id 0 and listed. Marks left by earlier calls (larger ids
+    among them, the table tens of thousands of ids: prefetched) must not count."""
+    rng = np.random.default_rng(5)
+    for size in (1_000, 100_000):
+        marks = np.zeros(size, np.int64)
+        seen, seen_before = np.zeros(size, np.int64), np.zeros(size, np.int64)
+        for stamp, n in enumerate((0, 1, 7, 5_000, 5_000, 20_000), start=1):
+            ids = rng.integers(-1, size, n)
+            valid = rng.random(n) < 0.7 if stamp % 2 else np.zeros(0, bool)  # empty: every row
+            expected_ids = np.where(ids < 0, 0, ids)
+            note_seen(ids, valid if len(valid) else np.ones(n, bool), seen_before, 100 + stamp)
+            want_uniq, want_inv, want_first = group_rows(expected_ids, np.empty(size, np.int32))
+            got_ids = ids.copy()
+            uniq, inv, first, full = seen_and_grouped(got_ids, valid, seen, 100 + stamp, marks, stamp)
+            assert uniq.tolist() == want_uniq.tolist() and inv.tolist() == want_inv.tolist()
+            assert first.tolist() == want_first.tolist()
+            assert got_ids.tolist() == expected_ids.tolist()
+            assert full.tolist() == np.flatnonzero(ids < 0).tolist()
+            assert (seen == seen_before).all()
 
 
 def test_a_cleared_index_forgets_every_key_and_numbers_from_zero_again():

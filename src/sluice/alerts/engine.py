@@ -59,7 +59,7 @@ from .definition import (
     step_seconds,
 )
 from .entities import BatchKeys, EntityRows, watched_keys
-from .keyindex import KeyIndex, distinct, group_rows, note_seen, room_for, used_nbytes
+from .keyindex import MAX_STAMP, KeyIndex, distinct, group_rows, note_seen, room_for, seen_and_grouped, used_nbytes
 from .pairtable import BothWaysPairTable, PairTable
 from .partial import PartGroup, Partial, PartRows, Positions
 from .selection import has_row, select_sums
@@ -67,6 +67,8 @@ from .tasks import TaskList
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
 log = structlog.get_logger(__name__)
+#: ``seen_and_grouped``'s "every row is valid"
+_EVERY_ROW = np.zeros(0, np.bool_)
 
 
 @dataclass
@@ -380,6 +382,8 @@ class AlertEngine:
         self.history = SlotHistory()  # COUNT: per tracker slot, when its session's rows came
         self.last_seen: dict[EntityType, np.ndarray] = {}
         self._scratch: dict[EntityType, np.ndarray] = {}  # per entity type, for ``group_rows``
+        # per entity type, for ``seen_and_grouped``: its marks by id, and the last call's number
+        self._marks: dict[EntityType, tuple[np.ndarray, int]] = {}
         self.stats = {
             "rows_evaluated": 0,
             "rows_dropped": 0,
@@ -789,15 +793,25 @@ class AlertEngine:
         self, kind: EntityType, sessions: SessionBatch, new: np.ndarray, now_ms: int, shared: BatchKeys
     ) -> EntityRows:
         rows = EntityRows(kind, sessions, new, shared)
-        rows.ids, rows.valid = self._number(kind, rows.keys, rows.valid, now_ms)
-        rows.uniq, rows.inv, rows.first = self._group(kind, rows.ids)
+        ids, seen = self._ids(kind, rows.keys)
+        marks, stamp = self._marks.get(kind, (np.zeros(0, np.int64), 0))
+        if stamp >= MAX_STAMP:
+            marks, stamp = np.zeros(len(marks), np.int64), 0
+        if len(marks) < len(seen):
+            marks = grown(marks, len(seen))
+        self._marks[kind] = marks, stamp + 1
+        valid = _EVERY_ROW if rows.valid is None else rows.valid
+        rows.uniq, rows.inv, rows.first, full = seen_and_grouped(ids, valid, seen, now_ms, marks, stamp + 1)
+        if len(full):  # rows beyond ``max_entities``: not valid, counted, their id 0
+            self._tally("entities_dropped", len(full))
+            rows.valid = np.ones(len(ids), bool) if rows.valid is None else rows.valid.copy()
+            rows.valid[full] = False
+        rows.ids = ids
         return rows
 
-    def _number(
-        self, kind: EntityType, keys: np.ndarray, valid: np.ndarray | None, now_ms: int
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Dense ids for entity keys, noted as seen at ``now_ms``; (ids, the rows still valid):
-        rows beyond ``max_entities`` are not (counted), their id 0."""
+    def _ids(self, kind: EntityType, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dense ids for entity keys, -1 for those beyond ``max_entities``; the type's last
+        seen times by id, as long as its ids)."""
         index = self.indexes.get(kind)
         if index is None:
             index = self.indexes[kind] = KeyIndex(4096, max_ids=self.max_entities)
@@ -806,6 +820,14 @@ class AlertEngine:
         seen = self.last_seen[kind]
         if len(seen) < index.id_capacity:
             seen = self.last_seen[kind] = grown(seen, index.id_capacity)
+        return ids, seen
+
+    def _number(
+        self, kind: EntityType, keys: np.ndarray, valid: np.ndarray | None, now_ms: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Dense ids for entity keys, noted as seen at ``now_ms``; (ids, the rows still valid):
+        rows beyond ``max_entities`` are not (counted), their id 0."""
+        ids, seen = self._ids(kind, keys)
         dropped = note_seen(ids, np.ones(len(ids), bool) if valid is None else valid, seen, now_ms)
         if dropped:
             self._tally("entities_dropped", dropped)

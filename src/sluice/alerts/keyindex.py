@@ -84,6 +84,64 @@ def group_rows(ids: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.nda
     return uniq[:k], inv, first[:k]
 
 
+#: ``seen_and_grouped``'s marks: the call's number in the high half, the position in the low
+STAMP_SHIFT = 32
+#: the largest call number before the marks are cleared and counted from 1 again
+MAX_STAMP = (1 << 31) - 1
+
+
+@njit(cache=True, nogil=True)
+def seen_and_grouped(
+    ids: np.ndarray, valid: np.ndarray, seen: np.ndarray, now_ms: int, marks: np.ndarray, stamp: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``note_seen`` and ``group_rows`` in one pass over a batch's ids: (distinct ids in order
+    of first appearance, each row's position among them, each distinct id's first row, the
+    rows without an id).
+
+    ``valid`` (empty: every row) says which rows are noted as seen. A row without an id (-1:
+    the index was full) is given id 0 in ``ids`` and listed in the last array (empty when
+    there is none). ``marks`` (int64, longer than the largest id) holds for each id the
+    ``stamp`` of the call that last met it and its position then: each call's ``stamp`` is
+    larger than the last one's, so nothing need be cleared between calls (where
+    ``group_rows`` clears its scratch in a pass of its own), and both arrays indexed by id are
+    read in one loop, prefetched (a host pairs' batch meets millions of ids at random)."""
+    n = ids.shape[0]
+    every_valid = valid.shape[0] == 0
+    uniq = np.empty(n, np.int64)
+    first = np.empty(n, np.int64)
+    inv = np.empty(n, np.int64)
+    full = np.empty(n, np.int64)  # not allocated in the loop: numba would count references there
+    missing = 0
+    base = np.int64(stamp) << np.int64(STAMP_SHIFT)
+    low = (np.int64(1) << np.int64(STAMP_SHIFT)) - 1
+    far = marks.shape[0] > _CACHED_SLOTS
+    k = 0
+    for r in range(n):
+        if far and r + AHEAD < n:
+            ahead = ids[r + AHEAD]
+            if ahead >= 0:
+                prefetch(marks, ahead)
+                prefetch(seen, ahead)
+        i = ids[r]
+        if i < 0:
+            full[missing] = r
+            missing += 1
+            i = 0
+            ids[r] = 0
+        elif every_valid or valid[r]:
+            seen[i] = now_ms
+        mark = marks[i]
+        if mark < base:
+            marks[i] = base | k
+            uniq[k] = i
+            first[k] = r
+            inv[r] = k
+            k += 1
+        else:
+            inv[r] = mark & low
+    return uniq[:k], inv, first[:k], full[:missing]
+
+
 @njit(cache=True, nogil=True)
 def note_seen(ids: np.ndarray, valid: np.ndarray, seen: np.ndarray, now_ms: int) -> int:
     """``seen[id] = now_ms`` for the valid rows' ids; returns how many rows have no id (-1:
