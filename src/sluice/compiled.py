@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import numba
+import structlog
 from numba import njit
 from numba.core import caching
 
 __all__ = ["cache_saves_locked", "njit"]
 
-_log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 def _locked(save: Callable[..., Any]) -> Callable[..., Any]:
@@ -49,11 +49,11 @@ def _install() -> bool:
     index_file = getattr(caching, "IndexDataCacheFile", None)
     save = getattr(index_file, "save", None)
     if save is None:
-        _log.warning(
-            "numba %s has no IndexDataCacheFile.save: its compiled-code cache is used without "
-            "Sluice's lock; with several processes on a cold cache, clear it "
-            "(NUMBA_CACHE_DIR) if a compiled function fails",
-            numba.__version__,
+        log.warning(
+            "numba's cache has no IndexDataCacheFile.save: its saves are not locked, and "
+            "processes saving at once may mix up compiled forms",
+            numba=numba.__version__,
+            fix="if a compiled function fails at start, delete the cache (see docs/deployment.md)",
         )
         return False
     if not getattr(save, "sluice_locked", False):
