@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from numba.core import caching
 
 from sluice import compiled
@@ -55,3 +56,10 @@ def test_two_saves_of_different_forms_of_one_function_at_once_keep_both(tmp_path
     saved = {key: later.load(key) for key in forms}
     assert saved == forms
     assert len(set(later._load_index().values())) == 2
+
+
+def test_installing_again_does_not_wrap_twice_and_an_unknown_numba_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    save = caching.IndexDataCacheFile.save
+    assert compiled._install() and caching.IndexDataCacheFile.save is save  # not wrapped again
+    monkeypatch.setattr(compiled, "caching", type("NumbaCachingWithoutIndexFiles", (), {}))
+    assert compiled._install() is False
