@@ -535,6 +535,9 @@ def test_memory_is_reported_and_entities_are_given_back():
     mem = engine.memory()
     assert mem["definition:1"] > 0 and mem["index:host"] > 0
     assert len(engine.indexes[EntityType.HOST]) == 3001
+    # the table, and per id in use its last-seen time and the batch grouping's mark (8 bytes each)
+    index = engine.indexes[EntityType.HOST]
+    assert mem["index:host"] == index.nbytes() + 16 * index.ids_used
     engine.evaluate(*batch([]), T0 + 10 * 60_000)  # long after the window: ids are reclaimed
     assert len(engine.indexes[EntityType.HOST]) == 0
 

@@ -1209,7 +1209,10 @@ class AlertEngine:
             }
             out["index:sessions"] = self.history.nbytes()
             for kind, index in self.indexes.items():
-                out[f"index:{kind.value}"] = index.nbytes() + used_nbytes(self.last_seen[kind], used[kind])
+                marks = self._marks.get(kind, (np.zeros(0, np.int64), 0))[0]  # written where ids are
+                out[f"index:{kind.value}"] = (
+                    index.nbytes() + used_nbytes(self.last_seen[kind], used[kind]) + used_nbytes(marks, used[kind])
+                )
             return out
 
     def pairs_dropped(self) -> int:
