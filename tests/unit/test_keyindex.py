@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sluice.alerts.entities import address_keys
-from sluice.alerts.keyindex import KeyIndex, group_rows, mix64, note_seen, seen_and_grouped
+from sluice.alerts.keyindex import MAX_STAMP, BatchGrouping, KeyIndex, group_rows, mix64, note_seen, seen_and_grouped
 from sluice.flows.schema import address_words
 
 
@@ -92,6 +92,22 @@ def test_seen_and_grouped_matches_note_seen_then_group_rows_call_after_call():
             assert got_ids.tolist() == expected_ids.tolist()
             assert full.tolist() == np.flatnonzero(ids < 0).tolist()
             assert (seen == seen_before).all()
+
+
+def test_a_batch_grouping_groups_without_noting_and_starts_its_marks_again_at_the_last_number():
+    """``BatchGrouping`` as the merge path uses it (no times noted) and past ``MAX_STAMP``,
+    where its marks are cleared: the grouping stays ``group_rows``'."""
+    rng = np.random.default_rng(6)
+    grouping = BatchGrouping()
+    for stamp in (None, MAX_STAMP - 1, None, None):
+        if stamp is not None:
+            grouping.stamp = stamp
+        ids = rng.integers(0, 500, 2_000)
+        uniq, inv, first, full = grouping.group(ids, 500)
+        want = group_rows(ids, np.empty(500, np.int32))
+        assert [uniq.tolist(), inv.tolist(), first.tolist()] == [w.tolist() for w in want]
+        assert len(full) == 0
+    assert grouping.stamp == 2  # cleared after MAX_STAMP, counted from 1 again
 
 
 def test_a_cleared_index_forgets_every_key_and_numbers_from_zero_again():

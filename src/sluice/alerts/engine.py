@@ -59,7 +59,7 @@ from .definition import (
     step_seconds,
 )
 from .entities import BatchKeys, EntityRows, watched_keys
-from .keyindex import MAX_STAMP, KeyIndex, distinct, group_rows, note_seen, room_for, seen_and_grouped, used_nbytes
+from .keyindex import BatchGrouping, KeyIndex, distinct, note_seen, room_for, used_nbytes
 from .pairtable import BothWaysPairTable, PairTable
 from .partial import PartGroup, Partial, PartRows, Positions
 from .selection import has_row, select_sums
@@ -67,8 +67,6 @@ from .tasks import TaskList
 from .window import CLN_BYTES, CLN_PKTS, LAST_ROW, SRV_BYTES, SRV_PKTS, DistinctWindow, SlotHistory, SumWindow
 
 log = structlog.get_logger(__name__)
-#: ``seen_and_grouped``'s "every row is valid"
-_EVERY_ROW = np.zeros(0, np.bool_)
 
 
 @dataclass
@@ -381,9 +379,7 @@ class AlertEngine:
         self.indexes: dict[EntityType, KeyIndex] = {}
         self.history = SlotHistory()  # COUNT: per tracker slot, when its session's rows came
         self.last_seen: dict[EntityType, np.ndarray] = {}
-        self._scratch: dict[EntityType, np.ndarray] = {}  # per entity type, for ``group_rows``
-        # per entity type, for ``seen_and_grouped``: its marks by id, and the last call's number
-        self._marks: dict[EntityType, tuple[np.ndarray, int]] = {}
+        self._groupings: dict[EntityType, BatchGrouping] = {}  # per entity type
         self.stats = {
             "rows_evaluated": 0,
             "rows_dropped": 0,
@@ -794,14 +790,7 @@ class AlertEngine:
     ) -> EntityRows:
         rows = EntityRows(kind, sessions, new, shared)
         ids, seen = self._ids(kind, rows.keys)
-        marks, stamp = self._marks.get(kind, (np.zeros(0, np.int64), 0))
-        if stamp >= MAX_STAMP:
-            marks, stamp = np.zeros(len(marks), np.int64), 0
-        if len(marks) < len(seen):
-            marks = grown(marks, len(seen))
-        self._marks[kind] = marks, stamp + 1
-        valid = _EVERY_ROW if rows.valid is None else rows.valid
-        rows.uniq, rows.inv, rows.first, full = seen_and_grouped(ids, valid, seen, now_ms, marks, stamp + 1)
+        rows.uniq, rows.inv, rows.first, full = self._grouping(kind).group(ids, len(seen), rows.valid, seen, now_ms)
         if len(full):  # rows beyond ``max_entities``: not valid, counted, their id 0
             self._tally("entities_dropped", len(full))
             rows.valid = np.ones(len(ids), bool) if rows.valid is None else rows.valid.copy()
@@ -837,13 +826,16 @@ class AlertEngine:
         return ids, valid
 
     def _group(self, kind: EntityType, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A compact numbering of a batch's entities (``group_rows``), shared by every
-        definition of the type."""
-        capacity = self.indexes[kind].id_capacity
-        scratch = self._scratch.get(kind)
-        if scratch is None or len(scratch) < capacity:
-            scratch = self._scratch[kind] = np.empty(capacity, np.int32)
-        return group_rows(ids, scratch)
+        """A compact numbering of merged parts' entities, shared by every definition of the
+        type (their ids were noted as seen when their tables were numbered)."""
+        uniq, inv, first, _ = self._grouping(kind).group(ids, self.indexes[kind].id_capacity)
+        return uniq, inv, first
+
+    def _grouping(self, kind: EntityType) -> BatchGrouping:
+        grouping = self._groupings.get(kind)
+        if grouping is None:
+            grouping = self._groupings[kind] = BatchGrouping()
+        return grouping
 
     @staticmethod
     def _kept(state: DefinitionState, rows: EntityRows, pre: np.ndarray | None) -> np.ndarray | None:
@@ -1209,9 +1201,11 @@ class AlertEngine:
             }
             out["index:sessions"] = self.history.nbytes()
             for kind, index in self.indexes.items():
-                marks = self._marks.get(kind, (np.zeros(0, np.int64), 0))[0]  # written where ids are
+                grouping = self._groupings.get(kind)
                 out[f"index:{kind.value}"] = (
-                    index.nbytes() + used_nbytes(self.last_seen[kind], used[kind]) + used_nbytes(marks, used[kind])
+                    index.nbytes()
+                    + used_nbytes(self.last_seen[kind], used[kind])
+                    + (grouping.nbytes(used[kind]) if grouping is not None else 0)
                 )
             return out
 

@@ -98,7 +98,8 @@ def seen_and_grouped(
     of first appearance, each row's position among them, each distinct id's first row, the
     rows without an id).
 
-    ``valid`` (empty: every row) says which rows are noted as seen. A row without an id (-1:
+    ``valid`` (empty: every row) says which rows are noted as seen in ``seen`` (empty: none
+    is, the ids are only grouped). A row without an id (-1:
     the index was full) is given id 0 in ``ids`` and listed in the last array (empty when
     there is none). ``marks`` (int64, longer than the largest id) holds for each id the
     ``stamp`` of the call that last met it and its position then: each call's ``stamp`` is
@@ -107,6 +108,7 @@ def seen_and_grouped(
     read in one loop, prefetched (a host pairs' batch meets millions of ids at random)."""
     n = ids.shape[0]
     every_valid = valid.shape[0] == 0
+    noting = seen.shape[0] > 0
     uniq = np.empty(n, np.int64)
     first = np.empty(n, np.int64)
     inv = np.empty(n, np.int64)
@@ -121,14 +123,15 @@ def seen_and_grouped(
             ahead = ids[r + AHEAD]
             if ahead >= 0:
                 prefetch(marks, ahead)
-                prefetch(seen, ahead)
+                if noting:
+                    prefetch(seen, ahead)
         i = ids[r]
         if i < 0:
             full[missing] = r
             missing += 1
             i = 0
             ids[r] = 0
-        elif every_valid or valid[r]:
+        elif noting and (every_valid or valid[r]):
             seen[i] = now_ms
         mark = marks[i]
         if mark < base:
@@ -140,6 +143,39 @@ def seen_and_grouped(
         else:
             inv[r] = mark & low
     return uniq[:k], inv, first[:k], full[:missing]
+
+
+#: ``seen_and_grouped``'s "every row is valid" and "note no times"
+_EVERY_ROW, _NOT_NOTED = np.zeros(0, np.bool_), np.zeros(0, np.int64)
+
+
+class BatchGrouping:
+    """An entity type's batches grouped by id, call after call (``seen_and_grouped``): the
+    marks by id, and the number of the last call, which each call raises."""
+
+    def __init__(self) -> None:
+        self.marks = np.zeros(0, np.int64)
+        self.stamp = 0
+
+    def group(
+        self, ids: np.ndarray, id_capacity: int, valid: np.ndarray | None = None, seen: np.ndarray | None = None,
+        now_ms: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """``seen_and_grouped`` of ``ids`` (below ``id_capacity``): the valid rows (None: every
+        one) noted as seen at ``now_ms`` in ``seen`` (None: not noted)."""
+        if self.stamp >= MAX_STAMP:
+            self.marks, self.stamp = np.zeros(len(self.marks), np.int64), 0  # new zero pages, not written
+        if len(self.marks) < id_capacity:
+            self.marks = grown(self.marks, id_capacity)
+        self.stamp += 1
+        return seen_and_grouped(
+            ids, _EVERY_ROW if valid is None else valid, _NOT_NOTED if seen is None else seen, now_ms,
+            self.marks, self.stamp,
+        )  # fmt: skip
+
+    def nbytes(self, used: int) -> int:
+        """The marks of the first ``used`` ids: the rest is room never written."""
+        return used_nbytes(self.marks, used)
 
 
 @njit(cache=True, nogil=True)
