@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from sluice.collect.decoder import Datagram, Decoder
+from sluice.collect.datagrams import Datagram
+from sluice.collect.decoder import Decoder
 from sluice.collect.records import wire_records
 
 from ..support.env import CONFORMANCE

@@ -13,7 +13,8 @@ import struct
 import numpy as np
 import pytest
 
-from sluice.collect.decoder import Datagram, Decoder
+from sluice.collect.datagrams import Datagram
+from sluice.collect.decoder import Decoder
 
 from ..support.wirebuild import (
     EXPORT_S,

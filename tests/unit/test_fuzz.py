@@ -8,7 +8,8 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluice.collect.decoder import Datagram, Decoder, DecoderConfig
+from sluice.collect.datagrams import Datagram
+from sluice.collect.decoder import Decoder, DecoderConfig
 
 from ..support.env import CONFORMANCE
 

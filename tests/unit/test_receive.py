@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sluice.collect import receive
+from sluice.collect.datagrams import DatagramBatchBuilder
 from sluice.collect.decoder import Decoder
 from sluice.collect.listener import Collector, Listener
 from sluice.collect.receive import BatchReceiver, sender_text
@@ -48,13 +49,14 @@ def _send(family: int, host: str, port: int, senders: int, count: int) -> list[t
 
 
 def _receive_all(receiver: BatchReceiver, expected: int, limit: int = 1000) -> list[tuple[bytes, str, int]]:
-    out: list = []
+    builder = DatagramBatchBuilder()
     deadline = time.monotonic() + 10
-    while len(out) < expected and time.monotonic() < deadline:
-        got, cut = receiver.receive(out, limit, 1.5)
+    while len(builder) < expected and time.monotonic() < deadline:
+        got, cut = receiver.receive(builder, limit, 1.5)
         assert got <= min(limit, receiver.slots) and cut == 0
         if not got:
             time.sleep(0.01)
+    out = list(builder.build())
     assert all(d.received == 1.5 for d in out)
     return [(d.payload, d.address, d.port) for d in out]
 
@@ -65,11 +67,11 @@ def test_every_datagram_arrives_whole_with_its_sender_in_order(family, host, bat
     sock = _socket(family, host)
     receiver = BatchReceiver(sock, slots=8, use_recvmmsg=batched)
     assert receiver.batched == batched
-    assert receiver.receive([], 100, 0.0) == (0, 0)  # nothing waits
+    assert receiver.receive(DatagramBatchBuilder(), 100, 0.0) == (0, 0)  # nothing waits
     sent = _send(family, host, sock.getsockname()[1], senders=3, count=20)
     got = _receive_all(receiver, len(sent), limit=5)  # several calls, each cut by the limit
     assert got == [(payload, host, port) for payload, port in sent]
-    assert receiver.receive([], 100, 0.0) == (0, 0)
+    assert receiver.receive(DatagramBatchBuilder(), 100, 0.0) == (0, 0)
     sock.close()
 
 
@@ -87,15 +89,15 @@ def test_a_socket_error_is_raised_then_counted_by_the_collector():
         time.sleep(0.05)
         receiver = BatchReceiver(sock, use_recvmmsg=batched)
         with pytest.raises(OSError) as raised:
-            receiver.receive([], 100, 0.0)
+            receiver.receive(DatagramBatchBuilder(), 100, 0.0)
         assert raised.value.errno == errno.ECONNREFUSED
         sock.send(b"x")
         time.sleep(0.05)
         collector = Collector(CollectSettings(), Decoder(), [])
         collector.listeners = [Listener("ipfix", port, sock, receiver)]
-        batch: list = []
+        batch = DatagramBatchBuilder()
         collector._drain(batch, 100, 0.0)
-        assert batch == []
+        assert len(batch) == 0
         assert collector.counters.get("receive_errors_total", reason=errno.ECONNREFUSED) == 1
         sock.close()
 

@@ -5,7 +5,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sluice.collect.decoder import Datagram, Decoder
+from sluice.collect.datagrams import Datagram
+from sluice.collect.decoder import Decoder
 from sluice.flows.schema import FlowBatch, addr_bytes
 from sluice.simulate.encode import IpfixEncoder, NetflowV5Encoder, NetflowV9Encoder, SflowEncoder
 

@@ -4,7 +4,8 @@ import struct
 
 import dpkt
 
-from sluice.collect.decoder import Datagram, Decoder
+from sluice.collect.datagrams import Datagram
+from sluice.collect.decoder import Decoder
 from sluice.collect.records import sflow_records
 
 from ..support.pcapgen import ACK, SYN, Packet

@@ -4,7 +4,8 @@ import struct
 
 import numpy as np
 
-from sluice.collect.decoder import Datagram, Decoder, DecoderConfig
+from sluice.collect.datagrams import Datagram
+from sluice.collect.decoder import Decoder, DecoderConfig
 from sluice.collect.records import wire_records
 from sluice.flows.schema import addr_text
 

@@ -86,10 +86,10 @@ def _scan(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, version: int
     return head, sets[:, :k].copy()
 
 
-def gather_records(joined: bytes, body_start: np.ndarray, record_bytes: np.ndarray) -> np.ndarray:
-    """The first ``record_bytes[i]`` bytes of each set body, laid end to end (joined from
-    views: a third of the time of a compiled byte loop)."""
-    view = memoryview(joined)
+def gather_records(joined: np.ndarray, body_start: np.ndarray, record_bytes: np.ndarray) -> np.ndarray:
+    """The first ``record_bytes[i]`` bytes of each set body in ``joined`` (a batch's bytes),
+    laid end to end (joined from views: a third of the time of a compiled byte loop)."""
+    view = joined.data
     parts = [view[s : s + m] for s, m in zip(body_start.tolist(), record_bytes.tolist(), strict=True)]
     return np.frombuffer(b"".join(parts), np.uint8)
 

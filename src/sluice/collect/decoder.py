@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,6 +20,7 @@ import structlog
 from ..counters import Counters
 from ..flows.schema import FlowBatch, addr_text
 from . import batch_scan, ipfix, netflow5, netflow9, sflow
+from .datagrams import Datagram, DatagramBatch
 from .normalize import ExporterState, to_flows
 from .templates import (
     PendingData,
@@ -39,14 +41,6 @@ _SET_HEADER = struct.Struct("!HH")
 MAX_PLAUSIBLE_MS = 253_402_300_800_000  # year 10000: beyond it a time field is garbage
 #: the versions whose batches ``batch_scan`` walks (all of one version), as their first bytes
 SCANNED = {b"\x00\x0a": 10, b"\x00\x09": 9}
-
-
-@dataclass(slots=True)
-class Datagram:
-    payload: bytes
-    address: str  # exporter IP address (text)
-    port: int
-    received: float = field(default_factory=time.time)  # Unix seconds
 
 
 @dataclass
@@ -105,20 +99,21 @@ class Decoder:
 
     # -- public -----------------------------------------------------------------------------
 
-    def decode(self, datagrams: list[Datagram]) -> DecodeResult:
+    def decode(self, datagrams: DatagramBatch | Sequence[Datagram]) -> DecodeResult:
         """Decode a batch. A bug that a datagram provokes costs that datagram, not the batch: on
         any unexpected error the batch is undone (sequence numbers, released pending sets) and
         decoded again one datagram at a time; only the datagrams that fail alone are dropped,
         counted as ``decode_errors_total{reason="internal_error"}``."""
+        batch = datagrams if isinstance(datagrams, DatagramBatch) else DatagramBatch.of(datagrams)
         try:
-            return self._decode_batch(datagrams)
+            return self._decode_batch(batch)
         except Exception:
-            log.exception("decoder failed on a batch; decoding it datagram by datagram", datagrams=len(datagrams))
+            log.exception("decoder failed on a batch; decoding it datagram by datagram", datagrams=len(batch))
             self._undo()
         results = []
-        for dg in datagrams:
+        for dg in batch:
             try:
-                results.append(self._decode_batch([dg]))
+                results.append(self._decode_batch(DatagramBatch.of([dg])))
             except Exception:
                 log.exception("decoder failed on a datagram: dropped", exporter=dg.address, bytes=len(dg.payload))
                 self._undo()
@@ -136,11 +131,11 @@ class Decoder:
             self.pending.restore(template_key, taken, proto)
         self._sequence_undo, self._taken = {}, []
 
-    def _decode_batch(self, datagrams: list[Datagram]) -> DecodeResult:
+    def _decode_batch(self, datagrams: DatagramBatch) -> DecodeResult:
         self._sequence_undo, self._taken = {}, []
         now = time.time()
-        first = datagrams[0].payload[:2] if datagrams else b""
-        if first in SCANNED and all(dg.payload.startswith(first) for dg in datagrams):
+        first = datagrams.common_start()
+        if first in SCANNED:
             scanned = self._scan_batch(datagrams, SCANNED[first])
             if scanned is not None:
                 return self._finish(datagrams, *scanned, now=now)
@@ -191,7 +186,7 @@ class Decoder:
 
     def _finish(
         self,
-        datagrams: list[Datagram],
+        datagrams: DatagramBatch,
         groups: list[RawRecords],
         labels: dict[tuple[str, str], int],
         label_of: np.ndarray,
@@ -212,7 +207,8 @@ class Decoder:
         converted = [to_flows(g, self._state_for) for g in groups if g.kind == "flow"]
         samples = None
         if sflow_in:
-            samples = sflow.decode(sflow_in, self.counters, [int(datagrams[i].received * 1000) for _, _, i in sflow_in])
+            received_ms = [int(datagrams.received[i] * 1000) for _, _, i in sflow_in]
+            samples = sflow.decode(sflow_in, self.counters, received_ms)
             converted.append((samples.to_flows(), samples.columns["datagram"]))
         flows = FlowBatch.concat([f for f, _ in converted])
         origin = np.concatenate([d for _, d in converted]) if converted else np.zeros(0, np.int64)
@@ -222,7 +218,7 @@ class Decoder:
     # -- IPFIX and NetFlow v9, a batch at once -----------------------------------------------
 
     def _scan_batch(
-        self, datagrams: list[Datagram], version: int
+        self, datagrams: DatagramBatch, version: int
     ) -> tuple[list[RawRecords], dict[tuple[str, str], int], np.ndarray] | None:
         """A batch of IPFIX (``version`` 10) or NetFlow v9 messages walked by ``batch_scan``
         instead of one by one: (the record groups, the exporters' labels, each message's
@@ -231,19 +227,12 @@ class Decoder:
         reserved set, a template set that is not a refresh of a template held unchanged (or
         that data waits for), or data whose template is not held, is of variable length, or
         is longer than its set."""
-        payloads = [dg.payload for dg in datagrams]
-        lengths = np.fromiter(map(len, payloads), np.int64, len(payloads))
-        starts = np.cumsum(lengths) - lengths
-        joined = b"".join(payloads)
-        found = batch_scan.scan(np.frombuffer(joined, np.uint8), starts, lengths, version)
+        joined = datagrams.data
+        found = batch_scan.scan(joined, datagrams.starts, datagrams.lengths, version)
         if found.status.any():
             return None
         # the exporters (address, port), numbered in order of appearance
-        numbered: dict[tuple[str, int], int] = {}
-        exporter = np.fromiter(
-            (numbered.setdefault((dg.address, dg.port), len(numbered)) for dg in datagrams), np.int64, len(datagrams)
-        )
-        exporters = list(numbered)
+        exporter, exporters = datagrams.sender, datagrams.senders
         addr16 = [self._addr16(address) for address, _ in exporters]
         domain = found.domain
         wire = ipfix if version == 10 else netflow9
@@ -254,7 +243,7 @@ class Decoder:
             d = int(found.set_message[i])
             e = int(exporter[d])
             start = int(found.body_start[i])
-            body = joined[start : start + int(found.body_len[i])]
+            body = joined[start : start + int(found.body_len[i])].tobytes()
             for action, value in self._parsed_template_set(version, int(found.set_id[i]), body):
                 if action != "template":
                     return None

@@ -24,7 +24,8 @@ import structlog
 from ..config import CollectSettings
 from ..flows.schema import FlowBatch
 from ..lifecycle import Worker
-from .decoder import Datagram, Decoder
+from .datagrams import DatagramBatch, DatagramBatchBuilder
+from .decoder import Decoder
 from .overload import OverloadMeter
 from .receive import BatchReceiver
 
@@ -144,7 +145,7 @@ class Collector:
                 last_maintenance = now
             if not ready:
                 continue
-            batch: list[Datagram] = []
+            batch = DatagramBatchBuilder()
             received = time.time()
             deadline = now + max_wait
             while True:
@@ -155,10 +156,11 @@ class Collector:
                 # let datagrams gather in the socket buffer: waking for each one as it came
                 # cost more CPU than decoding it (a wake-up, a select and a failed read each)
                 time.sleep(min(remaining, LINGER_STEP_S))
-            self._process(batch)
+            if len(batch):
+                self._process(batch.build())
         selector.close()
 
-    def _drain(self, batch: list[Datagram], max_batch: int, received: float) -> None:
+    def _drain(self, batch: DatagramBatchBuilder, max_batch: int, received: float) -> None:
         for listener in self.listeners:
             while len(batch) < max_batch:
                 try:
@@ -171,8 +173,8 @@ class Collector:
                 if got < listener.receiver.slots:
                     break  # the socket is empty (or the batch full)
 
-    def _process(self, batch: list[Datagram]) -> None:
-        if not batch:
+    def _process(self, batch: DatagramBatch) -> None:
+        if not len(batch):
             return
         started = time.perf_counter()
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dpkt
 
-from .decoder import Datagram
+from .datagrams import Datagram
 
 DLT_NULL, DLT_EN10MB, DLT_RAW, DLT_LOOP, DLT_LINUX_SLL, DLT_LINUX_SLL2 = 0, 1, 101, 108, 113, 276
 DLT_RAW_ALT = 12

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .decoder import Datagram
+from .datagrams import DatagramBatchBuilder
 
 _MSG_DONTWAIT = 0x40
 _MSG_TRUNC = 0x20
@@ -114,8 +114,8 @@ class BatchReceiver:
         self._name_rows = np.frombuffer(memoryview(self._names).cast("B"), np.uint8).reshape(slots, _NAME_BYTES)
         self._view = memoryview(self._buffer)
 
-    def receive(self, out: list[Datagram], limit: int, received: float) -> tuple[int, int]:
-        """Append up to ``limit`` waiting datagrams to ``out`` (stamped ``received``); returns
+    def receive(self, out: DatagramBatchBuilder, limit: int, received: float) -> tuple[int, int]:
+        """Add up to ``limit`` waiting datagrams to ``out`` (stamped ``received``); returns
         (how many, how many of them the kernel cut short: larger than a slot). Returns (0, 0)
         when none waits; raises ``OSError`` for a socket error (an ICMP error surfacing)."""
         if not self.batched:
@@ -134,15 +134,12 @@ class BatchReceiver:
             return 0, 0
         lengths = self._words[:got, self._len].tolist()
         names = self._name_rows[:got, :24]
+        senders: tuple[str, int] | list[tuple[str, int]]
         if (names == names[0]).all():  # one exporter in the call: the usual case
-            senders = [self._sender(names[0].tobytes())] * got
+            senders = self._sender(names[0].tobytes())
         else:
             senders = [self._sender(row.tobytes()) for row in names]
-        view = self._view
-        out.extend(
-            Datagram(bytes(view[i * SLOT_BYTES : i * SLOT_BYTES + n]), address, port, received)
-            for i, (n, (address, port)) in enumerate(zip(lengths, senders, strict=True))
-        )
+        out.add_slots(self._view, SLOT_BYTES, lengths, senders, received)
         cut = int(np.count_nonzero(self._words[:got, self._flags] & _MSG_TRUNC))
         return got, cut
 
@@ -154,7 +151,7 @@ class BatchReceiver:
             sender = self._senders[name] = sender_text(name)
         return sender
 
-    def _receive_one_by_one(self, out: list[Datagram], limit: int, received: float) -> int:
+    def _receive_one_by_one(self, out: DatagramBatchBuilder, limit: int, received: float) -> int:
         recv = self.sock.recvfrom
         n = 0
         while n < limit:
@@ -165,6 +162,6 @@ class BatchReceiver:
             host = addr[0]
             if host.startswith("::ffff:"):
                 host = host[7:]
-            out.append(Datagram(data, host, addr[1], received))
+            out.add(data, host, addr[1], received)
             n += 1
         return n
