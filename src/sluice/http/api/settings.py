@@ -4,13 +4,13 @@
 
 from typing import Optional
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException
 
 from ...notify.destinations import DestinationPolicy, DestinationRefused
 from ...notify.service import NotifyService
 from ...state.preferences import Preferences, PreferencesIn, PreferencesOut, SystemSettingsIn, SystemSettingsOut
 from ..auth import Admin, User
-from .common import PREFIX
+from .common import PREFIX, UNPROCESSABLE
 
 
 def build_settings_router(prefs: Preferences, notify: Optional[NotifyService] = None) -> APIRouter:
@@ -37,7 +37,7 @@ def build_settings_router(prefs: Preferences, notify: Optional[NotifyService] = 
                     check()
                 except DestinationRefused as exc:
                     raise HTTPException(
-                        status.HTTP_422_UNPROCESSABLE_ENTITY,
+                        UNPROCESSABLE,
                         [{"loc": ["body", field], "msg": str(exc), "type": "value_error"}],
                     ) from None
         out = prefs.set_user(principal.user_id, body)
