@@ -72,7 +72,18 @@ class DatagramBatch:
         return Datagram(self.payload(i), address, port, float(self.received[i]))
 
     def __iter__(self) -> Iterator[Datagram]:
-        return (self[i] for i in range(len(self)))
+        for payload, (address, port), received in self.items():
+            yield Datagram(payload, address, port, received)
+
+    def items(self) -> Iterator[tuple[bytes, Sender, float]]:
+        """(payload, sender, received) of each datagram in order: what a walk one datagram
+        at a time reads, without a ``Datagram`` object or a numpy scalar each."""
+        whole, senders = self.data.tobytes(), self.senders  # one copy; then a slice is one more
+        ends = self.starts + self.lengths
+        for start, end, sender, received in zip(
+            self.starts.tolist(), ends.tolist(), self.sender.tolist(), self.received.tolist(), strict=True
+        ):
+            yield whole[start:end], senders[sender], received
 
     def common_start(self) -> bytes | None:
         """The first two bytes (an export protocol's version) if every datagram starts with

@@ -145,9 +145,8 @@ class Decoder:
         labels: dict[tuple[str, str], int] = {}  # (exporter, protocol) -> label id
         label_of = np.full(len(datagrams), -1, np.int64)  # label id of each datagram
 
-        for index, dg in enumerate(datagrams):
-            data = dg.payload
-            addr = self._addr16(dg.address)
+        for index, (data, (address, port), _) in enumerate(datagrams.items()):
+            addr = self._addr16(address)
             if len(data) < 4:
                 self._error("unknown", "truncated_header")
                 continue
@@ -166,17 +165,17 @@ class Decoder:
                         self.counters.inc("trailing_bytes_total", trailing, proto=proto)
             elif version == 9:
                 proto = "netflow9"
-                self._walk_v9(data, addr, dg.port, index, collector, now)
+                self._walk_v9(data, addr, port, index, collector, now)
             elif version == 10:
                 proto = "ipfix"
-                self._walk_ipfix(data, addr, dg.port, index, collector, now)
+                self._walk_ipfix(data, addr, port, index, collector, now)
             elif version == 0 and len(data) >= 4 and data[2] == 0 and data[3] == 5:
                 proto = "sflow5"
                 sflow_in.append((data, addr, index))
             else:
                 self._error("unknown", "unknown_version")
                 continue
-            label_of[index] = labels.setdefault((dg.address, proto), len(labels))
+            label_of[index] = labels.setdefault((address, proto), len(labels))
 
         groups: list[RawRecords] = []
         if v5:
