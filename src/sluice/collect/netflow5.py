@@ -40,6 +40,22 @@ RECORD_DTYPE = np.dtype(
 )
 assert RECORD_DTYPE.itemsize == RECORD_LEN
 
+#: ``HEADER`` as a numpy record, to read a batch's headers at once (``read_headers``)
+HEADER_DTYPE = np.dtype(
+    [
+        ("version", ">u2"),
+        ("count", ">u2"),
+        ("sys_uptime_ms", ">u4"),
+        ("export_s", ">u4"),
+        ("export_ns", ">u4"),
+        ("sequence", ">u4"),
+        ("engine_type", "u1"),
+        ("engine_id", "u1"),
+        ("sampling", ">u2"),
+    ]
+)
+assert HEADER_DTYPE.itemsize == HEADER_LEN
+
 _UINT_KEYS = (
     "input_snmp",
     "output_snmp",
@@ -91,28 +107,63 @@ def check(data: bytes) -> tuple[V5Header | None, str | None, int]:
     return header, None, len(data) - need
 
 
+def read_headers(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The headers of the datagrams at ``starts`` in ``data`` (each at least ``HEADER_LEN``
+    bytes), as ``HEADER_DTYPE`` records."""
+    return data[starts[:, None] + np.arange(HEADER_LEN)].view(HEADER_DTYPE).reshape(-1)
+
+
+def well_formed(headers: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per datagram (``read_headers``' headers, the datagrams' lengths): whether ``check``
+    finds it sound, and its trailing bytes."""
+    counts = headers["count"].astype(np.int64)
+    need = HEADER_LEN + counts * RECORD_LEN
+    return (counts > 0) & (counts <= MAX_RECORDS) & (lengths >= need), lengths - need
+
+
 def decode(datagrams: list[tuple[bytes, V5Header, bytes, int]]) -> RawRecords:
     """Decode (payload, header, exporter address, batch index) tuples into one column batch."""
-    counts = np.array([h.count for _, h, _, _ in datagrams], np.int64)
+    headers = np.array(
+        [
+            (5, h.count, h.sys_uptime_ms, h.export_s, h.export_ns, h.sequence, h.engine_type, h.engine_id, h.sampling)
+            for _, h, _, _ in datagrams
+        ],
+        HEADER_DTYPE,
+    )
     body = b"".join(d[HEADER_LEN : HEADER_LEN + h.count * RECORD_LEN] for d, h, _, _ in datagrams)
+    return records_of(
+        np.frombuffer(body, np.uint8),
+        headers,
+        np.frombuffer(b"".join(e for _, _, e, _ in datagrams), np.uint8).reshape(-1, 16),
+        np.array([i for _, _, _, i in datagrams], np.int64),
+        [(e, 0) for _, _, e, _ in datagrams],
+    )
+
+
+def records_of(
+    body: np.ndarray, headers: np.ndarray, exporter: np.ndarray, index: np.ndarray, keys: list[tuple[bytes, int]]
+) -> RawRecords:
+    """The records of sound datagrams as one column batch: ``body`` their records end to end,
+    and per datagram its header (``HEADER_DTYPE``), exporter address (16 bytes), index in
+    its batch and exporter key."""
+    counts = headers["count"].astype(np.int64)
     rec = np.frombuffer(body, RECORD_DTYPE)
-    piece = np.repeat(np.arange(len(datagrams)), counts)
+    piece = np.repeat(np.arange(len(headers)), counts)
     columns: dict[str, np.ndarray] = {k: rec[k].astype(np.uint64) for k in _UINT_KEYS}
     columns["src_addr"] = ipv4_to_mapped(rec["src_addr"])
     columns["dst_addr"] = ipv4_to_mapped(rec["dst_addr"])
-    headers = [h for _, h, _, _ in datagrams]
-    columns["engine_type"] = np.array([h.engine_type for h in headers], np.uint64)[piece]
-    columns["engine_id"] = np.array([h.engine_id for h in headers], np.uint64)[piece]
+    columns["engine_type"] = headers["engine_type"].astype(np.uint64)[piece]
+    columns["engine_id"] = headers["engine_id"].astype(np.uint64)[piece]
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    export_ms = headers["export_s"].astype(np.int64) * 1000 + headers["export_ns"].astype(np.int64) // 1_000_000
     meta = {
         "source_id": np.zeros(len(rec), np.int64),
-        "export_ms": np.array([h.export_ms for h in headers], np.int64)[piece],
-        "sys_uptime_ms": np.array([h.sys_uptime_ms for h in headers], np.int64)[piece],
+        "export_ms": export_ms[piece],
+        "sys_uptime_ms": headers["sys_uptime_ms"].astype(np.int64)[piece],
         # v5 carries sampling in the header: low 14 bits interval, top 2 bits mode
-        "v5_sampling": np.array([h.sampling & 0x3FFF for h in headers], np.int64)[piece],
-        "exporter": np.frombuffer(b"".join(e for _, _, e, _ in datagrams), np.uint8).reshape(-1, 16)[piece],
+        "v5_sampling": (headers["sampling"].astype(np.int64) & 0x3FFF)[piece],
+        "exporter": exporter[piece],
         "piece": piece,
-        "seq": (np.array([i for _, _, _, i in datagrams], np.int64)[piece] << 36)
-        | (np.arange(len(rec)) - first[piece]),
+        "seq": (index[piece] << 36) | (np.arange(len(rec)) - first[piece]),
     }
-    return RawRecords(5, "flow", None, columns, {}, meta, [(e, 0) for _, _, e, _ in datagrams])
+    return RawRecords(5, "flow", None, columns, {}, meta, keys)
