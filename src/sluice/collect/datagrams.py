@@ -30,28 +30,18 @@ class Datagram:
     received: float = field(default_factory=time.time)  # Unix seconds
 
 
+@dataclass(slots=True, eq=False)
 class DatagramBatch:
     """Datagrams in the order received: ``data`` their bytes end to end, ``starts`` and
     ``lengths`` where each one lies in it, ``sender`` each one's index in ``senders`` (each
     (address, port) once, in order of first appearance) and ``received`` (Unix seconds)."""
 
-    __slots__ = ("data", "starts", "lengths", "sender", "senders", "received")
-
-    def __init__(
-        self,
-        data: np.ndarray,
-        starts: np.ndarray,
-        lengths: np.ndarray,
-        sender: np.ndarray,
-        senders: list[Sender],
-        received: np.ndarray,
-    ) -> None:
-        self.data = data
-        self.starts = starts
-        self.lengths = lengths
-        self.sender = sender
-        self.senders = senders
-        self.received = received
+    data: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    sender: np.ndarray
+    senders: list[Sender]
+    received: np.ndarray
 
     @classmethod
     def of(cls, datagrams: Iterable[Datagram]) -> DatagramBatch:
