@@ -141,7 +141,8 @@ def ladder(kind: type, workdir: Path, datagrams: list[bytes], rates: list[float]
            seconds: float, workers: int = 1) -> tuple[float, list[dict]]:
     best, log = 0.0, []
     for rate in rates:
-        for _ in range(ingest_bench.ATTEMPTS):
+        # a rung that loses gets one more attempt; every attempt is printed and kept
+        for attempt in range(1, ingest_bench.ATTEMPTS + 1):
             collector_box: list = []
 
             def factory(wd: Path, workers: int, kind: type = kind) -> object:
@@ -153,17 +154,17 @@ def ladder(kind: type, workdir: Path, datagrams: list[bytes], rates: list[float]
             alerts_ok = getattr(collector_box[0], "alert_rows_ok", True)
             lag = getattr(collector_box[0], "alert_lag_s", 0.0)
             ok = rung.lossless and alerts_ok
+            log.append({"collector": kind.name, "workers": workers, "target": rate, "attempt": attempt,
+                        "received": rung.ratio, "alerts_kept_up": alerts_ok, "alerts_caught_up_s": lag,
+                        "cpu_s_per_M": rung.cpu_per_m, "peak_rss_mb": rung.peak_rss_mb})
+            print(f"  {kind.name:14} target {rate / 1e6:5.2f} M/s  sent {rung.send_rate / 1e6:5.2f} M/s  received "
+                  f"{rung.ratio * 100:7.3f} %  alert rows {'all evaluated' if alerts_ok else 'NOT all evaluated'} "
+                  f"({lag:.1f} s after)  "
+                  f"cpu {rung.cpu_per_m:5.2f} s/M  RSS {rung.peak_rss_mb:6.1f} MB  (attempt {attempt})",
+                  flush=True)
             if ok:
                 break
         sender_ok = rung.send_rate >= 0.95 * rate
-        log.append({"collector": kind.name, "workers": workers, "target": rate, "received": rung.ratio,
-                    "alerts_kept_up": alerts_ok, "alerts_caught_up_s": lag,
-                    "cpu_s_per_M": rung.cpu_per_m, "peak_rss_mb": rung.peak_rss_mb})
-        print(f"  {kind.name:14} target {rate / 1e6:5.2f} M/s  sent {rung.send_rate / 1e6:5.2f} M/s  received "
-              f"{rung.ratio * 100:7.3f} %  alert rows {'all evaluated' if alerts_ok else 'NOT all evaluated'} "
-              f"({lag:.1f} s after)  "
-              f"cpu {rung.cpu_per_m:5.2f} s/M  RSS {rung.peak_rss_mb:6.1f} MB",
-              flush=True)
         if ok and sender_ok:
             best = rate
         elif not ok:
