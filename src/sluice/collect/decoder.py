@@ -287,9 +287,7 @@ class Decoder:
             else np.ones(len(datagrams), np.int64)
         )
         self._sequences_of(addr16, exporter, domain, found.sequence, advance, proto)
-        labels: dict[tuple[str, str], int] = {}
-        label_of_exporter = np.array([labels.setdefault((address, proto), len(labels)) for address, _ in exporters])
-        exporter_addr = np.frombuffer(b"".join(addr16), np.uint8).reshape(-1, 16)
+        labels, label_of_exporter, exporter_addr = self._labelled(exporters, addr16, proto)
         groups = []
         for template, members in plans:
             assert template.record_length is not None
@@ -330,17 +328,27 @@ class Decoder:
         counts = headers["count"].astype(np.int64)
         engine = (headers["engine_type"].astype(np.int64) << 8) | headers["engine_id"]
         self._sequences_of(addr16, exporter, engine, headers["sequence"].astype(np.int64), counts, proto)
-        labels: dict[tuple[str, str], int] = {}
-        label_of_exporter = np.array([labels.setdefault((address, proto), len(labels)) for address, _ in exporters])
+        labels, label_of_exporter, exporter_addr = self._labelled(exporters, addr16, proto)
         keys = [(addr, 0) for addr in addr16]
         group = netflow5.records_of(
             batch_scan.gather_records(datagrams.data, starts + netflow5.HEADER_LEN, counts * netflow5.RECORD_LEN),
             headers,
-            np.frombuffer(b"".join(addr16), np.uint8).reshape(-1, 16)[exporter],
+            exporter_addr[exporter],
             np.arange(len(datagrams), dtype=np.int64),
             [keys[e] for e in exporter.tolist()],
         )
         return [group], labels, label_of_exporter[exporter]
+
+    @staticmethod
+    def _labelled(
+        exporters: list[tuple[str, int]], addr16: list[bytes], proto: str
+    ) -> tuple[dict[tuple[str, str], int], np.ndarray, np.ndarray]:
+        """A batch's exporters (``addr16``: their addresses as 16 bytes) as a batch read hands
+        them on: the metrics labels (one per address and protocol), each exporter's label, and
+        each exporter's address as a row of 16 bytes."""
+        labels: dict[tuple[str, str], int] = {}
+        label_of = np.array([labels.setdefault((address, proto), len(labels)) for address, _ in exporters])
+        return labels, label_of, np.frombuffer(b"".join(addr16), np.uint8).reshape(-1, 16)
 
     def _sequences_of(
         self,
