@@ -20,7 +20,7 @@ def test_a_batch_gives_back_each_datagram_in_order():
     batch = DatagramBatch.of(DATAGRAMS)
     assert len(batch) == len(DATAGRAMS)
     assert list(batch) == DATAGRAMS
-    assert [batch.payload(i) for i in range(len(batch))] == [dg.payload for dg in DATAGRAMS]
+    assert list(batch.items()) == [(dg.payload, (dg.address, dg.port), dg.received) for dg in DATAGRAMS]
     # the bytes end to end, each sender once in order of first appearance
     assert batch.data.tobytes() == b"".join(dg.payload for dg in DATAGRAMS)
     assert batch.starts.tolist() == [0, 5, 5, 1543, 1544]

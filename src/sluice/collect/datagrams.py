@@ -53,14 +53,6 @@ class DatagramBatch:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def payload(self, i: int) -> bytes:
-        start = int(self.starts[i])
-        return self.data[start : start + int(self.lengths[i])].tobytes()
-
-    def __getitem__(self, i: int) -> Datagram:
-        address, port = self.senders[int(self.sender[i])]
-        return Datagram(self.payload(i), address, port, float(self.received[i]))
-
     def __iter__(self) -> Iterator[Datagram]:
         for payload, (address, port), received in self.items():
             yield Datagram(payload, address, port, received)
