@@ -39,10 +39,11 @@ import pyarrow as pa
 import structlog
 from duckdb.value.constant import UnsignedHugeIntegerValue
 
+from ..compiled import njit
+from ..flows.enrich import big_endian
 from ..flows.schema import (
     SESSION_SCHEMA,
     SessionBatch,
-    address_words,
     arrow_to_numpy,
     country_strings,
     numpy_to_arrow,
@@ -141,6 +142,35 @@ WRITE_OPTIONS: dict[str, object] = {
 COUNTRY_COLUMNS = [field.name for field in SESSION_SCHEMA if field.type == pa.string()]
 
 
+@njit(cache=True, nogil=True)
+def _mark_codes(codes: np.ndarray, marked: np.ndarray) -> None:
+    """``marked[code] = True`` for every two-byte code (as a native uint16)."""
+    for i in range(codes.shape[0]):
+        marked[codes[i]] = True
+
+
+@njit(cache=True, nogil=True)
+def _code_indices(codes: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``index[codes]``: numpy's gather took about 5 ns a row, this one pass about 1."""
+    out = np.empty(codes.shape[0], np.int32)
+    for i in range(codes.shape[0]):
+        out[i] = index[codes[i]]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _address_halves(addr16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``address_words`` in one pass: numpy's byte swaps of each half's strided view took
+    about 4 ns an address, this about 1."""
+    words = addr16.view(np.uint64)
+    hi = np.empty(addr16.shape[0], np.uint64)
+    lo = np.empty(addr16.shape[0], np.uint64)
+    for i in range(addr16.shape[0]):
+        hi[i] = big_endian(words[i, 0], 8)
+        lo[i] = big_endian(words[i, 1], 8)
+    return hi, lo
+
+
 class _CountryCodes:
     """The country codes present in a flush's rows, for its country columns as dictionary
     indices. Parquet writes dictionary pages for these columns anyway; given indices into one
@@ -155,7 +185,7 @@ class _CountryCodes:
         marked = np.zeros(1 << 16, np.bool_)
         for batch in batches:
             for name in COUNTRY_COLUMNS:
-                marked[self.words(batch[name])] = True
+                _mark_codes(self.words(batch[name]), marked)
         present = np.flatnonzero(marked)
         self.index = np.zeros(1 << 16, np.int32)
         self.index[present] = np.arange(len(present), dtype=np.int32)
@@ -168,7 +198,9 @@ class _CountryCodes:
     def column(self, codes: np.ndarray) -> pa.DictionaryArray:
         # safe=False: the indices come from ``index``, in range by construction; checking
         # them cost a pass over the rows
-        return pa.DictionaryArray.from_arrays(numpy_to_arrow(self.index[self.words(codes)]), self.values, safe=False)
+        return pa.DictionaryArray.from_arrays(
+            numpy_to_arrow(_code_indices(self.words(codes), self.index)), self.values, safe=False
+        )
 
 
 def _file_table(batch: SessionBatch, countries: _CountryCodes | None = None) -> pa.Table:
@@ -181,7 +213,7 @@ def _file_table(batch: SessionBatch, countries: _CountryCodes | None = None) -> 
     for field in SESSION_SCHEMA:
         name = field.name
         if name in ADDRESS_COLUMNS:
-            hi, lo = address_words(batch[name])
+            hi, lo = _address_halves(np.ascontiguousarray(batch[name], np.uint8))
             columns += [numpy_to_arrow(hi), numpy_to_arrow(lo)]
             names += [f"{name}__hi", f"{name}__lo"]
         elif name in COUNTRY_COLUMNS:
@@ -266,10 +298,12 @@ def _day_parts(batches: list[SessionBatch]) -> dict[str, pa.Table]:
     # copied every row once more (a tenth of the writer's time, in new memory)
     countries = _CountryCodes(batches)
     table = pa.concat_tables([_file_table(b, countries) for b in batches])
+    # the day of each batch's first and last end time: dividing every row's took 5 ns a row
+    ends = [(int(b["end_ms"].min()) // DAY_MS, int(b["end_ms"].max()) // DAY_MS) for b in batches]
+    if len({day for pair in ends for day in pair}) == 1:
+        return {_day(ends[0][0] * DAY_MS): table}
     day_of_row = np.concatenate([b["end_ms"] // DAY_MS for b in batches]).astype(np.int64, copy=False)
-    days = np.unique(day_of_row) if day_of_row.min() != day_of_row.max() else day_of_row[:1]
-    if len(days) == 1:
-        return {_day(int(days[0]) * DAY_MS): table}
+    days = np.unique(day_of_row)
     table = table.combine_chunks()  # rows across midnight: rare, and filtered by one mask
     return {_day(day * DAY_MS): table.filter(numpy_to_arrow(day_of_row == day)) for day in days.tolist()}
 
