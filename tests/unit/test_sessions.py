@@ -210,10 +210,12 @@ def test_memory_is_bounded():
         (10_000, 150),  # a clock stepped back: sessions updated after now
     ],
 )
-def test_eviction_forgets_exactly_the_least_recently_updated(span, now_offset):
+@pytest.mark.parametrize("hint", ["none", 0, "below", "at", "above", 10**9])
+def test_eviction_forgets_exactly_the_least_recently_updated(span, now_offset, hint):
     """However the ranking is made (a histogram of ages, or sorting when ages fall outside
     it), eviction forgets the oldest updates first, ties by lowest row, and leaves its scratch
-    zeroed."""
+    zeroed; whatever its hint of the age the newest to go has (none; so low that it lists
+    too many; below, at or above the age it turns out to be; beyond every age)."""
     from sluice.flows import session_table as table
 
     def tracker() -> SessionTracker:
@@ -233,11 +235,14 @@ def test_eviction_forgets_exactly_the_least_recently_updated(span, now_offset):
     for count in (len(live) // 3, len(live) // 2, int(np.sum(c["updated_ms"][live] <= T0 + 20))):
         t = tracker()
         st, c = t._state, t._state.cols
+        newest_gone = T0 + now_offset - int(c["updated_ms"][oldest_first[count - 1]])
+        hint_age = {"none": -1, "below": newest_gone - 10, "at": newest_gone, "above": newest_gone + 10}.get(hint, hint)
         ages = np.zeros(span, np.int64)
-        table.evict_oldest(
+        age = table.evict_oldest(
             count, T0 + now_offset, ages, st.index_keys, st.index_rows, c["key"], c["updated_ms"], c["live"], st.free,
-            st.counts,
+            st.counts, hint_age,
         )  # fmt: skip
+        assert age in (newest_gone, -1)  # -1: ranked by sorting
         survivors = set(oldest_first[count:].tolist())
         assert set(np.flatnonzero(c["live"]).tolist()) == survivors
         assert len(t) == len(live) - count and t.stats.sessions_evicted == count

@@ -453,6 +453,11 @@ def age_histogram(idle_ms: int) -> np.ndarray:
     return np.zeros(min(idle_ms + 3_000, MAX_RANKED_AGE_MS), np.int64)
 
 
+#: ``evict_oldest`` keeps the sessions at least as old as its hint, as it ranks them, up to
+#: this many times the count it is to forget: beyond, the hint was too low to be worth it
+_CANDIDATES_PER_EVICTION = 3
+
+
 @njit(cache=True, nogil=True)
 def evict_oldest(
     count: int,
@@ -465,17 +470,28 @@ def evict_oldest(
     live: np.ndarray,
     free: np.ndarray,
     stats: np.ndarray,
-) -> None:
+    hint_age: int = -1,
+) -> int:
     """Forget the ``count`` least recently updated sessions (ties: the lowest rows). ``ages``:
-    ``age_histogram``'s scratch, left zeroed."""
+    ``age_histogram``'s scratch, left zeroed. Returns the age (ms before ``now_ms``) of the
+    newest session forgotten, or -1 if they were not ranked by age.
+
+    ``hint_age`` (-1: none), an age the newest to go is likely to have reached (the last
+    eviction's, a little less): the sessions at least that old are listed as they are ranked,
+    and when the newest to go is among them, they are all that a second pass over the table
+    would have found. At the bound on new conversations the two passes over a million rows
+    cost as much as taking the forgotten sessions out of the index."""
     count = min(count, stats[LIVE])
     if count <= 0:
-        return
+        return -1
     # the update time of the count-th oldest: update times repeat (one per batch), so a
     # histogram of the ages before ``now_ms`` ranks a million sessions in one pass without
     # sorting (a pass to find the oldest and newest first cost as much as the histogram)
     span = ages.shape[0]
     beyond, ahead, oldest = 0, 0, 0  # older than the histogram holds; updated after now_ms
+    listing = hint_age >= 0
+    candidates = np.empty(_CANDIDATES_PER_EVICTION * count if listing else 0, np.int64)
+    n_candidates = 0
     for r in range(live.shape[0]):
         if live[r]:
             age = now_ms - updated[r]
@@ -486,6 +502,12 @@ def evict_oldest(
             else:
                 ages[age] += 1
                 oldest = max(oldest, age)
+            if listing and age >= hint_age:
+                if n_candidates < candidates.shape[0]:
+                    candidates[n_candidates] = r
+                    n_candidates += 1
+                else:
+                    listing = False  # too many: the pass below finds them
     older, cutoff = beyond, now_ms
     ranked = beyond < count <= stats[LIVE] - ahead
     if ranked:  # every session beyond the histogram goes, then the oldest in it
@@ -506,9 +528,12 @@ def evict_oldest(
         cutoff = times[count - 1]
         older = np.searchsorted(times, cutoff)
     at_cutoff = count - older  # of the sessions updated exactly at the cutoff, this many go
+    # every session to go is at least as old as the cutoff: listed, if the hint was no older
+    listed = listing and ranked and now_ms - cutoff >= hint_age
     doomed = np.empty(count, np.int64)
     k = 0
-    for r in range(live.shape[0]):
+    for i in range(n_candidates if listed else live.shape[0]):
+        r = candidates[i] if listed else i
         if live[r] and (updated[r] < cutoff or (updated[r] == cutoff and at_cutoff > 0)):
             if updated[r] == cutoff:
                 at_cutoff -= 1
@@ -520,3 +545,4 @@ def evict_oldest(
             _fetch_home(index_keys, index_rows, key[doomed[i + AHEAD]])
         _end(doomed[i], index_keys, index_rows, key, live, free, stats)
     stats[EVICTED] += count
+    return now_ms - cutoff if ranked else -1

@@ -117,6 +117,8 @@ def conversation_keys(flows: FlowBatch, with_exporter: bool) -> tuple[np.ndarray
 EXPIRE_EVERY_MS = 1000
 #: a tracker past ``max_sessions`` forgets the least recently updated down to this share of it
 EVICT_TO = 0.9
+#: an eviction's hint (``table.evict_oldest``) is this share of the age the last one reached
+EVICT_HINT_SHARE = 0.95
 #: the index is kept at most this full (linear probing stays short below one half)
 MAX_INDEX_LOAD = 0.5
 #: flows of a batch the tracker has room for from the start, beyond its bound (a larger
@@ -162,6 +164,7 @@ class SessionTracker:
         self.dedupe = dedupe_exporters
         self._state = _State()
         self._ages = table.age_histogram(self.idle_ms)  # eviction's scratch
+        self._evict_hint_age = -1  # ``table.evict_oldest``'s: none before the first eviction
         # room for the bound and a batch from the start: growing a table of a million
         # sessions stalls a batch for a fifth of a second, long enough to overflow a socket
         # buffer. (Rows are zeroed lazily by the kernel and become resident as they fill.)
@@ -401,7 +404,10 @@ class SessionTracker:
         # over the table then serves many batches of new conversations, instead of every one
         st, c = self._state, self._state.cols
         over = live - int(self.max_sessions * EVICT_TO)
-        table.evict_oldest(
+        age = table.evict_oldest(
             over, now_ms, self._ages, st.index_keys, st.index_rows, c["key"], c["updated_ms"], c["live"], st.free,
-            st.counts,
+            st.counts, self._evict_hint_age,
         )  # fmt: skip
+        # the next eviction's hint: traffic at a steady rate forgets sessions of about the
+        # same age each time; a little less, so that the newest to go is still listed
+        self._evict_hint_age = int(age * EVICT_HINT_SHARE) if age >= 0 else -1
