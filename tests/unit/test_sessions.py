@@ -47,7 +47,8 @@ def totals(batches: list[SessionBatch]) -> dict:
         if prev is not None:
             assert prev[:5] == base, "a session's orientation never changes"
             out[k] = base + tuple(
-                a + b for a, b in zip(prev[5:], (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"]))
+                a + b
+                for a, b in zip(prev[5:], (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"]), strict=True)
             )
         else:
             out[k] = base + (r["cln_bytes"], r["srv_bytes"], r["cln_pkts"], r["srv_pkts"])
@@ -354,3 +355,55 @@ def test_session_ids_carry_the_node_and_count_from_the_start_time():
     assert first_session_id(0) > a  # a restart counts on from a later start
     with pytest.raises(ValueError, match="node id 256"):
         first_session_id(256)
+
+
+def test_a_new_sessions_fields_come_from_its_earliest_flow_oriented_as_its_endpoints():
+    """A session's exporter, protocol, interfaces and AS numbers are those of its earliest
+    flow in the batch that starts it; its AS numbers follow its endpoints (the client's is the
+    one of whichever side is the client); its id counts from ``first_id`` in ``id_step``s, in
+    the order the batch first touches the sessions. Held to a plain reference over random
+    batches of both directions, several exporters and out-of-order start times."""
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        n = int(rng.integers(1, 60))
+        conv = rng.integers(0, max(1, n // 2), n)  # a few flows per conversation
+        forward = rng.random(n) < 0.5
+        a = np.array([list(addr_bytes(f"10.{trial}.0.{c}")) for c in conv], np.uint8)
+        b = np.array([list(addr_bytes(f"10.{trial}.1.{c}")) for c in conv], np.uint8)
+        a_port, b_port = (40000 + conv).astype(np.uint16), np.full(n, 443, np.uint16)
+        batch = FlowBatch.build(
+            n,
+            src_addr=np.where(forward[:, None], a, b), dst_addr=np.where(forward[:, None], b, a),
+            src_port=np.where(forward, a_port, b_port), dst_port=np.where(forward, b_port, a_port),
+            exporter_addr=np.array([list(addr_bytes(f"192.0.2.{int(e)}")) for e in rng.integers(1, 4, n)], np.uint8),
+            protocol=6, tcp_flags=ACK, bytes=100, packets=1,
+            time_start_ms=T0 + rng.integers(0, 50, n), time_end_ms=T0 + 60,
+            input_if=rng.integers(1, 2**32, n), output_if=rng.integers(1, 2**32, n),
+            src_as=rng.integers(1, 2**32, n), dst_as=rng.integers(1, 2**32, n), sampling_rate=1,
+        )  # fmt: skip
+        first_id, step = int(rng.integers(1, 2**40)), int(rng.integers(1, 5))
+        tracker = SessionTracker(dedupe_exporters=False, first_id=first_id, id_step=step)
+        out = tracker.update(batch, T0 + 100)
+        # the reference: per (conversation, exporter), the earliest flow (the first on ties)
+        sessions: dict = {}
+        for i in range(n):
+            key = (int(conv[i]), bytes(batch["exporter_addr"][i]))
+            if key not in sessions:
+                sessions[key] = {"first_touch": i, "earliest": i}
+            elif batch["time_start_ms"][i] < batch["time_start_ms"][sessions[key]["earliest"]]:
+                sessions[key]["earliest"] = i
+        assert len(out) == len(sessions)
+        for o, s in enumerate(sorted(sessions.values(), key=lambda s: s["first_touch"])):
+            f = s["earliest"]
+            assert int(out["session_id"][o]) == first_id + o * step
+            assert bytes(out["exporter_addr"][o]) == bytes(batch["exporter_addr"][f])
+            assert int(out["protocol"][o]) == 6
+            assert (int(out["input_if"][o]), int(out["output_if"][o])) == (
+                int(batch["input_if"][f]), int(batch["output_if"][f])
+            )  # fmt: skip
+            assert bytes(out["cln_addr"][o]) == bytes(a[f])  # the high port's side is the client
+            src_is_client = bytes(batch["src_addr"][f]) == bytes(a[f])
+            src_as, dst_as = int(batch["src_as"][f]), int(batch["dst_as"][f])
+            assert (int(out["cln_asn"][o]), int(out["srv_asn"][o])) == (
+                (src_as, dst_as) if src_is_client else (dst_as, src_as)
+            )

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import session_table as table
-from .schema import Arrivals, FlowBatch, SessionBatch, put_rows, take_rows
+from .schema import Arrivals, FlowBatch, SessionBatch
 from .session_table import SYN
 
 # ICMP (type) and ICMPv6 types whose sender is the client, and their replies
@@ -55,6 +55,13 @@ class TrackerStats:
     sessions_ended_active: int = 0
     sessions_evicted: int = 0
     flows_deduplicated: int = 0
+
+
+#: the session columns that ``table.session_fields`` gathers from the rows, in its order
+_FIXED_FIELDS = (
+    "session_id", "exporter_addr", "protocol", "cln_addr", "srv_addr", "cln_port", "srv_port", "input_if", "output_if",
+    "cln_asn", "srv_asn",
+)  # fmt: skip
 
 
 @dataclass
@@ -275,9 +282,7 @@ class SessionTracker:
     def _start(self, flows: FlowBatch, rows: np.ndarray, started: np.ndarray, a_is_src: np.ndarray) -> None:
         """Fill the rows of the sessions this batch started; orientation from its flows."""
         st, c = self._state, self._state.cols
-        k = len(started)
-        representative = np.empty(k, np.int64)
-        rep_src_is_client = table.orient(
+        table.orient(
             rows,
             started,
             a_is_src,
@@ -296,20 +301,24 @@ class SessionTracker:
             c["srv_addr"],
             c["cln_port"],
             c["srv_port"],
-            representative,
+            flows["exporter_addr"],
+            flows["input_if"],
+            flows["output_if"],
+            flows["src_as"],
+            flows["dst_as"],
+            np.uint64(self._next_id),
+            np.uint64(self._id_step),
+            c["session_id"],
+            c["exporter"],
+            c["protocol"],
+            c["input_if"],
+            c["output_if"],
+            c["cln_asn"],
+            c["srv_asn"],
         )
-        sel = representative
-        c["session_id"][started] = self._next_id + np.arange(k, dtype=np.uint64) * np.uint64(self._id_step)
+        k = len(started)
         self._next_id += k * self._id_step
         self._started += k
-        put_rows(c["exporter"], started, take_rows(flows["exporter_addr"], sel))
-        c["protocol"][started] = flows["protocol"][sel]
-        c["input_if"][started] = flows["input_if"][sel]
-        c["output_if"][started] = flows["output_if"][sel]
-        # AS numbers as the exporter reported them (an ASN database may refine them later)
-        src_as, dst_as = flows["src_as"][sel], flows["dst_as"][sel]
-        c["cln_asn"][started] = np.where(rep_src_is_client, src_as, dst_as)
-        c["srv_asn"][started] = np.where(rep_src_is_client, dst_as, src_as)
 
     def _deltas(self, flows: FlowBatch, rows: np.ndarray, a_is_src: np.ndarray) -> tuple[SessionBatch, np.ndarray]:
         """One row per touched session: what each side sent in this batch; and each one's
@@ -329,27 +338,21 @@ class SessionTracker:
         )
         if not len(touched):
             return SessionBatch.empty(), touched.astype(np.int64)
+        fixed = table.session_fields(
+            touched, c["session_id"], c["exporter"], c["protocol"], c["cln_addr"], c["srv_addr"], c["cln_port"],
+            c["srv_port"], c["input_if"], c["output_if"], c["cln_asn"], c["srv_asn"],
+        )  # fmt: skip
         return SessionBatch.build(
             len(touched),
-            session_id=c["session_id"][touched],
             start_ms=start,
             end_ms=end,
-            exporter_addr=take_rows(c["exporter"], touched),
-            protocol=c["protocol"][touched],
-            cln_addr=take_rows(c["cln_addr"], touched),
-            srv_addr=take_rows(c["srv_addr"], touched),
-            cln_port=c["cln_port"][touched],
-            srv_port=c["srv_port"][touched],
             cln_bytes=cln_bytes,
             srv_bytes=srv_bytes,
             cln_pkts=cln_pkts,
             srv_pkts=srv_pkts,
             tcp_flags=flags,
-            input_if=c["input_if"][touched],
-            output_if=c["output_if"][touched],
-            cln_asn=c["cln_asn"][touched],
-            srv_asn=c["srv_asn"][touched],
             sampling_rate=sampling,
+            **dict(zip(_FIXED_FIELDS, fixed, strict=True)),
             cln_country=b"ZZ",
             srv_country=b"ZZ",
         ), touched.astype(np.int64)
