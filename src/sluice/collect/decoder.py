@@ -24,6 +24,7 @@ from .datagrams import Datagram, DatagramBatch
 from .normalize import ExporterState, to_flows
 from .templates import (
     PendingData,
+    PieceKeys,
     Pieces,
     RawRecords,
     SetCollector,
@@ -294,7 +295,7 @@ class Decoder:
             counts = records[members]
             sets = data[members]
             of_set = found.set_message[sets]
-            keys = [(addr16[e], dom) for e, dom in zip(exporter[of_set].tolist(), domain[of_set].tolist(), strict=True)]
+            keys = PieceKeys.of_arrays(exporter[of_set], domain[of_set], addr16)
             export_ms = found.export_s[of_set] * 1000
             address = exporter_addr[exporter[of_set]]
             uptime = found.uptime_ms[of_set]
@@ -329,13 +330,12 @@ class Decoder:
         engine = (headers["engine_type"].astype(np.int64) << 8) | headers["engine_id"]
         self._sequences_of(addr16, exporter, engine, headers["sequence"].astype(np.int64), counts, proto)
         labels, label_of_exporter, exporter_addr = self._labelled(exporters, addr16, proto)
-        keys = [(addr, 0) for addr in addr16]
         group = netflow5.records_of(
             batch_scan.gather_records(datagrams.data, starts + netflow5.HEADER_LEN, counts * netflow5.RECORD_LEN),
             headers,
             exporter_addr[exporter],
             np.arange(len(datagrams), dtype=np.int64),
-            [keys[e] for e in exporter.tolist()],
+            PieceKeys.of_arrays(exporter, np.zeros(len(exporter), np.int64), addr16),
         )
         return [group], labels, label_of_exporter[exporter]
 

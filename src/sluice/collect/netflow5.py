@@ -6,7 +6,7 @@ import struct
 
 import numpy as np
 
-from .templates import RawRecords
+from .templates import PieceKeys, RawRecords
 from .wire import ipv4_to_mapped
 
 HEADER = struct.Struct("!HHIIIIBBH")
@@ -136,12 +136,12 @@ def decode(datagrams: list[tuple[bytes, V5Header, bytes, int]]) -> RawRecords:
         headers,
         np.frombuffer(b"".join(e for _, _, e, _ in datagrams), np.uint8).reshape(-1, 16),
         np.array([i for _, _, _, i in datagrams], np.int64),
-        [(e, 0) for _, _, e, _ in datagrams],
+        PieceKeys.of([(e, 0) for _, _, e, _ in datagrams]),
     )
 
 
 def records_of(
-    body: np.ndarray, headers: np.ndarray, exporter: np.ndarray, index: np.ndarray, keys: list[tuple[bytes, int]]
+    body: np.ndarray, headers: np.ndarray, exporter: np.ndarray, index: np.ndarray, keys: PieceKeys
 ) -> RawRecords:
     """The records of sound datagrams as one column batch: ``body`` their records end to end,
     and per datagram its header (``HEADER_DTYPE``), exporter address (16 bytes), index in

@@ -87,16 +87,8 @@ def _times(group: RawRecords, state: StateLookup) -> tuple[np.ndarray, np.ndarra
 
 def _piece_states(group: RawRecords, state: StateLookup) -> tuple[list[ExporterState], np.ndarray]:
     """The exporter state of every piece: distinct states, and each piece's index into them."""
-    index: dict[tuple[bytes, int], int] = {}
-    states: list[ExporterState] = []
-    which = np.empty(len(group.piece_keys), np.int64)
-    for i, key in enumerate(group.piece_keys):  # per set / datagram, not per record
-        j = index.get(key)
-        if j is None:
-            j = index[key] = len(states)
-            states.append(state(*key))
-        which[i] = j
-    return states, which
+    keys = group.piece_keys
+    return [state(*key) for key in keys.distinct], keys.index
 
 
 def _system_init(group: RawRecords, state: StateLookup) -> np.ndarray:

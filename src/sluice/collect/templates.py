@@ -123,6 +123,49 @@ class SetMeta:
     exporter: ExporterKey
 
 
+class PieceKeys:
+    """Per piece (a set, or a v5 datagram), its exporter's key (exporter address, source id
+    or domain), as an index into the batch's few distinct keys: what is looked up per
+    exporter (its sampling rate, its init time) is then looked up once per key, not in a
+    Python loop over a batch's thousand sets."""
+
+    __slots__ = ("index", "distinct")
+
+    def __init__(self, index: np.ndarray, distinct: list[tuple[bytes, int]]):
+        self.index = index  # per piece: its key's position in ``distinct``
+        self.distinct = distinct
+
+    @classmethod
+    def of(cls, keys: list[tuple[bytes, int]]) -> PieceKeys:
+        """From each piece's key (the walk one datagram at a time)."""
+        positions: dict[tuple[bytes, int], int] = {}
+        index = np.array([positions.setdefault(key, len(positions)) for key in keys], np.int64)
+        return cls(index, list(positions))
+
+    @classmethod
+    def of_arrays(cls, exporter: np.ndarray, domain: np.ndarray, addr16: list[bytes]) -> PieceKeys:
+        """From each piece's exporter (an index into ``addr16``, their addresses) and domain
+        (32 bits), without a loop over the pieces."""
+        packed = (exporter.astype(np.int64) << 32) | (domain.astype(np.int64) & 0xFFFFFFFF)
+        distinct, index = np.unique(packed, return_inverse=True)
+        return cls(index.reshape(-1), [(addr16[k >> 32], k & 0xFFFFFFFF) for k in distinct.tolist()])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, piece: int) -> tuple[bytes, int]:
+        return self.distinct[self.index[piece]]
+
+    def as_list(self) -> list[tuple[bytes, int]]:
+        """Each piece's key, in order."""
+        return [self.distinct[i] for i in self.index.tolist()]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PieceKeys) and self.as_list() == other.as_list()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass
 class RawRecords:
     """Records of one template (or of NetFlow v5) as normalised columns, in wire order."""
@@ -135,8 +178,8 @@ class RawRecords:
     #: per record: source_id, export_ms, sys_uptime_ms, exporter (16 bytes), piece, seq
     meta: dict[str, np.ndarray]
     #: per piece (a set, or a v5 datagram): (exporter address, source id / domain); ``meta["piece"]``
-    #: indexes it, so per-exporter lookups run once per piece instead of once per record
-    piece_keys: list[tuple[bytes, int]]
+    #: indexes it, so per-exporter lookups run once per distinct key instead of once per record
+    piece_keys: PieceKeys
 
     def __len__(self) -> int:
         return len(self.meta["seq"])
@@ -278,7 +321,7 @@ class Pieces:
     export_ms: np.ndarray
     sys_uptime_ms: np.ndarray
     exporter: np.ndarray  # (sets, 16) uint8: the exporter's address
-    keys: list[tuple[bytes, int]]  # (exporter address, source id) per set
+    keys: PieceKeys  # (exporter address, source id) per set
 
     @classmethod
     def of(cls, metas: list[SetMeta]) -> Pieces:
@@ -289,7 +332,7 @@ class Pieces:
             np.array([m.export_ms for m in metas], np.int64),
             np.array([m.sys_uptime_ms for m in metas], np.int64),
             np.frombuffer(b"".join(m.exporter[0] for m in metas), np.uint8).reshape(-1, 16),
-            [(m.exporter[0], m.source_id) for m in metas],
+            PieceKeys.of([(m.exporter[0], m.source_id) for m in metas]),
         )
 
 
