@@ -349,8 +349,9 @@ def orient(
             a_cl = a_is_src[f]  # the sender of the earliest flow is the client
         a_client[r] = a_cl
         # AS numbers as the exporter reported them (an ASN database may refine them later).
-        # Addresses word by word: row slices (``cln_addr[r, :] = src[f, :]``) are array views
-        # made per session, whose reference counting made this pass twice as slow
+        # Addresses byte by byte: row slices (``cln_addr[r, :] = src[f, :]``) are array views
+        # made per session, whose reference counting made this pass twice as slow (61 against
+        # 28 ns a flow)
         if a_cl == a_is_src[f]:  # the representative flow's source is the client
             _copy_address(src, f, cln_addr, r)
             _copy_address(dst, f, srv_addr, r)
