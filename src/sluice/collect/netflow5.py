@@ -88,10 +88,6 @@ class V5Header:
             self.sampling,
         ) = HEADER.unpack_from(data)
 
-    @property
-    def export_ms(self) -> int:
-        return self.export_s * 1000 + self.export_ns // 1_000_000
-
 
 def check(data: bytes) -> tuple[V5Header | None, str | None, int]:
     """Validate one v5 datagram: (header, error reason or None, trailing byte count)."""
@@ -123,13 +119,8 @@ def well_formed(headers: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, n
 
 def decode(datagrams: list[tuple[bytes, V5Header, bytes, int]]) -> RawRecords:
     """Decode (payload, header, exporter address, batch index) tuples into one column batch."""
-    headers = np.array(
-        [
-            (5, h.count, h.sys_uptime_ms, h.export_s, h.export_ns, h.sequence, h.engine_type, h.engine_id, h.sampling)
-            for _, h, _, _ in datagrams
-        ],
-        HEADER_DTYPE,
-    )
+    # the headers read from the datagrams' own bytes, as the batch read does (``read_headers``)
+    headers = np.frombuffer(b"".join(d[:HEADER_LEN] for d, _, _, _ in datagrams), HEADER_DTYPE)
     body = b"".join(d[HEADER_LEN : HEADER_LEN + h.count * RECORD_LEN] for d, h, _, _ in datagrams)
     return records_of(
         np.frombuffer(body, np.uint8),
