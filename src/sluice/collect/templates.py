@@ -160,11 +160,6 @@ class PieceKeys:
         """Each piece's key, in order."""
         return [self.distinct[i] for i in self.index.tolist()]
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PieceKeys) and self.as_list() == other.as_list()
-
-    __hash__ = None  # type: ignore[assignment]
-
 
 @dataclass
 class RawRecords:
