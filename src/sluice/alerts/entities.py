@@ -13,8 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from ..compiled import njit
-from ..flows.enrich import big_endian
-from ..flows.schema import SessionBatch, addr_bytes, addr_text
+from ..flows.schema import SessionBatch, addr_bytes, addr_text, big_endian
 from ..query.filter import PROTOCOL_NAMES, PROTOCOLS
 from .definition import AlertMetric, EntityType
 from .keyindex import mix64_one, ordered_pair_key

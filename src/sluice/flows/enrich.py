@@ -32,7 +32,7 @@ import structlog
 from numpy.typing import DTypeLike
 
 from ..compiled import njit
-from .schema import SessionBatch
+from .schema import SessionBatch, big_endian
 
 log = structlog.get_logger(__name__)
 
@@ -171,15 +171,6 @@ def _address_words(addr16: np.ndarray) -> np.ndarray:
 _LOW32 = np.uint64(0xFFFFFFFF)
 #: bytes 8-11 of an IPv4-mapped address (00 00 ff ff) as the low half of a little-endian word
 _MAPPED = np.uint64(0xFFFF0000)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def big_endian(word: np.uint64, nbytes: int) -> np.uint64:
-    """The first ``nbytes`` bytes of a little-endian word, read as a big-endian number."""
-    out = np.uint64(0)
-    for b in range(nbytes):
-        out = (out << np.uint64(8)) | ((word >> np.uint64(8 * b)) & np.uint64(0xFF))
-    return out
 
 
 @njit(cache=True, nogil=True)

@@ -17,6 +17,8 @@ from typing import ClassVar, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from ..compiled import njit
+
 #: export protocol codes stored in the ``export_proto`` column
 NETFLOW5, NETFLOW9, IPFIX, SFLOW5 = 1, 2, 3, 4
 EXPORT_PROTO_NAMES = {NETFLOW5: "netflow5", NETFLOW9: "netflow9", IPFIX: "ipfix", SFLOW5: "sflow5"}
@@ -350,12 +352,32 @@ class Arrivals:
         )
 
 
+@njit(cache=True, nogil=True, inline="always")
+def big_endian(word: np.uint64, nbytes: int) -> np.uint64:
+    """The first ``nbytes`` bytes of a little-endian word, read as a big-endian number."""
+    out = np.uint64(0)
+    for b in range(nbytes):
+        out = (out << np.uint64(8)) | ((word >> np.uint64(8 * b)) & np.uint64(0xFF))
+    return out
+
+
 def address_words(addr16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, 16) addresses as their upper and lower 64 bits (native uint64): integers that
     compare, sort and hash like the addresses themselves."""
-    # each half's bytes swapped: six times faster than casting a strided big-endian view
-    words = np.ascontiguousarray(addr16, np.uint8).view("<u8").reshape(-1, 2)
-    return words[:, 0].byteswap().astype(np.uint64, copy=False), words[:, 1].byteswap().astype(np.uint64, copy=False)
+    return _address_halves(np.ascontiguousarray(addr16, np.uint8))
+
+
+@njit(cache=True, nogil=True)
+def _address_halves(addr16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # one pass: numpy's byte swaps of each half's strided view took about 4 ns an address
+    # (the store's files and the filters' address comparisons take every session's)
+    words = addr16.view(np.uint64)
+    hi = np.empty(addr16.shape[0], np.uint64)
+    lo = np.empty(addr16.shape[0], np.uint64)
+    for i in range(addr16.shape[0]):
+        hi[i] = big_endian(words[i, 0], 8)
+        lo[i] = big_endian(words[i, 1], 8)
+    return hi, lo
 
 
 def addr_text(addr16: bytes) -> str:

@@ -40,10 +40,10 @@ import structlog
 from duckdb.value.constant import UnsignedHugeIntegerValue
 
 from ..compiled import njit
-from ..flows.enrich import big_endian
 from ..flows.schema import (
     SESSION_SCHEMA,
     SessionBatch,
+    address_words,
     arrow_to_numpy,
     country_strings,
     numpy_to_arrow,
@@ -158,19 +158,6 @@ def _code_indices(codes: np.ndarray, index: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
-def _address_halves(addr16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``address_words`` in one pass: numpy's byte swaps of each half's strided view took
-    about 4 ns an address, this about 1."""
-    words = addr16.view(np.uint64)
-    hi = np.empty(addr16.shape[0], np.uint64)
-    lo = np.empty(addr16.shape[0], np.uint64)
-    for i in range(addr16.shape[0]):
-        hi[i] = big_endian(words[i, 0], 8)
-        lo[i] = big_endian(words[i, 1], 8)
-    return hi, lo
-
-
 class _CountryCodes:
     """The country codes present in a flush's rows, for its country columns as dictionary
     indices. Parquet writes dictionary pages for these columns anyway; given indices into one
@@ -213,7 +200,7 @@ def _file_table(batch: SessionBatch, countries: _CountryCodes | None = None) -> 
     for field in SESSION_SCHEMA:
         name = field.name
         if name in ADDRESS_COLUMNS:
-            hi, lo = _address_halves(np.ascontiguousarray(batch[name], np.uint8))
+            hi, lo = address_words(batch[name])
             columns += [numpy_to_arrow(hi), numpy_to_arrow(lo)]
             names += [f"{name}__hi", f"{name}__lo"]
         elif name in COUNTRY_COLUMNS:
@@ -308,6 +295,13 @@ def _day_parts(batches: list[SessionBatch]) -> dict[str, pa.Table]:
     return {_day(day * DAY_MS): table.filter(numpy_to_arrow(day_of_row == day)) for day in days.tolist()}
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the loops that shape a flush's rows now, at
+    start, rather than at the first flush, where a compilation holds the interpreter's lock
+    for a second while datagrams wait (session workers stage their files the same way)."""
+    _day_parts([SessionBatch.build(1)])
+
+
 def stage_sessions(batches: list[SessionBatch], directory: Path, name: str) -> list[StagedFile]:
     """Write session rows as the files of one flush into ``directory`` (the store's staging
     area), named after ``name``, for ``DuckDBStore.adopt``: a session worker encodes its own
@@ -323,6 +317,7 @@ class DuckDBStore(FlowStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.files = SegmentFiles(self.path.with_name(self.path.name + ".segments"), WRITE_OPTIONS)
+        warm_up()
         self._con = duckdb.connect(str(self.path))
         # DuckDB counts the machine's cores; a server confined to fewer (taskset, cgroup
         # cpuset) would have its threads fight over them
