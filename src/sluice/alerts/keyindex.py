@@ -71,7 +71,7 @@ def group_rows(ids: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.nda
         scratch[ids[r]] = -1
     uniq = np.empty(n, np.int64)
     first = np.empty(n, np.int64)
-    inv = np.empty(n, np.int64)
+    inv = np.empty(n, np.int32)  # read by every definition's pass: half the bytes of int64
     k = 0
     for r in range(n):
         i = ids[r]
@@ -111,7 +111,7 @@ def seen_and_grouped(
     noting = seen.shape[0] > 0
     uniq = np.empty(n, np.int64)
     first = np.empty(n, np.int64)
-    inv = np.empty(n, np.int64)
+    inv = np.empty(n, np.int32)  # read by every definition's pass: half the bytes of int64
     full = np.empty(n, np.int64)  # not allocated in the loop: numba would count references there
     missing = 0
     base = np.int64(stamp) << np.int64(STAMP_SHIFT)
