@@ -423,6 +423,62 @@ def test_a_distinct_window_saved_pair_by_pair_is_restored():
     assert restored.values.tolist() == window.values.tolist() and len(restored.pairs) == len(window.pairs) == 400
 
 
+def mean_probe_distance(table) -> float:
+    """How far past its home slot (``table_home``) a pair table's pairs lie, on average."""
+    from sluice.alerts.keyindex import GOLDEN
+
+    used = np.flatnonzero(table.t_keys)
+    homes = (table.t_keys[used] * GOLDEN) >> table._shift
+    return float(((used - homes.astype(np.int64)) & (len(table.t_keys) - 1)).mean())
+
+
+@pytest.mark.parametrize(
+    "peers, entities",
+    [
+        (np.arange(65_536, dtype=np.uint64) | np.uint64(6 << 16), np.zeros(65_536, np.int64)),  # one host's port scan
+        (np.repeat(np.arange(0x0A000000, 0x0A000000 + 5_000, dtype=np.uint64), 4), np.tile(np.arange(4), 5_000)),
+    ],
+    ids=["a port scan", "a subnet's clients of four ports"],
+)
+def test_runs_of_peers_spread_over_the_pair_table(peers, entities):
+    """Runs of peers (a scan's ports, a subnet's addresses) lie about as near their homes as
+    random keys (0.2 to 0.5 slots at these loads). With peer x the table's own multiplier
+    for key, the port scan's pairs lay 21 slots past their homes and the subnet's 1.6."""
+    from sluice.alerts.window import DistinctWindow
+
+    window = DistinctWindow(60_000, 5, exact_limit=10**6)  # counted exactly: every pair held
+    uniq = np.arange(int(entities.max()) + 1)
+    window.fold(entities.astype(np.int32), uniq, entities, np.ones(len(peers), bool), peers, 0)
+    assert len(window.pairs) == len(peers)
+    assert window.values[: len(uniq)].sum() == len(peers)
+    assert mean_probe_distance(window.pairs) < 0.6
+
+
+def test_a_distinct_window_keyed_by_version_2_is_keyed_anew_as_it_loads():
+    """Snapshots of before 2026-12-07 keyed (entity, peer) pairs with another multiplier: the
+    same pairs load under this version's keys, so that a peer seen again is not counted again."""
+    from sluice.alerts.keyindex import GOLDEN
+    from sluice.alerts.pairtable import PairTable
+    from sluice.alerts.window import _PAIR_INVERSE, DistinctWindow
+
+    engine = AlertEngine()
+    engine.set_definitions([defn(id=1, metric="unique_ports", threshold=10**9)])
+    sessions = [one(cln=f"10.7.0.{i % 9}", sid=i, sport=i + 1) for i in range(300)]
+    engine.evaluate(*batch(sessions), T0)
+    window = engine.states[1].window
+    pairs = window.pairs.pairs()
+    entity = pairs["entity"].astype(np.uint64)
+    peer = (pairs["keys"] - entity - np.uint64(1)) * _PAIR_INVERSE
+    earlier = PairTable.from_state({"keys": peer * GOLDEN + entity + np.uint64(1), "entity": pairs["entity"],
+                                    "step": pairs["step"]})
+    state = dict(window.state())
+    state.update(pair_key_version=np.array([2]), pair_slots=earlier.state()["slots"], pair_base=earlier.state()["base"])
+    restored = DistinctWindow(window.step_ms, window.n_buckets)
+    restored.load(state)
+    assert sorted(restored.pairs.pairs()["keys"].tolist()) == sorted(pairs["keys"].tolist())
+    assert restored.values.tolist() == window.values.tolist() and len(restored.pairs) == len(window.pairs) == 600
+
+
 def all_arrays(engine: AlertEngine) -> dict[str, np.ndarray]:
     """The state as the earlier archive form held it: every array by its name."""
     arrays = {n: np.array(a) for n, a in persist._index_arrays(engine)}

@@ -23,9 +23,10 @@ from ..prefetch import AHEAD, prefetch
 
 _EMPTY = np.uint64(0)
 _ONE = np.uint64(1)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: what ``table_home`` multiplies a key by: 2**64 / the golden ratio (Fibonacci hashing)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 #: the multipliers of a pair's key (``ordered_pair_key``; the pair tables' pairs of hosts)
-PAIR_KEY_A, PAIR_KEY_B = _GOLDEN, np.uint64(0xC2B2AE3D27D4EB4F)
+PAIR_KEY_A, PAIR_KEY_B = GOLDEN, np.uint64(0xC2B2AE3D27D4EB4F)
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
@@ -197,7 +198,7 @@ def note_seen(ids: np.ndarray, valid: np.ndarray, seen: np.ndarray, now_ms: int)
 @njit(cache=True, nogil=True, inline="always")
 def table_home(key: np.uint64, shift: np.uint64) -> np.int64:
     # Fibonacci hashing: the top bits of key x 2^64/phi; even sequential keys spread evenly
-    return np.int64((key * _GOLDEN) >> shift)
+    return np.int64((key * GOLDEN) >> shift)
 
 
 @njit(cache=True, nogil=True, inline="always")

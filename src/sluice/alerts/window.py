@@ -28,18 +28,26 @@ from ..allocator import grown
 from ..compiled import njit
 from ..flows.schema import SessionBatch
 from ..prefetch import AHEAD, prefetch
-from .keyindex import distinct, group_rows, mix64, room_for, used_nbytes
+from .keyindex import GOLDEN, PAIR_KEY_B, distinct, group_rows, mix64, room_for, used_nbytes
 from .pairtable import BothWaysPairTable, PairTable, directions_of, pair_table_from_state, session_pairs
 
 log = structlog.get_logger(__name__)
 
 #: the key of an (entity id, peer key) pair is peer x this + id + 1: one multiply and two
-#: adds; distinct pairs collide only by chance (the table mixes keys before using them). The
-#: + 1 keeps peer 0 of entity 0 off key 0, which the table stores as key 1 (peer 0 of entity 1)
-_PAIR_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
-_PAIR_INVERSE = np.uint64(pow(0x9E3779B97F4A7C15, -1, 2**64))  # peer = (key - id - 1) x this
-#: saved with the pairs: snapshots of pairs keyed otherwise are not restored
-PAIR_KEY_VERSION = 2
+#: adds; distinct pairs collide only by chance. The + 1 keeps peer 0 of entity 0 off key 0,
+#: which the table stores as key 1 (peer 0 of entity 1). A table places a key by the top bits
+#: of key x ``GOLDEN`` (``table_home``), so a peer lands by peer x (this x ``GOLDEN``): this is
+#: chosen so that the product is ``PAIR_KEY_B``, whose multiples spread runs of peers (a
+#: subnet's addresses, a scan's ports) evenly. It was ``GOLDEN`` itself until 2026-12-07, whose
+#: square bunched such runs: a host's scan of 65,536 ports probed 21 slots past their homes
+#: on average, random keys 0.2
+_PAIR_MULTIPLIER = np.uint64(int(PAIR_KEY_B) * pow(int(GOLDEN), -1, 2**64) % 2**64)
+_PAIR_INVERSE = np.uint64(pow(int(_PAIR_MULTIPLIER), -1, 2**64))  # peer = (key - id - 1) x this
+#: the inverse of the multiplier of version 2's keys (``GOLDEN``), to key its snapshots anew
+_PAIR_INVERSE_2 = np.uint64(pow(int(GOLDEN), -1, 2**64))
+#: saved with the pairs: a snapshot of version 2 has its pairs keyed anew as it loads; older
+#: ones are not restored
+PAIR_KEY_VERSION = 3
 HLL_P = 8
 HLL_M = 1 << HLL_P
 _ALPHA = 0.7213 / (1 + 1.079 / HLL_M)
@@ -835,7 +843,8 @@ class DistinctWindow(_Window):
         }
 
     def load(self, state: dict[str, np.ndarray]) -> None:
-        if int(state.get("pair_key_version", [1])[0]) != PAIR_KEY_VERSION:
+        version = int(state.get("pair_key_version", [1])[0])
+        if version not in (2, PAIR_KEY_VERSION):
             log.warning("alert window of distinct counts saved by an older version; it starts empty")
             return
         self.values = state["values"].astype(np.int64).copy()
@@ -844,7 +853,23 @@ class DistinctWindow(_Window):
         else:  # a file of before 2026-12-04: the pairs one by one
             pairs = {"keys": state["pair_keys"], "entity": state["pair_entity"], "step": state["pair_bucket"]}
         self.pairs = pair_table_from_state(pairs, self.pairs.max_pairs)
+        if version == 2 and type(self.pairs) is PairTable:  # pairs of hosts are keyed otherwise
+            self.pairs = _keyed_anew(self.pairs)
         self.sketch_slot = dict(zip(state["sketch_entities"].tolist(), state["sketch_slots"].tolist(), strict=True))
         if state["regs"].shape[0] == self.n_buckets:
             self._regs = state["regs"].copy()
             self._reg_bucket = state["reg_bucket"].copy()
+
+
+def _keyed_anew(table: PairTable) -> PairTable:
+    """The (entity, peer) pairs of a snapshot of ``PAIR_KEY_VERSION`` 2 under this version's
+    keys: the same pairs, entities and steps. A sketched entity's registers keep the hashes of
+    its earlier keys: a peer seen before and after may count twice in its estimate until it
+    leaves the window."""
+    if not len(table):
+        return table
+    pairs = table.pairs()
+    entity = pairs["entity"].astype(np.uint64)
+    peer = (pairs["keys"] - (entity + np.uint64(1))) * _PAIR_INVERSE_2
+    keys = peer * _PAIR_MULTIPLIER + entity + np.uint64(1)
+    return PairTable.from_state({"keys": keys, "entity": pairs["entity"], "step": pairs["step"]}, table.max_pairs)
