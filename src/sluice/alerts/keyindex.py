@@ -18,13 +18,11 @@ import numpy as np
 
 from ..allocator import grown
 from ..compiled import njit
-from ..flows.session_table import home_between
+from ..flows.session_table import GOLDEN, home_between  # GOLDEN: what ``table_home`` multiplies a key by
 from ..prefetch import AHEAD, prefetch
 
 _EMPTY = np.uint64(0)
 _ONE = np.uint64(1)
-#: what ``table_home`` multiplies a key by: 2**64 / the golden ratio (Fibonacci hashing)
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 #: the multipliers of a pair's key (``ordered_pair_key``; the pair tables' pairs of hosts)
 PAIR_KEY_A, PAIR_KEY_B = GOLDEN, np.uint64(0xC2B2AE3D27D4EB4F)
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
