@@ -25,7 +25,7 @@ from .flows.enrich import Enricher
 from .flows.schema import Arrivals, FlowBatch, SessionBatch
 from .flows.sessions import SessionTracker, TrackerStats, first_session_id
 from .flows.shards import ShardedSessions, default_workers
-from .lifecycle import Worker, lower_priority
+from .lifecycle import STORE_WRITING_NICENESS, Worker, lower_priority
 from .store.backends import open_store
 from .store.base import FlowStore, StoreUnavailable
 
@@ -154,7 +154,7 @@ class Ingest:
         # Writing a second's sessions takes a fifth of a second of CPU at once; at the same
         # priority it would take that share from the receive loop, and on one busy core the
         # socket buffer overflows meanwhile. Yielding to it, the writing fills the gaps.
-        lower_priority()
+        lower_priority(STORE_WRITING_NICENESS)
         last_retention = 0.0
         trim = HeapTrimmer()
         interval = self.settings.store.flush_interval_s

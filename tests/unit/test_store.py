@@ -570,3 +570,43 @@ def test_the_session_queue_asks_a_writer_first_and_writes_itself_only_at_twice_f
     assert queue.take() == []
     queue.add(random_sessions(1000, 5), flush, None)
     assert flushed == [2000, 1000]
+
+
+def test_the_store_is_written_beside_the_evaluation_below_the_receive_loop(tmp_path):
+    """The maintenance thread writes a full queue at ``STORE_WRITING_NICENESS``, the
+    evaluation's. It wrote at ``BACKGROUND_NICENESS`` before: below the evaluation, it starved
+    while rows waited for evaluation, and the receive loop then wrote the files itself."""
+    import threading
+
+    from sluice.config import load
+    from sluice.counters import Counters
+    from sluice.ingest import Ingest
+    from sluice.lifecycle import EVALUATION_NICENESS, STORE_WRITING_NICENESS
+
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    ingest = Ingest(load(None, **{"data_dir": str(tmp_path / "var"), "sessions.workers": 1}), Counters())
+    store = ingest.store
+    writers: list[tuple[str, int]] = []
+    flush = store.flush
+
+    def noting_the_writer() -> int:
+        writers.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return flush()
+
+    store.flush = noting_the_writer  # type: ignore[method-assign]
+    store.queue.flush_rows = 10  # the next batch fills the queue: the writer is woken for it
+    ingest.start()
+    try:
+        store.append(random_sessions(10, seed=3))
+        deadline = time.monotonic() + 10
+        while store.stats().rows < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        written = store.stats().rows
+    finally:
+        ingest.stop()
+    assert written == 10
+    # lowering a thread's priority always works; only root may raise it back above its own
+    want = STORE_WRITING_NICENESS if own <= STORE_WRITING_NICENESS or os.geteuid() == 0 else own
+    assert STORE_WRITING_NICENESS == EVALUATION_NICENESS
+    assert writers and writers[0] == ("sluice-maintenance", want), writers
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
