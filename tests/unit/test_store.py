@@ -610,3 +610,17 @@ def test_the_store_is_written_beside_the_evaluation_below_the_receive_loop(tmp_p
     assert STORE_WRITING_NICENESS == EVALUATION_NICENESS
     assert writers and writers[0] == ("sluice-maintenance", want), writers
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+
+def test_a_queue_the_writer_fell_behind_on_is_written_by_its_caller_and_counted(any_store):
+    """With a writer thread (``on_full``), a full queue wakes it; twice over full, the caller
+    (the receive loop) writes it itself, to bound memory, and ``overflow_flushes_total``
+    (``/metrics``) counts it: datagrams may be dropped meanwhile."""
+    woken: list[int] = []
+    any_store.on_full = lambda: woken.append(1)  # a writer that never gets to it
+    any_store.queue.flush_rows = 100
+    any_store.append(random_sessions(100, seed=5, start_ms=T0, span_ms=60_000))
+    assert woken == [1] and any_store.gauges()["overflow_flushes_total"] == 0
+    any_store.append(random_sessions(100, seed=6, start_ms=T0, span_ms=60_000))
+    assert any_store.gauges()["overflow_flushes_total"] == 1
+    assert any_store.stats().rows == 200  # written by the caller, not the (absent) writer

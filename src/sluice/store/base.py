@@ -76,6 +76,9 @@ class SessionQueue:
         self._lock = threading.Lock()
         self._batches: list[SessionBatch] = []
         self._rows = 0
+        #: flushes a caller made because the writer thread had fallen behind (the queue twice
+        #: over full): the receive loop writing files instead of reading its sockets
+        self.overflow_flushes = 0
 
     def add(self, sessions: SessionBatch, flush: Callable[[], object], on_full: Callable[[], None] | None) -> None:
         if not len(sessions):
@@ -85,6 +88,8 @@ class SessionQueue:
             self._rows += len(sessions)
             queued = self._rows
         if queued >= self.flush_rows * (2 if on_full is not None else 1):
+            if on_full is not None:
+                self.overflow_flushes += 1
             flush()
         elif queued >= self.flush_rows and on_full is not None:
             on_full()

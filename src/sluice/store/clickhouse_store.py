@@ -341,6 +341,7 @@ class ClickHouseStore(FlowStore):
             "replay_found_rows_total": self.replay_found_rows,
             "dropped_rows_total": self.dropped_rows + (spool.dropped_rows if spool else 0),
             "shards_down": sum(not self._takes(i) for i in range(len(self.servers))),
+            "overflow_flushes_total": self.queue.overflow_flushes,
         }
 
     # -- reading ---------------------------------------------------------------------------

@@ -561,6 +561,9 @@ class DuckDBStore(FlowStore):
         database = sum(os.path.getsize(file) for file in (self.path, Path(f"{self.path}.wal")) if file.exists())
         return self.files.size() + database
 
+    def gauges(self) -> dict[str, float]:
+        return {"overflow_flushes_total": self.queue.overflow_flushes}
+
     def stats(self) -> StoreStats:
         with self.files.reading() as snapshot:
             days = sorted(snapshot)
