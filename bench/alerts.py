@@ -139,9 +139,11 @@ class SluiceWithAlerts(ingest_bench.Sluice):
 
 
 def _rung(kind: type, workdir: Path, datagrams: list[bytes], rate: float, seconds: float,
-          workers: int, log: list[dict]) -> bool:
+          workers: int, log: list[dict]) -> tuple[bool, bool]:
     """One rung of ``kind`` at ``rate`` (a rung that loses gets one more attempt; every attempt
-    is printed and kept in ``log``): whether it passed, the sender keeping up."""
+    is printed and kept in ``log``): (whether it passed, whether it counts: passed with the
+    sender keeping up). A rung passed at a rate the sender fell short of does not count, and
+    the ladder goes on."""
     for attempt in range(1, ingest_bench.ATTEMPTS + 1):
         collector_box: list = []
 
@@ -166,7 +168,7 @@ def _rung(kind: type, workdir: Path, datagrams: list[bytes], rate: float, second
             break
     if ok and rung.send_rate < 0.95 * rate:
         print(f"  {kind.name:14} the sender did not keep {rate / 1e6:.2f} M/s: the rung does not count", flush=True)
-    return ok and rung.send_rate >= 0.95 * rate
+    return ok, ok and rung.send_rate >= 0.95 * rate
 
 
 def ladders_in_turn(kinds: list[type], workdir: Path, datagrams: list[bytes], rates: list[float],
@@ -179,9 +181,10 @@ def ladders_in_turn(kinds: list[type], workdir: Path, datagrams: list[bytes], ra
     climbing = set(range(len(kinds)))
     for rate in rates:
         for k in sorted(climbing):
-            if _rung(kinds[k], workdir, datagrams, rate, seconds, workers, log):
+            passed, counts = _rung(kinds[k], workdir, datagrams, rate, seconds, workers, log)
+            if counts:
                 best[k] = rate
-            else:
+            elif not passed:
                 climbing.discard(k)
         if not climbing:
             break
