@@ -2,8 +2,9 @@
 
 Called once per decoded batch, on the collector's thread; every stage works on whole
 batches. With one session worker the sessions and enrichment run right there; with more
-(``sessions.workers``, one per core by default) the batch is sharded over worker processes
-(flows/shards.py) and their session batches come back on reader threads. Either way every
+(``sessions.workers``, one per core by default) the batch is sharded (flows/shards.py): the
+first shard tracked right there too, the others in worker processes whose session batches
+come back on reader threads. Either way every
 session batch goes to the store's queue and to the listeners (alerts). A maintenance thread
 flushes the store every ``flush_interval_s``, ends idle sessions and applies retention.
 """
@@ -137,7 +138,7 @@ class Ingest:
             self.shards = ShardedSessions(
                 self.workers, s.sessions, s.enrich, Path(s.data_dir) / "cache",
                 self._tell if stager is not None else self._deliver, self.counters, stager, self.store.adopt,
-                lambda: self.wants_sessions(), self._unseen,
+                lambda: self.wants_sessions(), self._unseen, deliver_here=self._deliver,
             )  # fmt: skip
         self._worker.start()
 

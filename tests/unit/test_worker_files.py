@@ -76,3 +76,48 @@ def test_a_worker_started_again_hands_out_new_session_ids(tmp_path):
         conversations_of.setdefault(key[0], set()).add(key[1:])
     assert all(len(c) == 1 for c in conversations_of.values()), "an id given to two conversations"
     assert {i % 2 for i in later["session_id"].tolist()} == {0, 1}  # each worker keeps its residue
+
+
+def test_the_first_shard_is_tracked_in_the_server_process_and_the_others_in_workers(tmp_path):
+    """n workers are n processes: the first shard's sessions are made on the thread that
+    submits (no hand-over) and go to ``deliver_here``; only the others' come from worker
+    processes. Every flow is tracked once, by the shard its conversation hashes to."""
+    import threading
+
+    from sluice.flows.schema import SessionBatch
+    from sluice.flows.shards import shard_order
+
+    here: list[SessionBatch] = []
+    there: list[SessionBatch] = []
+    threads: set[str] = set()
+
+    def deliver_here(sessions, arrivals):
+        threads.add(threading.current_thread().name)
+        here.append(sessions)
+
+    pool = ShardedSessions(3, SessionSettings(), EnrichSettings(), tmp_path / "cache",
+                           lambda sessions, arrivals: there.append(sessions), Counters(), deliver_here=deliver_here)
+    try:
+        assert [w.index for w in pool.workers] == [1, 2]  # two processes, not three
+        assert all(w.process.pid != os.getpid() for w in pool.workers)
+        now = int(time.time() * 1000)
+        flows = TrafficModel(seed=8).conversations(now - 10_000, now, 3_000)
+        pool.submit(flows, now)
+        assert threads == {threading.current_thread().name}  # made right here, during submit
+        wait_until_steady(lambda: sum(map(len, there)), steady_s=1.0, timeout=60, what="the workers' sessions")
+    finally:
+        pool.stop()
+    order, bounds = shard_order(flows, 3)
+    first = flows.take(order[bounds[0] : bounds[1]])
+
+    def conversations(a: str, b: str, batch) -> set:  # each as its two endpoints, either way round
+        return {frozenset({(bytes(x), int(p)), (bytes(y), int(q))}) for x, y, p, q in zip(
+            batch[f"{a}_addr"], batch[f"{b}_addr"], batch[f"{a}_port"], batch[f"{b}_port"], strict=True)}
+
+    mine, theirs = SessionBatch.concat(here), SessionBatch.concat(there)
+    assert len(first) > 500 and len(mine) > 100 and len(theirs) > 200
+    assert {i % 3 for i in mine["session_id"].tolist()} == {0}  # the first shard's residue
+    assert {i % 3 for i in theirs["session_id"].tolist()} == {1, 2}
+    assert conversations("cln", "srv", mine) == conversations("src", "dst", first)
+    assert not conversations("cln", "srv", mine) & conversations("cln", "srv", theirs)
+    assert pool.reports()[0].live == len(pool.tracker) > 0  # the first shard's counts are reported too

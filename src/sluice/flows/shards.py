@@ -1,8 +1,10 @@
 """The sessions stage on several cores: flows sharded by conversation, one tracker per worker.
 
 Session assembly and enrichment are Python (numpy and compiled loops) and hold the
-interpreter lock, so one process uses one core for them. With ``workers`` > 1 each runs in
-a worker process of its own:
+interpreter lock, so one process uses one core for them. With ``workers`` > 1 the first
+shard is tracked in the server's process, on the collector's thread, as one worker's whole
+batch is; every other shard in a worker process of its own. So only the other shards' rows
+pay the hand-over, and n workers are n processes, not n + 1 taking turns on the cores:
 
 - the collector's batch is split by a hash of the **conversation key without the exporter**,
   so every flow of a conversation - both directions, from every exporter that reports it -
@@ -10,7 +12,8 @@ a worker process of its own:
   holds as with one tracker;
 - every worker gets the batch's clock, so timeouts end the same sessions as one tracker
   would; session ids stay unique (worker i of n hands out base + i, base + i + n, ...);
-- a reader thread per worker hands the session batches on (store, alerts) as they come;
+- a reader thread per worker process hands the session batches on (store, alerts) as they
+  come; the first shard's go on from the collector's thread, to the server's store queue;
 - the batches travel through shared memory (``batch_ring``), the pipe carries only where
   they are;
 - where the store takes files written elsewhere (``FlowStore.staging``), each worker writes
@@ -180,6 +183,21 @@ def _report(tracker: SessionTracker, files: _OwnFiles | None = None) -> WorkerRe
 TERM_GRACE_S = 30.0
 
 
+def _shard_tracker(sessions: SessionSettings, index: int, count: int, first_id: int) -> SessionTracker:
+    """Shard ``index`` of ``count``'s tracker, its ids counted from ``first_id`` (a multiple of
+    ``count``) in its own residue."""
+    SessionTracker.warm_up()
+    return SessionTracker(
+        sessions.idle_timeout_s,
+        sessions.active_timeout_s,
+        # the bound is the server's: each shard holds its share of the conversations
+        max(1, sessions.max_sessions // count),
+        sessions.dedupe_exporters,
+        first_id=first_id + index,
+        id_step=count,
+    )
+
+
 def _leave_after_grace(signum: int, frame: object) -> None:
     timer = threading.Timer(TERM_GRACE_S, os._exit, (1,))
     timer.daemon = True
@@ -207,16 +225,7 @@ def _worker_main(
     flows_in, sessions_out = BatchRing(recv_handle(conn)), BatchRing(recv_handle(conn))  # sent first
     server = os.getppid()
     trim = HeapTrimmer(time.monotonic())
-    SessionTracker.warm_up()
-    tracker = SessionTracker(
-        sessions.idle_timeout_s,
-        sessions.active_timeout_s,
-        # the bound is the server's: each worker holds its share of the conversations
-        max(1, sessions.max_sessions // count),
-        sessions.dedupe_exporters,
-        first_id=first_id + index,
-        id_step=count,
-    )
+    tracker = _shard_tracker(sessions, index, count, first_id)
     enricher = Enricher(enrich.country_mmdb, enrich.asn_mmdb, cache_dir=cache_dir)
     files = _OwnFiles(stager, index, count) if stager is not None else None
     _send(conn, ("ready", _report(tracker)))
@@ -419,8 +428,9 @@ class _Worker:
 
 
 class ShardedSessions:
-    """``count`` worker processes, each a tracker and an enricher for its share of the
-    conversations; ``deliver`` receives their session batches (from reader threads)."""
+    """``count`` shards of the conversations, each a tracker and an enricher: the first here,
+    tracked on the thread that submits, the others in worker processes; ``deliver`` receives
+    their session batches (the workers' from reader threads)."""
 
     def __init__(
         self,
@@ -434,36 +444,56 @@ class ShardedSessions:
         adopt: Callable[[list[Any]], object] | None = None,
         wanted: Callable[[], bool] = lambda: True,
         unseen: Callable[[int], None] | None = None,
+        deliver_here: Deliver | None = None,
     ):
-        """``deliver`` gets every session batch; with a ``stager`` the workers also write
-        them to files themselves and ``adopt`` gets those files, and while ``wanted`` says
-        no, the batches stay in the workers and ``unseen`` gets their number of rows."""
+        """``deliver`` gets every session batch; with a ``stager`` the worker processes also
+        write them to files themselves and ``adopt`` gets those files, and while ``wanted``
+        says no, the batches stay in the workers and ``unseen`` gets their number of rows.
+        The first shard's batches, made here and written by nobody here, go to
+        ``deliver_here`` (by default ``deliver``)."""
+        if count < 2:
+            raise ValueError(f"{count} shards: sharding needs 2 or more (1 is the tracker alone)")
         self.count = count
         self.sessions, self.enrich, self.cache_dir = sessions, enrich, cache_dir
         self.deliver = deliver
+        self.deliver_here = deliver_here or deliver
         self.stager, self.adopt = stager, adopt
         self.wanted, self.unseen = wanted, unseen
         self.counters = counters
         self.stopping = False
         shard_order(FlowBatch.build(1), count)  # compile the split now, not on the first batch
-        self.workers = [_Worker(self, i) for i in range(count)]  # they start side by side
+        self.workers = [_Worker(self, i) for i in range(1, count)]  # they start side by side
+        # the first shard meanwhile, here; its lock: maintenance expires its sessions
+        self.tracker = _shard_tracker(sessions, 0, count, first_session_id(sessions.node_id, count))
+        self.enricher = Enricher(enrich.country_mmdb, enrich.asn_mmdb, cache_dir=cache_dir)
+        self._lock = threading.Lock()
         for worker in self.workers:
             worker.wait_ready()
-        log.info("session workers started", workers=count, pids=[w.process.pid for w in self.workers])
+        log.info("session workers started", workers=count, pids=[os.getpid()] + [w.process.pid for w in self.workers])
 
     def submit(self, flows: FlowBatch, now_ms: int) -> None:
-        """Hand each worker its share of a batch (waits while a worker's queue is full)."""
+        """Hand each worker process its share of a batch (waits while a worker's queue is
+        full), then track the first shard's here."""
         wanted = self.stager is None or self.wanted()  # without a stager the store needs them
         order, bounds = shard_order(flows, self.count)
         waited = 0.0
-        for i, worker in enumerate(self.workers):
-            part = order[bounds[i] : bounds[i + 1]]
+        for worker in self.workers:
+            part = order[bounds[worker.index] : bounds[worker.index + 1]]
             if len(part):  # the rows are taken straight into the worker's ring by its writer
                 waited += worker.send(("flows", flows.columns, part, now_ms, wanted))
         self._count_wait(waited)
+        here = order[bounds[0] : bounds[1]]
+        if len(here):
+            with self._lock:
+                sessions, arrivals = self.tracker.track(flows.take(here), now_ms, self.count, 0)
+            if len(sessions):
+                self.deliver_here(self.enricher(sessions), arrivals)
 
     def expire(self, now_ms: int) -> None:
         self._count_wait(sum(worker.send(("expire", now_ms)) for worker in self.workers))
+        with self._lock:
+            self.tracker.expire(now_ms)
+        self.enricher.refresh()
 
     def _count_wait(self, seconds: float) -> None:
         # the receive loop waiting on a worker that is behind: meanwhile only the kernel's
@@ -472,7 +502,8 @@ class ShardedSessions:
             self.counters.inc("session_worker_wait_seconds_total", seconds)
 
     def reports(self) -> list[WorkerReport]:
-        return [worker.report for worker in self.workers]
+        """Every shard's, the first's (here) first."""
+        return [_report(self.tracker)] + [worker.report for worker in self.workers]
 
     def write_errors(self) -> int:
         """Flushes of the workers' own files that failed, restarts included."""
