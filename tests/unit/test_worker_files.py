@@ -96,7 +96,8 @@ def test_the_first_shard_is_tracked_in_the_server_process_and_the_others_in_work
         here.append(sessions)
 
     pool = ShardedSessions(3, SessionSettings(), EnrichSettings(), tmp_path / "cache",
-                           lambda sessions, arrivals: there.append(sessions), Counters(), deliver_here=deliver_here)
+                           lambda sessions, arrivals: there.append(sessions), Counters(), deliver_here=deliver_here,
+                           first_share=0.3)
     try:
         assert [w.index for w in pool.workers] == [1, 2]  # two processes, not three
         assert all(w.process.pid != os.getpid() for w in pool.workers)
@@ -107,7 +108,7 @@ def test_the_first_shard_is_tracked_in_the_server_process_and_the_others_in_work
         wait_until_steady(lambda: sum(map(len, there)), steady_s=1.0, timeout=60, what="the workers' sessions")
     finally:
         pool.stop()
-    order, bounds = shard_order(flows, 3)
+    order, bounds = shard_order(flows, pool.table, 3)
     first = flows.take(order[bounds[0] : bounds[1]])
 
     def conversations(a: str, b: str, batch) -> set:  # each as its two endpoints, either way round
@@ -121,3 +122,5 @@ def test_the_first_shard_is_tracked_in_the_server_process_and_the_others_in_work
     assert conversations("cln", "srv", mine) == conversations("src", "dst", first)
     assert not conversations("cln", "srv", mine) & conversations("cln", "srv", theirs)
     assert pool.reports()[0].live == len(pool.tracker) > 0  # the first shard's counts are reported too
+    bound = SessionSettings().max_sessions
+    assert abs(pool.tracker.max_sessions - 0.3 * bound) <= bound / 4096  # its share of the bound (to a bucket)

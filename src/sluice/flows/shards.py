@@ -4,7 +4,9 @@ Session assembly and enrichment are Python (numpy and compiled loops) and hold t
 interpreter lock, so one process uses one core for them. With ``workers`` > 1 the first
 shard is tracked in the server's process, on the collector's thread, as one worker's whole
 batch is; every other shard in a worker process of its own. So only the other shards' rows
-pay the hand-over, and n workers are n processes, not n + 1 taking turns on the cores:
+pay the hand-over, and n workers are n processes, not n + 1 taking turns on the cores. The
+server process also receives and decodes every flow, so its shard is the smaller one
+(``first_shard_share``), none at all from three workers on:
 
 - the collector's batch is split by a hash of the **conversation key without the exporter**,
   so every flow of a conversation - both directions, from every exporter that reports it -
@@ -78,9 +80,54 @@ def _endpoint_hash(words: np.ndarray, i: int, port: np.uint64) -> np.uint64:
     return mix64(words[i, 0] ^ (words[i, 1] * GOLDEN) ^ port)
 
 
+#: a flow's shard is looked up by the top 12 bits of its conversation's hash: shares of the
+#: conversations to 1/4096
+SHARD_BUCKET_BITS = 12
+
+
+def shard_table(count: int, first_share: float | None = None) -> np.ndarray:
+    """Each of the 2**SHARD_BUCKET_BITS hash buckets' shard: ``first_share`` of them the
+    first shard's (by default 1 / ``count``), the others' spread evenly over the others."""
+    if not 1 <= count <= 256:
+        raise ValueError(f"{count} shards: use 1 to 256")
+    buckets = 1 << SHARD_BUCKET_BITS
+    share = 1 / count if first_share is None else first_share
+    if not 0.0 <= share <= 1.0 or (count == 1 and share != 1.0):
+        raise ValueError(f"first shard's share {share}: use 0 to 1 (1 with a single shard)")
+    first = buckets if count == 1 else round(share * buckets)
+    table = np.zeros(buckets, np.uint8)
+    table[first:] = 1 + np.arange(buckets - first) % max(1, count - 1)
+    return table
+
+
+#: against a flow's tracking and storing (about 0.5 CPU-s per M flows), what the server
+#: process spends on every flow besides its own shard's (receiving, decoding, the split and
+#: the hand-over: about 0.35), and on the hand-over alone of a flow another shard tracks
+#: (0.05); IPFIX new conversations, 2026-12-07, docs/performance.md
+_COLLECTING_PER_TRACKING, _HANDOVER_PER_TRACKING = 0.7, 0.1
+
+
+def first_shard_share(count: int) -> float:
+    """The share of the conversations the server process tracks itself among ``count``
+    shards: the one that keeps it as busy as each worker process (it also receives and
+    decodes every flow), and none once that alone keeps it busier: with ``count`` - 1
+    workers taking 1 - s of the flows, s solves c + s + (1 - s) h = (1 - s) / (count - 1)."""
+    if count == 1:
+        return 1.0
+    others = count - 1
+    share = (1 - others * _COLLECTING_PER_TRACKING) / (count - others * _HANDOVER_PER_TRACKING)
+    return max(0.0, share)
+
+
 @njit(cache=True, nogil=True)
 def _shard_order(
-    src: np.ndarray, dst: np.ndarray, src_port: np.ndarray, dst_port: np.ndarray, protocol: np.ndarray, shards: int
+    src: np.ndarray,
+    dst: np.ndarray,
+    src_port: np.ndarray,
+    dst_port: np.ndarray,
+    protocol: np.ndarray,
+    table: np.ndarray,
+    shards: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     n = src.shape[0]
     shard = np.empty(n, np.int64)
@@ -92,7 +139,7 @@ def _shard_order(
         dp = np.uint64(0) if icmp else np.uint64(dst_port[i])
         # each endpoint hashed alone and the two added: the same either way round
         h = mix64(_endpoint_hash(src, i, sp) + _endpoint_hash(dst, i, dp) + p)
-        k = np.int64(h % np.uint64(shards))
+        k = np.int64(table[h >> np.uint64(64 - SHARD_BUCKET_BITS)])
         shard[i] = k
         bounds[k + 1] += 1
     for j in range(shards):
@@ -105,18 +152,18 @@ def _shard_order(
     return order, bounds
 
 
-def shard_order(flows: FlowBatch, shards: int) -> tuple[np.ndarray, np.ndarray]:
-    """The flows by worker: (their positions, worker by worker, each in the batch's order;
-    where each worker's start in it, and the end). A flow's worker is a hash of its
-    conversation without the exporter - both endpoints, the same whichever is the source -
-    modulo ``shards``. Two passes, no sort: the collector's thread does this for every flow."""
+def shard_order(flows: FlowBatch, table: np.ndarray, shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flows by shard: (their positions, shard by shard, each in the batch's order; where
+    each of the ``shards`` starts in it, and the end). A flow's shard is ``table``'s (``shard_table``)
+    for a hash of its conversation without the exporter - both endpoints, the same whichever
+    is the source. Two passes, no sort: the collector's thread does this for every flow."""
 
     def words(addresses: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(addresses).view(np.uint64)  # (n, 2): byte order does not matter to a hash
 
     return _shard_order(
         words(flows["src_addr"]), words(flows["dst_addr"]), flows["src_port"], flows["dst_port"], flows["protocol"],
-        shards,
+        table, shards,
     )  # fmt: skip
 
 
@@ -137,9 +184,9 @@ def _send(conn: Connection, message: tuple[Any, ...]) -> None:
 class _OwnFiles:
     """A worker's rows waiting for its next flush into the store's staging area."""
 
-    def __init__(self, stager: Stager, index: int, count: int):
+    def __init__(self, stager: Stager, index: int, share: float):
         self.stager, self.index = stager, index
-        self.flush_rows = max(1, stager.flush_rows // count)
+        self.flush_rows = max(1, int(stager.flush_rows * share))
         self.batches: list[SessionBatch] = []
         self.rows = 0
         self.flushes = 0
@@ -183,15 +230,15 @@ def _report(tracker: SessionTracker, files: _OwnFiles | None = None) -> WorkerRe
 TERM_GRACE_S = 30.0
 
 
-def _shard_tracker(sessions: SessionSettings, index: int, count: int, first_id: int) -> SessionTracker:
-    """Shard ``index`` of ``count``'s tracker, its ids counted from ``first_id`` (a multiple of
-    ``count``) in its own residue."""
+def _shard_tracker(sessions: SessionSettings, index: int, count: int, share: float, first_id: int) -> SessionTracker:
+    """Shard ``index`` of ``count``'s tracker, for ``share`` of the conversations, its ids
+    counted from ``first_id`` (a multiple of ``count``) in its own residue."""
     SessionTracker.warm_up()
     return SessionTracker(
         sessions.idle_timeout_s,
         sessions.active_timeout_s,
         # the bound is the server's: each shard holds its share of the conversations
-        max(1, sessions.max_sessions // count),
+        max(1, int(sessions.max_sessions * share)),
         sessions.dedupe_exporters,
         first_id=first_id + index,
         id_step=count,
@@ -208,6 +255,7 @@ def _worker_main(
     conn: Connection,
     index: int,
     count: int,
+    share: float,
     first_id: int,
     sessions: SessionSettings,
     enrich: EnrichSettings,
@@ -225,9 +273,9 @@ def _worker_main(
     flows_in, sessions_out = BatchRing(recv_handle(conn)), BatchRing(recv_handle(conn))  # sent first
     server = os.getppid()
     trim = HeapTrimmer(time.monotonic())
-    tracker = _shard_tracker(sessions, index, count, first_id)
+    tracker = _shard_tracker(sessions, index, count, share, first_id)
     enricher = Enricher(enrich.country_mmdb, enrich.asn_mmdb, cache_dir=cache_dir)
-    files = _OwnFiles(stager, index, count) if stager is not None else None
+    files = _OwnFiles(stager, index, share) if stager is not None else None
     _send(conn, ("ready", _report(tracker)))
     while True:
         try:
@@ -307,6 +355,7 @@ class _Worker:
                 child,
                 self.index,
                 pool.count,
+                pool.shares[self.index],
                 # counted from now: a worker started again must not hand out its old ids again
                 first_session_id(pool.sessions.node_id, pool.count),
                 pool.sessions,
@@ -445,15 +494,19 @@ class ShardedSessions:
         wanted: Callable[[], bool] = lambda: True,
         unseen: Callable[[int], None] | None = None,
         deliver_here: Deliver | None = None,
+        first_share: float | None = None,
     ):
         """``deliver`` gets every session batch; with a ``stager`` the worker processes also
         write them to files themselves and ``adopt`` gets those files, and while ``wanted``
         says no, the batches stay in the workers and ``unseen`` gets their number of rows.
         The first shard's batches, made here and written by nobody here, go to
-        ``deliver_here`` (by default ``deliver``)."""
+        ``deliver_here`` (by default ``deliver``). The first shard takes ``first_share`` of
+        the conversations (by default ``first_shard_share``), the others even shares."""
         if count < 2:
             raise ValueError(f"{count} shards: sharding needs 2 or more (1 is the tracker alone)")
         self.count = count
+        self.table = shard_table(count, first_shard_share(count) if first_share is None else first_share)
+        self.shares = np.bincount(self.table, minlength=count) / len(self.table)
         self.sessions, self.enrich, self.cache_dir = sessions, enrich, cache_dir
         self.deliver = deliver
         self.deliver_here = deliver_here or deliver
@@ -461,10 +514,10 @@ class ShardedSessions:
         self.wanted, self.unseen = wanted, unseen
         self.counters = counters
         self.stopping = False
-        shard_order(FlowBatch.build(1), count)  # compile the split now, not on the first batch
+        shard_order(FlowBatch.build(1), self.table, count)  # compile the split now, not on the first batch
         self.workers = [_Worker(self, i) for i in range(1, count)]  # they start side by side
         # the first shard meanwhile, here; its lock: maintenance expires its sessions
-        self.tracker = _shard_tracker(sessions, 0, count, first_session_id(sessions.node_id, count))
+        self.tracker = _shard_tracker(sessions, 0, count, self.shares[0], first_session_id(sessions.node_id, count))
         self.enricher = Enricher(enrich.country_mmdb, enrich.asn_mmdb, cache_dir=cache_dir)
         self._lock = threading.Lock()
         for worker in self.workers:
@@ -475,7 +528,7 @@ class ShardedSessions:
         """Hand each worker process its share of a batch (waits while a worker's queue is
         full), then track the first shard's here."""
         wanted = self.stager is None or self.wanted()  # without a stager the store needs them
-        order, bounds = shard_order(flows, self.count)
+        order, bounds = shard_order(flows, self.table, self.count)
         waited = 0.0
         for worker in self.workers:
             part = order[bounds[worker.index] : bounds[worker.index + 1]]
