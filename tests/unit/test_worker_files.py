@@ -79,9 +79,9 @@ def test_a_worker_started_again_hands_out_new_session_ids(tmp_path):
 
 
 def test_the_first_shard_is_tracked_in_the_server_process_and_the_others_in_workers(tmp_path):
-    """n workers are n processes: the first shard's sessions are made on the thread that
-    submits (no hand-over) and go to ``deliver_here``; only the others' come from worker
-    processes. Every flow is tracked once, by the shard its conversation hashes to."""
+    """n workers are n processes: the first shard's sessions are made in this process, on a
+    thread of its own (no hand-over), and go to ``deliver_here``; only the others' come from
+    worker processes. Every flow is tracked once, by the shard its conversation hashes to."""
     import threading
 
     from sluice.flows.schema import SessionBatch
@@ -104,8 +104,9 @@ def test_the_first_shard_is_tracked_in_the_server_process_and_the_others_in_work
         now = int(time.time() * 1000)
         flows = TrafficModel(seed=8).conversations(now - 10_000, now, 3_000)
         pool.submit(flows, now)
-        assert threads == {threading.current_thread().name}  # made right here, during submit
         wait_until_steady(lambda: sum(map(len, there)), steady_s=1.0, timeout=60, what="the workers' sessions")
+        wait_until_steady(lambda: sum(map(len, here)), steady_s=1.0, timeout=60, what="the first shard's sessions")
+        assert threads == {"sluice-sessions-0"}  # a thread of this process
     finally:
         pool.stop()
     order, bounds = shard_order(flows, pool.table, 3)

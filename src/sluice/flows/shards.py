@@ -2,8 +2,8 @@
 
 Session assembly and enrichment are Python (numpy and compiled loops) and hold the
 interpreter lock, so one process uses one core for them. With ``workers`` > 1 the first
-shard is tracked in the server's process, on the collector's thread, as one worker's whole
-batch is; every other shard in a worker process of its own. So only the other shards' rows
+shard is tracked in the server's process, on a thread beside the collector's; every other
+shard in a worker process of its own. So only the other shards' rows
 pay the hand-over, and n workers are n processes, not n + 1 taking turns on the cores. The
 server process also receives and decodes every flow, so its shard is the smaller one
 (``first_shard_share``), none at all from three workers on:
@@ -15,7 +15,7 @@ server process also receives and decodes every flow, so its shard is the smaller
 - every worker gets the batch's clock, so timeouts end the same sessions as one tracker
   would; session ids stay unique (worker i of n hands out base + i, base + i + n, ...);
 - a reader thread per worker process hands the session batches on (store, alerts) as they
-  come; the first shard's go on from the collector's thread, to the server's store queue;
+  come; the first shard's go on from its thread, to the server's store queue;
 - the batches travel through shared memory (``batch_ring``), the pipe carries only where
   they are;
 - where the store takes files written elsewhere (``FlowStore.staging``), each worker writes
@@ -327,6 +327,59 @@ OUTBOX_BATCHES = 4
 _NEW, _SLOT, _AT = "_new", "_slot", "_at_ms"
 
 
+def _put(box: queue.Queue[Any], message: tuple[Any, ...]) -> float:
+    """Put, waiting while ``box`` is full; the seconds it waited."""
+    try:
+        box.put_nowait(message)
+        return 0.0
+    except queue.Full:
+        started = time.perf_counter()
+        box.put(message)
+        return time.perf_counter() - started
+
+
+class _FirstShard:
+    """The first shard, tracked in the server process on a thread of its own: its flows need
+    no hand-over to another process, and the collector's thread goes on receiving meanwhile
+    (the tracker's compiled passes run without the interpreter lock)."""
+
+    def __init__(self, pool: ShardedSessions):
+        self.pool = pool
+        count = pool.count
+        self.tracker = _shard_tracker(
+            pool.sessions, 0, count, pool.shares[0], first_session_id(pool.sessions.node_id, count)
+        )
+        self.enricher = Enricher(pool.enrich.country_mmdb, pool.enrich.asn_mmdb, cache_dir=pool.cache_dir)
+        self.inbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue(OUTBOX_BATCHES)
+        self.thread = threading.Thread(target=self._run, name="sluice-sessions-0", daemon=True)
+        self.thread.start()
+
+    def send(self, message: tuple[Any, ...]) -> float:
+        """As ``_Worker.send``: ("flows", batch, its rows of this shard, now_ms) or ("expire", now_ms)."""
+        return _put(self.inbox, message)
+
+    def _run(self) -> None:
+        pool, tracker = self.pool, self.tracker
+        while (message := self.inbox.get()) is not None:
+            try:
+                if message[0] == "flows":
+                    _, flows, rows, now_ms = message
+                    # slots: row * count + 0, as a worker's
+                    sessions, arrivals = tracker.track(flows.take(rows), now_ms, pool.count, 0)
+                    if len(sessions):
+                        pool.deliver_here(self.enricher(sessions), arrivals)
+                else:  # "expire": in order with the flows, as in a worker
+                    tracker.expire(message[1])
+                    self.enricher.refresh()
+            except Exception:  # the next batch goes on; the store and alerts count their own failures
+                log.exception("tracking the first shard's flows failed")
+                pool.counters.inc("sink_errors_total")
+
+    def stop(self) -> None:
+        self.inbox.put(None)  # after every batch queued before it
+        self.thread.join(30)
+
+
 class _Worker:
     def __init__(self, pool: ShardedSessions, index: int):
         self.pool, self.index = pool, index
@@ -386,13 +439,7 @@ class _Worker:
     def send(self, message: tuple[Any, ...]) -> float:
         """Queue a message for the worker (waits while OUTBOX_BATCHES are queued); returns the
         seconds it waited for room."""
-        try:
-            self.outbox.put_nowait(message)
-            return 0.0
-        except queue.Full:
-            started = time.perf_counter()
-            self.outbox.put(message)
-            return time.perf_counter() - started
+        return _put(self.outbox, message)
 
     def _write(self) -> None:
         while (message := self.outbox.get()) is not None:
@@ -516,17 +563,13 @@ class ShardedSessions:
         self.stopping = False
         shard_order(FlowBatch.build(1), self.table, count)  # compile the split now, not on the first batch
         self.workers = [_Worker(self, i) for i in range(1, count)]  # they start side by side
-        # the first shard meanwhile, here; its lock: maintenance expires its sessions
-        self.tracker = _shard_tracker(sessions, 0, count, self.shares[0], first_session_id(sessions.node_id, count))
-        self.enricher = Enricher(enrich.country_mmdb, enrich.asn_mmdb, cache_dir=cache_dir)
-        self._lock = threading.Lock()
+        self.first = _FirstShard(self)  # meanwhile
         for worker in self.workers:
             worker.wait_ready()
         log.info("session workers started", workers=count, pids=[os.getpid()] + [w.process.pid for w in self.workers])
 
     def submit(self, flows: FlowBatch, now_ms: int) -> None:
-        """Hand each worker process its share of a batch (waits while a worker's queue is
-        full), then track the first shard's here."""
+        """Hand each shard its part of a batch (waits while a shard's queue is full)."""
         wanted = self.stager is None or self.wanted()  # without a stager the store needs them
         order, bounds = shard_order(flows, self.table, self.count)
         waited = 0.0
@@ -534,19 +577,19 @@ class ShardedSessions:
             part = order[bounds[worker.index] : bounds[worker.index + 1]]
             if len(part):  # the rows are taken straight into the worker's ring by its writer
                 waited += worker.send(("flows", flows.columns, part, now_ms, wanted))
-        self._count_wait(waited)
         here = order[bounds[0] : bounds[1]]
-        if len(here):
-            with self._lock:
-                sessions, arrivals = self.tracker.track(flows.take(here), now_ms, self.count, 0)
-            if len(sessions):
-                self.deliver_here(self.enricher(sessions), arrivals)
+        if len(here):  # taken out of the batch on the first shard's thread
+            waited += self.first.send(("flows", flows, here, now_ms))
+        self._count_wait(waited)
 
     def expire(self, now_ms: int) -> None:
-        self._count_wait(sum(worker.send(("expire", now_ms)) for worker in self.workers))
-        with self._lock:
-            self.tracker.expire(now_ms)
-        self.enricher.refresh()
+        waited = self.first.send(("expire", now_ms))
+        self._count_wait(waited + sum(worker.send(("expire", now_ms)) for worker in self.workers))
+
+    @property
+    def tracker(self) -> SessionTracker:
+        """The first shard's tracker (the others are in their processes)."""
+        return self.first.tracker
 
     def _count_wait(self, seconds: float) -> None:
         # the receive loop waiting on a worker that is behind: meanwhile only the kernel's
@@ -564,6 +607,7 @@ class ShardedSessions:
 
     def stop(self) -> None:
         self.stopping = True
+        self.first.stop()
         for worker in self.workers:
             worker.stop()
 
