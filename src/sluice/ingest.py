@@ -42,7 +42,8 @@ class Ingest:
         sessions_settings = settings.sessions
         self.counters = counters
         self.workers = sessions_settings.workers or default_workers()
-        # built here in any case: it prepares the geo lookup cache the workers then load
+        # built here in any case: it prepares the geo lookup cache the workers then load, and
+        # enriches the sessions tracked in this process
         self.enricher = Enricher(
             settings.enrich.country_mmdb, settings.enrich.asn_mmdb, cache_dir=Path(settings.data_dir) / "cache"
         )
@@ -138,7 +139,7 @@ class Ingest:
             self.shards = ShardedSessions(
                 self.workers, s.sessions, s.enrich, Path(s.data_dir) / "cache",
                 self._tell if stager is not None else self._deliver, self.counters, stager, self.store.adopt,
-                lambda: self.wants_sessions(), self._unseen, deliver_here=self._deliver,
+                lambda: self.wants_sessions(), self._unseen, deliver_here=self._deliver, enricher=self.enricher,
             )  # fmt: skip
         self._worker.start()
 

@@ -125,3 +125,28 @@ def test_the_first_shard_is_tracked_in_the_server_process_and_the_others_in_work
     assert pool.reports()[0].live == len(pool.tracker) > 0  # the first shard's counts are reported too
     bound = SessionSettings().max_sessions
     assert abs(pool.tracker.max_sessions - 0.3 * bound) <= bound / 4096  # its share of the bound (to a bucket)
+
+
+def test_a_failure_handing_on_the_first_shards_sessions_is_counted_and_the_next_batch_goes_on(tmp_path):
+    from sluice.flows.schema import SessionBatch
+
+    handed: list[SessionBatch] = []
+    failures = iter([True, False])
+
+    def deliver_here(sessions, arrivals):
+        if next(failures, False):
+            raise OSError("the store's queue is gone")
+        handed.append(sessions)
+
+    counters = Counters()
+    pool = ShardedSessions(2, SessionSettings(), EnrichSettings(), tmp_path / "cache", lambda s, a: None, counters,
+                           deliver_here=deliver_here, first_share=0.5)
+    try:
+        now = int(time.time() * 1000)
+        for seed in (1, 2):
+            pool.submit(TrafficModel(seed=seed).conversations(now - 10_000, now, 400), now)
+        wait_until(lambda: handed, timeout=60, what="the second batch's sessions")
+    finally:
+        pool.stop()
+    assert counters.get("sink_errors_total") == 1
+    assert len(handed) == 1 and len(handed[0]) > 100

@@ -343,13 +343,13 @@ class _FirstShard:
     no hand-over to another process, and the collector's thread goes on receiving meanwhile
     (the tracker's compiled passes run without the interpreter lock)."""
 
-    def __init__(self, pool: ShardedSessions):
+    def __init__(self, pool: ShardedSessions, enricher: Enricher | None):
         self.pool = pool
         count = pool.count
         self.tracker = _shard_tracker(
             pool.sessions, 0, count, pool.shares[0], first_session_id(pool.sessions.node_id, count)
         )
-        self.enricher = Enricher(pool.enrich.country_mmdb, pool.enrich.asn_mmdb, cache_dir=pool.cache_dir)
+        self.enricher = enricher or Enricher(pool.enrich.country_mmdb, pool.enrich.asn_mmdb, cache_dir=pool.cache_dir)
         self.inbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue(OUTBOX_BATCHES)
         self.thread = threading.Thread(target=self._run, name="sluice-sessions-0", daemon=True)
         self.thread.start()
@@ -542,13 +542,15 @@ class ShardedSessions:
         unseen: Callable[[int], None] | None = None,
         deliver_here: Deliver | None = None,
         first_share: float | None = None,
+        enricher: Enricher | None = None,
     ):
         """``deliver`` gets every session batch; with a ``stager`` the worker processes also
         write them to files themselves and ``adopt`` gets those files, and while ``wanted``
         says no, the batches stay in the workers and ``unseen`` gets their number of rows.
         The first shard's batches, made here and written by nobody here, go to
         ``deliver_here`` (by default ``deliver``). The first shard takes ``first_share`` of
-        the conversations (by default ``first_shard_share``), the others even shares."""
+        the conversations (by default ``first_shard_share``), the others even shares, and
+        enriches with ``enricher`` (the server's, rather than a second copy of the geo data)."""
         if count < 2:
             raise ValueError(f"{count} shards: sharding needs 2 or more (1 is the tracker alone)")
         self.count = count
@@ -563,7 +565,7 @@ class ShardedSessions:
         self.stopping = False
         shard_order(FlowBatch.build(1), self.table, count)  # compile the split now, not on the first batch
         self.workers = [_Worker(self, i) for i in range(1, count)]  # they start side by side
-        self.first = _FirstShard(self)  # meanwhile
+        self.first = _FirstShard(self, enricher)  # meanwhile
         for worker in self.workers:
             worker.wait_ready()
         log.info("session workers started", workers=count, pids=[os.getpid()] + [w.process.pid for w in self.workers])
