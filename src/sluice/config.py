@@ -81,8 +81,8 @@ class SessionSettings(BaseModel):
         0,
         ge=0,
         le=256,
-        description="session workers, each tracking its share of the conversations: the server process "
-        "and N - 1 worker processes (0: one per core the server may use; 1: the server process alone)",
+        description="session worker processes, each tracking its share of the conversations "
+        "(0: one per core the server may use; 1: inside the server process)",
     )
 
 

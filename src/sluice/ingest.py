@@ -2,9 +2,8 @@
 
 Called once per decoded batch, on the collector's thread; every stage works on whole
 batches. With one session worker the sessions and enrichment run right there; with more
-(``sessions.workers``, one per core by default) the batch is sharded (flows/shards.py): the
-first shard tracked right there too, the others in worker processes whose session batches
-come back on reader threads. Either way every
+(``sessions.workers``, one per core by default) the batch is sharded over worker processes
+(flows/shards.py) and their session batches come back on reader threads. Either way every
 session batch goes to the store's queue and to the listeners (alerts). A maintenance thread
 flushes the store every ``flush_interval_s``, ends idle sessions and applies retention.
 """
@@ -42,8 +41,7 @@ class Ingest:
         sessions_settings = settings.sessions
         self.counters = counters
         self.workers = sessions_settings.workers or default_workers()
-        # built here in any case: it prepares the geo lookup cache the workers then load, and
-        # enriches the sessions tracked in this process
+        # built here in any case: it prepares the geo lookup cache the workers then load
         self.enricher = Enricher(
             settings.enrich.country_mmdb, settings.enrich.asn_mmdb, cache_dir=Path(settings.data_dir) / "cache"
         )
@@ -139,7 +137,7 @@ class Ingest:
             self.shards = ShardedSessions(
                 self.workers, s.sessions, s.enrich, Path(s.data_dir) / "cache",
                 self._tell if stager is not None else self._deliver, self.counters, stager, self.store.adopt,
-                lambda: self.wants_sessions(), self._unseen, deliver_here=self._deliver, enricher=self.enricher,
+                lambda: self.wants_sessions(), self._unseen,
             )  # fmt: skip
         self._worker.start()
 

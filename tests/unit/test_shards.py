@@ -8,7 +8,7 @@ import pytest
 
 from sluice.flows.schema import FlowBatch
 from sluice.flows.sessions import conversation_keys
-from sluice.flows.shards import first_shard_share, shard_order, shard_table
+from sluice.flows.shards import shard_order
 
 
 def flows(n: int, seed: int) -> FlowBatch:
@@ -27,7 +27,7 @@ def flows(n: int, seed: int) -> FlowBatch:
 
 
 def shards_of(batch: FlowBatch, shards: int) -> np.ndarray:
-    order, bounds = shard_order(batch, shard_table(shards), shards)
+    order, bounds = shard_order(batch, shards)
     out = np.full(len(batch), -1)
     for k in range(shards):
         out[order[bounds[k] : bounds[k + 1]]] = k
@@ -37,7 +37,7 @@ def shards_of(batch: FlowBatch, shards: int) -> np.ndarray:
 @pytest.mark.parametrize("shards", [1, 2, 3, 8])
 def test_every_flow_goes_to_one_shard_in_the_order_it_came_and_the_shards_are_even(shards):
     batch = flows(20_000, shards)
-    order, bounds = shard_order(batch, shard_table(shards), shards)
+    order, bounds = shard_order(batch, shards)
     assert bounds[0] == 0 and bounds[-1] == len(batch) and np.all(np.diff(bounds) >= 0)
     assert np.array_equal(np.sort(order), np.arange(len(batch)))  # each flow once
     for k in range(shards):
@@ -74,25 +74,3 @@ def test_flows_the_tracker_makes_one_session_go_to_one_shard():
     shard = shards_of(batch, 4)
     for key in np.unique(keys):
         assert len(set(shard[keys == key].tolist())) == 1
-
-
-@pytest.mark.parametrize(("shards", "first"), [(2, 0.15), (3, 0.0), (4, 0.6), (2, 1.0)])
-def test_the_first_shard_takes_its_share_and_the_others_share_the_rest_evenly(shards, first):
-    batch = flows(40_000, 7)
-    sizes = np.diff(shard_order(batch, shard_table(shards, first), shards)[1]) / len(batch)
-    assert abs(sizes[0] - first) < 0.015
-    assert np.all(np.abs(sizes[1:] - (1 - first) / (shards - 1)) < 0.015)
-
-
-def test_the_server_process_tracks_a_smaller_share_than_a_worker_and_none_from_three_workers_on():
-    """It also receives and decodes every flow: an equal share would make it the one that
-    falls behind first."""
-    assert first_shard_share(1) == 1.0
-    assert 0.05 < first_shard_share(2) < 0.5
-    assert all(first_shard_share(n) == 0.0 for n in (3, 4, 16, 256))
-
-
-def test_a_share_that_cannot_be_is_refused():
-    for count, share in ((2, 1.5), (2, -0.1), (1, 0.5), (0, None), (257, None)):
-        with pytest.raises(ValueError, match="use"):
-            shard_table(count, share)

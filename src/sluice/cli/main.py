@@ -95,8 +95,8 @@ def serve(
     workers: Annotated[
         Optional[int],
         typer.Option(
-            help="Session workers, each tracking its share of the conversations: the server process and "
-            "N - 1 worker processes; 1 = the server process alone. (default: one per core)",
+            help="Session worker processes, each tracking its share of the conversations; 1 = inside the "
+            "server process. (default: one per core)",
             show_default=False,
             min=1,
             max=256,

@@ -1,12 +1,8 @@
 """The sessions stage on several cores: flows sharded by conversation, one tracker per worker.
 
 Session assembly and enrichment are Python (numpy and compiled loops) and hold the
-interpreter lock, so one process uses one core for them. With ``workers`` > 1 the first
-shard is tracked in the server's process, on a thread beside the collector's; every other
-shard in a worker process of its own. So only the other shards' rows
-pay the hand-over, and n workers are n processes, not n + 1 taking turns on the cores. The
-server process also receives and decodes every flow, so its shard is the smaller one
-(``first_shard_share``), none at all from three workers on:
+interpreter lock, so one process uses one core for them. With ``workers`` > 1 each runs in
+a worker process of its own:
 
 - the collector's batch is split by a hash of the **conversation key without the exporter**,
   so every flow of a conversation - both directions, from every exporter that reports it -
@@ -14,8 +10,7 @@ server process also receives and decodes every flow, so its shard is the smaller
   holds as with one tracker;
 - every worker gets the batch's clock, so timeouts end the same sessions as one tracker
   would; session ids stay unique (worker i of n hands out base + i, base + i + n, ...);
-- a reader thread per worker process hands the session batches on (store, alerts) as they
-  come; the first shard's go on from its thread, to the server's store queue;
+- a reader thread per worker hands the session batches on (store, alerts) as they come;
 - the batches travel through shared memory (``batch_ring``), the pipe carries only where
   they are;
 - where the store takes files written elsewhere (``FlowStore.staging``), each worker writes
@@ -80,54 +75,9 @@ def _endpoint_hash(words: np.ndarray, i: int, port: np.uint64) -> np.uint64:
     return mix64(words[i, 0] ^ (words[i, 1] * GOLDEN) ^ port)
 
 
-#: a flow's shard is looked up by the top 12 bits of its conversation's hash: shares of the
-#: conversations to 1/4096
-SHARD_BUCKET_BITS = 12
-
-
-def shard_table(count: int, first_share: float | None = None) -> np.ndarray:
-    """Each of the 2**SHARD_BUCKET_BITS hash buckets' shard: ``first_share`` of them the
-    first shard's (by default 1 / ``count``), the others' spread evenly over the others."""
-    if not 1 <= count <= 256:
-        raise ValueError(f"{count} shards: use 1 to 256")
-    buckets = 1 << SHARD_BUCKET_BITS
-    share = 1 / count if first_share is None else first_share
-    if not 0.0 <= share <= 1.0 or (count == 1 and share != 1.0):
-        raise ValueError(f"first shard's share {share}: use 0 to 1 (1 with a single shard)")
-    first = buckets if count == 1 else round(share * buckets)
-    table = np.zeros(buckets, np.uint8)
-    table[first:] = 1 + np.arange(buckets - first) % max(1, count - 1)
-    return table
-
-
-#: against a flow's tracking and storing (about 0.5 CPU-s per M flows), what the server
-#: process spends on every flow besides its own shard's (receiving, decoding, the split and
-#: the hand-over: about 0.35), and on the hand-over alone of a flow another shard tracks
-#: (0.05); IPFIX new conversations, 2026-12-07, docs/performance.md
-_COLLECTING_PER_TRACKING, _HANDOVER_PER_TRACKING = 0.7, 0.1
-
-
-def first_shard_share(count: int) -> float:
-    """The share of the conversations the server process tracks itself among ``count``
-    shards: the one that keeps it as busy as each worker process (it also receives and
-    decodes every flow), and none once that alone keeps it busier: with ``count`` - 1
-    workers taking 1 - s of the flows, s solves c + s + (1 - s) h = (1 - s) / (count - 1)."""
-    if count == 1:
-        return 1.0
-    others = count - 1
-    share = (1 - others * _COLLECTING_PER_TRACKING) / (count - others * _HANDOVER_PER_TRACKING)
-    return max(0.0, share)
-
-
 @njit(cache=True, nogil=True)
 def _shard_order(
-    src: np.ndarray,
-    dst: np.ndarray,
-    src_port: np.ndarray,
-    dst_port: np.ndarray,
-    protocol: np.ndarray,
-    table: np.ndarray,
-    shards: int,
+    src: np.ndarray, dst: np.ndarray, src_port: np.ndarray, dst_port: np.ndarray, protocol: np.ndarray, shards: int
 ) -> tuple[np.ndarray, np.ndarray]:
     n = src.shape[0]
     shard = np.empty(n, np.int64)
@@ -139,7 +89,7 @@ def _shard_order(
         dp = np.uint64(0) if icmp else np.uint64(dst_port[i])
         # each endpoint hashed alone and the two added: the same either way round
         h = mix64(_endpoint_hash(src, i, sp) + _endpoint_hash(dst, i, dp) + p)
-        k = np.int64(table[h >> np.uint64(64 - SHARD_BUCKET_BITS)])
+        k = np.int64(h % np.uint64(shards))
         shard[i] = k
         bounds[k + 1] += 1
     for j in range(shards):
@@ -152,18 +102,18 @@ def _shard_order(
     return order, bounds
 
 
-def shard_order(flows: FlowBatch, table: np.ndarray, shards: int) -> tuple[np.ndarray, np.ndarray]:
-    """The flows by shard: (their positions, shard by shard, each in the batch's order; where
-    each of the ``shards`` starts in it, and the end). A flow's shard is ``table``'s (``shard_table``)
-    for a hash of its conversation without the exporter - both endpoints, the same whichever
-    is the source. Two passes, no sort: the collector's thread does this for every flow."""
+def shard_order(flows: FlowBatch, shards: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flows by worker: (their positions, worker by worker, each in the batch's order;
+    where each worker's start in it, and the end). A flow's worker is a hash of its
+    conversation without the exporter - both endpoints, the same whichever is the source -
+    modulo ``shards``. Two passes, no sort: the collector's thread does this for every flow."""
 
     def words(addresses: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(addresses).view(np.uint64)  # (n, 2): byte order does not matter to a hash
 
     return _shard_order(
         words(flows["src_addr"]), words(flows["dst_addr"]), flows["src_port"], flows["dst_port"], flows["protocol"],
-        table, shards,
+        shards,
     )  # fmt: skip
 
 
@@ -184,9 +134,9 @@ def _send(conn: Connection, message: tuple[Any, ...]) -> None:
 class _OwnFiles:
     """A worker's rows waiting for its next flush into the store's staging area."""
 
-    def __init__(self, stager: Stager, index: int, share: float):
+    def __init__(self, stager: Stager, index: int, count: int):
         self.stager, self.index = stager, index
-        self.flush_rows = max(1, int(stager.flush_rows * share))
+        self.flush_rows = max(1, stager.flush_rows // count)
         self.batches: list[SessionBatch] = []
         self.rows = 0
         self.flushes = 0
@@ -230,21 +180,6 @@ def _report(tracker: SessionTracker, files: _OwnFiles | None = None) -> WorkerRe
 TERM_GRACE_S = 30.0
 
 
-def _shard_tracker(sessions: SessionSettings, index: int, count: int, share: float, first_id: int) -> SessionTracker:
-    """Shard ``index`` of ``count``'s tracker, for ``share`` of the conversations, its ids
-    counted from ``first_id`` (a multiple of ``count``) in its own residue."""
-    SessionTracker.warm_up()
-    return SessionTracker(
-        sessions.idle_timeout_s,
-        sessions.active_timeout_s,
-        # the bound is the server's: each shard holds its share of the conversations
-        max(1, int(sessions.max_sessions * share)),
-        sessions.dedupe_exporters,
-        first_id=first_id + index,
-        id_step=count,
-    )
-
-
 def _leave_after_grace(signum: int, frame: object) -> None:
     timer = threading.Timer(TERM_GRACE_S, os._exit, (1,))
     timer.daemon = True
@@ -255,7 +190,6 @@ def _worker_main(
     conn: Connection,
     index: int,
     count: int,
-    share: float,
     first_id: int,
     sessions: SessionSettings,
     enrich: EnrichSettings,
@@ -273,9 +207,18 @@ def _worker_main(
     flows_in, sessions_out = BatchRing(recv_handle(conn)), BatchRing(recv_handle(conn))  # sent first
     server = os.getppid()
     trim = HeapTrimmer(time.monotonic())
-    tracker = _shard_tracker(sessions, index, count, share, first_id)
+    SessionTracker.warm_up()
+    tracker = SessionTracker(
+        sessions.idle_timeout_s,
+        sessions.active_timeout_s,
+        # the bound is the server's: each worker holds its share of the conversations
+        max(1, sessions.max_sessions // count),
+        sessions.dedupe_exporters,
+        first_id=first_id + index,
+        id_step=count,
+    )
     enricher = Enricher(enrich.country_mmdb, enrich.asn_mmdb, cache_dir=cache_dir)
-    files = _OwnFiles(stager, index, share) if stager is not None else None
+    files = _OwnFiles(stager, index, count) if stager is not None else None
     _send(conn, ("ready", _report(tracker)))
     while True:
         try:
@@ -327,59 +270,6 @@ OUTBOX_BATCHES = 4
 _NEW, _SLOT, _AT = "_new", "_slot", "_at_ms"
 
 
-def _put(box: queue.Queue[Any], message: tuple[Any, ...]) -> float:
-    """Put, waiting while ``box`` is full; the seconds it waited."""
-    try:
-        box.put_nowait(message)
-        return 0.0
-    except queue.Full:
-        started = time.perf_counter()
-        box.put(message)
-        return time.perf_counter() - started
-
-
-class _FirstShard:
-    """The first shard, tracked in the server process on a thread of its own: its flows need
-    no hand-over to another process, and the collector's thread goes on receiving meanwhile
-    (the tracker's compiled passes run without the interpreter lock)."""
-
-    def __init__(self, pool: ShardedSessions, enricher: Enricher | None):
-        self.pool = pool
-        count = pool.count
-        self.tracker = _shard_tracker(
-            pool.sessions, 0, count, pool.shares[0], first_session_id(pool.sessions.node_id, count)
-        )
-        self.enricher = enricher or Enricher(pool.enrich.country_mmdb, pool.enrich.asn_mmdb, cache_dir=pool.cache_dir)
-        self.inbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue(OUTBOX_BATCHES)
-        self.thread = threading.Thread(target=self._run, name="sluice-sessions-0", daemon=True)
-        self.thread.start()
-
-    def send(self, message: tuple[Any, ...]) -> float:
-        """As ``_Worker.send``: ("flows", batch, its rows of this shard, now_ms) or ("expire", now_ms)."""
-        return _put(self.inbox, message)
-
-    def _run(self) -> None:
-        pool, tracker = self.pool, self.tracker
-        while (message := self.inbox.get()) is not None:
-            try:
-                if message[0] == "flows":
-                    _, flows, rows, now_ms = message
-                    # slots: row * count + 0, as a worker's
-                    sessions, arrivals = tracker.track(flows.take(rows), now_ms, pool.count, 0)
-                    if len(sessions):
-                        pool.deliver_here(self.enricher(sessions), arrivals)
-                else:  # "expire": in order with the flows, as in a worker
-                    tracker.expire(message[1])
-                    self.enricher.refresh()
-            except Exception:  # the next batch goes on; the store and alerts count their own failures
-                log.exception("tracking the first shard's flows failed")
-                pool.counters.inc("sink_errors_total")
-
-    def stop(self) -> None:
-        self.inbox.put(None)  # after every batch queued before it
-        self.thread.join(30)
-
-
 class _Worker:
     def __init__(self, pool: ShardedSessions, index: int):
         self.pool, self.index = pool, index
@@ -408,7 +298,6 @@ class _Worker:
                 child,
                 self.index,
                 pool.count,
-                pool.shares[self.index],
                 # counted from now: a worker started again must not hand out its old ids again
                 first_session_id(pool.sessions.node_id, pool.count),
                 pool.sessions,
@@ -439,7 +328,13 @@ class _Worker:
     def send(self, message: tuple[Any, ...]) -> float:
         """Queue a message for the worker (waits while OUTBOX_BATCHES are queued); returns the
         seconds it waited for room."""
-        return _put(self.outbox, message)
+        try:
+            self.outbox.put_nowait(message)
+            return 0.0
+        except queue.Full:
+            started = time.perf_counter()
+            self.outbox.put(message)
+            return time.perf_counter() - started
 
     def _write(self) -> None:
         while (message := self.outbox.get()) is not None:
@@ -524,9 +419,8 @@ class _Worker:
 
 
 class ShardedSessions:
-    """``count`` shards of the conversations, each a tracker and an enricher: the first here,
-    tracked on the thread that submits, the others in worker processes; ``deliver`` receives
-    their session batches (the workers' from reader threads)."""
+    """``count`` worker processes, each a tracker and an enricher for its share of the
+    conversations; ``deliver`` receives their session batches (from reader threads)."""
 
     def __init__(
         self,
@@ -540,58 +434,36 @@ class ShardedSessions:
         adopt: Callable[[list[Any]], object] | None = None,
         wanted: Callable[[], bool] = lambda: True,
         unseen: Callable[[int], None] | None = None,
-        deliver_here: Deliver | None = None,
-        first_share: float | None = None,
-        enricher: Enricher | None = None,
     ):
-        """``deliver`` gets every session batch; with a ``stager`` the worker processes also
-        write them to files themselves and ``adopt`` gets those files, and while ``wanted``
-        says no, the batches stay in the workers and ``unseen`` gets their number of rows.
-        The first shard's batches, made here and written by nobody here, go to
-        ``deliver_here`` (by default ``deliver``). The first shard takes ``first_share`` of
-        the conversations (by default ``first_shard_share``), the others even shares, and
-        enriches with ``enricher`` (the server's, rather than a second copy of the geo data)."""
-        if count < 2:
-            raise ValueError(f"{count} shards: sharding needs 2 or more (1 is the tracker alone)")
+        """``deliver`` gets every session batch; with a ``stager`` the workers also write
+        them to files themselves and ``adopt`` gets those files, and while ``wanted`` says
+        no, the batches stay in the workers and ``unseen`` gets their number of rows."""
         self.count = count
-        self.table = shard_table(count, first_shard_share(count) if first_share is None else first_share)
-        self.shares = np.bincount(self.table, minlength=count) / len(self.table)
         self.sessions, self.enrich, self.cache_dir = sessions, enrich, cache_dir
         self.deliver = deliver
-        self.deliver_here = deliver_here or deliver
         self.stager, self.adopt = stager, adopt
         self.wanted, self.unseen = wanted, unseen
         self.counters = counters
         self.stopping = False
-        shard_order(FlowBatch.build(1), self.table, count)  # compile the split now, not on the first batch
-        self.workers = [_Worker(self, i) for i in range(1, count)]  # they start side by side
-        self.first = _FirstShard(self, enricher)  # meanwhile
+        shard_order(FlowBatch.build(1), count)  # compile the split now, not on the first batch
+        self.workers = [_Worker(self, i) for i in range(count)]  # they start side by side
         for worker in self.workers:
             worker.wait_ready()
-        log.info("session workers started", workers=count, pids=[os.getpid()] + [w.process.pid for w in self.workers])
+        log.info("session workers started", workers=count, pids=[w.process.pid for w in self.workers])
 
     def submit(self, flows: FlowBatch, now_ms: int) -> None:
-        """Hand each shard its part of a batch (waits while a shard's queue is full)."""
+        """Hand each worker its share of a batch (waits while a worker's queue is full)."""
         wanted = self.stager is None or self.wanted()  # without a stager the store needs them
-        order, bounds = shard_order(flows, self.table, self.count)
+        order, bounds = shard_order(flows, self.count)
         waited = 0.0
-        for worker in self.workers:
-            part = order[bounds[worker.index] : bounds[worker.index + 1]]
+        for i, worker in enumerate(self.workers):
+            part = order[bounds[i] : bounds[i + 1]]
             if len(part):  # the rows are taken straight into the worker's ring by its writer
                 waited += worker.send(("flows", flows.columns, part, now_ms, wanted))
-        here = order[bounds[0] : bounds[1]]
-        if len(here):  # taken out of the batch on the first shard's thread
-            waited += self.first.send(("flows", flows, here, now_ms))
         self._count_wait(waited)
 
     def expire(self, now_ms: int) -> None:
-        waited = self.first.send(("expire", now_ms))
-        self._count_wait(waited + sum(worker.send(("expire", now_ms)) for worker in self.workers))
-
-    @property
-    def tracker(self) -> SessionTracker:
-        """The first shard's tracker (the others are in their processes)."""
-        return self.first.tracker
+        self._count_wait(sum(worker.send(("expire", now_ms)) for worker in self.workers))
 
     def _count_wait(self, seconds: float) -> None:
         # the receive loop waiting on a worker that is behind: meanwhile only the kernel's
@@ -600,8 +472,7 @@ class ShardedSessions:
             self.counters.inc("session_worker_wait_seconds_total", seconds)
 
     def reports(self) -> list[WorkerReport]:
-        """Every shard's, the first's (here) first."""
-        return [_report(self.tracker)] + [worker.report for worker in self.workers]
+        return [worker.report for worker in self.workers]
 
     def write_errors(self) -> int:
         """Flushes of the workers' own files that failed, restarts included."""
@@ -609,7 +480,6 @@ class ShardedSessions:
 
     def stop(self) -> None:
         self.stopping = True
-        self.first.stop()
         for worker in self.workers:
             worker.stop()
 
