@@ -166,9 +166,9 @@ def _rung(kind: type, workdir: Path, datagrams: list[bytes], rate: float, second
               flush=True)
         if ok:
             break
-    if ok and rung.send_rate < 0.95 * rate:
+    if ok and not rung.sender_kept:
         print(f"  {kind.name:14} the sender did not keep {rate / 1e6:.2f} M/s: the rung does not count", flush=True)
-    return ok, ok and rung.send_rate >= 0.95 * rate
+    return ok, ok and rung.sender_kept
 
 
 def ladders_in_turn(kinds: list[type], workdir: Path, datagrams: list[bytes], rates: list[float],
@@ -215,7 +215,7 @@ def cluster_ladder(workdir: Path, collectors: int, datagrams: list[bytes], rates
         print(f"  {r['collector']:14} target {rate / 1e6:5.2f} M/s  sent {r['send_rate'] / 1e6:5.2f} M/s  received "
               f"{r['received'] * 100:7.3f} %  partials {'all merged' if r['alerts_kept_up'] else 'NOT all merged'} "
               f"({r['partials']:.0f})  cpu {r['cpu_s_per_M']:5.2f} s/M  RSS {r['peak_rss_mb']:6.1f} MB", flush=True)
-        if ok and r["send_rate"] >= 0.95 * rate:
+        if ok and r["send_rate"] >= ingest_bench.SENDER_KEPT * rate:
             best = rate
         elif not ok:
             break
