@@ -54,7 +54,7 @@ class Server:
             self.counters,
         )
         self.ingest = Ingest(settings, self.counters)
-        self.collector = Collector(collect, self.decoder, [self.ingest])
+        self.collector = Collector(collect, self.decoder, [self.ingest], self.ingest.workers)
         self.app: FastAPI | None = None
         self.simulator: Simulator | None = None
         self.users = Users(open_state(settings.data_dir, settings.state.url, settings.state.secret_key_file))

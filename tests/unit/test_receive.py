@@ -9,6 +9,7 @@ import struct
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sluice.collect import receive
@@ -17,6 +18,8 @@ from sluice.collect.decoder import Decoder
 from sluice.collect.listener import Collector, Listener
 from sluice.collect.receive import BatchReceiver, sender_text
 from sluice.config import CollectSettings
+from sluice.flows.schema import FlowBatch
+from sluice.simulate.encode import NetflowV5Encoder
 
 # sizes from empty to the largest IPv4 UDP payload
 SIZES = [0, 1, 29, 1400, 1500, 9000, 65_507, 3, 700]
@@ -158,3 +161,45 @@ def test_listening_socket_gets_the_whole_receive_buffer_as_root():
     else:
         assert granted <= rmem_max
         assert collector._warned_buffer
+
+
+def test_a_batch_grows_with_the_session_workers_it_is_shared_among():
+    """Each of N workers gets about 1/N of a batch, and every batch costs a worker some fixed
+    work: the batch is N times as large and may gather N times as long (up to a tenth of a
+    second unless configured longer), so that a worker's share is one worker's batch."""
+    settings = CollectSettings(batch_max_datagrams=1000, batch_max_wait_ms=20)
+    assert Collector(settings, Decoder(), []).batch_bounds() == (1000, 0.02)
+    assert Collector(settings, Decoder(), [], workers=2).batch_bounds() == (2000, 0.04)
+    assert Collector(settings, Decoder(), [], workers=16).batch_bounds() == (16000, 0.1)
+    slow = CollectSettings(batch_max_datagrams=10, batch_max_wait_ms=500)
+    assert Collector(slow, Decoder(), [], workers=4).batch_bounds() == (40, 0.5)  # never shorter than configured
+
+
+@pytest.mark.parametrize(("workers", "batches"), [(1, [40 * 30, 20 * 30]), (2, [60 * 30])])
+def test_the_receive_loop_gathers_the_larger_batch(workers, batches):
+    """60 datagrams waiting, 40 at most a batch: one worker's loop decodes 40 then 20; for two
+    workers it takes all 60 at once."""
+    now_ms = int(time.time() * 1000)
+    v4 = np.frombuffer(socket.inet_pton(socket.AF_INET6, "::ffff:192.0.2.1"), np.uint8)
+    flows = FlowBatch.build(60 * 30, src_addr=v4, dst_addr=v4, protocol=6, src_port=40000, dst_port=443,
+                            bytes=100, packets=1, time_start_ms=now_ms - 1000, time_end_ms=now_ms)  # fmt: skip
+    datagrams = NetflowV5Encoder().encode(flows, now_ms, per_datagram=30)
+    assert len(datagrams) == 60
+    seen: list[int] = []
+    settings = CollectSettings(listen="127.0.0.1", netflow_port=0, ipfix_port=0, sflow_port=0,
+                               batch_max_datagrams=40, batch_max_wait_ms=200)  # fmt: skip
+    collector = Collector(settings, Decoder(), [lambda batch: seen.append(len(batch))], workers=workers)
+    sock = collector._open(0, "netflow")
+    collector.listeners = [Listener("netflow", sock.getsockname()[1], sock, BatchReceiver(sock))]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for datagram in datagrams:
+        sender.sendto(datagram, sock.getsockname()[:2])
+    sender.close()
+    collector.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sum(seen) < 60 * 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        collector.stop()
+    assert seen == batches

@@ -2,7 +2,8 @@
 
 One thread serves every listening socket. It blocks until some socket is readable, then
 drains readable sockets until the batch is full (``batch_max_datagrams``) or the oldest
-datagram has waited ``batch_max_wait_ms``; the whole batch is decoded at once. The kernel
+datagram has waited ``batch_max_wait_ms`` (with N session workers, N times as many and as
+long: ``Collector.batch_bounds``); the whole batch is decoded at once. The kernel
 receive buffer (``receive_buffer_bytes``) absorbs bursts while a batch is decoded; what it
 cannot hold the kernel drops and ``/proc/net/udp`` counts (``socket_drops``).
 """
@@ -39,6 +40,8 @@ SO_RCVBUFFORCE: int | None = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platfor
 
 #: while a batch fills, the receive loop looks at its sockets this often
 LINGER_STEP_S = 0.005
+#: how long a batch may gather for several session workers at most (unless configured longer)
+SHARED_BATCH_MAX_WAIT_S = 0.1
 
 FlowSink = Callable[[FlowBatch], None]
 
@@ -54,8 +57,10 @@ class Listener:
 class Collector:
     """Binds the configured UDP ports and decodes what arrives, until ``stop()``."""
 
-    def __init__(self, settings: CollectSettings, decoder: Decoder, sinks: list[FlowSink]):
+    def __init__(self, settings: CollectSettings, decoder: Decoder, sinks: list[FlowSink], workers: int = 1):
+        """``workers``: the session workers a batch is shared out among (``batch_bounds``)."""
         self.settings = settings
+        self.workers = max(1, workers)
         self.decoder = decoder
         self.counters = decoder.counters
         self.sinks = sinks
@@ -128,12 +133,22 @@ class Collector:
 
     # -- receive loop -----------------------------------------------------------------------
 
+    def batch_bounds(self) -> tuple[int, float]:
+        """(datagrams, seconds) a batch gathers at most. Each of N session workers gets about
+        1/N of a batch, and every batch costs its worker some fixed work (messages, calls,
+        the tracker's passes): with batches of the configured size, that work per flow grew
+        with N. So the batch is N times as large and may gather N times as long (up to
+        ``SHARED_BATCH_MAX_WAIT_S``, or the configured wait if longer), and a worker's share
+        is about one worker's batch."""
+        settings, n = self.settings, self.workers
+        wait = settings.batch_max_wait_ms / 1000
+        return settings.batch_max_datagrams * n, max(wait, min(wait * n, SHARED_BATCH_MAX_WAIT_S))
+
     def run(self) -> None:
         selector = selectors.DefaultSelector()
         for listener in self.listeners:
             selector.register(listener.sock, selectors.EVENT_READ, listener)
-        max_batch = self.settings.batch_max_datagrams
-        max_wait = self.settings.batch_max_wait_ms / 1000
+        max_batch, max_wait = self.batch_bounds()
         last_maintenance = time.monotonic()
         while not self._worker.stopping.is_set():
             ready = selector.select(timeout=0.25)
