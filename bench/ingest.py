@@ -29,7 +29,11 @@ the sender's included (on a 2-core machine the sender then takes part of one).
 flat as workers are added?" on a machine whose speed drifts: instead of a ladder per worker
 count, one rung of each worker count in turn, K rounds: each count's CPU-s per M flows
 against the first count's in the same round, and the median of those. Add ``--one-core`` to
-keep every count on one core.
+keep every count on one core. Add ``--independent`` for the floor of any design on the
+machine: in each round, beside N workers, N independent one-worker servers, each with 1/N of
+``max_sessions`` and of the traffic, placed on the cores as the N workers are. They share
+nothing, so what they cost beyond one server is what N processes at 1/N of the rate cost on
+this machine (their fixed costs per second, the cores' caches), not the hand-over.
 
 Both collectors ask for a 32 MB socket buffer (nfcapd ``-B``, Sluice's default). nfcapd asks
 with plain SO_RCVBUF, which the kernel caps at ``net.core.rmem_max``; run as root, the
@@ -77,6 +81,9 @@ SENDER_KEPT = 0.95
 ATTEMPTS = 2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MAX_SESSIONS = 1_000_000
+#: the encoders put the templates in every 20th datagram (v9, IPFIX): several ports get runs of
+#: 20 in turn, so that each gets the templates
+TEMPLATE_EVERY = 20
 SENDER_CPU, COLLECTOR_CPU = 0, 1  # one core each, so the scheduler does not make them share
 
 
@@ -152,8 +159,8 @@ def conversations(shape: str, now_ms: int, seed: int = 11) -> FlowBatch:
 
 
 def datagrams_for(protocol: str, shape: str, now_ms: int) -> list[bytes]:
-    encoder = {"netflow5": NetflowV5Encoder(), "netflow9": NetflowV9Encoder(template_every=20),
-               "ipfix": IpfixEncoder(template_every=20)}[protocol]
+    encoder = {"netflow5": NetflowV5Encoder(), "netflow9": NetflowV9Encoder(template_every=TEMPLATE_EVERY),
+               "ipfix": IpfixEncoder(template_every=TEMPLATE_EVERY)}[protocol]
     return encoder.encode(conversations(shape, now_ms), now_ms, per_datagram=RECORDS_PER_DATAGRAM)
 
 
@@ -281,9 +288,11 @@ class Sluice:
     #: flow of the design alone, without the sender's core shared
     one_core = False
 
-    def __init__(self, workdir: Path, workers: int):
+    def __init__(self, workdir: Path, workers: int, max_sessions: int | None = None, pinned: bool | None = None):
         self.port = free_port(socket.SOCK_DGRAM)
         self.http = free_port(socket.SOCK_STREAM)
+        pinned = workers <= 1 or self.one_core if pinned is None else pinned
+        env = None if max_sessions is None else os.environ | {"SLUICE_SESSIONS__MAX_SESSIONS": str(max_sessions)}
         binary = str(Path(sys.executable).parent / "sluice")
         extra = ["--workers", str(workers)] if workers else []
         self.data = data = workdir / f"sluice-{self.port}"
@@ -291,10 +300,10 @@ class Sluice:
             [binary, "serve", "--no-simulate", "--listen", "127.0.0.1", "--netflow-port", str(self.port),
              "--ipfix-port", "0", "--sflow-port", "0", "--http-listen", "127.0.0.1", "--http-port", str(self.http),
              "--data-dir", str(data), *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
             # one worker: pinned like nfcapd; several: every core (on a 2-core machine that
             # includes the sender's: the figure is then what the machine as a whole keeps)
-            preexec_fn=(lambda: pin(COLLECTOR_CPU)) if workers <= 1 or self.one_core else (
+            preexec_fn=(lambda: pin(COLLECTOR_CPU)) if pinned else (
                 lambda: os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))))
         for _ in range(1200):  # a first start compiles the numba loops: tens of seconds on a busy machine
             try:
@@ -320,24 +329,64 @@ class Sluice:
         return counts
 
 
+class IndependentSluices:
+    """``count`` one-worker servers that share nothing, each with 1/count of ``max_sessions``
+    and of the traffic (runs of ``TEMPLATE_EVERY`` datagrams in turn), on the cores ``count``
+    workers would have: the reference for what ``count`` processes cost here (``--independent``)."""
+
+    name = "sluice-independent"
+
+    def __init__(self, workdir: Path, count: int):
+        self.members: list[Sluice] = []
+        try:
+            for _ in range(count):
+                self.members.append(Sluice(workdir, 1, MAX_SESSIONS // count, pinned=Sluice.one_core))
+        except BaseException:
+            self.terminate()
+            raise
+        self.ports = [member.port for member in self.members]
+
+    def counts(self) -> dict[str, int]:
+        every = [member.counts() for member in self.members]
+        return {key: sum(c[key] for c in every) for key in every[0]}
+
+    def stop(self) -> dict[str, int]:
+        every = [member.stop() for member in self.members]
+        return {key: sum(c[key] for c in every) for key in every[0]}
+
+    def terminate(self) -> None:
+        for member in self.members:
+            member.proc.terminate()
+            try:
+                member.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                member.proc.kill()
+
+
+def _processes(collector: Sluice | Nfcapd | IndependentSluices) -> list[Sluice | Nfcapd]:
+    return collector.members if isinstance(collector, IndependentSluices) else [collector]
+
+
 def run_rung(kind: type, workdir: Path, protocol: str, shape: str, workers: int, datagrams: list[bytes],
              rate: float, seconds: float) -> Rung:
     collector = kind(workdir, workers)
     try:
         return _measure(collector, protocol, shape, workers, datagrams, rate, seconds)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed: leave no collector running
-        collector.proc.terminate()
-        try:
-            collector.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            collector.proc.kill()
+        for process in _processes(collector):
+            process.proc.terminate()
+            try:
+                process.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                process.proc.kill()
         raise
 
 
-def _measure(collector: Sluice | Nfcapd, protocol: str, shape: str, workers: int, datagrams: list[bytes],
-             rate: float, seconds: float) -> Rung:
-    cpu0 = tree_cpu_s(collector.proc.pid)
-    sent, achieved = send(collector.port, datagrams, rate, seconds)
+def _measure(collector: Sluice | Nfcapd | IndependentSluices, protocol: str, shape: str, workers: int,
+             datagrams: list[bytes], rate: float, seconds: float) -> Rung:
+    processes = _processes(collector)
+    cpu0 = sum(tree_cpu_s(p.proc.pid) for p in processes)
+    sent, achieved = send_to([p.port for p in processes], datagrams, rate, seconds, run=TEMPLATE_EVERY)
     # let the collector drain its socket buffer and write its queue: wait until nothing moves
     last, stable = None, 0
     for _ in range(300):
@@ -350,12 +399,13 @@ def _measure(collector: Sluice | Nfcapd, protocol: str, shape: str, workers: int
         last = now
         if stable >= 5 and now["stored"] >= now["rows"]:
             break
-    cpu = tree_cpu_s(collector.proc.pid) - cpu0
-    rss = tree_peak_rss_mb(collector.proc.pid)
+    cpu = sum(tree_cpu_s(p.proc.pid) for p in processes) - cpu0
+    rss = sum(tree_peak_rss_mb(p.proc.pid) for p in processes)
     c = collector.stop()
     # a rung of new conversations leaves gigabytes (nfcapd's files above all): the next rung
     # must not run on a filling disk
-    shutil.rmtree(collector.data, ignore_errors=True)
+    for p in processes:
+        shutil.rmtree(p.data, ignore_errors=True)
     return Rung(collector.name, protocol, shape, workers, rate, seconds, sent, achieved, c["flows"], c["rows"],
                 c["stored"], c["drops"], cpu, rss)
 
@@ -433,31 +483,38 @@ def ladder(kind: type, workdir: Path, protocol: str, shape: str, workers: int, d
 
 
 def alternate(workdir: Path, protocol: str, shape: str, worker_counts: list[int], datagrams: list[bytes],
-              rate: float, seconds: float, rounds: int, results: list[Rung]) -> dict[str, object]:
+              rate: float, seconds: float, rounds: int, results: list[Rung],
+              independent: bool = False) -> dict[str, object]:
     """One rung per worker count in turn, ``rounds`` times: the CPU per flow of each count
-    measured as close in time as the others', so that a machine's drift falls on all alike."""
-    cpu: dict[int, list[float]] = {w: [] for w in worker_counts}
-    lossless: dict[int, int] = {w: 0 for w in worker_counts}
+    measured as close in time as the others', so that a machine's drift falls on all alike.
+    With ``independent``, each count N > 1 also as N independent servers (``IndependentSluices``)."""
+    runs = [(workers, False) for workers in worker_counts]
+    if independent:
+        runs += [(workers, True) for workers in worker_counts if workers > 1]
+    cpu: dict[tuple[int, bool], list[float]] = {run: [] for run in runs}
+    lossless: dict[tuple[int, bool], int] = {run: 0 for run in runs}
     for round_ in range(1, rounds + 1):
-        for workers in worker_counts:
-            rung = run_rung(Sluice, workdir, protocol, shape, workers, datagrams, rate, seconds)
+        for workers, apart in runs:
+            kind = IndependentSluices if apart else Sluice
+            rung = run_rung(kind, workdir, protocol, shape, workers, datagrams, rate, seconds)
             results.append(rung)
-            cpu[workers].append(rung.cpu_per_m)
-            lossless[workers] += rung.lossless
-            label = f"x{workers}" + ("/1c" if Sluice.one_core and workers > 1 else "")
-            print(f"  round {round_}/{rounds}  {protocol:9} {shape:9} sluice {label:6} {rate / 1e6:5.2f} M/s  "
+            cpu[workers, apart].append(rung.cpu_per_m)
+            lossless[workers, apart] += rung.lossless
+            label = f"{workers} apart" if apart else f"x{workers}"
+            label += "/1c" if Sluice.one_core and workers > 1 else ""
+            print(f"  round {round_}/{rounds}  {protocol:9} {shape:9} sluice {label:10} {rate / 1e6:5.2f} M/s  "
                   f"decoded {rung.ratio * 100:7.3f} %  cpu {rung.cpu_per_m:5.2f} s/M  "
                   f"{'ok' if rung.lossless else 'LOSS'}", flush=True)
-    first = cpu[worker_counts[0]]
+    first = cpu[worker_counts[0], False]
     per_workers = []
-    for workers in worker_counts:
+    for workers, apart in runs:
         # each round's rungs ran minutes apart at most: their ratio is the comparison least
         # touched by the machine's drift
-        in_round = [mine / theirs - 1 for mine, theirs in zip(cpu[workers], first, strict=True)]
+        in_round = [mine / theirs - 1 for mine, theirs in zip(cpu[workers, apart], first, strict=True)]
         per_workers.append({
-            "workers": workers, "cpu_s_per_M": cpu[workers], "median": statistics.median(cpu[workers]),
-            "over_first_by_round": in_round, "over_first_median": statistics.median(in_round),
-            "lossless_rounds": lossless[workers]})
+            "workers": workers, "independent_servers": apart, "cpu_s_per_M": cpu[workers, apart],
+            "median": statistics.median(cpu[workers, apart]), "over_first_by_round": in_round,
+            "over_first_median": statistics.median(in_round), "lossless_rounds": lossless[workers, apart]})
     return {"protocol": protocol, "shape": shape, "rate": rate, "rounds": rounds, "per_workers": per_workers}
 
 
@@ -477,6 +534,9 @@ def main() -> int:
     parser.add_argument("--alternate", type=int, default=0, metavar="K",
                         help="with one rate: one rung per worker count in turn, K rounds; each count's CPU per "
                              "flow against the first count's in the same round (no ladders, no nfcapd)")
+    parser.add_argument("--independent", action="store_true",
+                        help="with --alternate: each count N > 1 also as N independent one-worker servers, each "
+                             "with 1/N of the bound and of the traffic (the floor of N processes on this machine)")
     parser.add_argument("--json", type=Path, help="also write the results here (after every ladder)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other protocol/traffic/worker results already in --json")
@@ -567,7 +627,7 @@ def alternate_main(args: argparse.Namespace, info: dict[str, object], protocols:
             for shape in shapes:
                 datagrams = datagrams_for(protocol, shape, int(time.time() * 1000))
                 summaries.append(alternate(Path(tmp), protocol, shape, worker_counts, datagrams, rate, seconds,
-                                           args.alternate, results))
+                                           args.alternate, results, args.independent))
                 if args.json:
                     args.json.write_text(json.dumps({
                         "machine": info, "seconds_per_rung": seconds, "alternation": summaries,
@@ -578,7 +638,8 @@ def alternate_main(args: argparse.Namespace, info: dict[str, object], protocols:
         for row in summary["per_workers"]:
             values = ", ".join(f"{v:.2f}" for v in row["cpu_s_per_M"])
             rounds = ", ".join(f"{v:+.0%}" for v in row["over_first_by_round"])
-            print(f"  {summary['protocol']:9} {summary['shape']:9} x{row['workers']}  median {row['median']:.2f} "
+            label = f"{row['workers']} apart" if row["independent_servers"] else f"x{row['workers']}"
+            print(f"  {summary['protocol']:9} {summary['shape']:9} {label}  median {row['median']:.2f} "
                   f"CPU-s/M ({values}); against x{worker_counts[0]} in the same round: median "
                   f"{row['over_first_median']:+.0%} ({rounds}); "
                   f"lossless in {row['lossless_rounds']} of {args.alternate}")
