@@ -31,9 +31,10 @@ count, one rung of each worker count in turn, K rounds: each count's CPU-s per M
 against the first count's in the same round, and the median of those. Add ``--one-core`` to
 keep every count on one core. Add ``--independent`` for the floor of any design on the
 machine: in each round, beside N workers, N independent one-worker servers, each with 1/N of
-``max_sessions`` and of the traffic, placed on the cores as the N workers are. They share
-nothing, so what they cost beyond one server is what N processes at 1/N of the rate cost on
-this machine (their fixed costs per second, the cores' caches), not the hand-over.
+``max_sessions`` and of the traffic and batches as large as the N workers' collector makes,
+placed on the cores as the N workers are. They share nothing, so what they cost beyond one
+server is what N processes at 1/N of the rate cost on this machine (their fixed costs per
+second, the cores' caches), not a hand-over.
 
 Both collectors ask for a 32 MB socket buffer (nfcapd ``-B``, Sluice's default). nfcapd asks
 with plain SO_RCVBUF, which the kernel caps at ``net.core.rmem_max``; run as root, the
@@ -71,6 +72,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from sluice.collect.decoder import Decoder  # noqa: E402
+from sluice.collect.listener import Collector  # noqa: E402
+from sluice.config import CollectSettings  # noqa: E402
 from sluice.flows.schema import FlowBatch  # noqa: E402
 from sluice.simulate.encode import IpfixEncoder, NetflowV5Encoder, NetflowV9Encoder  # noqa: E402
 
@@ -288,11 +292,13 @@ class Sluice:
     #: flow of the design alone, without the sender's core shared
     one_core = False
 
-    def __init__(self, workdir: Path, workers: int, max_sessions: int | None = None, pinned: bool | None = None):
+    def __init__(self, workdir: Path, workers: int, settings: dict[str, str] | None = None,
+                 pinned: bool | None = None):
+        """``settings``: SLUICE_* environment variables for the server (``docs/configuration.md``)."""
         self.port = free_port(socket.SOCK_DGRAM)
         self.http = free_port(socket.SOCK_STREAM)
         pinned = workers <= 1 or self.one_core if pinned is None else pinned
-        env = None if max_sessions is None else os.environ | {"SLUICE_SESSIONS__MAX_SESSIONS": str(max_sessions)}
+        env = None if settings is None else os.environ | settings
         binary = str(Path(sys.executable).parent / "sluice")
         extra = ["--workers", str(workers)] if workers else []
         self.data = data = workdir / f"sluice-{self.port}"
@@ -332,15 +338,22 @@ class Sluice:
 class IndependentSluices:
     """``count`` one-worker servers that share nothing, each with 1/count of ``max_sessions``
     and of the traffic (runs of ``TEMPLATE_EVERY`` datagrams in turn), on the cores ``count``
-    workers would have: the reference for what ``count`` processes cost here (``--independent``)."""
+    workers would have: the reference for what ``count`` processes cost here (``--independent``).
+    Each gathers its batches as the collector of ``count`` workers does (``batch_bounds``), so
+    that a batch is as large as one server's at the whole rate: the difference to one server
+    is then the processes' own (their fixed costs per second, the cores' caches)."""
 
     name = "sluice-independent"
 
     def __init__(self, workdir: Path, count: int):
+        datagrams, wait_s = Collector(CollectSettings(), Decoder(), [], workers=count).batch_bounds()
+        settings = {"SLUICE_SESSIONS__MAX_SESSIONS": str(MAX_SESSIONS // count),
+                    "SLUICE_COLLECT__BATCH_MAX_DATAGRAMS": str(datagrams),
+                    "SLUICE_COLLECT__BATCH_MAX_WAIT_MS": str(round(wait_s * 1000))}
         self.members: list[Sluice] = []
         try:
             for _ in range(count):
-                self.members.append(Sluice(workdir, 1, MAX_SESSIONS // count, pinned=Sluice.one_core))
+                self.members.append(Sluice(workdir, 1, settings, pinned=Sluice.one_core))
         except BaseException:
             self.terminate()
             raise
