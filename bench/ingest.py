@@ -29,8 +29,8 @@ the sender's included (on a 2-core machine the sender then takes part of one).
 flat as workers are added?" on a machine whose speed drifts: instead of a ladder per worker
 count, one rung of each worker count in turn, K rounds: each count's CPU-s per M flows
 against the first count's in the same round, and the median of those. Add ``--one-core`` to
-keep every count on one core. Add ``--independent`` for the floor of any design on the
-machine: in each round, beside N workers, N independent one-worker servers, each with 1/N of
+keep every count on one core. Add ``--independent`` for a reference that no hand-over
+touches: in each round, beside N workers, N independent one-worker servers, each with 1/N of
 ``max_sessions`` and of the traffic and batches as large as the N workers' collector makes,
 placed on the cores as the N workers are. They share nothing, so what they cost beyond one
 server is what N processes at 1/N of the rate cost on this machine (their fixed costs per
@@ -63,7 +63,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -355,7 +355,7 @@ class IndependentSluices:
             for _ in range(count):
                 self.members.append(Sluice(workdir, 1, settings, pinned=Sluice.one_core))
         except BaseException:
-            self.terminate()
+            terminate(self.members)
             raise
         self.ports = [member.port for member in self.members]
 
@@ -367,16 +367,18 @@ class IndependentSluices:
         every = [member.stop() for member in self.members]
         return {key: sum(c[key] for c in every) for key in every[0]}
 
-    def terminate(self) -> None:
-        for member in self.members:
-            member.proc.terminate()
-            try:
-                member.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                member.proc.kill()
+
+def terminate(processes: Sequence[Sluice | Nfcapd]) -> None:
+    """Stop collectors left running (a rung interrupted or failed): SIGTERM, a minute, SIGKILL."""
+    for process in processes:
+        process.proc.terminate()
+        try:
+            process.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            process.proc.kill()
 
 
-def _processes(collector: Sluice | Nfcapd | IndependentSluices) -> list[Sluice | Nfcapd]:
+def _processes(collector: Sluice | Nfcapd | IndependentSluices) -> Sequence[Sluice | Nfcapd]:
     return collector.members if isinstance(collector, IndependentSluices) else [collector]
 
 
@@ -386,12 +388,7 @@ def run_rung(kind: type, workdir: Path, protocol: str, shape: str, workers: int,
     try:
         return _measure(collector, protocol, shape, workers, datagrams, rate, seconds)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed: leave no collector running
-        for process in _processes(collector):
-            process.proc.terminate()
-            try:
-                process.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                process.proc.kill()
+        terminate(_processes(collector))
         raise
 
 
