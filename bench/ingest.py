@@ -473,18 +473,21 @@ def ladder(kind: type, workdir: Path, protocol: str, shape: str, workers: int, d
     for rate in rates:
         # a rung that loses flows gets one more attempt (for either collector alike): a single
         # hiccup of a shared 2-core machine should not end the ladder
-        for _ in range(ATTEMPTS):
-            rung = run_rung(kind, workdir, protocol, shape, workers, datagrams, rate, seconds)
-            results.append(rung)
-            if rung.lossless:
-                break
-        ok = rung.lossless and rung.sender_kept
-        verdict = "ok" if ok else "LOSS" if not rung.lossless else "sender-limited"
         label = kind.name + (f" x{workers}" if kind is Sluice and workers else "")
         label += "/1c" if kind is Sluice and Sluice.one_core and workers > 1 else ""
-        print(f"  {protocol:9} {shape:9} {label:10} target {rate / 1e6:5.2f} M/s  sent {rung.send_rate / 1e6:5.2f} M/s  "
-              f"decoded {rung.ratio * 100:7.3f} %  stored {rung.stored_rows:>10,}/{rung.session_rows:<10,}  "
-              f"cpu {rung.cpu_per_m:5.2f} s/M  peak RSS {rung.peak_rss_mb:6.0f} MB  {verdict}", flush=True)
+        for attempt in range(1, ATTEMPTS + 1):
+            rung = run_rung(kind, workdir, protocol, shape, workers, datagrams, rate, seconds)
+            results.append(rung)
+            ok = rung.lossless and rung.sender_kept
+            # every attempt printed: a lost first attempt is part of the result too
+            verdict = "ok" if ok else "LOSS" if not rung.lossless else "sender-limited"
+            verdict += f" (attempt {attempt})" if attempt > 1 or not rung.lossless else ""
+            print(f"  {protocol:9} {shape:9} {label:10} target {rate / 1e6:5.2f} M/s  "
+                  f"sent {rung.send_rate / 1e6:5.2f} M/s  decoded {rung.ratio * 100:7.3f} %  "
+                  f"stored {rung.stored_rows:>10,}/{rung.session_rows:<10,}  cpu {rung.cpu_per_m:5.2f} s/M  "
+                  f"peak RSS {rung.peak_rss_mb:6.0f} MB  {verdict}", flush=True)
+            if rung.lossless:
+                break
         if ok:
             best = rung
         else:
