@@ -72,8 +72,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sluice.collect.decoder import Decoder  # noqa: E402
-from sluice.collect.listener import Collector  # noqa: E402
+from sluice.collect.listener import batch_bounds  # noqa: E402
 from sluice.config import CollectSettings  # noqa: E402
 from sluice.flows.schema import FlowBatch  # noqa: E402
 from sluice.simulate.encode import IpfixEncoder, NetflowV5Encoder, NetflowV9Encoder  # noqa: E402
@@ -346,7 +345,7 @@ class IndependentSluices:
     name = "sluice-independent"
 
     def __init__(self, workdir: Path, count: int):
-        datagrams, wait_s = Collector(CollectSettings(), Decoder(), [], workers=count).batch_bounds()
+        datagrams, wait_s = batch_bounds(CollectSettings(), count)
         settings = {"SLUICE_SESSIONS__MAX_SESSIONS": str(MAX_SESSIONS // count),
                     "SLUICE_COLLECT__BATCH_MAX_DATAGRAMS": str(datagrams),
                     "SLUICE_COLLECT__BATCH_MAX_WAIT_MS": str(round(wait_s * 1000))}
@@ -360,12 +359,14 @@ class IndependentSluices:
         self.ports = [member.port for member in self.members]
 
     def counts(self) -> dict[str, int]:
-        every = [member.counts() for member in self.members]
-        return {key: sum(c[key] for c in every) for key in every[0]}
+        return _summed([member.counts() for member in self.members])
 
     def stop(self) -> dict[str, int]:
-        every = [member.stop() for member in self.members]
-        return {key: sum(c[key] for c in every) for key in every[0]}
+        return _summed([member.stop() for member in self.members])
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    return {key: sum(c[key] for c in counts) for key in counts[0]}
 
 
 def terminate(processes: Sequence[Sluice | Nfcapd]) -> None:

@@ -15,7 +15,7 @@ import pytest
 from sluice.collect import receive
 from sluice.collect.datagrams import DatagramBatchBuilder
 from sluice.collect.decoder import Decoder
-from sluice.collect.listener import Collector, Listener
+from sluice.collect.listener import Collector, Listener, batch_bounds
 from sluice.collect.receive import BatchReceiver, sender_text
 from sluice.config import CollectSettings
 from sluice.flows.schema import FlowBatch
@@ -168,11 +168,11 @@ def test_a_batch_grows_with_the_session_workers_it_is_shared_among():
     work: the batch is N times as large and may gather N times as long (up to a tenth of a
     second unless configured longer), so that a worker's share is one worker's batch."""
     settings = CollectSettings(batch_max_datagrams=1000, batch_max_wait_ms=20)
-    assert Collector(settings, Decoder(), []).batch_bounds() == (1000, 0.02)
-    assert Collector(settings, Decoder(), [], workers=2).batch_bounds() == (2000, 0.04)
-    assert Collector(settings, Decoder(), [], workers=16).batch_bounds() == (16000, 0.1)
+    assert batch_bounds(settings, 1) == (1000, 0.02)
+    assert batch_bounds(settings, 2) == (2000, 0.04)
+    assert batch_bounds(settings, 16) == (16000, 0.1)
     slow = CollectSettings(batch_max_datagrams=10, batch_max_wait_ms=500)
-    assert Collector(slow, Decoder(), [], workers=4).batch_bounds() == (40, 0.5)  # never shorter than configured
+    assert batch_bounds(slow, 4) == (40, 0.5)  # never shorter than configured
 
 
 @pytest.mark.parametrize(("workers", "batches"), [(1, [40 * 30, 20 * 30]), (2, [60 * 30])])

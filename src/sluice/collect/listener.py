@@ -3,7 +3,7 @@
 One thread serves every listening socket. It blocks until some socket is readable, then
 drains readable sockets until the batch is full (``batch_max_datagrams``) or the oldest
 datagram has waited ``batch_max_wait_ms`` (with N session workers, N times as many and as
-long: ``Collector.batch_bounds``); the whole batch is decoded at once. The kernel
+long: ``batch_bounds``); the whole batch is decoded at once. The kernel
 receive buffer (``receive_buffer_bytes``) absorbs bursts while a batch is decoded; what it
 cannot hold the kernel drops and ``/proc/net/udp`` counts (``socket_drops``).
 """
@@ -46,6 +46,18 @@ SHARED_BATCH_MAX_WAIT_S = 0.1
 FlowSink = Callable[[FlowBatch], None]
 
 
+def batch_bounds(settings: CollectSettings, workers: int) -> tuple[int, float]:
+    """(datagrams, seconds) a batch gathers at most. Each of N session workers gets about 1/N
+    of a batch, and every batch costs its worker some fixed work (messages, calls, the
+    tracker's passes): with batches of the configured size, that work per flow grew with N.
+    So the batch is N times as large and may gather N times as long (up to
+    ``SHARED_BATCH_MAX_WAIT_S``, or the configured wait if longer), and a worker's share is
+    about one worker's batch."""
+    n = max(1, workers)
+    wait = settings.batch_max_wait_ms / 1000
+    return settings.batch_max_datagrams * n, max(wait, min(wait * n, SHARED_BATCH_MAX_WAIT_S))
+
+
 @dataclass
 class Listener:
     name: str  # "netflow", "ipfix", "sflow"
@@ -60,7 +72,7 @@ class Collector:
     def __init__(self, settings: CollectSettings, decoder: Decoder, sinks: list[FlowSink], workers: int = 1):
         """``workers``: the session workers a batch is shared out among (``batch_bounds``)."""
         self.settings = settings
-        self.workers = max(1, workers)
+        self.workers = workers
         self.decoder = decoder
         self.counters = decoder.counters
         self.sinks = sinks
@@ -133,22 +145,11 @@ class Collector:
 
     # -- receive loop -----------------------------------------------------------------------
 
-    def batch_bounds(self) -> tuple[int, float]:
-        """(datagrams, seconds) a batch gathers at most. Each of N session workers gets about
-        1/N of a batch, and every batch costs its worker some fixed work (messages, calls,
-        the tracker's passes): with batches of the configured size, that work per flow grew
-        with N. So the batch is N times as large and may gather N times as long (up to
-        ``SHARED_BATCH_MAX_WAIT_S``, or the configured wait if longer), and a worker's share
-        is about one worker's batch."""
-        settings, n = self.settings, self.workers
-        wait = settings.batch_max_wait_ms / 1000
-        return settings.batch_max_datagrams * n, max(wait, min(wait * n, SHARED_BATCH_MAX_WAIT_S))
-
     def run(self) -> None:
         selector = selectors.DefaultSelector()
         for listener in self.listeners:
             selector.register(listener.sock, selectors.EVENT_READ, listener)
-        max_batch, max_wait = self.batch_bounds()
+        max_batch, max_wait = batch_bounds(self.settings, self.workers)
         last_maintenance = time.monotonic()
         while not self._worker.stopping.is_set():
             ready = selector.select(timeout=0.25)
