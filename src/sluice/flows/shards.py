@@ -48,7 +48,7 @@ from ..config import EnrichSettings, SessionSettings
 from ..counters import Counters
 from .batch_ring import BatchRing, RingClosed, borrow, pack, unpack
 from .enrich import Enricher
-from .schema import Arrivals, FlowBatch, SessionBatch, take_rows
+from .schema import Arrivals, FlowBatch, SessionBatch
 from .session_table import GOLDEN, mix64
 from .sessions import SessionTracker, TrackerStats, first_session_id
 
@@ -418,78 +418,6 @@ class _Worker:
         self.from_worker.close()
 
 
-class _ShardThread:
-    """EXPERIMENT (SLUICE_SHARD_THREADS=1): a shard's tracker on a thread of the server's own
-    process: the tracking, enrichment and file writing are compiled loops, numpy and Arrow that
-    let go of the interpreter lock, so shards on threads might use several cores without a
-    process, a pipe or a ring each."""
-
-    def __init__(self, pool: ShardedSessions, index: int, enricher: Enricher):
-        self.pool, self.index = pool, index
-        self.report = WorkerReport()
-        self.write_errors_before = 0
-        settings = pool.sessions
-        self.tracker = SessionTracker(
-            settings.idle_timeout_s,
-            settings.active_timeout_s,
-            max(1, settings.max_sessions // pool.count),
-            settings.dedupe_exporters,
-            first_id=first_session_id(settings.node_id, pool.count) + index,
-            id_step=pool.count,
-        )
-        self.enricher = enricher
-        self.files = _OwnFiles(pool.stager, index, pool.count) if pool.stager is not None else None
-        self.outbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue(OUTBOX_BATCHES)
-        self.thread = threading.Thread(target=self._run, name=f"sluice-shard-{index}", daemon=True)
-        self.thread.start()
-
-    def wait_ready(self) -> None:
-        pass
-
-    send = _Worker.send
-
-    def _run(self) -> None:
-        while (message := self.outbox.get()) is not None:
-            try:
-                self._handle(message)
-            except Exception:
-                log.exception("a session shard failed on a batch", worker=self.index)
-                self.pool.counters.inc("sink_errors_total")
-            self.report = _report(self.tracker, self.files)
-
-    def _handle(self, message: tuple[Any, ...]) -> None:
-        pool, files = self.pool, self.files
-        kind = message[0]
-        if kind == "flows":
-            _, columns, rows, now_ms, wanted = message
-            flows = FlowBatch({name: take_rows(column, rows) for name, column in columns.items()})
-            out, arrivals = self.tracker.track(flows, now_ms, pool.count, self.index)
-            if not len(out):
-                return
-            out = self.enricher(out)
-            if wanted or files is None:
-                pool.deliver(out, arrivals)
-            elif pool.unseen is not None:
-                pool.unseen(len(out))
-            if files is not None and files.add(out):
-                self._adopt(files.flush())
-        elif kind == "expire":
-            self.tracker.expire(message[1])
-            if files is not None:
-                self._adopt(files.flush())
-        elif kind == "stop" and files is not None:
-            self._adopt(files.flush())
-
-    def _adopt(self, staged: list[Any]) -> None:
-        if staged and self.pool.adopt is not None:
-            self.pool.adopt(staged)
-
-    def stop(self) -> None:
-        self.outbox.put(("stop",))
-        self.outbox.put(None)
-        self.thread.join(30)
-
-
 class ShardedSessions:
     """``count`` worker processes, each a tracker and an enricher for its share of the
     conversations; ``deliver`` receives their session batches (from reader threads)."""
@@ -518,16 +446,10 @@ class ShardedSessions:
         self.counters = counters
         self.stopping = False
         shard_order(FlowBatch.build(1), count)  # compile the split now, not on the first batch
-        self.workers: list[Any]
-        if os.environ.get("SLUICE_SHARD_THREADS"):
-            SessionTracker.warm_up()
-            shared = Enricher(enrich.country_mmdb, enrich.asn_mmdb, cache_dir=cache_dir)
-            self.workers = [_ShardThread(self, i, shared) for i in range(count)]
-        else:
-            self.workers = [_Worker(self, i) for i in range(count)]  # they start side by side
+        self.workers = [_Worker(self, i) for i in range(count)]  # they start side by side
         for worker in self.workers:
             worker.wait_ready()
-        log.info("session workers started", workers=count)
+        log.info("session workers started", workers=count, pids=[w.process.pid for w in self.workers])
 
     def submit(self, flows: FlowBatch, now_ms: int) -> None:
         """Hand each worker its share of a batch (waits while a worker's queue is full)."""
