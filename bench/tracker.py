@@ -14,7 +14,14 @@ It prints both and their ratio. The compiled loops are warmed up first, as the s
 TCP to four server ports, ``--batch`` flows per batch (the collector's batches are up to
 2,048 datagrams x 30 records).
 
-Run: ``.venv/bin/python bench/tracker.py [--max-sessions N] [--flows N] [--batch N]``.
+``--shards N`` then measures what sharding itself costs, on one thread with no process or
+hand-over: at the steady state, one tracker of ``max_sessions`` on batches of ``--batch``
+flows against N trackers of ``max_sessions / N`` fed as the server's workers are (each
+batch, N times as large, as the collector makes it for N workers, split by conversation
+with ``shard_order`` and each share copied out), in turn for ``--rounds`` rounds: CPU per M
+flows of the split, the copy and the tracking, and the whole against one tracker.
+
+Run: ``.venv/bin/python bench/tracker.py [--max-sessions N] [--flows N] [--batch N] [--shards N]``.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from sluice.flows.schema import FlowBatch  # noqa: E402
+from sluice.flows.schema import FlowBatch, take_rows  # noqa: E402
 from sluice.flows.sessions import SessionTracker  # noqa: E402
+from sluice.flows.shards import shard_order  # noqa: E402
 
 
 def ipv4_mapped(ints: np.ndarray) -> np.ndarray:
@@ -57,6 +65,8 @@ def main() -> None:
     parser.add_argument("--max-sessions", type=int, default=1_000_000)
     parser.add_argument("--flows", type=int, default=3_000_000, help="flows measured at the steady state")
     parser.add_argument("--batch", type=int, default=8192)
+    parser.add_argument("--shards", type=int, default=1, help="also measure N sharded trackers against one")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds in turn, with --shards")
     args = parser.parse_args()
     rng = np.random.default_rng(1)
     exporter = ipv4_mapped(np.array([0x0A000001]))[0]
@@ -85,6 +95,79 @@ def main() -> None:
     print(f"steady state, {steady_flows:,} new conversations, {tracker.stats.sessions_evicted:,} evicted: "
           f"{steady:.2f} CPU-s per M flows ({1 / steady:.2f} M flows/s per core)")
     print(f"steady state against filling: {fill / steady:.2f}x the rate")
+    if args.shards > 1:
+        sharding(args, rng, exporter, t_ms)
+
+
+class Sharded:
+    """``count`` trackers of 1/count of the bound, fed as the server's session workers are."""
+
+    def __init__(self, count: int, max_sessions: int):
+        self.count = count
+        self.trackers = [
+            SessionTracker(max_sessions=max_sessions // count, first_id=1 + i, id_step=count) for i in range(count)
+        ]
+        self.split_s = self.copy_s = self.track_s = 0.0
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.trackers)
+
+    def update(self, flows: FlowBatch, now_ms: int) -> None:
+        started = time.perf_counter()
+        if self.count == 1:  # the whole batch to the one tracker, as the server does
+            parts = [flows]
+        else:
+            order, bounds = shard_order(flows, self.count)
+            split = time.perf_counter()
+            self.split_s += split - started
+            parts = []
+            for i in range(self.count):  # the rows a worker gets, copied out (into its ring, in the server)
+                rows = order[bounds[i] : bounds[i + 1]]
+                parts.append(FlowBatch({name: take_rows(column, rows) for name, column in flows.columns.items()}))
+            started = time.perf_counter()
+            self.copy_s += started - split
+        for i, (tracker, part) in enumerate(zip(self.trackers, parts, strict=True)):
+            tracker.track(part, now_ms, self.count, i)
+        self.track_s += time.perf_counter() - started
+
+
+def sharding(args: argparse.Namespace, rng: np.random.Generator, exporter: np.ndarray, t_ms: int) -> None:
+    """One tracker against ``args.shards`` sharded ones, at the steady state, in turn."""
+    configs = {count: Sharded(count, args.max_sessions) for count in (1, args.shards)}
+
+    def feed(config: Sharded, flows_wanted: int) -> tuple[float, int]:
+        nonlocal t_ms
+        cpu, flows = 0.0, 0
+        batch = args.batch * config.count  # the collector's batch for that many workers (``batch_bounds``)
+        while flows < flows_wanted:
+            t_ms += 5 * config.count
+            flows_in = new_conversations(rng, batch, t_ms, exporter)  # generated outside the measurement
+            start = time.process_time()
+            config.update(flows_in, t_ms)
+            cpu += time.process_time() - start
+            flows += batch
+        return cpu, flows
+
+    for config in configs.values():  # to the bound and past it: evicting on every batch
+        feed(config, int(args.max_sessions * 1.5))
+        config.split_s = config.copy_s = config.track_s = 0.0
+    print(f"\none tracker of {args.max_sessions:,} against {args.shards} of {args.max_sessions // args.shards:,} "
+          f"(batches of {args.batch:,} flows a tracker), steady state, CPU-s per M flows:")
+    ratios = []
+    for round_ in range(1, args.rounds + 1):
+        figures = {}
+        for count, config in configs.items():
+            before = config.split_s, config.copy_s, config.track_s
+            cpu, flows = feed(config, args.flows)
+            split, copy, track = (after - b for after, b in zip((config.split_s, config.copy_s, config.track_s), before,
+                                                                 strict=True))
+            figures[count] = cpu / flows * 1e6
+            print(f"  round {round_}  {count} tracker(s): {figures[count]:.3f}  (split {split / flows * 1e6:.3f}, "
+                  f"copy {copy / flows * 1e6:.3f}, tracking {track / flows * 1e6:.3f}; live {len(config):,})")
+        ratios.append(figures[args.shards] / figures[1])
+        print(f"  round {round_}  {args.shards} against 1: {ratios[-1] - 1:+.1%}")
+    print(f"{args.shards} sharded trackers against one, median of {args.rounds} rounds: "
+          f"{sorted(ratios)[len(ratios) // 2] - 1:+.1%}")
 
 
 if __name__ == "__main__":
