@@ -27,7 +27,7 @@ class CollectSettings(BaseModel):
     sflow_port: int = Field(6343, ge=0, le=65535, description="sFlow v5 (0 = off)")
     receive_buffer_bytes: int = Field(32 << 20, ge=65536, description="SO_RCVBUF asked of the kernel per socket")
     batch_max_datagrams: int = Field(1024, ge=1, le=65536, description="datagrams decoded together at most")
-    batch_max_wait_ms: int = Field(20, ge=0, le=10_000, description="longest a datagram waits for its batch")
+    batch_max_wait_ms: int = Field(40, ge=0, le=10_000, description="longest a datagram waits for its batch")
     template_pending_max_age_s: float = Field(60.0, ge=0, description="how long data waits for its template")
     template_pending_max_bytes: int = Field(8 << 20, ge=0, description="memory for data waiting for templates")
     default_sampling_rate: int = Field(1, ge=1, description="rate for exporters that announce none")
