@@ -237,9 +237,10 @@ def probe_flow(i: int) -> FlowBatch:
                            dst_port=4444, protocol=6, tcp_flags=0x1B, bytes=10**9, packets=10**6, sampling_rate=1)
 
 
-def latency(workdir: Path, background_rate: float, probes: int, collectors: int = 0) -> dict[str, float]:
-    """Probes to a single server, or (``collectors``) to the collectors of a cluster in turn,
-    the records read from the alerting node."""
+def latency(workdir: Path, background_rate: float, probes: int, collectors: int = 0,
+            workers: int = 1) -> dict[str, float]:
+    """Probes to a single server (``sluice serve --workers workers``), or (``collectors``) to
+    the collectors of a cluster in turn, the records read from the alerting node."""
     definitions = definitions_in() + [DefinitionIn(
         title="probe", entity="host", metric="bytes_sent", interval="1m", threshold=10**8, prefilter="SRVPORT == 4444",
         severity="HIGH")]
@@ -249,7 +250,7 @@ def latency(workdir: Path, background_rate: float, probes: int, collectors: int 
         ports = server.ports
     else:
         SluiceWithAlerts.definitions = definitions
-        server = SluiceWithAlerts(Path(tempfile.mkdtemp(dir=workdir)))
+        server = SluiceWithAlerts(Path(tempfile.mkdtemp(dir=workdir)), workers)
         ports = [server.port]
     datagrams = ingest_bench.datagrams_for("ipfix", "recurring", int(time.time() * 1000))
     stop = threading.Event()
@@ -292,7 +293,7 @@ def latency(workdir: Path, background_rate: float, probes: int, collectors: int 
     client.close()
     server.stop()
     arr = np.array(samples)
-    return {"probes": probes, "collectors": collectors, "background_flows_per_s": background_rate,
+    return {"probes": probes, "collectors": collectors, "workers": workers, "background_flows_per_s": background_rate,
             "p50_s": float(np.percentile(arr, 50)),
             "p99_s": float(np.percentile(arr, 99)), "max_s": float(arr.max())}
 
@@ -460,7 +461,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workers", type=int, default=1,
-                        help="throughput part: sluice serve --workers N for both ladders (1: pinned to one core; "
+                        help="throughput and latency parts: sluice serve --workers N (1: pinned to one core; "
                              "N > 1: every core, the sender's included)")
     parser.add_argument("--skip", default="",
                         help="comma-separated parts to leave out: memory, throughput, latency, engine")
@@ -572,7 +573,7 @@ def main() -> int:
         background = max(with_alerts / 2, 100_000)
         print(f"\n2. latency: datagram that crosses a threshold -> alert record readable over the API "
               f"({probes} probes, background {background / 1e6:.2f} M flows/s)")
-        lat = latency(workdir, background, probes)
+        lat = latency(workdir, background, probes, workers=args.workers)
         results["latency"] = lat
         print(f"  p50 {lat['p50_s'] * 1000:.0f} ms, p99 {lat['p99_s'] * 1000:.0f} ms, max {lat['max_s'] * 1000:.0f} ms "
               f"(target p99 < 1000 ms)")
