@@ -471,11 +471,11 @@ def machine() -> dict[str, object]:
 def ladder(kind: type, workdir: Path, protocol: str, shape: str, workers: int, datagrams: list[bytes],
            rates: list[float], seconds: float, results: list[Rung]) -> Rung | None:
     best = None
+    label = kind.name + (f" x{workers}" if kind is Sluice and workers else "")
+    label += "/1c" if kind is Sluice and Sluice.one_core and workers > 1 else ""
     for rate in rates:
         # a rung that loses flows gets one more attempt (for either collector alike): a single
         # hiccup of a shared 2-core machine should not end the ladder
-        label = kind.name + (f" x{workers}" if kind is Sluice and workers else "")
-        label += "/1c" if kind is Sluice and Sluice.one_core and workers > 1 else ""
         for attempt in range(1, ATTEMPTS + 1):
             rung = run_rung(kind, workdir, protocol, shape, workers, datagrams, rate, seconds)
             results.append(rung)

@@ -150,20 +150,18 @@ def sharding(args: argparse.Namespace, rng: np.random.Generator, exporter: np.nd
 
     for config in configs.values():  # to the bound and past it: evicting on every batch
         feed(config, int(args.max_sessions * 1.5))
-        config.split_s = config.copy_s = config.track_s = 0.0
     print(f"\none tracker of {args.max_sessions:,} against {args.shards} of {args.max_sessions // args.shards:,} "
           f"(batches of {args.batch:,} flows a tracker), steady state, CPU-s per M flows:")
     ratios = []
     for round_ in range(1, args.rounds + 1):
         figures = {}
         for count, config in configs.items():
-            before = config.split_s, config.copy_s, config.track_s
+            config.split_s = config.copy_s = config.track_s = 0.0  # this round's alone
             cpu, flows = feed(config, args.flows)
-            split, copy, track = (after - b for after, b in zip((config.split_s, config.copy_s, config.track_s), before,
-                                                                 strict=True))
             figures[count] = cpu / flows * 1e6
-            print(f"  round {round_}  {count} tracker(s): {figures[count]:.3f}  (split {split / flows * 1e6:.3f}, "
-                  f"copy {copy / flows * 1e6:.3f}, tracking {track / flows * 1e6:.3f}; live {len(config):,})")
+            per_m = 1e6 / flows
+            print(f"  round {round_}  {count} tracker(s): {figures[count]:.3f}  (split {config.split_s * per_m:.3f}, "
+                  f"copy {config.copy_s * per_m:.3f}, tracking {config.track_s * per_m:.3f}; live {len(config):,})")
         ratios.append(figures[args.shards] / figures[1])
         print(f"  round {round_}  {args.shards} against 1: {ratios[-1] - 1:+.1%}")
     print(f"{args.shards} sharded trackers against one, median of {args.rounds} rounds: "
